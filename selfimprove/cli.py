@@ -1,0 +1,75 @@
+"""``selfimprove`` command line: run the loop, run one stage, or recompute a run's metrics."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from selfimprove.config import Recipe, load_recipe
+from selfimprove.typed_yaml import ConfigError, add_override_arguments, collect_overrides
+
+STAGE_NAMES = ("generate", "judge", "filter", "select", "train", "evaluate", "monitor")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfimprove", description="Self-improvement training loops: generate, judge, filter, select, train, evaluate, monitor.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="Run or resume a recipe.", description="Run a recipe; rerunning on an existing run directory resumes it.")
+    run.add_argument("recipe", help="Recipe YAML (see recipes/).")
+    run.add_argument("--allow-recipe-change", action="store_true", help="Resume a run directory even though its saved recipe differs.")
+    run.add_argument("--log-level", default="INFO", help="Python logging level.")
+    add_override_arguments(run, Recipe)
+    stage = sub.add_parser("stage", help="Run one stage of one round on an existing run directory.")
+    stage.add_argument("name", choices=STAGE_NAMES, help="Stage to run.")
+    stage.add_argument("run_dir", help="Run directory made by 'selfimprove run'.")
+    stage.add_argument("--round", type=int, required=True, help="Round number (0 is the bootstrap round).")
+    stage.add_argument("--force", action="store_true", help="Redo the stage even if it is marked done.")
+    stage.add_argument("--log-level", default="INFO", help="Python logging level.")
+    mon = sub.add_parser("monitor", help="Recompute every completed round's metrics and metrics.jsonl of a run.")
+    mon.add_argument("run_dir", help="Run directory.")
+    mon.add_argument("--log-level", default="INFO", help="Python logging level.")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        from rich.logging import RichHandler
+
+        handlers = [RichHandler(show_path=False, rich_tracebacks=False)]
+    except ImportError:  # rich is optional
+        handlers = [logging.StreamHandler()]
+    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=handlers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    from selfimprove import loop
+
+    try:
+        if args.command == "run":
+            recipe = load_recipe(args.recipe, collect_overrides(args))
+            loop.run_loop(recipe, args.allow_recipe_change)
+        elif args.command == "stage":
+            ctx = loop.open_run(args.run_dir)
+            if args.force:
+                import shutil
+
+                shutil.rmtree(ctx.stage(args.round, args.name), ignore_errors=True)
+            if not loop.run_stage(ctx, args.round, args.name):
+                logging.getLogger("selfimprove").info("round %d %s is already done (use --force to redo it)", args.round, args.name)
+        else:
+            ctx = loop.open_run(args.run_dir)
+            from selfimprove.monitor import run_monitor
+
+            k = 0
+            while (ctx.stage(k, "evaluate") / "DONE").exists():
+                logging.getLogger("selfimprove").info(loop.summary_line(run_monitor(ctx, k)))
+                k += 1
+    except (ConfigError, loop.RecipeMismatch, FileNotFoundError) as err:
+        print(f"selfimprove: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,247 @@
+"""The recipe: one typed dataclass per component, parsed from one YAML file plus ``--section.field`` overrides.
+
+Derived values (world size, resolved paths, step counts) never go back into these objects; they live in each
+stage's ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from selfimprove.typed_yaml import ConfigError, apply_overrides, build, load_yaml
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class BootstrapConfig:
+    """A tiny decoder built from scratch, with a character tokenizer over the task's alphabet."""
+
+    hidden_size: int = _f(64, "Model width.")
+    num_layers: int = _f(3, "Number of decoder layers.")
+    num_heads: int = _f(4, "Attention heads (hidden_size must divide by it).")
+    intermediate_size: int = _f(0, "MLP width; 0 means 4 x hidden_size.")
+    positional: Literal["nope", "rope"] = _f("nope", "'nope' (no positional encoding, infinite RoPE base, as Lee et al.) or 'rope'.")
+    max_position_embeddings: int = _f(256, "Longest sequence the model accepts.")
+
+    def check(self) -> list[str]:
+        if self.hidden_size % self.num_heads:
+            return [f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}. Change one of them."]
+        return []
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = _f(None, "Local save_pretrained folder or hub id of the starting policy; null builds model.bootstrap.")
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig, metadata={"help": "Tiny model built when path is null."})
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weights dtype for loading and training (float32 on CPU: bf16 is ~20x slower there).")
+
+
+@dataclass
+class AdditionConfig:
+    seed_min_digits: int = _f(1, "Shortest operand in the labelled seed data.")
+    seed_max_digits: int = _f(6, "Longest operand in the labelled seed data (the starting difficulty).")
+    seed_size: int = _f(20000, "Number of labelled seed examples (operand lengths drawn independently).")
+    prompts_per_round: int = _f(2000, "Unlabelled prompts at the new difficulty generated each round.")
+    in_range_prompts: int = _f(0, "Extra unlabelled prompts per round inside the already-trained range.")
+    curriculum: Literal["next", "accelerated"] = _f("next", "'next': round k adds digit count seed_max_digits+k; 'accelerated': also skips every count the last eval solved at >= accelerate_threshold.")
+    accelerate_threshold: float = _f(0.99, "Accuracy at which a digit count counts as solved for the accelerated curriculum.")
+    other_operand: Literal["same", "any"] = _f("any", "At the new digit count n: 'same' makes both operands n digits; 'any' draws the other operand's length from 1..n.")
+    eval_max_digits: int = _f(12, "Evaluate digit counts 1..eval_max_digits (both operands of that length).")
+    eval_size_per_digit: int = _f(200, "Eval problems per digit count.")
+
+    def check(self) -> list[str]:
+        p = []
+        if not 1 <= self.seed_min_digits <= self.seed_max_digits:
+            p.append(f"seed_min_digits={self.seed_min_digits} must be >= 1 and <= seed_max_digits={self.seed_max_digits}.")
+        if self.eval_max_digits <= self.seed_max_digits:
+            p.append(f"eval_max_digits={self.eval_max_digits} leaves no out-of-distribution digit count; set it above seed_max_digits={self.seed_max_digits}.")
+        return p
+
+
+@dataclass
+class GenericConfig:
+    prompts: str = _f("", "Prompts to self-train on: a .jsonl/.json/.parquet/.csv file or a hub dataset id (loaded with datasets).")
+    split: str = _f("train", "Split of a hub dataset (files load as 'train').")
+    prompt_field: str = _f("prompt", "Column holding the prompt text.")
+    answer_field: str = _f("answer", "Column holding the reference answer (optional; used only by the verifier judge and metrics).")
+    difficulty_field: str = _f("difficulty", "Column holding an integer difficulty (optional).")
+    seed_data: str = _f("", "Labelled round-0 data with prompt and completion columns (optional).")
+    eval_id: str = _f("", "In-distribution eval set (prompt + answer columns).")
+    eval_ood: str = _f("", "Out-of-distribution eval set (prompt + answer columns).")
+    verifier: Literal["exact", "numeric", "regex"] = _f("exact", "How an answer is checked against the reference.")
+    answer_regex: str = _f(r"(-?\d+(?:\.\d+)?)\s*$", "With verifier 'regex': the first group of the last match is the final answer.")
+    prompts_per_round: int = _f(0, "Prompts drawn (without replacement across rounds) per round; 0 uses all every round.")
+    max_new_tokens: int = _f(256, "Generation length limit for this task.")
+
+    def check(self) -> list[str]:
+        return []
+
+
+@dataclass
+class TaskConfig:
+    name: Literal["addition", "generic"] = _f("addition", "Built-in task, or 'generic' for your own prompt files.")
+    addition: AdditionConfig = field(default_factory=AdditionConfig, metadata={"help": "Options of the addition task."})
+    generic: GenericConfig = field(default_factory=GenericConfig, metadata={"help": "Options of the generic task."})
+
+
+@dataclass
+class GenerateConfig:
+    backend: Literal["hf"] = _f("hf", "Generation backend ('hf': transformers generate, batched with KV cache).")
+    num_samples: int = _f(5, "Completions sampled per prompt.")
+    temperature: float = _f(0.8, "Sampling temperature; 0 means greedy (then num_samples must be 1).")
+    top_p: float = _f(1.0, "Nucleus sampling mass.")
+    top_k: int = _f(0, "Top-k sampling (0 = off).")
+    max_new_tokens: int = _f(0, "Generation length cap; 0 uses the task's own limit.")
+    batch_size: int = _f(256, "Prompts per generate() call (each expands to num_samples sequences).")
+
+    def check(self) -> list[str]:
+        p = []
+        if self.num_samples < 1:
+            p.append(f"num_samples={self.num_samples}: sample at least 1 completion per prompt.")
+        if self.temperature < 0:
+            p.append(f"temperature={self.temperature} must be >= 0 (0 = greedy).")
+        if self.temperature == 0 and self.num_samples > 1:
+            p.append(f"temperature=0 is greedy, so num_samples={self.num_samples} would repeat one completion. Set num_samples: 1 or temperature > 0.")
+        if not 0 < self.top_p <= 1:
+            p.append(f"top_p={self.top_p} must be in (0, 1].")
+        return p
+
+
+JUDGES = ("verifier", "majority", "format")
+
+
+@dataclass
+class JudgeConfig:
+    judges: list[str] = _f(["format", "majority"], f"Judges that score every sample, from {JUDGES}. 'verifier' reads ground truth.")
+    weights: dict = _f({}, "Weight per judge for the combined 'score' column (default 1 each).")
+
+    def check(self) -> list[str]:
+        p = [f"judges: {j!r} is not a judge. Use some of {list(JUDGES)}." for j in self.judges if j not in JUDGES]
+        p += [f"weights: {k!r} is not in judges {self.judges}. Remove it or add the judge." for k in self.weights if k not in self.judges]
+        if not self.judges:
+            p.append("judges is empty: name at least one judge, e.g. [format].")
+        return p
+
+
+@dataclass
+class FilterConfig:
+    enabled: bool = _f(True, "false keeps every generated sample (Lee et al. report an error avalanche without filtering).")
+    min_scores: dict = _f({"format": 1.0, "majority": 0.8}, "Keep a sample only if every named judge scores at least this (keep-correct = {verifier: 1}).")
+    best_of_n: int = _f(0, "After thresholds, keep at most this many top-scoring samples per prompt (0 = off).")
+
+
+@dataclass
+class SelectConfig:
+    dedup: Literal["exact", "none"] = _f("exact", "Drop samples whose (prompt, completion) was already kept this round or accepted earlier.")
+    per_prompt_cap: int = _f(1, "At most this many samples per prompt (0 = no cap).")
+    budget: int = _f(0, "At most this many samples in total per round (0 = no budget).")
+
+
+@dataclass
+class TrainConfig:
+    method: Literal["sft"] = _f("sft", "Training method (TRL SFTTrainer, completion-only loss).")
+    init: Literal["previous", "base"] = _f("previous", "Start each round from the previous round's checkpoint or from the base model.")
+    bootstrap_steps: int = _f(2000, "Round-0 steps on the labelled seed data (0 skips the bootstrap).")
+    max_steps: int = _f(500, "Optimizer steps per self-improvement round.")
+    per_device_train_batch_size: int = _f(64, "Sequences per device per micro-step.")
+    gradient_accumulation_steps: int = _f(1, "Micro-steps per optimizer step.")
+    learning_rate: float = _f(1e-3, "Peak learning rate.")
+    round_learning_rate: float = _f(0.0, "Peak learning rate of rounds >= 1 (0 = learning_rate).")
+    lr_scheduler_type: str = _f("cosine", "transformers scheduler name.")
+    warmup_steps: float = _f(0.05, "Warm-up: steps, or a fraction of the round's steps when < 1.")
+    weight_decay: float = _f(0.1, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping.")
+    use_generated: bool = _f(True, "false trains the same steps on seed data only: the matched-compute control.")
+    seed_data: Literal["keep", "drop"] = _f("keep", "Keep the labelled seed data in every round's mix.")
+    history: Literal["accumulate", "replace"] = _f("accumulate", "Train on all earlier rounds' accepted data, or the newest round's only.")
+    newest_share: float = _f(0.5, "Share of each round's training rows drawn from the newest round's data.")
+    launcher: Literal["inprocess", "accelerate"] = _f("inprocess", "Run training in the orchestrator process, or as 'accelerate launch' subprocess.")
+    accelerate_config: str = _f("", "accelerate YAML for launcher 'accelerate'.")
+    logging_steps: int = _f(50, "Log the loss every this many steps.")
+    sft_args: dict = _f({}, "Extra trl.SFTConfig arguments, passed as they are.")
+
+    def check(self) -> list[str]:
+        p = []
+        if not 0 <= self.newest_share <= 1:
+            p.append(f"newest_share={self.newest_share} must be in [0, 1].")
+        if self.launcher == "accelerate" and not self.accelerate_config:
+            p.append("launcher is 'accelerate' but accelerate_config is empty. Name a file from accelerate_configs/.")
+        if self.max_steps < 0 or self.bootstrap_steps < 0:
+            p.append("max_steps and bootstrap_steps must be >= 0.")
+        return p
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = _f(512, "Prompts per greedy generate() call.")
+
+
+@dataclass
+class MonitorConfig:
+    distinct_n: list[int] = _f([1, 2, 3, 4], "n-gram orders for distinct-n (character n-grams for the built-in tasks).")
+    extra_metrics: list[str] = _f([], "Dotted paths 'module:function(rows) -> dict' adding metrics each round.")
+
+
+@dataclass
+class Recipe:
+    output_dir: str = _f("runs/run", "Run directory (created; an existing one is resumed).")
+    seed: int = _f(0, "Seed for data, initialisation, sampling and training order.")
+    rounds: int = _f(4, "Self-improvement rounds after round 0.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Starting policy."})
+    task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "Task."})
+    generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": "Generation."})
+    judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "Judges."})
+    filter: FilterConfig = field(default_factory=FilterConfig, metadata={"help": "Quality filter."})
+    select: SelectConfig = field(default_factory=SelectConfig, metadata={"help": "Selection."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training."})
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": "Evaluation."})
+    monitor: MonitorConfig = field(default_factory=MonitorConfig, metadata={"help": "Monitor."})
+
+
+def _cross_checks(r: Recipe) -> list[str]:
+    p = []
+    for name in r.filter.min_scores:
+        if name not in r.judge.judges:
+            p.append(f"filter.min_scores.{name}: no judge {name!r} runs. Add it to judge.judges or remove the threshold.")
+    if "majority" in r.judge.judges and r.generate.num_samples < 2:
+        p.append(f"judge.judges has 'majority' but generate.num_samples={r.generate.num_samples}: a vote needs >= 2 samples. Raise num_samples.")
+    if r.task.name == "generic" and not r.task.generic.prompts:
+        p.append("task.generic.prompts is empty: point it at a prompts file or hub dataset id.")
+    if r.task.name == "generic" and not (r.task.generic.eval_id or r.task.generic.eval_ood):
+        p.append("task.generic: set eval_id and/or eval_ood so every round can be evaluated.")
+    if r.task.name == "generic" and r.model.path is None and not r.task.generic.seed_data:
+        p.append("model.path is null (a from-scratch model) but task.generic.seed_data is empty: a random model needs labelled seed data.")
+    if r.rounds < 0:
+        p.append(f"rounds={r.rounds} must be >= 0.")
+    return p
+
+
+def load_recipe(path: str | None, overrides: dict | None = None) -> Recipe:
+    """Parse a recipe file (or the defaults when ``path`` is None) with dotted overrides; raise ConfigError listing all problems."""
+    data = load_yaml(path) if path else {}
+    apply_overrides(data, overrides or {})
+    problems: list[str] = []
+    recipe = build(Recipe, data, "", problems)
+    problems += _cross_checks(recipe)
+    if problems:
+        raise ConfigError(problems)
+    return recipe
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    problems: list[str] = []
+    recipe = build(Recipe, data, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)

@@ -1,0 +1,21 @@
+"""Stage 6, evaluate: greedy accuracy of round k's policy on the run's fixed eval sets (made once, never trained on)."""
+
+from __future__ import annotations
+
+from selfimprove.generate import Sampling, hf_generate
+from selfimprove.rundir import atomic_stage, save_rows
+
+
+def run_evaluate(ctx, k: int) -> None:
+    from selfimprove.model import load_policy, load_tokenizer
+
+    rows = ctx.eval_rows()
+    ckpt = ctx.checkpoint(k)
+    model, tok = load_policy(ckpt, ctx.recipe.model.dtype), load_tokenizer(ckpt)
+    sampling = Sampling(max_new_tokens=ctx.task.max_new_tokens(rows))
+    with atomic_stage(ctx.stage(k, "evaluate"), {"checkpoint": ckpt, "sampling": sampling.as_dict()}) as (out, meta):
+        outs = hf_generate(model, tok, [r["prompt"] for r in rows], sampling, 0, ctx.recipe.evaluate.batch_size, f"round {k} eval")
+        scored = [{**r, "completion": o[0]["completion"], "correct": ctx.task.is_correct(o[0]["completion"], r["reference"])}
+                  for r, o in zip(rows, outs)]
+        save_rows(scored, out / "data")
+        meta["metrics"] = ctx.task.eval_metrics(scored)

@@ -1,0 +1,76 @@
+"""Stage 1, generate: sample N completions per prompt from the current policy.
+
+The HF backend batches prompts (left padding, KV cache) and seeds each batch from (seed, round, batch index), so a
+redone stage reproduces the same samples. Prompts are sorted by length before batching to cut padding.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from selfimprove.rundir import atomic_stage, save_rows
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Sampling:
+    num_samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 32
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: int, batch_size: int, desc: str = "generate") -> list[list[dict]]:
+    """For each prompt, ``num_samples`` dicts {completion, finished, num_tokens}, in prompt order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[list[dict]] = [[] for _ in prompts]
+    greedy = sampling.temperature == 0
+    kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.num_samples, do_sample=not greedy,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if not greedy:
+        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
+    starts = range(0, len(order), batch_size)
+    for b, start in enumerate(tqdm(starts, desc=desc, unit="batch", leave=False)):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
+        torch.manual_seed(seed * 1_000_003 + b)
+        with torch.inference_mode():
+            out = model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1]:]  # (batch * num_samples, new tokens)
+        for row, tokens in enumerate(new.tolist()):
+            finished = tokenizer.eos_token_id in tokens
+            tokens = tokens[: tokens.index(tokenizer.eos_token_id)] if finished else tokens
+            tokens = [t for t in tokens if t != tokenizer.pad_token_id]
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            results[idx[row // sampling.num_samples]].append({"completion": text, "finished": finished, "num_tokens": len(tokens)})
+    return results
+
+
+def run_generate(ctx, k: int) -> None:
+    """Write round k's prompts and samples (one row per sample, with lineage) to round_k/generate/."""
+    from selfimprove.model import load_policy, load_tokenizer
+
+    r = ctx.recipe
+    exclude = {row["prompt"] for row in ctx.eval_rows()}
+    prompts = ctx.task.round_prompts(k, ctx.history(k), exclude)
+    ckpt = ctx.checkpoint(k - 1)
+    sampling = Sampling(r.generate.num_samples, r.generate.temperature, r.generate.top_p, r.generate.top_k,
+                        r.generate.max_new_tokens or ctx.task.max_new_tokens(prompts))
+    seed = r.seed * 1000 + k
+    model, tok = load_policy(ckpt, r.model.dtype), load_tokenizer(ckpt)
+    with atomic_stage(ctx.stage(k, "generate"), {"checkpoint": ckpt, "sampling": sampling.as_dict(), "seed": seed}) as (out, meta):
+        samples = hf_generate(model, tok, [p["prompt"] for p in prompts], sampling, seed, r.generate.batch_size, f"round {k} generate")
+        rows = [{**p, "sample_idx": j, **s, "round": k, "checkpoint": ckpt, **sampling.as_dict(), "seed": seed}
+                for p, ss in zip(prompts, samples) for j, s in enumerate(ss)]
+        save_rows(rows, out / "data")
+        meta.update(prompts=len(prompts), samples=len(rows), tokens=sum(x["num_tokens"] for x in rows))

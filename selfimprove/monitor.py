@@ -1,0 +1,88 @@
+"""Stage 7, monitor: one flat, slash-named metrics dict per round (eval/, quality/, diversity/, train/, time/).
+
+It reads only what earlier stages wrote, so ``selfimprove monitor RUN_DIR`` recomputes the same numbers after the
+fact. More metrics plug in through ``monitor.extra_metrics`` ("module:function", called with the round's rows).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import defaultdict
+
+import numpy as np
+
+from selfimprove.rundir import atomic_stage, is_done, load_rows, read_json, rebuild_metrics
+
+STAGES_TIMED = ("generate", "judge", "filter", "select", "train", "evaluate")
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Corpus distinct-n over character n-grams: unique / total (0 when there are none)."""
+    grams = [t[i:i + n] for t in texts for i in range(len(t) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def distinct_answers_per_prompt(rows: list[dict], answer) -> float:
+    by_prompt = defaultdict(set)
+    for r in rows:
+        by_prompt[r["prompt_id"]].add(answer(r["completion"]))
+    return float(np.mean([len(v) for v in by_prompt.values()])) if by_prompt else 0.0
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(np.mean(xs)) if xs else 0.0
+
+
+def data_metrics(ctx, rows: dict[str, list[dict]]) -> dict:
+    """Quality and simple diversity numbers of the round's generated / kept / selected data."""
+    gen, kept, sel = rows["generate"], rows["kept"], rows["selected"]
+    out = {"quality/generated": len(gen), "quality/kept": len(kept), "quality/selected": len(sel),
+           "quality/acceptance_rate": len(kept) / len(gen) if gen else 0.0,
+           "quality/mean_score": _mean(r["score"] for r in rows["judge"])}
+    for name in ctx.recipe.judge.judges:
+        out[f"quality/mean_score_{name}"] = _mean(r[f"score_{name}"] for r in rows["judge"])
+    labelled = [r for r in sel if r["oracle_correct"] >= 0]
+    if labelled:  # measured against ground truth the loop never trains on
+        out["quality/pseudo_label_accuracy"] = _mean(r["oracle_correct"] for r in labelled)
+    for stage, data in (("generated", gen), ("selected", sel)):
+        texts = [r["completion"] for r in data]
+        for n in ctx.recipe.monitor.distinct_n:
+            out[f"diversity/{stage}/distinct_{n}"] = distinct_n(texts, n)
+        out[f"diversity/{stage}/distinct_answers_per_prompt"] = distinct_answers_per_prompt(data, ctx.task.answer)
+    if gen:
+        out["task/max_digits"] = max(r["difficulty"] for r in gen)
+    return out
+
+
+def round_metrics(ctx, k: int) -> dict:
+    metrics: dict = {"round": k}
+    metrics.update(read_json(ctx.stage(k, "evaluate") / "meta.json")["metrics"])
+    train_meta = read_json(ctx.stage(k, "train") / "meta.json")
+    metrics.update({"train/first_loss": train_meta["first_loss"], "train/last_loss": train_meta["last_loss"],
+                    "train/steps": train_meta["steps"], "train/rows": train_meta["rows"]})
+    for stage in STAGES_TIMED:
+        if is_done(ctx.stage(k, stage)):
+            metrics[f"time/{stage}_s"] = read_json(ctx.stage(k, stage) / "meta.json")["wall_s"]
+    if k == 0:
+        metrics["task/max_digits"] = max(r["difficulty"] for r in load_rows(ctx.run_dir / "seed_data" / "data"))
+        return metrics
+    judged = load_rows(ctx.stage(k, "judge") / "data")
+    kept = [r for r in load_rows(ctx.stage(k, "filter") / "data") if r["kept"]]
+    selected = [r for r in load_rows(ctx.stage(k, "select") / "data") if r["selected"]]
+    rows = {"generate": judged, "judge": judged, "kept": kept, "selected": selected}
+    metrics.update(data_metrics(ctx, rows))
+    for path in ctx.recipe.monitor.extra_metrics:
+        module, func = path.split(":")
+        metrics.update(getattr(importlib.import_module(module), func)(rows))
+    return metrics
+
+
+def run_monitor(ctx, k: int) -> dict:
+    with atomic_stage(ctx.stage(k, "monitor")) as (out, meta):
+        metrics = round_metrics(ctx, k)
+        from selfimprove.rundir import write_json
+
+        write_json(out / "metrics.json", metrics)
+    rebuild_metrics(ctx.run_dir)
+    return metrics

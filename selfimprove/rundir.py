@@ -1,0 +1,133 @@
+"""The on-disk layout of a run, and the one way every stage writes its outputs.
+
+    RUN_DIR/
+      recipe.yaml                  resolved recipe (a rerun with a different one is refused)
+      base_model/                  round-0 starting policy (bootstrap builds it here)
+      eval_sets/                   fixed eval sets, made once
+      round_00/train/ ...          round 0: bootstrap on seed data
+      round_01/{generate,judge,filter,select,train,evaluate,monitor}/
+      metrics.jsonl                one line per completed round, rebuilt from round_*/monitor/metrics.json
+
+A stage writes into ``<stage>.partial/``, then writes ``meta.json`` and the ``DONE`` marker, then renames the folder
+into place. A folder without ``DONE`` (or any ``*.partial``) is an interrupted stage and is redone from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+DONE = "DONE"
+
+
+def round_dir(run_dir: str | Path, k: int) -> Path:
+    return Path(run_dir) / f"round_{k:02d}"
+
+
+def stage_dir(run_dir: str | Path, k: int, stage: str) -> Path:
+    return round_dir(run_dir, k) / stage
+
+
+def is_done(path: str | Path) -> bool:
+    return (Path(path) / DONE).exists()
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON atomically (temp file + rename) so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+@contextlib.contextmanager
+def atomic_stage(final: str | Path, meta: dict | None = None):
+    """Yield a scratch folder; on success record meta (with wall time), mark DONE and move it to ``final``.
+
+    Anything left from an earlier, interrupted attempt is removed first, so a redone stage starts clean.
+    """
+    final = Path(final)
+    partial = final.with_name(final.name + ".partial")
+    for stale in (partial, final):
+        if stale.exists():
+            shutil.rmtree(stale)
+    partial.mkdir(parents=True)
+    meta = dict(meta or {})
+    start = time.perf_counter()
+    yield partial, meta
+    meta["wall_s"] = round(time.perf_counter() - start, 3)
+    write_json(partial / "meta.json", meta)
+    (partial / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+    os.replace(partial, final)
+
+
+def save_rows(rows: list[dict], path: str | Path) -> None:
+    """Save rows as a `datasets` dataset folder."""
+    from datasets import Dataset
+
+    if not rows:  # `datasets` writes no Arrow file for zero rows and cannot reload it, so mark emptiness
+        Path(path).mkdir(parents=True)
+        (Path(path) / "EMPTY").write_text("0 rows\n")
+        return
+    Dataset.from_list(rows).save_to_disk(str(path))
+
+
+def load_rows(path: str | Path) -> list[dict]:
+    from datasets import load_from_disk
+
+    if (Path(path) / "EMPTY").exists():
+        return []
+    return load_from_disk(str(path)).to_list()
+
+
+def rebuild_metrics(run_dir: str | Path) -> list[dict]:
+    """Rewrite metrics.jsonl from every completed round's monitor output: a rerun can never duplicate a line."""
+    run_dir = Path(run_dir)
+    lines = []
+    for rd in sorted(run_dir.glob("round_[0-9][0-9]")):
+        mon = rd / "monitor"
+        if is_done(mon):
+            lines.append(read_json(mon / "metrics.json"))
+    tmp = run_dir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
+    os.replace(tmp, run_dir / "metrics.jsonl")
+    return lines
+
+
+class RunContext:
+    """What every stage needs: the recipe, the run directory and the task (built once per process)."""
+
+    def __init__(self, recipe, run_dir: str | Path):
+        from selfimprove.tasks import build_task
+
+        self.recipe, self.run_dir, self.task = recipe, Path(run_dir), build_task(recipe)
+
+    def stage(self, k: int, name: str) -> Path:
+        return stage_dir(self.run_dir, k, name)
+
+    def checkpoint(self, k: int) -> str:
+        """The policy that round k trains into; round k generates from checkpoint(k - 1)."""
+        from selfimprove.model import base_model_path
+
+        if k < 0:
+            return base_model_path(self.recipe, self.run_dir)
+        return str(self.stage(k, "train") / "model")
+
+    def history(self, upto: int) -> list[dict]:
+        """Metrics of completed rounds before ``upto``."""
+        return [read_json(self.stage(j, "monitor") / "metrics.json") for j in range(upto) if is_done(self.stage(j, "monitor"))]
+
+    def eval_rows(self) -> list[dict]:
+        return load_rows(self.run_dir / "eval_sets" / "data")

@@ -1,0 +1,68 @@
+"""Tasks supply prompts, seed data, fixed eval sets and answer checking; the loop never looks inside a task's data.
+
+Row conventions (plain dicts, saved as `datasets` columns):
+  prompt rows:  prompt_id, prompt, difficulty, reference ("" when unknown; never trained on, only judged/measured)
+  seed rows:    prompt_id, prompt, completion, difficulty
+  eval rows:    prompt_id, prompt, reference, difficulty, split ("id" | "ood")
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Task(Protocol):
+    name: str
+
+    def alphabet(self) -> str:
+        """Characters a from-scratch character tokenizer needs."""
+
+    def seed_data(self) -> list[dict]:
+        """Labelled round-0 examples."""
+
+    def eval_sets(self) -> list[dict]:
+        """The fixed in- and out-of-distribution eval problems (made once per run)."""
+
+    def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
+        """Unlabelled prompts for round k >= 1; ``history`` holds earlier rounds' metrics, ``exclude`` eval prompts."""
+
+    def answer(self, completion: str) -> str | None:
+        """Canonical final answer of a completion, or None when it has none (used by majority vote)."""
+
+    def is_correct(self, completion: str, reference: str) -> bool:
+        """Ground-truth check (verifier judge, eval, pseudo-label accuracy)."""
+
+    def format_ok(self, prompt: str, completion: str, finished: bool) -> bool:
+        """Label-free format/length check."""
+
+    def max_new_tokens(self, rows: list[dict]) -> int:
+        """Enough new tokens for every prompt in ``rows``."""
+
+    def eval_metrics(self, rows: list[dict]) -> dict:
+        """Flat eval/... metrics from eval rows carrying a boolean ``correct``."""
+
+
+def rng_for(seed: int, *purpose: int) -> np.random.Generator:
+    """An independent, reproducible stream per (seed, round, purpose): reruns draw identical data."""
+    return np.random.default_rng([seed, *purpose])
+
+
+def split_accuracy(rows: list[dict]) -> dict:
+    """eval/accuracy/id and eval/accuracy/ood: mean accuracy over each split's rows (every task reports both)."""
+    out = {}
+    for split in ("id", "ood"):
+        sel = [r["correct"] for r in rows if r["split"] == split]
+        out[f"eval/accuracy/{split}"] = float(np.mean(sel)) if sel else 0.0
+    return out
+
+
+def build_task(recipe) -> Task:
+    if recipe.task.name == "addition":
+        from selfimprove.tasks.addition import AdditionTask
+
+        return AdditionTask(recipe.task.addition, recipe.seed)
+    from selfimprove.tasks.generic import GenericTask
+
+    return GenericTask(recipe.task.generic, recipe.seed)

@@ -1,0 +1,129 @@
+"""Reversed-digit addition in the format of Lee et al. 2025 (arXiv 2502.01612).
+
+Prompt ``a_rev+b_rev=``, completion ``sum_rev`` zero-padded on the right to max(len a, len b) + 1 digits, then EOS.
+Example: 57 + 8 -> prompt "75+8=", completion "560" (65 reversed and padded to 3 digits). Difficulty is the longest
+operand's digit count; eval problems have both operands of that length.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from selfimprove.tasks import rng_for, split_accuracy
+
+_PROMPT = re.compile(r"^(\d+)\+(\d+)=$")
+SEED_STREAM, EVAL_STREAM, ROUND_STREAM = 1, 2, 3
+
+
+def format_problem(a: int, b: int) -> tuple[str, str]:
+    width = max(len(str(a)), len(str(b))) + 1
+    return f"{str(a)[::-1]}+{str(b)[::-1]}=", str(a + b)[::-1].ljust(width, "0")
+
+
+def expected_length(prompt: str) -> int | None:
+    m = _PROMPT.match(prompt)
+    return None if m is None else max(len(m.group(1)), len(m.group(2))) + 1
+
+
+def _operand(rng: np.random.Generator, digits: int) -> int:
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    return int(rng.integers(low, 10**digits))
+
+
+class AdditionTask:
+    name = "addition"
+
+    def __init__(self, cfg, seed: int):
+        self.cfg, self.seed = cfg, seed
+
+    def alphabet(self) -> str:
+        return "0123456789+="
+
+    def _problem(self, rng, la: int, lb: int) -> dict:
+        a, b = _operand(rng, la), _operand(rng, lb)
+        prompt, completion = format_problem(a, b)
+        return {"prompt": prompt, "completion": completion, "difficulty": max(la, lb)}
+
+    def eval_sets(self) -> list[dict]:
+        rng, rows = rng_for(self.seed, EVAL_STREAM), []
+        for n in range(1, self.cfg.eval_max_digits + 1):
+            space = (10 if n == 1 else 9 * 10 ** (n - 1)) ** 2
+            # Keep eval to at most half of a tiny problem space so training still sees the rest of it.
+            want, seen = min(self.cfg.eval_size_per_digit, space // 2), set()
+            while len(seen) < want:
+                p = self._problem(rng, n, n)
+                if p["prompt"] in seen:
+                    continue
+                seen.add(p["prompt"])
+                split = "id" if self.cfg.seed_min_digits <= n <= self.cfg.seed_max_digits else "ood"
+                rows.append({"prompt_id": f"eval-d{n}-{len(seen) - 1}", "prompt": p["prompt"], "reference": p["completion"],
+                             "difficulty": n, "split": split})
+        return rows
+
+    def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
+        rng, rows, c = rng_for(self.seed, SEED_STREAM), [], self.cfg
+        while len(rows) < c.seed_size:
+            la, lb = rng.integers(c.seed_min_digits, c.seed_max_digits + 1, size=2)
+            p = self._problem(rng, int(la), int(lb))
+            if p["prompt"] not in exclude:
+                rows.append({"prompt_id": f"seed-{len(rows)}", **p})
+        return rows
+
+    def target_digits(self, k: int, history: list[dict]) -> list[int]:
+        """Digit counts that round k self-labels: the next one, plus (accelerated) every count already solved."""
+        last = self.cfg.seed_max_digits + k - 1 if not history else history[-1].get("task/max_digits", self.cfg.seed_max_digits)
+        top = last + 1
+        if self.cfg.curriculum == "accelerated" and history:
+            solved = [int(key.rsplit("d", 1)[1]) for key, v in history[-1].items()
+                      if key.startswith("eval/accuracy/d") and v >= self.cfg.accelerate_threshold]
+            top = max(top, max(solved, default=0) + 1)
+        return list(range(last + 1, top + 1))
+
+    def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
+        rng, c, rows = rng_for(self.seed, ROUND_STREAM, k), self.cfg, []
+        targets = self.target_digits(k, history)
+        low_range = (c.seed_min_digits, targets[0] - 1)
+        plan = [("new", c.prompts_per_round), ("in_range", c.in_range_prompts)]
+        for kind, count in plan:
+            made = 0
+            while made < count:
+                if kind == "new":
+                    n = int(rng.choice(targets))
+                    m = n if c.other_operand == "same" else int(rng.integers(1, n + 1))
+                    la, lb = (n, m) if rng.random() < 0.5 else (m, n)
+                else:
+                    la, lb = (int(x) for x in rng.integers(low_range[0], low_range[1] + 1, size=2))
+                p = self._problem(rng, la, lb)
+                if p["prompt"] in exclude:
+                    continue
+                rows.append({"prompt_id": f"r{k}-{len(rows)}", "prompt": p["prompt"], "difficulty": p["difficulty"],
+                             "reference": p["completion"]})
+                made += 1
+        return rows
+
+    def answer(self, completion: str) -> str | None:
+        return completion if completion.isdigit() else None
+
+    def is_correct(self, completion: str, reference: str) -> bool:
+        return completion == reference
+
+    def format_ok(self, prompt: str, completion: str, finished: bool) -> bool:
+        """Lee et al.'s length filter: exactly max operand length + 1 digits, then EOS. Needs no ground truth."""
+        return finished and completion.isdigit() and len(completion) == expected_length(prompt)
+
+    def max_new_tokens(self, rows: list[dict]) -> int:
+        return max(expected_length(r["prompt"]) or 0 for r in rows) + 2
+
+    def eval_metrics(self, rows: list[dict]) -> dict:
+        out = split_accuracy(rows)
+        per_digit = {}
+        for n in sorted({r["difficulty"] for r in rows}):
+            per_digit[n] = float(np.mean([r["correct"] for r in rows if r["difficulty"] == n]))
+            out[f"eval/accuracy/d{n}"] = per_digit[n]
+        frontier = 0
+        while per_digit.get(frontier + 1, 0.0) >= 0.9:
+            frontier += 1
+        out["eval/frontier"] = frontier
+        return out

@@ -1,0 +1,144 @@
+"""Stage 5, train: TRL SFTTrainer on prompt-completion data with completion-only loss.
+
+The round's training rows are decided here, before TRL sees them: exactly ``steps x global batch`` rows drawn from
+the seed data, earlier rounds' accepted data and the newest round's data (``train.newest_share``), tokenised in one
+batched call. TRL then skips its own row-by-row preprocessing (it sees ``input_ids``) and runs one epoch.
+
+Run alone (e.g. under ``accelerate launch``): ``python -m selfimprove.train RUN_DIR --round K``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from selfimprove.rundir import DONE, is_done, load_rows, save_rows, write_json
+from selfimprove.selection import accepted_rows
+from selfimprove.tasks import rng_for
+
+logger = logging.getLogger(__name__)
+MIX_STREAM = 4
+
+
+def _draw(pool: list[dict], m: int, rng: np.random.Generator) -> list[dict]:
+    """m rows cycling through shuffled passes over ``pool``: every row is used as evenly as possible."""
+    out: list[dict] = []
+    while pool and len(out) < m:
+        out += [pool[i] for i in rng.permutation(len(pool))[: m - len(out)]]
+    return out
+
+
+def build_mixture(seed_rows: list[dict], older: list[dict], newest: list[dict], cfg, n_rows: int, rng) -> list[dict]:
+    """The cross-round data policy: which pools feed this round, and the newest round's share of the rows."""
+    base = (seed_rows if cfg.seed_data == "keep" else []) + (older if cfg.history == "accumulate" else [])
+    if not cfg.use_generated:
+        base, newest = seed_rows, []
+    if not base and not newest:
+        raise ValueError("train: no training data (seed dropped and nothing accepted). Set train.seed_data: keep.")
+    n_new = n_rows if not base else (round(cfg.newest_share * n_rows) if newest else 0)
+    rows = _draw(newest, n_new, rng) + _draw(base, n_rows - n_new, rng)
+    return [rows[i] for i in rng.permutation(len(rows))]
+
+
+def tokenize_rows(rows: list[dict], tokenizer) -> dict:
+    """Batched tokenisation to TRL's processed format: input_ids + completion_mask (prompt 0, completion+EOS 1)."""
+    p = tokenizer([r["prompt"] for r in rows])["input_ids"]
+    c = tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return {"input_ids": [a + b + [eos] for a, b in zip(p, c)],
+            "completion_mask": [[0] * len(a) + [1] * (len(b) + 1) for a, b in zip(p, c)]}
+
+
+def _sft_config(r, k: int, out: Path, steps: int, world_size: int):
+    import torch
+    from trl import SFTConfig
+
+    t = r.train
+    lr = t.round_learning_rate if k > 0 and t.round_learning_rate else t.learning_rate
+    on_cpu = not torch.cuda.is_available()
+    args = dict(
+        output_dir=str(out / "trainer"), max_steps=steps, per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=lr, lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
+        save_strategy="no", report_to=[], seed=r.seed + k, data_seed=r.seed + k, use_cpu=on_cpu, bf16=False, fp16=False,
+        gradient_checkpointing=False,  # SFTConfig turns it on by default: pure overhead for small models
+        completion_only_loss=True, max_length=None, dataloader_drop_last=True, disable_tqdm=False,
+    )
+    args.update(t.sft_args)
+    return SFTConfig(**args)
+
+
+def training_rows(ctx, k: int, n_rows: int) -> list[dict]:
+    seed_rows = load_rows(ctx.run_dir / "seed_data" / "data")
+    if k == 0:
+        return _draw(seed_rows, n_rows, rng_for(ctx.recipe.seed, MIX_STREAM, 0))
+    older = accepted_rows(ctx, k)
+    newest = [row for row in load_rows(ctx.stage(k, "select") / "data") if row["selected"]]
+    return build_mixture(seed_rows, older, newest, ctx.recipe.train, n_rows, rng_for(ctx.recipe.seed, MIX_STREAM, k))
+
+
+def run_train(ctx, k: int) -> None:
+    """Train round k's policy into round_k/train/model (a save_pretrained folder)."""
+    from accelerate import PartialState
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from selfimprove.model import load_policy, load_tokenizer
+
+    r, state, start = ctx.recipe, PartialState(), time.perf_counter()
+    final = ctx.stage(k, "train")
+    partial = final.with_name("train.partial")
+    steps = r.train.bootstrap_steps if k == 0 else r.train.max_steps
+    global_batch = r.train.per_device_train_batch_size * r.train.gradient_accumulation_steps * state.num_processes
+    init = ctx.checkpoint(-1) if (k == 0 or r.train.init == "base") else ctx.checkpoint(k - 1)
+    if state.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+        partial.mkdir(parents=True)
+    state.wait_for_everyone()
+    rows = training_rows(ctx, k, steps * global_batch)
+    tok = load_tokenizer(init)
+    dataset = Dataset.from_dict(tokenize_rows(rows, tok))
+    model = load_policy(init, r.model.dtype)
+    trainer = SFTTrainer(model=model, args=_sft_config(r, k, partial, steps, state.num_processes), train_dataset=dataset, processing_class=tok)
+    result = trainer.train() if steps else None
+    trainer.save_model(str(partial / "model"))  # gathers ZeRO-3 shards into a full folder when configured to
+    if state.is_main_process:
+        tok.save_pretrained(partial / "model")
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        save_rows([{"prompt_id": x["prompt_id"], "round": x.get("round", 0)} for x in rows], partial / "data")
+        shutil.rmtree(partial / "trainer", ignore_errors=True)
+        write_json(partial / "meta.json", {
+            "init": init, "steps": steps, "global_batch": global_batch, "world_size": state.num_processes, "rows": len(rows),
+            "rows_by_round": {str(j): sum(1 for x in rows if x.get("round", 0) == j) for j in range(k + 1)},
+            "losses": losses, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "train_runtime_s": result.metrics["train_runtime"] if result else 0.0, "wall_s": round(time.perf_counter() - start, 3),
+        })
+        (partial / DONE).write_text("done\n")
+        os.replace(partial, final)
+    state.wait_for_everyone()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry for ``accelerate launch -m selfimprove.train RUN_DIR --round K``: reads the run's saved recipe."""
+    from selfimprove.loop import open_run
+
+    parser = argparse.ArgumentParser(prog="python -m selfimprove.train", description="Run one round's training stage.")
+    parser.add_argument("run_dir", help="An existing run directory (holds recipe.yaml).")
+    parser.add_argument("--round", type=int, required=True, help="Round to train (its select stage must be done).")
+    args = parser.parse_args(argv)
+    ctx = open_run(args.run_dir)
+    if is_done(ctx.stage(args.round, "train")):
+        logger.info("round %d train is already done", args.round)
+        return
+    run_train(ctx, args.round)
+
+
+if __name__ == "__main__":
+    main()
