@@ -47,12 +47,14 @@ class ModelConfig:
 class AdditionConfig:
     seed_min_digits: int = _f(1, "Shortest operand in the labelled seed data.")
     seed_max_digits: int = _f(6, "Longest operand in the labelled seed data (the starting difficulty).")
+    difficulty: Literal["longer", "shorter"] = _f("longer", "Which operand's digit count is a problem's difficulty. 'longer' is Lee et al.'s setting; 'shorter' seeds every position (the longer operand up to long_max_digits) and grows the digits both operands share.")
+    long_max_digits: int = _f(0, "With difficulty 'shorter': the longer operand's digit range in seed and round prompts (0 = seed_max_digits).")
     seed_size: int = _f(20000, "Number of labelled seed examples (operand lengths drawn independently).")
     prompts_per_round: int = _f(2000, "Unlabelled prompts at the new difficulty generated each round.")
     in_range_prompts: int = _f(0, "Extra unlabelled prompts per round inside the already-trained range.")
     curriculum: Literal["next", "accelerated"] = _f("next", "'next': round k adds digit count seed_max_digits+k; 'accelerated': also skips every count the last eval solved at >= accelerate_threshold.")
     accelerate_threshold: float = _f(0.99, "Accuracy at which a digit count counts as solved for the accelerated curriculum.")
-    other_operand: Literal["same", "any"] = _f("any", "At the new digit count n: 'same' makes both operands n digits; 'any' draws the other operand's length from 1..n.")
+    other_operand: Literal["same", "any"] = _f("any", "Difficulty 'longer' only: at digit count n, 'same' makes both operands n digits; 'any' draws the other operand's length from 1..n.")
     eval_max_digits: int = _f(12, "Evaluate digit counts 1..eval_max_digits (both operands of that length).")
     eval_size_per_digit: int = _f(200, "Eval problems per digit count.")
 
@@ -60,6 +62,9 @@ class AdditionConfig:
         p = []
         if not 1 <= self.seed_min_digits <= self.seed_max_digits:
             p.append(f"seed_min_digits={self.seed_min_digits} must be >= 1 and <= seed_max_digits={self.seed_max_digits}.")
+        if self.difficulty == "shorter" and self.long_max_digits < self.eval_max_digits:
+            p.append(f"difficulty 'shorter' needs long_max_digits >= eval_max_digits={self.eval_max_digits} (got {self.long_max_digits}): "
+                     "no position may be unseen. Raise long_max_digits.")
         if self.eval_max_digits <= self.seed_max_digits:
             p.append(f"eval_max_digits={self.eval_max_digits} leaves no out-of-distribution digit count; set it above seed_max_digits={self.seed_max_digits}.")
         return p

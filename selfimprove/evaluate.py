@@ -13,7 +13,7 @@ def run_evaluate(ctx, k: int) -> None:
     ckpt = ctx.checkpoint(k)
     model, tok = load_policy(ckpt, ctx.recipe.model.dtype), load_tokenizer(ckpt)
     sampling = Sampling(max_new_tokens=ctx.task.max_new_tokens(rows))
-    with atomic_stage(ctx.stage(k, "evaluate"), {"checkpoint": ckpt, "sampling": sampling.as_dict()}) as (out, meta):
+    with atomic_stage(ctx.stage(k, "evaluate"), {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict()}) as (out, meta):
         outs = hf_generate(model, tok, [r["prompt"] for r in rows], sampling, 0, ctx.recipe.evaluate.batch_size, f"round {k} eval")
         scored = [{**r, "completion": o[0]["completion"], "correct": ctx.task.is_correct(o[0]["completion"], r["reference"])}
                   for r, o in zip(rows, outs)]

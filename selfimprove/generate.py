@@ -68,9 +68,9 @@ def run_generate(ctx, k: int) -> None:
                         r.generate.max_new_tokens or ctx.task.max_new_tokens(prompts))
     seed = r.seed * 1000 + k
     model, tok = load_policy(ckpt, r.model.dtype), load_tokenizer(ckpt)
-    with atomic_stage(ctx.stage(k, "generate"), {"checkpoint": ckpt, "sampling": sampling.as_dict(), "seed": seed}) as (out, meta):
+    with atomic_stage(ctx.stage(k, "generate"), {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict(), "seed": seed}) as (out, meta):
         samples = hf_generate(model, tok, [p["prompt"] for p in prompts], sampling, seed, r.generate.batch_size, f"round {k} generate")
-        rows = [{**p, "sample_idx": j, **s, "round": k, "checkpoint": ckpt, **sampling.as_dict(), "seed": seed}
+        rows = [{**p, "sample_idx": j, **s, "round": k, "checkpoint": ctx.relative(ckpt), **sampling.as_dict(), "seed": seed}
                 for p, ss in zip(prompts, samples) for j, s in enumerate(ss)]
         save_rows(rows, out / "data")
         meta.update(prompts=len(prompts), samples=len(rows), tokens=sum(x["num_tokens"] for x in rows))

@@ -125,6 +125,11 @@ class RunContext:
             return base_model_path(self.recipe, self.run_dir)
         return str(self.stage(k, "train") / "model")
 
+    def relative(self, path: str) -> str:
+        """A path inside the run as 'round_00/train/model' (lineage survives moving the run); others unchanged."""
+        p = Path(path)
+        return str(p.relative_to(self.run_dir)) if p.is_relative_to(self.run_dir) else str(path)
+
     def history(self, upto: int) -> list[dict]:
         """Metrics of completed rounds before ``upto``."""
         return [read_json(self.stage(j, "monitor") / "metrics.json") for j in range(upto) if is_done(self.stage(j, "monitor"))]

@@ -1,8 +1,15 @@
 """Reversed-digit addition in the format of Lee et al. 2025 (arXiv 2502.01612).
 
 Prompt ``a_rev+b_rev=``, completion ``sum_rev`` zero-padded on the right to max(len a, len b) + 1 digits, then EOS.
-Example: 57 + 8 -> prompt "75+8=", completion "560" (65 reversed and padded to 3 digits). Difficulty is the longest
-operand's digit count; eval problems have both operands of that length.
+Example: 57 + 8 -> prompt "75+8=", completion "560" (65 reversed and padded to 3 digits). Eval problems of digit
+count n have both operands n digits.
+
+Difficulty (``difficulty``):
+- 'longer' (Lee et al.): the longer operand's length. The seed covers lengths up to seed_max_digits, so the next
+  difficulty needs positions the model never saw; tiny CPU models score exactly 0 there (see the README).
+- 'shorter': the shorter operand's length. The seed covers every position (the longer operand up to
+  long_max_digits) but only problems whose shorter operand has <= seed_max_digits digits. The next difficulty is new
+  only in how the digits combine, which a tiny model partly solves: the signal self-labelling needs.
 """
 
 from __future__ import annotations
@@ -44,7 +51,21 @@ class AdditionTask:
     def _problem(self, rng, la: int, lb: int) -> dict:
         a, b = _operand(rng, la), _operand(rng, lb)
         prompt, completion = format_problem(a, b)
-        return {"prompt": prompt, "completion": completion, "difficulty": max(la, lb)}
+        return {"prompt": prompt, "completion": completion, "difficulty": self._difficulty(la, lb)}
+
+    def _difficulty(self, la: int, lb: int) -> int:
+        return min(la, lb) if self.cfg.difficulty == "shorter" else max(la, lb)
+
+    def _lengths(self, rng, low: int, high: int) -> tuple[int, int]:
+        """Operand lengths whose difficulty lies in [low, high], in random order."""
+        c = self.cfg
+        if c.difficulty == "shorter":
+            short = int(rng.integers(low, high + 1))
+            other = int(rng.integers(short, (c.long_max_digits or c.seed_max_digits) + 1))
+        else:
+            short = int(rng.integers(low, high + 1))
+            other = short if c.other_operand == "same" else int(rng.integers(1, short + 1))
+        return (short, other) if rng.random() < 0.5 else (other, short)
 
     def eval_sets(self) -> list[dict]:
         rng, rows = rng_for(self.seed, EVAL_STREAM), []
@@ -65,8 +86,11 @@ class AdditionTask:
     def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
         rng, rows, c = rng_for(self.seed, SEED_STREAM), [], self.cfg
         while len(rows) < c.seed_size:
-            la, lb = rng.integers(c.seed_min_digits, c.seed_max_digits + 1, size=2)
-            p = self._problem(rng, int(la), int(lb))
+            if c.difficulty == "shorter":
+                la, lb = self._lengths(rng, c.seed_min_digits, c.seed_max_digits)
+            else:  # Lee et al.: both lengths drawn independently
+                la, lb = (int(x) for x in rng.integers(c.seed_min_digits, c.seed_max_digits + 1, size=2))
+            p = self._problem(rng, la, lb)
             if p["prompt"] not in exclude:
                 rows.append({"prompt_id": f"seed-{len(rows)}", **p})
         return rows
@@ -89,12 +113,8 @@ class AdditionTask:
         for kind, count in plan:
             made = 0
             while made < count:
-                if kind == "new":
-                    n = int(rng.choice(targets))
-                    m = n if c.other_operand == "same" else int(rng.integers(1, n + 1))
-                    la, lb = (n, m) if rng.random() < 0.5 else (m, n)
-                else:
-                    la, lb = (int(x) for x in rng.integers(low_range[0], low_range[1] + 1, size=2))
+                n = int(rng.choice(targets))
+                la, lb = self._lengths(rng, n, n) if kind == "new" else self._lengths(rng, *low_range)
                 p = self._problem(rng, la, lb)
                 if p["prompt"] in exclude:
                     continue

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selfimprove.config import Recipe, load_recipe
+from selfimprove.typed_yaml import ConfigError
+
+from conftest import REPO, run_cli
+
+
+def test_every_shipped_recipe_parses():
+    recipes = sorted((REPO / "recipes").rglob("*.yaml")) + [REPO / "tests" / "tiny_addition.yaml"]
+    assert len(recipes) >= 3
+    for path in recipes:
+        assert isinstance(load_recipe(str(path)), Recipe), path
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({
+        "rounds": "three", "generate": {"num_samples": 1, "temperature": 0.0, "top_p": 2.0},
+        "train": {"learning_rat": 1e-3}, "judge": {"judges": ["majority", "oracle"]},
+    }))
+    with pytest.raises(ConfigError) as err:
+        load_recipe(str(bad))
+    msg = str(err.value)
+    assert "rounds: expected int, got 'three'" in msg
+    assert "generate.top_p=2.0 must be in (0, 1]" in msg
+    assert "train.learning_rat: unknown key. Did you mean 'learning_rate'?" in msg
+    assert "judge.judges: 'oracle' is not a judge" in msg
+    assert "a vote needs >= 2 samples" in msg
+    assert len(err.value.problems) == 5
+
+
+def test_impossible_combinations():
+    with pytest.raises(ConfigError, match="temperature=0 is greedy"):
+        load_recipe(None, {"generate.temperature": 0, "generate.num_samples": 4})
+    with pytest.raises(ConfigError, match="accelerate_config is empty"):
+        load_recipe(None, {"train.launcher": "accelerate"})
+    with pytest.raises(ConfigError, match="not divisible by num_heads=3"):
+        load_recipe(None, {"model.bootstrap.num_heads": 3})
+    with pytest.raises(ConfigError, match="filter.min_scores.verifier: no judge 'verifier' runs"):
+        load_recipe(None, {"filter.min_scores": {"verifier": 1.0}})
+
+
+def test_overrides_are_typed():
+    r = load_recipe(None, {"generate.num_samples": 8, "filter.enabled": False, "monitor.distinct_n": [2], "train.learning_rate": 1})
+    assert r.generate.num_samples == 8 and r.filter.enabled is False and r.monitor.distinct_n == [2]
+    assert r.train.learning_rate == 1.0 and isinstance(r.train.learning_rate, float)
+    with pytest.raises(ConfigError, match="filter.enabled: expected true or false, got 'no way'"):
+        load_recipe(None, {"filter.enabled": "no way"})
+
+
+def test_cli_help_lists_every_field():
+    top = run_cli("--help")
+    assert top.returncode == 0 and "run" in top.stdout and "stage" in top.stdout and "monitor" in top.stdout
+    run = run_cli("run", "--help")
+    assert run.returncode == 0
+    from selfimprove.typed_yaml import iter_fields
+
+    for name, f, _ in iter_fields(Recipe):
+        assert f"--{name}" in run.stdout, name
+        assert f.metadata.get("help"), f"{name} has no help text"
+
+
+def test_cli_rejects_bad_override_before_work(tmp_path):
+    out = run_cli("run", REPO / "tests" / "tiny_addition.yaml", "--output_dir", tmp_path / "r", "--generate.num_samples", "0")
+    assert out.returncode == 2
+    assert "generate.num_samples=0" in out.stderr
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,120 @@
+"""End to end through the real CLI: round folders, metrics.jsonl, lineage, resume after SIGKILL, recipe guard."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_RECIPE, run_cli
+
+STAGES = ["generate", "judge", "filter", "select", "train", "evaluate", "monitor"]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _strip_times(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("e2e") / "run"
+    out = run_cli("run", TINY_RECIPE, "--output_dir", run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run
+
+
+def test_round_folders_and_metrics(finished_run):
+    run = finished_run
+    assert (run / "recipe.yaml").exists() and (run / "base_model" / "DONE").exists()
+    assert all((run / "round_00" / s / "DONE").exists() for s in ("train", "evaluate", "monitor"))
+    for k in (1, 2):
+        for s in STAGES:
+            assert (run / f"round_{k:02d}" / s / "DONE").exists(), (k, s)
+            assert (run / f"round_{k:02d}" / s / "meta.json").exists()
+    metrics = _metrics(run)
+    assert [m["round"] for m in metrics] == [0, 1, 2]
+    for m in metrics:
+        for key in ("eval/accuracy/id", "eval/accuracy/ood", "eval/frontier", "eval/accuracy/d1", "eval/accuracy/d5",
+                    "time/train_s", "time/evaluate_s", "train/last_loss"):
+            assert key in m, key
+    for key in ("quality/acceptance_rate", "quality/mean_score", "diversity/generated/distinct_4",
+                "diversity/generated/distinct_answers_per_prompt", "time/generate_s", "time/judge_s"):
+        assert key in metrics[1], key
+    assert metrics[1]["task/max_digits"] == 4 and metrics[2]["task/max_digits"] == 5
+
+
+def test_lineage_and_checkpoints(finished_run):
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gen = load_from_disk(str(finished_run / "round_01" / "filter" / "data"))
+    for col in ("round", "checkpoint", "prompt_id", "temperature", "top_p", "seed", "score", "score_majority", "kept", "filter_reason"):
+        assert col in gen.column_names, col
+    assert set(gen["round"]) == {1} and set(gen["checkpoint"]) == {"round_00/train/model"}
+    assert len(gen) == 40 * 3
+    ckpt = finished_run / "round_02" / "train" / "model"
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    assert model.config.vocab_size == len(tok)
+
+
+def test_rerun_is_a_noop_and_monitor_recomputes(finished_run):
+    before = (finished_run / "metrics.jsonl").read_text()
+    stamp = (finished_run / "round_02" / "train" / "DONE").stat().st_mtime
+    out = run_cli("run", TINY_RECIPE, "--output_dir", finished_run)
+    assert out.returncode == 0
+    assert (finished_run / "round_02" / "train" / "DONE").stat().st_mtime == stamp
+    assert (finished_run / "metrics.jsonl").read_text() == before
+    out = run_cli("monitor", finished_run)
+    assert out.returncode == 0
+    assert _strip_times(_metrics(finished_run)) == _strip_times([json.loads(x) for x in before.splitlines()])
+
+
+def test_changed_recipe_is_refused(finished_run):
+    out = run_cli("run", TINY_RECIPE, "--output_dir", finished_run, "--generate.temperature", "0.5")
+    assert out.returncode == 2
+    assert "generate.temperature: 0.8 -> 0.5" in out.stderr and "--allow-recipe-change" in out.stderr
+
+
+def _artifacts(run: Path) -> dict:
+    """Every dataset row and every model tensor of a run, for exact comparison."""
+    from safetensors.torch import load_file
+
+    from selfimprove.rundir import load_rows
+
+    out = {}
+    for data in sorted(run.glob("round_*/*/data")):
+        out[str(data.relative_to(run))] = load_rows(data)
+    for weights in sorted(run.glob("round_*/train/model/model.safetensors")):
+        out[str(weights.relative_to(run))] = {k: v.tolist() for k, v in load_file(weights).items()}
+    return out
+
+
+def test_resume_after_kill_mid_stage_matches_uninterrupted(finished_run, tmp_path):
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "selfimprove", "run", str(TINY_RECIPE), "--output_dir", str(run)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "round_01" / "train.partial").exists() or list(run.glob("round_01/*.partial")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed mid-stage"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(run.glob("round_01/*.partial")), "no stage was in progress when killed"
+    out = run_cli("run", TINY_RECIPE, "--output_dir", run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not list(run.glob("round_*/*.partial"))
+    assert _strip_times(_metrics(run)) == _strip_times(_metrics(finished_run))
+    a, b = _artifacts(run), _artifacts(finished_run)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == b[key], key

@@ -1,0 +1,109 @@
+"""Each stage's core function against hand-computed expectations, with a tiny model built in a fixture."""
+
+import pytest
+import torch
+
+from selfimprove.config import AdditionConfig, FilterConfig, SelectConfig, TrainConfig
+from selfimprove.filtering import filter_rows
+from selfimprove.generate import Sampling, hf_generate
+from selfimprove.judge import judge_rows
+from selfimprove.selection import select_rows
+from selfimprove.tasks.addition import AdditionTask
+from selfimprove.train import build_mixture, tokenize_rows
+
+TASK = AdditionTask(AdditionConfig(), 0)
+
+
+def _samples(prompt_id, prompt, completions, reference=""):
+    return [{"prompt_id": prompt_id, "prompt": prompt, "completion": c, "finished": True, "reference": reference,
+             "sample_idx": i} for i, c in enumerate(completions)]
+
+
+def test_majority_and_format_judges_by_hand():
+    rows = _samples("p0", "75+8=", ["560", "560", "561", "56", "xx"], reference="560")
+    out = judge_rows(TASK, rows, ["format", "majority", "verifier"], {"verifier": 2.0})
+    assert [r["score_majority"] for r in out] == [0.4, 0.4, 0.2, 0.2, 0.0]  # "56" is one valid vote; "xx" has no answer
+    assert [r["score_format"] for r in out] == [1, 1, 1, 0, 0]
+    assert [r["score_verifier"] for r in out] == [1, 1, 0, 0, 0]
+    assert out[0]["score"] == pytest.approx((1 + 0.4 + 2 * 1) / 4)
+    assert [r["oracle_correct"] for r in out] == [1, 1, 0, 0, 0]
+
+
+def test_verifier_refuses_unlabelled_prompts():
+    with pytest.raises(ValueError, match="needs a reference answer"):
+        judge_rows(TASK, _samples("p0", "75+8=", ["560"]), ["verifier"], {})
+
+
+def test_filter_thresholds_best_of_n_and_off_switch():
+    rows = judge_rows(TASK, _samples("p0", "75+8=", ["560", "560", "561", "56", "560"]), ["format", "majority"], {})
+    kept = filter_rows(rows, FilterConfig(min_scores={"format": 1.0, "majority": 0.6}))
+    assert [r["kept"] for r in kept] == [True, True, False, False, True]
+    assert kept[2]["filter_reason"] == "score_majority<0.6" and kept[3]["filter_reason"] == "score_format<1.0,score_majority<0.6"
+    best = filter_rows(rows, FilterConfig(min_scores={"format": 1.0}, best_of_n=2))
+    assert [r["kept"] for r in best] == [True, True, False, False, False]  # ties broken by sample order
+    assert best[4]["filter_reason"] == "not in best_of_2"
+    off = filter_rows(rows, FilterConfig(enabled=False))
+    assert all(r["kept"] for r in off) and off[0]["filter_reason"] == "filter disabled"
+
+
+def test_select_dedups_against_history_caps_and_budgets():
+    rows = [{"prompt_id": p, "prompt": p, "completion": c, "score": s}
+            for p, c, s in [("a", "1", 0.9), ("a", "1", 0.9), ("a", "2", 0.8), ("b", "3", 0.5), ("c", "4", 0.7), ("d", "5", 1.0)]]
+    out = select_rows(rows, SelectConfig(dedup="exact", per_prompt_cap=1), seen={("c", "4")})
+    assert [r["select_reason"] for r in out] == ["selected", "duplicate", "per_prompt_cap", "selected", "duplicate", "selected"]
+    out = select_rows(rows, SelectConfig(dedup="exact", per_prompt_cap=0, budget=2), seen=set())
+    assert [r["prompt_id"] + r["completion"] for r in out if r["selected"]] == ["a1", "d5"]
+    assert sum(r["selected"] for r in out) == 2 and out[2]["select_reason"] == "over_budget"
+
+
+def test_mixture_policy_shares_and_control():
+    import numpy as np
+
+    seed = [{"prompt_id": f"s{i}", "round": 0} for i in range(10)]
+    older = [{"prompt_id": f"o{i}", "round": 1} for i in range(10)]
+    newest = [{"prompt_id": f"n{i}", "round": 2} for i in range(4)]
+    rng = np.random.default_rng(0)
+    rows = build_mixture(seed, older, newest, TrainConfig(newest_share=0.25), 100, rng)
+    rounds = [r["round"] for r in rows]
+    assert len(rows) == 100 and rounds.count(2) == 25 and rounds.count(0) + rounds.count(1) == 75
+    replace = build_mixture(seed, older, newest, TrainConfig(history="replace", newest_share=0.5), 40, rng)
+    assert {r["round"] for r in replace} == {0, 2}
+    control = build_mixture(seed, older, newest, TrainConfig(use_generated=False), 40, rng)
+    assert {r["round"] for r in control} == {0}
+    # pools are cycled evenly: 25 draws from 4 newest rows use each 6 or 7 times
+    counts = [sum(r["prompt_id"] == f"n{i}" for r in rows) for i in range(4)]
+    assert sorted(counts) == [6, 6, 6, 7]
+
+
+def test_tokenize_rows_masks_only_completion_and_eos(tiny_policy):
+    from selfimprove.model import load_tokenizer
+
+    tok = load_tokenizer(tiny_policy)
+    out = tokenize_rows([{"prompt": "75+8=", "completion": "560"}], tok)
+    ids, mask = out["input_ids"][0], out["completion_mask"][0]
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and len(ids) == 1 + 5 + 3 + 1
+    assert mask == [0] * 6 + [1] * 4
+    assert tok.decode(ids[6:9]) == "560"
+
+
+def test_generate_batched_greedy_matches_one_by_one(tiny_policy):
+    from selfimprove.model import load_policy, load_tokenizer
+
+    model, tok = load_policy(tiny_policy), load_tokenizer(tiny_policy)
+    prompts = ["1+2=", "12345+6=", "99+1=", "7+7="]
+    s = Sampling(max_new_tokens=6)
+    batched = hf_generate(model, tok, prompts, s, seed=0, batch_size=4)
+    single = [hf_generate(model, tok, [p], s, seed=0, batch_size=1)[0] for p in prompts]
+    assert batched == single  # left padding must not change greedy outputs
+    assert all(len(x) == 1 and x[0]["num_tokens"] <= 6 for x in batched)
+
+
+def test_generate_sampling_is_seeded(tiny_policy):
+    from selfimprove.model import load_policy, load_tokenizer
+
+    model, tok = load_policy(tiny_policy), load_tokenizer(tiny_policy)
+    s = Sampling(num_samples=3, temperature=1.0, max_new_tokens=5)
+    a = hf_generate(model, tok, ["1+2=", "3+4="], s, seed=7, batch_size=2)
+    b = hf_generate(model, tok, ["1+2=", "3+4="], s, seed=7, batch_size=2)
+    c = hf_generate(model, tok, ["1+2=", "3+4="], s, seed=8, batch_size=2)
+    assert a == b and a != c and all(len(x) == 3 for x in a)
