@@ -35,6 +35,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _setup_logging(level: str) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # one bar per dataset save drowns the log
     try:
         from rich.logging import RichHandler
 

@@ -118,3 +118,23 @@ def test_resume_after_kill_mid_stage_matches_uninterrupted(finished_run, tmp_pat
     assert a.keys() == b.keys()
     for key in a:
         assert a[key] == b[key], key
+
+
+def test_train_stage_by_hand_with_accelerate_launch(finished_run, tmp_path):
+    """The process boundary: round 2's training launched alone reproduces the loop's checkpoint, and the loop resumes."""
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    for stage in ("train", "evaluate", "monitor"):
+        shutil.rmtree(run / "round_02" / stage)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / "single_process.yaml"),
+           "-m", "selfimprove.train", str(run), "--round", "2"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    meta = json.loads((run / "round_02" / "train" / "meta.json").read_text())
+    assert meta["world_size"] == 1 and meta["steps"] == 10
+    assert _artifacts(run)["round_02/train/model/model.safetensors"] == _artifacts(finished_run)["round_02/train/model/model.safetensors"]
+    out = run_cli("run", TINY_RECIPE, "--output_dir", run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _strip_times(_metrics(run)) == _strip_times(_metrics(finished_run))

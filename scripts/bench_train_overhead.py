@@ -1,0 +1,74 @@
+"""Where does a CPU training round's time go? Prints ratios measured side by side in one run.
+
+1. Data preparation: selfimprove's batched pre-tokenisation vs TRL SFTTrainer's own preprocessing of the same
+   prompt-completion rows.
+2. Step time: a TRL SFTTrainer step (as selfimprove configures it) vs a bare PyTorch forward/backward/AdamW step on
+   the same model and batches.
+
+    python scripts/bench_train_overhead.py --rows 50000 --steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=50000, help="Prompt-completion rows to prepare.")
+    parser.add_argument("--steps", type=int, default=200, help="Training steps to time.")
+    parser.add_argument("--batch", type=int, default=64, help="Sequences per step.")
+    args = parser.parse_args()
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from selfimprove.config import AdditionConfig, BootstrapConfig
+    from selfimprove.model import build_bootstrap_model, build_char_tokenizer
+    from selfimprove.tasks.addition import AdditionTask
+    from selfimprove.train import tokenize_rows
+
+    rows = AdditionTask(AdditionConfig(seed_size=args.rows, seed_max_digits=8, eval_max_digits=9), 0).seed_data()
+    tok = build_char_tokenizer("0123456789+=")
+    model = build_bootstrap_model(BootstrapConfig(), tok, seed=0)
+    out = tempfile.mkdtemp()
+
+    def sft_args(**kw):
+        return SFTConfig(output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch, report_to=[],
+                         use_cpu=True, bf16=False, gradient_checkpointing=False, completion_only_loss=True,
+                         save_strategy="no", disable_tqdm=True, logging_steps=10**6, max_length=None, **kw)
+
+    t0 = time.perf_counter()
+    ours = Dataset.from_dict(tokenize_rows(rows, tok))
+    t_ours = time.perf_counter() - t0
+    raw = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    t0 = time.perf_counter()
+    SFTTrainer(model=model, args=sft_args(), train_dataset=raw, processing_class=tok)
+    t_trl = time.perf_counter() - t0
+    print(f"data prep, {args.rows} rows: selfimprove batched {t_ours:.2f}s | TRL own preprocessing {t_trl:.2f}s | ratio {t_trl / t_ours:.1f}x")
+
+    trainer = SFTTrainer(model=model, args=sft_args(), train_dataset=ours.select(range(args.steps * args.batch)), processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    t_step_trl = (time.perf_counter() - t0) / args.steps
+
+    collate = trainer.data_collator
+    bare = build_bootstrap_model(BootstrapConfig(), tok, seed=0)
+    opt = torch.optim.AdamW(bare.parameters(), lr=1e-3)
+    batches = [collate([ours[i] for i in range(s * args.batch, (s + 1) * args.batch)]) for s in range(args.steps)]
+    t0 = time.perf_counter()
+    for b in batches:
+        loss = bare(input_ids=b["input_ids"], attention_mask=b.get("attention_mask"), labels=b["labels"]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    t_step_bare = (time.perf_counter() - t0) / args.steps
+    print(f"step time, batch {args.batch}: TRL SFTTrainer {t_step_trl * 1000:.1f}ms | bare PyTorch {t_step_bare * 1000:.1f}ms | ratio {t_step_trl / t_step_bare:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
