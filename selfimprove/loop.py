@@ -57,12 +57,14 @@ def open_run(run_dir: str | Path) -> RunContext:
 
 
 def start_run(recipe, allow_recipe_change: bool = False) -> RunContext:
-    """Create the run directory, or check that an existing one was made by the same recipe (``rounds`` may grow)."""
+    """Create the run directory, or check that an existing one was made by the same recipe.
+
+    ``rounds`` may grow (extending a run) and ``output_dir`` may differ (a moved run directory)."""
     run_dir = Path(recipe.output_dir)
     saved = run_dir / "recipe.yaml"
     new = recipe_to_dict(recipe)
     if saved.exists():
-        changes = [c for c in _diff(yaml.safe_load(saved.read_text()), new) if not c.startswith("rounds:")]
+        changes = [c for c in _diff(yaml.safe_load(saved.read_text()), new) if not c.startswith(("rounds:", "output_dir:"))]
         if changes and not allow_recipe_change:
             raise RecipeMismatch(
                 f"{run_dir} was started with a different recipe:\n  " + "\n  ".join(changes)

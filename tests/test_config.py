@@ -30,7 +30,8 @@ def test_all_problems_reported_at_once(tmp_path):
     assert "train.learning_rat: unknown key. Did you mean 'learning_rate'?" in msg
     assert "judge.judges: 'oracle' is not a judge" in msg
     assert "a vote needs >= 2 samples" in msg
-    assert len(err.value.problems) == 5
+    assert "filter.min_scores.format: no judge 'format' runs" in msg  # the default threshold names a dropped judge
+    assert len(err.value.problems) == 6
 
 
 def test_impossible_combinations():
