@@ -37,9 +37,10 @@ def _setup_logging(level: str) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # one bar per dataset save drowns the log
     try:
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handlers = [RichHandler(show_path=False, rich_tracebacks=False)]
+        handlers = [RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)]
     except ImportError:  # rich is optional
         handlers = [logging.StreamHandler()]
     logging.basicConfig(level=level.upper(), format="%(message)s", handlers=handlers)

@@ -38,7 +38,7 @@ def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: 
     kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.num_samples, do_sample=not greedy,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if not greedy:
-        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
+        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)  # 0 disables top-k
     starts = range(0, len(order), batch_size)
     for b, start in enumerate(tqdm(starts, desc=desc, unit="batch", leave=False)):
         idx = order[start:start + batch_size]

@@ -142,3 +142,19 @@ def test_train_stage_by_hand_with_accelerate_launch(finished_run, tmp_path):
     out = run_cli("run", TINY_RECIPE, "--output_dir", run)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _strip_times(_metrics(run)) == _strip_times(_metrics(finished_run))
+
+
+def test_stage_command_redoes_one_stage_identically(finished_run, tmp_path):
+    import shutil
+
+    from selfimprove.rundir import load_rows
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    out = run_cli("stage", "evaluate", run, "--round", "1")
+    assert out.returncode == 0 and "already done" in out.stderr
+    out = run_cli("stage", "evaluate", run, "--round", "1", "--force")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert load_rows(run / "round_01" / "evaluate" / "data") == load_rows(finished_run / "round_01" / "evaluate" / "data")
+    out = run_cli("stage", "judge", tmp_path / "nowhere", "--round", "1")
+    assert out.returncode == 2 and "not a run directory" in out.stderr
