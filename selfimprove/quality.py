@@ -1,0 +1,47 @@
+"""Answer-level quality and diversity for verifiable tasks: pass@k, maj@k, answer entropy."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021) for one prompt with n samples, c correct: 1 - C(n-c, k) / C(n, k).
+
+    Computed as 1 - prod_{i=n-c+1..n} (1 - k/i), which never forms the huge binomials."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per prompt, got {n}. Lower k or sample more.")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def answer_entropy(answers: list) -> float:
+    """Plug-in entropy (nats) of one prompt's canonical answers; None answers share one '<invalid>' bucket."""
+    if not answers:
+        return 0.0
+    counts = Counter("<invalid>" if a is None else a for a in answers)
+    k = len(answers)
+    return float(-sum(v / k * math.log(v / k) for v in counts.values()))
+
+
+def maj_at_k(answers: list, reference, k: int, rng: np.random.Generator, trials: int = 32) -> float:
+    """Share of random k-subsets whose most common valid answer equals the reference (ties broken by rng)."""
+    if k > len(answers):
+        raise ValueError(f"maj@{k} needs at least {k} samples per prompt, got {len(answers)}.")
+    if k == 0:
+        return 0.0
+    subsets = [list(range(len(answers)))] if k == len(answers) else [rng.choice(len(answers), k, replace=False) for _ in range(trials)]
+    hits = []
+    for idx in subsets:
+        counts = Counter(answers[i] for i in idx if answers[i] is not None)
+        if not counts:
+            hits.append(0.0)
+            continue
+        top = max(counts.values())
+        winners = sorted(a for a, v in counts.items() if v == top)
+        hits.append(float(winners[int(rng.integers(len(winners)))] == reference))
+    return float(np.mean(hits))

@@ -1,0 +1,96 @@
+"""Every metric against values worked by hand, plus the edge cases (empty, one sample, identical, empty strings)."""
+
+import gzip
+import math
+
+import numpy as np
+import pytest
+
+from selfimprove.diversity import (compression_ratio, distinct_n, ead, ngram_entropy, ngram_vendi, vendi_from_features,
+                                   vendi_from_kernel)
+from selfimprove.quality import answer_entropy, maj_at_k, pass_at_k
+
+
+def test_lexical_by_hand():
+    # "abab": bigrams ab, ba, ab -> 2 unique of 3
+    assert distinct_n(["abab"], 2) == pytest.approx(2 / 3)
+    assert distinct_n(["the cat", "the dog"], 1, unit="word") == pytest.approx(3 / 4)
+    # EAD with V=3, C=3, N_u=2: 2 / (3 * (1 - (2/3)^3)) = 2 / (57/27)
+    assert ead(["abab"], 2, vocab_size=3) == pytest.approx(2 / (57 / 27))
+    assert ngram_entropy(["abab"], 2) == pytest.approx(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)))
+    assert ngram_entropy(["aaaa"], 1) == 0.0
+
+
+def test_compression_ratio_is_plain_gzip_once():
+    texts = ["12345"] * 50
+    data = " ".join(texts).encode()
+    assert compression_ratio(texts) == pytest.approx(len(data) / len(gzip.compress(data, mtime=0)))
+    rng = np.random.default_rng(0)
+    varied = ["".join(map(str, rng.integers(0, 10, 5))) for _ in range(50)]
+    assert compression_ratio(texts) > compression_ratio(varied)
+
+
+def test_vendi_oracles_from_reference_readme():
+    K = np.array([[1, 0.9, 0], [0.9, 1, 0], [0, 0, 1]])
+    assert vendi_from_kernel(K) == pytest.approx(2.1573, abs=1e-4)
+    # the same kernel from unit features, through the d x d route
+    X = np.array([[1, 0, 0], [0.9, math.sqrt(1 - 0.81), 0], [0, 0, 1]])
+    assert vendi_from_features(X) == pytest.approx(2.1573, abs=1e-4)
+    x = np.array([0, 0, 10, 10, 20, 20])
+    assert vendi_from_kernel(np.exp(-np.abs(x[:, None] - x[None, :]))) == pytest.approx(2.9999, abs=1e-4)
+
+
+def test_vendi_orders_and_extremes():
+    eye = np.eye(4)
+    for q in (0.5, 1, 2, math.inf):
+        assert vendi_from_kernel(eye, q) == pytest.approx(4.0)
+        assert vendi_from_kernel(np.ones((4, 4)), q) == pytest.approx(1.0)
+    K = np.array([[1, 0.9, 0], [0.9, 1, 0], [0, 0, 1]])
+    scores = [vendi_from_kernel(K, q) for q in (0.5, 1, 2, math.inf)]
+    assert scores == sorted(scores, reverse=True)  # non-increasing in q
+
+
+def test_ngram_vendi_dual_equals_gram_route():
+    texts = ["123", "124", "999", "123", "5"]
+    dual = ngram_vendi(texts)
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.preprocessing import normalize
+
+    Ks = []
+    for n in (1, 2, 3, 4):
+        try:
+            X = normalize(CountVectorizer(analyzer="char", ngram_range=(n, n), lowercase=False).fit_transform(texts)).toarray()
+        except ValueError:
+            continue
+        Ks.append(X @ X.T)
+    lam = np.linalg.eigvalsh(np.mean(Ks, axis=0) / len(texts))
+    lam = lam[lam > 1e-12] / lam[lam > 1e-12].sum()
+    assert dual == pytest.approx(float(np.exp(-(lam * np.log(lam)).sum())), rel=1e-6)
+
+
+@pytest.mark.parametrize("texts", [[], ["x"], ["same"] * 5, ["", ""], ["", "abc"]])
+def test_edge_cases_are_defined(texts):
+    values = [distinct_n(texts, 2), ead(texts, 2, 12), ngram_entropy(texts, 2), compression_ratio(texts),
+              ngram_vendi(texts), vendi_from_kernel(np.eye(len(texts)))]
+    assert all(isinstance(v, float) and math.isfinite(v) for v in values)
+    if len(set(texts)) <= 1:
+        assert ngram_vendi(texts) == pytest.approx(1.0)
+
+
+def test_pass_at_k_by_hand():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    assert pass_at_k(5, 4, 2) == 1.0 and pass_at_k(5, 0, 3) == 0.0
+    assert pass_at_k(200, 1, 100) == pytest.approx(0.5)  # no overflow for large n
+    with pytest.raises(ValueError, match="needs at least 6 samples"):
+        pass_at_k(5, 1, 6)
+
+
+def test_answer_entropy_and_maj_at_k():
+    assert answer_entropy(["1", "1", "2", None]) == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+    assert answer_entropy([]) == 0.0 and answer_entropy(["7"] * 3) == 0.0
+    rng = np.random.default_rng(0)
+    assert maj_at_k(["1", "1", "2"], "1", 3, rng) == 1.0
+    assert maj_at_k([None, None], "1", 2, rng) == 0.0
+    # all 2-subsets of [1, 1, 2]: {1,1} -> 1; {1,2} twice -> tie, half right on average
+    assert 0.5 < maj_at_k(["1", "1", "2"], "1", 2, rng, trials=2000) < 0.75
