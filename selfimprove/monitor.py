@@ -11,15 +11,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from selfimprove.rundir import atomic_stage, is_done, load_rows, read_json, rebuild_metrics
+from selfimprove.diversity import compression_ratio, distinct_n, ngram_vendi
+from selfimprove.rundir import atomic_stage, is_done, load_rows, read_json, rebuild_metrics, write_json
 
 STAGES_TIMED = ("generate", "judge", "filter", "select", "train", "evaluate")
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Corpus distinct-n over character n-grams: unique / total (0 when there are none)."""
-    grams = [t[i:i + n] for t in texts for i in range(len(t) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def distinct_answers_per_prompt(rows: list[dict], answer) -> float:
@@ -27,6 +22,22 @@ def distinct_answers_per_prompt(rows: list[dict], answer) -> float:
     for r in rows:
         by_prompt[r["prompt_id"]].add(answer(r["completion"]))
     return float(np.mean([len(v) for v in by_prompt.values()])) if by_prompt else 0.0
+
+
+def answer_metrics(rows: list[dict], answer, k: int) -> dict:
+    """Per-prompt answer entropy and, where ground truth is known, pass@1, pass@k and their gap (Wu et al.'s signal)."""
+    from selfimprove.quality import answer_entropy, pass_at_k
+
+    by_prompt: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_prompt[r["prompt_id"]].append(r)
+    out = {"answer_entropy": _mean(answer_entropy([answer(r["completion"]) for r in g]) for g in by_prompt.values())}
+    labelled = [g for g in by_prompt.values() if all(r["oracle_correct"] >= 0 for r in g) and len(g) >= k]
+    if labelled:
+        p1 = _mean(pass_at_k(len(g), sum(r["oracle_correct"] for r in g), 1) for g in labelled)
+        pk = _mean(pass_at_k(len(g), sum(r["oracle_correct"] for r in g), k) for g in labelled)
+        out.update({"pass@1": p1, f"pass@{k}": pk, "pass@k_minus_pass@1": pk - p1})
+    return out
 
 
 def _mean(xs) -> float:
@@ -50,6 +61,11 @@ def data_metrics(ctx, rows: dict[str, list[dict]]) -> dict:
         for n in ctx.recipe.monitor.distinct_n:
             out[f"diversity/{stage}/distinct_{n}"] = distinct_n(texts, n)
         out[f"diversity/{stage}/distinct_answers_per_prompt"] = distinct_answers_per_prompt(data, ctx.task.answer)
+        out[f"diversity/{stage}/ngram_vendi"] = ngram_vendi(texts)
+        out[f"diversity/{stage}/compression_ratio"] = compression_ratio(texts)
+    answers = answer_metrics(gen, ctx.task.answer, ctx.recipe.generate.num_samples)
+    out["diversity/generated/answer_entropy"] = answers.pop("answer_entropy")
+    out.update({f"quality/{k}": v for k, v in answers.items()})
     if gen:
         out["task/max_digits"] = max(r["difficulty"] for r in gen)
     return out
@@ -81,8 +97,6 @@ def round_metrics(ctx, k: int) -> dict:
 def run_monitor(ctx, k: int) -> dict:
     with atomic_stage(ctx.stage(k, "monitor")) as (out, meta):
         metrics = round_metrics(ctx, k)
-        from selfimprove.rundir import write_json
-
         write_json(out / "metrics.json", metrics)
     rebuild_metrics(ctx.run_dir)
     return metrics

@@ -45,7 +45,8 @@ def test_round_folders_and_metrics(finished_run):
                     "time/train_s", "time/evaluate_s", "train/last_loss"):
             assert key in m, key
     for key in ("quality/acceptance_rate", "quality/mean_score", "diversity/generated/distinct_4",
-                "diversity/generated/distinct_answers_per_prompt", "time/generate_s", "time/judge_s"):
+                "diversity/generated/distinct_answers_per_prompt", "time/generate_s", "time/judge_s",
+                "diversity/generated/ngram_vendi", "diversity/generated/answer_entropy", "quality/pass@3", "quality/pass@1"):
         assert key in metrics[1], key
     assert metrics[1]["task/max_digits"] == 4 and metrics[2]["task/max_digits"] == 5
     # generated data really reaches training: round 2 trains on seed + round 1 + round 2 rows, half from round 2
