@@ -191,6 +191,7 @@ class EvaluateConfig:
 @dataclass
 class MonitorConfig:
     distinct_n: list[int] = _f([1, 2, 3, 4], "n-gram orders for distinct-n (character n-grams for the built-in tasks).")
+    vendi_samples: int = _f(1000, "Texts (a seeded subsample) that n-gram Vendi is computed on: its cost grows as N^2..N^3.")
     extra_metrics: list[str] = _f([], "Dotted paths 'module:function(rows) -> dict' adding metrics each round.")
 
 

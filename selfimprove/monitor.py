@@ -40,6 +40,13 @@ def answer_metrics(rows: list[dict], answer, k: int) -> dict:
     return out
 
 
+def _subsample(texts: list[str], m: int) -> list[str]:
+    """A fixed-size, seeded subsample: diversity numbers grow with N, so every round is measured on the same N."""
+    if len(texts) <= m:
+        return texts
+    return [texts[i] for i in sorted(np.random.default_rng(0).choice(len(texts), m, replace=False))]
+
+
 def _mean(xs) -> float:
     xs = list(xs)
     return float(np.mean(xs)) if xs else 0.0
@@ -61,7 +68,7 @@ def data_metrics(ctx, rows: dict[str, list[dict]]) -> dict:
         for n in ctx.recipe.monitor.distinct_n:
             out[f"diversity/{stage}/distinct_{n}"] = distinct_n(texts, n)
         out[f"diversity/{stage}/distinct_answers_per_prompt"] = distinct_answers_per_prompt(data, ctx.task.answer)
-        out[f"diversity/{stage}/ngram_vendi"] = ngram_vendi(texts)
+        out[f"diversity/{stage}/ngram_vendi"] = ngram_vendi(_subsample(texts, ctx.recipe.monitor.vendi_samples))
         out[f"diversity/{stage}/compression_ratio"] = compression_ratio(texts)
     answers = answer_metrics(gen, ctx.task.answer, ctx.recipe.generate.num_samples)
     out["diversity/generated/answer_entropy"] = answers.pop("answer_entropy")
