@@ -51,7 +51,7 @@ class AdditionConfig:
     long_max_digits: int = _f(0, "With difficulty 'shorter': the longer operand's digit range in seed and round prompts (0 = seed_max_digits).")
     seed_size: int = _f(20000, "Number of labelled seed examples (operand lengths drawn independently).")
     prompts_per_round: int = _f(2000, "Unlabelled prompts at the new difficulty generated each round.")
-    in_range_prompts: int = _f(0, "Extra unlabelled prompts per round inside the already-trained range.")
+    in_range_prompts: int = _f(0, "Extra unlabelled prompts per round inside the seeded (labelled) range.")
     curriculum: Literal["next", "accelerated"] = _f("next", "'next': round k adds digit count seed_max_digits+k; 'accelerated': also skips every count the last eval solved at >= accelerate_threshold.")
     accelerate_threshold: float = _f(0.99, "Accuracy at which a digit count counts as solved for the accelerated curriculum.")
     other_operand: Literal["same", "any"] = _f("any", "Difficulty 'longer' only: at digit count n, 'same' makes both operands n digits; 'any' draws the other operand's length from 1..n.")

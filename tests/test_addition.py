@@ -34,6 +34,15 @@ def test_eval_sets_fixed_split_and_disjoint_from_training():
     assert {r["difficulty"] for r in prompts} == {4}
 
 
+def test_in_range_prompts_stay_in_the_seeded_range():
+    t = AdditionTask(AdditionConfig(seed_max_digits=3, prompts_per_round=50, in_range_prompts=200, eval_max_digits=6), 0)
+    hist = [{"task/max_digits": 5}]  # rounds have already moved the target to 6
+    rows = t.round_prompts(3, hist, set())
+    assert {r["difficulty"] for r in rows[:50]} == {6}
+    assert {r["difficulty"] for r in rows[50:]} == {1, 2, 3}
+    assert rows == t.round_prompts(3, hist, set())  # deterministic per (seed, round)
+
+
 def test_curricula():
     t = AdditionTask(AdditionConfig(seed_max_digits=3, curriculum="accelerated"), 0)
     assert t.target_digits(1, []) == [4]

@@ -108,7 +108,7 @@ class AdditionTask:
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
         rng, c, rows = rng_for(self.seed, ROUND_STREAM, k), self.cfg, []
         targets = self.target_digits(k, history)
-        low_range = (c.seed_min_digits, targets[0] - 1)
+        low_range = (c.seed_min_digits, c.seed_max_digits)  # "in range" = the labelled seed's range, not the moving target
         plan = [("new", c.prompts_per_round), ("in_range", c.in_range_prompts)]
         for kind, count in plan:
             made = 0
