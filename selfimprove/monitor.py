@@ -74,7 +74,7 @@ def data_metrics(ctx, rows: dict[str, list[dict]]) -> dict:
     out["diversity/generated/answer_entropy"] = answers.pop("answer_entropy")
     out.update({f"quality/{k}": v for k, v in answers.items()})
     if gen:
-        out["task/max_digits"] = max(r["difficulty"] for r in gen)
+        out["task/max_difficulty"] = max(r["difficulty"] for r in gen)
     return out
 
 
@@ -88,7 +88,7 @@ def round_metrics(ctx, k: int) -> dict:
         if is_done(ctx.stage(k, stage)):
             metrics[f"time/{stage}_s"] = read_json(ctx.stage(k, stage) / "meta.json")["wall_s"]
     if k == 0:
-        metrics["task/max_digits"] = max(r["difficulty"] for r in load_rows(ctx.run_dir / "seed_data" / "data"))
+        metrics["task/max_difficulty"] = max((r["difficulty"] for r in load_rows(ctx.run_dir / "seed_data" / "data")), default=0)
         return metrics
     judged = load_rows(ctx.stage(k, "judge") / "data")
     kept = [r for r in load_rows(ctx.stage(k, "filter") / "data") if r["kept"]]

@@ -103,15 +103,18 @@ def run_train(ctx, k: int) -> None:
         partial.mkdir(parents=True)
     state.wait_for_everyone()
     rows = training_rows(ctx, k, steps * global_batch)
-    tok = load_tokenizer(init)
-    dataset = Dataset.from_dict(tokenize_rows(rows, tok))
-    model = load_policy(init, r.model.dtype)
-    trainer = SFTTrainer(model=model, args=_sft_config(r, k, partial, steps, state.num_processes), train_dataset=dataset, processing_class=tok)
-    result = trainer.train() if steps else None
-    trainer.save_model(str(partial / "model"))  # gathers ZeRO-3 shards into a full folder when configured to
+    tok, model = load_tokenizer(init), load_policy(init, r.model.dtype)
+    losses, result = [], None
+    if steps:
+        dataset = Dataset.from_dict(tokenize_rows(rows, tok))
+        trainer = SFTTrainer(model=model, args=_sft_config(r, k, partial, steps, state.num_processes), train_dataset=dataset, processing_class=tok)
+        result = trainer.train()
+        trainer.save_model(str(partial / "model"))  # gathers ZeRO-3 shards into a full folder when configured to
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    elif state.is_main_process:  # zero steps: the round's policy is its starting point, exported as a folder
+        model.save_pretrained(partial / "model")
     if state.is_main_process:
         tok.save_pretrained(partial / "model")
-        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         save_rows([{"prompt_id": x["prompt_id"], "round": x.get("round", 0)} for x in rows], partial / "data")
         shutil.rmtree(partial / "trainer", ignore_errors=True)
         write_json(partial / "meta.json", {

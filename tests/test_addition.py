@@ -36,7 +36,7 @@ def test_eval_sets_fixed_split_and_disjoint_from_training():
 
 def test_in_range_prompts_stay_in_the_seeded_range():
     t = AdditionTask(AdditionConfig(seed_max_digits=3, prompts_per_round=50, in_range_prompts=200, eval_max_digits=6), 0)
-    hist = [{"task/max_digits": 5}]  # rounds have already moved the target to 6
+    hist = [{"task/max_difficulty": 5}]  # rounds have already moved the target to 6
     rows = t.round_prompts(3, hist, set())
     assert {r["difficulty"] for r in rows[:50]} == {6}
     assert {r["difficulty"] for r in rows[50:]} == {1, 2, 3}
@@ -46,7 +46,7 @@ def test_in_range_prompts_stay_in_the_seeded_range():
 def test_curricula():
     t = AdditionTask(AdditionConfig(seed_max_digits=3, curriculum="accelerated"), 0)
     assert t.target_digits(1, []) == [4]
-    hist = [{"task/max_digits": 4, "eval/accuracy/d5": 0.995, "eval/accuracy/d6": 0.99, "eval/accuracy/d7": 0.5}]
+    hist = [{"task/max_difficulty": 4, "eval/accuracy/d5": 0.995, "eval/accuracy/d6": 0.99, "eval/accuracy/d7": 0.5}]
     assert t.target_digits(2, hist) == [5, 6, 7]
     assert AdditionTask(AdditionConfig(seed_max_digits=3), 0).target_digits(2, hist) == [5]
 

@@ -69,3 +69,30 @@ train: {{bootstrap_steps: 20, max_steps: 5, per_device_train_batch_size: 8}}
     assert [m["round"] for m in lines] == [0, 1]
     assert "eval/accuracy/id" in lines[1] and lines[1]["quality/generated"] == 90
     assert "quality/pseudo_label_accuracy" not in lines[1]  # no references: nothing to measure against
+
+
+def test_model_path_and_dataset_id_from_local_folders(tmp_path, tiny_policy):
+    """The hub code paths, on local folders: model.path is a save_pretrained folder; prompts is a dataset 'id'."""
+    from datasets import Dataset
+
+    data_dir = tmp_path / "my_dataset"
+    data_dir.mkdir()
+    Dataset.from_list([{"prompt": f"{a}+1=", "answer": str(a + 1)} for a in range(12)]).to_parquet(str(data_dir / "train.parquet"))
+    ev = _write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "5+5=", "answer": "10"}])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+output_dir: {tmp_path / 'run'}
+rounds: 1
+model: {{path: {tiny_policy}}}
+task: {{name: generic, generic: {{prompts: {data_dir}, eval_ood: {ev}, verifier: numeric, max_new_tokens: 3}}}}
+generate: {{num_samples: 2, batch_size: 16}}
+filter: {{min_scores: {{majority: 0.0}}}}
+train: {{bootstrap_steps: 0, max_steps: 3, per_device_train_batch_size: 4}}
+""")
+    out = run_cli("run", recipe)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[1]["quality/generated"] == 24 and lines[1]["train/steps"] == 3
+    assert not (tmp_path / "run" / "base_model").exists()  # the given folder is the base policy
+    meta = json.loads((tmp_path / "run" / "round_00" / "train" / "meta.json").read_text())
+    assert meta["init"] == tiny_policy and meta["steps"] == 0

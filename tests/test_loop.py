@@ -48,7 +48,7 @@ def test_round_folders_and_metrics(finished_run):
                 "diversity/generated/distinct_answers_per_prompt", "time/generate_s", "time/judge_s",
                 "diversity/generated/ngram_vendi", "diversity/generated/answer_entropy", "quality/pass@3", "quality/pass@1"):
         assert key in metrics[1], key
-    assert metrics[1]["task/max_digits"] == 4 and metrics[2]["task/max_digits"] == 5
+    assert metrics[1]["task/max_difficulty"] == 4 and metrics[2]["task/max_difficulty"] == 5
     # generated data really reaches training: round 2 trains on seed + round 1 + round 2 rows, half from round 2
     assert metrics[1]["quality/selected"] > 0 and metrics[2]["quality/selected"] > 0
     rows = json.loads((run / "round_02" / "train" / "meta.json").read_text())["rows_by_round"]

@@ -97,7 +97,7 @@ class AdditionTask:
 
     def target_digits(self, k: int, history: list[dict]) -> list[int]:
         """Digit counts that round k self-labels: the next one, plus (accelerated) every count already solved."""
-        last = self.cfg.seed_max_digits + k - 1 if not history else history[-1].get("task/max_digits", self.cfg.seed_max_digits)
+        last = self.cfg.seed_max_digits + k - 1 if not history else history[-1].get("task/max_difficulty", self.cfg.seed_max_digits)
         top = last + 1
         if self.cfg.curriculum == "accelerated" and history:
             solved = [int(key.rsplit("d", 1)[1]) for key, v in history[-1].items()
