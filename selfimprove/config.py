@@ -189,8 +189,32 @@ class EvaluateConfig:
 
 
 @dataclass
+class AlarmConfig:
+    """A collapse alarm on one metric of metrics.jsonl, or 'wu_signature' (probe pass@k - pass@1 gap shrinks while pass@1 rises)."""
+
+    metric: str = _f("diversity/probe/answer_entropy", "metrics.jsonl key to watch, or 'wu_signature'.")
+    drop: float = _f(0.2, "Relative drop that fires, e.g. 0.2 = 20% below the reference value.")
+    vs: Literal["round0", "previous"] = _f("round0", "Reference value: round 0's, or the previous round's.")
+    rounds: int = _f(1, "Fire only when the condition holds this many consecutive rounds.")
+    action: Literal["warn", "stop", "steer"] = _f("warn", "warn: log and record; stop: end the loop after this round; steer: raise sampling temperature for later rounds.")
+    steer_temperature: float = _f(0.2, "With action 'steer': added to generate.temperature for every later round.")
+
+    def check(self) -> list[str]:
+        p = []
+        if not 0 < self.drop < 1:
+            p.append(f"drop={self.drop} must be in (0, 1): it is a relative drop.")
+        if self.rounds < 1:
+            p.append(f"rounds={self.rounds} must be >= 1.")
+        return p
+
+
+@dataclass
 class MonitorConfig:
     distinct_n: list[int] = _f([1, 2, 3, 4], "n-gram orders for distinct-n (character n-grams for the built-in tasks).")
+    probe_size: int = _f(100, "Fixed probe prompts (a seeded subsample of the eval sets, chosen once) sampled every round; 0 turns the probe off.")
+    probe_samples: int = _f(8, "Completions per probe prompt (also the k of the probe's pass@k).")
+    probe_temperature: float = _f(1.0, "Sampling temperature of the probe (the same every round).")
+    alarms: list[AlarmConfig] = _f([], "Collapse alarms, each {metric, drop, vs, rounds, action, steer_temperature}.")
     vendi_samples: int = _f(1000, "Texts (a seeded subsample) that n-gram Vendi is computed on: its cost grows as N^2..N^3.")
     extra_metrics: list[str] = _f([], "Dotted paths 'module:function(rows) -> dict' adding metrics each round.")
 
@@ -224,6 +248,13 @@ def _cross_checks(r: Recipe) -> list[str]:
         p.append("task.generic: set eval_id and/or eval_ood so every round can be evaluated.")
     if r.task.name == "generic" and r.model.path is None and not r.task.generic.seed_data:
         p.append("model.path is null (a from-scratch model) but task.generic.seed_data is empty: a random model needs labelled seed data.")
+    if r.monitor.probe_size and r.monitor.probe_temperature <= 0:
+        p.append("monitor.probe_temperature must be > 0: a greedy probe has no diversity to measure.")
+    if r.monitor.probe_size and r.monitor.probe_samples < 2:
+        p.append(f"monitor.probe_samples={r.monitor.probe_samples}: sample >= 2 completions per probe prompt.")
+    for a in r.monitor.alarms:
+        if a.metric == "wu_signature" and not r.monitor.probe_size:
+            p.append("monitor.alarms: 'wu_signature' reads the probe's pass@k; set monitor.probe_size > 0.")
     if r.rounds < 0:
         p.append(f"rounds={r.rounds} must be >= 0.")
     return p

@@ -1,9 +1,20 @@
-"""Stage 6, evaluate: greedy accuracy of round k's policy on the run's fixed eval sets (made once, never trained on)."""
+"""Stage 6, evaluate: greedy accuracy of round k's policy on the run's fixed eval sets (made once, never trained on),
+and samples on the fixed probe set: the same prompts, sampling settings and seed every round, so the monitor's
+diversity numbers compare checkpoints and nothing else."""
 
 from __future__ import annotations
 
 from selfimprove.generate import Sampling, hf_generate
-from selfimprove.rundir import atomic_stage, save_rows
+from selfimprove.rundir import atomic_stage, load_rows, save_rows
+
+
+def _probe(ctx, model, tok) -> list[dict]:
+    m = ctx.recipe.monitor
+    rows = load_rows(ctx.run_dir / "probe_set" / "data")
+    sampling = Sampling(m.probe_samples, m.probe_temperature, max_new_tokens=ctx.task.max_new_tokens(rows))
+    outs = hf_generate(model, tok, [r["prompt"] for r in rows], sampling, ctx.recipe.seed * 1000 + 999, ctx.recipe.evaluate.batch_size, "probe")
+    return [{**r, "sample_idx": j, **o, "oracle_correct": int(ctx.task.is_correct(o["completion"], r["reference"]))}
+            for r, os_ in zip(rows, outs) for j, o in enumerate(os_)]
 
 
 def run_evaluate(ctx, k: int) -> None:
@@ -19,3 +30,5 @@ def run_evaluate(ctx, k: int) -> None:
                   for r, o in zip(rows, outs)]
         save_rows(scored, out / "data")
         meta["metrics"] = ctx.task.eval_metrics(scored)
+        if ctx.recipe.monitor.probe_size:
+            save_rows(_probe(ctx, model, tok), out / "probe")

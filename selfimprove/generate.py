@@ -64,7 +64,9 @@ def run_generate(ctx, k: int) -> None:
     exclude = {row["prompt"] for row in ctx.eval_rows()}
     prompts = ctx.task.round_prompts(k, ctx.history(k), exclude)
     ckpt = ctx.checkpoint(k - 1)
-    sampling = Sampling(r.generate.num_samples, r.generate.temperature, r.generate.top_p, r.generate.top_k,
+    from selfimprove.alarms import steered_temperature
+
+    sampling = Sampling(r.generate.num_samples, steered_temperature(ctx, k), r.generate.top_p, r.generate.top_k,
                         r.generate.max_new_tokens or ctx.task.max_new_tokens(prompts))
     seed = r.seed * 1000 + k
     model, tok = load_policy(ckpt, r.model.dtype), load_tokenizer(ckpt)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from selfimprove.alarms import should_stop
 from selfimprove.config import recipe_from_dict, recipe_to_dict
 from selfimprove.evaluate import run_evaluate
 from selfimprove.filtering import run_filter
@@ -23,6 +24,7 @@ from selfimprove.judge import run_judge
 from selfimprove.monitor import run_monitor
 from selfimprove.rundir import RunContext, atomic_stage, is_done, save_rows
 from selfimprove.selection import run_select
+from selfimprove.tasks import rng_for
 from selfimprove.train import run_train
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 STAGES = {"generate": run_generate, "judge": run_judge, "filter": run_filter, "select": run_select,
           "train": run_train, "evaluate": run_evaluate, "monitor": run_monitor}
 ROUND0_STAGES = ("train", "evaluate", "monitor")
+PROBE_STREAM = 5
 
 
 class RecipeMismatch(ValueError):
@@ -77,7 +80,7 @@ def start_run(recipe, allow_recipe_change: bool = False) -> RunContext:
 
 
 def setup(ctx: RunContext) -> None:
-    """Make the base model, the fixed eval sets and the seed data, once per run."""
+    """Make the base model, the fixed eval sets, the probe set and the seed data, once per run."""
     from selfimprove.model import prepare_base_model
 
     if ctx.recipe.model.path is None and not is_done(ctx.run_dir / "base_model"):
@@ -88,6 +91,12 @@ def setup(ctx: RunContext) -> None:
             rows = ctx.task.eval_sets()
             save_rows(rows, out / "data")
             meta["rows"] = len(rows)
+    if ctx.recipe.monitor.probe_size and not is_done(ctx.run_dir / "probe_set"):
+        with atomic_stage(ctx.run_dir / "probe_set") as (out, meta):
+            rows = ctx.eval_rows()
+            pick = rng_for(ctx.recipe.seed, PROBE_STREAM).permutation(len(rows))[: ctx.recipe.monitor.probe_size]
+            save_rows([rows[i] for i in sorted(pick)], out / "data")
+            meta["rows"] = len(pick)
     if not is_done(ctx.run_dir / "seed_data"):
         exclude = {r["prompt"] for r in ctx.eval_rows()}
         seed_rows = [{**r, "round": 0} for r in ctx.task.seed_data(exclude)]
@@ -140,6 +149,9 @@ def run_loop(recipe, allow_recipe_change: bool = False) -> list[dict]:
         for name in (ROUND0_STAGES if k == 0 else STAGES):
             run_stage(ctx, k, name)
         logger.info(summary_line(read_json(ctx.stage(k, "monitor") / "metrics.json")))
+        if should_stop(ctx, k):
+            logger.error("stopping after round %d: a 'stop' alarm fired (round_%02d/monitor/alarms.json)", k, k)
+            break
     return rebuild_metrics(ctx.run_dir)
 
 

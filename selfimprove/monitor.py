@@ -52,6 +52,26 @@ def _mean(xs) -> float:
     return float(np.mean(xs)) if xs else 0.0
 
 
+def diversity_metrics(ctx, name: str, rows: list[dict]) -> dict:
+    """The diversity block for one set of samples, as diversity/<name>/..."""
+    texts = [r["completion"] for r in rows]
+    out = {f"diversity/{name}/distinct_{n}": distinct_n(texts, n) for n in ctx.recipe.monitor.distinct_n}
+    out[f"diversity/{name}/distinct_answers_per_prompt"] = distinct_answers_per_prompt(rows, ctx.task.answer)
+    out[f"diversity/{name}/ngram_vendi"] = ngram_vendi(_subsample(texts, ctx.recipe.monitor.vendi_samples))
+    out[f"diversity/{name}/compression_ratio"] = compression_ratio(texts)
+    return out
+
+
+def probe_metrics(ctx, k: int) -> dict:
+    """The fixed probe set, sampled the same way every round: diversity/probe/... and quality/probe/..."""
+    rows = load_rows(ctx.stage(k, "evaluate") / "probe")
+    out = diversity_metrics(ctx, "probe", rows)
+    answers = answer_metrics(rows, ctx.task.answer, ctx.recipe.monitor.probe_samples)
+    out["diversity/probe/answer_entropy"] = answers.pop("answer_entropy")
+    out.update({f"quality/probe/{key}": v for key, v in answers.items()})
+    return out
+
+
 def data_metrics(ctx, rows: dict[str, list[dict]]) -> dict:
     """Quality and simple diversity numbers of the round's generated / kept / selected data."""
     gen, kept, sel = rows["generate"], rows["kept"], rows["selected"]
@@ -63,13 +83,8 @@ def data_metrics(ctx, rows: dict[str, list[dict]]) -> dict:
     labelled = [r for r in sel if r["oracle_correct"] >= 0]
     if labelled:  # measured against ground truth the loop never trains on
         out["quality/pseudo_label_accuracy"] = _mean(r["oracle_correct"] for r in labelled)
-    for stage, data in (("generated", gen), ("selected", sel)):
-        texts = [r["completion"] for r in data]
-        for n in ctx.recipe.monitor.distinct_n:
-            out[f"diversity/{stage}/distinct_{n}"] = distinct_n(texts, n)
-        out[f"diversity/{stage}/distinct_answers_per_prompt"] = distinct_answers_per_prompt(data, ctx.task.answer)
-        out[f"diversity/{stage}/ngram_vendi"] = ngram_vendi(_subsample(texts, ctx.recipe.monitor.vendi_samples))
-        out[f"diversity/{stage}/compression_ratio"] = compression_ratio(texts)
+    out.update(diversity_metrics(ctx, "generated", gen))
+    out.update(diversity_metrics(ctx, "selected", sel))
     answers = answer_metrics(gen, ctx.task.answer, ctx.recipe.generate.num_samples)
     out["diversity/generated/answer_entropy"] = answers.pop("answer_entropy")
     out.update({f"quality/{k}": v for k, v in answers.items()})
@@ -84,6 +99,8 @@ def round_metrics(ctx, k: int) -> dict:
     train_meta = read_json(ctx.stage(k, "train") / "meta.json")
     metrics.update({"train/first_loss": train_meta["first_loss"], "train/last_loss": train_meta["last_loss"],
                     "train/steps": train_meta["steps"], "train/rows": train_meta["rows"]})
+    if ctx.recipe.monitor.probe_size:
+        metrics.update(probe_metrics(ctx, k))
     for stage in STAGES_TIMED:
         if is_done(ctx.stage(k, stage)):
             metrics[f"time/{stage}_s"] = read_json(ctx.stage(k, stage) / "meta.json")["wall_s"]
@@ -102,8 +119,13 @@ def round_metrics(ctx, k: int) -> dict:
 
 
 def run_monitor(ctx, k: int) -> dict:
+    from selfimprove.alarms import check_alarms
+
     with atomic_stage(ctx.stage(k, "monitor")) as (out, meta):
         metrics = round_metrics(ctx, k)
+        fired = check_alarms(ctx.recipe.monitor.alarms, ctx.history(k) + [metrics])
+        metrics.update({f"alarm/{a['metric']}": 1 for a in fired})
+        write_json(out / "alarms.json", fired)
         write_json(out / "metrics.json", metrics)
     rebuild_metrics(ctx.run_dir)
     return metrics

@@ -1,0 +1,74 @@
+"""Collapse alarms: the rules on hand-made metric histories, and the steer / stop actions in real CLI runs."""
+
+import json
+
+from selfimprove.alarms import check_alarms
+from selfimprove.config import AlarmConfig
+
+from conftest import TINY_RECIPE, run_cli
+
+M = "diversity/probe/answer_entropy"
+
+
+def _hist(values, key=M):
+    return [{"round": i, key: v} for i, v in enumerate(values)]
+
+
+def test_drop_vs_round0_and_previous():
+    a0 = AlarmConfig(metric=M, drop=0.2, vs="round0")
+    assert check_alarms([a0], _hist([1.0, 0.85])) == []                    # 15% below round 0
+    fired = check_alarms([a0], _hist([1.0, 0.85, 0.79]))                   # 21% below round 0
+    assert len(fired) == 1 and fired[0]["action"] == "warn" and "fell more than 20% below the round0 value" in fired[0]["reason"]
+    prev = AlarmConfig(metric=M, drop=0.2, vs="previous")
+    assert check_alarms([prev], _hist([1.0, 0.85, 0.79])) == []            # each step < 20%
+    assert len(check_alarms([prev], _hist([1.0, 0.7]))) == 1
+
+
+def test_sustained_rounds_and_missing_metrics():
+    a = AlarmConfig(metric=M, drop=0.1, vs="round0", rounds=2)
+    assert check_alarms([a], _hist([1.0, 0.5, 1.0])) == []                 # not sustained
+    assert check_alarms([a], _hist([1.0, 1.0, 0.5])) == []                 # only one round so far
+    assert len(check_alarms([a], _hist([1.0, 0.8, 0.5]))) == 1
+    assert check_alarms([a], _hist([1.0, 0.5, 0.4], key="other")) == []   # the metric is not there: never fires
+    assert check_alarms([AlarmConfig(metric=M, drop=0.1)], _hist([0.0, 0.0])) == []  # a zero reference cannot drop
+
+
+def test_wu_signature():
+    def h(p1, gap):
+        return [{"round": i, "quality/probe/pass@1": a, "quality/probe/pass@k_minus_pass@1": b} for i, (a, b) in enumerate(zip(p1, gap))]
+
+    wu = AlarmConfig(metric="wu_signature", rounds=2, action="stop")
+    assert len(check_alarms([wu], h([0.2, 0.3, 0.4], [0.5, 0.4, 0.3]))) == 1  # pass@1 up, gap down, twice
+    assert check_alarms([wu], h([0.2, 0.3, 0.4], [0.5, 0.4, 0.45])) == []     # gap recovered
+    assert check_alarms([wu], h([0.2, 0.1, 0.0], [0.5, 0.4, 0.3])) == []      # pass@1 fell: plain degradation, not collapse
+
+
+def _alarm_run(tmp_path, action):
+    # The tiny recipe trains 30 bootstrap steps, then 10 per round: train/steps drops 67% at round 1 only.
+    alarm = f"[{{metric: train/steps, drop: 0.5, vs: previous, action: {action}, steer_temperature: 0.5}}]"
+    return run_cli("run", TINY_RECIPE, "--output_dir", tmp_path / action, "--monitor.alarms", alarm)
+
+
+def test_steer_raises_next_round_temperature(tmp_path):
+    from selfimprove.rundir import load_rows
+
+    out = _alarm_run(tmp_path, "steer")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ALARM round 1 (steer" in out.stderr
+    run = tmp_path / "steer"
+    fired = json.loads((run / "round_01" / "monitor" / "alarms.json").read_text())
+    assert [a["action"] for a in fired] == ["steer"]
+    assert {r["temperature"] for r in load_rows(run / "round_01" / "generate" / "data")} == {0.8}
+    assert {r["temperature"] for r in load_rows(run / "round_02" / "generate" / "data")} == {0.8 + 0.5}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[1]["alarm/train/steps"] == 1 and "alarm/train/steps" not in lines[0] and "alarm/train/steps" not in lines[2]
+
+
+def test_stop_ends_the_loop_and_stays_stopped(tmp_path):
+    out = _alarm_run(tmp_path, "stop")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "stopping after round 1" in out.stderr
+    run = tmp_path / "stop"
+    assert not (run / "round_02").exists()
+    again = _alarm_run(tmp_path, "stop")
+    assert again.returncode == 0 and not (run / "round_02").exists()
