@@ -107,8 +107,9 @@ def setup(ctx: RunContext) -> None:
 
 def launch_train(ctx: RunContext, k: int) -> None:
     """Run the train stage as its own ``accelerate launch`` process (GPU memory is fully released when it exits)."""
-    cmd = ["accelerate", "launch", "--config_file", ctx.recipe.train.accelerate_config, "-m", "selfimprove.train",
-           str(ctx.run_dir), "--round", str(k)]
+    # This interpreter's accelerate, so an unactivated venv works too.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ctx.recipe.train.accelerate_config,
+           "-m", "selfimprove.train", str(ctx.run_dir), "--round", str(k)]
     logger.info("launching: %s", " ".join(cmd))
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

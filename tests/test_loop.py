@@ -159,3 +159,13 @@ def test_stage_command_redoes_one_stage_identically(finished_run, tmp_path):
     assert load_rows(run / "round_01" / "evaluate" / "data") == load_rows(finished_run / "round_01" / "evaluate" / "data")
     out = run_cli("stage", "judge", tmp_path / "nowhere", "--round", "1")
     assert out.returncode == 2 and "not a run directory" in out.stderr
+
+
+def test_loop_launches_training_with_accelerate(tmp_path):
+    run = tmp_path / "launched"
+    out = run_cli("run", TINY_RECIPE, "--output_dir", run, "--rounds", "1", "--train.launcher", "accelerate",
+                  "--train.accelerate_config", REPO / "accelerate_configs" / "single_process.yaml")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "accelerate.commands.launch" in out.stderr
+    assert [m["round"] for m in _metrics(run)] == [0, 1]
+    assert json.loads((run / "round_01" / "train" / "meta.json").read_text())["world_size"] == 1
