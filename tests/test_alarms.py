@@ -72,3 +72,22 @@ def test_stop_ends_the_loop_and_stays_stopped(tmp_path):
     assert not (run / "round_02").exists()
     again = _alarm_run(tmp_path, "stop")
     assert again.returncode == 0 and not (run / "round_02").exists()
+
+
+def test_alarm_fires_on_a_collapsing_loop_and_not_on_its_control(tmp_path):
+    """A self-consuming loop (seed dropped, newest round only) loses lexical diversity on the probe round after round;
+    the seed-only control dips once and recovers. A sustained-drop alarm tells them apart.
+    (Alarm threshold chosen after observing these two runs once; both are deterministic for the seed.)"""
+    alarm = "[{metric: diversity/probe/ngram_vendi, drop: 0.3, vs: previous, rounds: 2, action: warn}]"
+    common = ["--rounds", "3", "--monitor.probe_size", "40", "--train.max_steps", "60", "--train.round_learning_rate", "0.003",
+              "--monitor.alarms", alarm]
+    collapse = run_cli("run", TINY_RECIPE, "--output_dir", tmp_path / "collapse", *common,
+                       "--train.seed_data", "drop", "--train.history", "replace", "--train.newest_share", "1.0")
+    control = run_cli("run", TINY_RECIPE, "--output_dir", tmp_path / "control", *common, "--train.use_generated", "false")
+    assert collapse.returncode == 0 and control.returncode == 0, (collapse.stderr + control.stderr)[-3000:]
+    vendi = {name: [json.loads(x)["diversity/probe/ngram_vendi"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+             for name in ("collapse", "control")}
+    assert vendi["collapse"][-1] < 0.5 * vendi["collapse"][0]
+    assert vendi["control"][-1] > 0.7 * vendi["control"][0]
+    assert "ALARM" in collapse.stderr and json.loads((tmp_path / "collapse" / "round_03" / "monitor" / "alarms.json").read_text())
+    assert "ALARM" not in control.stderr
