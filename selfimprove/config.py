@@ -210,12 +210,14 @@ class AlarmConfig:
 
 @dataclass
 class MonitorConfig:
-    distinct_n: list[int] = _f([1, 2, 3, 4], "n-gram orders for distinct-n (character n-grams for the built-in tasks).")
+    distinct_n: list[int] = _f([1, 2, 3, 4], "n-gram orders for distinct-n.")
     probe_size: int = _f(100, "Fixed probe prompts (a seeded subsample of the eval sets, chosen once) sampled every round; 0 turns the probe off.")
     probe_samples: int = _f(8, "Completions per probe prompt (also the k of the probe's pass@k).")
     probe_temperature: float = _f(1.0, "Sampling temperature of the probe (the same every round).")
     alarms: list[AlarmConfig] = _f([], "Collapse alarms, each {metric, drop, vs, rounds, action, steer_temperature}.")
-    vendi_samples: int = _f(1000, "Texts (a seeded subsample) that n-gram Vendi is computed on: its cost grows as N^2..N^3.")
+    vendi_samples: int = _f(1000, "Texts (a seeded subsample) that n-gram Vendi and self-BLEU are computed on: their cost grows as N^2..N^3.")
+    self_bleu_samples: int = _f(0, "Hypotheses scored for self-BLEU (0 = off; ~6 s per 200 on 1,000 texts; says little on digit strings).")
+    unit: Literal["char", "word"] = _f("char", "Tokens of the lexical metrics (distinct-n, n-gram Vendi, self-BLEU): characters (digit tasks) or whitespace words (prose).")
     extra_metrics: list[str] = _f([], "Dotted paths 'module:function(rows) -> dict' adding metrics each round.")
 
 

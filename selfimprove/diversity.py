@@ -126,3 +126,19 @@ def ngram_vendi(texts: list[str], orders=(1, 2, 3, 4), q: float = 1.0, unit: str
 def _grams(text: str, n: int, unit: str):
     toks = tokens(text, unit)
     return [toks[i:i + n] for i in range(len(toks) - n + 1)]
+
+
+def self_bleu(texts: list[str], max_n: int = 3, unit: str = "char", sample: int = 200, seed: int = 0) -> float:
+    """Self-BLEU (Zhu et al. 2018): mean BLEU of each text against all the others, uniform weights up to ``max_n``,
+    NLTK smoothing method1. Higher = less diverse. O(N^2), so at most ``sample`` seeded hypotheses are scored (each
+    still against every other text). Fewer than two texts: 0.0."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    if len(texts) < 2:
+        return 0.0
+    toks = [tokens(t, unit) for t in texts]
+    picks = range(len(texts)) if len(texts) <= sample else sorted(np.random.default_rng(seed).choice(len(texts), sample, replace=False))
+    smooth, weights = SmoothingFunction().method1, (1.0 / max_n,) * max_n
+    scores = [sentence_bleu(toks[:i] + toks[i + 1:], toks[i], weights=weights, smoothing_function=smooth) if toks[i] else 0.0
+              for i in picks]
+    return float(np.mean(scores))

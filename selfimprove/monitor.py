@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from selfimprove.diversity import compression_ratio, distinct_n, ngram_vendi
+from selfimprove.diversity import compression_ratio, distinct_n, ngram_vendi, self_bleu
 from selfimprove.rundir import atomic_stage, is_done, load_rows, read_json, rebuild_metrics, write_json
 
 STAGES_TIMED = ("generate", "judge", "filter", "select", "train", "evaluate")
@@ -55,9 +55,13 @@ def _mean(xs) -> float:
 def diversity_metrics(ctx, name: str, rows: list[dict]) -> dict:
     """The diversity block for one set of samples, as diversity/<name>/..."""
     texts = [r["completion"] for r in rows]
-    out = {f"diversity/{name}/distinct_{n}": distinct_n(texts, n) for n in ctx.recipe.monitor.distinct_n}
+    m = ctx.recipe.monitor
+    out = {f"diversity/{name}/distinct_{n}": distinct_n(texts, n, m.unit) for n in m.distinct_n}
     out[f"diversity/{name}/distinct_answers_per_prompt"] = distinct_answers_per_prompt(rows, ctx.task.answer)
-    out[f"diversity/{name}/ngram_vendi"] = ngram_vendi(_subsample(texts, ctx.recipe.monitor.vendi_samples))
+    sample = _subsample(texts, m.vendi_samples)
+    out[f"diversity/{name}/ngram_vendi"] = ngram_vendi(sample, unit=m.unit)
+    if m.self_bleu_samples:  # O(N^2) and flat on tiny alphabets, so opt-in
+        out[f"diversity/{name}/self_bleu"] = self_bleu(sample, unit=m.unit, sample=m.self_bleu_samples)
     out[f"diversity/{name}/compression_ratio"] = compression_ratio(texts)
     return out
 

@@ -61,6 +61,7 @@ task: {{name: generic, generic: {{prompts: {prompts}, seed_data: {seed}, eval_id
 generate: {{num_samples: 3, batch_size: 32}}
 filter: {{min_scores: {{format: 1.0, majority: 0.6}}}}
 train: {{bootstrap_steps: 20, max_steps: 5, per_device_train_batch_size: 8}}
+monitor: {{self_bleu_samples: 20, unit: word}}
 """)
     load_recipe(str(recipe))
     out = run_cli("run", recipe)
@@ -69,6 +70,7 @@ train: {{bootstrap_steps: 20, max_steps: 5, per_device_train_batch_size: 8}}
     assert [m["round"] for m in lines] == [0, 1]
     assert "eval/accuracy/id" in lines[1] and lines[1]["quality/generated"] == 90
     assert "quality/pseudo_label_accuracy" not in lines[1]  # no references: nothing to measure against
+    assert 0.0 <= lines[1]["diversity/generated/self_bleu"] <= 1.0 and "diversity/probe/self_bleu" in lines[1]
 
 
 def test_model_path_and_dataset_id_from_local_folders(tmp_path, tiny_policy):

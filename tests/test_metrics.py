@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from selfimprove.diversity import (compression_ratio, distinct_n, ead, ngram_entropy, ngram_vendi, vendi_from_features,
-                                   vendi_from_kernel)
+from selfimprove.diversity import (compression_ratio, distinct_n, ead, ngram_entropy, ngram_vendi, self_bleu,
+                                   vendi_from_features, vendi_from_kernel)
 from selfimprove.quality import answer_entropy, maj_at_k, pass_at_k
 
 
@@ -19,6 +19,17 @@ def test_lexical_by_hand():
     assert ead(["abab"], 2, vocab_size=3) == pytest.approx(2 / (57 / 27))
     assert ngram_entropy(["abab"], 2) == pytest.approx(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)))
     assert ngram_entropy(["aaaa"], 1) == 0.0
+
+
+def test_self_bleu_by_hand():
+    assert self_bleu(["a b c", "a b c"], unit="word") == pytest.approx(1.0)
+    # "a b c" vs "a b d": p1 = 2/3, p2 = 1/2, p3 = 0 -> method1 epsilon 0.1/1; BP = 1; both directions alike
+    assert self_bleu(["a b c", "a b d"], unit="word") == pytest.approx((2 / 3 * 1 / 2 * 0.1) ** (1 / 3))
+    assert self_bleu(["a b c", "d e f"], unit="word") == 0.0  # no shared unigram
+    # each text is scored against the others only, never itself (Texygen's drift to 1)
+    assert self_bleu(["abc", "xyz", "abc"]) == pytest.approx(2 / 3)
+    big = [f"{i:05d}" for i in range(500)]
+    assert self_bleu(big, sample=50) == self_bleu(big, sample=50) and 0 < self_bleu(big, sample=50) < 1
 
 
 def test_compression_ratio_is_plain_gzip_once():
@@ -71,7 +82,7 @@ def test_ngram_vendi_dual_equals_gram_route():
 @pytest.mark.parametrize("texts", [[], ["x"], ["same"] * 5, ["", ""], ["", "abc"]])
 def test_edge_cases_are_defined(texts):
     values = [distinct_n(texts, 2), ead(texts, 2, 12), ngram_entropy(texts, 2), compression_ratio(texts),
-              ngram_vendi(texts), vendi_from_kernel(np.eye(len(texts)))]
+              ngram_vendi(texts), vendi_from_kernel(np.eye(len(texts))), self_bleu(texts)]
     assert all(isinstance(v, float) and math.isfinite(v) for v in values)
     if len(set(texts)) <= 1:
         assert ngram_vendi(texts) == pytest.approx(1.0)
