@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             while (ctx.stage(k, "evaluate") / "DONE").exists():
                 logging.getLogger("selfimprove").info(loop.summary_line(run_monitor(ctx, k)))
                 k += 1
-    except (ConfigError, loop.RecipeMismatch, FileNotFoundError) as err:
+    except (ConfigError, loop.RecipeMismatch, FileNotFoundError, ImportError) as err:
         print(f"selfimprove: {err}", file=sys.stderr)
         return 2
     return 0

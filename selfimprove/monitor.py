@@ -6,6 +6,7 @@ fact. More metrics plug in through ``monitor.extra_metrics`` ("module:function",
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections import defaultdict
 
@@ -40,6 +41,13 @@ def answer_metrics(rows: list[dict], answer, k: int) -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _embedder(path: str):
+    from selfimprove.embedding import load_embedder
+
+    return load_embedder(path)
+
+
 def _subsample(texts: list[str], m: int) -> list[str]:
     """A fixed-size, seeded subsample: diversity numbers grow with N, so every round is measured on the same N."""
     if len(texts) <= m:
@@ -60,6 +68,10 @@ def diversity_metrics(ctx, name: str, rows: list[dict]) -> dict:
     out[f"diversity/{name}/distinct_answers_per_prompt"] = distinct_answers_per_prompt(rows, ctx.task.answer)
     sample = _subsample(texts, m.vendi_samples)
     out[f"diversity/{name}/ngram_vendi"] = ngram_vendi(sample, unit=m.unit)
+    if m.embedding:
+        from selfimprove.embedding import embedding_diversity
+
+        out.update({f"diversity/{name}/{k}": v for k, v in embedding_diversity(sample, _embedder(m.embedder)).items()})
     if m.self_bleu_samples:  # O(N^2) and flat on tiny alphabets, so opt-in
         out[f"diversity/{name}/self_bleu"] = self_bleu(sample, unit=m.unit, sample=m.self_bleu_samples)
     out[f"diversity/{name}/compression_ratio"] = compression_ratio(texts)

