@@ -22,8 +22,7 @@ def ngram_counts(texts: list[str], n: int, unit: str = "char") -> Counter:
     """Pooled n-gram counts over the corpus; a text shorter than n contributes none."""
     counts: Counter = Counter()
     for t in texts:
-        toks = tokens(t, unit)
-        counts.update(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
+        counts.update(tuple(g) for g in _grams(t, n, unit))
     return counts
 
 
@@ -88,16 +87,22 @@ def vendi_from_features(X, q: float = 1.0) -> float:
 
     K/n = X X^T / n and X^T X / n share their nonzero eigenvalues, so the smaller of the two is decomposed.
     """
-    import scipy.sparse as sp
     from sklearn.preprocessing import normalize
 
-    n = X.shape[0]
-    if n == 0:
+    if X.shape[0] == 0:
         return 1.0
-    X = normalize(X)  # unit rows: K_ii = 1 (zero rows stay zero and are renormalised away)
+    # unit rows: K_ii = 1 (zero rows stay zero and are renormalised away)
+    return vendi_from_eigenvalues(_kernel_eigenvalues(normalize(X)), q)
+
+
+def _kernel_eigenvalues(X) -> np.ndarray:
+    """Eigenvalues of X X^T / n through whichever of X^T X / n (d x d) and X X^T / n (n x n) is smaller."""
+    import scipy.sparse as sp
+
+    n = X.shape[0]
     small = (X.T @ X) if X.shape[1] <= n else (X @ X.T)
     small = small.toarray() if sp.issparse(small) else np.asarray(small)
-    return vendi_from_eigenvalues(np.linalg.eigvalsh(small / n), q)
+    return np.linalg.eigvalsh(small / n)
 
 
 def ngram_vendi(texts: list[str], orders=(1, 2, 3, 4), q: float = 1.0, unit: str = "char") -> float:
@@ -117,10 +122,8 @@ def ngram_vendi(texts: list[str], orders=(1, 2, 3, 4), q: float = 1.0, unit: str
             continue
     if not blocks:
         return 1.0
-    Z = sp.hstack(blocks).tocsr() / math.sqrt(len(blocks))
-    n = Z.shape[0]
-    small = (Z.T @ Z) if Z.shape[1] <= n else (Z @ Z.T)
-    return vendi_from_eigenvalues(np.linalg.eigvalsh(small.toarray() / n), q)
+    # Not renormalised: a text with no n-gram of some order keeps K_ii < 1, as the mean of the block kernels says.
+    return vendi_from_eigenvalues(_kernel_eigenvalues(sp.hstack(blocks).tocsr() / math.sqrt(len(blocks))), q)
 
 
 def _grams(text: str, n: int, unit: str):
