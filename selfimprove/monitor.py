@@ -18,26 +18,29 @@ from selfimprove.rundir import atomic_stage, is_done, load_rows, read_json, rebu
 STAGES_TIMED = ("generate", "judge", "filter", "select", "train", "evaluate")
 
 
-def distinct_answers_per_prompt(rows: list[dict], answer) -> float:
-    by_prompt = defaultdict(set)
+def _by_prompt(rows: list[dict]) -> list[list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        by_prompt[r["prompt_id"]].add(answer(r["completion"]))
-    return float(np.mean([len(v) for v in by_prompt.values()])) if by_prompt else 0.0
+        groups[r["prompt_id"]].append(r)
+    return list(groups.values())
 
 
-def answer_metrics(rows: list[dict], answer, k: int) -> dict:
-    """Per-prompt answer entropy and, where ground truth is known, pass@1, pass@k and their gap (Wu et al.'s signal)."""
+def distinct_answers_per_prompt(rows: list[dict], answer) -> float:
+    return _mean(len({answer(r["completion"]) for r in g}) for g in _by_prompt(rows))
+
+
+def answer_metrics(rows: list[dict], answer, k: int, name: str, quality: str) -> dict:
+    """diversity/<name>/answer_entropy and, where ground truth is known, <quality>pass@1, pass@k and their gap
+    (Wu et al.'s signal)."""
     from selfimprove.quality import answer_entropy, pass_at_k
 
-    by_prompt: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_prompt[r["prompt_id"]].append(r)
-    out = {"answer_entropy": _mean(answer_entropy([answer(r["completion"]) for r in g]) for g in by_prompt.values())}
-    labelled = [g for g in by_prompt.values() if all(r["oracle_correct"] >= 0 for r in g) and len(g) >= k]
+    groups = _by_prompt(rows)
+    out = {f"diversity/{name}/answer_entropy": _mean(answer_entropy([answer(r["completion"]) for r in g]) for g in groups)}
+    labelled = [g for g in groups if all(r["oracle_correct"] >= 0 for r in g) and len(g) >= k]
     if labelled:
         p1 = _mean(pass_at_k(len(g), sum(r["oracle_correct"] for r in g), 1) for g in labelled)
         pk = _mean(pass_at_k(len(g), sum(r["oracle_correct"] for r in g), k) for g in labelled)
-        out.update({"pass@1": p1, f"pass@{k}": pk, "pass@k_minus_pass@1": pk - p1})
+        out.update({f"{quality}pass@1": p1, f"{quality}pass@{k}": pk, f"{quality}pass@k_minus_pass@1": pk - p1})
     return out
 
 
@@ -81,11 +84,8 @@ def diversity_metrics(ctx, name: str, rows: list[dict]) -> dict:
 def probe_metrics(ctx, k: int) -> dict:
     """The fixed probe set, sampled the same way every round: diversity/probe/... and quality/probe/..."""
     rows = load_rows(ctx.stage(k, "evaluate") / "probe")
-    out = diversity_metrics(ctx, "probe", rows)
-    answers = answer_metrics(rows, ctx.task.answer, ctx.recipe.monitor.probe_samples)
-    out["diversity/probe/answer_entropy"] = answers.pop("answer_entropy")
-    out.update({f"quality/probe/{key}": v for key, v in answers.items()})
-    return out
+    return {**diversity_metrics(ctx, "probe", rows),
+            **answer_metrics(rows, ctx.task.answer, ctx.recipe.monitor.probe_samples, "probe", "quality/probe/")}
 
 
 def data_metrics(ctx, rows: dict[str, list[dict]]) -> dict:
@@ -101,9 +101,7 @@ def data_metrics(ctx, rows: dict[str, list[dict]]) -> dict:
         out["quality/pseudo_label_accuracy"] = _mean(r["oracle_correct"] for r in labelled)
     out.update(diversity_metrics(ctx, "generated", gen))
     out.update(diversity_metrics(ctx, "selected", sel))
-    answers = answer_metrics(gen, ctx.task.answer, ctx.recipe.generate.num_samples)
-    out["diversity/generated/answer_entropy"] = answers.pop("answer_entropy")
-    out.update({f"quality/{k}": v for k, v in answers.items()})
+    out.update(answer_metrics(gen, ctx.task.answer, ctx.recipe.generate.num_samples, "generated", "quality/"))
     if gen:
         out["task/max_difficulty"] = max(r["difficulty"] for r in gen)
     return out
