@@ -5,6 +5,7 @@ diversity numbers compare checkpoints and nothing else."""
 from __future__ import annotations
 
 from selfimprove.generate import Sampling, hf_generate
+from selfimprove.judge import oracle_correct
 from selfimprove.rundir import atomic_stage, load_rows, save_rows
 
 
@@ -13,7 +14,7 @@ def _probe(ctx, model, tok) -> list[dict]:
     rows = load_rows(ctx.run_dir / "probe_set" / "data")
     sampling = Sampling(m.probe_samples, m.probe_temperature, max_new_tokens=ctx.task.max_new_tokens(rows))
     outs = hf_generate(model, tok, [r["prompt"] for r in rows], sampling, ctx.recipe.seed * 1000 + 999, ctx.recipe.evaluate.batch_size, "probe")
-    return [{**r, "sample_idx": j, **o, "oracle_correct": int(ctx.task.is_correct(o["completion"], r["reference"]))}
+    return [{**r, "sample_idx": j, **o, "oracle_correct": oracle_correct(ctx.task, o["completion"], r["reference"])}
             for r, os_ in zip(rows, outs) for j, o in enumerate(os_)]
 
 

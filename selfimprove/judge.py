@@ -41,6 +41,11 @@ def format_check(task, rows: list[dict]) -> list[float]:
 JUDGES = {"verifier": verifier, "majority": majority, "format": format_check}
 
 
+def oracle_correct(task, completion: str, reference: str) -> int:
+    """Ground truth for measurement only: 1 correct, 0 wrong, -1 when there is no reference to check against."""
+    return int(task.is_correct(completion, reference)) if reference else -1
+
+
 def judge_rows(task, rows: list[dict], names: list[str], weights: dict) -> list[dict]:
     scores = {name: JUDGES[name](task, rows) for name in names}
     total_w = sum(weights.get(n, 1.0) for n in names)
@@ -48,7 +53,7 @@ def judge_rows(task, rows: list[dict], names: list[str], weights: dict) -> list[
     for i, r in enumerate(rows):
         row = {**r, **{f"score_{n}": scores[n][i] for n in names}}
         row["score"] = sum(weights.get(n, 1.0) * scores[n][i] for n in names) / total_w
-        row["oracle_correct"] = int(task.is_correct(r["completion"], r["reference"])) if r["reference"] else -1
+        row["oracle_correct"] = oracle_correct(task, r["completion"], r["reference"])
         out.append(row)
     return out
 

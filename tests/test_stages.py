@@ -107,3 +107,10 @@ def test_generate_sampling_is_seeded(tiny_policy):
     b = hf_generate(model, tok, ["1+2=", "3+4="], s, seed=7, batch_size=2)
     c = hf_generate(model, tok, ["1+2=", "3+4="], s, seed=8, batch_size=2)
     assert a == b and a != c and all(len(x) == 3 for x in a)
+
+
+def test_oracle_correct_is_unknown_without_a_reference():
+    from selfimprove.judge import oracle_correct
+
+    assert oracle_correct(TASK, "560", "560") == 1 and oracle_correct(TASK, "561", "560") == 0
+    assert oracle_correct(TASK, "560", "") == -1  # probe and judge alike: no reference, no pass@k
