@@ -121,8 +121,8 @@ def round_metrics(ctx, k: int) -> dict:
     if k == 0:
         metrics["task/max_difficulty"] = max((r["difficulty"] for r in load_rows(ctx.run_dir / "seed_data" / "data")), default=0)
         return metrics
-    judged = load_rows(ctx.stage(k, "judge") / "data")
-    kept = [r for r in load_rows(ctx.stage(k, "filter") / "data") if r["kept"]]
+    judged = load_rows(ctx.stage(k, "filter") / "data")  # every judged row, scores included, plus the filter's decision
+    kept = [r for r in judged if r["kept"]]
     selected = [r for r in load_rows(ctx.stage(k, "select") / "data") if r["selected"]]
     rows = {"generate": judged, "judge": judged, "kept": kept, "selected": selected}
     metrics.update(data_metrics(ctx, rows))
