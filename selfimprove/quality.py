@@ -45,3 +45,29 @@ def maj_at_k(answers: list, reference, k: int, rng: np.random.Generator, trials:
         winners = sorted(a for a, v in counts.items() if v == top)
         hits.append(float(winners[int(rng.integers(len(winners)))] == reference))
     return float(np.mean(hits))
+
+
+def score_stats(scores: list[float], threshold: float) -> dict:
+    """One judge's score distribution: mean, 10/50/90th percentiles, share at or above ``threshold``. Empty: zeros."""
+    if not len(scores):
+        return {"mean": 0.0, "p10": 0.0, "p50": 0.0, "p90": 0.0, "share_above": 0.0}
+    s = np.asarray(scores, dtype=np.float64)
+    p10, p50, p90 = np.percentile(s, [10, 50, 90])
+    return {"mean": float(s.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90),
+            "share_above": float((s >= threshold).mean())}
+
+
+def judge_agreement(a: list[float], b: list[float], threshold_a: float = 0.5, threshold_b: float = 0.5) -> dict:
+    """Agreement of two judges' accept decisions (score >= threshold) on the same samples: the raw share of equal
+    decisions and Cohen's kappa (chance-corrected; scikit-learn). When both judges make one constant decision kappa
+    is undefined: then it is 1 if they agree and 0 if not. Empty: agreement 1, kappa 1."""
+    from sklearn.metrics import cohen_kappa_score
+
+    x = np.asarray(a, dtype=np.float64) >= threshold_a
+    y = np.asarray(b, dtype=np.float64) >= threshold_b
+    if not len(x):
+        return {"agreement": 1.0, "kappa": 1.0}
+    agree = float((x == y).mean())
+    if x.min() == x.max() and y.min() == y.max():  # chance agreement is 1 or 0: kappa's formula breaks down
+        return {"agreement": agree, "kappa": float(agree == 1.0)}
+    return {"agreement": agree, "kappa": float(cohen_kappa_score(x, y))}

@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from selfimprove.diversity import (compression_ratio, distinct_n, ead, ngram_entropy, ngram_vendi, self_bleu,
-                                   vendi_from_features, vendi_from_kernel)
-from selfimprove.quality import answer_entropy, maj_at_k, pass_at_k
+from selfimprove.diversity import (compression_ratio, coverage, distinct_n, ead, homogenisation, lexical_suite,
+                                   ngram_entropy, ngram_vendi, self_bleu, self_repetition, vendi_from_features,
+                                   vendi_from_kernel)
+from selfimprove.quality import answer_entropy, judge_agreement, maj_at_k, pass_at_k, score_stats
 
 
 def test_lexical_by_hand():
@@ -79,10 +80,72 @@ def test_ngram_vendi_dual_equals_gram_route():
     assert dual == pytest.approx(float(np.exp(-(lam * np.log(lam)).sum())), rel=1e-6)
 
 
+def test_lexical_suite_is_the_single_metrics():
+    texts = ["12+3", "1 2 3", "", "999"]
+    suite = lexical_suite(texts, (1, 3), vocab_size=12)
+    assert suite == {"distinct_1": distinct_n(texts, 1), "ngram_entropy_1": pytest.approx(ngram_entropy(texts, 1)),
+                     "ead_1": ead(texts, 1, 12), "distinct_3": distinct_n(texts, 3),
+                     "ngram_entropy_3": pytest.approx(ngram_entropy(texts, 3)), "ead_3": ead(texts, 3, 12)}
+
+
+def test_self_repetition_by_hand():
+    # bigrams: "abc" -> {ab, bc}; "abd" -> {ab, bd}; "xyz" -> {xy, yz}. "ab" is in 2 texts.
+    # per text: log(1 + 1), log(1 + 1), log(1 + 0)
+    assert self_repetition(["abc", "abd", "xyz"], n=2) == pytest.approx((2 * math.log(2)) / 3)
+    # an n-gram repeated inside one text counts once for that text
+    assert self_repetition(["aaaa", "aa"], n=2) == pytest.approx(math.log(2))
+    assert self_repetition(["the cat sat", "the cat ran"], n=2, unit="word") == pytest.approx(math.log(2))
+
+
+def test_homogenisation_by_hand():
+    # ROUGE-L F1 of "abcd" vs "abxd": LCS 3 ("abd"), P = R = 3/4; vs "wxyz": LCS 0 ("x" only in one of them? no: "abxd" and "wxyz" share "x")
+    # pairs: (abcd, abxd) = 3/4; (abcd, wxyz) = 0; (abxd, wxyz) = LCS 1 -> 1/4. mean over ordered pairs = (3/4 + 0 + 1/4) * 2 / 6
+    assert homogenisation(["abcd", "abxd", "wxyz"]) == pytest.approx((0.75 + 0.25) / 3)
+    # operators are tokens (rouge-score's own tokenizer would drop them)
+    assert homogenisation(["1+2", "1*2"]) == pytest.approx(2 / 3)
+    assert homogenisation(["the cat", "the dog"], unit="word") == pytest.approx(0.5)
+    assert homogenisation(["same"] * 4) == pytest.approx(1.0)
+    big = [f"{i:04d}" for i in range(300)]
+    assert homogenisation(big, sample=30) == homogenisation(big, sample=30)
+
+
+def test_coverage_by_hand():
+    assert coverage([1, 1, 2], [1, 2, 3, 3]) == pytest.approx({"coverage": 2 / 3, "balance": -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)) / math.log(3)})
+    assert coverage([1, 2, 3], [1, 2, 3]) == pytest.approx({"coverage": 1.0, "balance": 1.0})
+    assert coverage([], [1, 2]) == {"coverage": 0.0, "balance": 0.0}
+    assert coverage([5], [5]) == {"coverage": 1.0, "balance": 1.0}
+    assert coverage([], []) == {"coverage": 1.0, "balance": 1.0}
+
+
+def test_score_stats_and_judge_agreement_by_hand():
+    s = score_stats([0.0, 0.5, 1.0, 1.0, 1.0], threshold=1.0)
+    assert s["mean"] == pytest.approx(0.7) and s["p50"] == 1.0 and s["share_above"] == pytest.approx(0.6)
+    assert score_stats([], 0.5) == {"mean": 0.0, "p10": 0.0, "p50": 0.0, "p90": 0.0, "share_above": 0.0}
+    # decisions [1,1,0,0] vs [1,0,0,0]: p_o = 3/4, p_e = 1/2 * 1/4 + 1/2 * 3/4 = 1/2, kappa = (3/4 - 1/2) / (1/2)
+    assert judge_agreement([1, 1, 0, 0], [0.9, 0.2, 0.1, 0.0]) == pytest.approx({"agreement": 0.75, "kappa": 0.5})
+    assert judge_agreement([1, 1], [1, 1]) == {"agreement": 1.0, "kappa": 1.0}
+    assert judge_agreement([1, 1], [0, 0]) == {"agreement": 0.0, "kappa": 0.0}
+    assert judge_agreement([0.8, 0.4], [1, 0], threshold_a=0.8) == {"agreement": 1.0, "kappa": 1.0}
+    assert judge_agreement([], []) == {"agreement": 1.0, "kappa": 1.0}
+
+
+def test_spectral_ngram_vendi_tracks_the_exact_score():
+    rng = np.random.default_rng(0)
+    texts = ["".join(map(str, rng.integers(0, 10, rng.integers(3, 9)))) for _ in range(400)]
+    for q in (1, 2):
+        exact = ngram_vendi(texts, q=q)
+        estimate = ngram_vendi(texts, q=q, max_dim=0)  # forces the spectral route
+        assert estimate != exact and estimate == pytest.approx(exact, rel=0.05)  # 16 probes: ~1-4% here
+        assert ngram_vendi(texts, q=q, max_dim=0) == estimate  # seeded: repeatable
+    assert ngram_vendi(texts, q=math.inf, max_dim=0) == pytest.approx(ngram_vendi(texts, q=math.inf), rel=1e-6)
+
+
 @pytest.mark.parametrize("texts", [[], ["x"], ["same"] * 5, ["", ""], ["", "abc"]])
 def test_edge_cases_are_defined(texts):
     values = [distinct_n(texts, 2), ead(texts, 2, 12), ngram_entropy(texts, 2), compression_ratio(texts),
-              ngram_vendi(texts), vendi_from_kernel(np.eye(len(texts))), self_bleu(texts)]
+              ngram_vendi(texts), vendi_from_kernel(np.eye(len(texts))), self_bleu(texts), self_repetition(texts),
+              homogenisation(texts), *coverage(texts, texts).values(), *lexical_suite(texts, vocab_size=12).values(),
+              *score_stats([float(len(t)) for t in texts], 1).values()]
     assert all(isinstance(v, float) and math.isfinite(v) for v in values)
     if len(set(texts)) <= 1:
         assert ngram_vendi(texts) == pytest.approx(1.0)
@@ -135,3 +198,28 @@ def test_offline_minilm_embedding_diversity():
     assert same["embedding_distance"] == pytest.approx(0.0, abs=1e-5) and same["embedding_vendi"] == pytest.approx(1.0, abs=1e-4)
     assert varied["embedding_distance"] > 0.5 and 3.0 < varied["embedding_vendi"] <= 4.0
     assert embedding_diversity([], model) == {"embedding_distance": 0.0, "embedding_vendi": 1.0}
+
+
+def test_ifd_matches_unbatched_losses_by_hand(tiny_policy):
+    import torch
+
+    from selfimprove.complexity import complexity_metrics, ifd_scores
+    from selfimprove.model import load_policy, load_tokenizer
+
+    model, tok = load_policy(tiny_policy), load_tokenizer(tiny_policy)
+    prompts, answers = ["12+3=", "5+5=", "9+99="], ["51", "01", "801"]
+    got = ifd_scores(model, tok, prompts, answers, batch_size=2)
+
+    def loss(prefix, answer):  # one sequence, no padding: mean CE of the answer tokens + EOS
+        ids = torch.tensor([prefix + answer])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        return -float(np.mean([logp[t - 1, ids[0, t]].item() for t in range(len(prefix), ids.shape[1])]))
+
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        ans = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        want = loss(tok(p)["input_ids"], ans) / loss([tok.bos_token_id], ans)
+        assert got[i] == pytest.approx(want, rel=1e-4)
+    rows = [{"num_tokens": 3, "difficulty": 2}, {"num_tokens": 5, "difficulty": 4}]
+    assert complexity_metrics(rows, np.array([0.5, 1.5])) == {"length_tokens": 4.0, "difficulty": 3.0, "ifd": 1.0, "ifd_above_1": 0.5}
+    assert complexity_metrics([], np.zeros(0)) == {"length_tokens": 0.0, "difficulty": 0.0, "ifd": 0.0, "ifd_above_1": 0.0}
+    assert len(ifd_scores(model, tok, [], [])) == 0

@@ -1,0 +1,65 @@
+"""Complexity of samples: length in tokens, task difficulty, and IFD under a policy.
+
+IFD (instruction-following difficulty, Li et al. 2308.12032) = s(A|Q) / s(A), s = mean token cross-entropy of the
+answer (completion + EOS) with and without the prompt. IFD > 1: the prompt does not help predict the answer; low IFD:
+the answer is easy given the prompt. "Without the prompt" means after the tokenizer's own prefix for an empty text
+(the BOS token where it has one); without any prefix the first answer token cannot be scored, so it is left out of
+both losses to keep them comparable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _answer_losses(model, prefixes: list[list[int]], answers: list[list[int]], skip_first: bool, batch_size: int) -> np.ndarray:
+    """Mean cross-entropy of each answer after its prefix, in right-padded batches."""
+    import torch
+
+    losses = np.zeros(len(answers))
+    pad = model.config.pad_token_id or 0
+    order = np.argsort([len(p) + len(a) for p, a in zip(prefixes, answers)], kind="stable")  # less padding
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        seqs = [prefixes[i] + answers[i] for i in idx]
+        width = max(map(len, seqs))
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        scored = torch.zeros_like(ids, dtype=torch.bool)  # positions whose token is scored
+        for row, i in enumerate(idx):
+            n_pre, seq = len(prefixes[i]), seqs[row]
+            ids[row, :len(seq)] = torch.tensor(seq)
+            attn[row, :len(seq)] = 1
+            scored[row, max(n_pre + int(skip_first), 1):len(seq)] = True  # token 0 is never predicted
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=attn).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        mask = scored[:, 1:]
+        per_row = -(logp * mask).sum(1) / mask.sum(1).clamp(min=1)
+        losses[idx] = per_row.numpy()
+    return losses
+
+
+def ifd_scores(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 64) -> np.ndarray:
+    """IFD of each (prompt, completion) pair under ``model``; 1 where nothing is scored (0/0)."""
+    if not prompts:
+        return np.zeros(0)
+    answers = [a + [tokenizer.eos_token_id] for a in tokenizer(completions, add_special_tokens=False)["input_ids"]]
+    with_prompt = tokenizer(prompts)["input_ids"]
+    empty = tokenizer("")["input_ids"]
+    skip_first = not empty  # no BOS: the first answer token has no context in the unconditional pass
+    model.eval()
+    cond = _answer_losses(model, with_prompt, answers, skip_first, batch_size)
+    uncond = _answer_losses(model, [empty] * len(answers), answers, skip_first, batch_size)
+    return np.where(uncond > 0, cond / np.where(uncond > 0, uncond, 1.0), 1.0)
+
+
+def complexity_metrics(rows: list[dict], ifd: np.ndarray | None = None) -> dict:
+    """length_tokens (mean generated tokens), difficulty (mean level), and, when given, mean IFD and the share of
+    samples with IFD > 1 (those Li et al. drop)."""
+    out = {"length_tokens": float(np.mean([r["num_tokens"] for r in rows])) if rows else 0.0,
+           "difficulty": float(np.mean([r["difficulty"] for r in rows])) if rows else 0.0}
+    if ifd is not None:
+        out["ifd"] = float(ifd.mean()) if len(ifd) else 0.0
+        out["ifd_above_1"] = float((ifd > 1).mean()) if len(ifd) else 0.0
+    return out
