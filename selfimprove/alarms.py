@@ -41,7 +41,8 @@ def check_alarms(alarms, history: list[dict]) -> list[dict]:
         reason = ("probe pass@1 rose while pass@k - pass@1 shrank" if alarm.metric == "wu_signature" else
                   f"{alarm.metric}={value:.4g} fell more than {alarm.drop:.0%} below the {alarm.vs} value")
         fired.append({"metric": alarm.metric, "action": alarm.action, "rounds": alarm.rounds, "reason": reason,
-                      "steer_temperature": alarm.steer_temperature if alarm.action == "steer" else 0.0})
+                      "steer_temperature": alarm.steer_temperature if alarm.action == "steer" else 0.0,
+                      "steer_diversity_weight": alarm.steer_diversity_weight if alarm.action == "steer" else 0.0})
         logger.warning("ALARM round %d (%s, sustained %d round(s)): %s", history[last]["round"], alarm.action, alarm.rounds, reason)
     return fired
 
@@ -54,6 +55,12 @@ def fired_alarms(ctx, k: int) -> list[dict]:
 def steered_temperature(ctx, k: int) -> float:
     """Round k's sampling temperature: the recipe's, plus every 'steer' alarm fired in earlier rounds."""
     return ctx.recipe.generate.temperature + sum(a["steer_temperature"] for j in range(k) for a in fired_alarms(ctx, j))
+
+
+def steered_diversity_weight(ctx, k: int) -> float:
+    """Round k's select.diversity_weight: the recipe's, plus every 'steer' alarm fired in earlier rounds, at most 1."""
+    extra = sum(a.get("steer_diversity_weight", 0.0) for j in range(k) for a in fired_alarms(ctx, j))
+    return min(1.0, ctx.recipe.select.diversity_weight + extra)
 
 
 def should_stop(ctx, k: int) -> bool:

@@ -90,9 +90,29 @@ class GenericConfig:
 
 
 @dataclass
+class CountdownConfig:
+    min_operands: int = _f(2, "Fewest numbers in a problem (seed, rounds and in-distribution eval).")
+    max_operands: int = _f(3, "Most numbers in a problem trained on; eval beyond it is out-of-distribution.")
+    max_number: int = _f(9, "Numbers are drawn from 1..max_number.")
+    seed_size: int = _f(20000, "Labelled seed problems, one random solution each.")
+    prompts_per_round: int = _f(1000, "Unlabelled problems per round (the verifier checks answers against the prompt itself).")
+    eval_max_operands: int = _f(4, "Evaluate min_operands..eval_max_operands operands.")
+    eval_size_per_level: int = _f(200, "Eval problems per operand count (fewer when the space is smaller).")
+
+    def check(self) -> list[str]:
+        p = []
+        if not 1 <= self.min_operands <= self.max_operands <= self.eval_max_operands:
+            p.append(f"need 1 <= min_operands ({self.min_operands}) <= max_operands ({self.max_operands}) <= eval_max_operands ({self.eval_max_operands}).")
+        if not 1 <= self.max_number <= 99:
+            p.append(f"max_number={self.max_number} must be in 1..99.")
+        return p
+
+
+@dataclass
 class TaskConfig:
-    name: Literal["addition", "generic"] = _f("addition", "Built-in task, or 'generic' for your own prompt files.")
+    name: Literal["addition", "countdown", "generic"] = _f("addition", "Built-in task ('addition', 'countdown'), or 'generic' for your own prompt files.")
     addition: AdditionConfig = field(default_factory=AdditionConfig, metadata={"help": "Options of the addition task."})
+    countdown: CountdownConfig = field(default_factory=CountdownConfig, metadata={"help": "Options of the countdown task."})
     generic: GenericConfig = field(default_factory=GenericConfig, metadata={"help": "Options of the generic task."})
 
 
@@ -119,19 +139,51 @@ class GenerateConfig:
         return p
 
 
-JUDGES = ("verifier", "majority", "format")
+JUDGES = ("verifier", "majority", "format", "reward", "llm", "llm_pairwise")
+
+
+@dataclass
+class RewardModelConfig:
+    path: str = _f("", "AutoModelForSequenceClassification folder or hub id (e.g. trained with TRL's RewardTrainer).")
+    batch_size: int = _f(64, "Sequences per forward pass.")
+    max_length: int = _f(1024, "Truncate prompt + completion to this many tokens.")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weights dtype.")
+
+
+@dataclass
+class LLMJudgeConfig:
+    model: str = _f("policy", "Judge checkpoint folder or hub id; 'policy' = the checkpoint that generated the round (self-judging).")
+    backend: Literal["hf"] = _f("hf", "Generation backend of the judge (the policy's backends).")
+    template: str = _f("", "Prompt template file; empty = the built-in one for the judge ('llm': pointwise, 'llm_pairwise').")
+    max_score: int = _f(10, "Pointwise scale: 'Score: N' with N in 0..max_score, stored as N / max_score.")
+    max_new_tokens: int = _f(64, "Tokens the judge may write.")
+    batch_size: int = _f(64, "Judge prompts per generate() call.")
+    max_pairs_per_prompt: int = _f(6, "Pairwise: at most this many sample pairs per prompt (each judged in both orders); 0 = all.")
+    chat_template: bool = _f(True, "Wrap judge prompts in the judge tokenizer's chat template when it has one.")
+    on_unparseable: Literal["zero", "neutral", "drop"] = _f("zero", "A judge output with no single trustworthy verdict scores 0 ('zero'), 0.5 ('neutral'), or is dropped by the filter ('drop'). Counted either way.")
 
 
 @dataclass
 class JudgeConfig:
     judges: list[str] = _f(["format", "majority"], f"Judges that score every sample, from {JUDGES}. 'verifier' reads ground truth.")
     weights: dict = _f({}, "Weight per judge for the combined 'score' column (default 1 each).")
+    combine: Literal["mean", "vote"] = _f("mean", "'mean': score = weighted mean of the judges' scores; 'vote': weighted share of judges scoring >= their vote_thresholds.")
+    vote_thresholds: dict = _f({}, "With combine 'vote': per-judge acceptance threshold (default 0.5).")
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig, metadata={"help": "The 'reward' judge."})
+    llm: LLMJudgeConfig = field(default_factory=LLMJudgeConfig, metadata={"help": "The 'llm' and 'llm_pairwise' judges."})
 
     def check(self) -> list[str]:
         p = [f"judges: {j!r} is not a judge. Use some of {list(JUDGES)}." for j in self.judges if j not in JUDGES]
         p += [f"weights: {k!r} is not in judges {self.judges}. Remove it or add the judge." for k in self.weights if k not in self.judges]
+        p += [f"vote_thresholds: {k!r} is not in judges {self.judges}." for k in self.vote_thresholds if k not in self.judges]
         if not self.judges:
             p.append("judges is empty: name at least one judge, e.g. [format].")
+        if "reward" in self.judges and not self.reward_model.path:
+            p.append("judges has 'reward' but reward_model.path is empty: point it at a sequence-classification model folder.")
+        if {"llm", "llm_pairwise"} & set(self.judges) and not self.llm.model:
+            p.append("judges has an LLM judge but llm.model is empty: use 'policy' (self-judging) or a model folder / hub id.")
+        if self.llm.max_score < 1:
+            p.append(f"llm.max_score={self.llm.max_score} must be >= 1.")
         return p
 
 
@@ -140,13 +192,50 @@ class FilterConfig:
     enabled: bool = _f(True, "false keeps every generated sample (Lee et al. report an error avalanche without filtering).")
     min_scores: dict = _f({"format": 1.0, "majority": 0.8}, "Keep a sample only if every named judge scores at least this (keep-correct = {verifier: 1}).")
     best_of_n: int = _f(0, "After thresholds, keep at most this many top-scoring samples per prompt (0 = off).")
+    min_tokens: int = _f(0, "Drop completions shorter than this many generated tokens (0 = off).")
+    max_tokens: int = _f(0, "Drop completions longer than this many generated tokens (0 = off).")
+    drop_unfinished: bool = _f(False, "Drop completions that hit the token limit before EOS.")
+    decontaminate_ngram: int = _f(0, "Drop samples whose prompt or completion shares an n-gram (of this many monitor.unit tokens) with an eval or probe prompt or answer; 0 = off.")
+    pairs: Literal["none", "best_vs_worst", "margin"] = _f("none", "Build (chosen, rejected) pairs per prompt for DPO: the best kept sample vs the worst sample, or every kept-vs-other pair whose score gap >= pair_margin.")
+    pair_margin: float = _f(0.0, "Minimum score gap chosen - rejected (a pair always needs a gap > 0).")
+    pairs_per_prompt: int = _f(1, "With pairs 'margin': at most this many pairs per prompt, largest gaps first (0 = all).")
 
 
 @dataclass
 class SelectConfig:
-    dedup: Literal["exact", "none"] = _f("exact", "Drop samples whose (prompt, completion) was already kept this round or accepted earlier.")
-    per_prompt_cap: int = _f(1, "At most this many samples per prompt (0 = no cap).")
+    dedup: Literal["exact", "minhash", "embedding", "none"] = _f("exact", "Drop duplicates of samples kept this round or accepted earlier: 'exact' (same prompt + completion); 'minhash' and 'embedding' also drop near-duplicates (after exact).")
+    minhash_threshold: float = _f(0.8, "dedup 'minhash': estimated Jaccard similarity of shingle sets at or above which a sample is a near-duplicate.")
+    minhash_ngram: int = _f(5, "dedup 'minhash': shingle size in monitor.unit tokens.")
+    minhash_perm: int = _f(128, "dedup 'minhash': permutations per signature.")
+    embedding_threshold: float = _f(0.95, "dedup 'embedding': cosine similarity of feature vectors above which a sample is a near-duplicate.")
+    per_prompt_cap: int = _f(1, "At most this many samples per prompt, best scores first (0 = no cap).")
     budget: int = _f(0, "At most this many samples in total per round (0 = no budget).")
+    method: Literal["score", "cluster", "deita", "qdit"] = _f("score", "Sampler under the budget: top scores; cluster-and-rebalance; Deita greedy (quality x complexity, similarity <= deita_tau); QDIT facility location with diversity_weight.")
+    diversity_weight: float = _f(0.5, "qdit: lambda in [0, 1]; 0 = pure quality ranking, 1 = pure coverage. 'steer' alarms can raise it.")
+    features: Literal["ngram", "embedding"] = _f("ngram", "Vectors for embedding dedup, deita, qdit and feature clusters: TF-IDF n-grams reduced by SVD, or sentence-transformers embeddings (monitor.embedder).")
+    feature_text: Literal["completion", "prompt_completion"] = _f("prompt_completion", "Text the vectors describe.")
+    feature_dim: int = _f(64, "features 'ngram': SVD dimensions.")
+    cluster_by: Literal["features", "difficulty", "attribute"] = _f("features", "cluster: k-means on the vectors, or the task's difficulty levels / attributes.")
+    clusters: int = _f(0, "cluster with cluster_by 'features': k-means clusters (0 = sqrt of the candidates).")
+    target_mix: dict = _f({}, "cluster: share of the budget per cluster label, e.g. {3: 0.2, 4: 0.3, 5: 0.5} over difficulty levels; empty = equal shares (flatten).")
+    deita_tau: float = _f(0.9, "deita: accept a candidate only if its cosine similarity to every accepted sample is <= this.")
+    deita_complexity: Literal["difficulty", "length", "none"] = _f("difficulty", "deita: the complexity factor of quality x complexity.")
+    knn: int = _f(10, "qdit: neighbours per sample in the similarity graph.")
+
+    def check(self) -> list[str]:
+        p = []
+        if self.method != "score" and not self.budget:
+            p.append(f"method={self.method!r} chooses under a budget, but budget=0. Set budget > 0 or method 'score'.")
+        if not 0 <= self.diversity_weight <= 1:
+            p.append(f"diversity_weight={self.diversity_weight} must be in [0, 1].")
+        for name in ("minhash_threshold", "embedding_threshold"):
+            if not 0 < getattr(self, name) <= 1:
+                p.append(f"{name}={getattr(self, name)} must be in (0, 1].")
+        if self.target_mix and self.cluster_by == "features":
+            p.append("target_mix names cluster labels, which k-means does not have: use cluster_by 'difficulty' or 'attribute'.")
+        if self.minhash_ngram < 1 or self.feature_dim < 2 or self.knn < 1:
+            p.append("minhash_ngram and knn must be >= 1, feature_dim >= 2.")
+        return p
 
 
 @dataclass
@@ -196,8 +285,9 @@ class AlarmConfig:
     drop: float = _f(0.2, "Relative drop that fires, e.g. 0.2 = 20% below the reference value.")
     vs: Literal["round0", "previous"] = _f("round0", "Reference value: round 0's, or the previous round's.")
     rounds: int = _f(1, "Fire only when the condition holds this many consecutive rounds.")
-    action: Literal["warn", "stop", "steer"] = _f("warn", "warn: log and record; stop: end the loop after this round; steer: raise sampling temperature for later rounds.")
+    action: Literal["warn", "stop", "steer"] = _f("warn", "warn: log and record; stop: end the loop after this round; steer: raise sampling temperature and/or the selection's diversity weight for later rounds.")
     steer_temperature: float = _f(0.2, "With action 'steer': added to generate.temperature for every later round.")
+    steer_diversity_weight: float = _f(0.0, "With action 'steer': added to select.diversity_weight (capped at 1) for every later round.")
 
     def check(self) -> list[str]:
         p = []
@@ -215,7 +305,7 @@ class MonitorConfig:
     probe_size: int = _f(100, "Fixed probe prompts (a seeded subsample of the eval sets, chosen once) sampled every round; 0 turns the probe off.")
     probe_samples: int = _f(8, "Completions per probe prompt (also the k of the probe's pass@k).")
     probe_temperature: float = _f(1.0, "Sampling temperature of the probe (the same every round).")
-    alarms: list[AlarmConfig] = _f([], "Collapse alarms, each {metric, drop, vs, rounds, action, steer_temperature}.")
+    alarms: list[AlarmConfig] = _f([], "Collapse alarms, each {metric, drop, vs, rounds, action, steer_temperature, steer_diversity_weight}.")
     vendi_samples: int = _f(1000, "Texts (a seeded subsample) that n-gram Vendi and self-BLEU are computed on: their cost grows as N^2..N^3.")
     self_bleu_samples: int = _f(0, "Hypotheses scored for self-BLEU (0 = off; ~6 s per 200 on 1,000 texts; says little on digit strings).")
     homogenisation_samples: int = _f(100, "Texts (a seeded subsample) scored for homogenisation, pairwise ROUGE-L: O(N^2); 0 = off.")

@@ -1,33 +1,94 @@
-"""Stage 3, filter: keep samples by score (quality). Every row stays on disk with ``kept`` and ``filter_reason``."""
+"""Stage 3, filter: keep samples by quality. Every row stays on disk with ``kept`` and ``filter_reason``.
+
+In order: decontamination (n-gram overlap with the eval and probe sets), unparseable judge verdicts (when the recipe
+drops them), length and finish rules, per-judge score thresholds (keep-correct = {verifier: 1}), then best-of-n per
+prompt. The stage also builds (chosen, rejected) pairs per prompt for DPO when ``filter.pairs`` asks for them.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+from selfimprove.diversity import grams
 from selfimprove.rundir import atomic_stage, load_rows, save_rows
 
 
-def filter_rows(rows: list[dict], cfg) -> list[dict]:
-    """Thresholds per judge (``min_scores``), then best-of-n per prompt by ``score``."""
+def contamination_index(texts: list[str], n: int, unit: str) -> set[str]:
+    """Every n-gram of the protected texts (eval and probe prompts and answers)."""
+    return {g for t in texts for g in grams(t, n, unit)}
+
+
+def _reasons(r: dict, cfg, index: set[str], n: int, unit: str, drop_unparsed: bool) -> list[str]:
+    if index and any(g in index for t in (r["prompt"], r["completion"]) for g in grams(t, n, unit)):
+        return ["contaminated"]
+    failed = []
+    if drop_unparsed and r.get("judge_unparsed"):
+        failed.append(f"unparsed:{r['judge_unparsed']}")
+    if cfg.min_tokens and r["num_tokens"] < cfg.min_tokens:
+        failed.append(f"tokens<{cfg.min_tokens}")
+    if cfg.max_tokens and r["num_tokens"] > cfg.max_tokens:
+        failed.append(f"tokens>{cfg.max_tokens}")
+    if cfg.drop_unfinished and not r["finished"]:
+        failed.append("unfinished")
+    return failed + [f"score_{name}<{t}" for name, t in cfg.min_scores.items() if r[f"score_{name}"] < t]
+
+
+def filter_rows(rows: list[dict], cfg, protected: set[str] = frozenset(), unit: str = "char",
+                drop_unparsed: bool = False) -> list[dict]:
+    """Rows with kept / filter_reason. ``protected`` is a contamination_index of texts no training sample may touch."""
     out = []
     for r in rows:
-        failed = [f"score_{n}<{t}" for n, t in cfg.min_scores.items() if r[f"score_{n}"] < t] if cfg.enabled else []
+        failed = _reasons(r, cfg, protected, cfg.decontaminate_ngram, unit, drop_unparsed) if cfg.enabled else []
         out.append({**r, "kept": not failed, "filter_reason": ",".join(failed) or ("kept" if cfg.enabled else "filter disabled")})
     if cfg.enabled and cfg.best_of_n > 0:
-        by_prompt = defaultdict(list)
-        for r in out:
-            if r["kept"]:
-                by_prompt[r["prompt_id"]].append(r)
-        for group in by_prompt.values():
+        for group in _by_prompt([r for r in out if r["kept"]]).values():
             for r in sorted(group, key=lambda x: (-x["score"], x["sample_idx"]))[cfg.best_of_n:]:
                 r["kept"], r["filter_reason"] = False, f"not in best_of_{cfg.best_of_n}"
     return out
 
 
+def _by_prompt(rows: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[r["prompt_id"]].append(r)
+    return groups
+
+
+def build_pairs(rows: list[dict], cfg) -> list[dict]:
+    """(chosen, rejected) per prompt: chosen is a kept sample, rejected any sample of the same prompt scoring lower by
+    more than ``pair_margin``; identical completions never pair. Ties in score break by sample order."""
+    pairs = []
+    for group in _by_prompt(rows).values():
+        ranked = sorted(group, key=lambda x: (-x["score"], x["sample_idx"]))
+        candidates = [(c, r) for c in ranked if c["kept"] for r in ranked[::-1]
+                      if c["score"] - r["score"] > 0 and c["score"] - r["score"] >= cfg.pair_margin
+                      and c["completion"] != r["completion"]]
+        if cfg.pairs == "best_vs_worst":
+            candidates = candidates[:1]  # best kept first, worst sample first within it
+        else:
+            candidates.sort(key=lambda cr: -(cr[0]["score"] - cr[1]["score"]))  # stable: ties keep rank order
+            candidates = candidates[:cfg.pairs_per_prompt] if cfg.pairs_per_prompt else candidates
+        pairs += [{"prompt_id": c["prompt_id"], "prompt": c["prompt"], "chosen": c["completion"], "rejected": r["completion"],
+                   "score_chosen": c["score"], "score_rejected": r["score"], "chosen_idx": c["sample_idx"],
+                   "rejected_idx": r["sample_idx"], "round": c["round"]} for c, r in candidates]
+    return pairs
+
+
 def run_filter(ctx, k: int) -> None:
     rows = load_rows(ctx.stage(k, "judge") / "data")
-    cfg = ctx.recipe.filter
-    with atomic_stage(ctx.stage(k, "filter"), {"enabled": cfg.enabled, "min_scores": cfg.min_scores, "best_of_n": cfg.best_of_n}) as (out, meta):
-        filtered = filter_rows(rows, cfg)
+    cfg, unit = ctx.recipe.filter, ctx.recipe.monitor.unit
+    protected: set[str] = set()
+    if cfg.decontaminate_ngram:
+        texts = [t for r in ctx.eval_rows() + ctx.probe_rows() for t in (r["prompt"], r["reference"]) if t]
+        protected = contamination_index(texts, cfg.decontaminate_ngram, unit)
+    drop_unparsed = ctx.recipe.judge.llm.on_unparseable == "drop"
+    meta0 = {"enabled": cfg.enabled, "min_scores": cfg.min_scores, "best_of_n": cfg.best_of_n, "pairs": cfg.pairs}
+    with atomic_stage(ctx.stage(k, "filter"), meta0) as (out, meta):
+        filtered = filter_rows(rows, cfg, protected, unit, drop_unparsed)
         save_rows(filtered, out / "data")
-        meta.update(rows=len(filtered), kept=sum(r["kept"] for r in filtered))
+        meta.update(rows=len(filtered), kept=sum(r["kept"] for r in filtered),
+                    contaminated=sum(r["filter_reason"] == "contaminated" for r in filtered))
+        if cfg.pairs != "none":
+            pairs = build_pairs(filtered, cfg)
+            save_rows(pairs, out / "pairs")
+            meta["pairs"] = len(pairs)

@@ -56,22 +56,35 @@ def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: 
     return results
 
 
+def sample(backend: str, model_path: str, prompts: list[str], sampling: Sampling, seed: int, batch_size: int,
+           dtype: str = "float32", desc: str = "generate", chat: bool = False) -> list[list[dict]]:
+    """The one generation entry used by the policy, the LLM judge and evaluation: load ``model_path`` on ``backend``
+    and sample. ``chat`` wraps each prompt in the tokenizer's chat template when it has one."""
+    from selfimprove.model import load_policy, load_tokenizer
+
+    if backend != "hf":
+        raise ValueError(f"generation backend {backend!r} is not available; use 'hf'.")
+    model, tok = load_policy(model_path, dtype), load_tokenizer(model_path)
+    if chat and getattr(tok, "chat_template", None):
+        prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                   for p in prompts]
+    return hf_generate(model, tok, prompts, sampling, seed, batch_size, desc)
+
+
 def run_generate(ctx, k: int) -> None:
     """Write round k's prompts and samples (one row per sample, with lineage) to round_k/generate/."""
-    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.alarms import steered_temperature
 
     r = ctx.recipe
     exclude = {row["prompt"] for row in ctx.eval_rows()}
     prompts = ctx.task.round_prompts(k, ctx.history(k), exclude)
     ckpt = ctx.checkpoint(k - 1)
-    from selfimprove.alarms import steered_temperature
-
     sampling = Sampling(r.generate.num_samples, steered_temperature(ctx, k), r.generate.top_p, r.generate.top_k,
                         r.generate.max_new_tokens or ctx.task.max_new_tokens(prompts))
     seed = r.seed * 1000 + k
-    model, tok = load_policy(ckpt, r.model.dtype), load_tokenizer(ckpt)
     with atomic_stage(ctx.stage(k, "generate"), {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict(), "seed": seed}) as (out, meta):
-        samples = hf_generate(model, tok, [p["prompt"] for p in prompts], sampling, seed, r.generate.batch_size, f"round {k} generate")
+        samples = sample(r.generate.backend, ckpt, [p["prompt"] for p in prompts], sampling, seed, r.generate.batch_size,
+                         r.model.dtype, f"round {k} generate")
         rows = [{**p, "sample_idx": j, **s, "round": k, "checkpoint": ctx.relative(ckpt), **sampling.as_dict(), "seed": seed}
                 for p, ss in zip(prompts, samples) for j, s in enumerate(ss)]
         save_rows(rows, out / "data")

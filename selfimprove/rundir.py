@@ -136,3 +136,7 @@ class RunContext:
 
     def eval_rows(self) -> list[dict]:
         return load_rows(self.run_dir / "eval_sets" / "data")
+
+    def probe_rows(self) -> list[dict]:
+        path = self.run_dir / "probe_set" / "data"
+        return load_rows(path) if path.exists() else []

@@ -34,6 +34,17 @@ def test_all_problems_reported_at_once(tmp_path):
     assert len(err.value.problems) == 6
 
 
+def test_judge_filter_select_combinations():
+    with pytest.raises(ConfigError) as err:
+        load_recipe(None, {"judge.judges": ["reward", "llm"], "judge.llm.model": "", "filter.min_scores": {},
+                           "select.method": "qdit", "select.diversity_weight": 1.5,
+                           "select.target_mix": {3: 1.0}})
+    msg = str(err.value)
+    assert "reward_model.path is empty" in msg and "llm.model is empty" in msg
+    assert "method='qdit' chooses under a budget, but budget=0" in msg and "diversity_weight=1.5 must be in [0, 1]" in msg
+    assert "target_mix names cluster labels" in msg
+
+
 def test_impossible_combinations():
     with pytest.raises(ConfigError, match="temperature=0 is greedy"):
         load_recipe(None, {"generate.temperature": 0, "generate.num_samples": 4})

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from selfimprove.config import AdditionConfig, FilterConfig, SelectConfig, TrainConfig
+from selfimprove.config import AdditionConfig, FilterConfig, JudgeConfig, SelectConfig, TrainConfig
 from selfimprove.filtering import filter_rows
 from selfimprove.generate import Sampling, hf_generate
-from selfimprove.judge import judge_rows
+from selfimprove.judge import JudgeEnv, judge_rows
 from selfimprove.selection import select_rows
 from selfimprove.tasks.addition import AdditionTask
 from selfimprove.train import build_mixture, tokenize_rows
@@ -16,26 +16,33 @@ TASK = AdditionTask(AdditionConfig(), 0)
 
 def _samples(prompt_id, prompt, completions, reference=""):
     return [{"prompt_id": prompt_id, "prompt": prompt, "completion": c, "finished": True, "reference": reference,
-             "sample_idx": i} for i, c in enumerate(completions)]
+             "sample_idx": i, "num_tokens": len(c), "round": 1} for i, c in enumerate(completions)]
+
+
+def _judge(rows, judges, weights=None, **kw):
+    return judge_rows(JudgeEnv(TASK, JudgeConfig(judges=judges, weights=weights or {}, **kw)), rows)[0]
 
 
 def test_majority_and_format_judges_by_hand():
     rows = _samples("p0", "75+8=", ["560", "560", "561", "56", "xx"], reference="560")
-    out = judge_rows(TASK, rows, ["format", "majority", "verifier"], {"verifier": 2.0})
+    out = _judge(rows, ["format", "majority", "verifier"], {"verifier": 2.0})
     assert [r["score_majority"] for r in out] == [0.4, 0.4, 0.2, 0.2, 0.0]  # "56" is one valid vote; "xx" has no answer
     assert [r["score_format"] for r in out] == [1, 1, 1, 0, 0]
     assert [r["score_verifier"] for r in out] == [1, 1, 0, 0, 0]
     assert out[0]["score"] == pytest.approx((1 + 0.4 + 2 * 1) / 4)
     assert [r["oracle_correct"] for r in out] == [1, 1, 0, 0, 0]
+    # vote: the weighted share of judges at or above their threshold (0.5 unless named)
+    voted = _judge(rows, ["format", "majority", "verifier"], {"verifier": 2.0}, combine="vote", vote_thresholds={"majority": 0.3})
+    assert [r["score"] for r in voted] == [1.0, 1.0, 0.25, 0.0, 0.0]
 
 
 def test_verifier_refuses_unlabelled_prompts():
     with pytest.raises(ValueError, match="needs a reference answer"):
-        judge_rows(TASK, _samples("p0", "75+8=", ["560"]), ["verifier"], {})
+        _judge(_samples("p0", "75+8=", ["560"]), ["verifier"])
 
 
 def test_filter_thresholds_best_of_n_and_off_switch():
-    rows = judge_rows(TASK, _samples("p0", "75+8=", ["560", "560", "561", "56", "560"]), ["format", "majority"], {})
+    rows = _judge(_samples("p0", "75+8=", ["560", "560", "561", "56", "560"]), ["format", "majority"])
     kept = filter_rows(rows, FilterConfig(min_scores={"format": 1.0, "majority": 0.6}))
     assert [r["kept"] for r in kept] == [True, True, False, False, True]
     assert kept[2]["filter_reason"] == "score_majority<0.6" and kept[3]["filter_reason"] == "score_format<1.0,score_majority<0.6"
@@ -49,9 +56,9 @@ def test_filter_thresholds_best_of_n_and_off_switch():
 def test_select_dedups_against_history_caps_and_budgets():
     rows = [{"prompt_id": p, "prompt": p, "completion": c, "score": s}
             for p, c, s in [("a", "1", 0.9), ("a", "1", 0.9), ("a", "2", 0.8), ("b", "3", 0.5), ("c", "4", 0.7), ("d", "5", 1.0)]]
-    out = select_rows(rows, SelectConfig(dedup="exact", per_prompt_cap=1), seen={("c", "4")})
+    out = select_rows(rows, SelectConfig(dedup="exact", per_prompt_cap=1), prior=[{"prompt": "c", "completion": "4"}])
     assert [r["select_reason"] for r in out] == ["selected", "duplicate", "per_prompt_cap", "selected", "duplicate", "selected"]
-    out = select_rows(rows, SelectConfig(dedup="exact", per_prompt_cap=0, budget=2), seen=set())
+    out = select_rows(rows, SelectConfig(dedup="exact", per_prompt_cap=0, budget=2))
     assert [r["prompt_id"] + r["completion"] for r in out if r["selected"]] == ["a1", "d5"]
     assert sum(r["selected"] for r in out) == 2 and out[2]["select_reason"] == "over_budget"
 

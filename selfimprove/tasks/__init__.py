@@ -63,6 +63,10 @@ def build_task(recipe) -> Task:
         from selfimprove.tasks.addition import AdditionTask
 
         return AdditionTask(recipe.task.addition, recipe.seed)
+    if recipe.task.name == "countdown":
+        from selfimprove.tasks.countdown import CountdownTask
+
+        return CountdownTask(recipe.task.countdown, recipe.seed)
     from selfimprove.tasks.generic import GenericTask
 
     return GenericTask(recipe.task.generic, recipe.seed)

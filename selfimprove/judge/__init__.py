@@ -1,0 +1,95 @@
+"""Stage 2, judge: every named judge scores every sample; ``score`` combines them (weighted mean, or weighted vote).
+
+A judge is a function ``(env, rows) -> scores`` over the whole round, so judges that need all samples of a prompt
+(majority vote, pairwise LLM judge) or batch through a model (reward model, LLM judge) fit the same slot; a judge may
+also return ``(scores, records)``, records being its raw outputs, saved beside the data. A score of None means the
+judge could not score the sample (an unparseable LLM verdict); ``judge.llm.on_unparseable`` decides what happens.
+``oracle_correct`` (1/0, or -1 without a reference) is recorded for the monitor only: no filter reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from selfimprove.judge.rules import format_check, majority, verifier
+from selfimprove.rundir import atomic_stage, load_rows, save_rows
+
+
+def _reward(env, rows):
+    from selfimprove.judge.reward_model import reward_model
+
+    return reward_model(env, rows)
+
+
+def _llm(env, rows):
+    from selfimprove.judge.llm import pointwise
+
+    return pointwise(env, rows)
+
+
+def _llm_pairwise(env, rows):
+    from selfimprove.judge.llm import pairwise
+
+    return pairwise(env, rows)
+
+
+JUDGES = {"verifier": verifier, "majority": majority, "format": format_check, "reward": _reward, "llm": _llm,
+          "llm_pairwise": _llm_pairwise}
+UNPARSED_VALUE = {"zero": 0.0, "neutral": 0.5, "drop": 0.0}
+
+
+@dataclass
+class JudgeEnv:
+    """What a judge may read: the task, the judge config, the checkpoint that generated the round (for self-judging)."""
+    task: object
+    cfg: object
+    policy: str = ""
+    seed: int = 0
+    dtype: str = "float32"
+
+
+def oracle_correct(task, completion: str, reference: str) -> int:
+    """Ground truth for measurement only: 1 correct, 0 wrong, -1 when there is no reference to check against."""
+    return int(task.is_correct(completion, reference)) if reference else -1
+
+
+def _combine(cfg, scores: dict[str, list[float]], i: int) -> float:
+    names = cfg.judges
+    w = {n: cfg.weights.get(n, 1.0) for n in names}
+    if cfg.combine == "vote":  # weighted share of judges that accept the sample
+        return sum(w[n] * (scores[n][i] >= cfg.vote_thresholds.get(n, 0.5)) for n in names) / sum(w.values())
+    return sum(w[n] * scores[n][i] for n in names) / sum(w.values())
+
+
+def judge_rows(env: JudgeEnv, rows: list[dict]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Rows with score_<judge>, score, judge_unparsed (judges that could not score it) and oracle_correct; plus each
+    judge's raw records."""
+    cfg = env.cfg
+    scores, records = {}, {}
+    for name in cfg.judges:
+        result = JUDGES[name](env, rows)
+        scores[name], records[name] = result if isinstance(result, tuple) else (result, [])
+    unparsed = [[n for n in cfg.judges if scores[n][i] is None] for i in range(len(rows))]
+    fill = UNPARSED_VALUE[cfg.llm.on_unparseable]
+    scores = {n: [fill if s is None else float(s) for s in v] for n, v in scores.items()}
+    out = []
+    for i, r in enumerate(rows):
+        row = {**r, **{f"score_{n}": scores[n][i] for n in cfg.judges}}
+        row["score"] = _combine(cfg, scores, i)
+        row["judge_unparsed"] = ",".join(unparsed[i])
+        row["oracle_correct"] = oracle_correct(env.task, r["completion"], r["reference"])
+        out.append(row)
+    return out, {n: rec for n, rec in records.items() if rec}
+
+
+def run_judge(ctx, k: int) -> None:
+    rows = load_rows(ctx.stage(k, "generate") / "data")
+    cfg = ctx.recipe.judge
+    env = JudgeEnv(ctx.task, cfg, ctx.checkpoint(k - 1), ctx.recipe.seed * 1000 + k, ctx.recipe.model.dtype)
+    with atomic_stage(ctx.stage(k, "judge"), {"judges": cfg.judges, "weights": cfg.weights, "combine": cfg.combine}) as (out, meta):
+        judged, records = judge_rows(env, rows)
+        save_rows(judged, out / "data")
+        for name, rec in records.items():
+            save_rows(rec, out / f"records_{name}")
+        meta["mean_score"] = {n: sum(r[f"score_{n}"] for r in judged) / max(len(judged), 1) for n in cfg.judges}
+        meta["unparsed"] = {n: sum(n in r["judge_unparsed"].split(",") for r in judged) for n in cfg.judges}

@@ -1,0 +1,128 @@
+"""Countdown-like expressions: an open-solution task where diversity is measurable and collapse can happen.
+
+Prompt ``3,5,7>22:`` asks for an expression that uses each given number exactly once, with the binary operators
++ - * (usual precedence, no parentheses), and equals the target: ``3*5+7``, ``5*3+7``, ``7+3*5`` and ``7+5*3`` are
+all correct, so one prompt has many right answers and the verifier checks any of them exactly (it reads the prompt,
+not a stored label). Difficulty = number of operands. Every problem is solvable: its target is the value of a random
+expression over its numbers. Eval: in-distribution = unseen problems with min_operands..max_operands operands;
+out-of-distribution = more operands than ever trained on (up to eval_max_operands).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from selfimprove.tasks import rng_for, split_accuracy
+
+_PROMPT = re.compile(r"^(\d+(?:,\d+)*)>(-?\d+):$")
+_EXPR = re.compile(r"^\d+(?:[-+*]\d+)*$")
+OPS = "+-*"
+SEED_STREAM, EVAL_STREAM, ROUND_STREAM = 1, 2, 3
+
+
+def evaluate_expression(expr: str) -> int:
+    """Value of a validated expression (digits and + - *), products first, left to right."""
+    total, sign, product = 0, 1, None
+    for tok in re.findall(r"\d+|[-+*]", expr):
+        if tok in "+-":
+            total += sign * product
+            sign, product = (1 if tok == "+" else -1), None
+        elif tok == "*":
+            continue
+        else:
+            product = int(tok) if product is None else product * int(tok)
+    return total + sign * product
+
+
+def parse_prompt(prompt: str) -> tuple[list[int], int] | None:
+    m = _PROMPT.match(prompt)
+    return None if m is None else ([int(x) for x in m.group(1).split(",")], int(m.group(2)))
+
+
+def check(prompt: str, completion: str) -> bool:
+    """Each number used exactly once, only + - *, and the value equals the target."""
+    problem = parse_prompt(prompt)
+    if problem is None or not _EXPR.match(completion):
+        return False
+    numbers, target = problem
+    if sorted(int(x) for x in re.findall(r"\d+", completion)) != sorted(numbers):
+        return False
+    return evaluate_expression(completion) == target
+
+
+class CountdownTask:
+    name = "countdown"
+
+    def __init__(self, cfg, seed: int):
+        self.cfg, self.seed = cfg, seed
+
+    def alphabet(self) -> str:
+        return "0123456789,>:+-*"
+
+    def _problem(self, rng, n: int) -> dict:
+        numbers = [int(x) for x in rng.integers(1, self.cfg.max_number + 1, n)]
+        order = rng.permutation(n)
+        ops = rng.choice(list(OPS), n - 1)
+        expr = str(numbers[order[0]]) + "".join(f"{o}{numbers[i]}" for o, i in zip(ops, order[1:]))
+        prompt = ",".join(map(str, numbers)) + f">{evaluate_expression(expr)}:"
+        return {"prompt": prompt, "completion": expr, "difficulty": n}
+
+    def _operands(self, rng) -> int:
+        return int(rng.integers(self.cfg.min_operands, self.cfg.max_operands + 1))
+
+    def eval_sets(self) -> list[dict]:
+        rng, rows, c = rng_for(self.seed, EVAL_STREAM), [], self.cfg
+        for n in range(c.min_operands, c.eval_max_operands + 1):
+            seen: set[str] = set()
+            for _ in range(50 * c.eval_size_per_level):  # small problem spaces (2 operands) run out of new prompts
+                if len(seen) == c.eval_size_per_level:
+                    break
+                p = self._problem(rng, n)
+                if p["prompt"] in seen:
+                    continue
+                seen.add(p["prompt"])
+                rows.append({"prompt_id": f"eval-n{n}-{len(seen) - 1}", "prompt": p["prompt"], "reference": p["prompt"],
+                             "difficulty": n, "split": "id" if n <= c.max_operands else "ood"})
+        return rows
+
+    def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
+        rng, rows = rng_for(self.seed, SEED_STREAM), []
+        while len(rows) < self.cfg.seed_size:
+            p = self._problem(rng, self._operands(rng))
+            if p["prompt"] not in exclude:
+                rows.append({"prompt_id": f"seed-{len(rows)}", **p})
+        return rows
+
+    def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
+        rng, rows = rng_for(self.seed, ROUND_STREAM, k), []
+        while len(rows) < self.cfg.prompts_per_round:
+            p = self._problem(rng, self._operands(rng))
+            if p["prompt"] in exclude:
+                continue
+            # The verifier needs no stored answer: the prompt is the reference (numbers and target).
+            rows.append({"prompt_id": f"r{k}-{len(rows)}", "prompt": p["prompt"], "difficulty": p["difficulty"],
+                         "reference": p["prompt"]})
+        return rows
+
+    def answer(self, completion: str) -> str | None:
+        """The expression itself: distinct correct expressions are distinct answers."""
+        return completion if _EXPR.match(completion) else None
+
+    def is_correct(self, completion: str, reference: str) -> bool:
+        return check(reference, completion)
+
+    def format_ok(self, prompt: str, completion: str, finished: bool) -> bool:
+        problem = parse_prompt(prompt)
+        return (finished and problem is not None and bool(_EXPR.match(completion))
+                and len(re.findall(r"\d+", completion)) == len(problem[0]))
+
+    def max_new_tokens(self, rows: list[dict]) -> int:
+        return max(len(r["prompt"]) for r in rows) + 2  # an expression is never longer than its prompt
+
+    def eval_metrics(self, rows: list[dict]) -> dict:
+        out = split_accuracy(rows)
+        for n in sorted({r["difficulty"] for r in rows}):
+            out[f"eval/accuracy/n{n}"] = float(np.mean([r["correct"] for r in rows if r["difficulty"] == n]))
+        return out
