@@ -56,11 +56,19 @@ def main(argv: list[str] | None = None) -> int:
             recipe = load_recipe(args.recipe, collect_overrides(args))
             loop.run_loop(recipe, args.allow_recipe_change)
         elif args.command == "stage":
+            from selfimprove.rundir import barrier, dist_rank_world
+
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch: join the process group
+                import torch
+                from accelerate import PartialState
+
+                PartialState(cpu=not torch.cuda.is_available())
             ctx = loop.open_run(args.run_dir)
-            if args.force:
+            if args.force and dist_rank_world()[0] == 0:
                 import shutil
 
                 shutil.rmtree(ctx.stage(args.round, args.name), ignore_errors=True)
+            barrier()
             if not loop.run_stage(ctx, args.round, args.name):
                 logging.getLogger("selfimprove").info("round %d %s is already done (use --force to redo it)", args.round, args.name)
         else:

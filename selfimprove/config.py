@@ -125,6 +125,7 @@ class GenerateConfig:
     top_k: int = _f(0, "Top-k sampling (0 = off).")
     max_new_tokens: int = _f(0, "Generation length cap; 0 uses the task's own limit.")
     batch_size: int = _f(256, "Prompts per generate() call (each expands to num_samples sequences).")
+    accelerate_config: str = _f("", "accelerate YAML for the generate, judge and evaluate stages: each runs as its own 'accelerate launch' job, every rank taking every world-th batch (results identical to one process). Empty = in the orchestrator.")
 
     def check(self) -> list[str]:
         p = []
@@ -239,13 +240,23 @@ class SelectConfig:
 
 
 @dataclass
+class LoraConfig:
+    enabled: bool = _f(False, "Train LoRA adapters (peft) instead of all weights.")
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
+    dropout: float = _f(0.05, "LoRA dropout.")
+    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get adapters ('all-linear' as the only entry: every linear layer).")
+
+
+@dataclass
 class TrainConfig:
     method: Literal["sft"] = _f("sft", "Training method (TRL SFTTrainer, completion-only loss).")
     init: Literal["previous", "base"] = _f("previous", "Start each round from the previous round's checkpoint or from the base model.")
     bootstrap_steps: int = _f(2000, "Round-0 steps on the labelled seed data (0 skips the bootstrap).")
     max_steps: int = _f(500, "Optimizer steps per self-improvement round.")
     per_device_train_batch_size: int = _f(64, "Sequences per device per micro-step.")
-    gradient_accumulation_steps: int = _f(1, "Micro-steps per optimizer step.")
+    gradient_accumulation_steps: int = _f(1, "Micro-steps per optimizer step (ignored when global_batch_size is set).")
+    global_batch_size: int = _f(0, "Sequences per optimizer step over all processes, the same whatever their number: gradient accumulation = global_batch_size / (per_device_train_batch_size x processes). 0 = per_device x accumulation x processes.")
     learning_rate: float = _f(1e-3, "Peak learning rate.")
     round_learning_rate: float = _f(0.0, "Peak learning rate of rounds >= 1 (0 = learning_rate).")
     lr_scheduler_type: str = _f("cosine", "transformers scheduler name.")
@@ -260,6 +271,7 @@ class TrainConfig:
     accelerate_config: str = _f("", "accelerate YAML for launcher 'accelerate'.")
     logging_steps: int = _f(50, "Log the loss every this many steps.")
     sft_args: dict = _f({}, "Extra trl.SFTConfig arguments, passed as they are.")
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(), metadata={"help": "LoRA adapters (PEFT) instead of full fine-tuning; merged into a full checkpoint after each round."})
 
     def check(self) -> list[str]:
         p = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from selfimprove.rundir import atomic_stage, save_rows
+from selfimprove.rundir import atomic_stage, dist_rank_world, save_rows
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,11 @@ def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: 
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if not greedy:
         kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)  # 0 disables top-k
-    starts = range(0, len(order), batch_size)
-    for b, start in enumerate(tqdm(starts, desc=desc, unit="batch", leave=False)):
+    # Batches are fixed by the length order and seeded by their index; under accelerate each rank takes every
+    # world-th batch, so any number of processes produces exactly the single-process samples.
+    rank, world = dist_rank_world()
+    batches = [(b, start) for b, start in enumerate(range(0, len(order), batch_size)) if b % world == rank]
+    for b, start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=rank != 0):
         idx = order[start:start + batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
         torch.manual_seed(seed * 1_000_003 + b)
@@ -53,7 +56,21 @@ def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: 
             tokens = [t for t in tokens if t != tokenizer.pad_token_id]
             text = tokenizer.decode(tokens, skip_special_tokens=True)
             results[idx[row // sampling.num_samples]].append({"completion": text, "finished": finished, "num_tokens": len(tokens)})
-    return results
+    return _gather(results) if world > 1 else results
+
+
+def _gather(results: list[list[dict]]) -> list[list[dict]]:
+    """Every rank's share of the results, merged in prompt order on every rank."""
+    import torch.distributed as dist
+
+    mine = {i: r for i, r in enumerate(results) if r}
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    merged = [[] for _ in results]
+    for part in parts:
+        for i, r in part.items():
+            merged[i] = r
+    return merged
 
 
 def sample(backend: str, model_path: str, prompts: list[str], sampling: Sampling, seed: int, batch_size: int,

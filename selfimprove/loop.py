@@ -22,7 +22,7 @@ from selfimprove.filtering import run_filter
 from selfimprove.generate import run_generate
 from selfimprove.judge import run_judge
 from selfimprove.monitor import run_monitor
-from selfimprove.rundir import RunContext, atomic_stage, is_done, save_rows
+from selfimprove.rundir import RunContext, atomic_stage, dist_rank_world, is_done, save_rows
 from selfimprove.selection import run_select
 from selfimprove.tasks import rng_for
 from selfimprove.train import run_train
@@ -110,11 +110,15 @@ def setup(ctx: RunContext) -> None:
             meta["rows"] = len(seed_rows)
 
 
-def launch_train(ctx: RunContext, k: int) -> None:
-    """Run the train stage as its own ``accelerate launch`` process (GPU memory is fully released when it exits)."""
+SHARDED_STAGES = ("generate", "judge", "evaluate")  # model-bound stages that split their prompts across ranks
+
+
+def launch(ctx: RunContext, k: int, name: str, config: str) -> None:
+    """Run one stage as its own ``accelerate launch`` job: its processes exit with it, so GPU memory is fully
+    released before the next stage (training and vLLM/HF generation never share a GPU)."""
     # This interpreter's accelerate, so an unactivated venv works too.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ctx.recipe.train.accelerate_config,
-           "-m", "selfimprove.train", str(ctx.run_dir), "--round", str(k)]
+    entry = ["-m", "selfimprove.train"] if name == "train" else ["-m", "selfimprove", "stage", name]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *entry, str(ctx.run_dir), "--round", str(k)]
     logger.info("launching: %s", " ".join(cmd))
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -124,8 +128,11 @@ def run_stage(ctx: RunContext, k: int, name: str) -> bool:
     if is_done(ctx.stage(k, name)):
         return False
     logger.info("round %d: %s", k, name)
-    if name == "train" and ctx.recipe.train.launcher == "accelerate":
-        launch_train(ctx, k)
+    nested = dist_rank_world()[1] > 1  # already one rank of an accelerate job: run here
+    if name == "train" and ctx.recipe.train.launcher == "accelerate" and not nested:
+        launch(ctx, k, name, ctx.recipe.train.accelerate_config)
+    elif name in SHARDED_STAGES and ctx.recipe.generate.accelerate_config and not nested:
+        launch(ctx, k, name, ctx.recipe.generate.accelerate_config)
     else:
         STAGES[name](ctx, k)
     return True

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,9 +57,20 @@ def read_json(path: str | Path):
 def atomic_stage(final: str | Path, meta: dict | None = None):
     """Yield a scratch folder; on success record meta (with wall time), mark DONE and move it to ``final``.
 
-    Anything left from an earlier, interrupted attempt is removed first, so a redone stage starts clean.
+    Anything left from an earlier, interrupted attempt is removed first, so a redone stage starts clean. Under
+    ``accelerate launch`` every rank runs the stage (their work is sharded and gathered), but only the main process
+    writes the stage: the others get a private throwaway folder, and all wait for the main one to finish.
     """
     final = Path(final)
+    rank, world = dist_rank_world()
+    if rank != 0:
+        scratch = Path(tempfile.mkdtemp(prefix=f"{final.name}.rank{rank}."))
+        try:
+            yield scratch, dict(meta or {})
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        barrier()
+        return
     partial = final.with_name(final.name + ".partial")
     for stale in (partial, final):
         if stale.exists():
@@ -68,9 +80,29 @@ def atomic_stage(final: str | Path, meta: dict | None = None):
     start = time.perf_counter()
     yield partial, meta
     meta["wall_s"] = round(time.perf_counter() - start, 3)
+    if world > 1:
+        meta["world_size"] = world
     write_json(partial / "meta.json", meta)
     (partial / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
     os.replace(partial, final)
+    barrier()
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1). Never initialises one."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    if dist_rank_world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def save_rows(rows: list[dict], path: str | Path) -> None:

@@ -55,7 +55,41 @@ def tokenize_rows(rows: list[dict], tokenizer) -> dict:
             "completion_mask": [[0] * len(a) + [1] * (len(b) + 1) for a, b in zip(p, c)]}
 
 
-def _sft_config(r, k: int, out: Path, steps: int, world_size: int):
+def grad_accumulation(cfg, world_size: int) -> int:
+    """Micro-steps per optimizer step. With global_batch_size set, the effective batch (and so the schedule and the
+    rows each step sees) is the same for any number of processes: 64 = 32 x 2 accumulation x 1 process
+    = 32 x 1 x 2 processes = 8 x 1 x 8 processes."""
+    if not cfg.global_batch_size:
+        return cfg.gradient_accumulation_steps
+    per_step = cfg.per_device_train_batch_size * world_size
+    if cfg.global_batch_size % per_step:
+        raise ValueError(f"train.global_batch_size={cfg.global_batch_size} is not a multiple of per_device_train_batch_size "
+                         f"({cfg.per_device_train_batch_size}) x {world_size} processes. Change one of them.")
+    return cfg.global_batch_size // per_step
+
+
+def _peft_config(cfg):
+    if not cfg.enabled:
+        return None
+    from peft import LoraConfig
+
+    targets = "all-linear" if cfg.target_modules == ["all-linear"] else cfg.target_modules
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM")
+
+
+def merge_adapter(base: str, adapter: Path, out: Path, dtype: str) -> None:
+    """Fold LoRA adapters into the round's starting weights, so every checkpoint is a plain save_pretrained folder
+    that generation (HF or vLLM) loads as-is."""
+    from peft import PeftModel
+
+    from selfimprove.model import load_policy
+
+    merged = PeftModel.from_pretrained(load_policy(base, dtype), str(adapter)).merge_and_unload()
+    merged.save_pretrained(out)
+    shutil.rmtree(adapter)
+
+
+def _sft_config(r, k: int, out: Path, steps: int, accumulation: int):
     import torch
     from trl import SFTConfig
 
@@ -64,7 +98,7 @@ def _sft_config(r, k: int, out: Path, steps: int, world_size: int):
     on_cpu = not torch.cuda.is_available()
     args = dict(
         output_dir=str(out / "trainer"), max_steps=steps, per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=lr, lr_scheduler_type=t.lr_scheduler_type,
+        gradient_accumulation_steps=accumulation, learning_rate=lr, lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
         save_strategy="no", report_to=[], seed=r.seed + k, data_seed=r.seed + k, use_cpu=on_cpu, bf16=False, fp16=False,
         gradient_checkpointing=False,  # SFTConfig turns it on by default: pure overhead for small models
@@ -91,11 +125,16 @@ def run_train(ctx, k: int) -> None:
 
     from selfimprove.model import load_policy, load_tokenizer
 
-    r, state, start = ctx.recipe, PartialState(), time.perf_counter()
+    import torch
+
+    # cpu=True on a GPU-less machine makes this the same MULTI_CPU/gloo state the Trainer's Accelerator will use;
+    # created without it, it first reports one process, and the batch arithmetic below would be wrong.
+    r, state, start = ctx.recipe, PartialState(cpu=not torch.cuda.is_available()), time.perf_counter()
     final = ctx.stage(k, "train")
     partial = final.with_name("train.partial")
     steps = r.train.bootstrap_steps if k == 0 else r.train.max_steps
-    global_batch = r.train.per_device_train_batch_size * r.train.gradient_accumulation_steps * state.num_processes
+    accumulation = grad_accumulation(r.train, state.num_processes)
+    global_batch = r.train.per_device_train_batch_size * accumulation * state.num_processes
     init = ctx.checkpoint(-1) if (k == 0 or r.train.init == "base") else ctx.checkpoint(k - 1)
     if state.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
@@ -107,10 +146,15 @@ def run_train(ctx, k: int) -> None:
     losses, result = [], None
     if steps:
         dataset = Dataset.from_dict(tokenize_rows(rows, tok))
-        trainer = SFTTrainer(model=model, args=_sft_config(r, k, partial, steps, state.num_processes), train_dataset=dataset, processing_class=tok)
+        trainer = SFTTrainer(model=model, args=_sft_config(r, k, partial, steps, accumulation), train_dataset=dataset,
+                             processing_class=tok, peft_config=_peft_config(r.train.lora))
         result = trainer.train()
-        trainer.save_model(str(partial / "model"))  # gathers ZeRO-3 shards into a full folder when configured to
+        # Gathers ZeRO-3 / FSDP shards into one folder (zero3_save_16bit_model / FULL_STATE_DICT); LoRA saves adapters.
+        trainer.save_model(str(partial / ("adapter" if r.train.lora.enabled else "model")))
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        del trainer, model
+        if r.train.lora.enabled and state.is_main_process:
+            merge_adapter(init, partial / "adapter", partial / "model", r.model.dtype)
     elif state.is_main_process:  # zero steps: the round's policy is its starting point, exported as a folder
         model.save_pretrained(partial / "model")
     if state.is_main_process:
@@ -118,7 +162,8 @@ def run_train(ctx, k: int) -> None:
         save_rows([{"prompt_id": x["prompt_id"], "round": x.get("round", 0)} for x in rows], partial / "data")
         shutil.rmtree(partial / "trainer", ignore_errors=True)
         write_json(partial / "meta.json", {
-            "init": init, "steps": steps, "global_batch": global_batch, "world_size": state.num_processes, "rows": len(rows),
+            "init": init, "steps": steps, "global_batch": global_batch, "world_size": state.num_processes,
+            "per_device_batch": r.train.per_device_train_batch_size, "gradient_accumulation": accumulation, "rows": len(rows),
             "rows_by_round": {str(j): sum(1 for x in rows if x.get("round", 0) == j) for j in range(k + 1)},
             "losses": losses, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "train_runtime_s": result.metrics["train_runtime"] if result else 0.0, "wall_s": round(time.perf_counter() - start, 3),
