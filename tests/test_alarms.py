@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from selfimprove.alarms import check_alarms
 from selfimprove.config import AlarmConfig
 
@@ -45,11 +47,13 @@ def test_wu_signature():
 
 def _alarm_run(tmp_path, action):
     # The tiny recipe trains 30 bootstrap steps, then 10 per round: train/steps drops 67% at round 1 only.
-    alarm = f"[{{metric: train/steps, drop: 0.5, vs: previous, action: {action}, steer_temperature: 0.5}}]"
-    return run_cli("run", TINY_RECIPE, "--output_dir", tmp_path / action, "--monitor.alarms", alarm)
+    alarm = (f"[{{metric: train/steps, drop: 0.5, vs: previous, action: {action}, steer_temperature: 0.5, "
+             "steer_diversity_weight: 0.3}]")
+    return run_cli("run", TINY_RECIPE, "--output_dir", tmp_path / action, "--monitor.alarms", alarm,
+                   "--select.method", "qdit", "--select.budget", 20, "--select.diversity_weight", 0.5)
 
 
-def test_steer_raises_next_round_temperature(tmp_path):
+def test_steer_raises_next_round_temperature_and_diversity_weight(tmp_path):
     from selfimprove.rundir import load_rows
 
     out = _alarm_run(tmp_path, "steer")
@@ -60,6 +64,8 @@ def test_steer_raises_next_round_temperature(tmp_path):
     assert [a["action"] for a in fired] == ["steer"]
     assert {r["temperature"] for r in load_rows(run / "round_01" / "generate" / "data")} == {0.8}
     assert {r["temperature"] for r in load_rows(run / "round_02" / "generate" / "data")} == {0.8 + 0.5}
+    lam = [json.loads((run / f"round_0{k}" / "select" / "meta.json").read_text())["diversity_weight"] for k in (1, 2)]
+    assert lam == [0.5, pytest.approx(0.8)]  # the sampler's lambda, raised for the rounds after the alarm
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[1]["alarm/train/steps"] == 1 and "alarm/train/steps" not in lines[0] and "alarm/train/steps" not in lines[2]
 
@@ -78,7 +84,7 @@ def test_alarm_fires_on_a_collapsing_loop_and_not_on_its_control(tmp_path):
     """A self-consuming loop (seed dropped, newest round only) loses lexical diversity on the probe round after round;
     the seed-only control dips once and recovers. A sustained-drop alarm tells them apart.
     (Alarm threshold chosen after observing these two runs once; both are deterministic for the seed.)"""
-    alarm = "[{metric: diversity/probe/ngram_vendi, drop: 0.3, vs: previous, rounds: 2, action: warn}]"
+    alarm = "[{metric: diversity/probe/ngram_vendi, drop: 0.2, vs: previous, rounds: 2, action: warn}]"
     common = ["--rounds", "3", "--monitor.probe_size", "40", "--train.max_steps", "60", "--train.round_learning_rate", "0.003",
               "--monitor.alarms", alarm]
     collapse = run_cli("run", TINY_RECIPE, "--output_dir", tmp_path / "collapse", *common,

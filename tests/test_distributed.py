@@ -65,7 +65,7 @@ def single(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("single"), "run", "")
 
 
-@pytest.mark.parametrize("config", ["cpu_ddp_2proc.yaml", "cpu_zero2_2proc.yaml", "cpu_zero3_2proc.yaml"])
+@pytest.mark.parametrize("config", ["cpu_ddp_2proc.yaml", "cpu_zero2_2proc.yaml", "cpu_zero3_2proc.yaml", "cpu_fsdp2_2proc.yaml"])
 def test_two_process_training_matches_one_process(single, tmp_path, config):
     from transformers import AutoModelForCausalLM
 

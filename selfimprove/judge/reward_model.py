@@ -4,6 +4,8 @@ or P(label 1) for a two-label classifier; thresholds in ``filter.min_scores`` ar
 
 from __future__ import annotations
 
+from selfimprove.rundir import dist_rank_world
+
 
 def _texts(tokenizer, rows: list[dict]) -> list[str]:
     """Chat-formatted conversation when the tokenizer has a chat template (as RewardTrainer trains on), else the raw
@@ -31,13 +33,21 @@ def reward_model(env, rows: list[dict]) -> list[float]:
                          "model has 1 (a scalar score) or 2 (P(label 1) is the score).")
     texts = _texts(tok, rows)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding
-    scores = [0.0] * len(texts)
-    for start in range(0, len(order), cfg.batch_size):
+    scores: dict[int, float] = {}
+    rank, world = dist_rank_world()  # under accelerate launch, rank r scores every world-th batch
+    for b, start in enumerate(range(0, len(order), cfg.batch_size)):
+        if b % world != rank:
+            continue
         idx = order[start:start + cfg.batch_size]
         enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_length)
         with torch.inference_mode():
             logits = model(**enc).logits.float()
         values = logits[:, 0] if logits.shape[1] == 1 else logits.softmax(-1)[:, 1]
-        for i, v in zip(idx, values.tolist()):
-            scores[i] = v
-    return scores
+        scores.update(zip(idx, values.tolist()))
+    if world > 1:
+        import torch.distributed as dist
+
+        parts: list = [None] * world
+        dist.all_gather_object(parts, scores)
+        scores = {i: v for part in parts for i, v in part.items()}
+    return [scores[i] for i in range(len(texts))]
