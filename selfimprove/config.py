@@ -74,6 +74,9 @@ class AdditionConfig:
 class GenericConfig:
     prompts: str = _f("", "Prompts to self-train on: a .jsonl/.json/.parquet/.csv file or a hub dataset id (loaded with datasets).")
     split: str = _f("train", "Split of a hub dataset (files load as 'train').")
+    subset: str = _f("", "Configuration name of a hub dataset (e.g. 'main' for openai/gsm8k).")
+    eval_split: str = _f("test", "Split of hub eval datasets.")
+    reference_regex: str = _f("", "Extract the reference answer from the answer column (last match, commas dropped), e.g. '#### (-?[0-9.,]+)' for GSM8K; empty = the column as it is.")
     prompt_field: str = _f("prompt", "Column holding the prompt text.")
     answer_field: str = _f("answer", "Column holding the reference answer (optional; used only by the verifier judge and metrics).")
     difficulty_field: str = _f("difficulty", "Column holding an integer difficulty (optional).")
@@ -117,14 +120,38 @@ class TaskConfig:
 
 
 @dataclass
+class OpenAIConfig:
+    base_url: str = _f("http://localhost:8000/v1", "Server URL up to /v1 (e.g. `vllm serve` on its default port).")
+    model: str = _f("", "Served model name; empty = the checkpoint path (what `vllm serve PATH` serves it as).")
+    api: Literal["completions", "chat"] = _f("completions", "/v1/completions (raw prompt) or /v1/chat/completions (the server applies the chat template).")
+    api_key_env: str = _f("OPENAI_API_KEY", "Environment variable holding the API key ('EMPTY' when unset, as vLLM accepts).")
+    concurrency: int = _f(64, "Requests in flight at once.")
+    max_retries: int = _f(3, "Retries per request (connection errors, 408/409/429, 5xx) with exponential backoff.")
+    timeout_s: float = _f(120.0, "Seconds per try of a request.")
+
+
+@dataclass
+class VLLMConfig:
+    python: str = _f("", "Interpreter of the environment that has vLLM (e.g. .venv-vllm/bin/python); empty = this one.")
+    tensor_parallel_size: int = _f(1, "GPUs one engine shards the model over.")
+    dtype: str = _f("auto", "Weights dtype of the engine.")
+    gpu_memory_utilization: float = _f(0.85, "Share of GPU memory the engine may take (training never runs beside it).")
+    enforce_eager: bool = _f(False, "Skip CUDA graph capture (faster start; needed on CPU).")
+    max_model_len: int = _f(0, "Context length cap (0 = the model's).")
+
+
+@dataclass
 class GenerateConfig:
-    backend: Literal["hf"] = _f("hf", "Generation backend ('hf': transformers generate, batched with KV cache).")
+    backend: Literal["hf", "vllm", "openai"] = _f("hf", "'hf': transformers generate in this process (batched, KV cache, sharded over accelerate ranks); 'vllm': offline vLLM engine in its own process; 'openai': an OpenAI-compatible server.")
+    vllm: VLLMConfig = field(default_factory=VLLMConfig, metadata={"help": "Backend 'vllm'."})
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig, metadata={"help": "Backend 'openai'."})
     num_samples: int = _f(5, "Completions sampled per prompt.")
     temperature: float = _f(0.8, "Sampling temperature; 0 means greedy (then num_samples must be 1).")
     top_p: float = _f(1.0, "Nucleus sampling mass.")
     top_k: int = _f(0, "Top-k sampling (0 = off).")
     max_new_tokens: int = _f(0, "Generation length cap; 0 uses the task's own limit.")
     batch_size: int = _f(256, "Prompts per generate() call (each expands to num_samples sequences).")
+    chat_template: bool = _f(False, "Instruct models: wrap every prompt in the tokenizer's chat template, in generation, evaluation and training alike.")
     accelerate_config: str = _f("", "accelerate YAML for the generate, judge and evaluate stages: each runs as its own 'accelerate launch' job, every rank taking every world-th batch (results identical to one process). Empty = in the orchestrator.")
 
     def check(self) -> list[str]:
@@ -154,7 +181,9 @@ class RewardModelConfig:
 @dataclass
 class LLMJudgeConfig:
     model: str = _f("policy", "Judge checkpoint folder or hub id; 'policy' = the checkpoint that generated the round (self-judging).")
-    backend: Literal["hf"] = _f("hf", "Generation backend of the judge (the policy's backends).")
+    backend: Literal["hf", "vllm", "openai"] = _f("hf", "Generation backend of the judge (the policy's backends).")
+    vllm: VLLMConfig = field(default_factory=VLLMConfig, metadata={"help": "Judge backend 'vllm'."})
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig, metadata={"help": "Judge backend 'openai' (e.g. a judge model behind `vllm serve`)."})
     template: str = _f("", "Prompt template file; empty = the built-in one for the judge ('llm': pointwise, 'llm_pairwise').")
     max_score: int = _f(10, "Pointwise scale: 'Score: N' with N in 0..max_score, stored as N / max_score.")
     max_new_tokens: int = _f(64, "Tokens the judge may write.")
@@ -249,8 +278,17 @@ class LoraConfig:
 
 
 @dataclass
+class DPOConfig:
+    beta: float = _f(0.1, "DPO beta: how far the policy may move from the reference.")
+    loss_type: str = _f("sigmoid", "trl.DPOConfig loss type ('sigmoid' = DPO, 'ipo', 'hinge', 'robust', ...).")
+    reference: Literal["base", "previous"] = _f("previous", "Reference model per round: the original base, or the previous round's checkpoint (iterative DPO).")
+    max_length: int = _f(1024, "Truncate prompt + completion to this many tokens.")
+
+
+@dataclass
 class TrainConfig:
-    method: Literal["sft"] = _f("sft", "Training method (TRL SFTTrainer, completion-only loss).")
+    method: Literal["sft", "dpo"] = _f("sft", "Rounds >= 1: 'sft' (TRL SFTTrainer on selected samples, completion-only loss) or 'dpo' (TRL DPOTrainer on the filter's (chosen, rejected) pairs). Round 0 is always SFT on the seed.")
+    dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "DPO settings (train.method: dpo)."})
     init: Literal["previous", "base"] = _f("previous", "Start each round from the previous round's checkpoint or from the base model.")
     bootstrap_steps: int = _f(2000, "Round-0 steps on the labelled seed data (0 skips the bootstrap).")
     max_steps: int = _f(500, "Optimizer steps per self-improvement round.")
@@ -350,6 +388,10 @@ def _cross_checks(r: Recipe) -> list[str]:
     for name in r.filter.min_scores:
         if name not in r.judge.judges:
             p.append(f"filter.min_scores.{name}: no judge {name!r} runs. Add it to judge.judges or remove the threshold.")
+    if r.train.method == "dpo" and r.filter.pairs == "none":
+        p.append("train.method is 'dpo' but filter.pairs is 'none': set filter.pairs to best_vs_worst or margin.")
+    if r.train.method == "dpo" and r.generate.num_samples < 2:
+        p.append("train.method 'dpo' pairs samples of one prompt: set generate.num_samples >= 2.")
     if "majority" in r.judge.judges and r.generate.num_samples < 2:
         p.append(f"judge.judges has 'majority' but generate.num_samples={r.generate.num_samples}: a vote needs >= 2 samples. Raise num_samples.")
     if r.task.name == "generic" and not r.task.generic.prompts:

@@ -26,7 +26,8 @@ class Sampling:
         return dict(self.__dict__)
 
 
-def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: int, batch_size: int, desc: str = "generate") -> list[list[dict]]:
+def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: int, batch_size: int, desc: str = "generate",
+                add_special_tokens: bool = True) -> list[list[dict]]:
     """For each prompt, ``num_samples`` dicts {completion, finished, num_tokens}, in prompt order."""
     import torch
     from tqdm.auto import tqdm
@@ -45,7 +46,7 @@ def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: 
     batches = [(b, start) for b, start in enumerate(range(0, len(order), batch_size)) if b % world == rank]
     for b, start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=rank != 0):
         idx = order[start:start + batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
         torch.manual_seed(seed * 1_000_003 + b)
         with torch.inference_mode():
             out = model.generate(**enc, **kwargs)
@@ -74,18 +75,47 @@ def _gather(results: list[list[dict]]) -> list[list[dict]]:
 
 
 def sample(backend: str, model_path: str, prompts: list[str], sampling: Sampling, seed: int, batch_size: int,
-           dtype: str = "float32", desc: str = "generate", chat: bool = False) -> list[list[dict]]:
-    """The one generation entry used by the policy, the LLM judge and evaluation: load ``model_path`` on ``backend``
-    and sample. ``chat`` wraps each prompt in the tokenizer's chat template when it has one."""
-    from selfimprove.model import load_policy, load_tokenizer
+           dtype: str = "float32", desc: str = "generate", chat: bool = False, options=None) -> list[list[dict]]:
+    """The one generation entry used by the policy, the LLM judge and evaluation. ``backend``: 'hf' (in this process,
+    sharded over accelerate ranks), 'vllm' (offline engine in its own process) or 'openai' (an OpenAI-compatible
+    server); ``options`` holds the backend's settings (``.vllm`` / ``.openai``). ``chat`` wraps each prompt in the
+    model's chat template when it has one (the 'openai' backend uses the server's, with ``api: chat``)."""
+    if backend == "openai":
+        from selfimprove.backends.openai_server import openai_generate
 
-    if backend != "hf":
-        raise ValueError(f"generation backend {backend!r} is not available; use 'hf'.")
-    model, tok = load_policy(model_path, dtype), load_tokenizer(model_path)
-    if chat and getattr(tok, "chat_template", None):
-        prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                   for p in prompts]
-    return hf_generate(model, tok, prompts, sampling, seed, batch_size, desc)
+        return _on_rank0(lambda: openai_generate(options.openai, model_path, prompts, sampling, seed))
+    from selfimprove.model import load_tokenizer
+
+    tok = load_tokenizer(model_path)
+    chat = chat and bool(getattr(tok, "chat_template", None))
+    if chat:
+        prompts = chat_prompts(tok, prompts)
+    if backend == "vllm":
+        from selfimprove.backends.vllm_engine import vllm_generate
+
+        return _on_rank0(lambda: vllm_generate(options.vllm, model_path, prompts, sampling, seed))
+    from selfimprove.model import load_policy
+
+    # a chat-formatted prompt already holds its special tokens
+    return hf_generate(load_policy(model_path, dtype), tok, prompts, sampling, seed, batch_size, desc, add_special_tokens=not chat)
+
+
+def chat_prompts(tok, prompts: list[str]) -> list[str]:
+    """Each prompt as one user turn in the model's chat template, ready for the assistant's answer."""
+    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+
+
+def _on_rank0(work):
+    """Server and vLLM backends parallelise on their own: under accelerate, rank 0 calls them and shares the result."""
+    rank, world = dist_rank_world()
+    if world == 1:
+        return work()
+    import torch.distributed as dist
+
+    box = [work() if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def run_generate(ctx, k: int) -> None:
@@ -101,8 +131,9 @@ def run_generate(ctx, k: int) -> None:
     seed = r.seed * 1000 + k
     with atomic_stage(ctx.stage(k, "generate"), {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict(), "seed": seed}) as (out, meta):
         samples = sample(r.generate.backend, ckpt, [p["prompt"] for p in prompts], sampling, seed, r.generate.batch_size,
-                         r.model.dtype, f"round {k} generate")
+                         r.model.dtype, f"round {k} generate", chat=r.generate.chat_template, options=r.generate)
         rows = [{**p, "sample_idx": j, **s, "round": k, "checkpoint": ctx.relative(ckpt), **sampling.as_dict(), "seed": seed}
                 for p, ss in zip(prompts, samples) for j, s in enumerate(ss)]
         save_rows(rows, out / "data")
-        meta.update(prompts=len(prompts), samples=len(rows), tokens=sum(x["num_tokens"] for x in rows))
+        meta.update(prompts=len(prompts), samples=len(rows), tokens=sum(x["num_tokens"] for x in rows),
+                    backend=r.generate.backend, request_errors=sum(bool(x.get("error")) for x in rows))

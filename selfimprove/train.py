@@ -46,9 +46,15 @@ def build_mixture(seed_rows: list[dict], older: list[dict], newest: list[dict], 
     return [rows[i] for i in rng.permutation(len(rows))]
 
 
-def tokenize_rows(rows: list[dict], tokenizer) -> dict:
-    """Batched tokenisation to TRL's processed format: input_ids + completion_mask (prompt 0, completion+EOS 1)."""
-    p = tokenizer([r["prompt"] for r in rows])["input_ids"]
+def tokenize_rows(rows: list[dict], tokenizer, chat: bool = False) -> dict:
+    """Batched tokenisation to TRL's processed format: input_ids + completion_mask (prompt 0, completion+EOS 1).
+    With ``chat``, the prompt is the user turn of the chat template, as generation saw it."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        from selfimprove.generate import chat_prompts
+
+        p = tokenizer(chat_prompts(tokenizer, [r["prompt"] for r in rows]), add_special_tokens=False)["input_ids"]
+    else:
+        p = tokenizer([r["prompt"] for r in rows])["input_ids"]
     c = tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     return {"input_ids": [a + b + [eos] for a, b in zip(p, c)],
@@ -117,6 +123,51 @@ def training_rows(ctx, k: int, n_rows: int) -> list[dict]:
     return build_mixture(seed_rows, older, newest, ctx.recipe.train, n_rows, rng_for(ctx.recipe.seed, MIX_STREAM, k))
 
 
+def training_pairs(ctx, k: int, n_rows: int) -> list[dict]:
+    """DPO rows: (prompt, chosen, rejected) pairs the filter built, the newest round's and, with history
+    'accumulate', earlier rounds' too, mixed by newest_share like SFT rows."""
+    def pairs(j):
+        path = ctx.stage(j, "filter") / "pairs"
+        return load_rows(path) if path.exists() else []
+
+    newest = pairs(k)
+    older = [p for j in range(1, k) for p in pairs(j)] if ctx.recipe.train.history == "accumulate" else []
+    if not newest and not older:
+        raise ValueError(f"train.method 'dpo': round {k} has no (chosen, rejected) pairs. Check filter.pairs and the "
+                         "judges: a pair needs two samples of one prompt with different scores.")
+    rng = rng_for(ctx.recipe.seed, MIX_STREAM, k)
+    n_new = n_rows if not older else (round(ctx.recipe.train.newest_share * n_rows) if newest else 0)
+    rows = _draw(newest, n_new, rng) + _draw(older, n_rows - n_new, rng)
+    return [rows[i] for i in rng.permutation(len(rows))]
+
+
+def _dpo_trainer(r, k, rows, model, tok, out: Path, steps: int, accumulation: int, ref_path: str):
+    import torch
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from selfimprove.model import load_policy
+
+    t = r.train
+    args = DPOConfig(
+        output_dir=str(out / "trainer"), max_steps=steps, per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=accumulation, learning_rate=t.round_learning_rate or t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy="no", report_to=[], seed=r.seed + k,
+        data_seed=r.seed + k, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
+        gradient_checkpointing=False, beta=t.dpo.beta, loss_type=[t.dpo.loss_type], max_length=t.dpo.max_length,
+        dataloader_drop_last=True, **t.sft_args)
+    if r.generate.chat_template and getattr(tok, "chat_template", None):  # conversational: TRL applies the template
+        data = Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}],
+                                   "chosen": [{"role": "assistant", "content": x["chosen"]}],
+                                   "rejected": [{"role": "assistant", "content": x["rejected"]}]} for x in rows])
+    else:
+        data = Dataset.from_list([{"prompt": x["prompt"], "chosen": x["chosen"], "rejected": x["rejected"]} for x in rows])
+    ref = None if t.lora.enabled else load_policy(ref_path, r.model.dtype)  # with LoRA, TRL uses the adapter-free base
+    return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
+                      peft_config=_peft_config(t.lora))
+
+
 def run_train(ctx, k: int) -> None:
     """Train round k's policy into round_k/train/model (a save_pretrained folder)."""
     from accelerate import PartialState
@@ -141,13 +192,18 @@ def run_train(ctx, k: int) -> None:
         shutil.rmtree(final, ignore_errors=True)
         partial.mkdir(parents=True)
     state.wait_for_everyone()
-    rows = training_rows(ctx, k, steps * global_batch)
+    dpo = r.train.method == "dpo" and k > 0  # round 0 is always the supervised bootstrap
+    rows = (training_pairs if dpo else training_rows)(ctx, k, steps * global_batch)
     tok, model = load_tokenizer(init), load_policy(init, r.model.dtype)
     losses, result = [], None
-    if steps:
-        dataset = Dataset.from_dict(tokenize_rows(rows, tok))
+    if steps and dpo:
+        ref = ctx.checkpoint(-1) if r.train.dpo.reference == "base" else ctx.checkpoint(k - 1)
+        trainer = _dpo_trainer(r, k, rows, model, tok, partial, steps, accumulation, ref)
+    elif steps:
+        dataset = Dataset.from_dict(tokenize_rows(rows, tok, r.generate.chat_template))
         trainer = SFTTrainer(model=model, args=_sft_config(r, k, partial, steps, accumulation), train_dataset=dataset,
                              processing_class=tok, peft_config=_peft_config(r.train.lora))
+    if steps:
         result = trainer.train()
         # Gathers ZeRO-3 / FSDP shards into one folder (zero3_save_16bit_model / FULL_STATE_DICT); LoRA saves adapters.
         trainer.save_model(str(partial / ("adapter" if r.train.lora.enabled else "model")))
@@ -162,7 +218,7 @@ def run_train(ctx, k: int) -> None:
         save_rows([{"prompt_id": x["prompt_id"], "round": x.get("round", 0)} for x in rows], partial / "data")
         shutil.rmtree(partial / "trainer", ignore_errors=True)
         write_json(partial / "meta.json", {
-            "init": init, "steps": steps, "global_batch": global_batch, "world_size": state.num_processes,
+            "init": init, "method": "dpo" if dpo else "sft", "steps": steps, "global_batch": global_batch, "world_size": state.num_processes,
             "per_device_batch": r.train.per_device_train_batch_size, "gradient_accumulation": accumulation, "rows": len(rows),
             "rows_by_round": {str(j): sum(1 for x in rows if x.get("round", 0) == j) for j in range(k + 1)},
             "losses": losses, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,

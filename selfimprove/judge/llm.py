@@ -68,10 +68,10 @@ def _judge_outputs(env, prompts: list[str]) -> list[str]:
     from selfimprove.generate import Sampling, sample
 
     cfg = env.cfg.llm
-    path = env.policy if cfg.model == "policy" else cfg.model
+    path = env.policy if cfg.model == "policy" else cfg.model  # with backend 'openai': the served model's name
     sampling = Sampling(num_samples=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
     outs = sample(cfg.backend, path, prompts, sampling, env.seed, cfg.batch_size, env.dtype, desc="llm judge",
-                  chat=cfg.chat_template)
+                  chat=cfg.chat_template, options=cfg)
     return [o[0]["completion"] for o in outs]
 
 

@@ -16,7 +16,7 @@ ROUND_STREAM = 3
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_table(source: str, split: str = "train") -> list[dict]:
+def load_table(source: str, split: str = "train", subset: str = "") -> list[dict]:
     """Rows of a local file or a hub dataset id (a missing local file gets a clear error, not a hub lookup)."""
     from datasets import load_dataset
 
@@ -25,7 +25,7 @@ def load_table(source: str, split: str = "train") -> list[dict]:
         if not Path(source).exists():
             raise FileNotFoundError(f"{source} does not exist. Fix the path in task.generic (paths are relative to where you run).")
         return load_dataset(_FORMATS[suffix], data_files=source, split="train").to_list()
-    return load_dataset(source, split=split).to_list()
+    return load_dataset(source, subset or None, split=split).to_list()
 
 
 class GenericTask:
@@ -34,6 +34,7 @@ class GenericTask:
     def __init__(self, cfg, seed: int):
         self.cfg, self.seed = cfg, seed
         self._regex = re.compile(cfg.answer_regex)
+        self._reference = re.compile(cfg.reference_regex) if cfg.reference_regex else None
 
     def _field(self, row: dict, name: str, source: str, required: bool = True):
         if name not in row:
@@ -44,8 +45,11 @@ class GenericTask:
 
     def _prompt_rows(self, source: str, id_prefix: str, split: str | None = None) -> list[dict]:
         rows = []
-        for i, row in enumerate(load_table(source, split or self.cfg.split)):
+        for i, row in enumerate(load_table(source, split or self.cfg.split, self.cfg.subset)):
             answer = self._field(row, self.cfg.answer_field, source, required=False)
+            if answer is not None and self._reference is not None:  # e.g. GSM8K's "... #### 72" -> "72"
+                found = self._reference.findall(str(answer))
+                answer = (found[-1] if isinstance(found[-1], str) else found[-1][0]).replace(",", "") if found else None
             difficulty = self._field(row, self.cfg.difficulty_field, source, required=False)
             rows.append({"prompt_id": f"{id_prefix}-{i}", "prompt": str(self._field(row, self.cfg.prompt_field, source)),
                          "reference": "" if answer is None else str(answer), "difficulty": int(difficulty or 0)})
@@ -68,7 +72,7 @@ class GenericTask:
         out = []
         for split, source in (("id", self.cfg.eval_id), ("ood", self.cfg.eval_ood)):
             if source:
-                out += [{**r, "split": split} for r in self._prompt_rows(source, f"eval-{split}")]
+                out += [{**r, "split": split} for r in self._prompt_rows(source, f"eval-{split}", self.cfg.eval_split)]
         return out
 
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
@@ -87,8 +91,8 @@ class GenericTask:
         matches = self._regex.findall(completion) if self.cfg.verifier == "regex" else re.findall(r"-?\d+(?:\.\d+)?", completion)
         if not matches:
             return None
-        last = matches[-1]
-        return last if isinstance(last, str) else last[0]
+        last = matches[-1] if isinstance(matches[-1], str) else matches[-1][0]
+        return last if self.cfg.verifier == "exact" else last.replace(",", "")  # 1,234 == 1234
 
     def is_correct(self, completion: str, reference: str) -> bool:
         got = self.answer(completion)

