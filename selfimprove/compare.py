@@ -1,0 +1,150 @@
+"""``selfimprove compare A B``: did checkpoint B beat checkpoint A, where, and what did it lose?
+
+A and B are round folders of a run (``runs/x/round_02``), of two runs, or any save_pretrained folder (then ``--run``
+names the run whose task, eval sets, probe set, sampling and judges are used; by default A's run). Both checkpoints get
+exactly the same prompts and sampling: greedy on the run's eval sets, and the fixed probe set sampled as the evaluate
+stage samples it. Reported: every eval, diversity and quality metric with deltas, B's win-rate over A under the run's
+judges (per probe prompt, mean judge score of B's samples vs A's: win 1, tie 0.5, loss 0 — symmetric, so the order
+the two are given in does not matter), the mean per-token KL between the two models' next-token distributions along
+each model's own probe samples, and side-by-side samples for the prompts where they differ most.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def resolve(spec: str) -> tuple[str, Path | None]:
+    """(checkpoint folder, run directory or None) for a round folder or a plain save_pretrained folder."""
+    p = Path(spec)
+    if (p / "train" / "model" / "config.json").exists():
+        return str(p / "train" / "model"), p.parent
+    if (p / "config.json").exists():
+        run = p.parents[2] if p.name == "model" and p.parent.name == "train" and (p.parents[2] / "recipe.yaml").exists() else None
+        return str(p), run
+    raise FileNotFoundError(f"{spec} is neither a round folder (with train/model) nor a save_pretrained folder (with config.json).")
+
+
+def _probe(ctx, ckpt: str) -> list[dict]:
+    from selfimprove.generate import Sampling, sample
+    from selfimprove.judge import oracle_correct
+    from selfimprove.rundir import load_rows
+
+    m, r = ctx.recipe.monitor, ctx.recipe
+    rows = load_rows(ctx.run_dir / "probe_set" / "data")
+    sampling = Sampling(m.probe_samples, m.probe_temperature, max_new_tokens=ctx.task.max_new_tokens(rows))
+    outs = sample("hf", ckpt, [x["prompt"] for x in rows], sampling, r.seed * 1000 + 999, r.evaluate.batch_size,
+                  r.model.dtype, "probe", chat=r.generate.chat_template)
+    return [{**x, "sample_idx": j, **o, "round": 0, "oracle_correct": oracle_correct(ctx.task, o["completion"], x["reference"])}
+            for x, os_ in zip(rows, outs) for j, o in enumerate(os_)]
+
+
+def _eval(ctx, ckpt: str) -> dict:
+    from selfimprove.generate import Sampling, sample
+
+    rows = ctx.eval_rows()
+    outs = sample("hf", ckpt, [x["prompt"] for x in rows], Sampling(max_new_tokens=ctx.task.max_new_tokens(rows)), 0,
+                  ctx.recipe.evaluate.batch_size, ctx.recipe.model.dtype, "eval", chat=ctx.recipe.generate.chat_template)
+    return ctx.task.eval_metrics([{**x, "correct": ctx.task.is_correct(o[0]["completion"], x["reference"])} for x, o in zip(rows, outs)])
+
+
+def token_kl(model_p, model_q, tokenizer, rows: list[dict], batch_size: int = 64) -> float:
+    """Mean over completion tokens (EOS included) of KL(p || q) between the two next-token distributions, along the
+    given samples (drawn from p). Exact over the vocabulary at each position."""
+    import torch
+
+    total, count = 0.0, 0
+    prompts = tokenizer([r["prompt"] for r in rows])["input_ids"]
+    answers = [a + [tokenizer.eos_token_id] for a in tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]]
+    pad = tokenizer.pad_token_id or 0
+    for start in range(0, len(rows), batch_size):
+        seqs = [p + a for p, a in zip(prompts[start:start + batch_size], answers[start:start + batch_size])]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        attn, mask = torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
+        for i, (seq, p) in enumerate(zip(seqs, prompts[start:start + batch_size])):
+            ids[i, :len(seq)], attn[i, :len(seq)] = torch.tensor(seq), 1
+            mask[i, len(p) - 1:len(seq) - 1] = True  # positions whose next token is a completion token
+        with torch.no_grad():
+            lp = torch.log_softmax(model_p(input_ids=ids, attention_mask=attn).logits.float(), -1)
+            lq = torch.log_softmax(model_q(input_ids=ids, attention_mask=attn).logits.float(), -1)
+        kl = (lp.exp() * (lp - lq)).sum(-1)
+        total += float(kl[mask].sum())
+        count += int(mask.sum())
+    return total / count if count else 0.0
+
+
+def win_rate(scores_a: dict, scores_b: dict) -> float:
+    """Per prompt, mean score of B's samples vs A's: win 1, tie 0.5, loss 0; averaged over prompts."""
+    res = [1.0 if scores_b[p] > scores_a[p] else 0.5 if scores_b[p] == scores_a[p] else 0.0 for p in scores_a if p in scores_b]
+    return float(np.mean(res)) if res else 0.5
+
+
+def compare(a: str, b: str, run: str | None = None, n_samples: int = 5) -> dict:
+    from selfimprove.judge import JudgeEnv, judge_rows
+    from selfimprove.loop import open_run
+    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.monitor import answer_metrics, diversity_metrics
+
+    (ckpt_a, run_a), (ckpt_b, _) = resolve(a), resolve(b)
+    run_dir = Path(run) if run else run_a
+    if run_dir is None:
+        raise FileNotFoundError("compare needs a run for its task, eval and probe sets: pass --run RUN_DIR.")
+    ctx = open_run(str(run_dir))
+    out: dict = {"a": {"spec": a, "checkpoint": ckpt_a}, "b": {"spec": b, "checkpoint": ckpt_b}, "run": str(run_dir)}
+    metrics, probes, scores = {}, {}, {}
+    for side, ckpt in (("a", ckpt_a), ("b", ckpt_b)):
+        probe = _probe(ctx, ckpt)
+        env = JudgeEnv(ctx.task, ctx.recipe.judge, ckpt, ctx.recipe.seed, ctx.recipe.model.dtype)
+        judged = judge_rows(env, probe)[0]
+        k = ctx.recipe.monitor.probe_samples
+        metrics[side] = {**_eval(ctx, ckpt), **diversity_metrics(ctx, "probe", probe),
+                         **answer_metrics(probe, ctx.task.answer, k, "probe", "quality/probe/")}
+        by_prompt = defaultdict(list)
+        for r in judged:
+            by_prompt[r["prompt_id"]].append(r["score"])
+        scores[side] = {p: float(np.mean(v)) for p, v in by_prompt.items()}
+        metrics[side]["quality/probe/mean_judge_score"] = float(np.mean(list(scores[side].values())))
+        probes[side] = judged
+    keys = sorted(set(metrics["a"]) & set(metrics["b"]))
+    out["metrics"] = {key: {"a": metrics["a"][key], "b": metrics["b"][key], "delta": metrics["b"][key] - metrics["a"][key]} for key in keys}
+    out["win_rate_b_vs_a"] = win_rate(scores["a"], scores["b"])
+    tok = load_tokenizer(ckpt_a)
+    pa, pb = load_policy(ckpt_a, ctx.recipe.model.dtype).eval(), load_policy(ckpt_b, ctx.recipe.model.dtype).eval()
+    out["kl_per_token"] = {"a_to_b": token_kl(pa, pb, tok, probes["a"]), "b_to_a": token_kl(pb, pa, tok, probes["b"])}
+    gaps = sorted(scores["a"], key=lambda p: (-abs(scores["b"].get(p, 0) - scores["a"][p]), p))[:n_samples]
+    first = {side: {r["prompt_id"]: r for r in probes[side] if r["sample_idx"] == 0} for side in ("a", "b")}
+    out["samples"] = [{"prompt_id": p, "prompt": first["a"][p]["prompt"], "a": first["a"][p]["completion"],
+                       "b": first["b"][p]["completion"], "score_a": scores["a"][p], "score_b": scores["b"][p]} for p in gaps]
+    out["probe"] = {side: [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "completion": r["completion"],
+                            "score": r["score"]} for r in probes[side]] for side in ("a", "b")}
+    return out
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"B = {result['b']['spec']}  vs  A = {result['a']['spec']}")
+    for col in ("metric", "A", "B", "B - A"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key, v in result["metrics"].items():
+        table.add_row(key, f"{v['a']:.4g}", f"{v['b']:.4g}", f"{v['delta']:+.4g}")
+    console = Console()
+    console.print(table)
+    console.print(f"win-rate of B over A (run's judges, per probe prompt): {result['win_rate_b_vs_a']:.3f}")
+    console.print(f"per-token KL: A||B {result['kl_per_token']['a_to_b']:.4f}, B||A {result['kl_per_token']['b_to_a']:.4f}")
+    samples = Table(title="where they differ most (first probe sample each)")
+    for col in ("prompt", "A", "B", "score A", "score B"):
+        samples.add_column(col)
+    for s in result["samples"]:
+        samples.add_row(s["prompt"], s["a"], s["b"], f"{s['score_a']:.2f}", f"{s['score_b']:.2f}")
+    console.print(samples)
+
+
+def write_json(result: dict, path: str) -> None:
+    Path(path).write_text(json.dumps(result, indent=2, sort_keys=True))

@@ -1,0 +1,106 @@
+"""compare (its JSON numbers recomputed independently here), the HTML report rendered in headless Chromium, and
+TensorBoard logging with the round as the step."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import TINY_RECIPE, run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("rep") / "run"
+    proc = run_cli("run", TINY_RECIPE, "--output_dir", run, "--train.bootstrap_steps", 150,
+                   "--monitor.report_to", "[tensorboard]", "--monitor.alarms", "[{metric: train/steps, drop: 0.5, vs: previous}]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def test_compare_json_recomputed_independently(tiny_run, tmp_path):
+    import torch
+
+    from selfimprove.generate import Sampling, hf_generate
+    from selfimprove.loop import open_run
+    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.rundir import load_rows
+
+    out = tmp_path / "cmp.json"
+    proc = run_cli("compare", tiny_run / "round_00", tiny_run / "round_02", "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "win-rate of B over A" in proc.stdout and "per-token KL" in proc.stdout
+    res = json.loads(out.read_text())
+    ctx = open_run(str(tiny_run))
+    a, b = (str(tiny_run / f"round_0{k}" / "train" / "model") for k in (0, 2))
+
+    # eval accuracy: greedy, one prompt at a time, checked by the task
+    rows = ctx.eval_rows()
+    for side, ckpt in (("a", a), ("b", b)):
+        model, tok = load_policy(ckpt), load_tokenizer(ckpt)
+        right = [ctx.task.is_correct(hf_generate(model, tok, [r["prompt"]], Sampling(max_new_tokens=ctx.task.max_new_tokens(rows)), 0, 1)[0][0]["completion"],
+                                     r["reference"]) for r in rows]
+        acc = np.mean([c for c, r in zip(right, rows) if r["split"] == "id"])
+        assert res["metrics"]["eval/accuracy/id"][side] == pytest.approx(acc)
+    # B's eval equals what the run's own evaluate stage measured for round 2
+    assert res["metrics"]["eval/accuracy/id"]["b"] == pytest.approx(json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[2])["eval/accuracy/id"])
+    # probe: distinct answers per prompt and win-rate from the samples and scores in the JSON
+    for side in ("a", "b"):
+        by_prompt = {}
+        for s in res["probe"][side]:
+            by_prompt.setdefault(s["prompt_id"], []).append(s)
+        distinct = np.mean([len({ctx.task.answer(s["completion"]) for s in v}) for v in by_prompt.values()])
+        assert res["metrics"]["diversity/probe/distinct_answers_per_prompt"][side] == pytest.approx(distinct)
+    mean = {side: {} for side in ("a", "b")}
+    for side in ("a", "b"):
+        for s in res["probe"][side]:
+            mean[side].setdefault(s["prompt_id"], []).append(s["score"])
+    wins = [1.0 if np.mean(mean["b"][p]) > np.mean(mean["a"][p]) else 0.5 if np.mean(mean["b"][p]) == np.mean(mean["a"][p]) else 0.0
+            for p in mean["a"]]
+    assert res["win_rate_b_vs_a"] == pytest.approx(np.mean(wins))
+    # per-token KL(A || B) along A's probe samples, one unpadded sequence at a time
+    pa, pb, tok = load_policy(a).eval(), load_policy(b).eval(), load_tokenizer(a)
+    probe = {r["prompt_id"]: r["prompt"] for r in load_rows(tiny_run / "probe_set" / "data")}
+    total, count = 0.0, 0
+    for s in res["probe"]["a"]:
+        p = tok(probe[s["prompt_id"]])["input_ids"]
+        ids = torch.tensor([p + tok(s["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+        with torch.no_grad():
+            lp, lq = (torch.log_softmax(m(input_ids=ids).logits[0].float(), -1) for m in (pa, pb))
+        for t in range(len(p) - 1, ids.shape[1] - 1):
+            total += float((lp[t].exp() * (lp[t] - lq[t])).sum())
+            count += 1
+    assert res["kl_per_token"]["a_to_b"] == pytest.approx(total / count, rel=1e-4)
+    assert res["kl_per_token"]["a_to_b"] > 0 and len(res["samples"]) == 5
+
+
+def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("needs Chromium: apt-get install chromium (.ci/run installs it)")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    proc = run_cli("report", tiny_run, other, "--out", tmp_path / "report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = tmp_path / "report" / "report.html"
+    for png in ("accuracy.png", "frontier.png", "acceptance.png", "diversity.png", "time.png", "funnel.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000, png
+    text = page.read_text()
+    assert not any(f'{attr}="http' in text for attr in ("src", "href"))  # self-contained: nothing to fetch
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-images-loaded="6"' in dom and 'data-images-total="6"' in dom  # every plot decoded in the browser
+    assert "recipe.yaml" in dom and "Data funnel" in dom and "selected" in dom
+
+
+def test_tensorboard_gets_every_round_as_a_step(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tiny_run / "tensorboard"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("eval/accuracy/id")]
+    assert sorted(set(steps)) == [0, 1, 2]
+    lines = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in acc.Scalars("train/last_loss")][:3] == pytest.approx([m["train/last_loss"] for m in lines])
