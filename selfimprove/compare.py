@@ -5,7 +5,8 @@ names the run whose task, eval sets, probe set, sampling and judges are used; by
 exactly the same prompts and sampling: greedy on the run's eval sets, and the fixed probe set sampled as the evaluate
 stage samples it. Reported: every eval, diversity and quality metric with deltas, B's win-rate over A under the run's
 judges (per probe prompt, mean judge score of B's samples vs A's: win 1, tie 0.5, loss 0 — symmetric, so the order
-the two are given in does not matter), the mean per-token KL between the two models' next-token distributions along
+the two are given in does not matter; with a pairwise LLM judge in the recipe, also a head-to-head win-rate with every
+A-vs-B pair judged in both orders), the mean per-token KL between the two models' next-token distributions along
 each model's own probe samples, and side-by-side samples for the prompts where they differ most.
 """
 
@@ -113,6 +114,11 @@ def compare(a: str, b: str, run: str | None = None, n_samples: int = 5) -> dict:
     keys = sorted(set(metrics["a"]) & set(metrics["b"]))
     out["metrics"] = {key: {"a": metrics["a"][key], "b": metrics["b"][key], "delta": metrics["b"][key] - metrics["a"][key]} for key in keys}
     out["win_rate_b_vs_a"] = win_rate(scores["a"], scores["b"])
+    if "llm_pairwise" in ctx.recipe.judge.judges:  # the pairwise judge compares A and B directly, in both orders
+        from selfimprove.judge.llm import head_to_head
+
+        env = JudgeEnv(ctx.task, ctx.recipe.judge, ckpt_b, ctx.recipe.seed, ctx.recipe.model.dtype)
+        out["pairwise_b_vs_a"] = head_to_head(env, probes["a"], probes["b"])
     tok = load_tokenizer(ckpt_a)
     pa, pb = load_policy(ckpt_a, ctx.recipe.model.dtype).eval(), load_policy(ckpt_b, ctx.recipe.model.dtype).eval()
     out["kl_per_token"] = {"a_to_b": token_kl(pa, pb, tok, probes["a"]), "b_to_a": token_kl(pb, pa, tok, probes["b"])}
@@ -137,6 +143,9 @@ def print_table(result: dict) -> None:
     console = Console()
     console.print(table)
     console.print(f"win-rate of B over A (run's judges, per probe prompt): {result['win_rate_b_vs_a']:.3f}")
+    if "pairwise_b_vs_a" in result:
+        h = result["pairwise_b_vs_a"]
+        console.print(f"pairwise judge, both orders: B wins {h['win_rate']:.3f} of {h['comparisons']} comparisons ({h['unparsed']} unparsed)")
     console.print(f"per-token KL: A||B {result['kl_per_token']['a_to_b']:.4f}, B||A {result['kl_per_token']['b_to_a']:.4f}")
     samples = Table(title="where they differ most (first probe sample each)")
     for col in ("prompt", "A", "B", "score A", "score B"):

@@ -143,3 +143,17 @@ def test_self_judging_runs_the_policy_checkpoint_through_the_hf_backend(tiny_pol
 
     kept = filter_rows(out, FilterConfig(min_scores={}), drop_unparsed=True)
     assert not any(r["kept"] for r in kept) and kept[0]["filter_reason"] == "unparsed:llm"
+
+
+def test_head_to_head_judges_every_pair_in_both_orders(monkeypatch):
+    from selfimprove.judge.llm import head_to_head
+
+    env = JudgeEnv(TASK, JudgeConfig(judges=["llm_pairwise"]))
+    a, b = _rows("p0", ["1", "22"]), _rows("p0", ["333", "4"])
+    _scripted_judge(monkeypatch, lambda p: "Winner: A")  # pure position bias cancels out
+    assert head_to_head(env, a, b) == {"win_rate": 0.5, "comparisons": 4, "unparsed": 0}
+    _scripted_judge(monkeypatch, lambda p: "Winner: " + ("A" if len(_between(p, "<response_a>", "</response_a>")) >
+                                                          len(_between(p, "<response_b>", "</response_b>")) else "B"))
+    # sample 0: "333" beats "1" in both orders; sample 1: "22" beats "4" in both orders -> B wins 2 of 4
+    assert head_to_head(env, a, b)["win_rate"] == 0.5
+    assert head_to_head(env, a, _rows("p0", ["333", "4444"]))["win_rate"] == 1.0

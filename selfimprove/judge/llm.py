@@ -119,3 +119,23 @@ def pairwise(env, rows: list[dict]):
             results[i].append(a_result)
             results[j].append(1.0 - a_result)
     return [float(np.mean(results[i])) if results[i] else None for i in range(len(rows))], records
+
+
+def head_to_head(env, rows_a: list[dict], rows_b: list[dict]) -> dict:
+    """B's win-rate over A with the pairwise judge: sample j of each prompt from A against sample j from B, judged as
+    (A, B) and as (B, A); win 1, tie 0.5, loss 0, averaged over the comparisons that gave a trustworthy verdict."""
+    cfg = env.cfg.llm
+    template = load_template(cfg.template, "pairwise")
+    b_by_key = {(r["prompt_id"], r["sample_idx"]): r for r in rows_b}
+    pairs = [(a, b_by_key[(a["prompt_id"], a["sample_idx"])]) for a in rows_a if (a["prompt_id"], a["sample_idx"]) in b_by_key]
+    jobs = [(x, y, b_first) for a, b in pairs for x, y, b_first in ((a, b, False), (b, a, True))]
+    prompts = [render(template, prompt=x["prompt"], a=x["completion"], b=y["completion"], max_score=cfg.max_score) for x, y, _ in jobs]
+    results, unparsed = [], 0
+    for (x, y, b_first), out in zip(jobs, _judge_outputs(env, prompts)):
+        v = parse_verdict(out, WINNER, [x["completion"], y["completion"]])
+        if v is None:
+            unparsed += 1
+            continue
+        first_wins = {"a": 1.0, "b": 0.0, "tie": 0.5}[v]
+        results.append(first_wins if b_first else 1.0 - first_wins)
+    return {"win_rate": float(np.mean(results)) if results else 0.5, "comparisons": len(jobs), "unparsed": unparsed}
