@@ -30,29 +30,6 @@ def resolve(spec: str) -> tuple[str, Path | None]:
     raise FileNotFoundError(f"{spec} is neither a round folder (with train/model) nor a save_pretrained folder (with config.json).")
 
 
-def _probe(ctx, ckpt: str) -> list[dict]:
-    from selfimprove.generate import Sampling, sample
-    from selfimprove.judge import oracle_correct
-    from selfimprove.rundir import load_rows
-
-    m, r = ctx.recipe.monitor, ctx.recipe
-    rows = load_rows(ctx.run_dir / "probe_set" / "data")
-    sampling = Sampling(m.probe_samples, m.probe_temperature, max_new_tokens=ctx.task.max_new_tokens(rows))
-    outs = sample("hf", ckpt, [x["prompt"] for x in rows], sampling, r.seed * 1000 + 999, r.evaluate.batch_size,
-                  r.model.dtype, "probe", chat=r.generate.chat_template)
-    return [{**x, "sample_idx": j, **o, "round": 0, "oracle_correct": oracle_correct(ctx.task, o["completion"], x["reference"])}
-            for x, os_ in zip(rows, outs) for j, o in enumerate(os_)]
-
-
-def _eval(ctx, ckpt: str) -> dict:
-    from selfimprove.generate import Sampling, sample
-
-    rows = ctx.eval_rows()
-    outs = sample("hf", ckpt, [x["prompt"] for x in rows], Sampling(max_new_tokens=ctx.task.max_new_tokens(rows)), 0,
-                  ctx.recipe.evaluate.batch_size, ctx.recipe.model.dtype, "eval", chat=ctx.recipe.generate.chat_template)
-    return ctx.task.eval_metrics([{**x, "correct": ctx.task.is_correct(o[0]["completion"], x["reference"])} for x, o in zip(rows, outs)])
-
-
 def token_kl(model_p, model_q, tokenizer, rows: list[dict], batch_size: int = 64) -> float:
     """Mean over completion tokens (EOS included) of KL(p || q) between the two next-token distributions, along the
     given samples (drawn from p). Exact over the vocabulary at each position."""
@@ -86,6 +63,7 @@ def win_rate(scores_a: dict, scores_b: dict) -> float:
 
 
 def compare(a: str, b: str, run: str | None = None, n_samples: int = 5) -> dict:
+    from selfimprove.evaluate import eval_rows_scored, probe_samples
     from selfimprove.judge import JudgeEnv, judge_rows
     from selfimprove.loop import open_run
     from selfimprove.model import load_policy, load_tokenizer
@@ -99,11 +77,11 @@ def compare(a: str, b: str, run: str | None = None, n_samples: int = 5) -> dict:
     out: dict = {"a": {"spec": a, "checkpoint": ckpt_a}, "b": {"spec": b, "checkpoint": ckpt_b}, "run": str(run_dir)}
     metrics, probes, scores = {}, {}, {}
     for side, ckpt in (("a", ckpt_a), ("b", ckpt_b)):
-        probe = _probe(ctx, ckpt)
+        probe = probe_samples(ctx, ckpt)
         env = JudgeEnv(ctx.task, ctx.recipe.judge, ckpt, ctx.recipe.seed, ctx.recipe.model.dtype)
         judged = judge_rows(env, probe)[0]
         k = ctx.recipe.monitor.probe_samples
-        metrics[side] = {**_eval(ctx, ckpt), **diversity_metrics(ctx, "probe", probe),
+        metrics[side] = {**ctx.task.eval_metrics(eval_rows_scored(ctx, ckpt)), **diversity_metrics(ctx, "probe", probe),
                          **answer_metrics(probe, ctx.task.answer, k, "probe", "quality/probe/")}
         by_prompt = defaultdict(list)
         for r in judged:

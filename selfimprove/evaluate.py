@@ -14,7 +14,8 @@ def _backend(ctx) -> str:
     return "hf" if ctx.recipe.generate.backend == "openai" else ctx.recipe.generate.backend
 
 
-def _probe(ctx, ckpt: str) -> list[dict]:
+def probe_samples(ctx, ckpt: str) -> list[dict]:
+    """The fixed probe set sampled from ``ckpt`` exactly as every round samples it (also used by compare)."""
     m = ctx.recipe.monitor
     rows = load_rows(ctx.run_dir / "probe_set" / "data")
     sampling = Sampling(m.probe_samples, m.probe_temperature, max_new_tokens=ctx.task.max_new_tokens(rows))
@@ -25,17 +26,26 @@ def _probe(ctx, ckpt: str) -> list[dict]:
             for r, os_ in zip(rows, outs) for j, o in enumerate(os_)]
 
 
-def run_evaluate(ctx, k: int) -> None:
+def _eval_sampling(rows: list[dict], task) -> Sampling:
+    return Sampling(max_new_tokens=task.max_new_tokens(rows))
+
+
+def eval_rows_scored(ctx, ckpt: str, desc: str = "eval") -> list[dict]:
+    """The run's eval sets answered greedily by ``ckpt``, each row with its completion and ``correct``."""
     rows = ctx.eval_rows()
+    outs = sample(_backend(ctx), ckpt, [r["prompt"] for r in rows], _eval_sampling(rows, ctx.task), 0,
+                  ctx.recipe.evaluate.batch_size, ctx.recipe.model.dtype, desc, chat=ctx.recipe.generate.chat_template,
+                  options=ctx.recipe.generate)
+    return [{**r, "completion": o[0]["completion"], "correct": ctx.task.is_correct(o[0]["completion"], r["reference"])}
+            for r, o in zip(rows, outs)]
+
+
+def run_evaluate(ctx, k: int) -> None:
     ckpt = ctx.checkpoint(k)
-    sampling = Sampling(max_new_tokens=ctx.task.max_new_tokens(rows))
+    sampling = _eval_sampling(ctx.eval_rows(), ctx.task)
     with atomic_stage(ctx.stage(k, "evaluate"), {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict()}) as (out, meta):
-        outs = sample(_backend(ctx), ckpt, [r["prompt"] for r in rows], sampling, 0, ctx.recipe.evaluate.batch_size,
-                      ctx.recipe.model.dtype, f"round {k} eval", chat=ctx.recipe.generate.chat_template,
-                      options=ctx.recipe.generate)
-        scored = [{**r, "completion": o[0]["completion"], "correct": ctx.task.is_correct(o[0]["completion"], r["reference"])}
-                  for r, o in zip(rows, outs)]
+        scored = eval_rows_scored(ctx, ckpt, f"round {k} eval")
         save_rows(scored, out / "data")
         meta["metrics"] = ctx.task.eval_metrics(scored)
         if ctx.recipe.monitor.probe_size:
-            save_rows(_probe(ctx, ckpt), out / "probe")
+            save_rows(probe_samples(ctx, ckpt), out / "probe")

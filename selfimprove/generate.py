@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from selfimprove.rundir import atomic_stage, dist_rank_world, save_rows
+from selfimprove.rundir import atomic_stage, dist_rank_world, gather_dict, save_rows
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +62,8 @@ def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: 
 
 def _gather(results: list[list[dict]]) -> list[list[dict]]:
     """Every rank's share of the results, merged in prompt order on every rank."""
-    import torch.distributed as dist
-
-    mine = {i: r for i, r in enumerate(results) if r}
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, mine)
-    merged = [[] for _ in results]
-    for part in parts:
-        for i, r in part.items():
-            merged[i] = r
-    return merged
+    merged = gather_dict({i: r for i, r in enumerate(results) if r})
+    return [merged.get(i, []) for i in range(len(results))]
 
 
 def sample(backend: str, model_path: str, prompts: list[str], sampling: Sampling, seed: int, batch_size: int,

@@ -98,6 +98,17 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def gather_dict(part: dict) -> dict:
+    """Under accelerate, the union of every rank's dict (their keys are disjoint shares of one job); else ``part``."""
+    if dist_rank_world()[1] == 1:
+        return part
+    import torch.distributed as dist
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in p.items()}
+
+
 def barrier() -> None:
     if dist_rank_world()[1] > 1:
         import torch.distributed as dist

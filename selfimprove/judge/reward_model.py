@@ -4,7 +4,7 @@ or P(label 1) for a two-label classifier; thresholds in ``filter.min_scores`` ar
 
 from __future__ import annotations
 
-from selfimprove.rundir import dist_rank_world
+from selfimprove.rundir import dist_rank_world, gather_dict
 
 
 def _texts(tokenizer, rows: list[dict]) -> list[str]:
@@ -44,10 +44,5 @@ def reward_model(env, rows: list[dict]) -> list[float]:
             logits = model(**enc).logits.float()
         values = logits[:, 0] if logits.shape[1] == 1 else logits.softmax(-1)[:, 1]
         scores.update(zip(idx, values.tolist()))
-    if world > 1:
-        import torch.distributed as dist
-
-        parts: list = [None] * world
-        dist.all_gather_object(parts, scores)
-        scores = {i: v for part in parts for i, v in part.items()}
+    scores = gather_dict(scores)
     return [scores[i] for i in range(len(texts))]
