@@ -35,23 +35,17 @@ def token_kl(model_p, model_q, tokenizer, rows: list[dict], batch_size: int = 64
     given samples (drawn from p). Exact over the vocabulary at each position."""
     import torch
 
+    from selfimprove.complexity import answer_batches
+
     total, count = 0.0, 0
     prompts = tokenizer([r["prompt"] for r in rows])["input_ids"]
     answers = [a + [tokenizer.eos_token_id] for a in tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]]
-    pad = tokenizer.pad_token_id or 0
-    for start in range(0, len(rows), batch_size):
-        seqs = [p + a for p, a in zip(prompts[start:start + batch_size], answers[start:start + batch_size])]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        attn, mask = torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
-        for i, (seq, p) in enumerate(zip(seqs, prompts[start:start + batch_size])):
-            ids[i, :len(seq)], attn[i, :len(seq)] = torch.tensor(seq), 1
-            mask[i, len(p) - 1:len(seq) - 1] = True  # positions whose next token is a completion token
+    for _, ids, attn, scored in answer_batches(prompts, answers, tokenizer.pad_token_id or 0, batch_size):
         with torch.no_grad():
-            lp = torch.log_softmax(model_p(input_ids=ids, attention_mask=attn).logits.float(), -1)
-            lq = torch.log_softmax(model_q(input_ids=ids, attention_mask=attn).logits.float(), -1)
-        kl = (lp.exp() * (lp - lq)).sum(-1)
-        total += float(kl[mask].sum())
+            lp = torch.log_softmax(model_p(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
+            lq = torch.log_softmax(model_q(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
+        mask = scored[:, 1:]  # logits at t give the distribution of completion token t + 1
+        total += float((lp.exp() * (lp - lq)).sum(-1)[mask].sum())
         count += int(mask.sum())
     return total / count if count else 0.0
 

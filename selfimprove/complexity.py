@@ -12,31 +12,38 @@ from __future__ import annotations
 import numpy as np
 
 
-def _answer_losses(model, prefixes: list[list[int]], answers: list[list[int]], skip_first: bool, batch_size: int) -> np.ndarray:
-    """Mean cross-entropy of each answer after its prefix, in right-padded batches."""
+def answer_batches(prefixes: list[list[int]], answers: list[list[int]], pad: int, batch_size: int, skip_first: bool = False):
+    """Right-padded batches of prefix + answer token ids, shortest first (less padding). Yields (idx, ids, attn,
+    scored): ``idx`` the rows' positions in the inputs, ``scored[r, t]`` True for the answer tokens the model predicts
+    (all of them, or all but the first with ``skip_first``; token 0 never, it has no context)."""
     import torch
 
-    losses = np.zeros(len(answers))
-    pad = model.config.pad_token_id or 0
-    order = np.argsort([len(p) + len(a) for p, a in zip(prefixes, answers)], kind="stable")  # less padding
+    order = np.argsort([len(p) + len(a) for p, a in zip(prefixes, answers)], kind="stable")
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         seqs = [prefixes[i] + answers[i] for i in idx]
-        width = max(map(len, seqs))
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        ids = torch.full((len(idx), max(map(len, seqs))), pad, dtype=torch.long)
         attn = torch.zeros_like(ids)
-        scored = torch.zeros_like(ids, dtype=torch.bool)  # positions whose token is scored
+        scored = torch.zeros_like(ids, dtype=torch.bool)
         for row, i in enumerate(idx):
-            n_pre, seq = len(prefixes[i]), seqs[row]
+            seq = seqs[row]
             ids[row, :len(seq)] = torch.tensor(seq)
             attn[row, :len(seq)] = 1
-            scored[row, max(n_pre + int(skip_first), 1):len(seq)] = True  # token 0 is never predicted
+            scored[row, max(len(prefixes[i]) + int(skip_first), 1):len(seq)] = True
+        yield idx, ids, attn, scored
+
+
+def _answer_losses(model, prefixes: list[list[int]], answers: list[list[int]], skip_first: bool, batch_size: int) -> np.ndarray:
+    """Mean cross-entropy of each answer after its prefix."""
+    import torch
+
+    losses = np.zeros(len(answers))
+    for idx, ids, attn, scored in answer_batches(prefixes, answers, model.config.pad_token_id or 0, batch_size, skip_first):
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=attn).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-        mask = scored[:, 1:]
-        per_row = -(logp * mask).sum(1) / mask.sum(1).clamp(min=1)
-        losses[idx] = per_row.numpy()
+        mask = scored[:, 1:]  # logits at t predict token t + 1
+        losses[idx] = (-(logp * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
     return losses
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from selfimprove.rundir import atomic_stage, dist_rank_world, gather_dict, save_rows
+from selfimprove.rundir import atomic_stage, dist_rank_world, gather_dict, my_batches, save_rows
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: 
     # Batches are fixed by the length order and seeded by their index; under accelerate each rank takes every
     # world-th batch, so any number of processes produces exactly the single-process samples.
     rank, world = dist_rank_world()
-    batches = [(b, start) for b, start in enumerate(range(0, len(order), batch_size)) if b % world == rank]
-    for b, start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=rank != 0):
+    for b, start in tqdm(my_batches(len(order), batch_size), desc=desc, unit="batch", leave=False, disable=rank != 0):
         idx = order[start:start + batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
         torch.manual_seed(seed * 1_000_003 + b)

@@ -121,7 +121,6 @@ def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[di
         stats = score_stats([r[f"score_{n}"] for r in judged], threshold[n])
         out.update({f"quality/score/{n}/{k}": v for k, v in stats.items()})
         out[f"quality/mean_score_{n}"] = stats["mean"]
-    for n in names:
         if n.startswith("llm"):  # judges that can fail to give a verdict
             out[f"quality/unparsed_rate/{n}"] = _mean(n in r.get("judge_unparsed", "").split(",") for r in judged)
     for i, a in enumerate(names):

@@ -98,6 +98,13 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def my_batches(n_items: int, batch_size: int) -> list[tuple[int, int]]:
+    """(batch index, start) of the batches this rank works on: every world-th one, so the batches themselves, and any
+    seed derived from their index, are the same for any number of processes."""
+    rank, world = dist_rank_world()
+    return [(b, start) for b, start in enumerate(range(0, n_items, batch_size)) if b % world == rank]
+
+
 def gather_dict(part: dict) -> dict:
     """Under accelerate, the union of every rank's dict (their keys are disjoint shares of one job); else ``part``."""
     if dist_rank_world()[1] == 1:

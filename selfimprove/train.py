@@ -135,10 +135,7 @@ def training_pairs(ctx, k: int, n_rows: int) -> list[dict]:
     if not newest and not older:
         raise ValueError(f"train.method 'dpo': round {k} has no (chosen, rejected) pairs. Check filter.pairs and the "
                          "judges: a pair needs two samples of one prompt with different scores.")
-    rng = rng_for(ctx.recipe.seed, MIX_STREAM, k)
-    n_new = n_rows if not older else (round(ctx.recipe.train.newest_share * n_rows) if newest else 0)
-    rows = _draw(newest, n_new, rng) + _draw(older, n_rows - n_new, rng)
-    return [rows[i] for i in rng.permutation(len(rows))]
+    return build_mixture([], older, newest, ctx.recipe.train, n_rows, rng_for(ctx.recipe.seed, MIX_STREAM, k))
 
 
 def _dpo_trainer(r, k, rows, model, tok, out: Path, steps: int, accumulation: int, ref_path: str):

@@ -4,7 +4,7 @@ or P(label 1) for a two-label classifier; thresholds in ``filter.min_scores`` ar
 
 from __future__ import annotations
 
-from selfimprove.rundir import dist_rank_world, gather_dict
+from selfimprove.rundir import gather_dict, my_batches
 
 
 def _texts(tokenizer, rows: list[dict]) -> list[str]:
@@ -34,10 +34,7 @@ def reward_model(env, rows: list[dict]) -> list[float]:
     texts = _texts(tok, rows)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding
     scores: dict[int, float] = {}
-    rank, world = dist_rank_world()  # under accelerate launch, rank r scores every world-th batch
-    for b, start in enumerate(range(0, len(order), cfg.batch_size)):
-        if b % world != rank:
-            continue
+    for _, start in my_batches(len(order), cfg.batch_size):  # under accelerate, each rank a share of the batches
         idx = order[start:start + cfg.batch_size]
         enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_length)
         with torch.inference_mode():
