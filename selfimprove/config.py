@@ -28,12 +28,16 @@ class BootstrapConfig:
     num_heads: int = _f(4, "Attention heads (hidden_size must divide by it).")
     intermediate_size: int = _f(0, "MLP width; 0 means 4 x hidden_size.")
     positional: Literal["nope", "rope"] = _f("nope", "'nope' (no positional encoding, infinite RoPE base, as Lee et al.) or 'rope'.")
+    rope_theta: float = _f(10000.0, "RoPE base with positional 'rope'. A small base (e.g. 100) gives short relative distances sharper angles; on the fixed-width addition task it carries the rule further past the trained digit counts.")
     max_position_embeddings: int = _f(256, "Longest sequence the model accepts.")
 
     def check(self) -> list[str]:
+        p = []
         if self.hidden_size % self.num_heads:
-            return [f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}. Change one of them."]
-        return []
+            p.append(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}. Change one of them.")
+        if self.rope_theta <= 1:
+            p.append(f"rope_theta={self.rope_theta} must be > 1 (10000 is the usual base).")
+        return p
 
 
 @dataclass
@@ -52,10 +56,12 @@ class AdditionConfig:
     seed_size: int = _f(20000, "Number of labelled seed examples (operand lengths drawn independently).")
     prompts_per_round: int = _f(2000, "Unlabelled prompts at the new difficulty generated each round.")
     in_range_prompts: int = _f(0, "Extra unlabelled prompts per round inside the seeded (labelled) range.")
+    swapped_pairs: bool = _f(False, "Pose every new-difficulty problem twice, a+b and b+a (prompts_per_round counts prompts), as one group_id, so the 'consistency' judge can ask both orders to agree: a label-free check that catches errors a majority vote keeps.")
     curriculum: Literal["next", "accelerated"] = _f("next", "'next': round k adds digit count seed_max_digits+k; 'accelerated': also skips every count the last eval solved at >= accelerate_threshold.")
     accelerate_threshold: float = _f(0.99, "Accuracy at which a digit count counts as solved for the accelerated curriculum.")
     other_operand: Literal["same", "any"] = _f("any", "Difficulty 'longer' only: at digit count n, 'same' makes both operands n digits; 'any' draws the other operand's length from 1..n.")
     eval_max_digits: int = _f(12, "Evaluate digit counts 1..eval_max_digits (both operands of that length).")
+    pad_width: int = _f(0, "Zero-pad both operands to this many digits (the answer to pad_width + 1) before reversing, so every answer digit is the same distance from its operand digits in every problem: with RoPE a tiny model then carries the rule to digit counts it never saw. 0 = Lee et al.'s variable width.")
     eval_size_per_digit: int = _f(200, "Eval problems per digit count.")
 
     def check(self) -> list[str]:
@@ -65,6 +71,9 @@ class AdditionConfig:
         if self.difficulty == "shorter" and self.long_max_digits < self.eval_max_digits:
             p.append(f"difficulty 'shorter' needs long_max_digits >= eval_max_digits={self.eval_max_digits} (got {self.long_max_digits}): "
                      "no position may be unseen. Raise long_max_digits.")
+        if self.pad_width and self.pad_width < max(self.eval_max_digits, self.long_max_digits):
+            p.append(f"pad_width={self.pad_width} is shorter than the longest operand evaluated or generated "
+                     f"({max(self.eval_max_digits, self.long_max_digits)} digits). Raise pad_width or lower eval_max_digits.")
         if self.eval_max_digits <= self.seed_max_digits:
             p.append(f"eval_max_digits={self.eval_max_digits} leaves no out-of-distribution digit count; set it above seed_max_digits={self.seed_max_digits}.")
         return p
@@ -167,7 +176,7 @@ class GenerateConfig:
         return p
 
 
-JUDGES = ("verifier", "majority", "format", "reward", "llm", "llm_pairwise")
+JUDGES = ("verifier", "majority", "consistency", "format", "reward", "llm", "llm_pairwise")
 
 
 @dataclass
@@ -406,6 +415,14 @@ def _cross_checks(r: Recipe) -> list[str]:
         p.append("task.generic: set eval_id and/or eval_ood so every round can be evaluated.")
     if r.task.name == "generic" and r.model.path is None and not r.task.generic.seed_data:
         p.append("model.path is null (a from-scratch model) but task.generic.seed_data is empty: a random model needs labelled seed data.")
+    add = r.task.addition
+    if (r.task.name == "addition" and add.pad_width and add.difficulty == "longer" and add.prompts_per_round
+            and add.curriculum == "next" and add.seed_max_digits + r.rounds > add.pad_width):
+        p.append(f"task.addition.pad_width={add.pad_width}: round {r.rounds} generates {add.seed_max_digits + r.rounds}-digit "
+                 "operands, wider than the padding. Raise pad_width or lower rounds.")
+    if "consistency" in r.judge.judges and not (r.task.name == "addition" and add.swapped_pairs):
+        p.append("judge.judges has 'consistency', which compares equivalent prompts, but this task poses none: "
+                 "set task.addition.swapped_pairs: true (addition), or use 'majority'.")
     if r.monitor.probe_size and r.monitor.probe_temperature <= 0:
         p.append("monitor.probe_temperature must be > 0: a greedy probe has no diversity to measure.")
     if r.monitor.probe_size and r.monitor.probe_samples < 2:

@@ -39,7 +39,7 @@ def build_bootstrap_model(cfg, tokenizer, seed: int):
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size or 4 * cfg.hidden_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
         max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
-        rope_theta=float("inf") if cfg.positional == "nope" else 10000.0,
+        rope_theta=float("inf") if cfg.positional == "nope" else cfg.rope_theta,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)

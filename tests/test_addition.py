@@ -10,6 +10,38 @@ def test_lee_format_by_hand():
     assert expected_length("999+1=") == 4 and expected_length("nonsense") is None
 
 
+def test_fixed_width_format_by_hand():
+    # 57 + 8 with both operands padded to 4 digits: "7500" + "8000" = "56000" (65 reversed, padded to 4 + 1)
+    assert format_problem(57, 8, pad_width=4) == ("7500+8000=", "56000")
+    assert format_problem(9999, 1, pad_width=4) == ("9999+1000=", "00001")
+    assert expected_length("7500+8000=") == 5
+    t = AdditionTask(AdditionConfig(seed_max_digits=3, eval_max_digits=6, pad_width=6), 0)
+    rows = t.seed_data() + t.eval_sets() + t.round_prompts(1, [], set())
+    # every prompt and answer has the same shape, so a digit's distance to its operand digits never changes
+    assert {len(r["prompt"]) for r in rows} == {14}
+    assert {len(r.get("completion") or r["reference"]) for r in rows} == {7}
+    assert all(t.is_correct(r["completion"], format_problem(*(int(x[::-1]) for x in r["prompt"][:-1].split("+")), 6)[1])
+               for r in rows[:50])
+
+
+def test_accelerated_curriculum_stops_at_the_padded_width():
+    t = AdditionTask(AdditionConfig(seed_max_digits=3, curriculum="accelerated", eval_max_digits=6, pad_width=6), 0)
+    hist = [{"task/max_difficulty": 5, "eval/accuracy/d6": 1.0}]
+    assert t.target_digits(3, hist) == [6]
+
+
+def test_swapped_pairs_pose_each_new_problem_in_both_orders():
+    t = AdditionTask(AdditionConfig(seed_max_digits=3, prompts_per_round=40, in_range_prompts=10, swapped_pairs=True,
+                                    eval_max_digits=6), 0)
+    rows = t.round_prompts(1, [], set())
+    new, in_range = rows[:40], rows[40:]
+    assert len(new) == 40 and len({r["group_id"] for r in new}) == 20
+    for x, y in zip(new[::2], new[1::2]):
+        a, b = x["prompt"][:-1].split("+")
+        assert x["group_id"] == y["group_id"] and y["prompt"] == f"{b}+{a}=" and x["reference"] == y["reference"]
+    assert len({r["group_id"] for r in in_range}) == 10  # in-range prompts stay single
+
+
 def test_format_check_is_label_free_length_rule():
     t = AdditionTask(AdditionConfig(), 0)
     assert t.format_ok("75+8=", "560", True)
@@ -58,3 +90,29 @@ def test_eval_metrics_frontier():
     m = t.eval_metrics(rows)
     assert m["eval/frontier"] == 2  # d3 is at 0.5, so d4 does not count
     assert m["eval/accuracy/id"] == 1.0 and m["eval/accuracy/ood"] == 0.75 and m["eval/accuracy/d3"] == 0.5
+
+
+def test_shipped_main_job_and_control_run_end_to_end(tmp_path):
+    """Both shipped addition recipes, as shipped but for size: fixed-width RoPE model, label-free rounds, control."""
+    import json
+
+    from datasets import load_from_disk
+
+    from conftest import REPO, run_cli
+
+    # 150 small steps teach the 13-digit answer shape, so the length rule (the vote is dropped here) keeps samples
+    small = ["--rounds", 1, "--train.bootstrap_steps", 150, "--train.per_device_train_batch_size", 16,
+             "--train.max_steps", 4, "--task.addition.seed_size", 300, "--task.addition.prompts_per_round", 30,
+             "--task.addition.eval_size_per_digit", 5, "--filter.min_scores", "{format: 1.0}"]
+    for name in ("addition_cpu", "addition_cpu_control"):
+        run = tmp_path / name
+        out = run_cli("run", REPO / "recipes" / "arithmetic" / f"{name}.yaml", "--output_dir", run, *small)
+        assert out.returncode == 0, out.stderr[-3000:]
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in rows] == [0, 1] and "eval/accuracy/d12" in rows[-1]
+        gen = load_from_disk(str(run / "round_01" / "generate" / "data"))
+        assert {len(p) for p in gen["prompt"]} == {26} and set(gen["difficulty"]) == {6}  # 12 + 1 + 12 + 1, next count
+        config = json.loads((run / "base_model" / "config.json").read_text())
+        assert config["rope_parameters"]["rope_theta"] == 100.0
+        used = json.loads((run / "round_01" / "train" / "meta.json").read_text())["rows_by_round"]
+        assert (used["1"] > 0) == (name == "addition_cpu")  # the control trains on seed data only

@@ -54,6 +54,21 @@ def test_impossible_combinations():
         load_recipe(None, {"model.bootstrap.num_heads": 3})
     with pytest.raises(ConfigError, match="filter.min_scores.verifier: no judge 'verifier' runs"):
         load_recipe(None, {"filter.min_scores": {"verifier": 1.0}})
+    pad = {"task.addition.seed_max_digits": 5, "task.addition.eval_max_digits": 8, "task.addition.pad_width": 8}
+    with pytest.raises(ConfigError, match="round 4 generates 9-digit operands, wider than the padding"):
+        load_recipe(None, {**pad, "rounds": 4})
+    with pytest.raises(ConfigError, match="pad_width=7 is shorter than the longest operand evaluated"):
+        load_recipe(None, {**pad, "task.addition.pad_width": 7, "rounds": 2})
+    load_recipe(None, {**pad, "rounds": 3})
+    with pytest.raises(ConfigError, match="'consistency', which compares equivalent prompts, but this task poses none"):
+        load_recipe(None, {"judge.judges": ["consistency"], "filter.min_scores": {}})
+
+
+def test_config_knows_every_judge():
+    from selfimprove.config import JUDGES as NAMES
+    from selfimprove.judge import JUDGES
+
+    assert set(NAMES) == set(JUDGES)  # the config lists names without importing the judges
 
 
 def test_overrides_are_typed():

@@ -36,6 +36,18 @@ def test_majority_and_format_judges_by_hand():
     assert [r["score"] for r in voted] == [1.0, 1.0, 0.25, 0.0, 0.0]
 
 
+def test_consistency_judge_compares_equivalent_prompts_by_hand():
+    ab = _samples("p0", "75+8=", ["560", "560", "560", "561"])        # 57 + 8, the model sure of "560"
+    ba = _samples("p1", "8+75=", ["561", "561", "560", "xx"])         # 8 + 57: mostly "561", one "560", one no answer
+    alone = _samples("p2", "1+1=", ["20", "20", "30"])                  # no equivalent prompt: its own vote
+    rows = [{**r, "group_id": "g0"} for r in ab + ba] + alone
+    out = _judge(rows, ["majority", "consistency"])
+    # p0's "560" is given by 1 of p1's 4 samples, its "561" by 2; p1's "561" by 1 of p0's 4, its "560" by 3
+    assert [r["score_consistency"] for r in out] == [0.25, 0.25, 0.25, 0.5, 0.25, 0.25, 0.75, 0.0,
+                                                       pytest.approx(2 / 3), pytest.approx(2 / 3), pytest.approx(1 / 3)]
+    assert out[0]["score_majority"] == 0.75  # the vote alone would keep p0's "560" at a 0.7 threshold
+
+
 def test_verifier_refuses_unlabelled_prompts():
     with pytest.raises(ValueError, match="needs a reference answer"):
         _judge(_samples("p0", "75+8=", ["560"]), ["verifier"])

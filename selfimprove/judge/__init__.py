@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from selfimprove.judge.rules import format_check, majority, verifier
+from selfimprove.judge.rules import consistency, format_check, majority, verifier
 from selfimprove.rundir import atomic_stage, load_rows, save_rows
 
 
@@ -33,8 +33,8 @@ def _llm_pairwise(env, rows):
     return pairwise(env, rows)
 
 
-JUDGES = {"verifier": verifier, "majority": majority, "format": format_check, "reward": _reward, "llm": _llm,
-          "llm_pairwise": _llm_pairwise}
+JUDGES = {"verifier": verifier, "majority": majority, "consistency": consistency, "format": format_check,
+          "reward": _reward, "llm": _llm, "llm_pairwise": _llm_pairwise}
 UNPARSED_VALUE = {"zero": 0.0, "neutral": 0.5, "drop": 0.0}
 
 

@@ -1,4 +1,5 @@
-"""Rule judges: the task's programmatic verifier, a label-free majority vote, and the task's format/length rule."""
+"""Rule judges: the task's programmatic verifier, label-free majority vote and cross-prompt consistency, and the
+task's format/length rule."""
 
 from __future__ import annotations
 
@@ -24,6 +25,28 @@ def majority(env, rows: list[dict]) -> list[float]:
         if a is not None:
             votes[r["prompt_id"]][a] += 1
     return [0.0 if a is None else votes[r["prompt_id"]][a] / totals[r["prompt_id"]] for r, a in zip(rows, answers)]
+
+
+def consistency(env, rows: list[dict]) -> list[float]:
+    """Label-free: the share of samples of this prompt's *equivalent* prompts (same ``group_id``, e.g. a+b and b+a)
+    that give this sample's answer. A model that is consistently wrong on one phrasing is rarely wrong the same way on
+    another, so this catches errors a majority vote keeps. A prompt with no equivalent falls back to its own vote."""
+    answers = [env.task.answer(r["completion"]) for r in rows]
+    votes: dict[str, Counter] = defaultdict(Counter)  # (group, prompt) -> answer counts
+    totals: Counter = Counter()
+    members: dict[str, set] = defaultdict(set)
+    for r, a in zip(rows, answers):
+        g = r.get("group_id") or r["prompt_id"]
+        members[g].add(r["prompt_id"])
+        totals[r["prompt_id"]] += 1
+        if a is not None:
+            votes[r["prompt_id"]][a] += 1
+    out = []
+    for r, a in zip(rows, answers):
+        g = r.get("group_id") or r["prompt_id"]
+        others = [pid for pid in members[g] if pid != r["prompt_id"]] or [r["prompt_id"]]
+        out.append(0.0 if a is None else sum(votes[p][a] for p in others) / sum(totals[p] for p in others))
+    return out
 
 
 def format_check(env, rows: list[dict]) -> list[float]:

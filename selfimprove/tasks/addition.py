@@ -24,9 +24,12 @@ _PROMPT = re.compile(r"^(\d+)\+(\d+)=$")
 SEED_STREAM, EVAL_STREAM, ROUND_STREAM = 1, 2, 3
 
 
-def format_problem(a: int, b: int) -> tuple[str, str]:
-    width = max(len(str(a)), len(str(b))) + 1
-    return f"{str(a)[::-1]}+{str(b)[::-1]}=", str(a + b)[::-1].ljust(width, "0")
+def format_problem(a: int, b: int, pad_width: int = 0) -> tuple[str, str]:
+    """Lee et al.'s format: operands and answer least significant digit first, the answer zero-padded to the longer
+    operand's length + 1. With ``pad_width`` both operands are zero-padded to that many digits first (the answer to
+    pad_width + 1), so each answer digit sits at the same distance from its two operand digits in every problem."""
+    ra, rb = str(a)[::-1].ljust(pad_width, "0"), str(b)[::-1].ljust(pad_width, "0")
+    return f"{ra}+{rb}=", str(a + b)[::-1].ljust(max(len(ra), len(rb)) + 1, "0")
 
 
 def expected_length(prompt: str) -> int | None:
@@ -50,7 +53,7 @@ class AdditionTask:
 
     def _problem(self, rng, la: int, lb: int) -> dict:
         a, b = _operand(rng, la), _operand(rng, lb)
-        prompt, completion = format_problem(a, b)
+        prompt, completion = format_problem(a, b, self.cfg.pad_width)
         return {"prompt": prompt, "completion": completion, "difficulty": self._difficulty(la, lb)}
 
     def _difficulty(self, la: int, lb: int) -> int:
@@ -103,6 +106,8 @@ class AdditionTask:
             solved = [int(key.rsplit("d", 1)[1]) for key, v in history[-1].items()
                       if key.startswith("eval/accuracy/d") and v >= self.cfg.accelerate_threshold]
             top = max(top, max(solved, default=0) + 1)
+        if self.cfg.pad_width:  # the accelerated curriculum stops at the padded width
+            last, top = min(last, self.cfg.pad_width - 1), min(top, self.cfg.pad_width)
         return list(range(last + 1, top + 1))
 
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
@@ -115,12 +120,17 @@ class AdditionTask:
             while made < count:
                 n = int(rng.choice(targets))
                 la, lb = self._lengths(rng, n, n) if kind == "new" else self._lengths(rng, *low_range)
-                p = self._problem(rng, la, lb)
-                if p["prompt"] in exclude:
+                a, b = _operand(rng, la), _operand(rng, lb)
+                pairs = kind == "new" and c.swapped_pairs and count - made >= 2
+                orders = [(a, b), (b, a)] if pairs else [(a, b)]
+                texts = [format_problem(x, y, c.pad_width) for x, y in orders]
+                if any(t[0] in exclude for t in texts) or (pairs and a == b):
                     continue
-                rows.append({"prompt_id": f"r{k}-{len(rows)}", "prompt": p["prompt"], "difficulty": p["difficulty"],
-                             "reference": p["completion"]})
-                made += 1
+                group = f"r{k}-{len(rows)}"
+                for prompt, completion in texts:
+                    rows.append({"prompt_id": f"r{k}-{len(rows)}", "group_id": group, "prompt": prompt,
+                                 "difficulty": self._difficulty(la, lb), "reference": completion})
+                made += len(texts)
         return rows
 
     def answer(self, completion: str) -> str | None:
