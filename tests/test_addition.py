@@ -112,6 +112,8 @@ def test_shipped_main_job_and_control_run_end_to_end(tmp_path):
         assert [r["round"] for r in rows] == [0, 1] and "eval/accuracy/d12" in rows[-1]
         gen = load_from_disk(str(run / "round_01" / "generate" / "data"))
         assert {len(p) for p in gen["prompt"]} == {26} and set(gen["difficulty"]) == {6}  # 12 + 1 + 12 + 1, next count
+        assert len(set(gen["prompt"])) == 30 and len(set(gen["group_id"])) == 15  # each problem in both orders
+        assert "score_consistency" in load_from_disk(str(run / "round_01" / "judge" / "data")).column_names
         config = json.loads((run / "base_model" / "config.json").read_text())
         assert config["rope_parameters"]["rope_theta"] == 100.0
         used = json.loads((run / "round_01" / "train" / "meta.json").read_text())["rows_by_round"]
