@@ -32,18 +32,17 @@ def consistency(env, rows: list[dict]) -> list[float]:
     that give this sample's answer. A model that is consistently wrong on one phrasing is rarely wrong the same way on
     another, so this catches errors a majority vote keeps. A prompt with no equivalent falls back to its own vote."""
     answers = [env.task.answer(r["completion"]) for r in rows]
-    votes: dict[str, Counter] = defaultdict(Counter)  # (group, prompt) -> answer counts
+    groups = [r.get("group_id") or r["prompt_id"] for r in rows]
+    votes: dict[str, Counter] = defaultdict(Counter)  # prompt -> answer counts
     totals: Counter = Counter()
-    members: dict[str, set] = defaultdict(set)
-    for r, a in zip(rows, answers):
-        g = r.get("group_id") or r["prompt_id"]
+    members: dict[str, set] = defaultdict(set)  # group -> its prompts
+    for r, g, a in zip(rows, groups, answers):
         members[g].add(r["prompt_id"])
         totals[r["prompt_id"]] += 1
         if a is not None:
             votes[r["prompt_id"]][a] += 1
     out = []
-    for r, a in zip(rows, answers):
-        g = r.get("group_id") or r["prompt_id"]
+    for r, g, a in zip(rows, groups, answers):
         others = [pid for pid in members[g] if pid != r["prompt_id"]] or [r["prompt_id"]]
         out.append(0.0 if a is None else sum(votes[p][a] for p in others) / sum(totals[p] for p in others))
     return out
