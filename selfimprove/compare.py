@@ -30,16 +30,17 @@ def resolve(spec: str) -> tuple[str, Path | None]:
     raise FileNotFoundError(f"{spec} is neither a round folder (with train/model) nor a save_pretrained folder (with config.json).")
 
 
-def token_kl(model_p, model_q, tokenizer, rows: list[dict], batch_size: int = 64) -> float:
+def token_kl(model_p, model_q, tokenizer, rows: list[dict], batch_size: int = 64, fmt=None) -> float:
     """Mean over completion tokens (EOS included) of KL(p || q) between the two next-token distributions, along the
-    given samples (drawn from p). Exact over the vocabulary at each position."""
+    given samples (drawn from p), each prompt encoded by ``fmt`` as it was sampled. Exact over the vocabulary."""
     import torch
 
     from selfimprove.complexity import answer_batches
+    from selfimprove.prompts import PromptFormat, encode_completions
 
     total, count = 0.0, 0
-    prompts = tokenizer([r["prompt"] for r in rows])["input_ids"]
-    answers = [a + [tokenizer.eos_token_id] for a in tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]]
+    prompts = (fmt or PromptFormat()).encode(tokenizer, [r["prompt"] for r in rows])
+    answers = encode_completions(tokenizer, [r["completion"] for r in rows])
     for _, ids, attn, scored in answer_batches(prompts, answers, tokenizer.pad_token_id or 0, batch_size):
         with torch.no_grad():
             lp = torch.log_softmax(model_p(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
@@ -93,7 +94,8 @@ def compare(a: str, b: str, run: str | None = None, n_samples: int = 5) -> dict:
         out["pairwise_b_vs_a"] = head_to_head(env, probes["a"], probes["b"])
     tok = load_tokenizer(ckpt_a)
     pa, pb = load_policy(ckpt_a, ctx.recipe.model.dtype).eval(), load_policy(ckpt_b, ctx.recipe.model.dtype).eval()
-    out["kl_per_token"] = {"a_to_b": token_kl(pa, pb, tok, probes["a"]), "b_to_a": token_kl(pb, pa, tok, probes["b"])}
+    fmt = ctx.prompt_format
+    out["kl_per_token"] = {"a_to_b": token_kl(pa, pb, tok, probes["a"], fmt=fmt), "b_to_a": token_kl(pb, pa, tok, probes["b"], fmt=fmt)}
     gaps = sorted(scores["a"], key=lambda p: (-abs(scores["b"].get(p, 0) - scores["a"][p]), p))[:n_samples]
     first = {side: {r["prompt_id"]: r for r in probes[side] if r["sample_idx"] == 0} for side in ("a", "b")}
     out["samples"] = [{"prompt_id": p, "prompt": first["a"][p]["prompt"], "a": first["a"][p]["completion"],

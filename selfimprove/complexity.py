@@ -47,12 +47,15 @@ def _answer_losses(model, prefixes: list[list[int]], answers: list[list[int]], s
     return losses
 
 
-def ifd_scores(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 64) -> np.ndarray:
-    """IFD of each (prompt, completion) pair under ``model``; 1 where nothing is scored (0/0)."""
+def ifd_scores(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 64, fmt=None) -> np.ndarray:
+    """IFD of each (prompt, completion) pair under ``model``, the prompt encoded by ``fmt`` (selfimprove.prompts) as
+    the policy saw it; 1 where nothing is scored (0/0)."""
+    from selfimprove.prompts import PromptFormat, encode_completions
+
     if not prompts:
         return np.zeros(0)
-    answers = [a + [tokenizer.eos_token_id] for a in tokenizer(completions, add_special_tokens=False)["input_ids"]]
-    with_prompt = tokenizer(prompts)["input_ids"]
+    answers = encode_completions(tokenizer, completions)
+    with_prompt = (fmt or PromptFormat()).encode(tokenizer, prompts)
     empty = tokenizer("")["input_ids"]
     skip_first = not empty  # no BOS: the first answer token has no context in the unconditional pass
     model.eval()

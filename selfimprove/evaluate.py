@@ -20,7 +20,7 @@ def probe_samples(ctx, ckpt: str) -> list[dict]:
     rows = load_rows(ctx.run_dir / "probe_set" / "data")
     sampling = Sampling(m.probe_samples, m.probe_temperature, max_new_tokens=ctx.task.max_new_tokens(rows))
     outs = sample(_backend(ctx), ckpt, [r["prompt"] for r in rows], sampling, ctx.recipe.seed * 1000 + 999,
-                  ctx.recipe.evaluate.batch_size, ctx.recipe.model.dtype, "probe", chat=ctx.recipe.generate.chat_template,
+                  ctx.recipe.evaluate.batch_size, ctx.recipe.model.dtype, "probe", fmt=ctx.prompt_format,
                   options=ctx.recipe.generate)
     return [{**r, "sample_idx": j, **o, "oracle_correct": oracle_correct(ctx.task, o["completion"], r["reference"])}
             for r, os_ in zip(rows, outs) for j, o in enumerate(os_)]
@@ -34,7 +34,7 @@ def eval_rows_scored(ctx, ckpt: str, desc: str = "eval") -> list[dict]:
     """The run's eval sets answered greedily by ``ckpt``, each row with its completion and ``correct``."""
     rows = ctx.eval_rows()
     outs = sample(_backend(ctx), ckpt, [r["prompt"] for r in rows], _eval_sampling(rows, ctx.task), 0,
-                  ctx.recipe.evaluate.batch_size, ctx.recipe.model.dtype, desc, chat=ctx.recipe.generate.chat_template,
+                  ctx.recipe.evaluate.batch_size, ctx.recipe.model.dtype, desc, fmt=ctx.prompt_format,
                   options=ctx.recipe.generate)
     return [{**r, "completion": o[0]["completion"], "correct": ctx.task.is_correct(o[0]["completion"], r["reference"])}
             for r, o in zip(rows, outs)]

@@ -11,6 +11,7 @@ from collections import defaultdict
 
 from selfimprove.diversity import grams
 from selfimprove.rundir import atomic_stage, load_rows, save_rows
+from selfimprove.tasks import prompt_content
 
 
 def contamination_index(texts: list[str], n: int, unit: str) -> set[str]:
@@ -19,7 +20,7 @@ def contamination_index(texts: list[str], n: int, unit: str) -> set[str]:
 
 
 def _reasons(r: dict, cfg, index: set[str], n: int, unit: str, drop_unparsed: bool) -> list[str]:
-    if index and any(g in index for t in (r["prompt"], r["completion"]) for g in grams(t, n, unit)):
+    if index and any(g in index for t in (prompt_content(r), r["completion"]) for g in grams(t, n, unit)):
         return ["contaminated"]
     failed = []
     if drop_unparsed and r.get("judge_unparsed"):
@@ -79,7 +80,7 @@ def run_filter(ctx, k: int) -> None:
     cfg, unit = ctx.recipe.filter, ctx.recipe.monitor.unit
     protected: set[str] = set()
     if cfg.decontaminate_ngram:
-        texts = [t for r in ctx.eval_rows() + ctx.probe_rows() for t in (r["prompt"], r["reference"]) if t]
+        texts = [t for r in ctx.eval_rows() + ctx.probe_rows() for t in (prompt_content(r), r["reference"]) if t]
         protected = contamination_index(texts, cfg.decontaminate_ngram, unit)
     drop_unparsed = ctx.recipe.judge.llm.on_unparseable == "drop"
     meta0 = {"enabled": cfg.enabled, "min_scores": cfg.min_scores, "best_of_n": cfg.best_of_n, "pairs": cfg.pairs}

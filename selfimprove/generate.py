@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from selfimprove.prompts import PromptFormat
 from selfimprove.rundir import atomic_stage, dist_rank_world, gather_dict, my_batches, save_rows
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,14 @@ class Sampling:
         return dict(self.__dict__)
 
 
+def stop_ids(model, tokenizer) -> list[int]:
+    """Tokens that end a completion: the tokenizer's EOS and every EOS the model's generation_config names (an
+    instruct checkpoint ends turns with one token and documents with another)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(t for t in [tokenizer.eos_token_id, *configured] if t is not None))
+
+
 def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: int, batch_size: int, desc: str = "generate",
                 add_special_tokens: bool = True) -> list[list[dict]]:
     """For each prompt, ``num_samples`` dicts {completion, finished, num_tokens}, in prompt order."""
@@ -36,8 +45,9 @@ def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[dict]] = [[] for _ in prompts]
     greedy = sampling.temperature == 0
+    stops = stop_ids(model, tokenizer)
     kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.num_samples, do_sample=not greedy,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
     if not greedy:
         kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)  # 0 disables top-k
     # Batches are fixed by the length order and seeded by their index; under accelerate each rank takes every
@@ -51,9 +61,9 @@ def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: 
             out = model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:]  # (batch * num_samples, new tokens)
         for row, tokens in enumerate(new.tolist()):
-            finished = tokenizer.eos_token_id in tokens
-            tokens = tokens[: tokens.index(tokenizer.eos_token_id)] if finished else tokens
-            tokens = [t for t in tokens if t != tokenizer.pad_token_id]
+            end = next((i for i, t in enumerate(tokens) if t in stops), None)
+            finished = end is not None
+            tokens = [t for t in (tokens[:end] if finished else tokens) if t != tokenizer.pad_token_id]
             text = tokenizer.decode(tokens, skip_special_tokens=True)
             results[idx[row // sampling.num_samples]].append({"completion": text, "finished": finished, "num_tokens": len(tokens)})
     return _gather(results) if world > 1 else results
@@ -66,35 +76,31 @@ def _gather(results: list[list[dict]]) -> list[list[dict]]:
 
 
 def sample(backend: str, model_path: str, prompts: list[str], sampling: Sampling, seed: int, batch_size: int,
-           dtype: str = "float32", desc: str = "generate", chat: bool = False, options=None) -> list[list[dict]]:
+           dtype: str = "float32", desc: str = "generate", fmt: PromptFormat | None = None, options=None) -> list[list[dict]]:
     """The one generation entry used by the policy, the LLM judge and evaluation. ``backend``: 'hf' (in this process,
     sharded over accelerate ranks), 'vllm' (offline engine in its own process) or 'openai' (an OpenAI-compatible
-    server); ``options`` holds the backend's settings (``.vllm`` / ``.openai``). ``chat`` wraps each prompt in the
-    model's chat template when it has one (the 'openai' backend uses the server's, with ``api: chat``)."""
+    server); ``options`` holds the backend's settings (``.vllm`` / ``.openai``). ``fmt`` turns each prompt into the
+    model's input (system prompt, few-shot, chat template); with the 'openai' backend and ``api: chat`` the server
+    gets the messages and applies its own template, with ``api: completions`` the plain text."""
+    fmt = fmt or PromptFormat()
     if backend == "openai":
         from selfimprove.backends.openai_server import openai_generate
 
-        return _on_rank0(lambda: openai_generate(options.openai, model_path, prompts, sampling, seed))
+        chat = options.openai.api == "chat"
+        requests = [fmt.messages(p) if chat else fmt.plain(p) for p in prompts]
+        return _on_rank0(lambda: openai_generate(options.openai, model_path, requests, sampling, seed))
     from selfimprove.model import load_tokenizer
 
     tok = load_tokenizer(model_path)
-    chat = chat and bool(getattr(tok, "chat_template", None))
-    if chat:
-        prompts = chat_prompts(tok, prompts)
     if backend == "vllm":
         from selfimprove.backends.vllm_engine import vllm_generate
 
-        return _on_rank0(lambda: vllm_generate(options.vllm, model_path, prompts, sampling, seed))
+        ids = fmt.encode(tok, prompts)  # the token ids HF would see: no second BOS from vLLM's own encoding
+        return _on_rank0(lambda: vllm_generate(options.vllm, model_path, ids, sampling, seed))
     from selfimprove.model import load_policy
 
-    # a chat-formatted prompt already holds its special tokens
-    return hf_generate(load_policy(model_path, dtype), tok, prompts, sampling, seed, batch_size, desc, add_special_tokens=not chat)
-
-
-def chat_prompts(tok, prompts: list[str]) -> list[str]:
-    """Each prompt as one user turn in the model's chat template, ready for the assistant's answer."""
-    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts]
+    return hf_generate(load_policy(model_path, dtype), tok, fmt.texts(tok, prompts), sampling, seed, batch_size, desc,
+                       add_special_tokens=not fmt.uses_template(tok))
 
 
 def _on_rank0(work):
@@ -122,7 +128,7 @@ def run_generate(ctx, k: int) -> None:
     seed = r.seed * 1000 + k
     with atomic_stage(ctx.stage(k, "generate"), {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict(), "seed": seed}) as (out, meta):
         samples = sample(r.generate.backend, ckpt, [p["prompt"] for p in prompts], sampling, seed, r.generate.batch_size,
-                         r.model.dtype, f"round {k} generate", chat=r.generate.chat_template, options=r.generate)
+                         r.model.dtype, f"round {k} generate", fmt=ctx.prompt_format, options=r.generate)
         rows = [{**p, "sample_idx": j, **s, "round": k, "checkpoint": ctx.relative(ckpt), **sampling.as_dict(), "seed": seed}
                 for p, ss in zip(prompts, samples) for j, s in enumerate(ss)]
         save_rows(rows, out / "data")

@@ -142,7 +142,7 @@ def complexity_block(ctx, k: int, name: str, rows: list[dict]) -> dict:
     if n and rows:
         model, tok = _policy(ctx.checkpoint(k - 1), ctx.recipe.model.dtype)
         sample = _subsample(rows, n)
-        ifd = ifd_scores(model, tok, [r["prompt"] for r in sample], [r["completion"] for r in sample])
+        ifd = ifd_scores(model, tok, [r["prompt"] for r in sample], [r["completion"] for r in sample], fmt=ctx.prompt_format)
     return {f"complexity/{name}/{key}": v for key, v in complexity_metrics(rows, ifd).items()}
 
 

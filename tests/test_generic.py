@@ -36,7 +36,8 @@ def test_files_load_and_rounds_cycle_prompts(tmp_path):
                         eval_id=_write_jsonl(tmp_path / "e.jsonl", [{"question": "9+1=", "gold": "10"}]), prompts_per_round=4)
     task = GenericTask(cfg, 0)
     ev = task.eval_sets()
-    assert ev == [{"prompt_id": "eval-id-0", "prompt": "9+1=", "reference": "10", "difficulty": 0, "split": "id"}]
+    assert ev == [{"prompt_id": "eval-id-0", "prompt": "9+1=", "source_prompt": "9+1=", "reference": "10", "difficulty": 0,
+                   "split": "id"}]
     exclude = {"9+1="}
     r1, r2, r3 = (task.round_prompts(k, [], exclude) for k in (1, 2, 3))
     assert len(r1) == len(r2) == 4 and not {p["prompt"] for p in r1} & {p["prompt"] for p in r2}  # no repeats before all 9 are used
@@ -113,14 +114,12 @@ train: {{bootstrap_steps: 0, max_steps: 3, per_device_train_batch_size: 4}}
     assert meta["init"] == tiny_policy and meta["steps"] == 0
 
 
-def test_gsm8k_style_references_and_regex_verifier(tmp_path):
-    """The STaR recipe's task settings on a local file shaped like openai/gsm8k."""
-    import json
-
+def test_gsm8k_style_references_and_math_verifier(tmp_path):
+    """The STaR recipe's task settings on a local file shaped like openai/gsm8k: the prompt template and math-verify."""
     from selfimprove.config import load_recipe
     from selfimprove.tasks import build_task
 
-    rows = [{"question": "Tom has 3 apples and buys 1,231 more. How many?", "answer": "3 + 1231 = 1234\n#### 1,234"},
+    rows = [{"question": "Tom has 3 apples and buys 1,231 more. How many?", "answer": "3 + 1231 = <<3+1231=1234>>1234\n#### 1,234"},
             {"question": "What is 2 - 5?", "answer": "#### -3"}]
     for name in ("train", "test"):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
@@ -129,7 +128,88 @@ def test_gsm8k_style_references_and_regex_verifier(tmp_path):
     task = build_task(recipe)
     prompts = task.round_prompts(1, [], set())
     assert [p["reference"] for p in prompts] == ["1234", "-3"]
-    assert prompts[0]["prompt"].startswith("Tom has 3 apples")
-    assert task.is_correct("3 + 1231 = 1234. The answer is 1234.", "1234")
-    assert task.is_correct("So the answer is -3", "-3") and not task.is_correct("The answer is 3", "-3")
+    assert prompts[0]["prompt"] == ("Tom has 3 apples and buys 1,231 more. How many?\n"
+                                    "Please reason step by step, and put your final answer within \\boxed{}.")
+    assert prompts[0]["source_prompt"] == rows[0]["question"]  # what decontamination compares
+    verdicts = {  # hand-written completions an instruct model writes, and whether each is right for 1234
+        "3 + 1231 = 1234, so Tom has \\boxed{1234} apples.": True,
+        "He has 3 + 1,231 = 1,234 apples.\n\nThe final answer is \\boxed{1,234}.": True,
+        "The answer is 1234.": True,                          # plain text, no box
+        "Tom ends up with 1234 apples in total.": True,       # the last number in free text
+        "\\boxed{1234} apples. Next, 5 + 5 = 10.": True,      # trailing text after the boxed answer
+        "3 + 1231 = 1235, so \\boxed{1235}.": False,
+        "\\boxed{123}": False,
+        "I do not know.": False,
+    }
+    for completion, right in verdicts.items():
+        assert task.is_correct(completion, "1234") is right, completion
+    assert task.is_correct("So the answer is \\boxed{-3}", "-3") and not task.is_correct("\\boxed{3}", "-3")
+    assert task.is_correct("\\boxed{\\frac{1}{2}}", "0.5")
+    assert task.answer("\\boxed{1,234}") == task.answer("The answer is 1234.") == "1234"  # one vote for majority
+    assert task.answer("I do not know.") is None and not task.format_ok("p", "I do not know.", True)
     assert [r["split"] for r in task.eval_sets()] == ["id", "id"]
+
+
+def test_template_system_prompt_and_fewshot_one_rendering_everywhere(tmp_path, tiny_real):
+    """A Qwen2-class model with a BPE tokenizer and chat template through a whole round: the prompt template fills
+    every row's user message; the system prompt and few-shot turns surround it identically in generation, training
+    rows, evaluation, the probe and compare."""
+    from selfimprove.compare import compare
+    from selfimprove.loop import open_run
+    from selfimprove.model import load_tokenizer
+    from selfimprove.rundir import load_rows
+    from selfimprove.train import tokenize_rows
+
+    rows = [{"question": f"What is {a} plus {b}?", "answer": f"#### {a + b}"} for a in range(8) for b in range(8)]
+    prompts = _write_jsonl(tmp_path / "prompts.jsonl", rows[:40])
+    ev = _write_jsonl(tmp_path / "eval.jsonl", rows[40:52])
+    shots = _write_jsonl(tmp_path / "shots.jsonl", [{"question": "What is 1 plus 1?", "completion": "\\boxed{2}"}])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+output_dir: {tmp_path / 'run'}
+rounds: 1
+model: {{path: {tiny_real('qwen2')}}}
+task:
+  name: generic
+  generic:
+    prompts: {prompts}
+    eval_id: {ev}
+    prompt_field: question
+    reference_regex: '#### (-?[0-9]+)'
+    prompt_template: "Q: {{{{ question }}}} Answer in a box."
+    system_prompt: Be brief.
+    fewshot: {shots}
+    verifier: math
+    prompts_per_round: 8
+    max_new_tokens: 8
+generate: {{num_samples: 2, chat_template: true, batch_size: 16}}
+judge: {{judges: [format]}}
+filter: {{enabled: false, min_scores: {{}}}}
+select: {{per_prompt_cap: 0}}
+train: {{bootstrap_steps: 0, max_steps: 2, per_device_train_batch_size: 4}}
+monitor: {{probe_size: 4, probe_samples: 2, unit: word}}
+""")
+    out = run_cli("run", recipe)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "run"
+    ctx = open_run(run)
+    fmt, tok = ctx.prompt_format, load_tokenizer(ctx.checkpoint(0))
+    assert fmt.system == "Be brief." and fmt.fewshot == (("Q: What is 1 plus 1? Answer in a box.", "\\boxed{2}"),)
+    gen = load_rows(run / "round_01" / "generate" / "data")
+    assert {r["prompt"] for r in gen} <= {f"Q: {r['question']} Answer in a box." for r in rows}
+    assert all(r["source_prompt"].startswith("What is ") for r in gen)  # what decontamination compares
+    text = fmt.texts(tok, [gen[0]["prompt"]])[0]
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQ: What is 1 plus 1?")
+    ids = tokenize_rows([{"prompt": gen[0]["prompt"], "completion": gen[0]["completion"]}], tok, fmt)["input_ids"][0]
+    assert ids[:len(fmt.encode(tok, [gen[0]["prompt"]])[0])] == tok(text, add_special_tokens=False)["input_ids"]
+    assert {r["prompt"] for r in ctx.eval_rows()} == {f"Q: {r['question']} Answer in a box." for r in rows[40:52]}
+    assert {r["prompt"] for r in load_rows(run / "round_01" / "evaluate" / "probe")} <= {r["prompt"] for r in ctx.eval_rows()}
+    result = compare(str(run / "round_00"), str(run / "round_01"))
+    assert result["kl_per_token"]["a_to_b"] >= 0 and "eval/accuracy/id" in result["metrics"]
+
+
+def test_template_naming_a_missing_column_is_an_error(tmp_path):
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"question": "1+1?"}])
+    task = GenericTask(GenericConfig(prompts=prompts, prompt_field="question", prompt_template="{{ problem }}"), 0)
+    with pytest.raises(KeyError, match="'problem' is undefined .*row 0 .*columns: \\['question'\\]"):
+        task.round_prompts(1, [], set())

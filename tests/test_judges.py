@@ -80,7 +80,7 @@ def _scripted_judge(monkeypatch, rule):
     """A deterministic judge model: ``rule(judge_prompt) -> output``, behind the real backend entry point."""
     import selfimprove.generate as gen
 
-    def sample(backend, path, prompts, sampling, seed, batch_size, dtype="float32", desc="", chat=False, options=None):
+    def sample(backend, path, prompts, sampling, seed, batch_size, dtype="float32", desc="", fmt=None, options=None):
         assert sampling.temperature == 0 and sampling.num_samples == 1  # judges decode greedily
         return [[{"completion": rule(p), "finished": True, "num_tokens": 1}] for p in prompts]
 

@@ -21,14 +21,14 @@ def _client(cfg):
                        max_retries=cfg.max_retries, timeout=cfg.timeout_s)
 
 
-async def _one(client, cfg, model: str, prompt: str, sampling, seed: int, gate: asyncio.Semaphore) -> dict:
+async def _one(client, cfg, model: str, prompt: str | list[dict], sampling, seed: int, gate: asyncio.Semaphore) -> dict:
     extra = {"top_k": sampling.top_k} if sampling.top_k else {}
     common = dict(model=model, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                   top_p=sampling.top_p, seed=seed, extra_body=extra or None)
     async with gate:
         try:
             if cfg.api == "chat":
-                out = await client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common)
+                out = await client.chat.completions.create(messages=prompt, **common)
                 choice, text = out.choices[0], out.choices[0].message.content or ""
             else:
                 out = await client.completions.create(prompt=prompt, **common)
@@ -39,7 +39,7 @@ async def _one(client, cfg, model: str, prompt: str, sampling, seed: int, gate: 
     return {"completion": text, "finished": choice.finish_reason == "stop", "num_tokens": tokens, "error": ""}
 
 
-async def _all(cfg, model: str, prompts: list[str], sampling, seed: int) -> list[list[dict]]:
+async def _all(cfg, model: str, prompts: list, sampling, seed: int) -> list[list[dict]]:
     client, gate = _client(cfg), asyncio.Semaphore(cfg.concurrency)
     try:
         jobs = [_one(client, cfg, model, p, sampling, (seed * 1_000_003 + i * 1_009 + j) % 2**31, gate)
@@ -51,6 +51,7 @@ async def _all(cfg, model: str, prompts: list[str], sampling, seed: int) -> list
     return [list(flat[i * n:(i + 1) * n]) for i in range(len(prompts))]
 
 
-def openai_generate(cfg, model_path: str, prompts: list[str], sampling, seed: int) -> list[list[dict]]:
-    """``cfg`` is an OpenAIConfig; the served model name is ``cfg.model``, else the checkpoint path."""
+def openai_generate(cfg, model_path: str, prompts: list, sampling, seed: int) -> list[list[dict]]:
+    """``cfg`` is an OpenAIConfig; the served model name is ``cfg.model``, else the checkpoint path. Each prompt is a
+    text (``api: completions``) or a list of chat messages (``api: chat``)."""
     return asyncio.run(_all(cfg, cfg.model or model_path, prompts, sampling, seed))

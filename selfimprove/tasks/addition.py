@@ -44,6 +44,8 @@ def _operand(rng: np.random.Generator, digits: int) -> int:
 
 class AdditionTask:
     name = "addition"
+    system_prompt = ""
+    fewshot_examples = ()
 
     def __init__(self, cfg, seed: int):
         self.cfg, self.seed = cfg, seed

@@ -54,6 +54,8 @@ def check(prompt: str, completion: str) -> bool:
 
 class CountdownTask:
     name = "countdown"
+    system_prompt = ""
+    fewshot_examples = ()
 
     def __init__(self, cfg, seed: int):
         self.cfg, self.seed = cfg, seed
