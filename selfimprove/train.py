@@ -46,19 +46,14 @@ def build_mixture(seed_rows: list[dict], older: list[dict], newest: list[dict], 
     return [rows[i] for i in rng.permutation(len(rows))]
 
 
-def tokenize_rows(rows: list[dict], tokenizer, chat: bool = False) -> dict:
-    """Batched tokenisation to TRL's processed format: input_ids + completion_mask (prompt 0, completion+EOS 1).
-    With ``chat``, the prompt is the user turn of the chat template, as generation saw it."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        from selfimprove.generate import chat_prompts
+def tokenize_rows(rows: list[dict], tokenizer, fmt=None) -> dict:
+    """Batched tokenisation to TRL's processed format: input_ids + completion_mask (prompt 0, completion+EOS 1). The
+    prompt is encoded by ``fmt`` (selfimprove.prompts), exactly as generation encoded it."""
+    from selfimprove.prompts import PromptFormat, encode_completions
 
-        p = tokenizer(chat_prompts(tokenizer, [r["prompt"] for r in rows]), add_special_tokens=False)["input_ids"]
-    else:
-        p = tokenizer([r["prompt"] for r in rows])["input_ids"]
-    c = tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    return {"input_ids": [a + b + [eos] for a, b in zip(p, c)],
-            "completion_mask": [[0] * len(a) + [1] * (len(b) + 1) for a, b in zip(p, c)]}
+    p = (fmt or PromptFormat()).encode(tokenizer, [r["prompt"] for r in rows])
+    c = encode_completions(tokenizer, [r["completion"] for r in rows])
+    return {"input_ids": [a + b for a, b in zip(p, c)], "completion_mask": [[0] * len(a) + [1] * len(b) for a, b in zip(p, c)]}
 
 
 def grad_accumulation(cfg, world_size: int) -> int:
@@ -95,23 +90,12 @@ def merge_adapter(base: str, adapter: Path, out: Path, dtype: str) -> None:
     shutil.rmtree(adapter)
 
 
-def _sft_config(r, k: int, out: Path, steps: int, accumulation: int):
-    import torch
+def _sft_config(r, k: int, out: Path, steps: int, accumulation: int, parameters: int):
     from trl import SFTConfig
 
-    t = r.train
-    lr = t.round_learning_rate if k > 0 and t.round_learning_rate else t.learning_rate
-    on_cpu = not torch.cuda.is_available()
-    args = dict(
-        output_dir=str(out / "trainer"), max_steps=steps, per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=accumulation, learning_rate=lr, lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
-        save_strategy="no", report_to=[], seed=r.seed + k, data_seed=r.seed + k, use_cpu=on_cpu, bf16=False, fp16=False,
-        gradient_checkpointing=False,  # SFTConfig turns it on by default: pure overhead for small models
-        completion_only_loss=True, max_length=None, dataloader_drop_last=True, disable_tqdm=False,
-    )
-    args.update(t.sft_args)
-    return SFTConfig(**args)
+    from selfimprove.trainer_args import build_args
+
+    return SFTConfig(**build_args(r, k, str(out / "trainer"), steps, accumulation, "sft", parameters))
 
 
 def training_rows(ctx, k: int, n_rows: int) -> list[dict]:
@@ -138,31 +122,23 @@ def training_pairs(ctx, k: int, n_rows: int) -> list[dict]:
     return build_mixture([], older, newest, ctx.recipe.train, n_rows, rng_for(ctx.recipe.seed, MIX_STREAM, k))
 
 
-def _dpo_trainer(r, k, rows, model, tok, out: Path, steps: int, accumulation: int, ref_path: str):
-    import torch
+def _dpo_trainer(ctx, k, rows, model, tok, out: Path, steps: int, accumulation: int, ref_path: str):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from selfimprove.model import load_policy
+    from selfimprove.trainer_args import build_args
 
-    t = r.train
-    args = DPOConfig(
-        output_dir=str(out / "trainer"), max_steps=steps, per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=accumulation, learning_rate=t.round_learning_rate or t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy="no", report_to=[], seed=r.seed + k,
-        data_seed=r.seed + k, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
-        gradient_checkpointing=False, beta=t.dpo.beta, loss_type=[t.dpo.loss_type], max_length=t.dpo.max_length,
-        dataloader_drop_last=True, **t.sft_args)
-    if r.generate.chat_template and getattr(tok, "chat_template", None):  # conversational: TRL applies the template
-        data = Dataset.from_list([{"prompt": [{"role": "user", "content": x["prompt"]}],
-                                   "chosen": [{"role": "assistant", "content": x["chosen"]}],
-                                   "rejected": [{"role": "assistant", "content": x["rejected"]}]} for x in rows])
+    r, fmt = ctx.recipe, ctx.prompt_format
+    args = DPOConfig(**build_args(r, k, str(out / "trainer"), steps, accumulation, "dpo", model.num_parameters()))
+    if fmt.uses_template(tok):  # conversational: TRL applies the chat template, as generation did
+        data = [{"prompt": fmt.messages(x["prompt"]), "chosen": [{"role": "assistant", "content": x["chosen"]}],
+                 "rejected": [{"role": "assistant", "content": x["rejected"]}]} for x in rows]
     else:
-        data = Dataset.from_list([{"prompt": x["prompt"], "chosen": x["chosen"], "rejected": x["rejected"]} for x in rows])
-    ref = None if t.lora.enabled else load_policy(ref_path, r.model.dtype)  # with LoRA, TRL uses the adapter-free base
-    return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
-                      peft_config=_peft_config(t.lora))
+        data = [{"prompt": fmt.plain(x["prompt"]), "chosen": x["chosen"], "rejected": x["rejected"]} for x in rows]
+    ref = None if r.train.lora.enabled else load_policy(ref_path, r.model.dtype)  # with LoRA, TRL uses the adapter-free base
+    return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
+                      peft_config=_peft_config(r.train.lora))
 
 
 def run_train(ctx, k: int) -> None:
@@ -195,10 +171,11 @@ def run_train(ctx, k: int) -> None:
     losses, result = [], None
     if steps and dpo:
         ref = ctx.checkpoint(-1) if r.train.dpo.reference == "base" else ctx.checkpoint(k - 1)
-        trainer = _dpo_trainer(r, k, rows, model, tok, partial, steps, accumulation, ref)
+        trainer = _dpo_trainer(ctx, k, rows, model, tok, partial, steps, accumulation, ref)
     elif steps:
-        dataset = Dataset.from_dict(tokenize_rows(rows, tok, r.generate.chat_template))
-        trainer = SFTTrainer(model=model, args=_sft_config(r, k, partial, steps, accumulation), train_dataset=dataset,
+        dataset = Dataset.from_dict(tokenize_rows(rows, tok, ctx.prompt_format))
+        args = _sft_config(r, k, partial, steps, accumulation, model.num_parameters())
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
                              processing_class=tok, peft_config=_peft_config(r.train.lora))
     if steps:
         result = trainer.train()

@@ -85,15 +85,24 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     return value
 
 
+def did_you_mean(key: str, names) -> str:
+    """" Did you mean 'x'?" for the closest known name, else the list of known names."""
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else f" Known keys: {', '.join(sorted(names))}."
+
+
 def build(cls: type, data: dict, where: str, problems: list[str]):
     """Construct dataclass ``cls`` from a mapping, recording unknown keys and type errors in ``problems``."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    renamed = getattr(cls, "RENAMED", {})  # old key -> new key
     for key in data:
-        if key not in names:
-            close = [n for n in names if n.startswith(str(key)[:3])]
-            hint = f" Did you mean {close[0]!r}?" if close else f" Known keys: {', '.join(sorted(names))}."
-            problems.append(f"{where}.{key}: unknown key.{hint}".lstrip("."))
+        if key in renamed:
+            problems.append(f"{where}.{key} was renamed {where}.{renamed[key]}: rename the key.".lstrip("."))
+        elif key not in names:
+            problems.append(f"{where}.{key}: unknown key.{did_you_mean(str(key), names)}".lstrip("."))
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
