@@ -22,7 +22,7 @@ from selfimprove.filtering import run_filter
 from selfimprove.generate import run_generate
 from selfimprove.judge import run_judge
 from selfimprove.monitor import run_monitor
-from selfimprove.rundir import RunContext, atomic_stage, dist_rank_world, is_done, save_rows
+from selfimprove.rundir import LAUNCHED_ENV, RunContext, atomic_stage, in_launched_job, is_done, save_rows
 from selfimprove.selection import run_select
 from selfimprove.tasks import rng_for
 from selfimprove.train import run_train
@@ -59,22 +59,28 @@ def open_run(run_dir: str | Path) -> RunContext:
     return RunContext(recipe_from_dict(yaml.safe_load(path.read_text())), run_dir)
 
 
-def start_run(recipe, allow_recipe_change: bool = False) -> RunContext:
+# Where things are, not what they do: a run may move, and a server may move, without changing a sample.
+LOCATION_KEYS = ("rounds:", "output_dir:", "generate.openai.base_url:", "judge.llm.openai.base_url:")
+
+
+def start_run(recipe, allow_recipe_change: bool = False, note: str = "") -> RunContext:
     """Create the run directory, or check that an existing one was made by the same recipe.
 
-    ``rounds`` may grow (extending a run) and ``output_dir`` may differ (a moved run directory)."""
+    ``rounds`` may grow (extending a run), and ``output_dir`` and server URLs may differ (a moved run directory or
+    server). ``note`` becomes the saved recipe's comment header (e.g. the --smoke substitutions)."""
     run_dir = Path(recipe.output_dir)
     saved = run_dir / "recipe.yaml"
     new = recipe_to_dict(recipe)
     if saved.exists():
-        changes = [c for c in _diff(yaml.safe_load(saved.read_text()), new) if not c.startswith(("rounds:", "output_dir:"))]
+        changes = [c for c in _diff(yaml.safe_load(saved.read_text()), new) if not c.startswith(LOCATION_KEYS)]
         if changes and not allow_recipe_change:
             raise RecipeMismatch(
                 f"{run_dir} was started with a different recipe:\n  " + "\n  ".join(changes)
                 + "\nResume with the original recipe, choose a new output_dir, or pass --allow-recipe-change to continue anyway.")
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = saved.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(new, sort_keys=False))
+    header = "".join(f"# {line}\n" for line in note.splitlines())
+    tmp.write_text(header + yaml.safe_dump(new, sort_keys=False))
     os.replace(tmp, saved)
     return RunContext(recipe, run_dir)
 
@@ -120,7 +126,7 @@ def launch(ctx: RunContext, k: int, name: str, config: str) -> None:
     entry = ["-m", "selfimprove.train"] if name == "train" else ["-m", "selfimprove", "stage", name]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *entry, str(ctx.run_dir), "--round", str(k)]
     logger.info("launching: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: name})
 
 
 def run_stage(ctx: RunContext, k: int, name: str) -> bool:
@@ -128,7 +134,7 @@ def run_stage(ctx: RunContext, k: int, name: str) -> bool:
     if is_done(ctx.stage(k, name)):
         return False
     logger.info("round %d: %s", k, name)
-    nested = dist_rank_world()[1] > 1  # already one rank of an accelerate job: run here
+    nested = in_launched_job()  # this process is the launched job: run here, never launch again
     if name == "train" and ctx.recipe.train.launcher == "accelerate" and not nested:
         launch(ctx, k, name, ctx.recipe.train.accelerate_config)
     elif name in SHARDED_STAGES and ctx.recipe.generate.accelerate_config and not nested:
@@ -152,11 +158,11 @@ def summary_line(m: dict) -> str:
     return " | ".join(parts)
 
 
-def run_loop(recipe, allow_recipe_change: bool = False) -> list[dict]:
+def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[dict]:
     """Run (or resume) the whole loop; return metrics.jsonl's rows."""
     from selfimprove.rundir import read_json, rebuild_metrics
 
-    ctx = start_run(recipe, allow_recipe_change)
+    ctx = start_run(recipe, allow_recipe_change, note)
     setup(ctx)
     for k in range(recipe.rounds + 1):
         for name in (ROUND0_STAGES if k == 0 else STAGES):

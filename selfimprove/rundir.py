@@ -88,6 +88,16 @@ def atomic_stage(final: str | Path, meta: dict | None = None):
     barrier()
 
 
+LAUNCHED_ENV = "SELFIMPROVE_LAUNCHED"  # set by the orchestrator for the jobs it launches (selfimprove.loop.launch)
+
+
+def in_launched_job() -> bool:
+    """True inside a job the orchestrator (or a user, with ``selfimprove stage --launched``) launched for one stage:
+    the stage runs in this process instead of launching itself again. An explicit marker, because a 1-process
+    accelerate job looks exactly like a plain process."""
+    return bool(os.environ.get(LAUNCHED_ENV))
+
+
 def dist_rank_world() -> tuple[int, int]:
     """(rank, world size) of an initialised torch.distributed group, else (0, 1). Never initialises one."""
     import sys
@@ -166,6 +176,14 @@ class RunContext:
 
     def stage(self, k: int, name: str) -> Path:
         return stage_dir(self.run_dir, k, name)
+
+    @property
+    def prompt_format(self):
+        """How every prompt of this run becomes the policy's input (selfimprove.prompts)."""
+        from selfimprove.prompts import PromptFormat
+
+        return PromptFormat(chat=self.recipe.generate.chat_template, system=self.task.system_prompt,
+                            fewshot=self.task.fewshot_examples)
 
     def checkpoint(self, k: int) -> str:
         """The policy that round k trains into; round k generates from checkpoint(k - 1)."""

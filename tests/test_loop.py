@@ -161,11 +161,17 @@ def test_stage_command_redoes_one_stage_identically(finished_run, tmp_path):
     assert out.returncode == 2 and "not a run directory" in out.stderr
 
 
-def test_loop_launches_training_with_accelerate(tmp_path):
+def test_every_stage_launched_as_a_one_process_accelerate_job(finished_run, tmp_path):
+    """With 1-process accelerate configs for training and for the sharded stages, each of those stages is launched
+    exactly once (the launched job knows from the explicit marker that it is the job) and the run equals the
+    in-process one."""
     run = tmp_path / "launched"
-    out = run_cli("run", TINY_RECIPE, "--output_dir", run, "--rounds", "1", "--train.launcher", "accelerate",
-                  "--train.accelerate_config", REPO / "accelerate_configs" / "single_process.yaml")
+    single = REPO / "accelerate_configs" / "single_process.yaml"
+    out = run_cli("run", TINY_RECIPE, "--output_dir", run, "--rounds", 1, "--train.launcher", "accelerate",
+                  "--train.accelerate_config", single, "--generate.accelerate_config", single)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "accelerate.commands.launch" in out.stderr
+    launched = [line for line in out.stderr.splitlines() if "launching:" in line]
+    assert len(launched) == 6  # round 0: train, evaluate; round 1: generate, judge, train, evaluate
     assert [m["round"] for m in _metrics(run)] == [0, 1]
     assert json.loads((run / "round_01" / "train" / "meta.json").read_text())["world_size"] == 1
+    assert _strip_times(_metrics(run)) == _strip_times(_metrics(finished_run)[:2])
