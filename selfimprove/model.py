@@ -30,20 +30,26 @@ def build_char_tokenizer(alphabet: str):
     )
 
 
-def build_bootstrap_model(cfg, tokenizer, seed: int):
-    """A randomly initialised Llama; 'nope' sets an infinite RoPE base as Lee et al. do."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def bootstrap_config(cfg, tokenizer):
+    """The LlamaConfig of ``model.bootstrap``; 'nope' sets an infinite RoPE base as Lee et al. do."""
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size or 4 * cfg.hidden_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
         max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
         rope_theta=float("inf") if cfg.positional == "nope" else cfg.rope_theta,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
+
+
+def build_bootstrap_model(cfg, tokenizer, seed: int):
+    """A randomly initialised Llama from ``bootstrap_config``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(bootstrap_config(cfg, tokenizer))
 
 
 def prepare_base_model(recipe, task, out_dir: Path) -> dict:

@@ -7,9 +7,59 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# Compiled DeepSpeed ops are cached here between runs (the first compile takes about a minute).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "selfimprove-torch-extensions"))
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO / "tests" / "tiny_addition.yaml"
+
+
+def pytest_configure(config):
+    # --smoke assets (tiny stand-in models, local datasets) are built once per test session, in a fresh folder, unless
+    # SELFIMPROVE_SMOKE_CACHE names one to reuse. CLI subprocesses inherit it.
+    if "SELFIMPROVE_SMOKE_CACHE" not in os.environ:
+        import tempfile
+
+        os.environ["SELFIMPROVE_SMOKE_CACHE"] = tempfile.mkdtemp(prefix="selfimprove-smoke-")
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    """Local text for training a BPE tokenizer: GSM8K- and UltraFeedback-shaped rows, a few hundred KB."""
+    import numpy as np
+
+    from selfimprove.smoke.data import gsm8k_row, ultrafeedback_row
+
+    rng = np.random.default_rng(0)
+    rows = [gsm8k_row(rng) for _ in range(1500)]
+    texts = [r["question"] + "\n" + r["answer"] for r in rows]
+    texts += [u["prompt"] + "\n" + u["chosen"][-1]["content"] for u in (ultrafeedback_row(rng) for _ in range(1500))]
+    assert sum(map(len, texts)) > 200_000
+    return texts
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer(corpus):
+    from selfimprove.tiny_models import build_bpe_tokenizer
+
+    return build_bpe_tokenizer(corpus, vocab_size=1024)
+
+
+@pytest.fixture(scope="session")
+def tiny_real(tmp_path_factory, bpe_tokenizer):
+    """``tiny_real(model_type, classifier=False)``: a save_pretrained folder of a tiny random model of that class."""
+    from selfimprove.tiny_models import build_tiny_model
+
+    made: dict = {}
+
+    def make(model_type: str, classifier: bool = False) -> str:
+        key = (model_type, classifier)
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"{model_type}{'-rm' if classifier else ''}")
+            made[key] = str(build_tiny_model(model_type, bpe_tokenizer, out, classifier=classifier))
+        return made[key]
+
+    return make
 
 
 @pytest.fixture

@@ -45,21 +45,45 @@ def test_openai_backend_against_a_real_server(server, tiny_policy):
     assert out[0][0]["completion"] == direct[0][0]["completion"]
 
 
-def test_openai_chat_api_and_llm_judge_through_the_server(server, tiny_policy):
+def test_openai_chat_api_applies_the_served_model_chat_template(tiny_real):
+    """Chat messages (system prompt and few-shot turns included) through the server give exactly what the HF backend
+    gives for the same rendering and seed."""
     pytest.importorskip("openai")
-    from selfimprove.config import AdditionConfig, JudgeConfig, LLMJudgeConfig
-    from selfimprove.judge import JudgeEnv, judge_rows
-    from selfimprove.tasks.addition import AdditionTask
+    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.prompts import PromptFormat
+    from openai_server import Server
 
-    out = sample("openai", tiny_policy, ["12+3="], Sampling(1, 0.0, max_new_tokens=4), 0, 8, options=_options(server, api="chat"))
-    assert out[0][0]["error"] == "" and isinstance(out[0][0]["completion"], str)
-    cfg = JudgeConfig(judges=["llm"], llm=LLMJudgeConfig(model="tiny", backend="openai", max_new_tokens=6,
-                                                         openai=OpenAIConfig(base_url=server.url, concurrency=2)))
-    rows = [{"prompt_id": "p", "prompt": "1+1=", "completion": c, "finished": True, "reference": "", "sample_idx": i,
-             "num_tokens": 1, "round": 1} for i, c in enumerate(["20", "30"])]
-    judged, records = judge_rows(JudgeEnv(AdditionTask(AdditionConfig(), 0), cfg), rows)
-    assert [r["judge_unparsed"] for r in judged] == ["llm", "llm"]  # a random tiny judge writes no verdict: counted
-    assert len(records["llm"]) == 2
+    path = tiny_real("qwen2")
+    fmt = PromptFormat(chat=True, system="Be brief.", fewshot=(("1+1?", "2"),))
+    sampling = Sampling(1, 0.9, max_new_tokens=6)
+    with Server(path) as server:
+        out = sample("openai", path, ["2+2?"], sampling, 5, 8, fmt=fmt, options=_options(server, api="chat"))
+    tok = load_tokenizer(path)
+    direct = hf_generate(load_policy(path), tok, fmt.texts(tok, ["2+2?"]), sampling, (5 * 1_000_003) % 2**31, 1,
+                         add_special_tokens=False)
+    assert out[0][0]["error"] == "" and out[0][0]["completion"] == direct[0][0]["completion"]
+
+
+def test_llm_judge_gets_parsed_verdicts_from_a_served_judge():
+    """The --smoke judge stand-in behind the loopback server (as `vllm serve` would serve a judge): every verdict
+    parses, and a good answer outscores a bad one."""
+    pytest.importorskip("openai")
+    from selfimprove.config import GenericConfig, JudgeConfig, LLMJudgeConfig
+    from selfimprove.judge import JudgeEnv, judge_rows
+    from selfimprove.smoke import assets
+    from selfimprove.smoke.server import LoopbackServer
+    from selfimprove.tasks.generic import GenericTask
+
+    prompt = "Describe the sea in one sentence."
+    answers = ["The sea is calm and lovely. A short note: enjoy the sea every day.", "I don't know."]
+    rows = [{"prompt_id": "p", "prompt": prompt, "completion": c, "finished": True, "reference": "", "sample_idx": i,
+             "num_tokens": 1, "round": 1} for i, c in enumerate(answers)]
+    with LoopbackServer(str(assets.model_folder("qwen2", "judge")), name="judge") as server:
+        cfg = JudgeConfig(judges=["llm"], llm=LLMJudgeConfig(model="judge", backend="openai", max_new_tokens=8,
+                                                             openai=OpenAIConfig(base_url=server.url, api="chat")))
+        judged, records = judge_rows(JudgeEnv(GenericTask(GenericConfig(), 0), cfg), rows)
+    assert [r["judge_unparsed"] for r in judged] == ["", ""] and len(records["llm"]) == 2
+    assert judged[0]["score_llm"] > judged[1]["score_llm"]
 
 
 def test_vllm_backend_reports_a_missing_engine_clearly(tiny_policy):

@@ -2,8 +2,6 @@
 DeepSpeed ZeRO-2 and ZeRO-3, generation sharded across ranks, and every shipped accelerate config validated."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import yaml
@@ -11,8 +9,6 @@ import yaml
 from conftest import REPO, TINY_RECIPE, run_cli
 
 CONFIGS = sorted((REPO / "accelerate_configs").rglob("*.yaml"))
-# Compiled DeepSpeed ops are cached here between runs (the first compile takes about a minute).
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "selfimprove-torch-extensions"))
 
 
 def test_every_accelerate_config_is_valid_and_says_how_to_launch_it():
