@@ -12,6 +12,9 @@ from selfimprove.config import Recipe, load_recipe
 from selfimprove.typed_yaml import ConfigError, add_override_arguments, collect_overrides
 
 STAGE_NAMES = ("generate", "judge", "filter", "select", "train", "evaluate", "monitor")
+SMOKE_HELP = ("Run the recipe shrunk, on this machine, with no hub access: tiny models of the same architecture, local "
+              "stand-ins for hub datasets, CPU twins of GPU settings, a loopback server for any served judge "
+              "(selfimprove.smoke lists every substitution; the run's recipe.yaml records them).")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -21,12 +24,24 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="Recipe YAML (see recipes/).")
     run.add_argument("--allow-recipe-change", action="store_true", help="Resume a run directory even though its saved recipe differs.")
     run.add_argument("--log-level", default="INFO", help="Python logging level.")
+    run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     add_override_arguments(run, Recipe)
+    chk = sub.add_parser("check", help="Preflight a recipe: resolve models, data, configs and servers; print the plan.",
+                         description="Checks everything a run needs without training or generating anything; exits 0 "
+                                     "only when there is no problem.")
+    chk.add_argument("recipe", help="Recipe YAML (see recipes/).")
+    chk.add_argument("--smoke", action="store_true", help="Check the recipe as --smoke would run it. " + SMOKE_HELP)
+    chk.add_argument("--json", default=None, help="Also write the report (problems, facts, example prompts, plan) here.")
+    chk.add_argument("--log-level", default="WARNING", help="Python logging level.")
+    add_override_arguments(chk, Recipe)
     stage = sub.add_parser("stage", help="Run one stage of one round on an existing run directory.")
     stage.add_argument("name", choices=STAGE_NAMES, help="Stage to run.")
     stage.add_argument("run_dir", help="Run directory made by 'selfimprove run'.")
     stage.add_argument("--round", type=int, required=True, help="Round number (0 is the bootstrap round).")
     stage.add_argument("--force", action="store_true", help="Redo the stage even if it is marked done.")
+    stage.add_argument("--launched", action="store_true",
+                       help="This process is already the launched job (e.g. started by hand with 'accelerate launch'): "
+                            "run the stage here even if the recipe names an accelerate config for it.")
     stage.add_argument("--log-level", default="INFO", help="Python logging level.")
     mon = sub.add_parser("monitor", help="Recompute every completed round's metrics and metrics.jsonl of a run.")
     mon.add_argument("run_dir", help="Run directory.")
@@ -59,6 +74,29 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(message)s", handlers=handlers)
 
 
+def _check(args) -> int:
+    import contextlib
+    import dataclasses
+    import json
+
+    from selfimprove.check import check_recipe, print_report
+
+    recipe = load_recipe(args.recipe, collect_overrides(args), smoke=args.smoke)
+    if args.smoke:
+        from selfimprove.smoke import serving
+
+        context = serving(recipe)
+    else:
+        context = contextlib.nullcontext(recipe)
+    with context:
+        report = check_recipe(recipe)
+    print_report(report)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dataclasses.asdict(report), fh, indent=2)
+    return 2 if report.problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     _setup_logging(args.log_level)
@@ -66,10 +104,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "run":
-            recipe = load_recipe(args.recipe, collect_overrides(args))
-            loop.run_loop(recipe, args.allow_recipe_change)
+            notes: list[str] = []
+            recipe = load_recipe(args.recipe, collect_overrides(args), smoke=args.smoke, notes=notes)
+            if args.smoke:
+                from selfimprove.smoke import serving
+
+                with serving(recipe):
+                    loop.run_loop(recipe, args.allow_recipe_change, "--smoke substitutions:\n" + "\n".join(notes))
+            else:
+                loop.run_loop(recipe, args.allow_recipe_change)
+        elif args.command == "check":
+            return _check(args)
         elif args.command == "stage":
-            from selfimprove.rundir import barrier, dist_rank_world
+            from selfimprove.rundir import LAUNCHED_ENV, barrier, dist_rank_world
+
+            if args.launched:
+                os.environ[LAUNCHED_ENV] = args.name
 
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch: join the process group
                 import torch

