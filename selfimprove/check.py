@@ -10,6 +10,7 @@ disk). Every problem comes with its fix; the exit status is 0 only when there is
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -18,6 +19,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from selfimprove.errors import UserError
 
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 SERVER_TIMEOUT_S = 10
@@ -119,12 +122,16 @@ def check_accelerate(path: str, where: str, report: Report) -> int:
         return 1
     try:
         from accelerate.commands.config.config_args import ClusterConfig
+        from accelerate.utils import DistributedType
 
         cfg = ClusterConfig.from_yaml_file(path)
-    except Exception as err:
+        kind = DistributedType(cfg.distributed_type)
+        if not isinstance(cfg.num_processes, int) or cfg.num_processes < 1:
+            raise ValueError(f"num_processes={cfg.num_processes!r}")
+    except Exception as err:  # accelerate validates little itself: a wrong type surfaces anywhere
         report.problems.append(f"{where}={path!r} is not a valid accelerate config ({err}). Start from accelerate_configs/.")
         return 1
-    report.facts.append(f"{where}: {path}: {cfg.distributed_type.value}, {cfg.num_processes} processes on "
+    report.facts.append(f"{where}: {path}: {kind.value}, {cfg.num_processes} processes on "
                         f"{cfg.num_machines} machine(s)")
     return cfg.num_processes
 
@@ -132,12 +139,13 @@ def check_accelerate(path: str, where: str, report: Report) -> int:
 def check_batch(recipe, world: int, report: Report) -> int:
     """Sequences per optimizer step for ``world`` processes (0 when the arithmetic does not work)."""
     from selfimprove.train import grad_accumulation
+    from selfimprove.typed_yaml import ConfigError
 
     t = recipe.train
     try:
         accumulation = grad_accumulation(t, world)
-    except ValueError as err:
-        report.problems.append(str(err))
+    except ConfigError as err:
+        report.problems += err.problems
         return 0
     global_batch = t.per_device_train_batch_size * accumulation * world
     report.facts.append(f"train: global batch {global_batch} = {t.per_device_train_batch_size} per device x "
@@ -185,7 +193,7 @@ def check_judges(ctx, policy_tok, report: Report) -> None:
     for name in llm:
         try:
             load_template(cfg.llm.template, "pointwise" if name == "llm" else "pairwise")
-        except FileNotFoundError as err:
+        except UserError as err:
             report.problems.append(str(err))
     if llm and cfg.llm.backend == "openai":
         check_server(cfg.llm.openai, cfg.llm.openai.model or (r.model.path if cfg.llm.model == "policy" else cfg.llm.model),
@@ -208,15 +216,48 @@ def check_judges(ctx, policy_tok, report: Report) -> None:
                                    "model has 1 (a scalar) or 2 (P(label 1) is the score).")
 
 
-def _samples_prompts(ctx, report: Report) -> tuple[list[dict], list[dict]]:
-    """(round-1 prompts, eval rows) as the task makes them, or empty lists after recording why they could not be."""
+def task_rows(ctx, report: Report) -> tuple[list[dict], list[dict], list[dict]]:
+    """(round-1 prompts, eval rows, seed rows) as the task makes them, or empty lists after recording why not."""
+    from selfimprove.tasks import prompt_key
+
     try:
         evals = ctx.task.eval_sets()
-        prompts = ctx.task.round_prompts(1, [], {e["prompt"] for e in evals}) if ctx.recipe.rounds else []
-        return prompts, evals
-    except Exception as err:  # a data file that does not load or lacks a column: the task says which
-        report.problems.append(f"task.{ctx.recipe.task.name}: {err}")
-        return [], []
+        prompts = ctx.task.round_prompts(1, [], {prompt_key(e["prompt"]) for e in evals}) if ctx.recipe.rounds else []
+        return prompts, evals, ctx.task.seed_data()
+    except UserError as err:  # a data file that does not load, lacks a column or holds empty values: the task says which
+        report.problems.append(str(err))
+        return [], [], []
+
+
+def check_alphabet(tok, rows: list[dict], from_scratch: bool, report: Report) -> None:
+    """Characters the tokenizer can only encode as its unknown token (a character tokenizer's alphabet is fixed)."""
+    if tok.unk_token_id is None:
+        return  # byte-level tokenizers encode everything
+    texts = [r[key] for r in rows for key in ("prompt", "completion") if r.get(key)]
+    unknown = sorted(c for c in {c for t in texts for c in t} if tok.unk_token_id in tok(c, add_special_tokens=False)["input_ids"])
+    if not unknown:
+        return
+    first = next(r for r in rows if any(c in r.get("prompt", "") + r.get("completion", "") for c in unknown))
+    where = f"{first.get('prompt_id', '?')}: {first['prompt'][:60]!r}"
+    fix = ("A from-scratch model's alphabet comes from the task (the generic task: the seed data's characters): add "
+           "them to the seed data or remove them from the data." if from_scratch else
+           "Remove them from the data, or use a model whose tokenizer covers them.")
+    report.problems.append(f"the data holds characters the model's tokenizer cannot encode: {''.join(unknown[:20])!r} "
+                           f"(first in {where}). {fix}")
+
+
+def extra_metric_problems(path: str) -> list[str]:
+    """monitor.extra_metrics entries must be 'module:function' with the module importable and the function there."""
+    import importlib
+
+    module, _, func = path.partition(":")
+    if not module or not func:
+        return [f"monitor.extra_metrics: {path!r} is not 'module:function'. Write it as e.g. 'my_metrics:score'."]
+    try:
+        found = hasattr(importlib.import_module(module), func)
+    except ImportError as err:
+        return [f"monitor.extra_metrics: {path!r}: module {module!r} does not import ({err}). Put it on PYTHONPATH."]
+    return [] if found else [f"monitor.extra_metrics: {path!r}: {module} has no {func}."]
 
 
 def check_lengths(ctx, config, tok, prompts: list[dict], evals: list[dict], report: Report) -> dict:
@@ -269,21 +310,27 @@ def check_recipe(recipe) -> Report:
         check_vllm(r.generate.vllm.python, "generate", report)
     if r.generate.backend == "openai":
         check_server(r.generate.openai, r.generate.openai.model or (r.model.path or ""), "generate", report)
+    for tracker in ("tensorboard", "wandb"):
+        if tracker in r.monitor.report_to and importlib.util.find_spec(tracker) is None:
+            report.problems.append(f"monitor.report_to has {tracker!r} but it is not installed: pip install {tracker}.")
+    for path in r.monitor.extra_metrics:
+        report.problems += extra_metric_problems(path)
     if r.monitor.embedding:
         try:
             from selfimprove.embedding import embedder_path
 
             embedder_path(r.monitor.embedder)
-        except (ImportError, FileNotFoundError) as err:
+        except UserError as err:
             report.problems.append(str(err))
     world = check_accelerate(r.train.accelerate_config, "train.accelerate_config", report) if r.train.launcher == "accelerate" else 1
     if r.generate.accelerate_config:
         check_accelerate(r.generate.accelerate_config, "generate.accelerate_config", report)
     global_batch = check_batch(r, world, report)
-    prompts, evals = _samples_prompts(ctx, report)
-    if tok is None:
+    prompts, evals, seeds = task_rows(ctx, report)
+    if tok is None or not (prompts or evals):
         return report
-    lengths = check_lengths(ctx, config, tok, prompts, evals, report)
+    check_alphabet(tok, prompts + evals + seeds, r.model.path is None, report)
+    lengths = check_lengths(ctx, config, tok, prompts + seeds, evals, report)
     # decoded from the very token ids the policy gets: special tokens (BOS, chat markers) included
     report.examples = [tok.decode(ids) for ids in ctx.prompt_format.encode(tok, [p["prompt"] for p in (prompts or evals)[:2]])]
     params = _parameters(config)

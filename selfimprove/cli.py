@@ -1,5 +1,9 @@
-"""``selfimprove`` command line: run the loop, run one stage, recompute a run's metrics, compare two checkpoints,
-or write a run's HTML report."""
+"""``selfimprove`` command line: run the loop, check a recipe, run one stage, recompute a run's metrics, verify a
+run's integrity, compare two checkpoints, or write a run's HTML report.
+
+A problem the user can fix (selfimprove.errors.UserError: a recipe, a data file, a run directory) prints one message
+and exits 2. Anything else prints one line saying what failed and where its traceback was written, and exits 1.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +13,29 @@ import os
 import sys
 
 from selfimprove.config import Recipe, load_recipe
-from selfimprove.typed_yaml import ConfigError, add_override_arguments, collect_overrides
+from selfimprove.errors import UserError
+from selfimprove.typed_yaml import add_override_arguments, collect_overrides
 
 STAGE_NAMES = ("generate", "judge", "filter", "select", "train", "evaluate", "monitor")
+TRUST_HELP = ("Run the interpreters (generate.vllm.python, judge.llm.vllm.python) and modules (monitor.extra_metrics) "
+              "this run's recipe names; without it, a run directory whose recipe names any is refused.")
 SMOKE_HELP = ("Run the recipe shrunk, on this machine, with no hub access: tiny models of the same architecture, local "
               "stand-ins for hub datasets, CPU twins of GPU settings, a loopback server for any served judge "
               "(selfimprove.smoke lists every substitution; the run's recipe.yaml records them).")
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selfimprove", description="Self-improvement training loops: generate, judge, filter, select, train, evaluate, monitor.")
+    parser = argparse.ArgumentParser(prog="selfimprove", allow_abbrev=False,
+                                     description="Self-improvement training loops: generate, judge, filter, select, train, evaluate, monitor.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="Run or resume a recipe.", description="Run a recipe; rerunning on an existing run directory resumes it.")
+    add = lambda name, **kw: sub.add_parser(name, allow_abbrev=False, **kw)  # noqa: E731  (no --prefix guessing)
+    run = add("run", help="Run or resume a recipe.", description="Run a recipe; rerunning on an existing run directory resumes it.")
     run.add_argument("recipe", help="Recipe YAML (see recipes/).")
     run.add_argument("--allow-recipe-change", action="store_true", help="Resume a run directory even though its saved recipe differs.")
     run.add_argument("--log-level", default="INFO", help="Python logging level.")
     run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     add_override_arguments(run, Recipe)
-    chk = sub.add_parser("check", help="Preflight a recipe: resolve models, data, configs and servers; print the plan.",
+    chk = add("check", help="Preflight a recipe: resolve models, data, configs and servers; print the plan.",
                          description="Checks everything a run needs without training or generating anything; exits 0 "
                                      "only when there is no problem.")
     chk.add_argument("recipe", help="Recipe YAML (see recipes/).")
@@ -34,27 +43,36 @@ def make_parser() -> argparse.ArgumentParser:
     chk.add_argument("--json", default=None, help="Also write the report (problems, facts, example prompts, plan) here.")
     chk.add_argument("--log-level", default="WARNING", help="Python logging level.")
     add_override_arguments(chk, Recipe)
-    stage = sub.add_parser("stage", help="Run one stage of one round on an existing run directory.")
+    stage = add("stage", help="Run one stage of one round on an existing run directory.")
     stage.add_argument("name", choices=STAGE_NAMES, help="Stage to run.")
     stage.add_argument("run_dir", help="Run directory made by 'selfimprove run'.")
     stage.add_argument("--round", type=int, required=True, help="Round number (0 is the bootstrap round).")
-    stage.add_argument("--force", action="store_true", help="Redo the stage even if it is marked done.")
+    stage.add_argument("--force", action="store_true", help="Redo the stage even if it is marked done (the finished one "
+                                                            "is replaced only when the new one is finished).")
+    stage.add_argument("--trust-recipe", action="store_true", help=TRUST_HELP)
     stage.add_argument("--launched", action="store_true",
                        help="This process is already the launched job (e.g. started by hand with 'accelerate launch'): "
                             "run the stage here even if the recipe names an accelerate config for it.")
     stage.add_argument("--log-level", default="INFO", help="Python logging level.")
-    mon = sub.add_parser("monitor", help="Recompute every completed round's metrics and metrics.jsonl of a run.")
+    mon = add("monitor", help="Recompute every completed round's metrics and metrics.jsonl of a run.")
     mon.add_argument("run_dir", help="Run directory.")
+    mon.add_argument("--trust-recipe", action="store_true", help=TRUST_HELP)
+    ver = add("verify", help="Check every finished stage's files and inputs against its DONE record.",
+              description="Hashes every file of every finished stage; names each damaged or stale stage and the "
+                          "command that redoes it. Exits 1 when it finds a problem.")
+    ver.add_argument("run_dir", help="Run directory.")
+    ver.add_argument("--log-level", default="WARNING", help="Python logging level.")
     mon.add_argument("--log-level", default="INFO", help="Python logging level.")
-    cmp_ = sub.add_parser("compare", help="Compare two checkpoints on one run's eval and probe sets.",
+    cmp_ = add("compare", help="Compare two checkpoints on one run's eval and probe sets.",
                           description="A and B: round folders (runs/x/round_02) or save_pretrained folders.")
     cmp_.add_argument("a", help="Baseline checkpoint: a round folder or a save_pretrained folder.")
     cmp_.add_argument("b", help="Checkpoint compared against A.")
     cmp_.add_argument("--run", default=None, help="Run directory whose task, eval/probe sets, sampling and judges to use (default: A's run).")
     cmp_.add_argument("--json", default=None, help="Also write the full result (metrics, win-rate, KL, samples) to this JSON file.")
     cmp_.add_argument("--samples", type=int, default=5, help="Side-by-side samples for the prompts where A and B differ most.")
+    cmp_.add_argument("--trust-recipe", action="store_true", help=TRUST_HELP)
     cmp_.add_argument("--log-level", default="WARNING", help="Python logging level.")
-    rep = sub.add_parser("report", help="Write a self-contained HTML report (and PNG plots) of one or more runs.")
+    rep = add("report", help="Write a self-contained HTML report (and PNG plots) of one or more runs.")
     rep.add_argument("run_dirs", nargs="+", help="Run directories; several are overlaid.")
     rep.add_argument("--out", default=None, help="Output folder (default: RUN_DIR/report of the first run).")
     rep.add_argument("--log-level", default="INFO", help="Python logging level.")
@@ -71,7 +89,7 @@ def _setup_logging(level: str) -> None:
         handlers = [RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)]
     except ImportError:  # rich is optional
         handlers = [logging.StreamHandler()]
-    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=handlers)
+    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=handlers, force=True)
 
 
 def _check(args) -> int:
@@ -97,63 +115,131 @@ def _check(args) -> int:
     return 2 if report.problems else 0
 
 
+def _run(args) -> int:
+    from selfimprove import loop
+
+    notes: list[str] = []
+    recipe = load_recipe(args.recipe, collect_overrides(args), smoke=args.smoke, notes=notes)
+    if args.smoke:
+        from selfimprove.smoke import serving
+
+        with serving(recipe):
+            loop.run_loop(recipe, args.allow_recipe_change, "--smoke substitutions:\n" + "\n".join(notes))
+    else:
+        loop.run_loop(recipe, args.allow_recipe_change)
+    return 0
+
+
+def _stage(args) -> int:
+    import contextlib
+
+    from selfimprove import loop
+    from selfimprove.rundir import LAUNCHED_ENV, dist_rank_world, in_launched_job
+    from selfimprove.runlock import run_lock
+    from selfimprove.runs import open_run
+
+    if args.launched:
+        os.environ[LAUNCHED_ENV] = args.name
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch: join the process group
+        import torch
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+    ctx = open_run(args.run_dir, trust=args.trust_recipe)
+    # a job the orchestrator launched runs under its lock; a stage started by hand takes the run's lock itself
+    lock = contextlib.nullcontext() if in_launched_job() or dist_rank_world()[1] > 1 else run_lock(ctx.run_dir, "stage")
+    with lock:
+        if not loop.run_stage(ctx, args.round, args.name, force=args.force):
+            logging.getLogger("selfimprove").info("round %d %s is already done (use --force to redo it)", args.round, args.name)
+    return 0
+
+
+def _monitor(args) -> int:
+    from selfimprove import loop
+    from selfimprove.monitor import run_monitor
+    from selfimprove.rundir import is_done, round_numbers
+    from selfimprove.runlock import run_lock
+    from selfimprove.runs import open_run
+
+    ctx = open_run(args.run_dir, trust=args.trust_recipe)
+    with run_lock(ctx.run_dir, "monitor"):
+        for k in round_numbers(ctx.run_dir):
+            if is_done(ctx.stage(k, "evaluate")):
+                logging.getLogger("selfimprove").info(loop.summary_line(run_monitor(ctx, k)))
+    return 0
+
+
+def _verify(args) -> int:
+    from selfimprove.verify import verify_run
+
+    checked, problems = verify_run(args.run_dir)
+    for problem in problems:
+        print(problem)
+    print(f"{checked} finished stages checked: " + (f"{len(problems)} problem(s)" if problems else "all intact"))
+    return 1 if problems else 0
+
+
+def _compare(args) -> int:
+    from selfimprove.compare import compare, print_table, write_json
+
+    result = compare(args.a, args.b, args.run, args.samples, trust=args.trust_recipe)
+    print_table(result)
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+def _report(args) -> int:
+    from selfimprove.report import write_report
+
+    print(write_report(args.run_dirs, args.out))
+    return 0
+
+
+COMMANDS = {"run": _run, "check": _check, "stage": _stage, "monitor": _monitor, "verify": _verify, "compare": _compare,
+            "report": _report}
+
+
+def _traceback_log(args) -> str:
+    """Write the current exception's traceback into the run's logs/ (else a temporary file); return the path."""
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    run = getattr(args, "run_dir", None)
+    if run is None and getattr(args, "recipe", None):
+        try:
+            run = load_recipe(args.recipe, collect_overrides(args), smoke=getattr(args, "smoke", False)).output_dir
+        except Exception:  # the recipe itself may be what failed
+            run = None
+    logs = Path(run) / "logs" if run and Path(run, "recipe.yaml").exists() else None
+    try:
+        if logs is not None:
+            logs.mkdir(exist_ok=True)
+            path = logs / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        else:
+            path = Path(tempfile.mkstemp(prefix="selfimprove-error-", suffix=".log")[1])
+        path.write_text(f"selfimprove {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+        return str(path)
+    except OSError:
+        return "(could not be written: the traceback follows)\n" + traceback.format_exc()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     _setup_logging(args.log_level)
-    from selfimprove import loop
-
     try:
-        if args.command == "run":
-            notes: list[str] = []
-            recipe = load_recipe(args.recipe, collect_overrides(args), smoke=args.smoke, notes=notes)
-            if args.smoke:
-                from selfimprove.smoke import serving
-
-                with serving(recipe):
-                    loop.run_loop(recipe, args.allow_recipe_change, "--smoke substitutions:\n" + "\n".join(notes))
-            else:
-                loop.run_loop(recipe, args.allow_recipe_change)
-        elif args.command == "check":
-            return _check(args)
-        elif args.command == "stage":
-            from selfimprove.rundir import LAUNCHED_ENV, barrier, dist_rank_world
-
-            if args.launched:
-                os.environ[LAUNCHED_ENV] = args.name
-
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch: join the process group
-                import torch
-                from accelerate import PartialState
-
-                PartialState(cpu=not torch.cuda.is_available())
-            ctx = loop.open_run(args.run_dir)
-            if args.force and dist_rank_world()[0] == 0:
-                import shutil
-
-                shutil.rmtree(ctx.stage(args.round, args.name), ignore_errors=True)
-            barrier()
-            if not loop.run_stage(ctx, args.round, args.name):
-                logging.getLogger("selfimprove").info("round %d %s is already done (use --force to redo it)", args.round, args.name)
-        elif args.command == "compare":
-            from selfimprove.compare import compare, print_table, write_json
-
-            result = compare(args.a, args.b, args.run, args.samples)
-            print_table(result)
-            if args.json:
-                write_json(result, args.json)
-        elif args.command == "report":
-            from selfimprove.report import write_report
-
-            print(write_report(args.run_dirs, args.out))
-        else:
-            ctx = loop.open_run(args.run_dir)
-            from selfimprove.monitor import run_monitor
-
-            k = 0
-            while (ctx.stage(k, "evaluate") / "DONE").exists():
-                logging.getLogger("selfimprove").info(loop.summary_line(run_monitor(ctx, k)))
-                k += 1
-    except (ConfigError, loop.RecipeMismatch, FileNotFoundError, ImportError) as err:
+        return COMMANDS[args.command](args)
+    except UserError as err:
         print(f"selfimprove: {err}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("selfimprove: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    except Exception as err:  # not the user's to fix: one line here, the whole story in the log
+        where = _traceback_log(args)
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        print(f"selfimprove: unexpected {type(err).__name__} in '{args.command}': {first} (full traceback: {where})",
+              file=sys.stderr)
+        return 1

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from selfimprove.errors import RunDirError
+
 
 def resolve(spec: str) -> tuple[str, Path | None]:
     """(checkpoint folder, run directory or None) for a round folder or a plain save_pretrained folder."""
@@ -27,7 +29,13 @@ def resolve(spec: str) -> tuple[str, Path | None]:
     if (p / "config.json").exists():
         run = p.parents[2] if p.name == "model" and p.parent.name == "train" and (p.parents[2] / "recipe.yaml").exists() else None
         return str(p), run
-    raise FileNotFoundError(f"{spec} is neither a round folder (with train/model) nor a save_pretrained folder (with config.json).")
+    raise RunDirError(f"{spec} is neither a round folder (with train/model) nor a save_pretrained folder (with config.json).")
+
+
+def trained_under(checkpoint: str) -> str:
+    """The hash of the recipe a round's checkpoint was trained under ('' for a folder from outside a run)."""
+    meta = Path(checkpoint).parent / "meta.json"
+    return json.loads(meta.read_text()).get("recipe", "") if Path(checkpoint).name == "model" and meta.exists() else ""
 
 
 def token_kl(model_p, model_q, tokenizer, rows: list[dict], batch_size: int = 64, fmt=None) -> float:
@@ -57,19 +65,20 @@ def win_rate(scores_a: dict, scores_b: dict) -> float:
     return float(np.mean(res)) if res else 0.5
 
 
-def compare(a: str, b: str, run: str | None = None, n_samples: int = 5) -> dict:
+def compare(a: str, b: str, run: str | None = None, n_samples: int = 5, trust: bool = False) -> dict:
     from selfimprove.evaluate import eval_rows_scored, probe_samples
     from selfimprove.judge import JudgeEnv, judge_rows
-    from selfimprove.loop import open_run
     from selfimprove.model import load_policy, load_tokenizer
     from selfimprove.monitor import answer_metrics, diversity_metrics
+    from selfimprove.runs import open_run
 
     (ckpt_a, run_a), (ckpt_b, _) = resolve(a), resolve(b)
     run_dir = Path(run) if run else run_a
     if run_dir is None:
-        raise FileNotFoundError("compare needs a run for its task, eval and probe sets: pass --run RUN_DIR.")
-    ctx = open_run(str(run_dir))
-    out: dict = {"a": {"spec": a, "checkpoint": ckpt_a}, "b": {"spec": b, "checkpoint": ckpt_b}, "run": str(run_dir)}
+        raise RunDirError("compare needs a run for its task, eval and probe sets: pass --run RUN_DIR.")
+    ctx = open_run(str(run_dir), trust=trust)
+    out: dict = {"a": {"spec": a, "checkpoint": ckpt_a, "recipe": trained_under(ckpt_a)},
+                 "b": {"spec": b, "checkpoint": ckpt_b, "recipe": trained_under(ckpt_b)}, "run": str(run_dir)}
     metrics, probes, scores = {}, {}, {}
     for side, ckpt in (("a", ckpt_a), ("b", ckpt_b)):
         probe = probe_samples(ctx, ckpt)
@@ -109,7 +118,9 @@ def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"B = {result['b']['spec']}  vs  A = {result['a']['spec']}")
+    recipes = "" if result["a"]["recipe"] == result["b"]["recipe"] else \
+        f" (trained under recipes {result['a']['recipe'] or '?'} and {result['b']['recipe'] or '?'})"
+    table = Table(title=f"B = {result['b']['spec']}  vs  A = {result['a']['spec']}{recipes}")
     for col in ("metric", "A", "B", "B - A"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for key, v in result["metrics"].items():

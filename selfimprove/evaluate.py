@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from selfimprove.generate import Sampling, sample
 from selfimprove.judge import oracle_correct
-from selfimprove.rundir import atomic_stage, load_rows, save_rows
+from selfimprove.rundir import load_rows, save_rows
 
 
 def _backend(ctx) -> str:
@@ -43,7 +43,7 @@ def eval_rows_scored(ctx, ckpt: str, desc: str = "eval") -> list[dict]:
 def run_evaluate(ctx, k: int) -> None:
     ckpt = ctx.checkpoint(k)
     sampling = _eval_sampling(ctx.eval_rows(), ctx.task)
-    with atomic_stage(ctx.stage(k, "evaluate"), {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict()}) as (out, meta):
+    with ctx.writing(k, "evaluate", {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict()}) as (out, meta):
         scored = eval_rows_scored(ctx, ckpt, f"round {k} eval")
         save_rows(scored, out / "data")
         meta["metrics"] = ctx.task.eval_metrics(scored)

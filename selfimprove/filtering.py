@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from selfimprove.diversity import grams
-from selfimprove.rundir import atomic_stage, load_rows, save_rows
+from selfimprove.rundir import load_rows, save_rows
 from selfimprove.tasks import prompt_content
 
 
@@ -84,7 +84,7 @@ def run_filter(ctx, k: int) -> None:
         protected = contamination_index(texts, cfg.decontaminate_ngram, unit)
     drop_unparsed = ctx.recipe.judge.llm.on_unparseable == "drop"
     meta0 = {"enabled": cfg.enabled, "min_scores": cfg.min_scores, "best_of_n": cfg.best_of_n, "pairs": cfg.pairs}
-    with atomic_stage(ctx.stage(k, "filter"), meta0) as (out, meta):
+    with ctx.writing(k, "filter", meta0) as (out, meta):
         filtered = filter_rows(rows, cfg, protected, unit, drop_unparsed)
         save_rows(filtered, out / "data")
         meta.update(rows=len(filtered), kept=sum(r["kept"] for r in filtered),

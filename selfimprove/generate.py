@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from selfimprove.prompts import PromptFormat
-from selfimprove.rundir import atomic_stage, dist_rank_world, gather_dict, my_batches, save_rows
+from selfimprove.rundir import dist_rank_world, gather_dict, my_batches, save_rows
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +120,12 @@ def run_generate(ctx, k: int) -> None:
     from selfimprove.alarms import steered_temperature
 
     r = ctx.recipe
-    exclude = {row["prompt"] for row in ctx.eval_rows()}
-    prompts = ctx.task.round_prompts(k, ctx.history(k), exclude)
+    prompts = ctx.task.round_prompts(k, ctx.history(k), ctx.excluded_prompts())
     ckpt = ctx.checkpoint(k - 1)
     sampling = Sampling(r.generate.num_samples, steered_temperature(ctx, k), r.generate.top_p, r.generate.top_k,
                         r.generate.max_new_tokens or ctx.task.max_new_tokens(prompts))
     seed = r.seed * 1000 + k
-    with atomic_stage(ctx.stage(k, "generate"), {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict(), "seed": seed}) as (out, meta):
+    with ctx.writing(k, "generate", {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict(), "seed": seed}) as (out, meta):
         samples = sample(r.generate.backend, ckpt, [p["prompt"] for p in prompts], sampling, seed, r.generate.batch_size,
                          r.model.dtype, f"round {k} generate", fmt=ctx.prompt_format, options=r.generate)
         rows = [{**p, "sample_idx": j, **s, "round": k, "checkpoint": ctx.relative(ckpt), **sampling.as_dict(), "seed": seed}

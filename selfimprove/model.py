@@ -81,4 +81,9 @@ def load_policy(path: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from selfimprove.integrity import check_sizes
+
+    if Path(path).is_dir():
+        check_sizes(Path(path))  # a checkpoint inside a finished stage: its files as the stage recorded them
+
     return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

@@ -14,7 +14,7 @@ import numpy as np
 
 from selfimprove.diversity import (compression_ratio, coverage, homogenisation, lexical_suite, ngram_vendi, self_bleu,
                                    self_repetition)
-from selfimprove.rundir import atomic_stage, is_done, load_rows, read_json, rebuild_metrics, write_json
+from selfimprove.rundir import is_done, load_rows, read_json, rebuild_metrics, write_json
 
 STAGES_TIMED = ("generate", "judge", "filter", "select", "train", "evaluate")
 
@@ -174,7 +174,8 @@ def round_metrics(ctx, k: int) -> dict:
     metrics.update(read_json(ctx.stage(k, "evaluate") / "meta.json")["metrics"])
     train_meta = read_json(ctx.stage(k, "train") / "meta.json")
     metrics.update({"train/first_loss": train_meta["first_loss"], "train/last_loss": train_meta["last_loss"],
-                    "train/steps": train_meta["steps"], "train/rows": train_meta["rows"]})
+                    "train/steps": train_meta["steps"], "train/rows": train_meta["rows"],
+                    "recipe": train_meta.get("recipe", "")})  # the recipe the round ran under (recipes/history.json)
     if ctx.recipe.monitor.probe_size:
         metrics.update(probe_metrics(ctx, k))
     for stage in STAGES_TIMED:
@@ -194,14 +195,14 @@ def round_metrics(ctx, k: int) -> dict:
 def run_monitor(ctx, k: int) -> dict:
     from selfimprove.alarms import check_alarms
 
-    with atomic_stage(ctx.stage(k, "monitor")) as (out, meta):
+    with ctx.writing(k, "monitor") as (out, meta):
         metrics = round_metrics(ctx, k)
         fired = check_alarms(ctx.recipe.monitor.alarms, ctx.history(k) + [metrics])
         metrics.update({f"alarm/{a['metric']}": 1 for a in fired})
         write_json(out / "alarms.json", fired)
         write_json(out / "metrics.json", metrics)
-    rebuild_metrics(ctx.run_dir)
+    rows = rebuild_metrics(ctx.run_dir)
     from selfimprove.tracking import log_round
 
-    log_round(ctx, metrics)
+    log_round(ctx, metrics, rows)
     return metrics

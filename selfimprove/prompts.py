@@ -42,6 +42,8 @@ class PromptFormat:
     def encode(self, tokenizer, prompts: list[str]) -> list[list[int]]:
         """Token ids of ``texts``: a chat-formatted text already holds its special tokens, a plain one gets the
         tokenizer's own (BOS where it adds one)."""
+        if not prompts:
+            return []
         return tokenizer(self.texts(tokenizer, prompts), add_special_tokens=not self.uses_template(tokenizer))["input_ids"]
 
 

@@ -10,6 +10,7 @@ import html
 import json
 from pathlib import Path
 
+from selfimprove.errors import RunDirError
 from selfimprove.rundir import is_done, load_rows
 
 DIVERSITY = ("diversity/probe/answer_entropy", "diversity/probe/distinct_answers_per_prompt", "diversity/probe/ngram_vendi",
@@ -20,7 +21,7 @@ STAGE_TIMES = ("generate", "judge", "filter", "select", "train", "evaluate")
 def load_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{run} has no metrics.jsonl: not a run directory, or no round has finished yet.")
+        raise RunDirError(f"{run} has no metrics.jsonl: not a run directory, or no round has finished yet.")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -133,6 +134,21 @@ def sample_tables(run: Path, rows: list[dict], n: int = 8) -> str:
     return "".join(out)
 
 
+def recipe_history(run: Path, rows: list[dict]) -> str:
+    """Which recipe each round ran under (recipes/history.json), with what changed at each switch."""
+    from selfimprove.runs import history
+
+    entries = history(run)
+    if not entries:
+        return ""
+    rounds = {h["hash"]: [r["round"] for r in rows if r.get("recipe") == h["hash"]] for h in entries}
+    cells = "".join(f"<tr><td>{h['index']}</td><td><code>{h['hash']}</code></td><td>{h['from_round']}</td>"
+                    f"<td>{', '.join(map(str, rounds[h['hash']])) or '-'}</td>"
+                    f"<td>{html.escape('; '.join(h['changes'])) or 'the starting recipe'}</td></tr>" for h in entries)
+    return ("<h3>Recipe history</h3><table><tr><th>#</th><th>hash</th><th>from round</th><th>rounds run under it</th>"
+            f"<th>changes</th></tr>{cells}</table>")
+
+
 def _img(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -153,7 +169,7 @@ def write_report(run_dirs: list[str], out: str | None = None) -> Path:
         for k in keys)
     sections = "".join(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="{_img(png)}">' for title, png in plots)
     configs = "".join(f"<details><summary>{html.escape(name)}: recipe.yaml</summary><pre>{html.escape((path / 'recipe.yaml').read_text())}</pre></details>"
-                      for name, path in runs.items() if (path / "recipe.yaml").exists())
+                      + recipe_history(path, metrics[name]) for name, path in runs.items() if (path / "recipe.yaml").exists())
     samples = "".join(f"<h2>{html.escape(name)}: samples</h2>{sample_tables(path, metrics[name])}" for name, path in runs.items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>selfimprove report: {html.escape(', '.join(runs))}</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}img{{max-width:100%}}table{{border-collapse:collapse;font-size:13px}}

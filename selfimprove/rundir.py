@@ -1,15 +1,19 @@
 """The on-disk layout of a run, and the one way every stage writes its outputs.
 
     RUN_DIR/
-      recipe.yaml                  resolved recipe (a rerun with a different one is refused)
+      recipe.yaml                  the recipe in force (a rerun with a different one is refused)
+      recipes/                     every recipe the run has had, from which round each applied (history.json)
       base_model/                  round-0 starting policy (bootstrap builds it here)
-      eval_sets/                   fixed eval sets, made once
+      eval_sets/ probe_set/ seed_data/   fixed eval problems, probe prompts and labelled seed data, made once
       round_00/train/ ...          round 0: bootstrap on seed data
       round_01/{generate,judge,filter,select,train,evaluate,monitor}/
       metrics.jsonl                one line per completed round, rebuilt from round_*/monitor/metrics.json
+      logs/                        tracebacks of unexpected errors
 
-A stage writes into ``<stage>.partial/``, then writes ``meta.json`` and the ``DONE`` marker, then renames the folder
-into place. A folder without ``DONE`` (or any ``*.partial``) is an interrupted stage and is redone from scratch.
+A stage writes into ``<stage>.partial/``, then ``meta.json``, then its ``DONE`` record (selfimprove.integrity: the
+size and hash of every file and the digests of its inputs), fsyncs everything and renames the folder into place. A
+folder without ``DONE`` (or any ``*.partial``) is an interrupted stage and is redone from scratch; a finished stage
+being redone (``stage --force``) stays in place until its replacement is finished.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-DONE = "DONE"
+from selfimprove.integrity import DONE, check_sizes, file_hash, recover, replace_dir, stage_digest, write_done
+
+ROUND_DIR = re.compile(r"^round_(\d+)$")
+SETUP_DIRS = ("base_model", "eval_sets", "probe_set", "seed_data")
 
 
 def round_dir(run_dir: str | Path, k: int) -> Path:
@@ -54,12 +62,14 @@ def read_json(path: str | Path):
 
 
 @contextlib.contextmanager
-def atomic_stage(final: str | Path, meta: dict | None = None):
-    """Yield a scratch folder; on success record meta (with wall time), mark DONE and move it to ``final``.
+def atomic_stage(final: str | Path, meta: dict | None = None, inputs: dict | None = None):
+    """Yield a scratch folder; on success record meta (with wall time) and DONE (with ``inputs``' digests) and move it
+    to ``final``.
 
-    Anything left from an earlier, interrupted attempt is removed first, so a redone stage starts clean. Under
-    ``accelerate launch`` every rank runs the stage (their work is sharded and gathered), but only the main process
-    writes the stage: the others get a private throwaway folder, and all wait for the main one to finish.
+    Anything left from an interrupted attempt is removed first, so a redone stage starts clean; a finished ``final``
+    is replaced only once the new one is finished. Under ``accelerate launch`` every rank runs the stage (their work
+    is sharded and gathered), but only the main process writes the stage: the others get a private throwaway
+    folder, and all wait for the main one to finish.
     """
     final = Path(final)
     rank, world = dist_rank_world()
@@ -71,21 +81,32 @@ def atomic_stage(final: str | Path, meta: dict | None = None):
             shutil.rmtree(scratch, ignore_errors=True)
         barrier()
         return
-    partial = final.with_name(final.name + ".partial")
-    for stale in (partial, final):
-        if stale.exists():
-            shutil.rmtree(stale)
-    partial.mkdir(parents=True)
+    partial = clean_partial(final)
     meta = dict(meta or {})
     start = time.perf_counter()
     yield partial, meta
     meta["wall_s"] = round(time.perf_counter() - start, 3)
     if world > 1:
         meta["world_size"] = world
-    write_json(partial / "meta.json", meta)
-    (partial / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
-    os.replace(partial, final)
+    finish_stage(partial, final, meta, inputs)
     barrier()
+
+
+def clean_partial(final: Path) -> Path:
+    """An empty ``<final>.partial`` to build the stage in; an interrupted earlier attempt at ``final`` is removed."""
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    recover(final)
+    if final.exists() and not is_done(final):
+        shutil.rmtree(final)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def finish_stage(partial: Path, final: Path, meta: dict, inputs: dict | None) -> None:
+    write_json(partial / "meta.json", meta)
+    write_done(partial, inputs)
+    replace_dir(partial, final)
 
 
 LAUNCHED_ENV = "SELFIMPROVE_LAUNCHED"  # set by the orchestrator for the jobs it launches (selfimprove.loop.launch)
@@ -145,19 +166,31 @@ def save_rows(rows: list[dict], path: str | Path) -> None:
 
 
 def load_rows(path: str | Path) -> list[dict]:
+    """The rows of a saved dataset folder, after checking its files' sizes against its stage's DONE record."""
     from datasets import load_from_disk
 
+    check_sizes(Path(path))
     if (Path(path) / "EMPTY").exists():
         return []
     return load_from_disk(str(path)).to_list()
+
+
+def round_numbers(run_dir: str | Path) -> list[int]:
+    """Every round folder's number, in order (round_00 ... round_99, round_100, ...)."""
+    found = [ROUND_DIR.match(p.name) for p in Path(run_dir).iterdir()] if Path(run_dir).is_dir() else []
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def completed_rounds(run_dir: str | Path) -> list[int]:
+    return [k for k in round_numbers(run_dir) if is_done(stage_dir(run_dir, k, "monitor"))]
 
 
 def rebuild_metrics(run_dir: str | Path) -> list[dict]:
     """Rewrite metrics.jsonl from every completed round's monitor output: a rerun can never duplicate a line."""
     run_dir = Path(run_dir)
     lines = []
-    for rd in sorted(run_dir.glob("round_[0-9][0-9]")):
-        mon = rd / "monitor"
+    for k in completed_rounds(run_dir):
+        mon = stage_dir(run_dir, k, "monitor")
         if is_done(mon):
             lines.append(read_json(mon / "metrics.json"))
     tmp = run_dir / "metrics.jsonl.tmp"
@@ -170,12 +203,53 @@ class RunContext:
     """What every stage needs: the recipe, the run directory and the task (built once per process)."""
 
     def __init__(self, recipe, run_dir: str | Path):
+        from selfimprove.config import recipe_hash
         from selfimprove.tasks import build_task
 
         self.recipe, self.run_dir, self.task = recipe, Path(run_dir), build_task(recipe)
+        self.recipe_hash = recipe_hash(recipe)
 
     def stage(self, k: int, name: str) -> Path:
         return stage_dir(self.run_dir, k, name)
+
+    def folder(self, k: int | None, name: str) -> Path:
+        """Round k's stage folder, or with k None a setup folder (base_model, eval_sets, ...)."""
+        return self.run_dir / name if k is None else self.stage(k, name)
+
+    def writing(self, k: int | None, name: str, meta: dict | None = None):
+        """``atomic_stage`` for a stage of this run: its meta records the recipe's hash, its DONE the inputs' digests."""
+        return atomic_stage(self.folder(k, name), {**(meta or {}), "recipe": self.recipe_hash}, self.inputs(k, name))
+
+    def _checkpoint_stage(self, j: int) -> Path | None:
+        if j >= 0:
+            return self.stage(j, "train")
+        return self.run_dir / "base_model" if self.recipe.model.path is None else None
+
+    def input_paths(self, k: int | None, name: str) -> list[Path]:
+        """The folders a stage reads: the one table of which stage depends on which."""
+        run, r = self.run_dir, self.recipe
+        if k is None:
+            return [run / "eval_sets"] if name in ("probe_set", "seed_data") else []
+        before = lambda stage, lo=0: [self.stage(j, stage) for j in range(lo, k)]  # noqa: E731
+        init = -1 if (k == 0 or r.train.init == "base") else k - 1
+        table = {
+            "generate": [self._checkpoint_stage(k - 1), run / "eval_sets", *before("monitor")],
+            "judge": [self.stage(k, "generate"), self._checkpoint_stage(k - 1)],
+            "filter": [self.stage(k, "judge"), run / "eval_sets", run / "probe_set"],
+            "select": [self.stage(k, "filter"), *before("select", 1), *before("monitor")],
+            "train": [self._checkpoint_stage(init), run / "seed_data", *before("select", 1), *before("filter", 1)]
+                     + ([self.stage(k, "select"), self.stage(k, "filter")] if k else []),
+            "evaluate": [self.stage(k, "train"), run / "eval_sets", run / "probe_set"],
+            "monitor": [self.stage(k, "evaluate"), self.stage(k, "train"), *before("monitor")]
+                       + ([self.stage(k, "filter"), self.stage(k, "select"), self._checkpoint_stage(k - 1)] if k else []),
+        }
+        return [p for p in table[name] if p is not None and is_done(p)]
+
+    def inputs(self, k: int | None, name: str) -> dict[str, str]:
+        """{input: digest} for a stage: each folder it reads (by its DONE digest) and each local file the task reads."""
+        out = {str(p.relative_to(self.run_dir)): stage_digest(p) for p in self.input_paths(k, name)}
+        out.update({f"file:{f}": file_hash(Path(f)) for f in self.task.source_files()})
+        return out
 
     @property
     def prompt_format(self):
@@ -204,6 +278,12 @@ class RunContext:
 
     def eval_rows(self) -> list[dict]:
         return load_rows(self.run_dir / "eval_sets" / "data")
+
+    def excluded_prompts(self) -> set[str]:
+        """Eval prompts (as selfimprove.tasks.prompt_key compares them), which no training prompt may be."""
+        from selfimprove.tasks import prompt_key
+
+        return {prompt_key(r["prompt"]) for r in self.eval_rows()}
 
     def probe_rows(self) -> list[dict]:
         path = self.run_dir / "probe_set" / "data"

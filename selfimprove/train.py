@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from selfimprove.rundir import DONE, is_done, load_rows, save_rows, write_json
+from selfimprove.errors import DataError
+from selfimprove.rundir import clean_partial, finish_stage, is_done, load_rows, save_rows
 from selfimprove.selection import accepted_rows
 from selfimprove.tasks import rng_for
+from selfimprove.typed_yaml import ConfigError
 
 logger = logging.getLogger(__name__)
 MIX_STREAM = 4
@@ -40,7 +41,8 @@ def build_mixture(seed_rows: list[dict], older: list[dict], newest: list[dict], 
     if not cfg.use_generated:
         base, newest = seed_rows, []
     if not base and not newest:
-        raise ValueError("train: no training data (seed dropped and nothing accepted). Set train.seed_data: keep.")
+        raise DataError("train: no training data this round (train.seed_data is 'drop' and no sample has been "
+                        "accepted yet). Set train.seed_data: keep, or loosen the filter so some samples pass.")
     n_new = n_rows if not base else (round(cfg.newest_share * n_rows) if newest else 0)
     rows = _draw(newest, n_new, rng) + _draw(base, n_rows - n_new, rng)
     return [rows[i] for i in rng.permutation(len(rows))]
@@ -64,8 +66,9 @@ def grad_accumulation(cfg, world_size: int) -> int:
         return cfg.gradient_accumulation_steps
     per_step = cfg.per_device_train_batch_size * world_size
     if cfg.global_batch_size % per_step:
-        raise ValueError(f"train.global_batch_size={cfg.global_batch_size} is not a multiple of per_device_train_batch_size "
-                         f"({cfg.per_device_train_batch_size}) x {world_size} processes. Change one of them.")
+        raise ConfigError([f"train.global_batch_size={cfg.global_batch_size} is not a multiple of "
+                           f"per_device_train_batch_size ({cfg.per_device_train_batch_size}) x {world_size} processes. "
+                           "Change one of them."])
     return cfg.global_batch_size // per_step
 
 
@@ -117,7 +120,7 @@ def training_pairs(ctx, k: int, n_rows: int) -> list[dict]:
     newest = pairs(k)
     older = [p for j in range(1, k) for p in pairs(j)] if ctx.recipe.train.history == "accumulate" else []
     if not newest and not older:
-        raise ValueError(f"train.method 'dpo': round {k} has no (chosen, rejected) pairs. Check filter.pairs and the "
+        raise DataError(f"train.method 'dpo': round {k} has no (chosen, rejected) pairs. Check filter.pairs and the "
                          "judges: a pair needs two samples of one prompt with different scores.")
     return build_mixture([], older, newest, ctx.recipe.train, n_rows, rng_for(ctx.recipe.seed, MIX_STREAM, k))
 
@@ -156,14 +159,13 @@ def run_train(ctx, k: int) -> None:
     r, state, start = ctx.recipe, PartialState(cpu=not torch.cuda.is_available()), time.perf_counter()
     final = ctx.stage(k, "train")
     partial = final.with_name("train.partial")
+    inputs = ctx.inputs(k, "train")
     steps = r.train.bootstrap_steps if k == 0 else r.train.max_steps
     accumulation = grad_accumulation(r.train, state.num_processes)
     global_batch = r.train.per_device_train_batch_size * accumulation * state.num_processes
     init = ctx.checkpoint(-1) if (k == 0 or r.train.init == "base") else ctx.checkpoint(k - 1)
     if state.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)
-        partial.mkdir(parents=True)
+        clean_partial(final)  # a finished final (a forced redo) stays until this one is finished
     state.wait_for_everyone()
     dpo = r.train.method == "dpo" and k > 0  # round 0 is always the supervised bootstrap
     rows = (training_pairs if dpo else training_rows)(ctx, k, steps * global_batch)
@@ -191,28 +193,28 @@ def run_train(ctx, k: int) -> None:
         tok.save_pretrained(partial / "model")
         save_rows([{"prompt_id": x["prompt_id"], "round": x.get("round", 0)} for x in rows], partial / "data")
         shutil.rmtree(partial / "trainer", ignore_errors=True)
-        write_json(partial / "meta.json", {
-            "init": init, "method": "dpo" if dpo else "sft", "steps": steps, "global_batch": global_batch, "world_size": state.num_processes,
+        finish_stage(partial, final, {
+            "init": ctx.relative(init), "recipe": ctx.recipe_hash, "method": "dpo" if dpo else "sft", "steps": steps, "global_batch": global_batch, "world_size": state.num_processes,
             "per_device_batch": r.train.per_device_train_batch_size, "gradient_accumulation": accumulation, "rows": len(rows),
             "rows_by_round": {str(j): sum(1 for x in rows if x.get("round", 0) == j) for j in range(k + 1)},
             "losses": losses, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "train_runtime_s": result.metrics["train_runtime"] if result else 0.0, "wall_s": round(time.perf_counter() - start, 3),
-        })
-        (partial / DONE).write_text("done\n")
-        os.replace(partial, final)
+        }, inputs)
     state.wait_for_everyone()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry for ``accelerate launch -m selfimprove.train RUN_DIR --round K``: reads the run's saved recipe."""
-    from selfimprove.loop import open_run
+    from selfimprove.runs import open_run
 
     parser = argparse.ArgumentParser(prog="python -m selfimprove.train", description="Run one round's training stage.")
     parser.add_argument("run_dir", help="An existing run directory (holds recipe.yaml).")
     parser.add_argument("--round", type=int, required=True, help="Round to train (its select stage must be done).")
+    parser.add_argument("--force", action="store_true", help="Redo it even if it is done (the finished one stays until "
+                                                             "the new one is).")
     args = parser.parse_args(argv)
-    ctx = open_run(args.run_dir)
-    if is_done(ctx.stage(args.round, "train")):
+    ctx = open_run(args.run_dir, trust=True)  # training runs nothing the recipe names but TRL itself
+    if is_done(ctx.stage(args.round, "train")) and not args.force:
         logger.info("round %d train is already done", args.round)
         return
     run_train(ctx, args.round)

@@ -10,17 +10,20 @@ import argparse
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from selfimprove.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A recipe problem; the message lists every problem found, each naming the field and the fix."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], headline: str = "invalid recipe"):
         self.problems = problems
-        super().__init__("invalid recipe:\n" + "\n".join(f"  - {p}" for p in problems))
+        super().__init__(f"{headline}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def _type_name(tp: Any) -> str:
@@ -106,14 +109,35 @@ def build(cls: type, data: dict, where: str, problems: list[str]):
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
+            before = len(problems)
             kwargs[f.name] = _coerce(data[f.name], hints[f.name], f"{where}.{f.name}".lstrip("."), problems)
-            if kwargs[f.name] is None and data[f.name] is not None:
+            if len(problems) > before and kwargs[f.name] is None:
                 del kwargs[f.name]  # keep the default so later checks still run on a well-typed object
     obj = cls(**kwargs)
+    bad = bounds_problems(obj, where)
+    problems.extend(bad)
     check = getattr(obj, "check", None)
-    if check is not None:
+    if check is not None and not bad:  # a check may divide by a count that is out of range
         problems.extend(f"{where}.{p}".lstrip(".") for p in check())
     return obj
+
+
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b), "le": ("<=", lambda v, b: v <= b),
+           "lt": ("<", lambda v, b: v < b)}
+
+
+def bounds_problems(obj, where: str) -> list[str]:
+    """Numeric fields outside the bounds in their metadata (``ge``, ``gt``, ``le``, ``lt``)."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        bounds = [(sign, ok, f.metadata[k]) for k, (sign, ok) in _BOUNDS.items() if k in f.metadata]
+        if not all(ok(value, b) for _, ok, b in bounds):
+            need = " and ".join(f"{sign} {b}" for sign, _, b in bounds)
+            out.append(f"{where}.{f.name}={value!r} must be {need}. {f.metadata.get('help', '')}".lstrip("."))
+    return out
 
 
 def iter_fields(cls: type, prefix: str = ""):
@@ -140,7 +164,8 @@ def add_override_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def collect_overrides(namespace: argparse.Namespace) -> dict[str, Any]:
     """The ``--a.b VALUE`` options given on the command line, as {dotted name: parsed YAML value}."""
-    return {k.split(":", 1)[1]: yaml.safe_load(v) for k, v in vars(namespace).items() if k.startswith("override:")}
+    return {k.split(":", 1)[1]: parse_yaml(v, f"--{k.split(':', 1)[1]} {v}") if v.strip() else v
+            for k, v in vars(namespace).items() if k.startswith("override:")}  # '' stays '', not YAML's null
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
@@ -158,9 +183,43 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping key given twice (plain PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str):
+    """YAML text as Python values; a syntax error or a duplicate key is a ConfigError naming the line."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError([f"{where}: not valid YAML{at}: {problem}. Fix the file."]) from None
+
+
 def load_yaml(path: str) -> dict:
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such recipe file. Give the path of a recipe YAML (see recipes/)."]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not UTF-8 text ({err.reason} at byte {err.start}). Save it as UTF-8."]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path} is a folder: give the path of a recipe YAML file."]) from None
+    data = parse_yaml(text, path)
+    if data is None:
+        raise ConfigError([f"{path} is empty: a recipe names at least its task and output_dir (see recipes/). "
+                           "The engine does not run a default job for an empty file."])
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: a recipe must be a YAML mapping of sections, got {type(data).__name__}."])
     return data

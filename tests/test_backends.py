@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from selfimprove.config import GenerateConfig, OpenAIConfig, VLLMConfig
+from selfimprove.errors import MissingExtra
 from selfimprove.generate import Sampling, hf_generate, sample
 
 
@@ -93,7 +94,7 @@ def test_vllm_backend_reports_a_missing_engine_clearly(tiny_policy):
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
-    with pytest.raises(RuntimeError, match="vLLM is not installed for .*generate.vllm.python"):
+    with pytest.raises(MissingExtra, match="vLLM is not installed for .*generate.vllm.python"):
         sample("vllm", tiny_policy, ["1+1="], Sampling(max_new_tokens=3), 0, 8, options=options)
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from selfimprove.config import GenericConfig, load_recipe
+from selfimprove.errors import DataError
 from selfimprove.tasks.generic import GenericTask
 
 from conftest import REPO, run_cli
@@ -47,7 +48,7 @@ def test_files_load_and_rounds_cycle_prompts(tmp_path):
 
 def test_missing_column_is_named(tmp_path):
     prompts = _write_jsonl(tmp_path / "p.jsonl", [{"text": "1+1="}])
-    with pytest.raises(KeyError, match="no column 'prompt'.*Set the task.generic field"):
+    with pytest.raises(DataError, match="no column .prompt.*Set task.generic.prompt_field"):
         GenericTask(GenericConfig(prompts=prompts), 0).round_prompts(1, [], set())
 
 
@@ -155,7 +156,7 @@ def test_template_system_prompt_and_fewshot_one_rendering_everywhere(tmp_path, t
     every row's user message; the system prompt and few-shot turns surround it identically in generation, training
     rows, evaluation, the probe and compare."""
     from selfimprove.compare import compare
-    from selfimprove.loop import open_run
+    from selfimprove.runs import open_run
     from selfimprove.model import load_tokenizer
     from selfimprove.rundir import load_rows
     from selfimprove.train import tokenize_rows
@@ -211,5 +212,5 @@ monitor: {{probe_size: 4, probe_samples: 2, unit: word}}
 def test_template_naming_a_missing_column_is_an_error(tmp_path):
     prompts = _write_jsonl(tmp_path / "p.jsonl", [{"question": "1+1?"}])
     task = GenericTask(GenericConfig(prompts=prompts, prompt_field="question", prompt_template="{{ problem }}"), 0)
-    with pytest.raises(KeyError, match="'problem' is undefined .*row 0 .*columns: \\['question'\\]"):
+    with pytest.raises(DataError, match="'problem' is undefined .*row 0 .*columns: \\['question'\\]"):
         task.round_prompts(1, [], set())

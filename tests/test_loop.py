@@ -174,4 +174,5 @@ def test_every_stage_launched_as_a_one_process_accelerate_job(finished_run, tmp_
     assert len(launched) == 6  # round 0: train, evaluate; round 1: generate, judge, train, evaluate
     assert [m["round"] for m in _metrics(run)] == [0, 1]
     assert json.loads((run / "round_01" / "train" / "meta.json").read_text())["world_size"] == 1
-    assert _strip_times(_metrics(run)) == _strip_times(_metrics(finished_run)[:2])
+    other_recipe = lambda rows: [{k: v for k, v in r.items() if k != "recipe"} for r in _strip_times(rows)]  # noqa: E731
+    assert other_recipe(_metrics(run)) == other_recipe(_metrics(finished_run)[:2])  # same numbers, another launcher

@@ -183,8 +183,9 @@ def test_mean_cosine_distance_matches_all_pairs():
 
 def test_missing_embedder_is_a_clear_error(tmp_path):
     from selfimprove.embedding import embedder_path
+    from selfimprove.errors import DataError
 
-    with pytest.raises(FileNotFoundError, match="not a sentence-transformers folder"):
+    with pytest.raises(DataError, match="not a sentence-transformers folder"):
         embedder_path(str(tmp_path))
 
 

@@ -24,7 +24,7 @@ def test_compare_json_recomputed_independently(tiny_run, tmp_path):
     import torch
 
     from selfimprove.generate import Sampling, hf_generate
-    from selfimprove.loop import open_run
+    from selfimprove.runs import open_run
     from selfimprove.model import load_policy, load_tokenizer
     from selfimprove.rundir import load_rows
 

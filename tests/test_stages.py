@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from selfimprove.config import AdditionConfig, FilterConfig, JudgeConfig, SelectConfig, TrainConfig
+from selfimprove.errors import DataError
 from selfimprove.filtering import filter_rows
 from selfimprove.generate import Sampling, hf_generate
 from selfimprove.judge import JudgeEnv, judge_rows
@@ -49,7 +50,7 @@ def test_consistency_judge_compares_equivalent_prompts_by_hand():
 
 
 def test_verifier_refuses_unlabelled_prompts():
-    with pytest.raises(ValueError, match="needs a reference answer"):
+    with pytest.raises(DataError, match="needs a reference answer"):
         _judge(_samples("p0", "75+8=", ["560"]), ["verifier"])
 
 

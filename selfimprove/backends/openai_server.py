@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 
+from selfimprove.errors import MissingExtra
+
 
 def _client(cfg):
     try:
         from openai import AsyncOpenAI
     except ImportError as err:
-        raise ImportError("generation backend 'openai' needs the openai client: pip install 'selfimprove[serve]'.") from err
+        raise MissingExtra("generation backend 'openai' needs the openai client: pip install 'selfimprove[serve]'.") from err
     return AsyncOpenAI(base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env, "EMPTY"),
                        max_retries=cfg.max_retries, timeout=cfg.timeout_s)
 

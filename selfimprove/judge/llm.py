@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from selfimprove.errors import DataError
+
 _FIELDS = re.compile(r"\{(prompt|completion|a|b|max_score)\}")
 _FENCE = re.compile(r"<(\s*/?\s*(?:task|response_a|response_b|response)\s*)>", re.I)
 SCORE = re.compile(r"^[ \t]*score[ \t]*:[ \t]*(\d+(?:\.\d+)?)[ \t]*$", re.I | re.M)
@@ -35,7 +37,7 @@ _CLAIM = {SCORE: r"score\s*:\s*{}(?![\d.])", WINNER: r"winner\s*:\s*{}\b"}
 def load_template(path: str, mode: str) -> str:
     if path:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"judge.llm.template={path!r} does not exist. Point it at a text file with "
+            raise DataError(f"judge.llm.template={path!r} does not exist. Point it at a text file with "
                                     "{prompt} and {completion} (pointwise) or {a} and {b} (pairwise), or leave it empty.")
         return Path(path).read_text()
     return resources.files("selfimprove.judge").joinpath("templates", f"{mode}.txt").read_text()

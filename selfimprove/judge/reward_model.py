@@ -4,6 +4,7 @@ or P(label 1) for a two-label classifier; thresholds in ``filter.min_scores`` ar
 
 from __future__ import annotations
 
+from selfimprove.errors import DataError
 from selfimprove.rundir import gather_dict, my_batches
 
 
@@ -29,7 +30,7 @@ def reward_model(env, rows: list[dict]) -> list[float]:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id  # sequence classifiers find the last real token through it
     if model.config.num_labels not in (1, 2):
-        raise ValueError(f"judge.reward_model.path={cfg.path!r} has num_labels={model.config.num_labels}; a reward "
+        raise DataError(f"judge.reward_model.path={cfg.path!r} has num_labels={model.config.num_labels}; a reward "
                          "model has 1 (a scalar score) or 2 (P(label 1) is the score).")
     texts = _texts(tok, rows)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+from selfimprove.errors import DataError
+
 
 def verifier(env, rows: list[dict]) -> list[float]:
     """1 if the completion matches the reference answer (needs ground truth)."""
     missing = [r["prompt_id"] for r in rows if not r["reference"]]
     if missing:
-        raise ValueError(f"judge 'verifier' needs a reference answer, but {len(missing)} prompts have none "
+        raise DataError(f"judge 'verifier' needs a reference answer, but {len(missing)} prompts have none "
                          f"(first: {missing[0]}). Use a label-free judge (majority, format) for unlabelled prompts.")
     return [float(env.task.is_correct(r["completion"], r["reference"])) for r in rows]
 

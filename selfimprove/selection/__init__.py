@@ -12,7 +12,7 @@ from collections import Counter
 
 import numpy as np
 
-from selfimprove.rundir import atomic_stage, is_done, load_rows, save_rows
+from selfimprove.rundir import is_done, load_rows, save_rows
 from selfimprove.selection import dedup, samplers
 
 
@@ -109,7 +109,7 @@ def run_select(ctx, k: int) -> None:
     kept = [r for r in load_rows(ctx.stage(k, "filter") / "data") if r["kept"]]
     cfg, m = ctx.recipe.select, ctx.recipe.monitor
     lam = steered_diversity_weight(ctx, k)
-    with atomic_stage(ctx.stage(k, "select"), {"method": cfg.method, "dedup": cfg.dedup, "per_prompt_cap": cfg.per_prompt_cap,
+    with ctx.writing(k, "select", {"method": cfg.method, "dedup": cfg.dedup, "per_prompt_cap": cfg.per_prompt_cap,
                                                "budget": cfg.budget, "diversity_weight": lam}) as (out, meta):
         selected = select_rows(kept, cfg, accepted_rows(ctx, k), lam, m.unit, m.embedder, ctx.recipe.seed + k)
         save_rows(selected, out / "data")

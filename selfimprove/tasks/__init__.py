@@ -20,6 +20,9 @@ class Task(Protocol):
     system_prompt: str  # before every prompt ("" = none); selfimprove.prompts places it
     fewshot_examples: tuple  # (prompt, completion) pairs shown before every prompt
 
+    def source_files(self) -> list[str]:
+        """Local files the task reads (their hashes go into every stage's DONE record)."""
+
 
     def alphabet(self) -> str:
         """Characters a from-scratch character tokenizer needs."""
@@ -52,6 +55,11 @@ class Task(Protocol):
 def rng_for(seed: int, *purpose: int) -> np.random.Generator:
     """An independent, reproducible stream per (seed, round, purpose): reruns draw identical data."""
     return np.random.default_rng([seed, *purpose])
+
+
+def prompt_key(text: str) -> str:
+    """A prompt as compared for exclusion from training: whitespace differences do not make another prompt."""
+    return " ".join(text.split())
 
 
 def prompt_content(row: dict) -> str:

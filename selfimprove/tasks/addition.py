@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from selfimprove.tasks import rng_for, split_accuracy
+from selfimprove.tasks import prompt_key, rng_for, split_accuracy
 
 _PROMPT = re.compile(r"^(\d+)\+(\d+)=$")
 SEED_STREAM, EVAL_STREAM, ROUND_STREAM = 1, 2, 3
@@ -46,6 +46,9 @@ class AdditionTask:
     name = "addition"
     system_prompt = ""
     fewshot_examples = ()
+
+    def source_files(self) -> list[str]:
+        return []  # every problem is generated from the seed
 
     def __init__(self, cfg, seed: int):
         self.cfg, self.seed = cfg, seed
@@ -96,7 +99,7 @@ class AdditionTask:
             else:  # Lee et al.: both lengths drawn independently
                 la, lb = (int(x) for x in rng.integers(c.seed_min_digits, c.seed_max_digits + 1, size=2))
             p = self._problem(rng, la, lb)
-            if p["prompt"] not in exclude:
+            if prompt_key(p["prompt"]) not in exclude:
                 rows.append({"prompt_id": f"seed-{len(rows)}", **p})
         return rows
 
@@ -126,7 +129,7 @@ class AdditionTask:
                 pairs = kind == "new" and c.swapped_pairs and count - made >= 2
                 orders = [(a, b), (b, a)] if pairs else [(a, b)]
                 texts = [format_problem(x, y, c.pad_width) for x, y in orders]
-                if any(t[0] in exclude for t in texts) or (pairs and a == b):
+                if any(prompt_key(t[0]) in exclude for t in texts) or (pairs and a == b):
                     continue
                 group = f"r{k}-{len(rows)}"
                 for prompt, completion in texts:

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from selfimprove.tasks import rng_for, split_accuracy
+from selfimprove.tasks import prompt_key, rng_for, split_accuracy
 
 _PROMPT = re.compile(r"^(\d+(?:,\d+)*)>(-?\d+):$")
 _EXPR = re.compile(r"^\d+(?:[-+*]\d+)*$")
@@ -57,6 +57,9 @@ class CountdownTask:
     system_prompt = ""
     fewshot_examples = ()
 
+    def source_files(self) -> list[str]:
+        return []  # every problem is generated from the seed
+
     def __init__(self, cfg, seed: int):
         self.cfg, self.seed = cfg, seed
 
@@ -93,7 +96,7 @@ class CountdownTask:
         rng, rows = rng_for(self.seed, SEED_STREAM), []
         while len(rows) < self.cfg.seed_size:
             p = self._problem(rng, self._operands(rng))
-            if p["prompt"] not in exclude:
+            if prompt_key(p["prompt"]) not in exclude:
                 rows.append({"prompt_id": f"seed-{len(rows)}", **p})
         return rows
 
@@ -101,7 +104,7 @@ class CountdownTask:
         rng, rows = rng_for(self.seed, ROUND_STREAM, k), []
         while len(rows) < self.cfg.prompts_per_round:
             p = self._problem(rng, self._operands(rng))
-            if p["prompt"] in exclude:
+            if prompt_key(p["prompt"]) in exclude:
                 continue
             # The verifier needs no stored answer: the prompt is the reference (numbers and target).
             rows.append({"prompt_id": f"r{k}-{len(rows)}", "prompt": p["prompt"], "difficulty": p["difficulty"],

@@ -9,36 +9,82 @@ Answers are checked by exact match, by numeric value, by the final regex match, 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
 import re
 from pathlib import Path
 
-from selfimprove.tasks import rng_for, split_accuracy
+from selfimprove.errors import DataError
+from selfimprove.tasks import prompt_key, rng_for, split_accuracy
 
 ROUND_STREAM = 3
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 TEXT_FILE_SUFFIXES = (".j2", ".jinja", ".txt")
 
 
+def _root_message(err: BaseException) -> str:
+    """The first line of the innermost cause's message (``datasets`` wraps its parsers' errors)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    log = logging.getLogger("datasets")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def is_local_file(source: str) -> bool:
+    return Path(source).suffix.lower() in _FORMATS
+
+
 def load_table(source: str, split: str = "train", subset: str = "") -> list[dict]:
-    """Rows of a local file or a hub dataset id (a missing local file gets a clear error, not a hub lookup)."""
+    """Rows of a local file or a hub dataset id; a file that is missing, unreadable or empty is a DataError naming it
+    (never a hub lookup, never a traceback from inside ``datasets``)."""
     from datasets import load_dataset
 
-    suffix = Path(source).suffix.lower()
-    if suffix in _FORMATS:
-        if not Path(source).exists():
-            raise FileNotFoundError(f"{source} does not exist. Fix the path in task.generic (paths are relative to where you run).")
-        return load_dataset(_FORMATS[suffix], data_files=source, split="train").to_list()
-    return load_dataset(source, subset or None, split=split).to_list()
+    if is_local_file(source):
+        if not Path(source).is_file():
+            raise DataError(f"{source} does not exist. Fix the path in task.generic (paths are relative to where you run).")
+        fmt = _FORMATS[Path(source).suffix.lower()]
+        try:
+            if fmt != "parquet":  # a text file that is not UTF-8 fails here, with the byte offset
+                Path(source).read_text(encoding="utf-8")
+            with _quiet_datasets():  # it logs its own error before raising; ours below says it once
+                rows = load_dataset(fmt, data_files=source, split="train").to_list()
+        except UnicodeDecodeError as err:
+            raise DataError(f"{source} is not UTF-8 text ({err.reason} at byte {err.start}). Save it as UTF-8.") from None
+        except Exception as err:  # datasets' parsers raise many types; name the file and what the parser said
+            first = _root_message(err)
+            raise DataError(f"{source} cannot be read as {Path(source).suffix} ({first[:300]}). Fix the file: one JSON "
+                            "object per line for .jsonl, a header row for .csv.") from None
+    else:
+        try:
+            rows = load_dataset(source, subset or None, split=split).to_list()
+        except Exception as err:
+            raise DataError(f"hub dataset {source!r} (config {subset or None!r}, split {split!r}) does not load: "
+                            f"{str(err).strip().splitlines()[0][:300]}. Check the id, subset and split, or download it "
+                            "first (it is not in the cache when the hub is offline).") from None
+    if not rows:
+        raise DataError(f"{source} has no rows. Point task.generic at a file with data.")
+    return rows
 
 
 def text_or_file(value: str, field: str) -> str:
     """``value`` itself, or the contents of the file it names (a path ending in .j2 / .jinja / .txt)."""
     if value.endswith(TEXT_FILE_SUFFIXES):
         if not Path(value).is_file():
-            raise FileNotFoundError(f"task.generic.{field}={value!r} names a file that does not exist. Fix the path, "
-                                    "or write the text itself in the recipe.")
+            raise DataError(f"task.generic.{field}={value!r} names a file that does not exist. Fix the path, or write "
+                            "the text itself in the recipe.")
         return Path(value).read_text()
     return value
 
@@ -65,8 +111,18 @@ class PromptTemplate:
         try:
             return self.template.render(**row)
         except UndefinedError as err:
-            raise KeyError(f"task.generic.{self.field}: {err} in {where} (columns: {sorted(row)}). Use those column "
-                           "names in the template, or fix the data.") from None
+            raise DataError(f"task.generic.{self.field}: {err} in {where} (columns: {sorted(row)}). Use those column "
+                            "names in the template, or fix the data.") from None
+
+
+def _difficulty(value, source: str, i: int, column: str) -> int:
+    if value is None or value == "":
+        return 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{source} row {i}: difficulty column {column!r} holds {value!r}, not an integer. Fix it, or "
+                        "point task.generic.difficulty_field at an integer column.") from None
 
 
 @functools.lru_cache(maxsize=65536)
@@ -87,16 +143,29 @@ class GenericTask:
         self.system_prompt = text_or_file(cfg.system_prompt, "system_prompt")
         self.fewshot_examples = tuple(self._fewshot())
 
-    def _field(self, row: dict, name: str, source: str, required: bool = True):
+    def source_files(self) -> list[str]:
+        c = self.cfg
+        return [f for f in (c.prompts, c.eval_id, c.eval_ood, c.seed_data, c.fewshot) if f and is_local_file(f)] + \
+               [f for f in (c.prompt_template, c.system_prompt) if f.endswith(TEXT_FILE_SUFFIXES)]
+
+    @staticmethod
+    def _field(row: dict, name: str, source: str, i: int, required: bool = True, field: str = ""):
+        """A row's value of column ``name``; a missing column, or a null or empty value where one is required, is a
+        DataError naming the file, the row and the recipe field that names the column."""
         if name not in row:
             if required:
-                raise KeyError(f"{source}: rows have no column {name!r} (columns: {sorted(row)}). Set the task.generic field naming it.")
+                raise DataError(f"{source}: rows have no column {name!r} (columns: {sorted(row)}). Set "
+                                f"task.generic.{field or 'the field naming it'} to one of them.")
             return None
-        return row[name]
+        value = row[name]
+        if required and (value is None or (isinstance(value, str) and not value.strip())):
+            raise DataError(f"{source} row {i}: column {name!r} is {'null' if value is None else 'empty'}. Fill it "
+                            "or remove the row: it would be used as the literal text 'None' or ''.")
+        return value
 
     def _render(self, row: dict, source: str, i: int) -> tuple[str, str]:
         """(user message, the row's own prompt text before the template)."""
-        text = str(self._field(row, self.cfg.prompt_field, source))
+        text = str(self._field(row, self.cfg.prompt_field, source, i, field="prompt_field"))
         return self._template.render(row, text, f"{source} row {i}"), text
 
     def _fewshot(self) -> list[tuple[str, str]]:
@@ -104,20 +173,26 @@ class GenericTask:
             return []
         rows = load_table(self.cfg.fewshot)
         rows = rows[: self.cfg.fewshot_count] if self.cfg.fewshot_count else rows
-        return [(self._render(r, self.cfg.fewshot, i)[0], str(self._field(r, self.cfg.fewshot_completion_field, self.cfg.fewshot)))
+        return [(self._render(r, self.cfg.fewshot, i)[0],
+                 str(self._field(r, self.cfg.fewshot_completion_field, self.cfg.fewshot, i, field="fewshot_completion_field")))
                 for i, r in enumerate(rows)]
 
-    def _prompt_rows(self, source: str, id_prefix: str, split: str | None = None) -> list[dict]:
+    def _prompt_rows(self, source: str, id_prefix: str, split: str | None = None, answers: bool = False) -> list[dict]:
+        """Prompt rows of ``source``; with ``answers``, every row must carry a reference answer."""
         rows = []
         for i, row in enumerate(load_table(source, split or self.cfg.split, self.cfg.subset)):
-            answer = self._field(row, self.cfg.answer_field, source, required=False)
+            raw = answer = self._field(row, self.cfg.answer_field, source, i, required=answers, field="answer_field")
             if answer is not None and self._reference is not None:  # e.g. GSM8K's "... #### 72" -> "72"
                 found = self._reference.findall(str(answer))
                 answer = (found[-1] if isinstance(found[-1], str) else found[-1][0]).replace(",", "") if found else None
-            difficulty = self._field(row, self.cfg.difficulty_field, source, required=False)
+            if answers and answer is None:
+                raise DataError(f"{source} row {i}: reference_regex {self.cfg.reference_regex!r} finds no answer in "
+                                f"{str(raw)[:80]!r}. Fix the regex or the row.")
+            difficulty = self._field(row, self.cfg.difficulty_field, source, i, required=False)
             prompt, own = self._render(row, source, i)
             rows.append({"prompt_id": f"{id_prefix}-{i}", "prompt": prompt, "source_prompt": own,
-                         "reference": "" if answer is None else str(answer), "difficulty": int(difficulty or 0)})
+                         "reference": "" if answer is None else str(answer),
+                         "difficulty": _difficulty(difficulty, source, i, self.cfg.difficulty_field)})
         return rows
 
     def alphabet(self) -> str:
@@ -130,21 +205,23 @@ class GenericTask:
         rows, out = load_table(self.cfg.seed_data), []
         for i, r in enumerate(rows):
             prompt, own = self._render(r, self.cfg.seed_data, i)
-            if prompt not in exclude:
+            if prompt_key(prompt) not in exclude:
                 out.append({"prompt_id": f"seed-{i}", "prompt": prompt, "source_prompt": own,
-                            "completion": str(self._field(r, "completion", self.cfg.seed_data)),
-                            "difficulty": int(r.get(self.cfg.difficulty_field) or 0)})
+                            "completion": str(self._field(r, "completion", self.cfg.seed_data, i, field="seed_data")),
+                            "difficulty": _difficulty(r.get(self.cfg.difficulty_field), self.cfg.seed_data, i,
+                                                      self.cfg.difficulty_field)})
         return out
 
     def eval_sets(self) -> list[dict]:
         out = []
         for split, source in (("id", self.cfg.eval_id), ("ood", self.cfg.eval_ood)):
             if source:
-                out += [{**r, "split": split} for r in self._prompt_rows(source, f"eval-{split}", self.cfg.eval_split)]
+                out += [{**r, "split": split}
+                        for r in self._prompt_rows(source, f"eval-{split}", self.cfg.eval_split, self.cfg.eval_answers)]
         return out
 
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
-        rows = [r for r in self._prompt_rows(self.cfg.prompts, "p") if r["prompt"] not in exclude]
+        rows = [r for r in self._prompt_rows(self.cfg.prompts, "p") if prompt_key(r["prompt"]) not in exclude]
         n = self.cfg.prompts_per_round
         if not n or n >= len(rows):
             return rows
