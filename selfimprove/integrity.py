@@ -23,6 +23,20 @@ DONE = "DONE"
 NOT_CONTENT = {"meta.json", "state.json"}  # timings, and `datasets`' random fingerprints: not what a stage produced
 
 
+FAULT_ENV = "SELFIMPROVE_FAULT"
+
+
+def fault_point(final: Path, point: str) -> None:
+    """Fault injection for tests: with ``SELFIMPROVE_FAULT=<folder>:<point>`` (``round_01/train:before_done``,
+    ``eval_sets:start``, ``metrics.jsonl:before_rename``), the process SIGKILLs itself when it reaches that point,
+    so a kill lands exactly there, whatever the machine's speed."""
+    spec = os.environ.get(FAULT_ENV)
+    if spec and spec in (f"{final.parent.name}/{final.name}:{point}", f"{final.name}:{point}"):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def file_hash(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -93,19 +107,23 @@ def replace_dir(partial: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
+        fault_point(final, "between_renames")
     os.replace(partial, final)
     _fsync(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
 def recover(final: Path) -> None:
-    """Undo a crash inside ``replace_dir``: with no ``final`` but a finished ``.old``, the old stage comes back."""
+    """Undo a crash inside ``replace_dir``: with no ``final`` but a finished ``.old``, the old stage comes back; the
+    leftovers of a finished stage (``.old``, an abandoned ``.partial``) go."""
     old = final.with_name(final.name + ".old")
     if old.exists():
         if not final.exists() and (old / DONE).exists():
             os.replace(old, final)
         else:
             shutil.rmtree(old, ignore_errors=True)
+    if (final / DONE).exists():
+        shutil.rmtree(final.with_name(final.name + ".partial"), ignore_errors=True)
 
 
 def stage_root(path: Path) -> Path | None:

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from selfimprove.integrity import DONE, check_sizes, file_hash, recover, replace_dir, stage_digest, write_done
+from selfimprove.integrity import DONE, check_sizes, fault_point, file_hash, recover, replace_dir, stage_digest, write_done
 
 ROUND_DIR = re.compile(r"^round_(\d+)$")
 SETUP_DIRS = ("base_model", "eval_sets", "probe_set", "seed_data")
@@ -100,13 +100,17 @@ def clean_partial(final: Path) -> Path:
     if final.exists() and not is_done(final):
         shutil.rmtree(final)
     partial.mkdir(parents=True)
+    fault_point(final, "start")
     return partial
 
 
 def finish_stage(partial: Path, final: Path, meta: dict, inputs: dict | None) -> None:
     write_json(partial / "meta.json", meta)
+    fault_point(final, "before_done")
     write_done(partial, inputs)
+    fault_point(final, "before_rename")
     replace_dir(partial, final)
+    fault_point(final, "after_rename")
 
 
 LAUNCHED_ENV = "SELFIMPROVE_LAUNCHED"  # set by the orchestrator for the jobs it launches (selfimprove.loop.launch)
@@ -195,6 +199,7 @@ def rebuild_metrics(run_dir: str | Path) -> list[dict]:
             lines.append(read_json(mon / "metrics.json"))
     tmp = run_dir / "metrics.jsonl.tmp"
     tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
+    fault_point(run_dir / "metrics.jsonl", "before_rename")
     os.replace(tmp, run_dir / "metrics.jsonl")
     return lines
 
@@ -279,11 +284,16 @@ class RunContext:
     def eval_rows(self) -> list[dict]:
         return load_rows(self.run_dir / "eval_sets" / "data")
 
+    def dev_rows(self) -> list[dict]:
+        """The dev split (eval_sets/dev), the only labelled held-out rows a decision of the loop may read."""
+        path = self.run_dir / "eval_sets" / "dev"
+        return load_rows(path) if path.exists() else []
+
     def excluded_prompts(self) -> set[str]:
-        """Eval prompts (as selfimprove.tasks.prompt_key compares them), which no training prompt may be."""
+        """Eval and dev prompts (as selfimprove.tasks.prompt_key compares them), which no training prompt may be."""
         from selfimprove.tasks import prompt_key
 
-        return {prompt_key(r["prompt"]) for r in self.eval_rows()}
+        return {prompt_key(r["prompt"]) for r in self.eval_rows() + self.dev_rows()}
 
     def probe_rows(self) -> list[dict]:
         path = self.run_dir / "probe_set" / "data"

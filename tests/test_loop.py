@@ -4,7 +4,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -102,27 +101,63 @@ def _artifacts(run: Path) -> dict:
     return out
 
 
-def test_resume_after_kill_mid_stage_matches_uninterrupted(finished_run, tmp_path):
+# Kill points: a stage folder (or metrics.jsonl) and a point in its writing, where the process SIGKILLs itself
+# (SELFIMPROVE_FAULT, selfimprove.integrity.fault_point). The default tier runs three; the slow tier all of them.
+KILLS = ["round_01/train:start", "round_01/judge:before_done", "round_02/select:before_rename"]
+MORE_KILLS = ["base_model:start", "eval_sets:before_done", "seed_data:before_rename", "round_00/train:before_rename",
+              "round_00/monitor:after_rename", "round_01/generate:start", "round_01/filter:before_rename",
+              "round_01/evaluate:before_done", "round_01/monitor:before_rename", "metrics.jsonl:before_rename",
+              "round_02/generate:after_rename", "round_02/train:before_done", "round_02/monitor:before_done"]
+
+
+def _killed_then_resumed(point: str, tmp_path: Path) -> Path:
+    import os
+
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "selfimprove", "run", str(TINY_RECIPE), "--output_dir", str(run)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (run / "round_01" / "train.partial").exists():  # training lasts seconds: the kill lands mid-stage
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed mid-stage"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (run / "round_01" / "train.partial").exists() and not (run / "round_01" / "train").exists(), "training was not in progress when killed"
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "SELFIMPROVE_FAULT": point})
+    assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])  # it died exactly there
     out = run_cli("run", TINY_RECIPE, "--output_dir", run)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert not list(run.glob("round_*/*.partial"))
+    return run
+
+
+def _assert_identical(run: Path, finished_run: Path) -> None:
+    assert not list(run.glob("*.partial")) and not list(run.glob("round_*/*.partial"))
     assert _strip_times(_metrics(run)) == _strip_times(_metrics(finished_run))
     a, b = _artifacts(run), _artifacts(finished_run)
     assert a.keys() == b.keys()
     for key in a:
         assert a[key] == b[key], key
+    assert run_cli("verify", run).returncode == 0
+
+
+@pytest.mark.parametrize("point", KILLS)
+def test_resume_after_kill_matches_uninterrupted(point, finished_run, tmp_path):
+    _assert_identical(_killed_then_resumed(point, tmp_path), finished_run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", MORE_KILLS)
+def test_resume_after_kill_at_every_point(point, finished_run, tmp_path):
+    _assert_identical(_killed_then_resumed(point, tmp_path), finished_run)
+
+
+def test_kill_inside_a_forced_redo_keeps_the_stage(finished_run, tmp_path):
+    """SIGKILL between setting the finished stage aside and moving the new one in: the next run restores it."""
+    import os
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    proc = subprocess.run([sys.executable, "-m", "selfimprove", "stage", "filter", str(run), "--round", "1", "--force"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "SELFIMPROVE_FAULT": "round_01/filter:between_renames"})
+    assert proc.returncode == -signal.SIGKILL and not (run / "round_01" / "filter").exists()
+    out = run_cli("run", TINY_RECIPE, "--output_dir", run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _assert_identical(run, finished_run)
 
 
 def test_train_stage_by_hand_with_accelerate_launch(finished_run, tmp_path):
