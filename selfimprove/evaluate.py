@@ -4,6 +4,7 @@ diversity numbers compare checkpoints and nothing else."""
 
 from __future__ import annotations
 
+from selfimprove import seeding
 from selfimprove.generate import Sampling, sample
 from selfimprove.judge import oracle_correct
 from selfimprove.rundir import load_rows, save_rows
@@ -19,7 +20,7 @@ def probe_samples(ctx, ckpt: str) -> list[dict]:
     m = ctx.recipe.monitor
     rows = load_rows(ctx.run_dir / "probe_set" / "data")
     sampling = Sampling(m.probe_samples, m.probe_temperature, max_new_tokens=ctx.task.max_new_tokens(rows))
-    outs = sample(_backend(ctx), ckpt, [r["prompt"] for r in rows], sampling, ctx.recipe.seed * 1000 + 999,
+    outs = sample(_backend(ctx), ckpt, [r["prompt"] for r in rows], sampling, seeding.int_seed(ctx.recipe.seed, "probe_sampling"),
                   ctx.recipe.evaluate.batch_size, ctx.recipe.model.dtype, "probe", fmt=ctx.prompt_format,
                   options=ctx.recipe.generate)
     return [{**r, "sample_idx": j, **o, "oracle_correct": oracle_correct(ctx.task, o["completion"], r["reference"])}
@@ -30,9 +31,9 @@ def _eval_sampling(rows: list[dict], task) -> Sampling:
     return Sampling(max_new_tokens=task.max_new_tokens(rows))
 
 
-def eval_rows_scored(ctx, ckpt: str, desc: str = "eval") -> list[dict]:
-    """The run's eval sets answered greedily by ``ckpt``, each row with its completion and ``correct``."""
-    rows = ctx.eval_rows()
+def eval_rows_scored(ctx, ckpt: str, desc: str = "eval", rows: list[dict] | None = None) -> list[dict]:
+    """The run's eval sets (or ``rows``) answered greedily by ``ckpt``, each row with its completion and ``correct``."""
+    rows = ctx.eval_rows() if rows is None else rows
     outs = sample(_backend(ctx), ckpt, [r["prompt"] for r in rows], _eval_sampling(rows, ctx.task), 0,
                   ctx.recipe.evaluate.batch_size, ctx.recipe.model.dtype, desc, fmt=ctx.prompt_format,
                   options=ctx.recipe.generate)
@@ -47,5 +48,10 @@ def run_evaluate(ctx, k: int) -> None:
         scored = eval_rows_scored(ctx, ckpt, f"round {k} eval")
         save_rows(scored, out / "data")
         meta["metrics"] = ctx.task.eval_metrics(scored)
+        dev = ctx.dev_rows()
+        if dev:  # decisions (the accelerated curriculum) read these dev/... numbers, never eval/...
+            dev_scored = eval_rows_scored(ctx, ckpt, f"round {k} dev", dev)
+            save_rows(dev_scored, out / "dev")
+            meta["metrics"].update({"dev/" + key.removeprefix("eval/"): v for key, v in ctx.task.eval_metrics(dev_scored).items()})
         if ctx.recipe.monitor.probe_size:
             save_rows(probe_samples(ctx, ckpt), out / "probe")

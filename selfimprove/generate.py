@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from selfimprove import seeding
 from selfimprove.prompts import PromptFormat
 from selfimprove.rundir import dist_rank_world, gather_dict, my_batches, save_rows
+from selfimprove.seeding import child_seed
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def hf_generate(model, tokenizer, prompts: list[str], sampling: Sampling, seed: 
     for b, start in tqdm(my_batches(len(order), batch_size), desc=desc, unit="batch", leave=False, disable=rank != 0):
         idx = order[start:start + batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-        torch.manual_seed(seed * 1_000_003 + b)
+        torch.manual_seed(child_seed(seed, b))
         with torch.inference_mode():
             out = model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:]  # (batch * num_samples, new tokens)
@@ -124,7 +126,7 @@ def run_generate(ctx, k: int) -> None:
     ckpt = ctx.checkpoint(k - 1)
     sampling = Sampling(r.generate.num_samples, steered_temperature(ctx, k), r.generate.top_p, r.generate.top_k,
                         r.generate.max_new_tokens or ctx.task.max_new_tokens(prompts))
-    seed = r.seed * 1000 + k
+    seed = seeding.int_seed(r.seed, "generate", k)
     with ctx.writing(k, "generate", {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict(), "seed": seed}) as (out, meta):
         samples = sample(r.generate.backend, ckpt, [p["prompt"] for p in prompts], sampling, seed, r.generate.batch_size,
                          r.model.dtype, f"round {k} generate", fmt=ctx.prompt_format, options=r.generate)

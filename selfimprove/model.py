@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from selfimprove import seeding
 SPECIALS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
 
@@ -57,7 +58,7 @@ def prepare_base_model(recipe, task, out_dir: Path) -> dict:
     if recipe.model.path is not None:
         return {"source": recipe.model.path}
     tokenizer = build_char_tokenizer(task.alphabet())
-    model = build_bootstrap_model(recipe.model.bootstrap, tokenizer, recipe.seed)
+    model = build_bootstrap_model(recipe.model.bootstrap, tokenizer, seeding.int_seed(recipe.seed, "init"))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return {"source": "bootstrap", "parameters": sum(p.numel() for p in model.parameters())}

@@ -12,6 +12,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from selfimprove import seeding
 from selfimprove.diversity import (compression_ratio, coverage, homogenisation, lexical_suite, ngram_vendi, self_bleu,
                                    self_repetition)
 from selfimprove.rundir import is_done, load_rows, read_json, rebuild_metrics, write_json
@@ -53,10 +54,11 @@ def _embedder(path: str):
 
 
 def _subsample(items: list, m: int) -> list:
-    """A fixed-size, seeded subsample: diversity numbers grow with N, so every round is measured on the same N."""
+    """A fixed-size, seeded subsample: diversity numbers grow with N, so every round is measured on the same N. The
+    positions do not depend on the run's seed, so a metric is a function of the texts alone."""
     if len(items) <= m:
         return items
-    return [items[i] for i in sorted(np.random.default_rng(0).choice(len(items), m, replace=False))]
+    return [items[i] for i in sorted(seeding.rng(0, "measure").choice(len(items), m, replace=False))]
 
 
 def _mean(xs) -> float:

@@ -20,11 +20,10 @@ import numpy as np
 from selfimprove.errors import DataError
 from selfimprove.rundir import clean_partial, finish_stage, is_done, load_rows, save_rows
 from selfimprove.selection import accepted_rows
-from selfimprove.tasks import rng_for
+from selfimprove import seeding
 from selfimprove.typed_yaml import ConfigError
 
 logger = logging.getLogger(__name__)
-MIX_STREAM = 4
 
 
 def _draw(pool: list[dict], m: int, rng: np.random.Generator) -> list[dict]:
@@ -104,10 +103,10 @@ def _sft_config(r, k: int, out: Path, steps: int, accumulation: int, parameters:
 def training_rows(ctx, k: int, n_rows: int) -> list[dict]:
     seed_rows = load_rows(ctx.run_dir / "seed_data" / "data")
     if k == 0:
-        return _draw(seed_rows, n_rows, rng_for(ctx.recipe.seed, MIX_STREAM, 0))
+        return _draw(seed_rows, n_rows, seeding.rng(ctx.recipe.seed, "train_mix", 0))
     older = accepted_rows(ctx, k)
     newest = [row for row in load_rows(ctx.stage(k, "select") / "data") if row["selected"]]
-    return build_mixture(seed_rows, older, newest, ctx.recipe.train, n_rows, rng_for(ctx.recipe.seed, MIX_STREAM, k))
+    return build_mixture(seed_rows, older, newest, ctx.recipe.train, n_rows, seeding.rng(ctx.recipe.seed, "train_mix", k))
 
 
 def training_pairs(ctx, k: int, n_rows: int) -> list[dict]:
@@ -122,7 +121,7 @@ def training_pairs(ctx, k: int, n_rows: int) -> list[dict]:
     if not newest and not older:
         raise DataError(f"train.method 'dpo': round {k} has no (chosen, rejected) pairs. Check filter.pairs and the "
                          "judges: a pair needs two samples of one prompt with different scores.")
-    return build_mixture([], older, newest, ctx.recipe.train, n_rows, rng_for(ctx.recipe.seed, MIX_STREAM, k))
+    return build_mixture([], older, newest, ctx.recipe.train, n_rows, seeding.rng(ctx.recipe.seed, "train_mix", k))
 
 
 def _dpo_trainer(ctx, k, rows, model, tok, out: Path, steps: int, accumulation: int, ref_path: str):

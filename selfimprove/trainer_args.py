@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from selfimprove import seeding
+
 
 OWNED = {
     "output_dir": "the engine (each round trains into its own stage folder)",
@@ -102,7 +104,7 @@ def build_args(recipe, k: int, output_dir: str, steps: int, accumulation: int, m
         gradient_accumulation_steps=accumulation,
         learning_rate=t.round_learning_rate if k > 0 and t.round_learning_rate else t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, seed=recipe.seed + k, data_seed=recipe.seed + k,
+        max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, seed=seeding.int_seed(recipe.seed, "train", k), data_seed=seeding.int_seed(recipe.seed, "train", k),
         use_cpu=not gpu, **checkpointing_args(method, checkpointing(t, parameters, gpu)))
     if method == "dpo":
         owned.update(beta=t.dpo.beta, loss_type=[t.dpo.loss_type], max_length=t.dpo.max_length)

@@ -82,9 +82,10 @@ def test_stop_ends_the_loop_and_stays_stopped(tmp_path):
 
 def test_alarm_fires_on_a_collapsing_loop_and_not_on_its_control(tmp_path):
     """A self-consuming loop (seed dropped, newest round only) loses lexical diversity on the probe round after round;
-    the seed-only control dips once and recovers. A sustained-drop alarm tells them apart.
-    (Alarm threshold chosen after observing these two runs once; both are deterministic for the seed.)"""
-    alarm = "[{metric: diversity/probe/ngram_vendi, drop: 0.2, vs: previous, rounds: 2, action: warn}]"
+    the seed-only control dips once and recovers. A sustained drop below round 0 tells them apart. (This tests the
+    alarm's mechanics on one seed's deterministic runs, not a claim about loops: the threshold was chosen after
+    observing these two runs; it was re-chosen when the seeding module changed their draws.)"""
+    alarm = "[{metric: diversity/probe/ngram_vendi, drop: 0.35, vs: round0, rounds: 2, action: warn}]"
     common = ["--rounds", "3", "--monitor.probe_size", "40", "--train.max_steps", "60", "--train.round_learning_rate", "0.003",
               "--monitor.alarms", alarm]
     collapse = run_cli("run", TINY_RECIPE, "--output_dir", tmp_path / "collapse", *common,

@@ -39,7 +39,9 @@ def test_openai_backend_against_a_real_server(server, tiny_policy):
     again = sample("openai", tiny_policy, prompts[:1], sampling, seed=7, batch_size=8, options=_options(server))
     assert again[0] == out[0]
     # the server generated with the same model: its text is what hf_generate gives for that seed
-    seed0 = (7 * 1_000_003) % 2**31
+    from selfimprove.seeding import child_seed
+
+    seed0 = child_seed(7, 0, 0)  # prompt 0, sample 0 of the call's seed 7
     from selfimprove.model import load_policy, load_tokenizer
 
     direct = hf_generate(load_policy(tiny_policy), load_tokenizer(tiny_policy), ["12+3="], Sampling(1, 0.8, max_new_tokens=5), seed0, 1)
@@ -52,6 +54,7 @@ def test_openai_chat_api_applies_the_served_model_chat_template(tiny_real):
     pytest.importorskip("openai")
     from selfimprove.model import load_policy, load_tokenizer
     from selfimprove.prompts import PromptFormat
+    from selfimprove.seeding import child_seed
     from openai_server import Server
 
     path = tiny_real("qwen2")
@@ -60,7 +63,7 @@ def test_openai_chat_api_applies_the_served_model_chat_template(tiny_real):
     with Server(path) as server:
         out = sample("openai", path, ["2+2?"], sampling, 5, 8, fmt=fmt, options=_options(server, api="chat"))
     tok = load_tokenizer(path)
-    direct = hf_generate(load_policy(path), tok, fmt.texts(tok, ["2+2?"]), sampling, (5 * 1_000_003) % 2**31, 1,
+    direct = hf_generate(load_policy(path), tok, fmt.texts(tok, ["2+2?"]), sampling, child_seed(5, 0, 0), 1,
                          add_special_tokens=False)
     assert out[0][0]["error"] == "" and out[0][0]["completion"] == direct[0][0]["completion"]
 

@@ -1,7 +1,6 @@
 """Each stage's core function against hand-computed expectations, with a tiny model built in a fixture."""
 
 import pytest
-import torch
 
 from selfimprove.config import AdditionConfig, FilterConfig, JudgeConfig, SelectConfig, TrainConfig
 from selfimprove.errors import DataError

@@ -12,6 +12,7 @@ import asyncio
 import os
 
 from selfimprove.errors import MissingExtra
+from selfimprove.seeding import child_seed
 
 
 def _client(cfg):
@@ -44,7 +45,7 @@ async def _one(client, cfg, model: str, prompt: str | list[dict], sampling, seed
 async def _all(cfg, model: str, prompts: list, sampling, seed: int) -> list[list[dict]]:
     client, gate = _client(cfg), asyncio.Semaphore(cfg.concurrency)
     try:
-        jobs = [_one(client, cfg, model, p, sampling, (seed * 1_000_003 + i * 1_009 + j) % 2**31, gate)
+        jobs = [_one(client, cfg, model, p, sampling, child_seed(seed, i, j), gate)
                 for i, p in enumerate(prompts) for j in range(sampling.num_samples)]
         flat = await asyncio.gather(*jobs)
     finally:

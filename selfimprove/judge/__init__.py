@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from selfimprove import seeding
 from selfimprove.judge.rules import consistency, format_check, majority, verifier
 from selfimprove.rundir import load_rows, save_rows
 
@@ -85,7 +86,7 @@ def judge_rows(env: JudgeEnv, rows: list[dict]) -> tuple[list[dict], dict[str, l
 def run_judge(ctx, k: int) -> None:
     rows = load_rows(ctx.stage(k, "generate") / "data")
     cfg = ctx.recipe.judge
-    env = JudgeEnv(ctx.task, cfg, ctx.checkpoint(k - 1), ctx.recipe.seed * 1000 + k, ctx.recipe.model.dtype)
+    env = JudgeEnv(ctx.task, cfg, ctx.checkpoint(k - 1), seeding.int_seed(ctx.recipe.seed, "judge", k), ctx.recipe.model.dtype)
     with ctx.writing(k, "judge", {"judges": cfg.judges, "weights": cfg.weights, "combine": cfg.combine}) as (out, meta):
         judged, records = judge_rows(env, rows)
         save_rows(judged, out / "data")

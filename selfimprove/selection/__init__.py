@@ -12,6 +12,7 @@ from collections import Counter
 
 import numpy as np
 
+from selfimprove import seeding
 from selfimprove.rundir import is_done, load_rows, save_rows
 from selfimprove.selection import dedup, samplers
 
@@ -111,7 +112,7 @@ def run_select(ctx, k: int) -> None:
     lam = steered_diversity_weight(ctx, k)
     with ctx.writing(k, "select", {"method": cfg.method, "dedup": cfg.dedup, "per_prompt_cap": cfg.per_prompt_cap,
                                                "budget": cfg.budget, "diversity_weight": lam}) as (out, meta):
-        selected = select_rows(kept, cfg, accepted_rows(ctx, k), lam, m.unit, m.embedder, ctx.recipe.seed + k)
+        selected = select_rows(kept, cfg, accepted_rows(ctx, k), lam, m.unit, m.embedder, seeding.int_seed(ctx.recipe.seed, "select", k))
         save_rows(selected, out / "data")
         meta.update(candidates=len(selected), selected=sum(r["selected"] for r in selected),
                     reasons=dict(Counter(r["select_reason"] for r in selected)))

@@ -14,12 +14,12 @@ import re
 
 import numpy as np
 
-from selfimprove.tasks import prompt_key, rng_for, split_accuracy
+from selfimprove import seeding
+from selfimprove.tasks import prompt_key, split_accuracy
 
 _PROMPT = re.compile(r"^(\d+(?:,\d+)*)>(-?\d+):$")
 _EXPR = re.compile(r"^\d+(?:[-+*]\d+)*$")
 OPS = "+-*"
-SEED_STREAM, EVAL_STREAM, ROUND_STREAM = 1, 2, 3
 
 
 def evaluate_expression(expr: str) -> int:
@@ -78,7 +78,7 @@ class CountdownTask:
         return int(rng.integers(self.cfg.min_operands, self.cfg.max_operands + 1))
 
     def eval_sets(self) -> list[dict]:
-        rng, rows, c = rng_for(self.seed, EVAL_STREAM), [], self.cfg
+        rng, rows, c = seeding.rng(self.seed, "eval_sets"), [], self.cfg
         for n in range(c.min_operands, c.eval_max_operands + 1):
             seen: set[str] = set()
             for _ in range(50 * c.eval_size_per_level):  # small problem spaces (2 operands) run out of new prompts
@@ -93,7 +93,7 @@ class CountdownTask:
         return rows
 
     def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
-        rng, rows = rng_for(self.seed, SEED_STREAM), []
+        rng, rows = seeding.rng(self.seed, "seed_data"), []
         while len(rows) < self.cfg.seed_size:
             p = self._problem(rng, self._operands(rng))
             if prompt_key(p["prompt"]) not in exclude:
@@ -101,7 +101,7 @@ class CountdownTask:
         return rows
 
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
-        rng, rows = rng_for(self.seed, ROUND_STREAM, k), []
+        rng, rows = seeding.rng(self.seed, "round_prompts", k), []
         while len(rows) < self.cfg.prompts_per_round:
             p = self._problem(rng, self._operands(rng))
             if prompt_key(p["prompt"]) in exclude:

@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 
 from selfimprove.errors import DataError
-from selfimprove.tasks import prompt_key, rng_for, split_accuracy
+from selfimprove import seeding
+from selfimprove.tasks import prompt_key, split_accuracy
 
-ROUND_STREAM = 3
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 TEXT_FILE_SUFFIXES = (".j2", ".jinja", ".txt")
 
@@ -226,7 +226,7 @@ class GenericTask:
         if not n or n >= len(rows):
             return rows
         # One seeded permutation for the whole run, consumed in slices: no prompt repeats until all were used.
-        order = rng_for(self.seed, ROUND_STREAM).permutation(len(rows)).tolist()
+        order = seeding.rng(self.seed, "round_prompts").permutation(len(rows)).tolist()
         start = ((k - 1) * n) % len(rows)
         return [rows[order[(start + i) % len(rows)]] for i in range(n)]
 
