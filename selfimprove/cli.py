@@ -1,5 +1,5 @@
 """``selfimprove`` command line: run the loop, check a recipe, run one stage, recompute a run's metrics, verify a
-run's integrity, compare two checkpoints, or write a run's HTML report.
+run's integrity, compare two checkpoints, run a controlled study, or write an HTML report.
 
 A problem the user can fix (selfimprove.errors.UserError: a recipe, a data file, a run directory) prints one message
 and exits 2. Anything else prints one line saying what failed and where its traceback was written, and exits 1.
@@ -70,10 +70,26 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--run", default=None, help="Run directory whose task, eval/probe sets, sampling and judges to use (default: A's run).")
     cmp_.add_argument("--json", default=None, help="Also write the full result (metrics, win-rate, KL, samples) to this JSON file.")
     cmp_.add_argument("--samples", type=int, default=5, help="Side-by-side samples for the prompts where A and B differ most.")
+    cmp_.add_argument("--resamples", type=int, default=1000, help="Paired bootstrap resamples of the eval prompts (95%% CI of B - A).")
+    cmp_.add_argument("--probe-resamples", type=int, default=200,
+                      help="Resamples of the probe prompts (each recomputes every diversity metric on both sides).")
     cmp_.add_argument("--trust-recipe", action="store_true", help=TRUST_HELP)
     cmp_.add_argument("--log-level", default="WARNING", help="Python logging level.")
-    rep = add("report", help="Write a self-contained HTML report (and PNG plots) of one or more runs.")
-    rep.add_argument("run_dirs", nargs="+", help="Run directories; several are overlaid.")
+    st = add("study", help="Run a controlled study: arms x seeds, each a run; aggregate with confidence intervals.",
+             description="Runs (or resumes) every arm x seed of a study file as ordinary run directories under the "
+                         "study directory, then writes study.json, study.csv and a table: per arm mean and 95%% t CI "
+                         "over seeds, and each arm's paired difference from the baseline.")
+    st.add_argument("study", help="Study YAML (see recipes/studies/).")
+    st.add_argument("--output_dir", default=None, help="Study directory (default: the study's output_dir, else runs/studies/NAME).")
+    st.add_argument("--jobs", type=int, default=1, help="Runs at a time; each gets cores/jobs torch threads.")
+    st.add_argument("--smoke", action="store_true", help="Run every arm with --smoke. " + SMOKE_HELP)
+    st.add_argument("--slurm", action="store_true", help="Write STUDY_DIR/study.sbatch (a job array, one task per run) "
+                                                         "instead of running here.")
+    st.add_argument("--only", type=int, default=None, help="Run only the run with this index in plan.json (a Slurm array task).")
+    st.add_argument("--aggregate", action="store_true", help="Only aggregate what has finished (no runs).")
+    st.add_argument("--log-level", default="INFO", help="Python logging level.")
+    rep = add("report", help="Write a self-contained HTML report (and PNG plots) of one or more runs, or of a study.")
+    rep.add_argument("run_dirs", nargs="+", help="Run directories (several are overlaid), or one study directory.")
     rep.add_argument("--out", default=None, help="Output folder (default: RUN_DIR/report of the first run).")
     rep.add_argument("--log-level", default="INFO", help="Python logging level.")
     return parser
@@ -182,10 +198,28 @@ def _verify(args) -> int:
 def _compare(args) -> int:
     from selfimprove.compare import compare, print_table, write_json
 
-    result = compare(args.a, args.b, args.run, args.samples, trust=args.trust_recipe)
+    result = compare(args.a, args.b, args.run, args.samples, trust=args.trust_recipe, resamples=args.resamples,
+                     corpus_resamples=args.probe_resamples)
     print_table(result)
     if args.json:
         write_json(result, args.json)
+    return 0
+
+
+def _study(args) -> int:
+    from selfimprove import study
+
+    s = study.load_study(args.study, args.output_dir)
+    if args.slurm:
+        print(study.slurm_script(s, args.smoke))
+        return 0
+    if args.aggregate:
+        result = study.aggregate(s)
+    else:
+        result = study.run_study(s, args.jobs, args.smoke, args.only)
+    if result:
+        study.print_table(result)
+        print(s.output_dir / "study.json")
     return 0
 
 
@@ -197,7 +231,7 @@ def _report(args) -> int:
 
 
 COMMANDS = {"run": _run, "check": _check, "stage": _stage, "monitor": _monitor, "verify": _verify, "compare": _compare,
-            "report": _report}
+            "study": _study, "report": _report}
 
 
 def _traceback_log(args) -> str:

@@ -65,52 +65,90 @@ def win_rate(scores_a: dict, scores_b: dict) -> float:
     return float(np.mean(res)) if res else 0.5
 
 
-def compare(a: str, b: str, run: str | None = None, n_samples: int = 5, trust: bool = False) -> dict:
+def _eval_stat(task, rows: list[dict]):
+    return lambda idx: task.eval_metrics([rows[i] for i in idx])
+
+
+def _probe_stat(ctx, rows: list[dict], ids: list[str]):
+    """Probe metrics of a resample of the probe prompts; a prompt drawn twice counts as two prompts."""
+    from selfimprove.monitor import answer_metrics, diversity_metrics
+
+    by_prompt = defaultdict(list)
+    for r in rows:
+        by_prompt[r["prompt_id"]].append(r)
+    k = ctx.recipe.monitor.probe_samples
+
+    def stat(idx) -> dict:
+        picked = [{**r, "prompt_id": f"{ids[i]}#{pos}"} for pos, i in enumerate(idx) for r in by_prompt[ids[i]]]
+        score = float(np.mean([np.mean([r["score"] for r in by_prompt[ids[i]]]) for i in idx]))
+        return {**diversity_metrics(ctx, "probe", picked), **answer_metrics(picked, ctx.task.answer, k, "probe", "quality/probe/"),
+                "quality/probe/mean_judge_score": score}
+    return stat
+
+
+def _mcnemar(rows_a: list[dict], rows_b: list[dict]) -> dict:
+    from selfimprove.stats import mcnemar_exact
+
+    return {f"eval/accuracy/{split}": mcnemar_exact([a["correct"] for a in rows_a if a["split"] == split],
+                                                   [b["correct"] for b in rows_b if b["split"] == split])
+            for split in sorted({r["split"] for r in rows_a})}
+
+
+def _score(ctx, ckpt: str) -> tuple[list[dict], list[dict]]:
+    """(eval rows answered greedily, judged probe samples) for one checkpoint."""
     from selfimprove.evaluate import eval_rows_scored, probe_samples
     from selfimprove.judge import JudgeEnv, judge_rows
-    from selfimprove.model import load_policy, load_tokenizer
-    from selfimprove.monitor import answer_metrics, diversity_metrics
-    from selfimprove.runs import open_run
 
-    (ckpt_a, run_a), (ckpt_b, _) = resolve(a), resolve(b)
+    env = JudgeEnv(ctx.task, ctx.recipe.judge, ckpt, ctx.recipe.seed, ctx.recipe.model.dtype)
+    return eval_rows_scored(ctx, ckpt), judge_rows(env, probe_samples(ctx, ckpt))[0]
+
+
+def compare(a: str, b: str, run: str | None = None, n_samples: int = 5, trust: bool = False, resamples: int = 1000,
+            corpus_resamples: int = 200) -> dict:
+    from selfimprove.environment import differences, run_environment
+    from selfimprove.judge import JudgeEnv
+    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.runs import open_run
+    from selfimprove.stats import paired_bootstrap
+
+    (ckpt_a, run_a), (ckpt_b, run_b) = resolve(a), resolve(b)
     run_dir = Path(run) if run else run_a
     if run_dir is None:
         raise RunDirError("compare needs a run for its task, eval and probe sets: pass --run RUN_DIR.")
     ctx = open_run(str(run_dir), trust=trust)
-    out: dict = {"a": {"spec": a, "checkpoint": ckpt_a, "recipe": trained_under(ckpt_a)},
-                 "b": {"spec": b, "checkpoint": ckpt_b, "recipe": trained_under(ckpt_b)}, "run": str(run_dir)}
-    metrics, probes, scores = {}, {}, {}
-    for side, ckpt in (("a", ckpt_a), ("b", ckpt_b)):
-        probe = probe_samples(ctx, ckpt)
-        env = JudgeEnv(ctx.task, ctx.recipe.judge, ckpt, ctx.recipe.seed, ctx.recipe.model.dtype)
-        judged = judge_rows(env, probe)[0]
-        k = ctx.recipe.monitor.probe_samples
-        metrics[side] = {**ctx.task.eval_metrics(eval_rows_scored(ctx, ckpt)), **diversity_metrics(ctx, "probe", probe),
-                         **answer_metrics(probe, ctx.task.answer, k, "probe", "quality/probe/")}
-        by_prompt = defaultdict(list)
-        for r in judged:
-            by_prompt[r["prompt_id"]].append(r["score"])
-        scores[side] = {p: float(np.mean(v)) for p, v in by_prompt.items()}
-        metrics[side]["quality/probe/mean_judge_score"] = float(np.mean(list(scores[side].values())))
-        probes[side] = judged
-    keys = sorted(set(metrics["a"]) & set(metrics["b"]))
-    out["metrics"] = {key: {"a": metrics["a"][key], "b": metrics["b"][key], "delta": metrics["b"][key] - metrics["a"][key]} for key in keys}
+    out: dict = {"a": {"spec": a, "checkpoint": ckpt_a, "recipe": trained_under(ckpt_a), "environment": run_environment(run_a)},
+                 "b": {"spec": b, "checkpoint": ckpt_b, "recipe": trained_under(ckpt_b), "environment": run_environment(run_b)},
+                 "run": str(run_dir)}
+    out["environment_differences"] = differences(out["a"]["environment"], out["b"]["environment"])
+    (eval_a, probe_a), (eval_b, probe_b) = _score(ctx, ckpt_a), _score(ctx, ckpt_b)
+    ids = sorted({r["prompt_id"] for r in probe_a} & {r["prompt_id"] for r in probe_b})
+    seed = ctx.recipe.seed
+    table = {**paired_bootstrap(_eval_stat(ctx.task, eval_a), _eval_stat(ctx.task, eval_b), len(eval_a), resamples, seed),
+             **(paired_bootstrap(_probe_stat(ctx, probe_a, ids), _probe_stat(ctx, probe_b, ids), len(ids), corpus_resamples, seed)
+                if ids else {})}
+    out["metrics"] = dict(sorted(table.items()))
+    out["bootstrap"] = {"method": "paired percentile bootstrap over shared prompts", "level": 0.95,
+                        "eval_resamples": resamples, "probe_resamples": corpus_resamples if ids else 0,
+                        "eval_prompts": len(eval_a), "probe_prompts": len(ids)}
+    out["mcnemar"] = _mcnemar(eval_a, eval_b)
+    scores = {side: {p: float(np.mean([r["score"] for r in rows if r["prompt_id"] == p])) for p in ids}
+              for side, rows in (("a", probe_a), ("b", probe_b))}
     out["win_rate_b_vs_a"] = win_rate(scores["a"], scores["b"])
     if "llm_pairwise" in ctx.recipe.judge.judges:  # the pairwise judge compares A and B directly, in both orders
         from selfimprove.judge.llm import head_to_head
 
         env = JudgeEnv(ctx.task, ctx.recipe.judge, ckpt_b, ctx.recipe.seed, ctx.recipe.model.dtype)
-        out["pairwise_b_vs_a"] = head_to_head(env, probes["a"], probes["b"])
+        out["pairwise_b_vs_a"] = head_to_head(env, probe_a, probe_b)
     tok = load_tokenizer(ckpt_a)
     pa, pb = load_policy(ckpt_a, ctx.recipe.model.dtype).eval(), load_policy(ckpt_b, ctx.recipe.model.dtype).eval()
     fmt = ctx.prompt_format
-    out["kl_per_token"] = {"a_to_b": token_kl(pa, pb, tok, probes["a"], fmt=fmt), "b_to_a": token_kl(pb, pa, tok, probes["b"], fmt=fmt)}
-    gaps = sorted(scores["a"], key=lambda p: (-abs(scores["b"].get(p, 0) - scores["a"][p]), p))[:n_samples]
-    first = {side: {r["prompt_id"]: r for r in probes[side] if r["sample_idx"] == 0} for side in ("a", "b")}
+    out["kl_per_token"] = {"a_to_b": token_kl(pa, pb, tok, probe_a, fmt=fmt), "b_to_a": token_kl(pb, pa, tok, probe_b, fmt=fmt)}
+    gaps = sorted(ids, key=lambda p: (-abs(scores["b"][p] - scores["a"][p]), p))[:n_samples]
+    first = {side: {r["prompt_id"]: r for r in rows if r["sample_idx"] == 0} for side, rows in (("a", probe_a), ("b", probe_b))}
     out["samples"] = [{"prompt_id": p, "prompt": first["a"][p]["prompt"], "a": first["a"][p]["completion"],
                        "b": first["b"][p]["completion"], "score_a": scores["a"][p], "score_b": scores["b"][p]} for p in gaps]
     out["probe"] = {side: [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "completion": r["completion"],
-                            "score": r["score"]} for r in probes[side]] for side in ("a", "b")}
+                            "score": r["score"]} for r in rows] for side, rows in (("a", probe_a), ("b", probe_b))}
     return out
 
 
@@ -121,12 +159,22 @@ def print_table(result: dict) -> None:
     recipes = "" if result["a"]["recipe"] == result["b"]["recipe"] else \
         f" (trained under recipes {result['a']['recipe'] or '?'} and {result['b']['recipe'] or '?'})"
     table = Table(title=f"B = {result['b']['spec']}  vs  A = {result['a']['spec']}{recipes}")
-    for col in ("metric", "A", "B", "B - A"):
+    for col in ("metric", "A", "B", "B - A", "95% CI", "McNemar p"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for key, v in result["metrics"].items():
-        table.add_row(key, f"{v['a']:.4g}", f"{v['b']:.4g}", f"{v['delta']:+.4g}")
+        ci = "" if v["ci_low"] != v["ci_low"] else f"[{v['ci_low']:+.4g}, {v['ci_high']:+.4g}]"
+        real = ci and (v["ci_low"] > 0 or v["ci_high"] < 0)
+        m = result["mcnemar"].get(key)
+        table.add_row(key, f"{v['a']:.4g}", f"{v['b']:.4g}", f"{v['delta']:+.4g}", f"[bold]{ci}[/]" if real else ci,
+                      f"{m['p_value']:.3g} ({m['a_only']}/{m['b_only']})" if m else "")
     console = Console()
     console.print(table)
+    b = result["bootstrap"]
+    console.print(f"CI: {b['method']} ({b['eval_resamples']} resamples of {b['eval_prompts']} eval prompts, "
+                  f"{b['probe_resamples']} of {b['probe_prompts']} probe prompts); bold = excludes 0. McNemar: exact, "
+                  "(problems only A solved / only B solved).")
+    for line in result.get("environment_differences", []):
+        console.print(f"[yellow]warning: A and B ran in different environments: {line}[/]")
     console.print(f"win-rate of B over A (run's judges, per probe prompt): {result['win_rate_b_vs_a']:.3f}")
     if "pairwise_b_vs_a" in result:
         h = result["pairwise_b_vs_a"]

@@ -59,7 +59,8 @@ class AdditionConfig:
     prompts_per_round: int = _f(2000, "Unlabelled prompts at the new difficulty generated each round.", ge=0)
     in_range_prompts: int = _f(0, "Extra unlabelled prompts per round inside the seeded (labelled) range.", ge=0)
     swapped_pairs: bool = _f(False, "Pose every new-difficulty problem twice, a+b and b+a (prompts_per_round counts prompts), as one group_id, so the 'consistency' judge can ask both orders to agree: a label-free check that catches errors a majority vote keeps.")
-    curriculum: Literal["next", "accelerated"] = _f("next", "'next': round k adds digit count seed_max_digits+k; 'accelerated': also skips every count the last eval solved at >= accelerate_threshold.")
+    curriculum: Literal["next", "accelerated"] = _f("next", "'next': round k adds digit count seed_max_digits+k; 'accelerated': also skips every count the last round's dev set solved at >= accelerate_threshold (never the eval sets).")
+    dev_size_per_digit: int = _f(0, "Dev problems per digit count (a split of their own, drawn apart from the eval sets and kept out of training): what decisions such as the accelerated curriculum read. 0 = none.", ge=0)
     accelerate_threshold: float = _f(0.99, "Accuracy at which a digit count counts as solved for the accelerated curriculum.", gt=0, le=1)
     other_operand: Literal["same", "any"] = _f("any", "Difficulty 'longer' only: at digit count n, 'same' makes both operands n digits; 'any' draws the other operand's length from 1..n.")
     eval_max_digits: int = _f(12, "Evaluate digit counts 1..eval_max_digits (both operands of that length).", ge=1)
@@ -76,6 +77,9 @@ class AdditionConfig:
         if self.pad_width and self.pad_width < max(self.eval_max_digits, self.long_max_digits):
             p.append(f"pad_width={self.pad_width} is shorter than the longest operand evaluated or generated "
                      f"({max(self.eval_max_digits, self.long_max_digits)} digits). Raise pad_width or lower eval_max_digits.")
+        if self.curriculum == "accelerated" and not self.dev_size_per_digit:
+            p.append("curriculum 'accelerated' decides from accuracy, which it reads from the dev split, never the eval "
+                     "sets: set dev_size_per_digit > 0 (e.g. 100).")
         if self.eval_max_digits <= self.seed_max_digits:
             p.append(f"eval_max_digits={self.eval_max_digits} leaves no out-of-distribution digit count; set it above seed_max_digits={self.seed_max_digits}.")
         return p
@@ -129,10 +133,40 @@ class CountdownConfig:
 
 
 @dataclass
+class RewriteConfig:
+    alphabet: int = _f(6, "Letters a.. used in rules and strings.", ge=2, le=26)
+    train_rules: int = _f(64, "Distinct rules in the seed data and round prompts (the diversity knob, at a fixed seed_size).", ge=1)
+    ood_rules: int = _f(64, "Held-out rules, only in the OOD eval (the same for every train_rules under one seed).", ge=1)
+    rule_max_len: int = _f(2, "Longest left or right side of a rule (complexity).", ge=1)
+    min_input: int = _f(3, "Shortest input string.", ge=0)
+    max_input: int = _f(8, "Longest input string.", ge=1)
+    noop_share: float = _f(0.2, "Share of problems whose first rule does not apply (the answer keeps that step's string).", ge=0, le=1)
+    step_mix: list[float] = _f([1.0], "Weights of 1, 2, ... rules per problem in seed data and round prompts (complexity), e.g. [1, 1, 1].")
+    label_noise: float = _f(0.0, "Share of seed labels made wrong on purpose, one character changed (the quality knob).", ge=0, le=1)
+    seed_size: int = _f(4000, "Labelled seed problems (the example budget).", ge=1)
+    prompts_per_round: int = _f(1000, "Unlabelled round prompts: new inputs for the training rules.", ge=0)
+    eval_max_steps: int = _f(3, "Evaluate 1..eval_max_steps rules per problem, on training (ID) and held-out (OOD) rules.", ge=1)
+    eval_size_per_level: int = _f(200, "Eval problems per split and step count.", ge=1)
+
+    def check(self) -> list[str]:
+        p = []
+        if self.min_input > self.max_input:
+            p.append(f"min_input={self.min_input} must be <= max_input={self.max_input}.")
+        if not self.step_mix or any(not isinstance(w, (int, float)) or w < 0 for w in self.step_mix) or not sum(self.step_mix):
+            p.append(f"step_mix={self.step_mix!r} must be a list of non-negative weights with a positive sum, e.g. [1, 1].")
+        space = sum(self.alphabet ** n for n in range(1, self.rule_max_len + 1)) * sum(self.alphabet ** n for n in range(self.rule_max_len + 1))
+        if self.train_rules + self.ood_rules > space // 2:
+            p.append(f"train_rules + ood_rules = {self.train_rules + self.ood_rules} is over half of the {space} possible "
+                     "rules: raise alphabet or rule_max_len, or ask for fewer rules.")
+        return p
+
+
+@dataclass
 class TaskConfig:
-    name: Literal["addition", "countdown", "generic"] = _f("addition", "Built-in task ('addition', 'countdown'), or 'generic' for your own prompt files.")
+    name: Literal["addition", "countdown", "rewrite", "generic"] = _f("addition", "Built-in task ('addition', 'countdown', 'rewrite'), or 'generic' for your own prompt files.")
     addition: AdditionConfig = field(default_factory=AdditionConfig, metadata={"help": "Options of the addition task."})
     countdown: CountdownConfig = field(default_factory=CountdownConfig, metadata={"help": "Options of the countdown task."})
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig, metadata={"help": "Options of the rewrite task (string rewriting rules; OOD = unseen rules)."})
     generic: GenericConfig = field(default_factory=GenericConfig, metadata={"help": "Options of the generic task."})
 
 
@@ -372,6 +406,10 @@ class AlarmConfig:
         p = []
         if not 0 < self.drop < 1:
             p.append(f"drop={self.drop} must be in (0, 1): it is a relative drop.")
+        if self.metric.startswith("eval/"):
+            p.append(f"metric={self.metric!r}: an alarm decides what the loop does, and decisions never read the eval "
+                     "sets (they would steer training by the test answers). Use a dev/... metric (the task's dev "
+                     "split) or a label-free one (diversity/..., quality/...).")
         if self.rounds < 1:
             p.append(f"rounds={self.rounds} must be >= 1.")
         return p

@@ -39,9 +39,10 @@ def _distinct(c: Counter) -> float:
     return len(c) / total if total else 0.0
 
 
-def _ead(c: Counter, vocab_size: int) -> float:
-    total = sum(c.values())
-    return len(c) / (vocab_size * (1 - ((vocab_size - 1) / vocab_size) ** total)) if total else 0.0
+def _ead(c: Counter, vocab_size: int, n: int) -> float:
+    # The space of n-grams has V**n members; -expm1(C * log1p(-1/S)) is 1 - (1 - 1/S)**C without underflow at large S.
+    total, space = sum(c.values()), float(vocab_size) ** n
+    return len(c) / (space * -math.expm1(total * math.log1p(-1 / space))) if total and space > 1 else 0.0
 
 
 def _entropy(c: Counter) -> float:
@@ -60,9 +61,10 @@ def distinct_n(texts: list[str], n: int, unit: str = "char") -> float:
 def ead(texts: list[str], n: int, vocab_size: int, unit: str = "char") -> float:
     """Expectation-adjusted distinct (Liu et al. 2022): unique n-grams / the expected unique count of C uniform draws.
 
-    EAD = N_u / (V * (1 - ((V - 1) / V) ** C)), V = vocabulary size of the tokenisation used.
+    EAD = N_u / (S * (1 - ((S - 1) / S) ** C)) with S = V**n possible n-grams, V = vocabulary size of the tokenisation
+    used (the expected distinct count of C uniform draws from S). Values near 1 mean as diverse as uniform text.
     """
-    return _ead(ngram_counts(texts, n, unit), vocab_size)
+    return _ead(ngram_counts(texts, n, unit), vocab_size, n)
 
 
 def ngram_entropy(texts: list[str], n: int, unit: str = "char") -> float:
@@ -77,7 +79,7 @@ def lexical_suite(texts: list[str], orders=(1, 2, 3, 4), unit: str = "char", voc
         c = ngram_counts(texts, n, unit)
         out[f"distinct_{n}"], out[f"ngram_entropy_{n}"] = _distinct(c), _entropy(c)
         if vocab_size:
-            out[f"ead_{n}"] = _ead(c, vocab_size)
+            out[f"ead_{n}"] = _ead(c, vocab_size, n)
     return out
 
 

@@ -22,7 +22,7 @@ from selfimprove.integrity import recover
 from selfimprove.rundir import LAUNCHED_ENV, RunContext, dist_rank_world, in_launched_job, is_done, save_rows
 from selfimprove.runs import claimed_run
 from selfimprove.selection import run_select
-from selfimprove.tasks import rng_for
+from selfimprove import seeding
 from selfimprove.train import run_train
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 STAGES = {"generate": run_generate, "judge": run_judge, "filter": run_filter, "select": run_select,
           "train": run_train, "evaluate": run_evaluate, "monitor": run_monitor}
 ROUND0_STAGES = ("train", "evaluate", "monitor")
-PROBE_STREAM = 5
 
 
 def setup(ctx: RunContext) -> None:
@@ -47,10 +46,17 @@ def setup(ctx: RunContext) -> None:
             rows = ctx.task.eval_sets()
             save_rows(rows, out / "data")
             meta["rows"] = len(rows)
+            if hasattr(ctx.task, "dev_sets"):  # what decisions read: apart from the eval sets, out of training
+                from selfimprove.tasks import prompt_key
+
+                dev = ctx.task.dev_sets({prompt_key(r["prompt"]) for r in rows})
+                if dev:
+                    save_rows(dev, out / "dev")
+                    meta["dev_rows"] = len(dev)
     if ctx.recipe.monitor.probe_size and not is_done(ctx.run_dir / "probe_set"):
         with ctx.writing(None, "probe_set") as (out, meta):
             rows = ctx.eval_rows()
-            pick = rng_for(ctx.recipe.seed, PROBE_STREAM).permutation(len(rows))[: ctx.recipe.monitor.probe_size]
+            pick = seeding.rng(ctx.recipe.seed, "probe_set").permutation(len(rows))[: ctx.recipe.monitor.probe_size]
             save_rows([rows[i] for i in sorted(pick)], out / "data")
             meta["rows"] = len(pick)
     if not is_done(ctx.run_dir / "seed_data"):

@@ -149,12 +149,113 @@ def recipe_history(run: Path, rows: list[dict]) -> str:
             f"<th>changes</th></tr>{cells}</table>")
 
 
+def environment_section(runs: dict[str, Path]) -> str:
+    """What each run ran on (environment.json), and a warning where overlaid runs differ in it."""
+    from selfimprove.environment import differences, environments
+
+    rows, latest = [], {}
+    for name, path in runs.items():
+        for e in environments(path):
+            latest[name] = e
+            pkgs = ", ".join(f"{k} {v}" for k, v in e.get("packages", {}).items() if v)
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>{e.get('from_round')}</td><td><code>{html.escape(str(e.get('selfimprove_commit')))}</code></td>"
+                        f"<td>{html.escape(str(e.get('python')))}</td><td>{html.escape(pkgs)}</td><td>{html.escape(str(e.get('cpu')))}</td>"
+                        f"<td>{html.escape(', '.join(e.get('gpu') or []) or '-')}</td><td>{e.get('torch_threads')}</td></tr>")
+    if not rows:
+        return ""
+    names = list(latest)
+    warn = [f"{a} vs {b}: {d}" for i, a in enumerate(names) for b in names[i + 1:] for d in differences(latest[a], latest[b])]
+    warn += [f"{n}: resumed in another environment at round {e['from_round']}" for n, p in runs.items() for e in environments(p)[1:]]
+    note = "".join(f'<p class="warn">warning: {html.escape(w)}</p>' for w in warn)
+    return ("<h2>Environment</h2>" + note + "<table><tr><th>run</th><th>from round</th><th>selfimprove</th><th>python</th>"
+            "<th>packages</th><th>CPU</th><th>GPU</th><th>torch threads</th></tr>" + "".join(rows) + "</table>")
+
+
 def _img(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+def _study_plots(result: dict, out: Path) -> list[tuple[str, Path]]:
+    """Per metric, each arm's mean over rounds with its 95% CI band; then the final round's differences from the
+    baseline as a forest plot (one panel per metric)."""
+    import numpy as np
+
+    metrics, arms = result["metrics"], list(result["arms"])
+
+    def bands(axes):
+        for ax, metric in zip(axes, metrics):
+            for arm in arms:
+                pts = sorted((int(k), v[metric]) for k, v in result["arms"][arm].items() if v[metric]["n"])
+                if not pts:
+                    continue
+                x = [k for k, _ in pts]
+                ax.plot(x, [v["mean"] for _, v in pts], marker="o", label=f"{arm} (n={pts[-1][1]['n']})")
+                lo = [v["ci_low"] if np.isfinite(v["ci_low"]) else v["mean"] for _, v in pts]
+                hi = [v["ci_high"] if np.isfinite(v["ci_high"]) else v["mean"] for _, v in pts]
+                ax.fill_between(x, lo, hi, alpha=0.2)
+            ax.set_title(metric, fontsize=9)
+            ax.set_xlabel("round")
+            ax.legend(fontsize=7)
+
+    k = str(result["final_round"])
+    others = [a for a in arms if a in result["differences"]]
+
+    def forest(axes):
+        for ax, metric in zip(axes, metrics):
+            ds = [result["differences"][a].get(k, {}).get(metric, {}) for a in others]
+            y = np.arange(len(others))
+            mean = [d.get("mean", np.nan) for d in ds]
+            err = [[m - d.get("ci_low", np.nan) for m, d in zip(mean, ds)], [d.get("ci_high", np.nan) - m for m, d in zip(mean, ds)]]
+            ax.errorbar(mean, y, xerr=np.nan_to_num(np.array(err)), fmt="o", capsize=4)
+            ax.axvline(0, color="grey", lw=1, ls="--")
+            ax.set_yticks(y, others)
+            ax.set_title(f"{metric}: arm - {result['baseline']}, round {k}", fontsize=9)
+
+    n, cols = len(metrics), min(3, len(metrics))
+    rows = -(-n // cols)
+    plots = [("each arm over rounds (mean, 95% CI over seeds)", _fig(out / "study_rounds.png", bands, cols, rows, (5, 3.4)))]
+    if others:
+        plots.append(("final-round differences from the baseline (paired, 95% CI)",
+                      _fig(out / "study_forest.png", forest, cols, rows, (5, 0.6 + 0.5 * len(others)))))
+    return plots
+
+
+def write_study_report(study_dir: Path, out: str | None = None) -> Path:
+    """A study's page: CI bands, the forest plot, the final-round table and links to each run's directory."""
+    result = json.loads((study_dir / "study.json").read_text())
+    out_dir = Path(out) if out else study_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = "".join(f'<h2>{html.escape(t)}</h2><img alt="{html.escape(t)}" src="{_img(png)}">'
+                       for t, png in _study_plots(result, out_dir))
+    k = str(result["final_round"])
+    fmt = lambda v: "-" if v is None or v != v else f"{v:.4g}"  # noqa: E731
+    rows = ""
+    for arm, by_round in result["arms"].items():
+        for metric, v in by_round.get(k, {}).items():
+            d = result["differences"].get(arm, {}).get(k, {}).get(metric)
+            diff = f"{d['mean']:+.4g} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}], p={fmt(d['p_value'])}" if d and d["n"] else ""
+            rows += (f"<tr><td>{html.escape(arm)}</td><td>{html.escape(metric)}</td><td>{v['n']}</td><td>{fmt(v['mean'])} "
+                     f"[{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]</td><td>{' '.join(fmt(x) for x in v['values'])}</td><td>{diff}</td></tr>")
+    runs = {name: study_dir / name for name in result["runs"]}
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>selfimprove study: {html.escape(result['study'])}</title>
+<style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}img{{max-width:100%}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}}.warn{{color:#a60}}</style></head>
+<body><h1>study {html.escape(result['study'])}</h1><p>Seeds {result['seeds']}; baseline {html.escape(result['baseline'])}.
+Arms: {html.escape(result['method']['arms'])}. Differences: {html.escape(result['method']['differences'])}.</p>{sections}
+<h2>Round {k}</h2><table><tr><th>arm</th><th>metric</th><th>n</th><th>mean [95% CI]</th><th>per seed</th><th>arm - baseline [95% CI]</th></tr>{rows}</table>
+{environment_section(runs)}
+<script>window.addEventListener("load",()=>{{const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;
+document.body.dataset.imagesLoaded=ok;document.body.dataset.imagesTotal=document.images.length;}});</script></body></html>"""
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path
+
+
 def write_report(run_dirs: list[str], out: str | None = None) -> Path:
-    """Write report.html and its PNGs into ``out`` (default: RUN_DIR/report for one run); return the HTML path."""
+    """Write report.html and its PNGs into ``out`` (default: RUN_DIR/report for one run); return the HTML path. One
+    study directory (with study.json) gets the study's page."""
+    if len(run_dirs) == 1 and (Path(run_dirs[0]) / "study.json").exists():
+        return write_study_report(Path(run_dirs[0]), out)
     runs = {Path(r).name: Path(r) for r in run_dirs}
     if len(runs) < len(run_dirs):
         runs = {str(Path(r)): Path(r) for r in run_dirs}  # two runs with the same folder name
@@ -173,10 +274,10 @@ def write_report(run_dirs: list[str], out: str | None = None) -> Path:
     samples = "".join(f"<h2>{html.escape(name)}: samples</h2>{sample_tables(path, metrics[name])}" for name, path in runs.items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>selfimprove report: {html.escape(', '.join(runs))}</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}img{{max-width:100%}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}}pre{{background:#f6f6f6;padding:8px}}</style></head>
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}}pre{{background:#f6f6f6;padding:8px}}.warn{{color:#a60}}</style></head>
 <body><h1>selfimprove report</h1><p>Runs: {html.escape(', '.join(f'{n} ({len(metrics[n])} rounds)' for n in runs))}</p>
 {sections}<h2>Last round's metrics</h2><table><tr><th>metric</th>{''.join(f'<th>{html.escape(n)}</th>' for n in metrics)}</tr>{table}</table>
-<h2>Config</h2>{configs}{samples}
+{environment_section(runs)}<h2>Config</h2>{configs}{samples}
 <script>window.addEventListener("load",()=>{{const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;
 document.body.dataset.imagesLoaded=ok;document.body.dataset.imagesTotal=document.images.length;}});</script></body></html>"""
     path = out_dir / "report.html"

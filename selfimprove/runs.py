@@ -10,6 +10,7 @@
 - Recipe history: ``recipes/history.json`` lists every recipe the run has had, the round from which each applied and
   its hash, with the recipe itself beside it (``recipes/NNN.yaml``); each stage's meta.json and each line of
   metrics.jsonl carry the hash of the recipe its round ran under.
+- Environment: ``environment.json`` lists what the run ran on (selfimprove.environment), one entry per change.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from selfimprove import environment
 from selfimprove.config import LOCATION_FIELDS, recipe_from_dict, recipe_hash, recipe_to_dict
 from selfimprove.errors import RunDirError, UserError
 from selfimprove.rundir import ROUND_DIR, SETUP_DIRS, RunContext, completed_rounds, in_launched_job, write_json
@@ -136,7 +138,10 @@ def claimed_run(recipe, allow_recipe_change: bool = False, note: str = ""):
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir, "run"):
         _refuse_foreign(run_dir)  # again, now that no one else can be writing
-        yield _resume_or_start(recipe, allow_recipe_change, note)
+        ctx = _resume_or_start(recipe, allow_recipe_change, note)
+        done = completed_rounds(run_dir)
+        environment.record(run_dir, done[-1] + 1 if done else 0)
+        yield ctx
 
 
 def code_named_by(recipe) -> list[str]:

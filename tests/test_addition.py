@@ -1,3 +1,7 @@
+import json
+
+import pytest
+
 from selfimprove.config import AdditionConfig
 from selfimprove.tasks.addition import AdditionTask, expected_length, format_problem
 
@@ -26,7 +30,7 @@ def test_fixed_width_format_by_hand():
 
 def test_accelerated_curriculum_stops_at_the_padded_width():
     t = AdditionTask(AdditionConfig(seed_max_digits=3, curriculum="accelerated", eval_max_digits=6, pad_width=6), 0)
-    hist = [{"task/max_difficulty": 5, "eval/accuracy/d6": 1.0}]
+    hist = [{"task/max_difficulty": 5, "dev/accuracy/d6": 1.0}]
     assert t.target_digits(3, hist) == [6]
 
 
@@ -76,11 +80,42 @@ def test_in_range_prompts_stay_in_the_seeded_range():
 
 
 def test_curricula():
-    t = AdditionTask(AdditionConfig(seed_max_digits=3, curriculum="accelerated"), 0)
+    t = AdditionTask(AdditionConfig(seed_max_digits=3, curriculum="accelerated", dev_size_per_digit=20), 0)
     assert t.target_digits(1, []) == [4]
-    hist = [{"task/max_difficulty": 4, "eval/accuracy/d5": 0.995, "eval/accuracy/d6": 0.99, "eval/accuracy/d7": 0.5}]
+    hist = [{"task/max_difficulty": 4, "dev/accuracy/d5": 0.995, "dev/accuracy/d6": 0.99, "dev/accuracy/d7": 0.5}]
     assert t.target_digits(2, hist) == [5, 6, 7]
     assert AdditionTask(AdditionConfig(seed_max_digits=3), 0).target_digits(2, hist) == [5]
+
+
+def test_no_eval_set_answer_reaches_a_decision(tmp_path):
+    """The accelerated curriculum reads the dev split: eval accuracies at 0 or at 1 give the same round prompts,
+    dev accuracies change them; dev problems are neither eval problems nor training problems; an alarm on an
+    eval/ metric is refused."""
+    from conftest import TINY_RECIPE, run_cli
+
+    from selfimprove.config import ConfigError, load_recipe
+    from selfimprove.rundir import load_rows
+    from selfimprove.tasks import prompt_key
+
+    t = AdditionTask(AdditionConfig(seed_max_digits=3, curriculum="accelerated", dev_size_per_digit=20), 0)
+    evals = {f"eval/accuracy/d{n}": 1.0 for n in range(1, 13)}
+    base = {"task/max_difficulty": 4}
+    assert t.target_digits(2, [{**base, **evals}]) == t.target_digits(2, [{**base, **{k: 0.0 for k in evals}}]) == [5]
+    assert t.target_digits(2, [{**base, "dev/accuracy/d6": 1.0}]) == [5, 6, 7]  # d6 solved: go on to d7
+    with pytest.raises(ConfigError, match="dev_size_per_digit"):
+        load_recipe(None, {"task.addition.curriculum": "accelerated"})
+    with pytest.raises(ConfigError, match="never read the eval"):
+        load_recipe(None, {"monitor.alarms": [{"metric": "eval/accuracy/ood", "drop": 0.1}]})
+    run = tmp_path / "run"
+    out = run_cli("run", TINY_RECIPE, "--output_dir", run, "--rounds", "1", "--task.addition.curriculum", "accelerated",
+                  "--task.addition.dev_size_per_digit", "10")
+    assert out.returncode == 0, out.stderr[-3000:]
+    dev, evals = load_rows(run / "eval_sets" / "dev"), load_rows(run / "eval_sets" / "data")
+    keys = lambda rows: {prompt_key(r["prompt"]) for r in rows}  # noqa: E731
+    trained = keys(load_rows(run / "seed_data" / "data")) | keys(load_rows(run / "round_01" / "generate" / "data"))
+    assert dev and not keys(dev) & keys(evals) and not keys(dev) & trained
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("dev/accuracy/d4" in m and "eval/accuracy/d4" in m for m in metrics)
 
 
 def test_eval_metrics_frontier():

@@ -16,8 +16,14 @@ def test_lexical_by_hand():
     # "abab": bigrams ab, ba, ab -> 2 unique of 3
     assert distinct_n(["abab"], 2) == pytest.approx(2 / 3)
     assert distinct_n(["the cat", "the dog"], 1, unit="word") == pytest.approx(3 / 4)
-    # EAD with V=3, C=3, N_u=2: 2 / (3 * (1 - (2/3)^3)) = 2 / (57/27)
-    assert ead(["abab"], 2, vocab_size=3) == pytest.approx(2 / (57 / 27))
+    # Bigram EAD over V=3 letters: S = 3^2 = 9 possible bigrams, C=3 drawn (ab, ba, ab), N_u=2:
+    # 2 / (9 * (1 - (8/9)^3)) = 2 * 729 / (9 * 217)
+    assert ead(["abab"], 2, vocab_size=3) == pytest.approx(2 * 729 / (9 * 217))
+    # unigrams: S = 3, C = 4, N_u = 2: 2 / (3 * (1 - (2/3)^4)) = 162 / 195
+    assert ead(["abab"], 1, vocab_size=3) == pytest.approx(162 / 195)
+    # uniform-looking text sits near 1 at every order, not at V^(n-1) (the old V-for-every-order bug)
+    text = ["".join(np.random.default_rng(0).choice(list("abcd"), 4000))]
+    assert [round(ead(text, n, 4), 1) for n in (1, 2, 3)] == [1.0, 1.0, 1.0]
     assert ngram_entropy(["abab"], 2) == pytest.approx(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)))
     assert ngram_entropy(["aaaa"], 1) == 0.0
 

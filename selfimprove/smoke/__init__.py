@@ -36,6 +36,7 @@ CAPS = {
     "task.addition.seed_size": 2000, "task.addition.prompts_per_round": 40, "task.addition.in_range_prompts": 20,
     "task.addition.eval_size_per_digit": 20,
     "task.countdown.seed_size": 2000, "task.countdown.prompts_per_round": 40, "task.countdown.eval_size_per_level": 20,
+    "task.rewrite.seed_size": 2000, "task.rewrite.prompts_per_round": 40, "task.rewrite.eval_size_per_level": 20,
     "task.generic.prompts_per_round": 16, "task.generic.max_new_tokens": 64, "generate.max_new_tokens": 64,
     "train.bootstrap_steps": 300, "train.max_steps": 10, "train.per_device_train_batch_size": 8,
     "train.logging_steps": 5, "train.dpo.max_length": 512, "select.budget": 30,

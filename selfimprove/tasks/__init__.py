@@ -52,11 +52,6 @@ class Task(Protocol):
         """Flat eval/... metrics from eval rows carrying a boolean ``correct``."""
 
 
-def rng_for(seed: int, *purpose: int) -> np.random.Generator:
-    """An independent, reproducible stream per (seed, round, purpose): reruns draw identical data."""
-    return np.random.default_rng([seed, *purpose])
-
-
 def prompt_key(text: str) -> str:
     """A prompt as compared for exclusion from training: whitespace differences do not make another prompt."""
     return " ".join(text.split())
@@ -81,6 +76,10 @@ def build_task(recipe) -> Task:
         from selfimprove.tasks.addition import AdditionTask
 
         return AdditionTask(recipe.task.addition, recipe.seed)
+    if recipe.task.name == "rewrite":
+        from selfimprove.tasks.rewrite import RewriteTask
+
+        return RewriteTask(recipe.task.rewrite, recipe.seed)
     if recipe.task.name == "countdown":
         from selfimprove.tasks.countdown import CountdownTask
 

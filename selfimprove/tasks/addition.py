@@ -18,10 +18,10 @@ import re
 
 import numpy as np
 
-from selfimprove.tasks import prompt_key, rng_for, split_accuracy
+from selfimprove import seeding
+from selfimprove.tasks import prompt_key, split_accuracy
 
 _PROMPT = re.compile(r"^(\d+)\+(\d+)=$")
-SEED_STREAM, EVAL_STREAM, ROUND_STREAM = 1, 2, 3
 
 
 def format_problem(a: int, b: int, pad_width: int = 0) -> tuple[str, str]:
@@ -76,23 +76,32 @@ class AdditionTask:
         return (short, other) if rng.random() < 0.5 else (other, short)
 
     def eval_sets(self) -> list[dict]:
-        rng, rows = rng_for(self.seed, EVAL_STREAM), []
+        return self._fixed_set("eval_sets", "eval", self.cfg.eval_size_per_digit, set())
+
+    def dev_sets(self, exclude: set[str]) -> list[dict]:
+        """The split decisions read (accelerated curriculum): like the eval sets, drawn apart from them."""
+        return self._fixed_set("dev_split", "dev", self.cfg.dev_size_per_digit, exclude)
+
+    def _fixed_set(self, stream: str, name: str, size: int, exclude: set[str]) -> list[dict]:
+        rng, rows = seeding.rng(self.seed, stream), []
+        if not size:
+            return rows
         for n in range(1, self.cfg.eval_max_digits + 1):
             space = (10 if n == 1 else 9 * 10 ** (n - 1)) ** 2
             # Keep eval to at most half of a tiny problem space so training still sees the rest of it.
-            want, seen = min(self.cfg.eval_size_per_digit, space // 2), set()
+            want, seen = min(size, space // 4 if name == "dev" else space // 2), set()
             while len(seen) < want:
                 p = self._problem(rng, n, n)
-                if p["prompt"] in seen:
+                if p["prompt"] in seen or prompt_key(p["prompt"]) in exclude:
                     continue
                 seen.add(p["prompt"])
                 split = "id" if self.cfg.seed_min_digits <= n <= self.cfg.seed_max_digits else "ood"
-                rows.append({"prompt_id": f"eval-d{n}-{len(seen) - 1}", "prompt": p["prompt"], "reference": p["completion"],
+                rows.append({"prompt_id": f"{name}-d{n}-{len(seen) - 1}", "prompt": p["prompt"], "reference": p["completion"],
                              "difficulty": n, "split": split})
         return rows
 
     def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
-        rng, rows, c = rng_for(self.seed, SEED_STREAM), [], self.cfg
+        rng, rows, c = seeding.rng(self.seed, "seed_data"), [], self.cfg
         while len(rows) < c.seed_size:
             if c.difficulty == "shorter":
                 la, lb = self._lengths(rng, c.seed_min_digits, c.seed_max_digits)
@@ -108,15 +117,15 @@ class AdditionTask:
         last = self.cfg.seed_max_digits + k - 1 if not history else history[-1].get("task/max_difficulty", self.cfg.seed_max_digits)
         top = last + 1
         if self.cfg.curriculum == "accelerated" and history:
-            solved = [int(key.rsplit("d", 1)[1]) for key, v in history[-1].items()
-                      if key.startswith("eval/accuracy/d") and v >= self.cfg.accelerate_threshold]
+            solved = [int(key.rsplit("d", 1)[1]) for key, v in history[-1].items()  # the dev split, never eval/
+                      if key.startswith("dev/accuracy/d") and v >= self.cfg.accelerate_threshold]
             top = max(top, max(solved, default=0) + 1)
         if self.cfg.pad_width:  # the accelerated curriculum stops at the padded width
             last, top = min(last, self.cfg.pad_width - 1), min(top, self.cfg.pad_width)
         return list(range(last + 1, top + 1))
 
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
-        rng, c, rows = rng_for(self.seed, ROUND_STREAM, k), self.cfg, []
+        rng, c, rows = seeding.rng(self.seed, "round_prompts", k), self.cfg, []
         targets = self.target_digits(k, history)
         low_range = (c.seed_min_digits, c.seed_max_digits)  # "in range" = the labelled seed's range, not the moving target
         plan = [("new", c.prompts_per_round), ("in_range", c.in_range_prompts)]

@@ -1,0 +1,167 @@
+"""String rewriting (after Zhang, Wang & Charton 2024, arXiv 2402.10891): a task where diversity out of
+distribution is measurable, because OOD means *rules never seen in training*.
+
+Prompt ``ab>ba;c>|cabca=``: one or more rules ``x>y`` (``;``-separated) and an input string; each rule in turn
+replaces the leftmost occurrence of ``x`` in the current string by ``y`` (``y`` may be empty: a deletion), and a rule
+whose ``x`` does not occur changes nothing (a no-op, a decision the model must make). The answer is the final string:
+``cabca`` -> ``cbaca`` -> ``baca``. The verifier compares exactly.
+
+Why this family: one rule type (leftmost replacement) keeps a rule a single, checkable object, so "distinct rules"
+is a clean diversity count; composing ``steps`` rules gives complexity without a new rule type; a no-op share makes
+reading the rule necessary (copying the input is not a solution).
+
+Rules: for a seed, a fixed universe is drawn once. The first ``ood_rules`` are held out (OOD eval only), the next
+``train_rules`` are the training rules; arms of a study that vary ``train_rules`` share the held-out rules and
+their training rules are nested. Knobs, each a field: ``train_rules`` at a fixed ``seed_size`` (diversity),
+``label_noise`` (quality: that share of seed labels is wrong, one character changed), ``step_mix`` and
+``rule_max_len`` (complexity). Difficulty = steps; a row's ``attribute`` is its first rule (per-rule quotas).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from selfimprove import seeding
+from selfimprove.tasks import prompt_key, split_accuracy
+
+_PROMPT = re.compile(r"^((?:[a-z]+>[a-z]*)(?:;[a-z]+>[a-z]*)*)\|([a-z]*)=$")
+
+
+def apply_rules(rules: list[tuple[str, str]], text: str) -> str:
+    """Each rule in turn rewrites the leftmost occurrence of its left side (or nothing when it does not occur)."""
+    for x, y in rules:
+        text = text.replace(x, y, 1)
+    return text
+
+
+def parse_prompt(prompt: str) -> tuple[list[tuple[str, str]], str] | None:
+    m = _PROMPT.match(prompt)
+    if m is None:
+        return None
+    return [tuple(r.split(">")) for r in m.group(1).split(";")], m.group(2)
+
+
+def render(rules: list[tuple[str, str]], text: str) -> str:
+    return ";".join(f"{x}>{y}" for x, y in rules) + f"|{text}="
+
+
+class RewriteTask:
+    name = "rewrite"
+    system_prompt = ""
+    fewshot_examples = ()
+
+    def __init__(self, cfg, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self.letters = "abcdefghijklmnopqrstuvwxyz"[: cfg.alphabet]
+        universe = self._universe()
+        self.ood, self.train = universe[: cfg.ood_rules], universe[cfg.ood_rules: cfg.ood_rules + cfg.train_rules]
+
+    def source_files(self) -> list[str]:
+        return []  # every problem is generated from the seed
+
+    def alphabet(self) -> str:
+        return self.letters + ">;|="
+
+    def _universe(self) -> list[tuple[str, str]]:
+        """Distinct rules, drawn once per seed in a fixed order (held-out first)."""
+        c, rng = self.cfg, seeding.rng(self.seed, "rules")
+        need, out, seen = c.ood_rules + c.train_rules, [], set()
+        for _ in range(1000 * need):
+            if len(out) == need:
+                break
+            x = "".join(rng.choice(list(self.letters), int(rng.integers(1, c.rule_max_len + 1))))
+            y = "".join(rng.choice(list(self.letters), int(rng.integers(0, c.rule_max_len + 1))))
+            if x != y and (x, y) not in seen:
+                seen.add((x, y))
+                out.append((x, y))
+        return out
+
+    def _steps(self, rng) -> int:
+        w = np.asarray(self.cfg.step_mix, dtype=float)
+        return int(rng.choice(len(w), p=w / w.sum())) + 1
+
+    def _text(self, rng, n: int) -> str:
+        return "".join(rng.choice(list(self.letters), n))
+
+    def _problem(self, rng, pool: list[tuple[str, str]], steps: int) -> dict:
+        c = self.cfg
+        picks = [pool[i] for i in rng.integers(0, len(pool), steps)]
+        n, x = int(rng.integers(c.min_input, c.max_input + 1)), picks[0][0]
+        if rng.random() < c.noop_share:  # the first rule must not apply
+            for _ in range(20):
+                text = self._text(rng, n)
+                if x not in text:
+                    break
+        else:  # the first rule applies: its left side inserted into a random string (the rest apply as they may)
+            base = self._text(rng, max(0, n - len(x)))
+            at = int(rng.integers(0, len(base) + 1))
+            text = base[:at] + x + base[at:]
+        return {"prompt": render(picks, text), "completion": apply_rules(picks, text), "difficulty": steps,
+                "attribute": f"{x}>{picks[0][1]}"}
+
+    def _corrupt(self, rng, answer: str) -> str:
+        """One character changed (or one added to an empty answer): a wrong label of the same shape."""
+        if not answer:
+            return str(rng.choice(list(self.letters)))
+        i = int(rng.integers(0, len(answer)))
+        other = [ch for ch in self.letters if ch != answer[i]]
+        return answer[:i] + str(rng.choice(other)) + answer[i + 1:]
+
+    def eval_sets(self) -> list[dict]:
+        rng, rows, c = seeding.rng(self.seed, "eval_sets"), [], self.cfg
+        for split, pool in (("id", self.train), ("ood", self.ood)):
+            for steps in range(1, c.eval_max_steps + 1):
+                for i in range(c.eval_size_per_level):
+                    p = self._problem(rng, pool, steps)
+                    rows.append({"prompt_id": f"eval-{split}-s{steps}-{i}", "prompt": p["prompt"],
+                                 "reference": p["completion"], "difficulty": steps, "split": split,
+                                 "attribute": p["attribute"]})
+        return rows
+
+    def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
+        rng, noise, rows = seeding.rng(self.seed, "seed_data"), seeding.rng(self.seed, "label_noise"), []
+        for _ in range(100 * self.cfg.seed_size):
+            if len(rows) == self.cfg.seed_size:
+                break
+            p = self._problem(rng, self.train, self._steps(rng))
+            if prompt_key(p["prompt"]) in exclude:
+                continue
+            wrong = noise.random() < self.cfg.label_noise
+            rows.append({"prompt_id": f"seed-{len(rows)}", **p, "label_noisy": wrong,
+                         "completion": self._corrupt(noise, p["completion"]) if wrong else p["completion"]})
+        return rows
+
+    def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
+        rng, rows = seeding.rng(self.seed, "round_prompts", k), []
+        for _ in range(100 * max(1, self.cfg.prompts_per_round)):
+            if len(rows) == self.cfg.prompts_per_round:
+                break
+            p = self._problem(rng, self.train, self._steps(rng))  # new inputs for the training rules
+            if prompt_key(p["prompt"]) in exclude:
+                continue
+            rows.append({"prompt_id": f"r{k}-{len(rows)}", "prompt": p["prompt"], "difficulty": p["difficulty"],
+                         "attribute": p["attribute"], "reference": p["completion"]})
+        return rows
+
+    def answer(self, completion: str) -> str | None:
+        return completion if re.fullmatch(f"[{self.letters}]*", completion) else None
+
+    def is_correct(self, completion: str, reference: str) -> bool:
+        return completion == reference
+
+    def format_ok(self, prompt: str, completion: str, finished: bool) -> bool:
+        return finished and parse_prompt(prompt) is not None and self.answer(completion) is not None
+
+    def max_new_tokens(self, rows: list[dict]) -> int:
+        # a rewrite grows the string by at most rule_max_len - 1 per step
+        return max(len(r["prompt"]) for r in rows) + self.cfg.eval_max_steps * self.cfg.rule_max_len + 2
+
+    def eval_metrics(self, rows: list[dict]) -> dict:
+        out = split_accuracy(rows)
+        for split in ("id", "ood"):
+            for s in sorted({r["difficulty"] for r in rows if r["split"] == split}):
+                sel = [r["correct"] for r in rows if r["split"] == split and r["difficulty"] == s]
+                out[f"eval/accuracy/{split}_s{s}"] = float(np.mean(sel))
+        return out

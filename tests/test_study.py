@@ -1,0 +1,162 @@
+"""selfimprove study: a tiny study run through the CLI, its aggregate recomputed here by hand, a killed study
+resumed, --jobs 2 against --jobs 1, and the study file's errors."""
+
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY_RECIPE, run_cli
+
+T975 = {2: 12.706204736174704, 3: 4.302652729911275}  # t(0.975, n-1), from tables
+METRICS = ["eval/accuracy/id", "diversity/probe/distinct_2", "quality/probe/pass@1", "quality/kept"]  # kept: none at round 0
+
+
+def _study_file(tmp: Path, seeds=(0, 1, 2), **extra) -> Path:
+    data = {"name": "tiny", "base": str(TINY_RECIPE), "seeds": list(seeds), "metrics": METRICS,
+            "arms": [{"name": "cool", "overrides": {"rounds": 1, "generate.temperature": 0.6}},
+                     {"name": "hot", "overrides": {"rounds": 1, "generate.temperature": 1.2}}], **extra}
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _study(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "selfimprove", "study", *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO, timeout=900, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    out = _study(_study_file(tmp), "--output_dir", tmp / "out", "--jobs", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp / "out"
+
+
+def _metric(run: Path, k: int, name: str):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return next(r for r in rows if r["round"] == k).get(name)
+
+
+def test_runs_are_ordinary_run_directories(study):
+    for arm in ("cool", "hot"):
+        for s in (0, 1, 2):
+            run = study / arm / f"seed_{s}"
+            saved = yaml.safe_load((run / "recipe.yaml").read_text())
+            assert saved["seed"] == s and saved["rounds"] == 1
+            assert saved["generate"]["temperature"] == (0.6 if arm == "cool" else 1.2)
+            assert (run / "environment.json").exists()
+    assert run_cli("verify", study / "hot" / "seed_1").returncode == 0
+
+
+def test_aggregate_recomputed_by_hand(study):
+    result = json.loads((study / "study.json").read_text())
+    assert result["final_round"] == 1
+    for k in (0, 1):
+        for metric in METRICS:
+            for arm in ("cool", "hot"):
+                values = [_metric(study / arm / f"seed_{s}", k, metric) for s in (0, 1, 2)]
+                got = result["arms"][arm][str(k)][metric]
+                if k == 0 and metric == "quality/kept":
+                    assert values == [None] * 3 and got["n"] == 0  # a metric a round does not have counts no seed
+                    continue
+                mean, sd = statistics.mean(values), statistics.stdev(values)
+                half = T975[3] * sd / math.sqrt(3)
+                assert got["values"] == values and got["n"] == 3
+                assert got["mean"] == pytest.approx(mean) and got["sd"] == pytest.approx(sd)
+                if sd:
+                    assert (got["ci_low"], got["ci_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+            if k == 0 and metric == "quality/kept":
+                continue
+            diffs = [_metric(study / "hot" / f"seed_{s}", k, metric) - _metric(study / "cool" / f"seed_{s}", k, metric)
+                     for s in (0, 1, 2)]
+            d = result["differences"]["hot"][str(k)][metric]
+            assert d["per_pair"] == pytest.approx(diffs) and d["mean"] == pytest.approx(statistics.mean(diffs))
+            if statistics.stdev(diffs):
+                half = T975[3] * statistics.stdev(diffs) / math.sqrt(3)
+                assert d["ci_high"] - d["ci_low"] == pytest.approx(2 * half)
+    assert "cool" not in result["differences"]  # the baseline: the first arm
+    rows = list(csv.DictReader((study / "study.csv").open()))
+    assert len(rows) == 2 * 2 * len(METRICS)
+    row = next(r for r in rows if r["arm"] == "hot" and r["round"] == "1" and r["metric"] == METRICS[1])
+    assert float(row["mean"]) == pytest.approx(result["arms"]["hot"]["1"][METRICS[1]]["mean"])
+    assert float(row["diff_vs_baseline"]) == pytest.approx(result["differences"]["hot"]["1"][METRICS[1]]["mean"])
+
+
+def test_rerun_skips_finished_runs_and_report_draws_the_study(study):
+    again = _study(study / "study_file_missing.yaml", "--output_dir", study)
+    assert again.returncode == 2 and "does not exist" in again.stderr
+    saved = yaml.safe_load((study / "study.yaml").read_text())
+    tmp = study.parent
+    out = _study(tmp / "study.yaml", "--output_dir", study)
+    assert out.returncode == 0 and "start" not in out.stderr, out.stderr[-2000:]
+    assert yaml.safe_load((study / "study.yaml").read_text()) == saved
+    page = run_cli("report", study)
+    assert page.returncode == 0, page.stderr[-2000:]
+    text = (study / "report" / "report.html").read_text()
+    assert "study_rounds" not in text and text.count("data:image/png;base64,") == 2 and "arm - baseline" in text
+
+
+def test_a_changed_study_is_refused(study, tmp_path):
+    changed = _study_file(tmp_path, seeds=(0, 1, 3))
+    out = _study(changed, "--output_dir", study)
+    assert out.returncode == 2 and "other seeds" in out.stderr, out.stderr
+
+
+def test_killed_study_resumes_to_what_jobs_2_made(study, tmp_path):
+    """Every run SIGKILLed inside round 1's training (as killing the whole study would leave them), then the study
+    rerun with --jobs 1: the runs end identical, rows and weights, to the --jobs 2 study's."""
+    from test_loop import _artifacts, _strip_times
+
+    path = _study_file(tmp_path, seeds=(0, 1, 2))
+    killed = _study(path, "--output_dir", tmp_path / "out", "--jobs", "1",
+                    env={"SELFIMPROVE_FAULT": "round_01/train:before_done"})
+    assert killed.returncode == 2 and "6 run(s) failed" in killed.stderr, killed.stderr[-2000:]
+    assert not (tmp_path / "out" / "hot" / "seed_2" / "metrics.jsonl").exists() or \
+        len((tmp_path / "out" / "hot" / "seed_2" / "metrics.jsonl").read_text().splitlines()) == 1
+    out = _study(path, "--output_dir", tmp_path / "out", "--jobs", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    for arm in ("cool", "hot"):
+        for s in (0, 1, 2):
+            a, b = study / arm / f"seed_{s}", tmp_path / "out" / arm / f"seed_{s}"
+            rows = lambda run: _strip_times([json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()])  # noqa: E731
+            assert rows(a) == rows(b)
+            assert _artifacts(a) == _artifacts(b)
+
+
+def test_bad_study_files_get_one_message(tmp_path):
+    cases = {"arms": ([{"name": "x", "overrides": {"train.no_such_field": 1}}], "arm 'x'"),
+             "seeds": ([0, 0], "study field 'seeds'"),
+             "baseline": ("nope", "study field 'baseline'")}
+    for field, (value, message) in cases.items():
+        path = _study_file(tmp_path, **{field: value})
+        out = _study(path, "--output_dir", tmp_path / f"out_{field}")
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, (field, out.stderr)
+    overrides_seed = _study_file(tmp_path, arms=[{"name": "x", "overrides": {"seed": 3}}])
+    out = _study(overrides_seed, "--output_dir", tmp_path / "o")
+    assert out.returncode == 2 and "'seed' and 'output_dir' are the study's" in out.stderr
+
+
+def test_slurm_array_script(tmp_path):
+    path = _study_file(tmp_path, slurm={"partition": "cpu", "cpus_per_task": 2})
+    out = _study(path, "--output_dir", tmp_path / "out", "--slurm")
+    assert out.returncode == 0, out.stderr
+    script = (tmp_path / "out" / "study.sbatch").read_text()
+    assert "#SBATCH --array=0-5" in script and "#SBATCH --partition=cpu" in script and "#SBATCH --cpus-per-task=2" in script
+    assert "--only $SLURM_ARRAY_TASK_ID" in script and "--aggregate" in script
+    assert subprocess.run(["bash", "-n", tmp_path / "out" / "study.sbatch"]).returncode == 0
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert [(p["arm"], p["seed"]) for p in plan] == [("cool", 0), ("cool", 1), ("cool", 2), ("hot", 0), ("hot", 1), ("hot", 2)]
+    # one array task runs exactly its run
+    task = _study(tmp_path / "out" / "study_file.yaml", "--output_dir", tmp_path / "out", "--only", "4")
+    assert task.returncode == 0, task.stderr[-2000:]
+    assert (tmp_path / "out" / "hot" / "seed_1" / "metrics.jsonl").exists()
+    assert not (tmp_path / "out" / "cool" / "seed_0").exists()
