@@ -31,8 +31,8 @@ def make_parser() -> argparse.ArgumentParser:
     add = lambda name, **kw: sub.add_parser(name, allow_abbrev=False, **kw)  # noqa: E731  (no --prefix guessing)
     run = add("run", help="Run or resume a recipe.", description="Run a recipe; rerunning on an existing run directory resumes it.")
     run.add_argument("recipe", help="Recipe YAML (see recipes/).")
-    run.add_argument("--allow-recipe-change", action="store_true", help="Resume a run directory even though its saved recipe differs.")
-    run.add_argument("--log-level", default="INFO", help="Python logging level.")
+    run.add_argument("--allow-recipe-change", "--allow_recipe_change", action="store_true", help="Resume a run directory even though its saved recipe differs.")
+    run.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
     run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     add_override_arguments(run, Recipe)
     chk = add("check", help="Preflight a recipe: resolve models, data, configs and servers; print the plan.",
@@ -41,7 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
     chk.add_argument("recipe", help="Recipe YAML (see recipes/).")
     chk.add_argument("--smoke", action="store_true", help="Check the recipe as --smoke would run it. " + SMOKE_HELP)
     chk.add_argument("--json", default=None, help="Also write the report (problems, facts, example prompts, plan) here.")
-    chk.add_argument("--log-level", default="WARNING", help="Python logging level.")
+    chk.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
     add_override_arguments(chk, Recipe)
     stage = add("stage", help="Run one stage of one round on an existing run directory.")
     stage.add_argument("name", choices=STAGE_NAMES, help="Stage to run.")
@@ -49,20 +49,20 @@ def make_parser() -> argparse.ArgumentParser:
     stage.add_argument("--round", type=int, required=True, help="Round number (0 is the bootstrap round).")
     stage.add_argument("--force", action="store_true", help="Redo the stage even if it is marked done (the finished one "
                                                             "is replaced only when the new one is finished).")
-    stage.add_argument("--trust-recipe", action="store_true", help=TRUST_HELP)
+    stage.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
     stage.add_argument("--launched", action="store_true",
                        help="This process is already the launched job (e.g. started by hand with 'accelerate launch'): "
                             "run the stage here even if the recipe names an accelerate config for it.")
-    stage.add_argument("--log-level", default="INFO", help="Python logging level.")
+    stage.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
     mon = add("monitor", help="Recompute every completed round's metrics and metrics.jsonl of a run.")
     mon.add_argument("run_dir", help="Run directory.")
-    mon.add_argument("--trust-recipe", action="store_true", help=TRUST_HELP)
+    mon.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
     ver = add("verify", help="Check every finished stage's files and inputs against its DONE record.",
               description="Hashes every file of every finished stage; names each damaged or stale stage and the "
                           "command that redoes it. Exits 1 when it finds a problem.")
     ver.add_argument("run_dir", help="Run directory.")
-    ver.add_argument("--log-level", default="WARNING", help="Python logging level.")
-    mon.add_argument("--log-level", default="INFO", help="Python logging level.")
+    ver.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
+    mon.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
     cmp_ = add("compare", help="Compare two checkpoints on one run's eval and probe sets.",
                           description="A and B: round folders (runs/x/round_02) or save_pretrained folders.")
     cmp_.add_argument("a", help="Baseline checkpoint: a round folder or a save_pretrained folder.")
@@ -71,27 +71,27 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--json", default=None, help="Also write the full result (metrics, win-rate, KL, samples) to this JSON file.")
     cmp_.add_argument("--samples", type=int, default=5, help="Side-by-side samples for the prompts where A and B differ most.")
     cmp_.add_argument("--resamples", type=int, default=1000, help="Paired bootstrap resamples of the eval prompts (95%% CI of B - A).")
-    cmp_.add_argument("--probe-resamples", type=int, default=200,
+    cmp_.add_argument("--probe-resamples", "--probe_resamples", type=int, default=200,
                       help="Resamples of the probe prompts (each recomputes every diversity metric on both sides).")
-    cmp_.add_argument("--trust-recipe", action="store_true", help=TRUST_HELP)
-    cmp_.add_argument("--log-level", default="WARNING", help="Python logging level.")
+    cmp_.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
+    cmp_.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
     st = add("study", help="Run a controlled study: arms x seeds, each a run; aggregate with confidence intervals.",
              description="Runs (or resumes) every arm x seed of a study file as ordinary run directories under the "
                          "study directory, then writes study.json, study.csv and a table: per arm mean and 95%% t CI "
                          "over seeds, and each arm's paired difference from the baseline.")
     st.add_argument("study", help="Study YAML (see recipes/studies/).")
-    st.add_argument("--output_dir", default=None, help="Study directory (default: the study's output_dir, else runs/studies/NAME).")
-    st.add_argument("--jobs", type=int, default=1, help="Runs at a time; each gets cores/jobs torch threads.")
+    st.add_argument("--output_dir", "--output-dir", default=None, help="Study directory (default: the study's output_dir, else runs/studies/NAME).")
+    st.add_argument("--jobs", type=int, default=1, help="Runs at a time (each with the study's `threads` torch threads, default 1, so --jobs never changes a number).")
     st.add_argument("--smoke", action="store_true", help="Run every arm with --smoke. " + SMOKE_HELP)
     st.add_argument("--slurm", action="store_true", help="Write STUDY_DIR/study.sbatch (a job array, one task per run) "
                                                          "instead of running here.")
     st.add_argument("--only", type=int, default=None, help="Run only the run with this index in plan.json (a Slurm array task).")
     st.add_argument("--aggregate", action="store_true", help="Only aggregate what has finished (no runs).")
-    st.add_argument("--log-level", default="INFO", help="Python logging level.")
+    st.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
     rep = add("report", help="Write a self-contained HTML report (and PNG plots) of one or more runs, or of a study.")
     rep.add_argument("run_dirs", nargs="+", help="Run directories (several are overlaid), or one study directory.")
     rep.add_argument("--out", default=None, help="Output folder (default: RUN_DIR/report of the first run).")
-    rep.add_argument("--log-level", default="INFO", help="Python logging level.")
+    rep.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
     return parser
 
 

@@ -18,6 +18,9 @@ aggregate ``study.json`` / ``study.csv``. Rerunning skips finished runs and resu
 arms, seeds or base recipe changed is refused (metrics may change: they only change the aggregate). Every arm's
 recipe is checked before any run starts.
 
+Each run gets ``threads`` torch threads (default 1; part of the study): a run's numbers depend on its thread count,
+so ``--jobs`` changes only how many run at once, never a number.
+
 Statistics (selfimprove.stats): per arm and round, mean, sd and the t interval over seeds; per arm against the
 baseline, the paired difference (same seeds) with its paired t interval, because a percentile bootstrap over 3-5
 seeds has only a handful of distinct resamples.
@@ -34,6 +37,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -69,6 +73,7 @@ class Study:
     metrics: tuple[str, ...]
     output_dir: Path
     slurm: dict
+    threads: int = 1
 
     def run_dir(self, arm: str, seed: int) -> Path:
         return self.output_dir / arm / f"seed_{seed}"
@@ -82,7 +87,7 @@ class Study:
     def identity(self) -> dict:
         """What the runs depend on: a change here is another study."""
         return {"base": yaml.safe_load(self.base.read_text()), "arms": [dataclasses.asdict(a) for a in self.arms],
-                "seeds": list(self.seeds)}
+                "seeds": list(self.seeds), "threads": self.threads}
 
 
 def _fail(field: str, fix: str) -> StudyError:
@@ -114,10 +119,13 @@ def load_study(path: str | Path, output_dir: str | None = None) -> Study:
     if not path.is_file():
         raise StudyError(f"study file {str(path)!r} does not exist.")
     raw = load_yaml(str(path)) or {}
-    unknown = set(raw) - {"name", "base", "seeds", "arms", "baseline", "metrics", "output_dir", "slurm"}
+    unknown = set(raw) - {"name", "base", "seeds", "arms", "baseline", "metrics", "output_dir", "slurm", "threads"}
     if unknown:
         raise _fail(", ".join(sorted(unknown)), "unknown field; a study has name, base, seeds, arms, baseline, metrics, "
-                    "output_dir and slurm.")
+                    "threads, output_dir and slurm.")
+    threads = raw.get("threads", 1)
+    if not isinstance(threads, int) or threads < 1:
+        raise _fail("threads", "give the torch thread count of every run, an integer >= 1 (default 1).")
     if not isinstance(raw.get("base"), str) or not (path.parent / raw["base"]).is_file():
         raise _fail("base", f"name the base recipe file, relative to the study file ({raw.get('base')!r} not found).")
     seeds = raw.get("seeds", [0, 1, 2])
@@ -134,7 +142,7 @@ def load_study(path: str | Path, output_dir: str | None = None) -> Study:
     name = raw.get("name", path.stem)
     out = Path(output_dir or raw.get("output_dir") or Path("runs") / "studies" / name)
     return Study(name, (path.parent / raw["base"]).resolve(), tuple(seeds), arms, baseline, tuple(metrics), out,
-                 dict(raw.get("slurm") or {}))
+                 dict(raw.get("slurm") or {}), threads)
 
 
 def arm_recipe(study: Study, arm: Arm) -> dict:
@@ -219,18 +227,33 @@ def run_study(study: Study, jobs: int = 1, smoke: bool = False, only: int | None
     """Run (or resume) every arm x seed, ``jobs`` at a time, then aggregate; ``only`` runs one (a Slurm task)."""
     from selfimprove.runlock import run_lock
 
+    t0 = time.perf_counter()
     _claim(study, smoke)
     runs = study.runs() if only is None else [study.runs()[only]]
-    threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(runs))))
+    # A run's numbers depend on its thread count (the order of float reductions), so the study fixes it, not --jobs:
+    # any --jobs, or a Slurm array, gives the same runs.
+    threads = study.threads
+    if jobs * threads > (os.cpu_count() or 1):
+        logger.warning("--jobs %d x %d threads a run > %d cores: runs will contend (slower, same numbers)", jobs, threads,
+                       os.cpu_count())
     if only is not None:
-        rc = _one(study, *runs[0], threads=int(os.environ.get("SLURM_CPUS_PER_TASK", threads)), smoke=smoke)
+        rc = _one(study, *runs[0], threads=threads, smoke=smoke)
         if rc:
             raise StudyError(f"run {runs[0]} failed (exit {rc}); see {study.output_dir / 'logs'}.")
         return {}
     with run_lock(study.output_dir, "study"):
+        t1 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             codes = list(pool.map(lambda r: _one(study, *r, threads=threads, smoke=smoke), runs))
+        t2 = time.perf_counter()
         result = aggregate(study)
+        t3 = time.perf_counter()
+        # what the study itself cost, beside its runs (scripts/bench_study.py reads it)
+        result["timing"] = {"jobs": jobs, "threads_per_run": threads, "claim_s": t1 - t0, "runs_s": t2 - t1,
+                            "aggregate_s": t3 - t2, "total_s": t3 - t0}
+        from selfimprove.rundir import write_json
+
+        write_json(study.output_dir / "study.json", result)
     failed = [f"{a} seed {s}" for (a, s), rc in zip(runs, codes) if rc]
     if failed:
         raise StudyError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see {study.output_dir / 'logs'}. The "
@@ -277,6 +300,7 @@ def aggregate(study: Study) -> dict:
     out["final_round"] = max(rounds) if rounds else None
     write_json(study.output_dir / "study.json", out)
     _write_csv(study, out)
+    _write_text(study.output_dir / "study.md", markdown(out))
     return out
 
 
@@ -294,6 +318,22 @@ def _write_csv(study: Study, result: dict) -> None:
                     w.writerow([arm, k, metric, v["n"], v["mean"], v["sd"], v["ci_low"], v["ci_high"], d.get("mean", ""),
                                 d.get("ci_low", ""), d.get("ci_high", ""), d.get("p_value", ""), *v["values"]])
     os.replace(tmp, path)
+
+
+def markdown(result: dict) -> str:
+    """The final round as a Markdown table (for docs): mean [95% CI] per arm, per-seed values, paired difference."""
+    k = str(result["final_round"])
+    lines = [f"Round {k}; mean [95% t CI] over seeds {result['seeds']}; diff = arm - {result['baseline']}, paired by seed.", "",
+             "| arm | metric | mean [95% CI] | per seed | diff [95% CI] | p |", "|---|---|---|---|---|---|"]
+    for arm, by_round in result["arms"].items():
+        for metric, v in by_round.get(k, {}).items():
+            d = result["differences"].get(arm, {}).get(k, {}).get(metric)
+            pct = metric.startswith("eval/accuracy")
+            f = (lambda x: "-" if x is None or x != x else f"{100 * x:.1f}") if pct else _fmt  # noqa: E731
+            diff = f"{'+' if d['mean'] >= 0 else ''}{f(d['mean'])} [{f(d['ci_low'])}, {f(d['ci_high'])}]" if d and d["n"] else ""
+            lines.append(f"| {arm} | {metric}{' (%)' if pct else ''} | {f(v['mean'])} [{f(v['ci_low'])}, {f(v['ci_high'])}] | "
+                         f"{' / '.join(f(x) for x in v['values'])} | {diff} | {_fmt(d['p_value']) if d else ''} |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(v: float) -> str:
@@ -323,7 +363,7 @@ def slurm_script(study: Study, smoke: bool = False) -> Path:
     """A Slurm job-array script, one task per arm x seed, for a study directory on a shared filesystem; its last
     line tells how to aggregate when the array is done."""
     _claim(study, smoke)
-    s = {"cpus_per_task": 4, "time": "04:00:00", "mem": "16G", **study.slurm}
+    s = {"cpus_per_task": study.threads, "time": "04:00:00", "mem": "16G", **study.slurm}
     extra = "".join(f"#SBATCH --{k.replace('_', '-')}={v}\n" for k, v in s.items())
     n = len(study.runs())
     study_file = study.output_dir.resolve() / "study_file.yaml"
@@ -333,7 +373,7 @@ def slurm_script(study: Study, smoke: bool = False) -> Path:
     text = (f"#!/bin/bash\n#SBATCH --job-name=study-{study.name}\n#SBATCH --array=0-{n - 1}\n{extra}"
             f"#SBATCH --output={study.output_dir.resolve()}/logs/slurm-%A_%a.out\n"
             "# One task per arm x seed (plan.json lists them in order); a rerun of a task resumes its run.\n"
-            "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}\n" + " ".join(cmd) + "\n"
+            + " ".join(cmd) + "\n"
             f"# When every task is done: {sys.executable} -m selfimprove study {study_file} --output_dir "
             f"{study.output_dir.resolve()} --aggregate\n")
     path = study.output_dir / "study.sbatch"
@@ -342,5 +382,5 @@ def slurm_script(study: Study, smoke: bool = False) -> Path:
 
 
 def _as_file(study: Study) -> dict:
-    return {"name": study.name, "base": str(study.base), "seeds": list(study.seeds), "baseline": study.baseline,
+    return {"name": study.name, "base": str(study.base), "seeds": list(study.seeds), "baseline": study.baseline, "threads": study.threads,
             "metrics": list(study.metrics), "arms": [dataclasses.asdict(a) for a in study.arms], "slurm": study.slurm}

@@ -156,8 +156,9 @@ def add_override_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     group = parser.add_argument_group("recipe overrides (any recipe field, VALUE read as YAML)")
     for name, f, tp in iter_fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else "(see recipe)"
+        spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])  # --a_b and --a-b, as HfArgumentParser
         group.add_argument(
-            f"--{name}", dest=f"override:{name}", default=argparse.SUPPRESS, metavar="VALUE",
+            *spellings, dest=f"override:{name}", default=argparse.SUPPRESS, metavar="VALUE",
             help=f"{f.metadata.get('help', '')} [{_type_name(tp)}; default: {default}]",
         )
 

@@ -14,6 +14,17 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO / "tests" / "tiny_addition.yaml"
 
 
+def _is_study(path: Path) -> bool:
+    import yaml
+
+    return "arms" in (yaml.safe_load(path.read_text()) or {})
+
+
+YAML_FILES = sorted((REPO / "recipes").rglob("*.yaml"))
+STUDY_FILES = [p for p in YAML_FILES if _is_study(p)]  # recipes/studies/*: study files, not recipes
+RECIPE_FILES = [p for p in YAML_FILES if p not in STUDY_FILES]
+
+
 def pytest_configure(config):
     # --smoke assets (tiny stand-in models, local datasets) are built once per test session, in a fresh folder, unless
     # SELFIMPROVE_SMOKE_CACHE names one to reuse. CLI subprocesses inherit it.

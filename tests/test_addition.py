@@ -131,9 +131,8 @@ def test_shipped_main_job_and_control_run_end_to_end(tmp_path):
     """Both shipped addition recipes, as shipped but for size: fixed-width RoPE model, label-free rounds, control."""
     import json
 
-    from datasets import load_from_disk
-
     from conftest import REPO, run_cli
+    from datasets import load_from_disk
 
     # 150 small steps teach the 13-digit answer shape, so the length rule (the vote is dropped here) keeps samples
     small = ["--rounds", 1, "--train.bootstrap_steps", 150, "--train.per_device_train_batch_size", 16,

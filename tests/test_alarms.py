@@ -3,11 +3,10 @@
 import json
 
 import pytest
+from conftest import TINY_RECIPE, run_cli
 
 from selfimprove.alarms import check_alarms
 from selfimprove.config import AlarmConfig
-
-from conftest import TINY_RECIPE, run_cli
 
 M = "diversity/probe/answer_entropy"
 

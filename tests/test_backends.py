@@ -52,10 +52,11 @@ def test_openai_chat_api_applies_the_served_model_chat_template(tiny_real):
     """Chat messages (system prompt and few-shot turns included) through the server give exactly what the HF backend
     gives for the same rendering and seed."""
     pytest.importorskip("openai")
+    from openai_server import Server
+
     from selfimprove.model import load_policy, load_tokenizer
     from selfimprove.prompts import PromptFormat
     from selfimprove.seeding import child_seed
-    from openai_server import Server
 
     path = tiny_real("qwen2")
     fmt = PromptFormat(chat=True, system="Be brief.", fewshot=(("1+1?", "2"),))

@@ -5,11 +5,11 @@ import json
 import sys
 
 import pytest
+from conftest import RECIPE_FILES, REPO, TINY_RECIPE
 
-from conftest import REPO, TINY_RECIPE
 from selfimprove.cli import main
 
-RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+RECIPES = RECIPE_FILES
 CPU_RECIPES = [p for p in RECIPES if "real" not in p.parts]
 
 

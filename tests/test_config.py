@@ -1,15 +1,14 @@
 
 import pytest
 import yaml
+from conftest import RECIPE_FILES, REPO, run_cli
 
 from selfimprove.config import Recipe, load_recipe
 from selfimprove.typed_yaml import ConfigError
 
-from conftest import REPO, run_cli
-
 
 def test_every_shipped_recipe_parses():
-    recipes = sorted((REPO / "recipes").rglob("*.yaml")) + [REPO / "tests" / "tiny_addition.yaml"]
+    recipes = RECIPE_FILES + [REPO / "tests" / "tiny_addition.yaml"]
     assert len(recipes) >= 3
     for path in recipes:
         assert isinstance(load_recipe(str(path)), Recipe), path
@@ -95,3 +94,16 @@ def test_cli_rejects_bad_override_before_work(tmp_path):
     assert out.returncode == 2
     assert "generate.num_samples=0" in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_both_option_spellings():
+    """--a_b and --a-b both work, for recipe overrides and the commands' own options (as HfArgumentParser)."""
+    from selfimprove.cli import make_parser
+    from selfimprove.typed_yaml import collect_overrides
+
+    args = make_parser().parse_args(["run", "r.yaml", "--output-dir", "x", "--train.max-steps", "3",
+                                     "--allow_recipe_change", "--log_level", "DEBUG"])
+    assert collect_overrides(args) == {"output_dir": "x", "train.max_steps": 3}
+    assert args.allow_recipe_change and args.log_level == "DEBUG"
+    args = make_parser().parse_args(["compare", "a", "b", "--trust_recipe", "--probe_resamples", "5"])
+    assert args.trust_recipe and args.probe_resamples == 5

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY_RECIPE, run_cli
 
 CONFIGS = sorted((REPO / "accelerate_configs").rglob("*.yaml"))

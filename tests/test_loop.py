@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY_RECIPE, run_cli
 
 STAGES = ["generate", "judge", "filter", "select", "train", "evaluate", "monitor"]

@@ -6,10 +6,27 @@ import math
 import numpy as np
 import pytest
 
-from selfimprove.diversity import (compression_ratio, coverage, distinct_n, ead, homogenisation, lexical_suite,
-                                   ngram_entropy, ngram_vendi, self_bleu, self_repetition, vendi_from_features,
-                                   vendi_from_kernel)
-from selfimprove.quality import answer_entropy, judge_agreement, maj_at_k, pass_at_k, score_stats
+from selfimprove.diversity import (
+    compression_ratio,
+    coverage,
+    distinct_n,
+    ead,
+    homogenisation,
+    lexical_suite,
+    ngram_entropy,
+    ngram_vendi,
+    self_bleu,
+    self_repetition,
+    vendi_from_features,
+    vendi_from_kernel,
+)
+from selfimprove.quality import (
+    answer_entropy,
+    judge_agreement,
+    maj_at_k,
+    pass_at_k,
+    score_stats,
+)
 
 
 def test_lexical_by_hand():

@@ -9,14 +9,10 @@ import os
 from pathlib import Path
 
 import pytest
-
-from conftest import REPO
-
 import yaml
-
-FILES = sorted((REPO / "recipes").rglob("*.yaml"))
-STUDIES = [p for p in FILES if "arms" in yaml.safe_load(p.read_text())]  # study files, not recipes
-RECIPES = [p for p in FILES if p not in STUDIES]
+from conftest import RECIPE_FILES as RECIPES
+from conftest import REPO
+from conftest import STUDY_FILES as STUDIES
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -7,7 +7,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import TINY_RECIPE, run_cli
 
 
@@ -24,9 +23,9 @@ def test_compare_json_recomputed_independently(tiny_run, tmp_path):
     import torch
 
     from selfimprove.generate import Sampling, hf_generate
-    from selfimprove.runs import open_run
     from selfimprove.model import load_policy, load_tokenizer
     from selfimprove.rundir import load_rows
+    from selfimprove.runs import open_run
 
     out = tmp_path / "cmp.json"
     proc = run_cli("compare", tiny_run / "round_00", tiny_run / "round_02", "--json", out)

@@ -2,7 +2,13 @@
 
 import pytest
 
-from selfimprove.config import AdditionConfig, FilterConfig, JudgeConfig, SelectConfig, TrainConfig
+from selfimprove.config import (
+    AdditionConfig,
+    FilterConfig,
+    JudgeConfig,
+    SelectConfig,
+    TrainConfig,
+)
 from selfimprove.errors import DataError
 from selfimprove.filtering import filter_rows
 from selfimprove.generate import Sampling, hf_generate

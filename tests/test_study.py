@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY_RECIPE, run_cli
 
 T975 = {2: 12.706204736174704, 3: 4.302652729911275}  # t(0.975, n-1), from tables
@@ -116,16 +115,15 @@ def test_killed_study_resumes_to_what_jobs_2_made(study, tmp_path):
     rerun with --jobs 1: the runs end identical, rows and weights, to the --jobs 2 study's."""
     from test_loop import _artifacts, _strip_times
 
-    path = _study_file(tmp_path, seeds=(0, 1, 2))
+    path = _study_file(tmp_path, seeds=(0, 1))  # two of the fixture's three seeds: the same runs
     killed = _study(path, "--output_dir", tmp_path / "out", "--jobs", "1",
                     env={"SELFIMPROVE_FAULT": "round_01/train:before_done"})
-    assert killed.returncode == 2 and "6 run(s) failed" in killed.stderr, killed.stderr[-2000:]
-    assert not (tmp_path / "out" / "hot" / "seed_2" / "metrics.jsonl").exists() or \
-        len((tmp_path / "out" / "hot" / "seed_2" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert killed.returncode == 2 and "4 run(s) failed" in killed.stderr, killed.stderr[-2000:]
+    assert (tmp_path / "out" / "hot" / "seed_1" / "round_00" / "monitor" / "DONE").exists()
     out = _study(path, "--output_dir", tmp_path / "out", "--jobs", "1")
     assert out.returncode == 0, out.stderr[-3000:]
     for arm in ("cool", "hot"):
-        for s in (0, 1, 2):
+        for s in (0, 1):
             a, b = study / arm / f"seed_{s}", tmp_path / "out" / arm / f"seed_{s}"
             rows = lambda run: _strip_times([json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()])  # noqa: E731
             assert rows(a) == rows(b)
