@@ -110,6 +110,7 @@ def test_a_changed_study_is_refused(study, tmp_path):
     assert out.returncode == 2 and "other seeds" in out.stderr, out.stderr
 
 
+@pytest.mark.slow  # 8 more runs (~2 min); the slow tier runs in .ci/run
 def test_killed_study_resumes_to_what_jobs_2_made(study, tmp_path):
     """Every run SIGKILLed inside round 1's training (as killing the whole study would leave them), then the study
     rerun with --jobs 1: the runs end identical, rows and weights, to the --jobs 2 study's."""
