@@ -62,3 +62,12 @@ def test_eval_metrics_and_bad_config():
         _task(step_mix=[0, 0])
     with pytest.raises(ConfigError, match="possible rules"):
         _task(alphabet=2, rule_max_len=1, train_rules=10)
+
+
+def test_round_prompts_always_have_an_answer():
+    """An empty answer reads as 'no reference' to the verifier judge, so rounds never pose one (a deletion rule can
+    empty a short input)."""
+    t = _task(prompts_per_round=3000, min_input=1, max_input=2)
+    rows = t.round_prompts(1, [], set())
+    assert len(rows) == 3000 and all(r["reference"] for r in rows)
+    assert any(r["completion"] == "" for r in _task(seed_size=3000, min_input=1, max_input=2).seed_data())

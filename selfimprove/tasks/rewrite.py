@@ -139,7 +139,8 @@ class RewriteTask:
             if len(rows) == self.cfg.prompts_per_round:
                 break
             p = self._problem(rng, self.train, self._steps(rng))  # new inputs for the training rules
-            if prompt_key(p["prompt"]) in exclude:
+            # an empty answer reads as "no reference" to the verifier judge: such prompts are not posed in rounds
+            if prompt_key(p["prompt"]) in exclude or not p["completion"]:
                 continue
             rows.append({"prompt_id": f"r{k}-{len(rows)}", "prompt": p["prompt"], "difficulty": p["difficulty"],
                          "attribute": p["attribute"], "reference": p["completion"]})
