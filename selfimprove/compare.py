@@ -69,18 +69,28 @@ def _eval_stat(task, rows: list[dict]):
     return lambda idx: task.eval_metrics([rows[i] for i in idx])
 
 
+def _by_prompt(rows: list[dict]) -> dict[str, list[dict]]:
+    out = defaultdict(list)
+    for r in rows:
+        out[r["prompt_id"]].append(r)
+    return out
+
+
+def _prompt_scores(rows: list[dict]) -> dict[str, float]:
+    """Each probe prompt's mean judge score over its samples."""
+    return {p: float(np.mean([r["score"] for r in group])) for p, group in _by_prompt(rows).items()}
+
+
 def _probe_stat(ctx, rows: list[dict], ids: list[str]):
     """Probe metrics of a resample of the probe prompts; a prompt drawn twice counts as two prompts."""
     from selfimprove.monitor import answer_metrics, diversity_metrics
 
-    by_prompt = defaultdict(list)
-    for r in rows:
-        by_prompt[r["prompt_id"]].append(r)
+    by_prompt, scores = _by_prompt(rows), _prompt_scores(rows)
     k = ctx.recipe.monitor.probe_samples
 
     def stat(idx) -> dict:
         picked = [{**r, "prompt_id": f"{ids[i]}#{pos}"} for pos, i in enumerate(idx) for r in by_prompt[ids[i]]]
-        score = float(np.mean([np.mean([r["score"] for r in by_prompt[ids[i]]]) for i in idx]))
+        score = float(np.mean([scores[ids[i]] for i in idx]))
         return {**diversity_metrics(ctx, "probe", picked), **answer_metrics(picked, ctx.task.answer, k, "probe", "quality/probe/"),
                 "quality/probe/mean_judge_score": score}
     return stat
@@ -131,7 +141,8 @@ def compare(a: str, b: str, run: str | None = None, n_samples: int = 5, trust: b
                         "eval_resamples": resamples, "probe_resamples": corpus_resamples if ids else 0,
                         "eval_prompts": len(eval_a), "probe_prompts": len(ids)}
     out["mcnemar"] = _mcnemar(eval_a, eval_b)
-    scores = {side: {p: float(np.mean([r["score"] for r in rows if r["prompt_id"] == p])) for p in ids}
+    shared = set(ids)
+    scores = {side: {p: v for p, v in _prompt_scores(rows).items() if p in shared}
               for side, rows in (("a", probe_a), ("b", probe_b))}
     out["win_rate_b_vs_a"] = win_rate(scores["a"], scores["b"])
     if "llm_pairwise" in ctx.recipe.judge.judges:  # the pairwise judge compares A and B directly, in both orders
