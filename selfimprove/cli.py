@@ -77,7 +77,7 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
     st = add("study", help="Run a controlled study: arms x seeds, each a run; aggregate with confidence intervals.",
              description="Runs (or resumes) every arm x seed of a study file as ordinary run directories under the "
-                         "study directory, then writes study.json, study.csv and a table: per arm mean and 95%% t CI "
+                         "study directory, then writes study.json, study.csv and a table: per arm mean and 95% t CI "
                          "over seeds, and each arm's paired difference from the baseline.")
     st.add_argument("study", help="Study YAML (see recipes/studies/).")
     st.add_argument("--output_dir", "--output-dir", default=None, help="Study directory (default: the study's output_dir, else runs/studies/NAME).")

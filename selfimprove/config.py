@@ -312,6 +312,8 @@ class SelectConfig:
     deita_tau: float = _f(0.9, "deita: accept a candidate only if its cosine similarity to every accepted sample is <= this.", ge=-1, le=1)
     deita_complexity: Literal["difficulty", "length", "none"] = _f("difficulty", "deita: the complexity factor of quality x complexity.")
     knn: int = _f(10, "qdit: neighbours per sample in the similarity graph.", ge=1)
+    labels: Literal["self", "oracle"] = _f("self", "Training label of a selected row: 'self' = the policy's own sample; 'oracle' = the task's reference for the same prompt (a study's upper-bound arm; needs references). The sample stays in self_completion.")
+    oracle_label_noise: float = _f(0.0, "labels 'oracle': share of selected rows whose reference is replaced by a wrong answer of the same shape (a study's corrupted-label arm).", ge=0, le=1)
 
     def check(self) -> list[str]:
         p = []
@@ -324,6 +326,8 @@ class SelectConfig:
                 p.append(f"{name}={getattr(self, name)} must be in (0, 1].")
         if self.target_mix and self.cluster_by == "features":
             p.append("target_mix names cluster labels, which k-means does not have: use cluster_by 'difficulty' or 'attribute'.")
+        if self.oracle_label_noise and self.labels != "oracle":
+            p.append("oracle_label_noise corrupts reference labels: set labels 'oracle' too, or oracle_label_noise 0.")
         if self.minhash_ngram < 1 or self.feature_dim < 2 or self.knn < 1:
             p.append("minhash_ngram and knn must be >= 1, feature_dim >= 2.")
         return p

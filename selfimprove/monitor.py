@@ -132,6 +132,8 @@ def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[di
     labelled = [r for r in selected if r["oracle_correct"] >= 0]
     if labelled:  # measured against ground truth the loop never trains on
         out["quality/pseudo_label_accuracy"] = _mean(r["oracle_correct"] for r in labelled)
+    if selected and "self_completion" in selected[0]:  # select.labels 'oracle': what training sees instead
+        out["quality/train_label_accuracy"] = _mean(ctx.task.is_correct(r["completion"], r["reference"]) for r in selected)
     return out
 
 

@@ -29,6 +29,7 @@ STREAMS: dict[str, tuple[int, str]] = {
     "dev_split": (13, "the dev problems decisions read (never the eval sets)"),
     "bootstrap_ci": (14, "resamples of compare's paired bootstrap"),
     "rules": (16, "the rewrite task's rule universe (held-out rules first)"),
+    "oracle_labels": (17, "which selected rows get a corrupted reference (select.oracle_label_noise)"),
     "measure": (15, "fixed-size measurement subsamples (seed 0 always: a metric depends on the texts alone)"),
 }
 

@@ -110,3 +110,38 @@ def test_select_invariants_budget_and_no_duplicates(method):
     assert out[-1]["select_reason"] == "duplicate"
     if method == "cluster":
         assert sorted(sum(r["difficulty"] == d for r in chosen) for d in range(3)) == [4, 4, 4]
+
+
+def test_oracle_relabel_uses_references_and_corrupts_the_asked_share():
+    from selfimprove import seeding
+    from selfimprove.config import AdditionConfig
+    from selfimprove.selection import oracle_relabel
+    from selfimprove.tasks.addition import AdditionTask
+
+    task = AdditionTask(AdditionConfig(seed_max_digits=3, eval_max_digits=6, pad_width=6), 0)
+    rows = [{"prompt_id": f"p{i}", "completion": "0000000", "reference": f"{i:07d}"[::-1], "selected": i % 4 != 0}
+            for i in range(400)]
+    clean = oracle_relabel(rows, task, 0.0, seeding.rng(0, "oracle_labels", 1))
+    assert all(r["completion"] == r["reference"] for r in clean if r["selected"])
+    assert all(r["completion"] == "0000000" for r in clean if not r["selected"])  # only what was chosen is relabelled
+    assert all(r["self_completion"] == "0000000" for r in clean)
+    noisy = oracle_relabel(rows, task, 0.25, seeding.rng(0, "oracle_labels", 1))
+    wrong = [r for r in noisy if r["selected"] and r["completion"] != r["reference"]]
+    assert 45 <= len(wrong) <= 105  # 300 selected x 0.25 = 75 expected (binomial sd 7.5)
+    assert all(len(r["completion"]) == 7 and sum(a != b for a, b in zip(r["completion"], r["reference"])) == 1
+               for r in wrong)
+    assert noisy == oracle_relabel(rows, task, 0.25, seeding.rng(0, "oracle_labels", 1))
+
+
+def test_oracle_relabel_refuses_rows_without_reference():
+    from selfimprove.selection import oracle_relabel
+    from selfimprove.typed_yaml import ConfigError
+
+    class NoRef:
+        name = "generic"
+
+    rows = [{"prompt_id": "x", "completion": "a", "reference": "", "selected": True}]
+    with pytest.raises(ConfigError, match="prompt 'x' has no reference"):
+        oracle_relabel(rows, NoRef(), 0.0, np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="no corrupt"):
+        oracle_relabel(rows, NoRef(), 0.1, np.random.default_rng(0))

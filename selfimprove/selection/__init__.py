@@ -14,6 +14,7 @@ import numpy as np
 
 from selfimprove import seeding
 from selfimprove.rundir import is_done, load_rows, save_rows
+from selfimprove.typed_yaml import ConfigError
 from selfimprove.selection import dedup, samplers
 
 
@@ -104,6 +105,26 @@ def select_rows(rows: list[dict], cfg, prior: list[dict] = (), lam: float | None
     return [{**r, "selected": why is None, "select_reason": why or "selected"} for r, why in zip(rows, reasons)]
 
 
+def oracle_relabel(rows: list[dict], task, noise: float, rng) -> list[dict]:
+    """labels 'oracle': each selected row trains on its reference (a share ``noise`` of them on a wrong answer of the
+    same shape), its own sample kept in ``self_completion``. The prompts chosen stay the label-free loop's."""
+    if noise and not hasattr(task, "corrupt"):
+        raise ConfigError([f"select.oracle_label_noise: task {task.name!r} cannot make a wrong label of the right "
+                           "shape (it has no corrupt()). Use oracle_label_noise 0 or the addition / rewrite task."])
+    out = []
+    for r in rows:
+        if r["selected"]:
+            if not r.get("reference"):
+                raise ConfigError([f"select.labels 'oracle': prompt {r['prompt_id']!r} has no reference answer. "
+                                   "Use labels 'self' for a task without references."])
+            label = task.corrupt(rng, r["reference"]) if rng.random() < noise else r["reference"]
+            r = {**r, "self_completion": r["completion"], "completion": label}
+        else:
+            r = {**r, "self_completion": r["completion"]}
+        out.append(r)
+    return out
+
+
 def run_select(ctx, k: int) -> None:
     from selfimprove.alarms import steered_diversity_weight
 
@@ -113,6 +134,8 @@ def run_select(ctx, k: int) -> None:
     with ctx.writing(k, "select", {"method": cfg.method, "dedup": cfg.dedup, "per_prompt_cap": cfg.per_prompt_cap,
                                                "budget": cfg.budget, "diversity_weight": lam}) as (out, meta):
         selected = select_rows(kept, cfg, accepted_rows(ctx, k), lam, m.unit, m.embedder, seeding.int_seed(ctx.recipe.seed, "select", k))
+        if cfg.labels == "oracle":
+            selected = oracle_relabel(selected, ctx.task, cfg.oracle_label_noise, seeding.rng(ctx.recipe.seed, "oracle_labels", k))
         save_rows(selected, out / "data")
         meta.update(candidates=len(selected), selected=sum(r["selected"] for r in selected),
                     reasons=dict(Counter(r["select_reason"] for r in selected)))

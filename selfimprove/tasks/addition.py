@@ -147,6 +147,11 @@ class AdditionTask:
                 made += len(texts)
         return rows
 
+    def corrupt(self, rng, answer: str) -> str:
+        """One digit changed: a wrong label of the same length (select.oracle_label_noise)."""
+        i = int(rng.integers(0, len(answer)))
+        return answer[:i] + str(rng.choice([d for d in "0123456789" if d != answer[i]])) + answer[i + 1:]
+
     def answer(self, completion: str) -> str | None:
         return completion if completion.isdigit() else None
 

@@ -101,7 +101,7 @@ class RewriteTask:
         return {"prompt": render(picks, text), "completion": apply_rules(picks, text), "difficulty": steps,
                 "attribute": f"{x}>{picks[0][1]}"}
 
-    def _corrupt(self, rng, answer: str) -> str:
+    def corrupt(self, rng, answer: str) -> str:
         """One character changed (or one added to an empty answer): a wrong label of the same shape."""
         if not answer:
             return str(rng.choice(list(self.letters)))
@@ -130,7 +130,7 @@ class RewriteTask:
                 continue
             wrong = noise.random() < self.cfg.label_noise
             rows.append({"prompt_id": f"seed-{len(rows)}", **p, "label_noisy": wrong,
-                         "completion": self._corrupt(noise, p["completion"]) if wrong else p["completion"]})
+                         "completion": self.corrupt(noise, p["completion"]) if wrong else p["completion"]})
         return rows
 
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
