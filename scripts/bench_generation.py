@@ -22,7 +22,9 @@ def tiny_model() -> str:
     from selfimprove.model import build_bootstrap_model, build_char_tokenizer
 
     tok = build_char_tokenizer("0123456789+=")
-    model = build_bootstrap_model(BootstrapConfig(hidden_size=64, num_heads=2), tok, seed=0)  # head_dim 32 suits vLLM on CPU
+    model = build_bootstrap_model(
+        BootstrapConfig(hidden_size=64, num_heads=2), tok, seed=0
+    )  # head_dim 32 suits vLLM on CPU
     path = tempfile.mkdtemp(prefix="bench-gen-")
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -62,8 +64,10 @@ def main() -> None:
     t_naive = time.perf_counter() - t
     tokens = sum(s["num_tokens"] for x in batched for s in x)
     same = [x[0]["completion"] for x in batched] == [x[0]["completion"] for x in naive]
-    print(f"1. HF backend, {len(prompts)} prompts, {tokens:,} new tokens: batched {tokens / t_batched:,.0f} tok/s, "
-          f"per-prompt {tokens / t_naive:,.0f} tok/s: {t_naive / t_batched:.1f}x (same greedy text: {same})")
+    print(
+        f"1. HF backend, {len(prompts)} prompts, {tokens:,} new tokens: batched {tokens / t_batched:,.0f} tok/s, "
+        f"per-prompt {tokens / t_naive:,.0f} tok/s: {t_naive / t_batched:.1f}x (same greedy text: {same})"
+    )
     if args.vllm_python:
         from selfimprove.backends.vllm_engine import vllm_generate
 
@@ -72,9 +76,13 @@ def main() -> None:
         out = vllm_generate(opts, path, prompts, sampling, 0, stats)
         v_tokens = sum(s["num_tokens"] for x in out for s in x)
         same = [x[0]["completion"] for x in out] == [x[0]["completion"] for x in batched]
-        print(f"2. vLLM in its own process: engine start {stats['engine_start_s']:.0f} s, then {v_tokens / stats['generate_s']:,.0f} "
-              f"tok/s vs HF batched {tokens / t_batched:,.0f} tok/s: {(v_tokens / stats['generate_s']) / (tokens / t_batched):.2f}x "
-              f"(same greedy text: {same})")
+        print(
+            f"2. vLLM in its own process: engine start {stats['engine_start_s']:.0f} s, then "
+            f"{v_tokens / stats['generate_s']:,.0f} "
+            f"tok/s vs HF batched {tokens / t_batched:,.0f} tok/s: "
+            f"{(v_tokens / stats['generate_s']) / (tokens / t_batched):.2f}x "
+            f"(same greedy text: {same})"
+        )
     else:
         print("2. vLLM: skipped (pass --vllm-python)")
 

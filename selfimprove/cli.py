@@ -17,75 +17,143 @@ from selfimprove.errors import UserError
 from selfimprove.typed_yaml import add_override_arguments, collect_overrides
 
 STAGE_NAMES = ("generate", "judge", "filter", "select", "train", "evaluate", "monitor")
-TRUST_HELP = ("Run the interpreters (generate.vllm.python, judge.llm.vllm.python) and modules (monitor.extra_metrics) "
-              "this run's recipe names; without it, a run directory whose recipe names any is refused.")
-SMOKE_HELP = ("Run the recipe shrunk, on this machine, with no hub access: tiny models of the same architecture, local "
-              "stand-ins for hub datasets, CPU twins of GPU settings, a loopback server for any served judge "
-              "(selfimprove.smoke lists every substitution; the run's recipe.yaml records them).")
+TRUST_HELP = (
+    "Run the interpreters (generate.vllm.python, judge.llm.vllm.python) and modules (monitor.extra_metrics) "
+    "this run's recipe names; without it, a run directory whose recipe names any is refused."
+)
+SMOKE_HELP = (
+    "Run the recipe shrunk, on this machine, with no hub access: tiny models of the same architecture, local "
+    "stand-ins for hub datasets, CPU twins of GPU settings, a loopback server for any served judge "
+    "(selfimprove.smoke lists every substitution; the run's recipe.yaml records them)."
+)
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selfimprove", allow_abbrev=False,
-                                     description="Self-improvement training loops: generate, judge, filter, select, train, evaluate, monitor.")
+    parser = argparse.ArgumentParser(
+        prog="selfimprove",
+        allow_abbrev=False,
+        description="Self-improvement training loops: generate, judge, filter, select, train, evaluate, monitor.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add = lambda name, **kw: sub.add_parser(name, allow_abbrev=False, **kw)  # noqa: E731  (no --prefix guessing)
-    run = add("run", help="Run or resume a recipe.", description="Run a recipe; rerunning on an existing run directory resumes it.")
+    run = add(
+        "run",
+        help="Run or resume a recipe.",
+        description="Run a recipe; rerunning on an existing run directory resumes it.",
+    )
     run.add_argument("recipe", help="Recipe YAML (see recipes/).")
-    run.add_argument("--allow-recipe-change", "--allow_recipe_change", action="store_true", help="Resume a run directory even though its saved recipe differs.")
+    run.add_argument(
+        "--allow-recipe-change",
+        "--allow_recipe_change",
+        action="store_true",
+        help="Resume a run directory even though its saved recipe differs.",
+    )
     run.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
     run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     add_override_arguments(run, Recipe)
-    chk = add("check", help="Preflight a recipe: resolve models, data, configs and servers; print the plan.",
-                         description="Checks everything a run needs without training or generating anything; exits 0 "
-                                     "only when there is no problem.")
+    chk = add(
+        "check",
+        help="Preflight a recipe: resolve models, data, configs and servers; print the plan.",
+        description="Checks everything a run needs without training or generating anything; exits 0 "
+        "only when there is no problem.",
+    )
     chk.add_argument("recipe", help="Recipe YAML (see recipes/).")
     chk.add_argument("--smoke", action="store_true", help="Check the recipe as --smoke would run it. " + SMOKE_HELP)
-    chk.add_argument("--json", default=None, help="Also write the report (problems, facts, example prompts, plan) here.")
+    chk.add_argument(
+        "--json", default=None, help="Also write the report (problems, facts, example prompts, plan) here."
+    )
     chk.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
     add_override_arguments(chk, Recipe)
     stage = add("stage", help="Run one stage of one round on an existing run directory.")
     stage.add_argument("name", choices=STAGE_NAMES, help="Stage to run.")
     stage.add_argument("run_dir", help="Run directory made by 'selfimprove run'.")
     stage.add_argument("--round", type=int, required=True, help="Round number (0 is the bootstrap round).")
-    stage.add_argument("--force", action="store_true", help="Redo the stage even if it is marked done (the finished one "
-                                                            "is replaced only when the new one is finished).")
+    stage.add_argument(
+        "--force",
+        action="store_true",
+        help="Redo the stage even if it is marked done (the finished one "
+        "is replaced only when the new one is finished).",
+    )
     stage.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
-    stage.add_argument("--launched", action="store_true",
-                       help="This process is already the launched job (e.g. started by hand with 'accelerate launch'): "
-                            "run the stage here even if the recipe names an accelerate config for it.")
+    stage.add_argument(
+        "--launched",
+        action="store_true",
+        help="This process is already the launched job (e.g. started by hand with 'accelerate launch'): "
+        "run the stage here even if the recipe names an accelerate config for it.",
+    )
     stage.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
     mon = add("monitor", help="Recompute every completed round's metrics and metrics.jsonl of a run.")
     mon.add_argument("run_dir", help="Run directory.")
     mon.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
-    ver = add("verify", help="Check every finished stage's files and inputs against its DONE record.",
-              description="Hashes every file of every finished stage; names each damaged or stale stage and the "
-                          "command that redoes it. Exits 1 when it finds a problem.")
+    ver = add(
+        "verify",
+        help="Check every finished stage's files and inputs against its DONE record.",
+        description="Hashes every file of every finished stage; names each damaged or stale stage and the "
+        "command that redoes it. Exits 1 when it finds a problem.",
+    )
     ver.add_argument("run_dir", help="Run directory.")
     ver.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
     mon.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
-    cmp_ = add("compare", help="Compare two checkpoints on one run's eval and probe sets.",
-                          description="A and B: round folders (runs/x/round_02) or save_pretrained folders.")
+    cmp_ = add(
+        "compare",
+        help="Compare two checkpoints on one run's eval and probe sets.",
+        description="A and B: round folders (runs/x/round_02) or save_pretrained folders.",
+    )
     cmp_.add_argument("a", help="Baseline checkpoint: a round folder or a save_pretrained folder.")
     cmp_.add_argument("b", help="Checkpoint compared against A.")
-    cmp_.add_argument("--run", default=None, help="Run directory whose task, eval/probe sets, sampling and judges to use (default: A's run).")
-    cmp_.add_argument("--json", default=None, help="Also write the full result (metrics, win-rate, KL, samples) to this JSON file.")
-    cmp_.add_argument("--samples", type=int, default=5, help="Side-by-side samples for the prompts where A and B differ most.")
-    cmp_.add_argument("--resamples", type=int, default=1000, help="Paired bootstrap resamples of the eval prompts (95%% CI of B - A).")
-    cmp_.add_argument("--probe-resamples", "--probe_resamples", type=int, default=200,
-                      help="Resamples of the probe prompts (each recomputes every diversity metric on both sides).")
+    cmp_.add_argument(
+        "--run",
+        default=None,
+        help="Run directory whose task, eval/probe sets, sampling and judges to use (default: A's run).",
+    )
+    cmp_.add_argument(
+        "--json", default=None, help="Also write the full result (metrics, win-rate, KL, samples) to this JSON file."
+    )
+    cmp_.add_argument(
+        "--samples", type=int, default=5, help="Side-by-side samples for the prompts where A and B differ most."
+    )
+    cmp_.add_argument(
+        "--resamples", type=int, default=1000, help="Paired bootstrap resamples of the eval prompts (95%% CI of B - A)."
+    )
+    cmp_.add_argument(
+        "--probe-resamples",
+        "--probe_resamples",
+        type=int,
+        default=200,
+        help="Resamples of the probe prompts (each recomputes every diversity metric on both sides).",
+    )
     cmp_.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
     cmp_.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
-    st = add("study", help="Run a controlled study: arms x seeds, each a run; aggregate with confidence intervals.",
-             description="Runs (or resumes) every arm x seed of a study file as ordinary run directories under the "
-                         "study directory, then writes study.json, study.csv and a table: per arm mean and 95% t CI "
-                         "over seeds, and each arm's paired difference from the baseline.")
+    st = add(
+        "study",
+        help="Run a controlled study: arms x seeds, each a run; aggregate with confidence intervals.",
+        description="Runs (or resumes) every arm x seed of a study file as ordinary run directories under the "
+        "study directory, then writes study.json, study.csv and a table: per arm mean and 95% t CI "
+        "over seeds, and each arm's paired difference from the baseline.",
+    )
     st.add_argument("study", help="Study YAML (see recipes/studies/).")
-    st.add_argument("--output_dir", "--output-dir", default=None, help="Study directory (default: the study's output_dir, else runs/studies/NAME).")
-    st.add_argument("--jobs", type=int, default=1, help="Runs at a time (each with the study's `threads` torch threads, default 1, so --jobs never changes a number).")
+    st.add_argument(
+        "--output_dir",
+        "--output-dir",
+        default=None,
+        help="Study directory (default: the study's output_dir, else runs/studies/NAME).",
+    )
+    st.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="Runs at a time (each with the study's `threads` torch threads, default 1, so --jobs never changes a "
+        "number).",
+    )
     st.add_argument("--smoke", action="store_true", help="Run every arm with --smoke. " + SMOKE_HELP)
-    st.add_argument("--slurm", action="store_true", help="Write STUDY_DIR/study.sbatch (a job array, one task per run) "
-                                                         "instead of running here.")
-    st.add_argument("--only", type=int, default=None, help="Run only the run with this index in plan.json (a Slurm array task).")
+    st.add_argument(
+        "--slurm",
+        action="store_true",
+        help="Write STUDY_DIR/study.sbatch (a job array, one task per run) instead of running here.",
+    )
+    st.add_argument(
+        "--only", type=int, default=None, help="Run only the run with this index in plan.json (a Slurm array task)."
+    )
     st.add_argument("--aggregate", action="store_true", help="Only aggregate what has finished (no runs).")
     st.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
     rep = add("report", help="Write a self-contained HTML report (and PNG plots) of one or more runs, or of a study.")
@@ -96,6 +164,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str) -> None:
+    """Rich logging on stderr. Under a launcher (RANK set) only rank 0 logs below WARNING: N ranks would print every
+    line N times; the others say only what goes wrong, prefixed with their rank."""
+    rank = int(os.environ.get("RANK", "0"))
+    fmt = "%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"
+    if rank and logging.getLevelName(level.upper()) in (logging.DEBUG, logging.INFO):
+        level = "WARNING"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # one bar per dataset save drowns the log
     try:
@@ -105,7 +179,7 @@ def _setup_logging(level: str) -> None:
         handlers = [RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)]
     except ImportError:  # rich is optional
         handlers = [logging.StreamHandler()]
-    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=handlers, force=True)
+    logging.basicConfig(level=level.upper(), format=fmt, handlers=handlers, force=True)
 
 
 def _check(args) -> int:
@@ -166,7 +240,9 @@ def _stage(args) -> int:
     lock = contextlib.nullcontext() if in_launched_job() or dist_rank_world()[1] > 1 else run_lock(ctx.run_dir, "stage")
     with lock:
         if not loop.run_stage(ctx, args.round, args.name, force=args.force):
-            logging.getLogger("selfimprove").info("round %d %s is already done (use --force to redo it)", args.round, args.name)
+            logging.getLogger("selfimprove").info(
+                "round %d %s is already done (use --force to redo it)", args.round, args.name
+            )
     return 0
 
 
@@ -198,8 +274,15 @@ def _verify(args) -> int:
 def _compare(args) -> int:
     from selfimprove.compare import compare, print_table, write_json
 
-    result = compare(args.a, args.b, args.run, args.samples, trust=args.trust_recipe, resamples=args.resamples,
-                     corpus_resamples=args.probe_resamples)
+    result = compare(
+        args.a,
+        args.b,
+        args.run,
+        args.samples,
+        trust=args.trust_recipe,
+        resamples=args.resamples,
+        corpus_resamples=args.probe_resamples,
+    )
     print_table(result)
     if args.json:
         write_json(result, args.json)
@@ -230,8 +313,16 @@ def _report(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "check": _check, "stage": _stage, "monitor": _monitor, "verify": _verify, "compare": _compare,
-            "study": _study, "report": _report}
+COMMANDS = {
+    "run": _run,
+    "check": _check,
+    "stage": _stage,
+    "monitor": _monitor,
+    "verify": _verify,
+    "compare": _compare,
+    "study": _study,
+    "report": _report,
+}
 
 
 def _traceback_log(args) -> str:
@@ -274,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # not the user's to fix: one line here, the whole story in the log
         where = _traceback_log(args)
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-        print(f"selfimprove: unexpected {type(err).__name__} in '{args.command}': {first} (full traceback: {where})",
-              file=sys.stderr)
+        print(
+            f"selfimprove: unexpected {type(err).__name__} in '{args.command}': {first} (full traceback: {where})",
+            file=sys.stderr,
+        )
         return 1

@@ -27,9 +27,15 @@ def resolve(spec: str) -> tuple[str, Path | None]:
     if (p / "train" / "model" / "config.json").exists():
         return str(p / "train" / "model"), p.parent
     if (p / "config.json").exists():
-        run = p.parents[2] if p.name == "model" and p.parent.name == "train" and (p.parents[2] / "recipe.yaml").exists() else None
+        run = (
+            p.parents[2]
+            if p.name == "model" and p.parent.name == "train" and (p.parents[2] / "recipe.yaml").exists()
+            else None
+        )
         return str(p), run
-    raise RunDirError(f"{spec} is neither a round folder (with train/model) nor a save_pretrained folder (with config.json).")
+    raise RunDirError(
+        f"{spec} is neither a round folder (with train/model) nor a save_pretrained folder (with config.json)."
+    )
 
 
 def trained_under(checkpoint: str) -> str:
@@ -61,7 +67,11 @@ def token_kl(model_p, model_q, tokenizer, rows: list[dict], batch_size: int = 64
 
 def win_rate(scores_a: dict, scores_b: dict) -> float:
     """Per prompt, mean score of B's samples vs A's: win 1, tie 0.5, loss 0; averaged over prompts."""
-    res = [1.0 if scores_b[p] > scores_a[p] else 0.5 if scores_b[p] == scores_a[p] else 0.0 for p in scores_a if p in scores_b]
+    res = [
+        1.0 if scores_b[p] > scores_a[p] else 0.5 if scores_b[p] == scores_a[p] else 0.0
+        for p in scores_a
+        if p in scores_b
+    ]
     return float(np.mean(res)) if res else 0.5
 
 
@@ -83,25 +93,32 @@ def _prompt_scores(rows: list[dict]) -> dict[str, float]:
 
 def _probe_stat(ctx, rows: list[dict], ids: list[str]):
     """Probe metrics of a resample of the probe prompts; a prompt drawn twice counts as two prompts."""
-    from selfimprove.monitor import answer_metrics, diversity_metrics
+    from selfimprove.monitor import Models, answer_metrics, diversity_metrics
 
     by_prompt, scores = _by_prompt(rows), _prompt_scores(rows)
-    k = ctx.recipe.monitor.probe_samples
+    k, models = ctx.recipe.monitor.probe_samples, Models(ctx)  # the embedder loads once for all resamples
 
     def stat(idx) -> dict:
         picked = [{**r, "prompt_id": f"{ids[i]}#{pos}"} for pos, i in enumerate(idx) for r in by_prompt[ids[i]]]
         score = float(np.mean([scores[ids[i]] for i in idx]))
-        return {**diversity_metrics(ctx, "probe", picked), **answer_metrics(picked, ctx.task.answer, k, "probe", "quality/probe/"),
-                "quality/probe/mean_judge_score": score}
+        return {
+            **diversity_metrics(ctx, "probe", picked, models),
+            **answer_metrics(picked, ctx.task.answer, k, "probe", "quality/probe/"),
+            "quality/probe/mean_judge_score": score,
+        }
+
     return stat
 
 
 def _mcnemar(rows_a: list[dict], rows_b: list[dict]) -> dict:
     from selfimprove.stats import mcnemar_exact
 
-    return {f"eval/accuracy/{split}": mcnemar_exact([a["correct"] for a in rows_a if a["split"] == split],
-                                                   [b["correct"] for b in rows_b if b["split"] == split])
-            for split in sorted({r["split"] for r in rows_a})}
+    return {
+        f"eval/accuracy/{split}": mcnemar_exact(
+            [a["correct"] for a in rows_a if a["split"] == split], [b["correct"] for b in rows_b if b["split"] == split]
+        )
+        for split in sorted({r["split"] for r in rows_a})
+    }
 
 
 def _score(ctx, ckpt: str) -> tuple[list[dict], list[dict]]:
@@ -113,8 +130,15 @@ def _score(ctx, ckpt: str) -> tuple[list[dict], list[dict]]:
     return eval_rows_scored(ctx, ckpt), judge_rows(env, probe_samples(ctx, ckpt))[0]
 
 
-def compare(a: str, b: str, run: str | None = None, n_samples: int = 5, trust: bool = False, resamples: int = 1000,
-            corpus_resamples: int = 200) -> dict:
+def compare(
+    a: str,
+    b: str,
+    run: str | None = None,
+    n_samples: int = 5,
+    trust: bool = False,
+    resamples: int = 1000,
+    corpus_resamples: int = 200,
+) -> dict:
     from selfimprove.environment import differences, run_environment
     from selfimprove.judge import JudgeEnv
     from selfimprove.model import load_policy, load_tokenizer
@@ -126,24 +150,40 @@ def compare(a: str, b: str, run: str | None = None, n_samples: int = 5, trust: b
     if run_dir is None:
         raise RunDirError("compare needs a run for its task, eval and probe sets: pass --run RUN_DIR.")
     ctx = open_run(str(run_dir), trust=trust)
-    out: dict = {"a": {"spec": a, "checkpoint": ckpt_a, "recipe": trained_under(ckpt_a), "environment": run_environment(run_a)},
-                 "b": {"spec": b, "checkpoint": ckpt_b, "recipe": trained_under(ckpt_b), "environment": run_environment(run_b)},
-                 "run": str(run_dir)}
+    out: dict = {
+        "a": {"spec": a, "checkpoint": ckpt_a, "recipe": trained_under(ckpt_a), "environment": run_environment(run_a)},
+        "b": {"spec": b, "checkpoint": ckpt_b, "recipe": trained_under(ckpt_b), "environment": run_environment(run_b)},
+        "run": str(run_dir),
+    }
     out["environment_differences"] = differences(out["a"]["environment"], out["b"]["environment"])
     (eval_a, probe_a), (eval_b, probe_b) = _score(ctx, ckpt_a), _score(ctx, ckpt_b)
     ids = sorted({r["prompt_id"] for r in probe_a} & {r["prompt_id"] for r in probe_b})
     seed = ctx.recipe.seed
-    table = {**paired_bootstrap(_eval_stat(ctx.task, eval_a), _eval_stat(ctx.task, eval_b), len(eval_a), resamples, seed),
-             **(paired_bootstrap(_probe_stat(ctx, probe_a, ids), _probe_stat(ctx, probe_b, ids), len(ids), corpus_resamples, seed)
-                if ids else {})}
+    table = {
+        **paired_bootstrap(_eval_stat(ctx.task, eval_a), _eval_stat(ctx.task, eval_b), len(eval_a), resamples, seed),
+        **(
+            paired_bootstrap(
+                _probe_stat(ctx, probe_a, ids), _probe_stat(ctx, probe_b, ids), len(ids), corpus_resamples, seed
+            )
+            if ids
+            else {}
+        ),
+    }
     out["metrics"] = dict(sorted(table.items()))
-    out["bootstrap"] = {"method": "paired percentile bootstrap over shared prompts", "level": 0.95,
-                        "eval_resamples": resamples, "probe_resamples": corpus_resamples if ids else 0,
-                        "eval_prompts": len(eval_a), "probe_prompts": len(ids)}
+    out["bootstrap"] = {
+        "method": "paired percentile bootstrap over shared prompts",
+        "level": 0.95,
+        "eval_resamples": resamples,
+        "probe_resamples": corpus_resamples if ids else 0,
+        "eval_prompts": len(eval_a),
+        "probe_prompts": len(ids),
+    }
     out["mcnemar"] = _mcnemar(eval_a, eval_b)
     shared = set(ids)
-    scores = {side: {p: v for p, v in _prompt_scores(rows).items() if p in shared}
-              for side, rows in (("a", probe_a), ("b", probe_b))}
+    scores = {
+        side: {p: v for p, v in _prompt_scores(rows).items() if p in shared}
+        for side, rows in (("a", probe_a), ("b", probe_b))
+    }
     out["win_rate_b_vs_a"] = win_rate(scores["a"], scores["b"])
     if "llm_pairwise" in ctx.recipe.judge.judges:  # the pairwise judge compares A and B directly, in both orders
         from selfimprove.judge.llm import head_to_head
@@ -153,13 +193,38 @@ def compare(a: str, b: str, run: str | None = None, n_samples: int = 5, trust: b
     tok = load_tokenizer(ckpt_a)
     pa, pb = load_policy(ckpt_a, ctx.recipe.model.dtype).eval(), load_policy(ckpt_b, ctx.recipe.model.dtype).eval()
     fmt = ctx.prompt_format
-    out["kl_per_token"] = {"a_to_b": token_kl(pa, pb, tok, probe_a, fmt=fmt), "b_to_a": token_kl(pb, pa, tok, probe_b, fmt=fmt)}
+    out["kl_per_token"] = {
+        "a_to_b": token_kl(pa, pb, tok, probe_a, fmt=fmt),
+        "b_to_a": token_kl(pb, pa, tok, probe_b, fmt=fmt),
+    }
     gaps = sorted(ids, key=lambda p: (-abs(scores["b"][p] - scores["a"][p]), p))[:n_samples]
-    first = {side: {r["prompt_id"]: r for r in rows if r["sample_idx"] == 0} for side, rows in (("a", probe_a), ("b", probe_b))}
-    out["samples"] = [{"prompt_id": p, "prompt": first["a"][p]["prompt"], "a": first["a"][p]["completion"],
-                       "b": first["b"][p]["completion"], "score_a": scores["a"][p], "score_b": scores["b"][p]} for p in gaps]
-    out["probe"] = {side: [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "completion": r["completion"],
-                            "score": r["score"]} for r in rows] for side, rows in (("a", probe_a), ("b", probe_b))}
+    first = {
+        side: {r["prompt_id"]: r for r in rows if r["sample_idx"] == 0}
+        for side, rows in (("a", probe_a), ("b", probe_b))
+    }
+    out["samples"] = [
+        {
+            "prompt_id": p,
+            "prompt": first["a"][p]["prompt"],
+            "a": first["a"][p]["completion"],
+            "b": first["b"][p]["completion"],
+            "score_a": scores["a"][p],
+            "score_b": scores["b"][p],
+        }
+        for p in gaps
+    ]
+    out["probe"] = {
+        side: [
+            {
+                "prompt_id": r["prompt_id"],
+                "sample_idx": r["sample_idx"],
+                "completion": r["completion"],
+                "score": r["score"],
+            }
+            for r in rows
+        ]
+        for side, rows in (("a", probe_a), ("b", probe_b))
+    }
     return out
 
 
@@ -167,8 +232,11 @@ def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    recipes = "" if result["a"]["recipe"] == result["b"]["recipe"] else \
-        f" (trained under recipes {result['a']['recipe'] or '?'} and {result['b']['recipe'] or '?'})"
+    recipes = (
+        ""
+        if result["a"]["recipe"] == result["b"]["recipe"]
+        else f" (trained under recipes {result['a']['recipe'] or '?'} and {result['b']['recipe'] or '?'})"
+    )
     table = Table(title=f"B = {result['b']['spec']}  vs  A = {result['a']['spec']}{recipes}")
     for col in ("metric", "A", "B", "B - A", "95% CI", "McNemar p"):
         table.add_column(col, justify="left" if col == "metric" else "right")
@@ -176,21 +244,34 @@ def print_table(result: dict) -> None:
         ci = "" if v["ci_low"] != v["ci_low"] else f"[{v['ci_low']:+.4g}, {v['ci_high']:+.4g}]"
         real = ci and (v["ci_low"] > 0 or v["ci_high"] < 0)
         m = result["mcnemar"].get(key)
-        table.add_row(key, f"{v['a']:.4g}", f"{v['b']:.4g}", f"{v['delta']:+.4g}", f"[bold]{ci}[/]" if real else ci,
-                      f"{m['p_value']:.3g} ({m['a_only']}/{m['b_only']})" if m else "")
+        table.add_row(
+            key,
+            f"{v['a']:.4g}",
+            f"{v['b']:.4g}",
+            f"{v['delta']:+.4g}",
+            f"[bold]{ci}[/]" if real else ci,
+            f"{m['p_value']:.3g} ({m['a_only']}/{m['b_only']})" if m else "",
+        )
     console = Console()
     console.print(table)
     b = result["bootstrap"]
-    console.print(f"CI: {b['method']} ({b['eval_resamples']} resamples of {b['eval_prompts']} eval prompts, "
-                  f"{b['probe_resamples']} of {b['probe_prompts']} probe prompts); bold = excludes 0. McNemar: exact, "
-                  "(problems only A solved / only B solved).")
+    console.print(
+        f"CI: {b['method']} ({b['eval_resamples']} resamples of {b['eval_prompts']} eval prompts, "
+        f"{b['probe_resamples']} of {b['probe_prompts']} probe prompts); bold = excludes 0. McNemar: exact, "
+        "(problems only A solved / only B solved)."
+    )
     for line in result.get("environment_differences", []):
         console.print(f"[yellow]warning: A and B ran in different environments: {line}[/]")
     console.print(f"win-rate of B over A (run's judges, per probe prompt): {result['win_rate_b_vs_a']:.3f}")
     if "pairwise_b_vs_a" in result:
         h = result["pairwise_b_vs_a"]
-        console.print(f"pairwise judge, both orders: B wins {h['win_rate']:.3f} of {h['comparisons']} comparisons ({h['unparsed']} unparsed)")
-    console.print(f"per-token KL: A||B {result['kl_per_token']['a_to_b']:.4f}, B||A {result['kl_per_token']['b_to_a']:.4f}")
+        console.print(
+            f"pairwise judge, both orders: B wins {h['win_rate']:.3f} of {h['comparisons']} comparisons "
+            f"({h['unparsed']} unparsed)"
+        )
+    console.print(
+        f"per-token KL: A||B {result['kl_per_token']['a_to_b']:.4f}, B||A {result['kl_per_token']['b_to_a']:.4f}"
+    )
     samples = Table(title="where they differ most (first probe sample each)")
     for col in ("prompt", "A", "B", "score A", "score B"):
         samples.add_column(col)

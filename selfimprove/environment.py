@@ -15,8 +15,19 @@ import sys
 from pathlib import Path
 
 ENV_FILE = "environment.json"
-PACKAGES = ("selfimprove", "torch", "transformers", "trl", "accelerate", "datasets", "deepspeed", "peft", "numpy",
-            "tokenizers", "vllm")
+PACKAGES = (
+    "selfimprove",
+    "torch",
+    "transformers",
+    "trl",
+    "accelerate",
+    "datasets",
+    "deepspeed",
+    "peft",
+    "numpy",
+    "tokenizers",
+    "vllm",
+)
 NOT_COMPARED = {"host", "from_round"}  # where and when, not what computed the numbers
 
 
@@ -30,10 +41,16 @@ def _version(name: str) -> str | None:
 def _git_commit() -> str:
     src = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return head + ("+modified" if dirty else "")
@@ -102,7 +119,9 @@ def differences(a: dict, b: dict) -> list[str]:
     for key in sorted(set(_comparable(a)) | set(_comparable(b))):
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += [f"{key}.{k}: {va.get(k)} vs {vb.get(k)}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+            out += [
+                f"{key}.{k}: {va.get(k)} vs {vb.get(k)}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)
+            ]
         elif va != vb:
             out.append(f"{key}: {va} vs {vb}")
     return out

@@ -34,16 +34,23 @@ def _reasons(r: dict, cfg, index: set[str], n: int, unit: str, drop_unparsed: bo
     return failed + [f"score_{name}<{t}" for name, t in cfg.min_scores.items() if r[f"score_{name}"] < t]
 
 
-def filter_rows(rows: list[dict], cfg, protected: set[str] = frozenset(), unit: str = "char",
-                drop_unparsed: bool = False) -> list[dict]:
+def filter_rows(
+    rows: list[dict], cfg, protected: set[str] = frozenset(), unit: str = "char", drop_unparsed: bool = False
+) -> list[dict]:
     """Rows with kept / filter_reason. ``protected`` is a contamination_index of texts no training sample may touch."""
     out = []
     for r in rows:
         failed = _reasons(r, cfg, protected, cfg.decontaminate_ngram, unit, drop_unparsed) if cfg.enabled else []
-        out.append({**r, "kept": not failed, "filter_reason": ",".join(failed) or ("kept" if cfg.enabled else "filter disabled")})
+        out.append(
+            {
+                **r,
+                "kept": not failed,
+                "filter_reason": ",".join(failed) or ("kept" if cfg.enabled else "filter disabled"),
+            }
+        )
     if cfg.enabled and cfg.best_of_n > 0:
         for group in _by_prompt([r for r in out if r["kept"]]).values():
-            for r in sorted(group, key=lambda x: (-x["score"], x["sample_idx"]))[cfg.best_of_n:]:
+            for r in sorted(group, key=lambda x: (-x["score"], x["sample_idx"]))[cfg.best_of_n :]:
                 r["kept"], r["filter_reason"] = False, f"not in best_of_{cfg.best_of_n}"
     return out
 
@@ -61,17 +68,34 @@ def build_pairs(rows: list[dict], cfg) -> list[dict]:
     pairs = []
     for group in _by_prompt(rows).values():
         ranked = sorted(group, key=lambda x: (-x["score"], x["sample_idx"]))
-        candidates = [(c, r) for c in ranked if c["kept"] for r in ranked[::-1]
-                      if c["score"] - r["score"] > 0 and c["score"] - r["score"] >= cfg.pair_margin
-                      and c["completion"] != r["completion"]]
+        candidates = [
+            (c, r)
+            for c in ranked
+            if c["kept"]
+            for r in ranked[::-1]
+            if c["score"] - r["score"] > 0
+            and c["score"] - r["score"] >= cfg.pair_margin
+            and c["completion"] != r["completion"]
+        ]
         if cfg.pairs == "best_vs_worst":
             candidates = candidates[:1]  # best kept first, worst sample first within it
         else:
             candidates.sort(key=lambda cr: -(cr[0]["score"] - cr[1]["score"]))  # stable: ties keep rank order
-            candidates = candidates[:cfg.pairs_per_prompt] if cfg.pairs_per_prompt else candidates
-        pairs += [{"prompt_id": c["prompt_id"], "prompt": c["prompt"], "chosen": c["completion"], "rejected": r["completion"],
-                   "score_chosen": c["score"], "score_rejected": r["score"], "chosen_idx": c["sample_idx"],
-                   "rejected_idx": r["sample_idx"], "round": c["round"]} for c, r in candidates]
+            candidates = candidates[: cfg.pairs_per_prompt] if cfg.pairs_per_prompt else candidates
+        pairs += [
+            {
+                "prompt_id": c["prompt_id"],
+                "prompt": c["prompt"],
+                "chosen": c["completion"],
+                "rejected": r["completion"],
+                "score_chosen": c["score"],
+                "score_rejected": r["score"],
+                "chosen_idx": c["sample_idx"],
+                "rejected_idx": r["sample_idx"],
+                "round": c["round"],
+            }
+            for c, r in candidates
+        ]
     return pairs
 
 
@@ -87,8 +111,11 @@ def run_filter(ctx, k: int) -> None:
     with ctx.writing(k, "filter", meta0) as (out, meta):
         filtered = filter_rows(rows, cfg, protected, unit, drop_unparsed)
         save_rows(filtered, out / "data")
-        meta.update(rows=len(filtered), kept=sum(r["kept"] for r in filtered),
-                    contaminated=sum(r["filter_reason"] == "contaminated" for r in filtered))
+        meta.update(
+            rows=len(filtered),
+            kept=sum(r["kept"] for r in filtered),
+            contaminated=sum(r["filter_reason"] == "contaminated" for r in filtered),
+        )
         if cfg.pairs != "none":
             pairs = build_pairs(filtered, cfg)
             save_rows(pairs, out / "pairs")

@@ -76,8 +76,12 @@ def write_done(folder: Path, inputs: dict[str, str] | None = None) -> dict:
         _fsync(p)
     for d in sorted({p.parent for p in _files(folder)} | {folder}, key=lambda d: -len(d.parts)):
         _fsync(d)
-    record = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files, "inputs": inputs or {},
-              "digest": content_digest(files)}
+    record = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "files": files,
+        "inputs": inputs or {},
+        "digest": content_digest(files),
+    }
     with open(folder / DONE, "w") as fh:
         json.dump(record, fh, indent=1, sort_keys=True)
         fh.flush()
@@ -149,11 +153,15 @@ def check_sizes(path: Path, run_dir: Path | None = None) -> None:
             continue
         f = root / rel
         if not f.exists():
-            raise RunDirError(f"{where} is damaged: {rel} is missing. 'selfimprove verify RUN_DIR' checks the whole run "
-                              "and names the command that redoes the stage.")
+            raise RunDirError(
+                f"{where} is damaged: {rel} is missing. 'selfimprove verify RUN_DIR' checks the whole run "
+                "and names the command that redoes the stage."
+            )
         if f.stat().st_size != size:
-            raise RunDirError(f"{where} is damaged: {rel} has {f.stat().st_size} bytes, its DONE recorded {size}. "
-                              "'selfimprove verify RUN_DIR' checks the whole run and names the command that redoes it.")
+            raise RunDirError(
+                f"{where} is damaged: {rel} has {f.stat().st_size} bytes, its DONE recorded {size}. "
+                "'selfimprove verify RUN_DIR' checks the whole run and names the command that redoes it."
+            )
 
 
 def verify_stage(folder: Path, current_inputs: dict[str, str]) -> list[str]:

@@ -12,23 +12,30 @@ import os
 import subprocess
 import sys
 
+from selfimprove import seeding
 from selfimprove.alarms import should_stop
 from selfimprove.evaluate import run_evaluate
 from selfimprove.filtering import run_filter
 from selfimprove.generate import run_generate
+from selfimprove.integrity import recover
 from selfimprove.judge import run_judge
 from selfimprove.monitor import run_monitor
-from selfimprove.integrity import recover
 from selfimprove.rundir import LAUNCHED_ENV, RunContext, dist_rank_world, in_launched_job, is_done, save_rows
 from selfimprove.runs import claimed_run
 from selfimprove.selection import run_select
-from selfimprove import seeding
 from selfimprove.train import run_train
 
 logger = logging.getLogger(__name__)
 
-STAGES = {"generate": run_generate, "judge": run_judge, "filter": run_filter, "select": run_select,
-          "train": run_train, "evaluate": run_evaluate, "monitor": run_monitor}
+STAGES = {
+    "generate": run_generate,
+    "judge": run_judge,
+    "filter": run_filter,
+    "select": run_select,
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "monitor": run_monitor,
+}
 ROUND0_STAGES = ("train", "evaluate", "monitor")
 
 
@@ -74,7 +81,17 @@ def launch(ctx: RunContext, k: int, name: str, config: str) -> None:
     released before the next stage (training and vLLM/HF generation never share a GPU)."""
     # This interpreter's accelerate, so an unactivated venv works too.
     entry = ["-m", "selfimprove.train"] if name == "train" else ["-m", "selfimprove", "stage", name, "--force"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *entry, str(ctx.run_dir), "--round", str(k)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        config,
+        *entry,
+        str(ctx.run_dir),
+        "--round",
+        str(k),
+    ]
     logger.info("launching: %s", " ".join(cmd))
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: name})
 
@@ -104,8 +121,10 @@ def summary_line(m: dict) -> str:
     parts.append(f"acc id {m['eval/accuracy/id']:.3f} ood {m['eval/accuracy/ood']:.3f}")
     if "quality/kept" in m:
         pl = m.get("quality/pseudo_label_accuracy")
-        parts.append(f"kept {m['quality/kept']}/{m['quality/generated']} selected {m['quality/selected']}"
-                     + (f" (label acc {pl:.3f})" if pl is not None else ""))
+        parts.append(
+            f"kept {m['quality/kept']}/{m['quality/generated']} selected {m['quality/selected']}"
+            + (f" (label acc {pl:.3f})" if pl is not None else "")
+        )
     parts.append(f"loss {m['train/first_loss'] or 0:.3f}->{m['train/last_loss'] or 0:.3f}")
     parts.append(f"{sum(v for k, v in m.items() if k.startswith('time/')):.0f}s")
     return " | ".join(parts)
@@ -125,7 +144,7 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
     with claimed_run(recipe, allow_recipe_change, note) as ctx:
         setup(ctx)
         for k in range(recipe.rounds + 1):
-            for name in (ROUND0_STAGES if k == 0 else STAGES):
+            for name in ROUND0_STAGES if k == 0 else STAGES:
                 run_stage(ctx, k, name)
             logger.info(summary_line(read_json(ctx.stage(k, "monitor") / "metrics.json")))
             if should_stop(ctx, k):
@@ -137,5 +156,3 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
 
             write_tensorboard(ctx.run_dir, rows)
         return rows
-
-

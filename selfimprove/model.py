@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfimprove import seeding
+
 SPECIALS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
 
@@ -23,11 +24,18 @@ def build_char_tokenizer(alphabet: str):
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIALS["unk"]))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     bos = SPECIALS["bos"]
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
+    )
     tok.decoder = decoders.Fuse()  # characters join with no separator
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=SPECIALS["eos"], pad_token=SPECIALS["pad"],
-        unk_token=SPECIALS["unk"], padding_side="left", clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=SPECIALS["eos"],
+        pad_token=SPECIALS["pad"],
+        unk_token=SPECIALS["unk"],
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -36,11 +44,18 @@ def bootstrap_config(cfg, tokenizer):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size or 4 * cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size or 4 * cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
         rope_theta=float("inf") if cfg.positional == "nope" else cfg.rope_theta,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
 
 

@@ -6,15 +6,21 @@ fact. More metrics plug in through ``monitor.extra_metrics`` ("module:function",
 
 from __future__ import annotations
 
-import functools
 import importlib
 from collections import defaultdict
 
 import numpy as np
 
 from selfimprove import seeding
-from selfimprove.diversity import (compression_ratio, coverage, homogenisation, lexical_suite, ngram_vendi, self_bleu,
-                                   self_repetition)
+from selfimprove.diversity import (
+    compression_ratio,
+    coverage,
+    homogenisation,
+    lexical_suite,
+    ngram_vendi,
+    self_bleu,
+    self_repetition,
+)
 from selfimprove.rundir import is_done, load_rows, read_json, rebuild_metrics, write_json
 
 STAGES_TIMED = ("generate", "judge", "filter", "select", "train", "evaluate")
@@ -37,7 +43,9 @@ def answer_metrics(rows: list[dict], answer, k: int, name: str, quality: str) ->
     from selfimprove.quality import answer_entropy, pass_at_k
 
     groups = _by_prompt(rows)
-    out = {f"diversity/{name}/answer_entropy": _mean(answer_entropy([answer(r["completion"]) for r in g]) for g in groups)}
+    out = {
+        f"diversity/{name}/answer_entropy": _mean(answer_entropy([answer(r["completion"]) for r in g]) for g in groups)
+    }
     labelled = [g for g in groups if all(r["oracle_correct"] >= 0 for r in g) and len(g) >= k]
     if labelled:
         p1 = _mean(pass_at_k(len(g), sum(r["oracle_correct"] for r in g), 1) for g in labelled)
@@ -46,11 +54,28 @@ def answer_metrics(rows: list[dict], answer, k: int, name: str, quality: str) ->
     return out
 
 
-@functools.lru_cache(maxsize=2)
-def _embedder(path: str):
-    from selfimprove.embedding import load_embedder
+class Models:
+    """The models one monitor call needs, each loaded on first use and dropped with this object when the call ends:
+    nothing outlives it (a module-level cache would keep a policy in memory through the next round's training)."""
 
-    return load_embedder(path)
+    def __init__(self, ctx, k: int = 0):
+        self.ctx, self.k, self._policy, self._embedder = ctx, k, None, None
+
+    def policy(self):
+        """(model, tokenizer) of the checkpoint that generated round k's data (k - 1)."""
+        if self._policy is None:
+            from selfimprove.model import load_policy, load_tokenizer
+
+            path = self.ctx.checkpoint(self.k - 1)
+            self._policy = load_policy(path, self.ctx.recipe.model.dtype), load_tokenizer(path)
+        return self._policy
+
+    def embedder(self):
+        if self._embedder is None:
+            from selfimprove.embedding import load_embedder
+
+            self._embedder = load_embedder(self.ctx.recipe.monitor.embedder)
+        return self._embedder
 
 
 def _subsample(items: list, m: int) -> list:
@@ -71,8 +96,8 @@ def _ead_vocab(ctx) -> int:
     return m.ead_vocab_size or (len(set(ctx.task.alphabet())) if m.unit == "char" else 50257)
 
 
-def diversity_metrics(ctx, name: str, rows: list[dict]) -> dict:
-    """The diversity block for one set of samples, as diversity/<name>/..."""
+def diversity_metrics(ctx, name: str, rows: list[dict], models: Models | None = None) -> dict:
+    """The diversity block for one set of samples, as diversity/<name>/... (``models``: reuse loaded models)."""
     texts = [r["completion"] for r in rows]
     m = ctx.recipe.monitor
     out = {f"diversity/{name}/{k}": v for k, v in lexical_suite(texts, m.distinct_n, m.unit, _ead_vocab(ctx)).items()}
@@ -86,7 +111,8 @@ def diversity_metrics(ctx, name: str, rows: list[dict]) -> dict:
     if m.embedding:
         from selfimprove.embedding import embedding_diversity
 
-        out.update({f"diversity/{name}/{k}": v for k, v in embedding_diversity(sample, _embedder(m.embedder)).items()})
+        embedded = embedding_diversity(sample, (models or Models(ctx)).embedder())
+        out.update({f"diversity/{name}/{k}": v for k, v in embedded.items()})
     if m.self_bleu_samples:  # O(N^2) and flat on tiny alphabets, so opt-in
         out[f"diversity/{name}/self_bleu"] = self_bleu(sample, unit=m.unit, sample=m.self_bleu_samples)
     return out
@@ -106,17 +132,23 @@ def coverage_metrics(name: str, rows: list[dict], pool: list[dict]) -> dict:
 def probe_metrics(ctx, k: int) -> dict:
     """The fixed probe set, sampled the same way every round: diversity/probe/... and quality/probe/..."""
     rows = load_rows(ctx.stage(k, "evaluate") / "probe")
-    return {**diversity_metrics(ctx, "probe", rows),
-            **answer_metrics(rows, ctx.task.answer, ctx.recipe.monitor.probe_samples, "probe", "quality/probe/")}
+    return {
+        **diversity_metrics(ctx, "probe", rows),
+        **answer_metrics(rows, ctx.task.answer, ctx.recipe.monitor.probe_samples, "probe", "quality/probe/"),
+    }
 
 
 def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[dict]) -> dict:
     """Counts, acceptance, per-judge score distributions, judge agreement, pseudo-label accuracy."""
     from selfimprove.quality import judge_agreement, score_stats
 
-    out = {"quality/generated": len(judged), "quality/kept": len(kept), "quality/selected": len(selected),
-           "quality/acceptance_rate": len(kept) / len(judged) if judged else 0.0,
-           "quality/mean_score": _mean(r["score"] for r in judged)}
+    out = {
+        "quality/generated": len(judged),
+        "quality/kept": len(kept),
+        "quality/selected": len(selected),
+        "quality/acceptance_rate": len(kept) / len(judged) if judged else 0.0,
+        "quality/mean_score": _mean(r["score"] for r in judged),
+    }
     names = ctx.recipe.judge.judges
     threshold = {n: ctx.recipe.filter.min_scores.get(n, 0.5) for n in names}
     for n in names:
@@ -126,48 +158,47 @@ def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[di
         if n.startswith("llm"):  # judges that can fail to give a verdict
             out[f"quality/unparsed_rate/{n}"] = _mean(n in r.get("judge_unparsed", "").split(",") for r in judged)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            agree = judge_agreement([r[f"score_{a}"] for r in judged], [r[f"score_{b}"] for r in judged], threshold[a], threshold[b])
+        for b in names[i + 1 :]:
+            agree = judge_agreement(
+                [r[f"score_{a}"] for r in judged], [r[f"score_{b}"] for r in judged], threshold[a], threshold[b]
+            )
             out.update({f"quality/judge_{k}/{a}_vs_{b}": v for k, v in agree.items()})
     labelled = [r for r in selected if r["oracle_correct"] >= 0]
     if labelled:  # measured against ground truth the loop never trains on
         out["quality/pseudo_label_accuracy"] = _mean(r["oracle_correct"] for r in labelled)
     if selected and "self_completion" in selected[0]:  # select.labels 'oracle': what training sees instead
-        out["quality/train_label_accuracy"] = _mean(ctx.task.is_correct(r["completion"], r["reference"]) for r in selected)
+        out["quality/train_label_accuracy"] = _mean(
+            ctx.task.is_correct(r["completion"], r["reference"]) for r in selected
+        )
     return out
 
 
-def complexity_block(ctx, k: int, name: str, rows: list[dict]) -> dict:
+def complexity_block(ctx, name: str, rows: list[dict], models: Models) -> dict:
     """complexity/<name>/...: length, difficulty, and IFD under the policy that generated the round (checkpoint k-1)."""
     from selfimprove.complexity import complexity_metrics, ifd_scores
 
     n = ctx.recipe.monitor.ifd_samples
     ifd = np.zeros(0) if n else None
     if n and rows:
-        model, tok = _policy(ctx.checkpoint(k - 1), ctx.recipe.model.dtype)
+        model, tok = models.policy()
         sample = _subsample(rows, n)
-        ifd = ifd_scores(model, tok, [r["prompt"] for r in sample], [r["completion"] for r in sample], fmt=ctx.prompt_format)
+        ifd = ifd_scores(
+            model, tok, [r["prompt"] for r in sample], [r["completion"] for r in sample], fmt=ctx.prompt_format
+        )
     return {f"complexity/{name}/{key}": v for key, v in complexity_metrics(rows, ifd).items()}
-
-
-@functools.lru_cache(maxsize=1)
-def _policy(path: str, dtype: str):
-    from selfimprove.model import load_policy, load_tokenizer
-
-    return load_policy(path, dtype), load_tokenizer(path)
 
 
 def data_metrics(ctx, k: int, judged: list[dict]) -> dict:
     """Quality, diversity and complexity of the round's generated, filtered (kept) and selected data."""
-    kept = [r for r in judged if r["kept"]]
+    kept, models = [r for r in judged if r["kept"]], Models(ctx, k)
     selected = [r for r in load_rows(ctx.stage(k, "select") / "data") if r["selected"]]
     out = quality_metrics(ctx, judged, kept, selected)
     for name, rows in (("generated", judged), ("filtered", kept), ("selected", selected)):
-        out.update(diversity_metrics(ctx, name, rows))
+        out.update(diversity_metrics(ctx, name, rows, models))
         out.update(coverage_metrics(name, rows, judged))
     out.update(answer_metrics(judged, ctx.task.answer, ctx.recipe.generate.num_samples, "generated", "quality/"))
-    out.update(complexity_block(ctx, k, "generated", judged))
-    out.update(complexity_block(ctx, k, "selected", selected))
+    out.update(complexity_block(ctx, "generated", judged, models))
+    out.update(complexity_block(ctx, "selected", selected, models))
     if judged:
         out["task/max_difficulty"] = max(r["difficulty"] for r in judged)
     return out
@@ -177,16 +208,24 @@ def round_metrics(ctx, k: int) -> dict:
     metrics: dict = {"round": k}
     metrics.update(read_json(ctx.stage(k, "evaluate") / "meta.json")["metrics"])
     train_meta = read_json(ctx.stage(k, "train") / "meta.json")
-    metrics.update({"train/first_loss": train_meta["first_loss"], "train/last_loss": train_meta["last_loss"],
-                    "train/steps": train_meta["steps"], "train/rows": train_meta["rows"],
-                    "recipe": train_meta.get("recipe", "")})  # the recipe the round ran under (recipes/history.json)
+    metrics.update(
+        {
+            "train/first_loss": train_meta["first_loss"],
+            "train/last_loss": train_meta["last_loss"],
+            "train/steps": train_meta["steps"],
+            "train/rows": train_meta["rows"],
+            "recipe": train_meta.get("recipe", ""),
+        }
+    )  # the recipe the round ran under (recipes/history.json)
     if ctx.recipe.monitor.probe_size:
         metrics.update(probe_metrics(ctx, k))
     for stage in STAGES_TIMED:
         if is_done(ctx.stage(k, stage)):
             metrics[f"time/{stage}_s"] = read_json(ctx.stage(k, stage) / "meta.json")["wall_s"]
     if k == 0:
-        metrics["task/max_difficulty"] = max((r["difficulty"] for r in load_rows(ctx.run_dir / "seed_data" / "data")), default=0)
+        metrics["task/max_difficulty"] = max(
+            (r["difficulty"] for r in load_rows(ctx.run_dir / "seed_data" / "data")), default=0
+        )
         return metrics
     judged = load_rows(ctx.stage(k, "filter") / "data")  # every judged row, scores included, plus the filter's decision
     metrics.update(data_metrics(ctx, k, judged))

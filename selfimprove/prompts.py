@@ -35,8 +35,10 @@ class PromptFormat:
     def texts(self, tokenizer, prompts: list[str]) -> list[str]:
         """Each prompt as the model sees it, ready for the completion to follow."""
         if self.uses_template(tokenizer):
-            return [tokenizer.apply_chat_template(self.messages(p), tokenize=False, add_generation_prompt=True)
-                    for p in prompts]
+            return [
+                tokenizer.apply_chat_template(self.messages(p), tokenize=False, add_generation_prompt=True)
+                for p in prompts
+            ]
         return [self.plain(p) for p in prompts]
 
     def encode(self, tokenizer, prompts: list[str]) -> list[list[int]]:
@@ -44,7 +46,9 @@ class PromptFormat:
         tokenizer's own (BOS where it adds one)."""
         if not prompts:
             return []
-        return tokenizer(self.texts(tokenizer, prompts), add_special_tokens=not self.uses_template(tokenizer))["input_ids"]
+        return tokenizer(self.texts(tokenizer, prompts), add_special_tokens=not self.uses_template(tokenizer))[
+            "input_ids"
+        ]
 
 
 def encode_completions(tokenizer, completions: list[str]) -> list[list[int]]:

@@ -34,7 +34,11 @@ def maj_at_k(answers: list, reference, k: int, rng: np.random.Generator, trials:
         raise ValueError(f"maj@{k} needs at least {k} samples per prompt, got {len(answers)}.")
     if k == 0:
         return 0.0
-    subsets = [list(range(len(answers)))] if k == len(answers) else [rng.choice(len(answers), k, replace=False) for _ in range(trials)]
+    subsets = (
+        [list(range(len(answers)))]
+        if k == len(answers)
+        else [rng.choice(len(answers), k, replace=False) for _ in range(trials)]
+    )
     hits = []
     for idx in subsets:
         counts = Counter(answers[i] for i in idx if answers[i] is not None)
@@ -53,8 +57,13 @@ def score_stats(scores: list[float], threshold: float) -> dict:
         return {"mean": 0.0, "p10": 0.0, "p50": 0.0, "p90": 0.0, "share_above": 0.0}
     s = np.asarray(scores, dtype=np.float64)
     p10, p50, p90 = np.percentile(s, [10, 50, 90])
-    return {"mean": float(s.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90),
-            "share_above": float((s >= threshold).mean())}
+    return {
+        "mean": float(s.mean()),
+        "p10": float(p10),
+        "p50": float(p50),
+        "p90": float(p90),
+        "share_above": float((s >= threshold).mean()),
+    }
 
 
 def judge_agreement(a: list[float], b: list[float], threshold_a: float = 0.5, threshold_b: float = 0.5) -> dict:

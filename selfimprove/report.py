@@ -13,8 +13,14 @@ from pathlib import Path
 from selfimprove.errors import RunDirError
 from selfimprove.rundir import is_done, load_rows
 
-DIVERSITY = ("diversity/probe/answer_entropy", "diversity/probe/distinct_answers_per_prompt", "diversity/probe/ngram_vendi",
-             "diversity/generated/distinct_answers_per_prompt", "diversity/selected/ngram_vendi", "quality/probe/pass@k_minus_pass@1")
+DIVERSITY = (
+    "diversity/probe/answer_entropy",
+    "diversity/probe/distinct_answers_per_prompt",
+    "diversity/probe/ngram_vendi",
+    "diversity/generated/distinct_answers_per_prompt",
+    "diversity/selected/ngram_vendi",
+    "quality/probe/pass@k_minus_pass@1",
+)
 STAGE_TIMES = ("generate", "judge", "filter", "select", "train", "evaluate")
 
 
@@ -31,16 +37,13 @@ def _series(rows: list[dict], key: str):
 
 
 def _fig(path: Path, draw, ncols: int = 1, nrows: int = 1, size=(6.4, 3.6)):
-    import matplotlib
+    # A Figure of its own, not pyplot: no global backend switch, no figure registry to leak into the caller's.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
-    draw(axes.ravel())
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    draw(fig.subplots(nrows, ncols, squeeze=False).ravel())
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -67,26 +70,55 @@ def plot_all(runs: dict[str, list[dict]], out: Path) -> list[tuple[str, Path]]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
 
-    plots.append(("Accuracy, in- vs out-of-distribution", _fig(out / "accuracy.png", lambda ax: lines(
-        ax[0], ("eval/accuracy/id", "eval/accuracy/ood"), "eval accuracy (solid: ID, dashed: OOD)"))))
+    plots.append(
+        (
+            "Accuracy, in- vs out-of-distribution",
+            _fig(
+                out / "accuracy.png",
+                lambda ax: lines(
+                    ax[0], ("eval/accuracy/id", "eval/accuracy/ood"), "eval accuracy (solid: ID, dashed: OOD)"
+                ),
+            ),
+        )
+    )
     if any("eval/frontier" in r for rows in runs.values() for r in rows):
-        plots.append(("Difficulty frontier", _fig(out / "frontier.png", lambda ax: lines(ax[0], ("eval/frontier",), "eval/frontier"))))
+        plots.append(
+            (
+                "Difficulty frontier",
+                _fig(out / "frontier.png", lambda ax: lines(ax[0], ("eval/frontier",), "eval/frontier")),
+            )
+        )
     if any("quality/acceptance_rate" in r for rows in runs.values() for r in rows):
-        plots.append(("Acceptance rate", _fig(out / "acceptance.png", lambda ax: lines(
-            ax[0], ("quality/acceptance_rate",), "quality/acceptance_rate"))))
+        plots.append(
+            (
+                "Acceptance rate",
+                _fig(
+                    out / "acceptance.png",
+                    lambda ax: lines(ax[0], ("quality/acceptance_rate",), "quality/acceptance_rate"),
+                ),
+            )
+        )
     present = [k for k in DIVERSITY if any(k in r for rows in runs.values() for r in rows)]
     if present:
+
         def diversity(axes):
             for ax, key in zip(axes, present):
                 lines(ax, (key,), key + "  (x: an alarm fired)")
-            for ax in axes[len(present):]:
+            for ax in axes[len(present) :]:
                 ax.axis("off")
-        plots.append(("Diversity over rounds, with alarms", _fig(out / "diversity.png", diversity, ncols=2, nrows=(len(present) + 1) // 2)))
+
+        plots.append(
+            (
+                "Diversity over rounds, with alarms",
+                _fig(out / "diversity.png", diversity, ncols=2, nrows=(len(present) + 1) // 2),
+            )
+        )
 
     def per_run(draw_one):
         def draw(axes):
             for ax, name in zip(axes, names):
                 draw_one(ax, name, runs[name])
+
         return draw
 
     def times(ax, name, rows):
@@ -104,15 +136,22 @@ def plot_all(runs: dict[str, list[dict]], out: Path) -> list[tuple[str, Path]]:
     def funnel(ax, name, rows):
         rows = [r for r in rows if "quality/generated" in r]
         width = 0.27
-        for i, (key, label) in enumerate((("quality/generated", "generated"), ("quality/kept", "kept by the filter"),
-                                          ("quality/selected", "selected"))):
+        for i, (key, label) in enumerate(
+            (
+                ("quality/generated", "generated"),
+                ("quality/kept", "kept by the filter"),
+                ("quality/selected", "selected"),
+            )
+        ):
             ax.bar([r["round"] + (i - 1) * width for r in rows], [r[key] for r in rows], width, label=label)
         ax.set_title(f"{name}: data funnel")
         ax.set_xlabel("round")
         ax.legend(fontsize=7)
 
     if any("quality/generated" in r for rows in runs.values() for r in rows):
-        plots.append(("Data funnel: generated, kept, selected", _fig(out / "funnel.png", per_run(funnel), ncols=len(names))))
+        plots.append(
+            ("Data funnel: generated, kept, selected", _fig(out / "funnel.png", per_run(funnel), ncols=len(names)))
+        )
     return plots
 
 
@@ -123,14 +162,21 @@ def sample_tables(run: Path, rows: list[dict], n: int = 8) -> str:
         return "<p>No self-improvement round yet.</p>"
     stage = run / f"round_{last:02d}"
     out = [f"<h3>Round {last} samples</h3>"]
-    for title, path, keep, reason in (("selected", stage / "select" / "data", True, "select_reason"),
-                                      ("rejected by the filter", stage / "filter" / "data", False, "filter_reason")):
+    for title, path, keep, reason in (
+        ("selected", stage / "select" / "data", True, "select_reason"),
+        ("rejected by the filter", stage / "filter" / "data", False, "filter_reason"),
+    ):
         if not is_done(path.parent):
             continue
         picked = [r for r in load_rows(path) if bool(r.get("selected", r.get("kept"))) == keep][:n]
-        cells = "".join(f"<tr><td><code>{html.escape(r['prompt'])}</code></td><td><code>{html.escape(r['completion'])}</code></td>"
-                        f"<td>{r['score']:.3f}</td><td>{html.escape(str(r[reason]))}</td></tr>" for r in picked)
-        out.append(f"<h4>{title}</h4><table><tr><th>prompt</th><th>completion</th><th>score</th><th>why</th></tr>{cells}</table>")
+        cells = "".join(
+            f"<tr><td><code>{html.escape(r['prompt'])}</code></td><td><code>{html.escape(r['completion'])}</code></td>"
+            f"<td>{r['score']:.3f}</td><td>{html.escape(str(r[reason]))}</td></tr>"
+            for r in picked
+        )
+        out.append(
+            f"<h4>{title}</h4><table><tr><th>prompt</th><th>completion</th><th>score</th><th>why</th></tr>{cells}</table>"
+        )
     return "".join(out)
 
 
@@ -142,11 +188,16 @@ def recipe_history(run: Path, rows: list[dict]) -> str:
     if not entries:
         return ""
     rounds = {h["hash"]: [r["round"] for r in rows if r.get("recipe") == h["hash"]] for h in entries}
-    cells = "".join(f"<tr><td>{h['index']}</td><td><code>{h['hash']}</code></td><td>{h['from_round']}</td>"
-                    f"<td>{', '.join(map(str, rounds[h['hash']])) or '-'}</td>"
-                    f"<td>{html.escape('; '.join(h['changes'])) or 'the starting recipe'}</td></tr>" for h in entries)
-    return ("<h3>Recipe history</h3><table><tr><th>#</th><th>hash</th><th>from round</th><th>rounds run under it</th>"
-            f"<th>changes</th></tr>{cells}</table>")
+    cells = "".join(
+        f"<tr><td>{h['index']}</td><td><code>{h['hash']}</code></td><td>{h['from_round']}</td>"
+        f"<td>{', '.join(map(str, rounds[h['hash']])) or '-'}</td>"
+        f"<td>{html.escape('; '.join(h['changes'])) or 'the starting recipe'}</td></tr>"
+        for h in entries
+    )
+    return (
+        "<h3>Recipe history</h3><table><tr><th>#</th><th>hash</th><th>from round</th><th>rounds run under it</th>"
+        f"<th>changes</th></tr>{cells}</table>"
+    )
 
 
 def environment_section(runs: dict[str, Path]) -> str:
@@ -158,17 +209,30 @@ def environment_section(runs: dict[str, Path]) -> str:
         for e in environments(path):
             latest[name] = e
             pkgs = ", ".join(f"{k} {v}" for k, v in e.get("packages", {}).items() if v)
-            rows.append(f"<tr><td>{html.escape(name)}</td><td>{e.get('from_round')}</td><td><code>{html.escape(str(e.get('selfimprove_commit')))}</code></td>"
-                        f"<td>{html.escape(str(e.get('python')))}</td><td>{html.escape(pkgs)}</td><td>{html.escape(str(e.get('cpu')))}</td>"
-                        f"<td>{html.escape(', '.join(e.get('gpu') or []) or '-')}</td><td>{e.get('torch_threads')}</td></tr>")
+            rows.append(
+                f"<tr><td>{html.escape(name)}</td><td>{e.get('from_round')}</td><td><code>{html.escape(str(e.get('selfimprove_commit')))}</code></td>"
+                f"<td>{html.escape(str(e.get('python')))}</td><td>{html.escape(pkgs)}</td><td>{html.escape(str(e.get('cpu')))}</td>"
+                f"<td>{html.escape(', '.join(e.get('gpu') or []) or '-')}</td><td>{e.get('torch_threads')}</td></tr>"
+            )
     if not rows:
         return ""
     names = list(latest)
-    warn = [f"{a} vs {b}: {d}" for i, a in enumerate(names) for b in names[i + 1:] for d in differences(latest[a], latest[b])]
-    warn += [f"{n}: resumed in another environment at round {e['from_round']}" for n, p in runs.items() for e in environments(p)[1:]]
+    warn = [
+        f"{a} vs {b}: {d}"
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        for d in differences(latest[a], latest[b])
+    ]
+    warn += [
+        f"{n}: resumed in another environment at round {e['from_round']}"
+        for n, p in runs.items()
+        for e in environments(p)[1:]
+    ]
     note = "".join(f'<p class="warn">warning: {html.escape(w)}</p>' for w in warn)
-    return ("<h2>Environment</h2>" + note + "<table><tr><th>run</th><th>from round</th><th>selfimprove</th><th>python</th>"
-            "<th>packages</th><th>CPU</th><th>GPU</th><th>torch threads</th></tr>" + "".join(rows) + "</table>")
+    return (
+        "<h2>Environment</h2>" + note + "<table><tr><th>run</th><th>from round</th><th>selfimprove</th><th>python</th>"
+        "<th>packages</th><th>CPU</th><th>GPU</th><th>torch threads</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _img(path: Path) -> str:
@@ -205,7 +269,10 @@ def _study_plots(result: dict, out: Path) -> list[tuple[str, Path]]:
             ds = [result["differences"][a].get(k, {}).get(metric, {}) for a in others]
             y = np.arange(len(others))
             mean = [d.get("mean", np.nan) for d in ds]
-            err = [[m - d.get("ci_low", np.nan) for m, d in zip(mean, ds)], [d.get("ci_high", np.nan) - m for m, d in zip(mean, ds)]]
+            err = [
+                [m - d.get("ci_low", np.nan) for m, d in zip(mean, ds)],
+                [d.get("ci_high", np.nan) - m for m, d in zip(mean, ds)],
+            ]
             ax.errorbar(mean, y, xerr=np.nan_to_num(np.array(err)), fmt="o", capsize=4)
             ax.axvline(0, color="grey", lw=1, ls="--")
             ax.set_yticks(y, others)
@@ -213,11 +280,37 @@ def _study_plots(result: dict, out: Path) -> list[tuple[str, Path]]:
 
     n, cols = len(metrics), min(3, len(metrics))
     rows = -(-n // cols)
-    plots = [("each arm over rounds (mean, 95% CI over seeds)", _fig(out / "study_rounds.png", bands, cols, rows, (5, 3.4)))]
+    plots = [
+        ("each arm over rounds (mean, 95% CI over seeds)", _fig(out / "study_rounds.png", bands, cols, rows, (5, 3.4)))
+    ]
     if others:
-        plots.append(("final-round differences from the baseline (paired, 95% CI)",
-                      _fig(out / "study_forest.png", forest, cols, rows, (5, 0.6 + 0.5 * len(others)))))
+        plots.append(
+            (
+                "final-round differences from the baseline (paired, 95% CI)",
+                _fig(out / "study_forest.png", forest, cols, rows, (5, 0.6 + 0.5 * len(others))),
+            )
+        )
     return plots
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:1300px;margin:auto}img{max-width:100%}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
+    "pre{background:#f6f6f6;padding:8px}.warn{color:#a60}"
+)
+# The render test reads how many images decoded from these attributes.
+_SCRIPT = (
+    'window.addEventListener("load",()=>{const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0)'
+    ".length;document.body.dataset.imagesLoaded=ok;document.body.dataset.imagesTotal=document.images.length;});"
+)
+
+
+def _page(title: str, body: str) -> str:
+    """One self-contained HTML page: the styles and the image check inline, every image a data: URI."""
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style>'
+        f"</head>\n<body>{body}\n<script>{_SCRIPT}</script></body></html>"
+    )
 
 
 def write_study_report(study_dir: Path, out: str | None = None) -> Path:
@@ -225,27 +318,35 @@ def write_study_report(study_dir: Path, out: str | None = None) -> Path:
     result = json.loads((study_dir / "study.json").read_text())
     out_dir = Path(out) if out else study_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = "".join(f'<h2>{html.escape(t)}</h2><img alt="{html.escape(t)}" src="{_img(png)}">'
-                       for t, png in _study_plots(result, out_dir))
+    sections = "".join(
+        f'<h2>{html.escape(t)}</h2><img alt="{html.escape(t)}" src="{_img(png)}">'
+        for t, png in _study_plots(result, out_dir)
+    )
     k = str(result["final_round"])
     fmt = lambda v: "-" if v is None or v != v else f"{v:.4g}"  # noqa: E731
     rows = ""
     for arm, by_round in result["arms"].items():
         for metric, v in by_round.get(k, {}).items():
             d = result["differences"].get(arm, {}).get(k, {}).get(metric)
-            diff = f"{d['mean']:+.4g} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}], p={fmt(d['p_value'])}" if d and d["n"] else ""
-            rows += (f"<tr><td>{html.escape(arm)}</td><td>{html.escape(metric)}</td><td>{v['n']}</td><td>{fmt(v['mean'])} "
-                     f"[{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]</td><td>{' '.join(fmt(x) for x in v['values'])}</td><td>{diff}</td></tr>")
+            diff = (
+                f"{d['mean']:+.4g} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}], p={fmt(d['p_value'])}"
+                if d and d["n"]
+                else ""
+            )
+            rows += (
+                f"<tr><td>{html.escape(arm)}</td><td>{html.escape(metric)}</td><td>{v['n']}</td><td>{fmt(v['mean'])} "
+                f"[{fmt(v['ci_low'])}, "
+                f"{fmt(v['ci_high'])}]</td><td>{' '.join(fmt(x) for x in v['values'])}</td><td>{diff}</td></tr>"
+            )
     runs = {name: study_dir / name for name in result["runs"]}
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>selfimprove study: {html.escape(result['study'])}</title>
-<style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}img{{max-width:100%}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}}.warn{{color:#a60}}</style></head>
-<body><h1>study {html.escape(result['study'])}</h1><p>Seeds {result['seeds']}; baseline {html.escape(result['baseline'])}.
-Arms: {html.escape(result['method']['arms'])}. Differences: {html.escape(result['method']['differences'])}.</p>{sections}
-<h2>Round {k}</h2><table><tr><th>arm</th><th>metric</th><th>n</th><th>mean [95% CI]</th><th>per seed</th><th>arm - baseline [95% CI]</th></tr>{rows}</table>
-{environment_section(runs)}
-<script>window.addEventListener("load",()=>{{const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;
-document.body.dataset.imagesLoaded=ok;document.body.dataset.imagesTotal=document.images.length;}});</script></body></html>"""
+    body = (
+        f"<h1>study {html.escape(result['study'])}</h1><p>Seeds {result['seeds']}; baseline "
+        f"{html.escape(result['baseline'])}.\nArms: {html.escape(result['method']['arms'])}. Differences: "
+        f"{html.escape(result['method']['differences'])}.</p>{sections}\n<h2>Round {k}</h2><table><tr><th>arm</th>"
+        "<th>metric</th><th>n</th><th>mean [95% CI]</th><th>per seed</th><th>arm - baseline [95% CI]</th></tr>"
+        f"{rows}</table>\n{environment_section(runs)}"
+    )
+    page = _page(f"selfimprove study: {result['study']}", body)
     path = out_dir / "report.html"
     path.write_text(page)
     return path
@@ -264,22 +365,38 @@ def write_report(run_dirs: list[str], out: str | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_all(metrics, out_dir)
     last = {name: rows[-1] for name, rows in metrics.items()}
-    keys = sorted({k for row in last.values() for k in row if k.split("/")[0] in ("eval", "quality", "diversity", "complexity")})
-    table = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(
-        f"<td>{last[n][k]:.4g}</td>" if isinstance(last[n].get(k), (int, float)) else "<td></td>" for n in metrics) + "</tr>"
-        for k in keys)
-    sections = "".join(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="{_img(png)}">' for title, png in plots)
-    configs = "".join(f"<details><summary>{html.escape(name)}: recipe.yaml</summary><pre>{html.escape((path / 'recipe.yaml').read_text())}</pre></details>"
-                      + recipe_history(path, metrics[name]) for name, path in runs.items() if (path / "recipe.yaml").exists())
-    samples = "".join(f"<h2>{html.escape(name)}: samples</h2>{sample_tables(path, metrics[name])}" for name, path in runs.items())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>selfimprove report: {html.escape(', '.join(runs))}</title>
-<style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}img{{max-width:100%}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}}pre{{background:#f6f6f6;padding:8px}}.warn{{color:#a60}}</style></head>
-<body><h1>selfimprove report</h1><p>Runs: {html.escape(', '.join(f'{n} ({len(metrics[n])} rounds)' for n in runs))}</p>
-{sections}<h2>Last round's metrics</h2><table><tr><th>metric</th>{''.join(f'<th>{html.escape(n)}</th>' for n in metrics)}</tr>{table}</table>
-{environment_section(runs)}<h2>Config</h2>{configs}{samples}
-<script>window.addEventListener("load",()=>{{const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;
-document.body.dataset.imagesLoaded=ok;document.body.dataset.imagesTotal=document.images.length;}});</script></body></html>"""
+    keys = sorted(
+        {k for row in last.values() for k in row if k.split("/")[0] in ("eval", "quality", "diversity", "complexity")}
+    )
+    table = "".join(
+        f"<tr><td>{html.escape(k)}</td>"
+        + "".join(
+            f"<td>{last[n][k]:.4g}</td>" if isinstance(last[n].get(k), (int, float)) else "<td></td>" for n in metrics
+        )
+        + "</tr>"
+        for k in keys
+    )
+    sections = "".join(
+        f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="{_img(png)}">' for title, png in plots
+    )
+    configs = "".join(
+        f"<details><summary>{html.escape(name)}: "
+        f"recipe.yaml</summary><pre>{html.escape((path / 'recipe.yaml').read_text())}</pre></details>"
+        + recipe_history(path, metrics[name])
+        for name, path in runs.items()
+        if (path / "recipe.yaml").exists()
+    )
+    samples = "".join(
+        f"<h2>{html.escape(name)}: samples</h2>{sample_tables(path, metrics[name])}" for name, path in runs.items()
+    )
+    heads = "".join(f"<th>{html.escape(n)}</th>" for n in metrics)
+    body = (
+        "<h1>selfimprove report</h1><p>Runs: "
+        + html.escape(", ".join(f"{n} ({len(metrics[n])} rounds)" for n in runs))
+        + f"</p>\n{sections}<h2>Last round's metrics</h2><table><tr><th>metric</th>{heads}</tr>{table}</table>\n"
+        + f"{environment_section(runs)}<h2>Config</h2>{configs}{samples}"
+    )
+    page = _page(f"selfimprove report: {', '.join(runs)}", body)
     path = out_dir / "report.html"
     path.write_text(page)
     return path

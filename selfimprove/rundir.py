@@ -27,7 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from selfimprove.integrity import DONE, check_sizes, fault_point, file_hash, recover, replace_dir, stage_digest, write_done
+from selfimprove.integrity import (
+    DONE,
+    check_sizes,
+    fault_point,
+    file_hash,
+    recover,
+    replace_dir,
+    stage_digest,
+    write_done,
+)
 
 ROUND_DIR = re.compile(r"^round_(\d+)$")
 SETUP_DIRS = ("base_model", "eval_sets", "probe_set", "seed_data")
@@ -76,20 +85,52 @@ def atomic_stage(final: str | Path, meta: dict | None = None, inputs: dict | Non
     if rank != 0:
         scratch = Path(tempfile.mkdtemp(prefix=f"{final.name}.rank{rank}."))
         try:
-            yield scratch, dict(meta or {})
+            with _reported(final, world):
+                yield scratch, dict(meta or {})
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        barrier()
+        _agree(final, world, None)  # rank 0 writing the stage
         return
     partial = clean_partial(final)
     meta = dict(meta or {})
     start = time.perf_counter()
-    yield partial, meta
-    meta["wall_s"] = round(time.perf_counter() - start, 3)
-    if world > 1:
-        meta["world_size"] = world
-    finish_stage(partial, final, meta, inputs)
-    barrier()
+    with _reported(final, world):
+        yield partial, meta
+    with _reported(final, world):
+        meta["wall_s"] = round(time.perf_counter() - start, 3)
+        if world > 1:
+            meta["world_size"] = world
+        finish_stage(partial, final, meta, inputs)
+
+
+class StageFailedElsewhere(RuntimeError):
+    """Another rank's stage raised; this rank stops too instead of waiting for it in a collective."""
+
+
+@contextlib.contextmanager
+def _reported(final: Path, world: int):
+    """Run a step of a stage, then agree with the other ranks on how it went: an error on any rank is raised on every
+    rank (the others name it), so a failing rank never leaves the rest waiting in a barrier."""
+    try:
+        yield
+    except BaseException as e:
+        if world > 1 and not isinstance(e, (KeyboardInterrupt, StageFailedElsewhere)):
+            _agree(final, world, f"{type(e).__name__}: {e}")
+        raise
+    _agree(final, world, None)
+
+
+def _agree(final: Path, world: int, error: str | None) -> None:
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    errors: list = [None] * world
+    dist.all_gather_object(errors, error)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if failed and error is None:
+        r, e = failed[0]
+        raise StageFailedElsewhere(f"stage {final.name}: rank {r} failed ({e}); this rank stops too")
 
 
 def clean_partial(final: Path) -> Path:
@@ -222,7 +263,8 @@ class RunContext:
         return self.run_dir / name if k is None else self.stage(k, name)
 
     def writing(self, k: int | None, name: str, meta: dict | None = None):
-        """``atomic_stage`` for a stage of this run: its meta records the recipe's hash, its DONE the inputs' digests."""
+        """``atomic_stage`` for a stage of this run: its meta records the recipe's hash, its DONE the inputs'
+        digests."""
         return atomic_stage(self.folder(k, name), {**(meta or {}), "recipe": self.recipe_hash}, self.inputs(k, name))
 
     def _checkpoint_stage(self, j: int) -> Path | None:
@@ -243,10 +285,10 @@ class RunContext:
             "filter": [self.stage(k, "judge"), run / "eval_sets", run / "probe_set"],
             "select": [self.stage(k, "filter"), *before("select", 1), *before("monitor")],
             "train": [self._checkpoint_stage(init), run / "seed_data", *before("select", 1), *before("filter", 1)]
-                     + ([self.stage(k, "select"), self.stage(k, "filter")] if k else []),
+            + ([self.stage(k, "select"), self.stage(k, "filter")] if k else []),
             "evaluate": [self.stage(k, "train"), run / "eval_sets", run / "probe_set"],
             "monitor": [self.stage(k, "evaluate"), self.stage(k, "train"), *before("monitor")]
-                       + ([self.stage(k, "filter"), self.stage(k, "select"), self._checkpoint_stage(k - 1)] if k else []),
+            + ([self.stage(k, "filter"), self.stage(k, "select"), self._checkpoint_stage(k - 1)] if k else []),
         }
         return [p for p in table[name] if p is not None and is_done(p)]
 
@@ -261,8 +303,9 @@ class RunContext:
         """How every prompt of this run becomes the policy's input (selfimprove.prompts)."""
         from selfimprove.prompts import PromptFormat
 
-        return PromptFormat(chat=self.recipe.generate.chat_template, system=self.task.system_prompt,
-                            fewshot=self.task.fewshot_examples)
+        return PromptFormat(
+            chat=self.recipe.generate.chat_template, system=self.task.system_prompt, fewshot=self.task.fewshot_examples
+        )
 
     def checkpoint(self, k: int) -> str:
         """The policy that round k trains into; round k generates from checkpoint(k - 1)."""
@@ -279,7 +322,11 @@ class RunContext:
 
     def history(self, upto: int) -> list[dict]:
         """Metrics of completed rounds before ``upto``."""
-        return [read_json(self.stage(j, "monitor") / "metrics.json") for j in range(upto) if is_done(self.stage(j, "monitor"))]
+        return [
+            read_json(self.stage(j, "monitor") / "metrics.json")
+            for j in range(upto)
+            if is_done(self.stage(j, "monitor"))
+        ]
 
     def eval_rows(self) -> list[dict]:
         return load_rows(self.run_dir / "eval_sets" / "data")

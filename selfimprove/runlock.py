@@ -24,17 +24,21 @@ def run_lock(run_dir: str | Path, command: str):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise RunDirError(f"{run_dir} is not writable ({err.strerror}): selfimprove needs write access to a run "
-                              "directory to lock it, even to find that every stage is done. Copy the run somewhere "
-                              "writable, or read it with 'selfimprove report' / 'selfimprove verify'.") from None
+            raise RunDirError(
+                f"{run_dir} is not writable ({err.strerror}): selfimprove needs write access to a run "
+                "directory to lock it, even to find that every stage is done. Copy the run somewhere "
+                "writable, or read it with 'selfimprove report' / 'selfimprove verify'."
+            ) from None
         raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
-        raise RunDirError(f"{run_dir} is in use by {holder}: one writer at a time. Wait for it to finish, or stop "
-                          "it; a killed process releases the lock by itself.") from None
+        raise RunDirError(
+            f"{run_dir} is in use by {holder}: one writer at a time. Wait for it to finish, or stop "
+            "it; a killed process releases the lock by itself."
+        ) from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} (selfimprove {command})\n".encode(), 0)

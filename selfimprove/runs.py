@@ -56,15 +56,24 @@ def _refuse_foreign(run_dir: Path) -> None:
     names = sorted(p.name for p in run_dir.iterdir() if p.name not in IGNORABLE)
     if not names:
         return
-    run_like = [n for n in names if ROUND_DIR.match(n.removesuffix(".partial")) or n.removesuffix(".partial") in SETUP_DIRS
-                or n in ("metrics.jsonl", "recipes")]
+    run_like = [
+        n
+        for n in names
+        if ROUND_DIR.match(n.removesuffix(".partial"))
+        or n.removesuffix(".partial") in SETUP_DIRS
+        or n in ("metrics.jsonl", "recipes")
+    ]
     if run_like:
-        raise RunDirError(f"{run_dir} holds a run's stages ({', '.join(run_like[:4])}) but no {RECIPE}, so which recipe made "
-                          f"them is unknown: it is not re-adopted. Restore {RECIPE} (recipes/ keeps every version), or "
-                          "choose a new output_dir.")
-    raise RunDirError(f"{run_dir} is not empty and is not a selfimprove run (no {RECIPE}; it holds {', '.join(names[:4])}"
-                      f"{', ...' if len(names) > 4 else ''}). selfimprove never writes into a folder it did not make: "
-                      "choose a new or empty output_dir.")
+        raise RunDirError(
+            f"{run_dir} holds a run's stages ({', '.join(run_like[:4])}) but no {RECIPE}, so which recipe made "
+            f"them is unknown: it is not re-adopted. Restore {RECIPE} (recipes/ keeps every version), or "
+            "choose a new output_dir."
+        )
+    raise RunDirError(
+        f"{run_dir} is not empty and is not a selfimprove run (no {RECIPE}; it holds {', '.join(names[:4])}"
+        f"{', ...' if len(names) > 4 else ''}). selfimprove never writes into a folder it did not make: "
+        "choose a new or empty output_dir."
+    )
 
 
 def _comparable(data: dict) -> dict:
@@ -98,8 +107,15 @@ def _record(run_dir: Path, recipe, from_round: int, changes: list[str], note: st
     n = len(entries)
     (run_dir / HISTORY.parent).mkdir(exist_ok=True)
     _write_recipe(run_dir / HISTORY.parent / f"{n:03d}.yaml", recipe_to_dict(recipe), note)
-    entries.append({"index": n, "from_round": from_round, "hash": recipe_hash(recipe), "file": f"recipes/{n:03d}.yaml",
-                    "changes": changes})
+    entries.append(
+        {
+            "index": n,
+            "from_round": from_round,
+            "hash": recipe_hash(recipe),
+            "file": f"recipes/{n:03d}.yaml",
+            "changes": changes,
+        }
+    )
     write_json(run_dir / HISTORY, entries)
 
 
@@ -114,14 +130,18 @@ def _resume_or_start(recipe, allow_recipe_change: bool, note: str) -> RunContext
     old = yaml.safe_load(saved.read_text())
     done = completed_rounds(run_dir)
     if done and recipe.rounds < done[-1]:
-        raise RunDirError(f"rounds={recipe.rounds} but {run_dir} has already finished round {done[-1]}: a run cannot be "
-                          f"made shorter than it is. Keep rounds >= {done[-1]}, or choose a new output_dir.")
+        raise RunDirError(
+            f"rounds={recipe.rounds} but {run_dir} has already finished round {done[-1]}: a run cannot be "
+            f"made shorter than it is. Keep rounds >= {done[-1]}, or choose a new output_dir."
+        )
     changes = _diff(_comparable(old), _comparable(new))
     if changes and not allow_recipe_change:
         raise RecipeMismatch(
-            f"{run_dir} was started with a different recipe:\n  " + "\n  ".join(changes)
+            f"{run_dir} was started with a different recipe:\n  "
+            + "\n  ".join(changes)
             + "\nResume with the original recipe, choose a new output_dir, or pass --allow-recipe-change to continue "
-              "under the new one (the run keeps both, and the round each applied from, in recipes/).")
+            "under the new one (the run keeps both, and the round each applied from, in recipes/)."
+        )
     if not history(run_dir):  # a run from before recipe histories: its saved recipe is the first entry
         _record(run_dir, recipe_from_dict(old), 0, [])
     if changes:
@@ -146,10 +166,14 @@ def claimed_run(recipe, allow_recipe_change: bool = False, note: str = ""):
 
 def code_named_by(recipe) -> list[str]:
     """Programs and modules the recipe would make this machine run, beyond selfimprove itself."""
-    out = [f"{where}.vllm.python={cfg.vllm.python!r} (an interpreter)"
-           for where, cfg, used in (("generate", recipe.generate, recipe.generate.backend == "vllm"),
-                                    ("judge.llm", recipe.judge.llm, recipe.judge.llm.backend == "vllm"))
-           if used and cfg.vllm.python]
+    out = [
+        f"{where}.vllm.python={cfg.vllm.python!r} (an interpreter)"
+        for where, cfg, used in (
+            ("generate", recipe.generate, recipe.generate.backend == "vllm"),
+            ("judge.llm", recipe.judge.llm, recipe.judge.llm.backend == "vllm"),
+        )
+        if used and cfg.vllm.python
+    ]
     return out + [f"monitor.extra_metrics: {m!r} (a Python module)" for m in recipe.monitor.extra_metrics]
 
 
@@ -162,6 +186,8 @@ def open_run(run_dir: str | Path, trust: bool = False) -> RunContext:
     recipe = recipe_from_dict(yaml.safe_load(path.read_text()))
     named = code_named_by(recipe)
     if named and not trust and not in_launched_job():
-        raise RunDirError(f"{run_dir}'s recipe names code this command would run: {'; '.join(named)}. If you trust "
-                          "this run directory, pass --trust-recipe.")
+        raise RunDirError(
+            f"{run_dir}'s recipe names code this command would run: {'; '.join(named)}. If you trust "
+            "this run directory, pass --trust-recipe."
+        )
     return RunContext(recipe, run_dir)

@@ -54,8 +54,14 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEV
     return out
 
 
-def paired_bootstrap(stat_a: Callable[[np.ndarray], dict], stat_b: Callable[[np.ndarray], dict], n_units: int,
-                     resamples: int, seed: int, level: float = LEVEL) -> dict[str, dict]:
+def paired_bootstrap(
+    stat_a: Callable[[np.ndarray], dict],
+    stat_b: Callable[[np.ndarray], dict],
+    n_units: int,
+    resamples: int,
+    seed: int,
+    level: float = LEVEL,
+) -> dict[str, dict]:
     """Per metric, A, B, B - A and the percentile interval of B - A with both sides computed on the same resample of the
     ``n_units`` shared units (prompts). Each stat maps an index array (with repeats) into the units to a dict of
     metrics; the metrics both sides report on the full set are the ones compared."""
@@ -66,8 +72,10 @@ def paired_bootstrap(stat_a: Callable[[np.ndarray], dict], stat_b: Callable[[np.
     idx = np.arange(n_units)
     full_a, full_b = stat_a(idx), stat_b(idx)
     keys = sorted(set(full_a) & set(full_b))
-    out = {k: {"a": full_a[k], "b": full_b[k], "delta": full_b[k] - full_a[k], "ci_low": math.nan, "ci_high": math.nan}
-           for k in keys}
+    out = {
+        k: {"a": full_a[k], "b": full_b[k], "delta": full_b[k] - full_a[k], "ci_low": math.nan, "ci_high": math.nan}
+        for k in keys
+    }
     if n_units < 2 or resamples < 1 or not keys:
         return out
 
@@ -75,8 +83,15 @@ def paired_bootstrap(stat_a: Callable[[np.ndarray], dict], stat_b: Callable[[np.
         a, b = stat_a(i.astype(int)), stat_b(i.astype(int))
         return np.array([b.get(k, math.nan) - a.get(k, math.nan) for k in keys], dtype=float)
 
-    ci = stats.bootstrap((idx,), delta, vectorized=False, n_resamples=resamples, confidence_level=level,
-                         method="percentile", rng=seeding.rng(seed, "bootstrap_ci")).confidence_interval
+    ci = stats.bootstrap(
+        (idx,),
+        delta,
+        vectorized=False,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        rng=seeding.rng(seed, "bootstrap_ci"),
+    ).confidence_interval
     for k, lo, hi in zip(keys, np.atleast_1d(ci.low), np.atleast_1d(ci.high)):
         out[k].update(ci_low=float(lo), ci_high=float(hi))
     return out

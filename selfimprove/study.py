@@ -47,8 +47,14 @@ from selfimprove.errors import RunDirError, UserError
 
 logger = logging.getLogger("selfimprove.study")
 
-DEFAULT_METRICS = ("eval/accuracy/id", "eval/accuracy/ood", "diversity/probe/answer_entropy",
-                   "diversity/probe/distinct_answers_per_prompt", "diversity/probe/ngram_vendi", "diversity/probe/distinct_2")
+DEFAULT_METRICS = (
+    "eval/accuracy/id",
+    "eval/accuracy/ood",
+    "diversity/probe/answer_entropy",
+    "diversity/probe/distinct_answers_per_prompt",
+    "diversity/probe/ngram_vendi",
+    "diversity/probe/distinct_2",
+)
 SAVED = "study.yaml"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -86,8 +92,12 @@ class Study:
 
     def identity(self) -> dict:
         """What the runs depend on: a change here is another study."""
-        return {"base": yaml.safe_load(self.base.read_text()), "arms": [dataclasses.asdict(a) for a in self.arms],
-                "seeds": list(self.seeds), "threads": self.threads}
+        return {
+            "base": yaml.safe_load(self.base.read_text()),
+            "arms": [dataclasses.asdict(a) for a in self.arms],
+            "seeds": list(self.seeds),
+            "threads": self.threads,
+        }
 
 
 def _fail(field: str, fix: str) -> StudyError:
@@ -121,16 +131,22 @@ def load_study(path: str | Path, output_dir: str | None = None) -> Study:
     raw = load_yaml(str(path)) or {}
     unknown = set(raw) - {"name", "base", "seeds", "arms", "baseline", "metrics", "output_dir", "slurm", "threads"}
     if unknown:
-        raise _fail(", ".join(sorted(unknown)), "unknown field; a study has name, base, seeds, arms, baseline, metrics, "
-                    "threads, output_dir and slurm.")
+        raise _fail(
+            ", ".join(sorted(unknown)),
+            "unknown field; a study has name, base, seeds, arms, baseline, metrics, threads, output_dir and slurm.",
+        )
     threads = raw.get("threads", 1)
     if not isinstance(threads, int) or threads < 1:
         raise _fail("threads", "give the torch thread count of every run, an integer >= 1 (default 1).")
     if not isinstance(raw.get("base"), str) or not (path.parent / raw["base"]).is_file():
         raise _fail("base", f"name the base recipe file, relative to the study file ({raw.get('base')!r} not found).")
     seeds = raw.get("seeds", [0, 1, 2])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) \
-            or len(set(seeds)) < len(seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and s >= 0 for s in seeds)
+        or len(set(seeds)) < len(seeds)
+    ):
         raise _fail("seeds", "give a list of distinct non-negative integers, e.g. [0, 1, 2].")
     arms = _arms(raw.get("arms"))
     baseline = raw.get("baseline", arms[0].name)
@@ -141,8 +157,17 @@ def load_study(path: str | Path, output_dir: str | None = None) -> Study:
         raise _fail("metrics", "give a list of metric names as metrics.jsonl spells them.")
     name = raw.get("name", path.stem)
     out = Path(output_dir or raw.get("output_dir") or Path("runs") / "studies" / name)
-    return Study(name, (path.parent / raw["base"]).resolve(), tuple(seeds), arms, baseline, tuple(metrics), out,
-                 dict(raw.get("slurm") or {}), threads)
+    return Study(
+        name,
+        (path.parent / raw["base"]).resolve(),
+        tuple(seeds),
+        arms,
+        baseline,
+        tuple(metrics),
+        out,
+        dict(raw.get("slurm") or {}),
+        threads,
+    )
 
 
 def arm_recipe(study: Study, arm: Arm) -> dict:
@@ -172,11 +197,15 @@ def _claim(study: Study, smoke: bool) -> None:
         old = yaml.safe_load(saved.read_text())
         if old != identity:
             changed = [k for k in identity if old.get(k) != identity[k]]
-            raise StudyError(f"{study.output_dir} holds a study with other {', '.join(changed)}: a changed study is another "
-                             "study. Restore the study file (its first version is in study.yaml there), or choose a new "
-                             "output_dir.")
+            raise StudyError(
+                f"{study.output_dir} holds a study with other {', '.join(changed)}: a changed study is another "
+                "study. Restore the study file (its first version is in study.yaml there), or choose a new "
+                "output_dir."
+            )
     elif study.output_dir.exists() and any(study.output_dir.iterdir()):
-        raise RunDirError(f"{study.output_dir} is not empty and is not a selfimprove study: choose a new or empty output_dir.")
+        raise RunDirError(
+            f"{study.output_dir} is not empty and is not a selfimprove study: choose a new or empty output_dir."
+        )
     (study.output_dir / "recipes").mkdir(parents=True, exist_ok=True)
     (study.output_dir / "logs").mkdir(exist_ok=True)
     for name, data in recipes.items():
@@ -186,7 +215,10 @@ def _claim(study: Study, smoke: bool) -> None:
             _write_text(path, text)
     if not saved.exists():
         _write_text(saved, yaml.safe_dump(identity, sort_keys=False))
-    write_json(study.output_dir / "plan.json", [{"arm": a, "seed": s, "run_dir": str(study.run_dir(a, s))} for a, s in study.runs()])
+    write_json(
+        study.output_dir / "plan.json",
+        [{"arm": a, "seed": s, "run_dir": str(study.run_dir(a, s))} for a, s in study.runs()],
+    )
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -205,8 +237,17 @@ def finished(study: Study, arm: str, seed: int) -> bool:
 
 
 def run_command(study: Study, arm: str, seed: int, smoke: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "selfimprove", "run", str(study.recipe_path(arm)), "--seed", str(seed),
-           "--output_dir", str(study.run_dir(arm, seed))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfimprove",
+        "run",
+        str(study.recipe_path(arm)),
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(study.run_dir(arm, seed)),
+    ]
     return cmd + ["--smoke"] if smoke else cmd
 
 
@@ -217,8 +258,9 @@ def _one(study: Study, arm: str, seed: int, threads: int, smoke: bool) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     logger.info("start %s seed %d (log: %s)", arm, seed, log)
     with open(log, "a") as fh:
-        rc = subprocess.run(run_command(study, arm, seed, smoke), stdout=fh, stderr=subprocess.STDOUT, env=env,
-                            check=False).returncode
+        rc = subprocess.run(
+            run_command(study, arm, seed, smoke), stdout=fh, stderr=subprocess.STDOUT, env=env, check=False
+        ).returncode
     logger.info("%s %s seed %d", "done" if rc == 0 else f"FAILED (exit {rc}; see {log})", arm, seed)
     return rc
 
@@ -234,8 +276,12 @@ def run_study(study: Study, jobs: int = 1, smoke: bool = False, only: int | None
     # any --jobs, or a Slurm array, gives the same runs.
     threads = study.threads
     if jobs * threads > (os.cpu_count() or 1):
-        logger.warning("--jobs %d x %d threads a run > %d cores: runs will contend (slower, same numbers)", jobs, threads,
-                       os.cpu_count())
+        logger.warning(
+            "--jobs %d x %d threads a run > %d cores: runs will contend (slower, same numbers)",
+            jobs,
+            threads,
+            os.cpu_count(),
+        )
     if only is not None:
         rc = _one(study, *runs[0], threads=threads, smoke=smoke)
         if rc:
@@ -249,15 +295,23 @@ def run_study(study: Study, jobs: int = 1, smoke: bool = False, only: int | None
         result = aggregate(study)
         t3 = time.perf_counter()
         # what the study itself cost, beside its runs (scripts/bench_study.py reads it)
-        result["timing"] = {"jobs": jobs, "threads_per_run": threads, "claim_s": t1 - t0, "runs_s": t2 - t1,
-                            "aggregate_s": t3 - t2, "total_s": t3 - t0}
+        result["timing"] = {
+            "jobs": jobs,
+            "threads_per_run": threads,
+            "claim_s": t1 - t0,
+            "runs_s": t2 - t1,
+            "aggregate_s": t3 - t2,
+            "total_s": t3 - t0,
+        }
         from selfimprove.rundir import write_json
 
         write_json(study.output_dir / "study.json", result)
     failed = [f"{a} seed {s}" for (a, s), rc in zip(runs, codes) if rc]
     if failed:
-        raise StudyError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see {study.output_dir / 'logs'}. The "
-                         "aggregate covers the finished runs; rerun the study to resume the others.")
+        raise StudyError(
+            f"{len(failed)} run(s) failed: {', '.join(failed)}; see {study.output_dir / 'logs'}. The "
+            "aggregate covers the finished runs; rerun the study to resume the others."
+        )
     return result
 
 
@@ -275,12 +329,22 @@ def aggregate(study: Study) -> dict:
 
     per_run = {(a, s): _metrics(study.run_dir(a, s)) for a, s in study.runs()}
     rounds = sorted({k for m in per_run.values() for k in m})
-    out: dict = {"study": study.name, "baseline": study.baseline, "seeds": list(study.seeds), "metrics": list(study.metrics),
-                 "method": {"arms": "mean, sample sd and t interval over seeds (95%)",
-                            "differences": "arm - baseline per seed (same seeds), mean with paired t interval (95%)"},
-                 "runs": {f"{a}/seed_{s}": {"rounds": sorted(m), "environment": run_environment(study.run_dir(a, s))}
-                          for (a, s), m in per_run.items()},
-                 "arms": {}, "differences": {}}
+    out: dict = {
+        "study": study.name,
+        "baseline": study.baseline,
+        "seeds": list(study.seeds),
+        "metrics": list(study.metrics),
+        "method": {
+            "arms": "mean, sample sd and t interval over seeds (95%)",
+            "differences": "arm - baseline per seed (same seeds), mean with paired t interval (95%)",
+        },
+        "runs": {
+            f"{a}/seed_{s}": {"rounds": sorted(m), "environment": run_environment(study.run_dir(a, s))}
+            for (a, s), m in per_run.items()
+        },
+        "arms": {},
+        "differences": {},
+    }
     for arm in study.arms:
         out["arms"][arm.name] = {}
         for k in rounds:
@@ -309,30 +373,70 @@ def _write_csv(study: Study, result: dict) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["arm", "round", "metric", "n", "mean", "sd", "ci_low", "ci_high", "diff_vs_baseline", "diff_ci_low",
-                    "diff_ci_high", "diff_p", *[f"seed_{s}" for s in study.seeds]])
+        w.writerow(
+            [
+                "arm",
+                "round",
+                "metric",
+                "n",
+                "mean",
+                "sd",
+                "ci_low",
+                "ci_high",
+                "diff_vs_baseline",
+                "diff_ci_low",
+                "diff_ci_high",
+                "diff_p",
+                *[f"seed_{s}" for s in study.seeds],
+            ]
+        )
         for arm, by_round in result["arms"].items():
             for k, by_metric in by_round.items():
                 for metric, v in by_metric.items():
                     d = result["differences"].get(arm, {}).get(k, {}).get(metric, {})
-                    w.writerow([arm, k, metric, v["n"], v["mean"], v["sd"], v["ci_low"], v["ci_high"], d.get("mean", ""),
-                                d.get("ci_low", ""), d.get("ci_high", ""), d.get("p_value", ""), *v["values"]])
+                    w.writerow(
+                        [
+                            arm,
+                            k,
+                            metric,
+                            v["n"],
+                            v["mean"],
+                            v["sd"],
+                            v["ci_low"],
+                            v["ci_high"],
+                            d.get("mean", ""),
+                            d.get("ci_low", ""),
+                            d.get("ci_high", ""),
+                            d.get("p_value", ""),
+                            *v["values"],
+                        ]
+                    )
     os.replace(tmp, path)
 
 
 def markdown(result: dict) -> str:
     """The final round as a Markdown table (for docs): mean [95% CI] per arm, per-seed values, paired difference."""
     k = str(result["final_round"])
-    lines = [f"Round {k}; mean [95% t CI] over seeds {result['seeds']}; diff = arm - {result['baseline']}, paired by seed.", "",
-             "| arm | metric | mean [95% CI] | per seed | diff [95% CI] | p |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Round {k}; mean [95% t CI] over seeds {result['seeds']}; diff = arm - {result['baseline']}, paired by seed.",
+        "",
+        "| arm | metric | mean [95% CI] | per seed | diff [95% CI] | p |",
+        "|---|---|---|---|---|---|",
+    ]
     for arm, by_round in result["arms"].items():
         for metric, v in by_round.get(k, {}).items():
             d = result["differences"].get(arm, {}).get(k, {}).get(metric)
             pct = metric.startswith("eval/accuracy")
             f = (lambda x: "-" if x is None or x != x else f"{100 * x:.1f}") if pct else _fmt  # noqa: E731
-            diff = f"{'+' if d['mean'] >= 0 else ''}{f(d['mean'])} [{f(d['ci_low'])}, {f(d['ci_high'])}]" if d and d["n"] else ""
-            lines.append(f"| {arm} | {metric}{' (%)' if pct else ''} | {f(v['mean'])} [{f(v['ci_low'])}, {f(v['ci_high'])}] | "
-                         f"{' / '.join(f(x) for x in v['values'])} | {diff} | {_fmt(d['p_value']) if d else ''} |")
+            diff = (
+                f"{'+' if d['mean'] >= 0 else ''}{f(d['mean'])} [{f(d['ci_low'])}, {f(d['ci_high'])}]"
+                if d and d["n"]
+                else ""
+            )
+            lines.append(
+                f"| {arm} | {metric}{' (%)' if pct else ''} | {f(v['mean'])} [{f(v['ci_low'])}, {f(v['ci_high'])}] | "
+                f"{' / '.join(f(x) for x in v['values'])} | {diff} | {_fmt(d['p_value']) if d else ''} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -345,17 +449,24 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     k = str(result["final_round"])
-    table = Table(title=f"study {result['study']}: round {k}, mean [95% t CI] over seeds; diff = arm - "
-                        f"{result['baseline']} (paired)")
+    table = Table(
+        title=f"study {result['study']}: round {k}, mean [95% t CI] over seeds; diff = arm - "
+        f"{result['baseline']} (paired)"
+    )
     for col in ("arm", "metric", "n", "mean [CI]", "per seed", "diff [CI]", "p"):
         table.add_column(col)
     for arm, by_round in result["arms"].items():
         for metric, v in by_round.get(k, {}).items():
             d = result["differences"].get(arm, {}).get(k, {}).get(metric)
-            table.add_row(arm, metric, str(v["n"]), f"{_fmt(v['mean'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]",
-                          " ".join(_fmt(x) for x in v["values"]),
-                          f"{d['mean']:+.3f} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]" if d and d["n"] else "",
-                          _fmt(d["p_value"]) if d else "")
+            table.add_row(
+                arm,
+                metric,
+                str(v["n"]),
+                f"{_fmt(v['mean'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]",
+                " ".join(_fmt(x) for x in v["values"]),
+                f"{d['mean']:+.3f} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]" if d and d["n"] else "",
+                _fmt(d["p_value"]) if d else "",
+            )
     Console().print(table)
 
 
@@ -368,19 +479,40 @@ def slurm_script(study: Study, smoke: bool = False) -> Path:
     n = len(study.runs())
     study_file = study.output_dir.resolve() / "study_file.yaml"
     _write_text(study_file, yaml.safe_dump(_as_file(study), sort_keys=False))
-    cmd = [sys.executable, "-m", "selfimprove", "study", str(study_file), "--output_dir", str(study.output_dir.resolve()),
-           "--only", "$SLURM_ARRAY_TASK_ID", *(["--smoke"] if smoke else [])]
-    text = (f"#!/bin/bash\n#SBATCH --job-name=study-{study.name}\n#SBATCH --array=0-{n - 1}\n{extra}"
-            f"#SBATCH --output={study.output_dir.resolve()}/logs/slurm-%A_%a.out\n"
-            "# One task per arm x seed (plan.json lists them in order); a rerun of a task resumes its run.\n"
-            + " ".join(cmd) + "\n"
-            f"# When every task is done: {sys.executable} -m selfimprove study {study_file} --output_dir "
-            f"{study.output_dir.resolve()} --aggregate\n")
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfimprove",
+        "study",
+        str(study_file),
+        "--output_dir",
+        str(study.output_dir.resolve()),
+        "--only",
+        "$SLURM_ARRAY_TASK_ID",
+        *(["--smoke"] if smoke else []),
+    ]
+    text = (
+        f"#!/bin/bash\n#SBATCH --job-name=study-{study.name}\n#SBATCH --array=0-{n - 1}\n{extra}"
+        f"#SBATCH --output={study.output_dir.resolve()}/logs/slurm-%A_%a.out\n"
+        "# One task per arm x seed (plan.json lists them in order); a rerun of a task resumes its run.\n"
+        + " ".join(cmd)
+        + "\n"
+        f"# When every task is done: {sys.executable} -m selfimprove study {study_file} --output_dir "
+        f"{study.output_dir.resolve()} --aggregate\n"
+    )
     path = study.output_dir / "study.sbatch"
     _write_text(path, text)
     return path
 
 
 def _as_file(study: Study) -> dict:
-    return {"name": study.name, "base": str(study.base), "seeds": list(study.seeds), "baseline": study.baseline, "threads": study.threads,
-            "metrics": list(study.metrics), "arms": [dataclasses.asdict(a) for a in study.arms], "slurm": study.slurm}
+    return {
+        "name": study.name,
+        "base": str(study.base),
+        "seeds": list(study.seeds),
+        "baseline": study.baseline,
+        "threads": study.threads,
+        "metrics": list(study.metrics),
+        "arms": [dataclasses.asdict(a) for a in study.arms],
+        "slurm": study.slurm,
+    }

@@ -17,10 +17,14 @@ from pathlib import Path
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 # Qwen2's pre-tokenisation pattern: contractions, letters with an optional leading non-letter, single digits,
 # punctuation runs, newlines, spaces.
-SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-                 r"|\s+(?!\S)|\s+")
-CHATML = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>'"
-          " + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+CHATML = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>'"
+    " + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 
 
 def build_bpe_tokenizer(texts, vocab_size: int = 2048, chat: bool = True):
@@ -31,16 +35,30 @@ def build_bpe_tokenizer(texts, vocab_size: int = 2048, chat: bool = True):
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, IM_START, IM_END], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, IM_START, IM_END],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END if chat else PAD, pad_token=PAD,
-                                   additional_special_tokens=[IM_START, IM_END], chat_template=CHATML if chat else None,
-                                   padding_side="left", clean_up_tokenization_spaces=False, model_max_length=1 << 20)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END if chat else PAD,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START, IM_END],
+        chat_template=CHATML if chat else None,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=1 << 20,
+    )
 
 
 @dataclass
@@ -59,16 +77,34 @@ def tiny_config(model_type: str, tokenizer, size: TinySize = TinySize(), **overr
     """The architecture's own config class (``AutoConfig.for_model``) at tiny size, wired to the tokenizer's ids."""
     from transformers import AutoConfig
 
-    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-               bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id)
+    ids = dict(
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id,
+    )
     return AutoConfig.for_model(
-        model_type, vocab_size=len(tokenizer), hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
-        num_hidden_layers=size.num_layers, num_attention_heads=size.num_heads, num_key_value_heads=size.num_kv_heads,
-        max_position_embeddings=size.max_position_embeddings, tie_word_embeddings=True, **ids, **overrides)
+        model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads,
+        num_key_value_heads=size.num_kv_heads,
+        max_position_embeddings=size.max_position_embeddings,
+        tie_word_embeddings=True,
+        **ids,
+        **overrides,
+    )
 
 
-def build_tiny_model(model_type: str, tokenizer, out_dir: str | Path, size: TinySize = TinySize(), seed: int = 0,
-                     classifier: bool = False) -> Path:
+def build_tiny_model(
+    model_type: str,
+    tokenizer,
+    out_dir: str | Path,
+    size: TinySize = TinySize(),
+    seed: int = 0,
+    classifier: bool = False,
+) -> Path:
     """A random-initialised ``model_type`` model (causal LM, or a 1-label sequence classifier) with ``tokenizer``,
     saved to ``out_dir``. A chat tokenizer's turn end and the pad token both stop generation, as in Qwen2.5-Instruct's
     generation_config."""

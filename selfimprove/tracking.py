@@ -13,8 +13,11 @@ from selfimprove.errors import MissingExtra
 
 
 def _scalars(metrics: dict) -> dict:
-    return {key: float(v) for key, v in metrics.items()
-            if key != "round" and isinstance(v, numbers.Number) and not isinstance(v, bool)}
+    return {
+        key: float(v)
+        for key, v in metrics.items()
+        if key != "round" and isinstance(v, numbers.Number) and not isinstance(v, bool)
+    }
 
 
 def write_tensorboard(run_dir: Path, rows: list[dict]) -> None:
@@ -23,7 +26,9 @@ def write_tensorboard(run_dir: Path, rows: list[dict]) -> None:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
-        raise MissingExtra("monitor.report_to has 'tensorboard': pip install tensorboard (or 'selfimprove[tracking]').") from err
+        raise MissingExtra(
+            "monitor.report_to has 'tensorboard': pip install tensorboard (or 'selfimprove[tracking]')."
+        ) from err
     final, scratch = run_dir / "tensorboard", run_dir / "tensorboard.partial"
     shutil.rmtree(scratch, ignore_errors=True)
     writer = SummaryWriter(log_dir=str(scratch))
@@ -50,7 +55,13 @@ def log_round(ctx, metrics: dict, rows: list[dict]) -> None:
         except ImportError as err:
             raise MissingExtra("monitor.report_to has 'wandb': pip install wandb.") from err
         run_id = hashlib.sha1(str(ctx.run_dir.resolve()).encode()).hexdigest()[:12]  # one W&B run per run directory
-        run = wandb.init(project=ctx.recipe.monitor.wandb_project, name=ctx.run_dir.name, id=run_id, resume="allow",
-                         dir=str(ctx.run_dir), config={"recipe_file": str(ctx.run_dir / "recipe.yaml")})
+        run = wandb.init(
+            project=ctx.recipe.monitor.wandb_project,
+            name=ctx.run_dir.name,
+            id=run_id,
+            resume="allow",
+            dir=str(ctx.run_dir),
+            config={"recipe_file": str(ctx.run_dir / "recipe.yaml")},
+        )
         run.log(scalars, step=k)
         run.finish()

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from selfimprove import seeding
 from selfimprove.errors import DataError
 from selfimprove.rundir import clean_partial, finish_stage, is_done, load_rows, save_rows
 from selfimprove.selection import accepted_rows
-from selfimprove import seeding
 from selfimprove.typed_yaml import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -40,8 +40,10 @@ def build_mixture(seed_rows: list[dict], older: list[dict], newest: list[dict], 
     if not cfg.use_generated:
         base, newest = seed_rows, []
     if not base and not newest:
-        raise DataError("train: no training data this round (train.seed_data is 'drop' and no sample has been "
-                        "accepted yet). Set train.seed_data: keep, or loosen the filter so some samples pass.")
+        raise DataError(
+            "train: no training data this round (train.seed_data is 'drop' and no sample has been "
+            "accepted yet). Set train.seed_data: keep, or loosen the filter so some samples pass."
+        )
     n_new = n_rows if not base else (round(cfg.newest_share * n_rows) if newest else 0)
     rows = _draw(newest, n_new, rng) + _draw(base, n_rows - n_new, rng)
     return [rows[i] for i in rng.permutation(len(rows))]
@@ -54,7 +56,10 @@ def tokenize_rows(rows: list[dict], tokenizer, fmt=None) -> dict:
 
     p = (fmt or PromptFormat()).encode(tokenizer, [r["prompt"] for r in rows])
     c = encode_completions(tokenizer, [r["completion"] for r in rows])
-    return {"input_ids": [a + b for a, b in zip(p, c)], "completion_mask": [[0] * len(a) + [1] * len(b) for a, b in zip(p, c)]}
+    return {
+        "input_ids": [a + b for a, b in zip(p, c)],
+        "completion_mask": [[0] * len(a) + [1] * len(b) for a, b in zip(p, c)],
+    }
 
 
 def grad_accumulation(cfg, world_size: int) -> int:
@@ -65,9 +70,13 @@ def grad_accumulation(cfg, world_size: int) -> int:
         return cfg.gradient_accumulation_steps
     per_step = cfg.per_device_train_batch_size * world_size
     if cfg.global_batch_size % per_step:
-        raise ConfigError([f"train.global_batch_size={cfg.global_batch_size} is not a multiple of "
-                           f"per_device_train_batch_size ({cfg.per_device_train_batch_size}) x {world_size} processes. "
-                           "Change one of them."])
+        raise ConfigError(
+            [
+                f"train.global_batch_size={cfg.global_batch_size} is not a multiple of "
+                f"per_device_train_batch_size ({cfg.per_device_train_batch_size}) x {world_size} processes. "
+                "Change one of them."
+            ]
+        )
     return cfg.global_batch_size // per_step
 
 
@@ -77,7 +86,9 @@ def _peft_config(cfg):
     from peft import LoraConfig
 
     targets = "all-linear" if cfg.target_modules == ["all-linear"] else cfg.target_modules
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
 
 
 def merge_adapter(base: str, adapter: Path, out: Path, dtype: str) -> None:
@@ -106,12 +117,15 @@ def training_rows(ctx, k: int, n_rows: int) -> list[dict]:
         return _draw(seed_rows, n_rows, seeding.rng(ctx.recipe.seed, "train_mix", 0))
     older = accepted_rows(ctx, k)
     newest = [row for row in load_rows(ctx.stage(k, "select") / "data") if row["selected"]]
-    return build_mixture(seed_rows, older, newest, ctx.recipe.train, n_rows, seeding.rng(ctx.recipe.seed, "train_mix", k))
+    return build_mixture(
+        seed_rows, older, newest, ctx.recipe.train, n_rows, seeding.rng(ctx.recipe.seed, "train_mix", k)
+    )
 
 
 def training_pairs(ctx, k: int, n_rows: int) -> list[dict]:
     """DPO rows: (prompt, chosen, rejected) pairs the filter built, the newest round's and, with history
     'accumulate', earlier rounds' too, mixed by newest_share like SFT rows."""
+
     def pairs(j):
         path = ctx.stage(j, "filter") / "pairs"
         return load_rows(path) if path.exists() else []
@@ -119,8 +133,10 @@ def training_pairs(ctx, k: int, n_rows: int) -> list[dict]:
     newest = pairs(k)
     older = [p for j in range(1, k) for p in pairs(j)] if ctx.recipe.train.history == "accumulate" else []
     if not newest and not older:
-        raise DataError(f"train.method 'dpo': round {k} has no (chosen, rejected) pairs. Check filter.pairs and the "
-                         "judges: a pair needs two samples of one prompt with different scores.")
+        raise DataError(
+            f"train.method 'dpo': round {k} has no (chosen, rejected) pairs. Check filter.pairs and the "
+            "judges: a pair needs two samples of one prompt with different scores."
+        )
     return build_mixture([], older, newest, ctx.recipe.train, n_rows, seeding.rng(ctx.recipe.seed, "train_mix", k))
 
 
@@ -134,24 +150,37 @@ def _dpo_trainer(ctx, k, rows, model, tok, out: Path, steps: int, accumulation: 
     r, fmt = ctx.recipe, ctx.prompt_format
     args = DPOConfig(**build_args(r, k, str(out / "trainer"), steps, accumulation, "dpo", model.num_parameters()))
     if fmt.uses_template(tok):  # conversational: TRL applies the chat template, as generation did
-        data = [{"prompt": fmt.messages(x["prompt"]), "chosen": [{"role": "assistant", "content": x["chosen"]}],
-                 "rejected": [{"role": "assistant", "content": x["rejected"]}]} for x in rows]
+        data = [
+            {
+                "prompt": fmt.messages(x["prompt"]),
+                "chosen": [{"role": "assistant", "content": x["chosen"]}],
+                "rejected": [{"role": "assistant", "content": x["rejected"]}],
+            }
+            for x in rows
+        ]
     else:
         data = [{"prompt": fmt.plain(x["prompt"]), "chosen": x["chosen"], "rejected": x["rejected"]} for x in rows]
-    ref = None if r.train.lora.enabled else load_policy(ref_path, r.model.dtype)  # with LoRA, TRL uses the adapter-free base
-    return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
-                      peft_config=_peft_config(r.train.lora))
+    ref = (
+        None if r.train.lora.enabled else load_policy(ref_path, r.model.dtype)
+    )  # with LoRA, TRL uses the adapter-free base
+    return DPOTrainer(
+        model=model,
+        ref_model=ref,
+        args=args,
+        train_dataset=Dataset.from_list(data),
+        processing_class=tok,
+        peft_config=_peft_config(r.train.lora),
+    )
 
 
 def run_train(ctx, k: int) -> None:
     """Train round k's policy into round_k/train/model (a save_pretrained folder)."""
+    import torch
     from accelerate import PartialState
     from datasets import Dataset
     from trl import SFTTrainer
 
     from selfimprove.model import load_policy, load_tokenizer
-
-    import torch
 
     # cpu=True on a GPU-less machine makes this the same MULTI_CPU/gloo state the Trainer's Accelerator will use;
     # created without it, it first reports one process, and the batch arithmetic below would be wrong.
@@ -176,8 +205,9 @@ def run_train(ctx, k: int) -> None:
     elif steps:
         dataset = Dataset.from_dict(tokenize_rows(rows, tok, ctx.prompt_format))
         args = _sft_config(r, k, partial, steps, accumulation, model.num_parameters())
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
-                             processing_class=tok, peft_config=_peft_config(r.train.lora))
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=_peft_config(r.train.lora)
+        )
     if steps:
         result = trainer.train()
         # Gathers ZeRO-3 / FSDP shards into one folder (zero3_save_16bit_model / FULL_STATE_DICT); LoRA saves adapters.
@@ -192,13 +222,28 @@ def run_train(ctx, k: int) -> None:
         tok.save_pretrained(partial / "model")
         save_rows([{"prompt_id": x["prompt_id"], "round": x.get("round", 0)} for x in rows], partial / "data")
         shutil.rmtree(partial / "trainer", ignore_errors=True)
-        finish_stage(partial, final, {
-            "init": ctx.relative(init), "recipe": ctx.recipe_hash, "method": "dpo" if dpo else "sft", "steps": steps, "global_batch": global_batch, "world_size": state.num_processes,
-            "per_device_batch": r.train.per_device_train_batch_size, "gradient_accumulation": accumulation, "rows": len(rows),
-            "rows_by_round": {str(j): sum(1 for x in rows if x.get("round", 0) == j) for j in range(k + 1)},
-            "losses": losses, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "train_runtime_s": result.metrics["train_runtime"] if result else 0.0, "wall_s": round(time.perf_counter() - start, 3),
-        }, inputs)
+        finish_stage(
+            partial,
+            final,
+            {
+                "init": ctx.relative(init),
+                "recipe": ctx.recipe_hash,
+                "method": "dpo" if dpo else "sft",
+                "steps": steps,
+                "global_batch": global_batch,
+                "world_size": state.num_processes,
+                "per_device_batch": r.train.per_device_train_batch_size,
+                "gradient_accumulation": accumulation,
+                "rows": len(rows),
+                "rows_by_round": {str(j): sum(1 for x in rows if x.get("round", 0) == j) for j in range(k + 1)},
+                "losses": losses,
+                "first_loss": losses[0] if losses else None,
+                "last_loss": losses[-1] if losses else None,
+                "train_runtime_s": result.metrics["train_runtime"] if result else 0.0,
+                "wall_s": round(time.perf_counter() - start, 3),
+            },
+            inputs,
+        )
     state.wait_for_everyone()
 
 
@@ -209,8 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m selfimprove.train", description="Run one round's training stage.")
     parser.add_argument("run_dir", help="An existing run directory (holds recipe.yaml).")
     parser.add_argument("--round", type=int, required=True, help="Round to train (its select stage must be done).")
-    parser.add_argument("--force", action="store_true", help="Redo it even if it is done (the finished one stays until "
-                                                             "the new one is).")
+    parser.add_argument(
+        "--force", action="store_true", help="Redo it even if it is done (the finished one stays until the new one is)."
+    )
     args = parser.parse_args(argv)
     ctx = open_run(args.run_dir, trust=True)  # training runs nothing the recipe names but TRL itself
     if is_done(ctx.stage(args.round, "train")) and not args.force:

@@ -17,7 +17,6 @@ import functools
 
 from selfimprove import seeding
 
-
 OWNED = {
     "output_dir": "the engine (each round trains into its own stage folder)",
     "max_steps": "train.max_steps (rounds) / train.bootstrap_steps (round 0)",
@@ -95,17 +94,32 @@ def build_args(recipe, k: int, output_dir: str, steps: int, accumulation: int, m
 
     t = recipe.train
     gpu = torch.cuda.is_available()
-    defaults = dict(bf16=gpu and recipe.model.dtype == "bfloat16", fp16=gpu and recipe.model.dtype == "float16",
-                    save_strategy="no", report_to=[], disable_tqdm=False, dataloader_drop_last=True)
+    defaults = dict(
+        bf16=gpu and recipe.model.dtype == "bfloat16",
+        fp16=gpu and recipe.model.dtype == "float16",
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=False,
+        dataloader_drop_last=True,
+    )
     if method == "sft":  # rows arrive tokenised with a completion mask; nothing to truncate
         defaults.update(completion_only_loss=True, max_length=None)
     owned = dict(
-        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=t.per_device_train_batch_size,
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=accumulation,
         learning_rate=t.round_learning_rate if k > 0 and t.round_learning_rate else t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, seed=seeding.int_seed(recipe.seed, "train", k), data_seed=seeding.int_seed(recipe.seed, "train", k),
-        use_cpu=not gpu, **checkpointing_args(method, checkpointing(t, parameters, gpu)))
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        seed=seeding.int_seed(recipe.seed, "train", k),
+        data_seed=seeding.int_seed(recipe.seed, "train", k),
+        use_cpu=not gpu,
+        **checkpointing_args(method, checkpointing(t, parameters, gpu)),
+    )
     if method == "dpo":
         owned.update(beta=t.dpo.beta, loss_type=[t.dpo.loss_type], max_length=t.dpo.max_length)
     return {**defaults, **t.trainer_args, **owned}

@@ -89,7 +89,7 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
 
 
 def did_you_mean(key: str, names) -> str:
-    """" Did you mean 'x'?" for the closest known name, else the list of known names."""
+    """ " Did you mean 'x'?" for the closest known name, else the list of known names."""
     import difflib
 
     close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
@@ -122,8 +122,12 @@ def build(cls: type, data: dict, where: str, problems: list[str]):
     return obj
 
 
-_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b), "le": ("<=", lambda v, b: v <= b),
-           "lt": ("<", lambda v, b: v < b)}
+_BOUNDS = {
+    "ge": (">=", lambda v, b: v >= b),
+    "gt": (">", lambda v, b: v > b),
+    "le": ("<=", lambda v, b: v <= b),
+    "lt": ("<", lambda v, b: v < b),
+}
 
 
 def bounds_problems(obj, where: str) -> list[str]:
@@ -158,15 +162,21 @@ def add_override_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default = f.default if f.default is not dataclasses.MISSING else "(see recipe)"
         spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])  # --a_b and --a-b, as HfArgumentParser
         group.add_argument(
-            *spellings, dest=f"override:{name}", default=argparse.SUPPRESS, metavar="VALUE",
+            *spellings,
+            dest=f"override:{name}",
+            default=argparse.SUPPRESS,
+            metavar="VALUE",
             help=f"{f.metadata.get('help', '')} [{_type_name(tp)}; default: {default}]",
         )
 
 
 def collect_overrides(namespace: argparse.Namespace) -> dict[str, Any]:
     """The ``--a.b VALUE`` options given on the command line, as {dotted name: parsed YAML value}."""
-    return {k.split(":", 1)[1]: parse_yaml(v, f"--{k.split(':', 1)[1]} {v}") if v.strip() else v
-            for k, v in vars(namespace).items() if k.startswith("override:")}  # '' stays '', not YAML's null
+    return {
+        k.split(":", 1)[1]: parse_yaml(v, f"--{k.split(':', 1)[1]} {v}") if v.strip() else v
+        for k, v in vars(namespace).items()
+        if k.startswith("override:")
+    }  # '' stays '', not YAML's null
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
@@ -219,8 +229,12 @@ def load_yaml(path: str) -> dict:
         raise ConfigError([f"{path} is a folder: give the path of a recipe YAML file."]) from None
     data = parse_yaml(text, path)
     if data is None:
-        raise ConfigError([f"{path} is empty: a recipe names at least its task and output_dir (see recipes/). "
-                           "The engine does not run a default job for an empty file."])
+        raise ConfigError(
+            [
+                f"{path} is empty: a recipe names at least its task and output_dir (see recipes/). "
+                "The engine does not run a default job for an empty file."
+            ]
+        )
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: a recipe must be a YAML mapping of sections, got {type(data).__name__}."])
     return data

@@ -97,5 +97,10 @@ def tiny_policy(tmp_path):
 def run_cli(*args, cwd=None, timeout=600):
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "selfimprove", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "selfimprove", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )

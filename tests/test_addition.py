@@ -7,9 +7,9 @@ from selfimprove.tasks.addition import AdditionTask, expected_length, format_pro
 
 
 def test_lee_format_by_hand():
-    assert format_problem(57, 8) == ("75+8=", "560")        # 65 reversed, padded to 2 + 1 digits
-    assert format_problem(999, 1) == ("999+1=", "0001")     # 1000 reversed: a carry into a new digit
-    assert format_problem(12, 34) == ("21+43=", "640")      # 46 -> "64" padded to 3
+    assert format_problem(57, 8) == ("75+8=", "560")  # 65 reversed, padded to 2 + 1 digits
+    assert format_problem(999, 1) == ("999+1=", "0001")  # 1000 reversed: a carry into a new digit
+    assert format_problem(12, 34) == ("21+43=", "640")  # 46 -> "64" padded to 3
     assert format_problem(0, 0) == ("0+0=", "00")
     assert expected_length("999+1=") == 4 and expected_length("nonsense") is None
 
@@ -24,8 +24,10 @@ def test_fixed_width_format_by_hand():
     # every prompt and answer has the same shape, so a digit's distance to its operand digits never changes
     assert {len(r["prompt"]) for r in rows} == {14}
     assert {len(r.get("completion") or r["reference"]) for r in rows} == {7}
-    assert all(t.is_correct(r["completion"], format_problem(*(int(x[::-1]) for x in r["prompt"][:-1].split("+")), 6)[1])
-               for r in rows[:50])
+    assert all(
+        t.is_correct(r["completion"], format_problem(*(int(x[::-1]) for x in r["prompt"][:-1].split("+")), 6)[1])
+        for r in rows[:50]
+    )
 
 
 def test_accelerated_curriculum_stops_at_the_padded_width():
@@ -35,8 +37,12 @@ def test_accelerated_curriculum_stops_at_the_padded_width():
 
 
 def test_swapped_pairs_pose_each_new_problem_in_both_orders():
-    t = AdditionTask(AdditionConfig(seed_max_digits=3, prompts_per_round=40, in_range_prompts=10, swapped_pairs=True,
-                                    eval_max_digits=6), 0)
+    t = AdditionTask(
+        AdditionConfig(
+            seed_max_digits=3, prompts_per_round=40, in_range_prompts=10, swapped_pairs=True, eval_max_digits=6
+        ),
+        0,
+    )
     rows = t.round_prompts(1, [], set())
     new, in_range = rows[:40], rows[40:]
     assert len(new) == 40 and len({r["group_id"] for r in new}) == 20
@@ -49,8 +55,8 @@ def test_swapped_pairs_pose_each_new_problem_in_both_orders():
 def test_format_check_is_label_free_length_rule():
     t = AdditionTask(AdditionConfig(), 0)
     assert t.format_ok("75+8=", "560", True)
-    assert not t.format_ok("75+8=", "56", True)      # too short
-    assert not t.format_ok("75+8=", "560", False)    # no EOS
+    assert not t.format_ok("75+8=", "56", True)  # too short
+    assert not t.format_ok("75+8=", "560", False)  # no EOS
     assert not t.format_ok("75+8=", "5a0", True)
 
 
@@ -59,7 +65,9 @@ def test_eval_sets_fixed_split_and_disjoint_from_training():
     t = AdditionTask(cfg, seed=1)
     ev = t.eval_sets()
     assert ev == AdditionTask(cfg, seed=1).eval_sets()
-    assert {r["split"] for r in ev if r["difficulty"] <= 3} == {"id"} and {r["split"] for r in ev if r["difficulty"] > 3} == {"ood"}
+    assert {r["split"] for r in ev if r["difficulty"] <= 3} == {"id"} and {
+        r["split"] for r in ev if r["difficulty"] > 3
+    } == {"ood"}
     assert sum(r["difficulty"] == 1 for r in ev) == 30  # half of the 100 one-digit problems at most
     exclude = {r["prompt"] for r in ev}
     seed = t.seed_data(exclude)
@@ -71,7 +79,9 @@ def test_eval_sets_fixed_split_and_disjoint_from_training():
 
 
 def test_in_range_prompts_stay_in_the_seeded_range():
-    t = AdditionTask(AdditionConfig(seed_max_digits=3, prompts_per_round=50, in_range_prompts=200, eval_max_digits=6), 0)
+    t = AdditionTask(
+        AdditionConfig(seed_max_digits=3, prompts_per_round=50, in_range_prompts=200, eval_max_digits=6), 0
+    )
     hist = [{"task/max_difficulty": 5}]  # rounds have already moved the target to 6
     rows = t.round_prompts(3, hist, set())
     assert {r["difficulty"] for r in rows[:50]} == {6}
@@ -107,8 +117,18 @@ def test_no_eval_set_answer_reaches_a_decision(tmp_path):
     with pytest.raises(ConfigError, match="never read the eval"):
         load_recipe(None, {"monitor.alarms": [{"metric": "eval/accuracy/ood", "drop": 0.1}]})
     run = tmp_path / "run"
-    out = run_cli("run", TINY_RECIPE, "--output_dir", run, "--rounds", "1", "--task.addition.curriculum", "accelerated",
-                  "--task.addition.dev_size_per_digit", "10")
+    out = run_cli(
+        "run",
+        TINY_RECIPE,
+        "--output_dir",
+        run,
+        "--rounds",
+        "1",
+        "--task.addition.curriculum",
+        "accelerated",
+        "--task.addition.dev_size_per_digit",
+        "10",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     dev, evals = load_rows(run / "eval_sets" / "dev"), load_rows(run / "eval_sets" / "data")
     keys = lambda rows: {prompt_key(r["prompt"]) for r in rows}  # noqa: E731
@@ -120,8 +140,11 @@ def test_no_eval_set_answer_reaches_a_decision(tmp_path):
 
 def test_eval_metrics_frontier():
     t = AdditionTask(AdditionConfig(seed_max_digits=2, eval_max_digits=4), 0)
-    rows = [{"difficulty": d, "split": "id" if d <= 2 else "ood", "correct": c}
-            for d, cs in {1: [1, 1], 2: [1, 1], 3: [1, 0], 4: [1, 1]}.items() for c in cs]
+    rows = [
+        {"difficulty": d, "split": "id" if d <= 2 else "ood", "correct": c}
+        for d, cs in {1: [1, 1], 2: [1, 1], 3: [1, 0], 4: [1, 1]}.items()
+        for c in cs
+    ]
     m = t.eval_metrics(rows)
     assert m["eval/frontier"] == 2  # d3 is at 0.5, so d4 does not count
     assert m["eval/accuracy/id"] == 1.0 and m["eval/accuracy/ood"] == 0.75 and m["eval/accuracy/d3"] == 0.5
@@ -135,9 +158,24 @@ def test_shipped_main_job_and_control_run_end_to_end(tmp_path):
     from datasets import load_from_disk
 
     # 150 small steps teach the 13-digit answer shape, so the length rule (the vote is dropped here) keeps samples
-    small = ["--rounds", 1, "--train.bootstrap_steps", 150, "--train.per_device_train_batch_size", 16,
-             "--train.max_steps", 4, "--task.addition.seed_size", 300, "--task.addition.prompts_per_round", 30,
-             "--task.addition.eval_size_per_digit", 5, "--filter.min_scores", "{format: 1.0}"]
+    small = [
+        "--rounds",
+        1,
+        "--train.bootstrap_steps",
+        150,
+        "--train.per_device_train_batch_size",
+        16,
+        "--train.max_steps",
+        4,
+        "--task.addition.seed_size",
+        300,
+        "--task.addition.prompts_per_round",
+        30,
+        "--task.addition.eval_size_per_digit",
+        5,
+        "--filter.min_scores",
+        "{format: 1.0}",
+    ]
     for name in ("addition_cpu", "addition_cpu_control"):
         run = tmp_path / name
         out = run_cli("run", REPO / "recipes" / "arithmetic" / f"{name}.yaml", "--output_dir", run, *small)

@@ -21,8 +21,9 @@ def server(tiny_policy):
 
 
 def _options(server, **kw):
-    return GenerateConfig(openai=OpenAIConfig(base_url=server.url, model="tiny", concurrency=3, max_retries=2,
-                                              timeout_s=30, **kw))
+    return GenerateConfig(
+        openai=OpenAIConfig(base_url=server.url, model="tiny", concurrency=3, max_retries=2, timeout_s=30, **kw)
+    )
 
 
 def test_openai_backend_against_a_real_server(server, tiny_policy):
@@ -32,7 +33,9 @@ def test_openai_backend_against_a_real_server(server, tiny_policy):
     out = sample("openai", tiny_policy, prompts, sampling, seed=7, batch_size=8, options=_options(server))
     assert [len(x) for x in out] == [2, 2, 2, 2]
     assert all(s["error"] == "" for x in out[:3] for s in x)  # FAIL-ONCE recovered through a retry
-    assert all(s["error"].startswith("InternalServerError") and s["completion"] == "" and not s["finished"] for s in out[3])
+    assert all(
+        s["error"].startswith("InternalServerError") and s["completion"] == "" and not s["finished"] for s in out[3]
+    )
     assert server.requests == 2 * 4 + 1 + 2 * 2  # 8 samples, +1 retry of FAIL-ONCE's 503, +2 retries x 2 of FAIL-ALWAYS
     assert 1 < server.max_in_flight <= 3  # concurrent, and bounded by openai.concurrency
     # each sample carries its own seed: a redone call reproduces it exactly
@@ -44,7 +47,9 @@ def test_openai_backend_against_a_real_server(server, tiny_policy):
     seed0 = child_seed(7, 0, 0)  # prompt 0, sample 0 of the call's seed 7
     from selfimprove.model import load_policy, load_tokenizer
 
-    direct = hf_generate(load_policy(tiny_policy), load_tokenizer(tiny_policy), ["12+3="], Sampling(1, 0.8, max_new_tokens=5), seed0, 1)
+    direct = hf_generate(
+        load_policy(tiny_policy), load_tokenizer(tiny_policy), ["12+3="], Sampling(1, 0.8, max_new_tokens=5), seed0, 1
+    )
     assert out[0][0]["completion"] == direct[0][0]["completion"]
 
 
@@ -64,8 +69,9 @@ def test_openai_chat_api_applies_the_served_model_chat_template(tiny_real):
     with Server(path) as server:
         out = sample("openai", path, ["2+2?"], sampling, 5, 8, fmt=fmt, options=_options(server, api="chat"))
     tok = load_tokenizer(path)
-    direct = hf_generate(load_policy(path), tok, fmt.texts(tok, ["2+2?"]), sampling, child_seed(5, 0, 0), 1,
-                         add_special_tokens=False)
+    direct = hf_generate(
+        load_policy(path), tok, fmt.texts(tok, ["2+2?"]), sampling, child_seed(5, 0, 0), 1, add_special_tokens=False
+    )
     assert out[0][0]["error"] == "" and out[0][0]["completion"] == direct[0][0]["completion"]
 
 
@@ -81,11 +87,26 @@ def test_llm_judge_gets_parsed_verdicts_from_a_served_judge():
 
     prompt = "Describe the sea in one sentence."
     answers = ["The sea is calm and lovely. A short note: enjoy the sea every day.", "I don't know."]
-    rows = [{"prompt_id": "p", "prompt": prompt, "completion": c, "finished": True, "reference": "", "sample_idx": i,
-             "num_tokens": 1, "round": 1} for i, c in enumerate(answers)]
+    rows = [
+        {
+            "prompt_id": "p",
+            "prompt": prompt,
+            "completion": c,
+            "finished": True,
+            "reference": "",
+            "sample_idx": i,
+            "num_tokens": 1,
+            "round": 1,
+        }
+        for i, c in enumerate(answers)
+    ]
     with LoopbackServer(str(assets.model_folder("qwen2", "judge")), name="judge") as server:
-        cfg = JudgeConfig(judges=["llm"], llm=LLMJudgeConfig(model="judge", backend="openai", max_new_tokens=8,
-                                                             openai=OpenAIConfig(base_url=server.url, api="chat")))
+        cfg = JudgeConfig(
+            judges=["llm"],
+            llm=LLMJudgeConfig(
+                model="judge", backend="openai", max_new_tokens=8, openai=OpenAIConfig(base_url=server.url, api="chat")
+            ),
+        )
         judged, records = judge_rows(JudgeEnv(GenericTask(GenericConfig(), 0), cfg), rows)
     assert [r["judge_unparsed"] for r in judged] == ["", ""] and len(records["llm"]) == 2
     assert judged[0]["score_llm"] > judged[1]["score_llm"]
@@ -112,14 +133,26 @@ def test_vllm_backend_generates_from_the_round_checkpoint(tmp_path):
     from selfimprove.model import build_bootstrap_model, build_char_tokenizer
 
     tok = build_char_tokenizer("0123456789+=")  # vLLM's CPU attention needs head_dim >= 32: 64 wide, 2 heads
-    build_bootstrap_model(BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2), tok, seed=0).save_pretrained(tmp_path)
+    build_bootstrap_model(BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2), tok, seed=0).save_pretrained(
+        tmp_path
+    )
     tok.save_pretrained(tmp_path)
     tiny_policy = str(tmp_path)
     options = GenerateConfig(vllm=VLLMConfig(python=python, enforce_eager=True, dtype="float32", max_model_len=64))
     greedy = sample("vllm", tiny_policy, ["12+3=", "9+99="], Sampling(max_new_tokens=5), 0, 8, options=options)
     from selfimprove.model import load_policy, load_tokenizer
 
-    hf = hf_generate(load_policy(tiny_policy), load_tokenizer(tiny_policy), ["12+3=", "9+99="], Sampling(max_new_tokens=5), 0, 8)
+    hf = hf_generate(
+        load_policy(tiny_policy), load_tokenizer(tiny_policy), ["12+3=", "9+99="], Sampling(max_new_tokens=5), 0, 8
+    )
     assert [x[0]["completion"] for x in greedy] == [x[0]["completion"] for x in hf]  # greedy: same text as HF
-    sampled = sample("vllm", tiny_policy, ["12+3="], Sampling(num_samples=4, temperature=1.0, max_new_tokens=5), 3, 8, options=options)
+    sampled = sample(
+        "vllm",
+        tiny_policy,
+        ["12+3="],
+        Sampling(num_samples=4, temperature=1.0, max_new_tokens=5),
+        3,
+        8,
+        options=options,
+    )
     assert len(sampled[0]) == 4 and all(s["error"] == "" for s in sampled[0])

@@ -55,8 +55,14 @@ def _problems(capsys, tmp_path, *args) -> list[str]:
 
 
 def test_missing_model_folder(capsys, tmp_path):
-    problems = _problems(capsys, tmp_path, REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml", "--smoke",
-                         "--model.path", tmp_path / "no-such-model")
+    problems = _problems(
+        capsys,
+        tmp_path,
+        REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml",
+        "--smoke",
+        "--model.path",
+        tmp_path / "no-such-model",
+    )
     assert any("does not exist" in p and "model.path" in p for p in problems)
 
 
@@ -70,8 +76,9 @@ def test_no_chat_template(capsys, tmp_path, corpus):
     from selfimprove.tiny_models import build_bpe_tokenizer, build_tiny_model
 
     plain = build_tiny_model("qwen2", build_bpe_tokenizer(corpus[:200], 512, chat=False), tmp_path / "base")
-    problems = _problems(capsys, tmp_path, REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml", "--smoke",
-                         "--model.path", plain)
+    problems = _problems(
+        capsys, tmp_path, REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml", "--smoke", "--model.path", plain
+    )
     assert any("generate.chat_template is true but the tokenizer has no chat template" in p for p in problems)
 
 
@@ -79,14 +86,29 @@ def test_bad_trainer_args(capsys, tmp_path):
     code = main(["check", str(TINY_RECIPE), "--train.trainer_args", "{bf16: false, lerning_rate: 1.0, max_steps: 3}"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "train.trainer_args.lerning_rate: not a field of trl.SFTConfig" in err and "Did you mean 'learning_rate'?" in err
+    assert (
+        "train.trainer_args.lerning_rate: not a field of trl.SFTConfig" in err
+        and "Did you mean 'learning_rate'?" in err
+    )
     assert "train.trainer_args.max_steps: set by train.max_steps" in err
 
 
 def test_unreachable_server(capsys, tmp_path):
-    problems = _problems(capsys, tmp_path, TINY_RECIPE, "--judge.judges", "[llm, format]", "--filter.min_scores", "{}",
-                         "--judge.llm.backend", "openai", "--judge.llm.model", "judge",
-                         "--judge.llm.openai.base_url", "http://127.0.0.1:9/v1")
+    problems = _problems(
+        capsys,
+        tmp_path,
+        TINY_RECIPE,
+        "--judge.judges",
+        "[llm, format]",
+        "--filter.min_scores",
+        "{}",
+        "--judge.llm.backend",
+        "openai",
+        "--judge.llm.model",
+        "judge",
+        "--judge.llm.openai.base_url",
+        "http://127.0.0.1:9/v1",
+    )
     assert any("GET http://127.0.0.1:9/v1/models failed" in p and "Start the server" in p for p in problems)
 
 
@@ -94,9 +116,21 @@ def test_server_that_serves_another_model(capsys, tmp_path, tiny_policy):
     from selfimprove.smoke.server import LoopbackServer
 
     with LoopbackServer(tiny_policy, name="other") as server:
-        problems = _problems(capsys, tmp_path, TINY_RECIPE, "--judge.judges", "[llm, format]", "--filter.min_scores",
-                             "{}", "--judge.llm.backend", "openai", "--judge.llm.model", "judge",
-                             "--judge.llm.openai.base_url", server.url)
+        problems = _problems(
+            capsys,
+            tmp_path,
+            TINY_RECIPE,
+            "--judge.judges",
+            "[llm, format]",
+            "--filter.min_scores",
+            "{}",
+            "--judge.llm.backend",
+            "openai",
+            "--judge.llm.model",
+            "judge",
+            "--judge.llm.openai.base_url",
+            server.url,
+        )
     assert any("serves ['other'], not 'judge'" in p for p in problems)
 
 
@@ -105,14 +139,26 @@ def test_vllm_absent(capsys, tmp_path):
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
-    problems = _problems(capsys, tmp_path, TINY_RECIPE, "--generate.backend", "vllm", "--generate.vllm.python", sys.executable)
+    problems = _problems(
+        capsys, tmp_path, TINY_RECIPE, "--generate.backend", "vllm", "--generate.vllm.python", sys.executable
+    )
     assert any("vLLM does not import" in p for p in problems)
 
 
 def test_global_batch_that_does_not_divide(capsys, tmp_path):
-    problems = _problems(capsys, tmp_path, TINY_RECIPE, "--train.launcher", "accelerate", "--train.accelerate_config",
-                         REPO / "accelerate_configs" / "cpu_ddp_2proc.yaml", "--train.per_device_train_batch_size", 8,
-                         "--train.global_batch_size", 24)
+    problems = _problems(
+        capsys,
+        tmp_path,
+        TINY_RECIPE,
+        "--train.launcher",
+        "accelerate",
+        "--train.accelerate_config",
+        REPO / "accelerate_configs" / "cpu_ddp_2proc.yaml",
+        "--train.per_device_train_batch_size",
+        8,
+        "--train.global_batch_size",
+        24,
+    )
     assert any("global_batch_size=24 is not a multiple" in p and "2 processes" in p for p in problems)
 
 

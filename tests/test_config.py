@@ -1,3 +1,4 @@
+import logging
 
 import pytest
 import yaml
@@ -16,10 +17,16 @@ def test_every_shipped_recipe_parses():
 
 def test_all_problems_reported_at_once(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({
-        "rounds": "three", "generate": {"num_samples": 1, "temperature": 0.0, "top_p": 2.0},
-        "train": {"learning_rat": 1e-3}, "judge": {"judges": ["majority", "oracle"]},
-    }))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "rounds": "three",
+                "generate": {"num_samples": 1, "temperature": 0.0, "top_p": 2.0},
+                "train": {"learning_rat": 1e-3},
+                "judge": {"judges": ["majority", "oracle"]},
+            }
+        )
+    )
     with pytest.raises(ConfigError) as err:
         load_recipe(str(bad))
     msg = str(err.value)
@@ -34,12 +41,22 @@ def test_all_problems_reported_at_once(tmp_path):
 
 def test_judge_filter_select_combinations():
     with pytest.raises(ConfigError) as err:
-        load_recipe(None, {"judge.judges": ["reward", "llm"], "judge.llm.model": "", "filter.min_scores": {},
-                           "select.method": "qdit", "select.diversity_weight": 1.5,
-                           "select.target_mix": {3: 1.0}})
+        load_recipe(
+            None,
+            {
+                "judge.judges": ["reward", "llm"],
+                "judge.llm.model": "",
+                "filter.min_scores": {},
+                "select.method": "qdit",
+                "select.diversity_weight": 1.5,
+                "select.target_mix": {3: 1.0},
+            },
+        )
     msg = str(err.value)
     assert "reward_model.path is empty" in msg and "llm.model is empty" in msg
-    assert "method='qdit' chooses under a budget, but budget=0" in msg and "diversity_weight=1.5 must be in [0, 1]" in msg
+    assert (
+        "method='qdit' chooses under a budget, but budget=0" in msg and "diversity_weight=1.5 must be in [0, 1]" in msg
+    )
     assert "target_mix names cluster labels" in msg
 
 
@@ -70,7 +87,9 @@ def test_config_knows_every_judge():
 
 
 def test_overrides_are_typed():
-    r = load_recipe(None, {"generate.num_samples": 8, "filter.enabled": False, "monitor.distinct_n": [2], "train.learning_rate": 1})
+    r = load_recipe(
+        None, {"generate.num_samples": 8, "filter.enabled": False, "monitor.distinct_n": [2], "train.learning_rate": 1}
+    )
     assert r.generate.num_samples == 8 and r.filter.enabled is False and r.monitor.distinct_n == [2]
     assert r.train.learning_rate == 1.0 and isinstance(r.train.learning_rate, float)
     with pytest.raises(ConfigError, match="filter.enabled: expected true or false, got 'no way'"):
@@ -90,7 +109,9 @@ def test_cli_help_lists_every_field():
 
 
 def test_cli_rejects_bad_override_before_work(tmp_path):
-    out = run_cli("run", REPO / "tests" / "tiny_addition.yaml", "--output_dir", tmp_path / "r", "--generate.num_samples", "0")
+    out = run_cli(
+        "run", REPO / "tests" / "tiny_addition.yaml", "--output_dir", tmp_path / "r", "--generate.num_samples", "0"
+    )
     assert out.returncode == 2
     assert "generate.num_samples=0" in out.stderr
     assert not (tmp_path / "r").exists()
@@ -101,9 +122,40 @@ def test_both_option_spellings():
     from selfimprove.cli import make_parser
     from selfimprove.typed_yaml import collect_overrides
 
-    args = make_parser().parse_args(["run", "r.yaml", "--output-dir", "x", "--train.max-steps", "3",
-                                     "--allow_recipe_change", "--log_level", "DEBUG"])
+    args = make_parser().parse_args(
+        [
+            "run",
+            "r.yaml",
+            "--output-dir",
+            "x",
+            "--train.max-steps",
+            "3",
+            "--allow_recipe_change",
+            "--log_level",
+            "DEBUG",
+        ]
+    )
     assert collect_overrides(args) == {"output_dir": "x", "train.max_steps": 3}
     assert args.allow_recipe_change and args.log_level == "DEBUG"
     args = make_parser().parse_args(["compare", "a", "b", "--trust_recipe", "--probe_resamples", "5"])
     assert args.trust_recipe and args.probe_resamples == 5
+
+
+@pytest.mark.parametrize(
+    ("rank", "asked", "level"),
+    [
+        ("0", "INFO", logging.INFO),
+        ("1", "INFO", logging.WARNING),
+        ("1", "ERROR", logging.ERROR),
+        (None, "DEBUG", logging.DEBUG),
+    ],
+)
+def test_only_rank_zero_logs_info(monkeypatch, rank, asked, level):
+    from selfimprove.cli import _setup_logging
+
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    _setup_logging(asked)
+    assert logging.getLogger().level == level

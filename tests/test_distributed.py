@@ -2,6 +2,7 @@
 DeepSpeed ZeRO-2 and ZeRO-3, generation sharded across ranks, and every shipped accelerate config validated."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -42,8 +43,21 @@ def test_global_batch_is_the_same_for_any_number_of_processes():
 
 def _run(tmp_path, name, config, *extra):
     out = tmp_path / name
-    args = ["run", TINY_RECIPE, "--output_dir", out, "--rounds", 1, "--train.per_device_train_batch_size", 8,
-            "--train.global_batch_size", 16, "--train.logging_steps", 1, *extra]
+    args = [
+        "run",
+        TINY_RECIPE,
+        "--output_dir",
+        out,
+        "--rounds",
+        1,
+        "--train.per_device_train_batch_size",
+        8,
+        "--train.global_batch_size",
+        16,
+        "--train.logging_steps",
+        1,
+        *extra,
+    ]
     if config:
         args += ["--train.launcher", "accelerate", "--train.accelerate_config", f"accelerate_configs/{config}"]
     proc = run_cli(*args, timeout=900)
@@ -60,7 +74,9 @@ def single(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("single"), "run", "")
 
 
-@pytest.mark.parametrize("config", ["cpu_ddp_2proc.yaml", "cpu_zero2_2proc.yaml", "cpu_zero3_2proc.yaml", "cpu_fsdp2_2proc.yaml"])
+@pytest.mark.parametrize(
+    "config", ["cpu_ddp_2proc.yaml", "cpu_zero2_2proc.yaml", "cpu_zero3_2proc.yaml", "cpu_fsdp2_2proc.yaml"]
+)
 def test_two_process_training_matches_one_process(single, tmp_path, config):
     from transformers import AutoModelForCausalLM
 
@@ -94,8 +110,21 @@ def test_generation_sharded_across_ranks_equals_one_process(single, tmp_path):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu_ddp_2proc.yaml",
-           "-m", "selfimprove", "stage", "generate", str(run), "--round", "1", "--force"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "accelerate_configs/cpu_ddp_2proc.yaml",
+        "-m",
+        "selfimprove",
+        "stage",
+        "generate",
+        str(run),
+        "--round",
+        "1",
+        "--force",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((run / "round_01" / "generate" / "meta.json").read_text())
@@ -107,11 +136,77 @@ def test_lora_rounds_save_merged_full_checkpoints(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    run = _run(tmp_path, "lora", "", "--train.lora.enabled", "true", "--train.lora.r", 4, "--train.lora.target_modules",
-               "[q_proj, v_proj]")
+    run = _run(
+        tmp_path,
+        "lora",
+        "",
+        "--train.lora.enabled",
+        "true",
+        "--train.lora.r",
+        4,
+        "--train.lora.target_modules",
+        "[q_proj, v_proj]",
+    )
     folder = run / "round_01" / "train" / "model"
     assert not (run / "round_01" / "train" / "adapter").exists() and not (folder / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(folder)  # a plain folder: no peft needed to load it
     before = AutoModelForCausalLM.from_pretrained(run / "round_00" / "train" / "model")
     changed = {n for n, p in merged.state_dict().items() if not torch.equal(p, before.state_dict()[n])}
     assert changed and all(("q_proj" in n or "v_proj" in n) for n in changed)  # only the adapted weights moved
+
+
+STAGE_SCRIPT = """
+import os, sys
+from pathlib import Path
+import torch.distributed as dist
+from selfimprove.rundir import atomic_stage, is_done
+
+dist.init_process_group("gloo")
+failing, out = int(sys.argv[1]), Path(sys.argv[2])
+try:
+    with atomic_stage(out / "stage") as (folder, meta):
+        (folder / "part.txt").write_text("x")
+        if dist.get_rank() == failing:
+            raise ValueError("boom on purpose")
+except Exception as e:
+    print(f"rank {dist.get_rank()} stopped: {type(e).__name__}: {e}", flush=True)
+    sys.exit(3)
+print(f"rank {dist.get_rank()} finished", flush=True)
+"""
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_failing_rank_stops_every_rank_and_writes_nothing(tmp_path, failing):
+    """Without the agreement step the healthy rank waits in a barrier for ever (here: until the timeout)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a free port: torchrun's static rendezvous cannot take port 0
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    script = tmp_path / "stage.py"
+    script.write_text(STAGE_SCRIPT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        port,
+        str(script),
+        str(failing),
+        str(tmp_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"rank {failing} stopped: ValueError: boom on purpose" in out
+    other = 1 - failing
+    assert (
+        f"rank {other} stopped: StageFailedElsewhere: stage stage: rank {failing} failed (ValueError: boom on purpose)"
+        in out
+    )
+    assert not (tmp_path / "stage").exists()  # nothing was committed

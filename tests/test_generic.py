@@ -31,16 +31,34 @@ def test_verifiers():
 
 
 def test_files_load_and_rounds_cycle_prompts(tmp_path):
-    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"question": f"{i}+1=", "gold": str(i + 1), "level": i % 3} for i in range(10)])
-    cfg = GenericConfig(prompts=prompts, prompt_field="question", answer_field="gold", difficulty_field="level",
-                        eval_id=_write_jsonl(tmp_path / "e.jsonl", [{"question": "9+1=", "gold": "10"}]), prompts_per_round=4)
+    prompts = _write_jsonl(
+        tmp_path / "p.jsonl", [{"question": f"{i}+1=", "gold": str(i + 1), "level": i % 3} for i in range(10)]
+    )
+    cfg = GenericConfig(
+        prompts=prompts,
+        prompt_field="question",
+        answer_field="gold",
+        difficulty_field="level",
+        eval_id=_write_jsonl(tmp_path / "e.jsonl", [{"question": "9+1=", "gold": "10"}]),
+        prompts_per_round=4,
+    )
     task = GenericTask(cfg, 0)
     ev = task.eval_sets()
-    assert ev == [{"prompt_id": "eval-id-0", "prompt": "9+1=", "source_prompt": "9+1=", "reference": "10", "difficulty": 0,
-                   "split": "id"}]
+    assert ev == [
+        {
+            "prompt_id": "eval-id-0",
+            "prompt": "9+1=",
+            "source_prompt": "9+1=",
+            "reference": "10",
+            "difficulty": 0,
+            "split": "id",
+        }
+    ]
     exclude = {"9+1="}
     r1, r2, r3 = (task.round_prompts(k, [], exclude) for k in (1, 2, 3))
-    assert len(r1) == len(r2) == 4 and not {p["prompt"] for p in r1} & {p["prompt"] for p in r2}  # no repeats before all 9 are used
+    assert len(r1) == len(r2) == 4 and not {p["prompt"] for p in r1} & {
+        p["prompt"] for p in r2
+    }  # no repeats before all 9 are used
     assert "9+1=" not in {p["prompt"] for p in r1 + r2 + r3}
     assert {p["difficulty"] for p in r1 + r2} <= {0, 1, 2}
 
@@ -53,15 +71,18 @@ def test_missing_column_is_named(tmp_path):
 
 def test_generic_cli_run_from_scratch(tmp_path):
     rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
-    seed = _write_jsonl(tmp_path / "seed.jsonl", [{"prompt": r["prompt"], "completion": r["answer"]} for r in rows[:60]])
+    seed = _write_jsonl(
+        tmp_path / "seed.jsonl", [{"prompt": r["prompt"], "completion": r["answer"]} for r in rows[:60]]
+    )
     prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in rows[60:90]])  # unlabelled
     ev = _write_jsonl(tmp_path / "eval.jsonl", rows[90:])
     recipe = tmp_path / "generic.yaml"
     recipe.write_text(f"""
-output_dir: {tmp_path / 'run'}
+output_dir: {tmp_path / "run"}
 rounds: 1
 model: {{bootstrap: {{hidden_size: 32, num_layers: 2, num_heads: 2}}}}
-task: {{name: generic, generic: {{prompts: {prompts}, seed_data: {seed}, eval_id: {ev}, verifier: numeric, max_new_tokens: 4}}}}
+task: {{name: generic, generic: {{prompts: {prompts}, seed_data: {seed}, eval_id: {ev}, verifier: numeric,
+       max_new_tokens: 4}}}}
 generate: {{num_samples: 3, batch_size: 32}}
 filter: {{min_scores: {{format: 1.0, majority: 0.6}}}}
 train: {{bootstrap_steps: 20, max_steps: 5, per_device_train_batch_size: 8}}
@@ -76,13 +97,24 @@ monitor: {{self_bleu_samples: 20, unit: word, embedding: {str(HAS_EMBEDDER).lowe
     assert "quality/pseudo_label_accuracy" not in lines[1]  # no references: nothing to measure against
     assert 0.0 <= lines[1]["diversity/generated/self_bleu"] <= 1.0 and "diversity/probe/self_bleu" in lines[1]
     if HAS_EMBEDDER:  # the [embed] extra (installed by .ci/run)
-        assert lines[1]["diversity/generated/embedding_vendi"] >= 1.0 and "diversity/probe/embedding_distance" in lines[0]
+        assert (
+            lines[1]["diversity/generated/embedding_vendi"] >= 1.0 and "diversity/probe/embedding_distance" in lines[0]
+        )
 
 
 def test_missing_embedder_stops_before_any_work(tmp_path):
     from conftest import TINY_RECIPE
 
-    out = run_cli("run", TINY_RECIPE, "--output_dir", tmp_path / "r", "--monitor.embedding", "true", "--monitor.embedder", tmp_path)
+    out = run_cli(
+        "run",
+        TINY_RECIPE,
+        "--output_dir",
+        tmp_path / "r",
+        "--monitor.embedding",
+        "true",
+        "--monitor.embedder",
+        tmp_path,
+    )
     assert out.returncode == 2 and "not a sentence-transformers folder" in out.stderr
     assert not (tmp_path / "r" / "base_model").exists()
 
@@ -93,11 +125,13 @@ def test_model_path_and_dataset_id_from_local_folders(tmp_path, tiny_policy):
 
     data_dir = tmp_path / "my_dataset"
     data_dir.mkdir()
-    Dataset.from_list([{"prompt": f"{a}+1=", "answer": str(a + 1)} for a in range(12)]).to_parquet(str(data_dir / "train.parquet"))
+    Dataset.from_list([{"prompt": f"{a}+1=", "answer": str(a + 1)} for a in range(12)]).to_parquet(
+        str(data_dir / "train.parquet")
+    )
     ev = _write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "5+5=", "answer": "10"}])
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"""
-output_dir: {tmp_path / 'run'}
+output_dir: {tmp_path / "run"}
 rounds: 1
 model: {{path: {tiny_policy}}}
 task: {{name: generic, generic: {{prompts: {data_dir}, eval_ood: {ev}, verifier: numeric, max_new_tokens: 3}}}}
@@ -119,24 +153,33 @@ def test_gsm8k_style_references_and_math_verifier(tmp_path):
     from selfimprove.config import load_recipe
     from selfimprove.tasks import build_task
 
-    rows = [{"question": "Tom has 3 apples and buys 1,231 more. How many?", "answer": "3 + 1231 = <<3+1231=1234>>1234\n#### 1,234"},
-            {"question": "What is 2 - 5?", "answer": "#### -3"}]
+    rows = [
+        {
+            "question": "Tom has 3 apples and buys 1,231 more. How many?",
+            "answer": "3 + 1231 = <<3+1231=1234>>1234\n#### 1,234",
+        },
+        {"question": "What is 2 - 5?", "answer": "#### -3"},
+    ]
     for name in ("train", "test"):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    recipe = load_recipe(str(REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml"), {
-        "task.generic.prompts": str(tmp_path / "train.jsonl"), "task.generic.eval_id": str(tmp_path / "test.jsonl")})
+    recipe = load_recipe(
+        str(REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml"),
+        {"task.generic.prompts": str(tmp_path / "train.jsonl"), "task.generic.eval_id": str(tmp_path / "test.jsonl")},
+    )
     task = build_task(recipe)
     prompts = task.round_prompts(1, [], set())
     assert [p["reference"] for p in prompts] == ["1234", "-3"]
-    assert prompts[0]["prompt"] == ("Tom has 3 apples and buys 1,231 more. How many?\n"
-                                    "Please reason step by step, and put your final answer within \\boxed{}.")
+    assert prompts[0]["prompt"] == (
+        "Tom has 3 apples and buys 1,231 more. How many?\n"
+        "Please reason step by step, and put your final answer within \\boxed{}."
+    )
     assert prompts[0]["source_prompt"] == rows[0]["question"]  # what decontamination compares
     verdicts = {  # hand-written completions an instruct model writes, and whether each is right for 1234
         "3 + 1231 = 1234, so Tom has \\boxed{1234} apples.": True,
         "He has 3 + 1,231 = 1,234 apples.\n\nThe final answer is \\boxed{1,234}.": True,
-        "The answer is 1234.": True,                          # plain text, no box
-        "Tom ends up with 1234 apples in total.": True,       # the last number in free text
-        "\\boxed{1234} apples. Next, 5 + 5 = 10.": True,      # trailing text after the boxed answer
+        "The answer is 1234.": True,  # plain text, no box
+        "Tom ends up with 1234 apples in total.": True,  # the last number in free text
+        "\\boxed{1234} apples. Next, 5 + 5 = 10.": True,  # trailing text after the boxed answer
         "3 + 1231 = 1235, so \\boxed{1235}.": False,
         "\\boxed{123}": False,
         "I do not know.": False,
@@ -166,9 +209,9 @@ def test_template_system_prompt_and_fewshot_one_rendering_everywhere(tmp_path, t
     shots = _write_jsonl(tmp_path / "shots.jsonl", [{"question": "What is 1 plus 1?", "completion": "\\boxed{2}"}])
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"""
-output_dir: {tmp_path / 'run'}
+output_dir: {tmp_path / "run"}
 rounds: 1
-model: {{path: {tiny_real('qwen2')}}}
+model: {{path: {tiny_real("qwen2")}}}
 task:
   name: generic
   generic:
@@ -201,9 +244,11 @@ monitor: {{probe_size: 4, probe_samples: 2, unit: word}}
     text = fmt.texts(tok, [gen[0]["prompt"]])[0]
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQ: What is 1 plus 1?")
     ids = tokenize_rows([{"prompt": gen[0]["prompt"], "completion": gen[0]["completion"]}], tok, fmt)["input_ids"][0]
-    assert ids[:len(fmt.encode(tok, [gen[0]["prompt"]])[0])] == tok(text, add_special_tokens=False)["input_ids"]
+    assert ids[: len(fmt.encode(tok, [gen[0]["prompt"]])[0])] == tok(text, add_special_tokens=False)["input_ids"]
     assert {r["prompt"] for r in ctx.eval_rows()} == {f"Q: {r['question']} Answer in a box." for r in rows[40:52]}
-    assert {r["prompt"] for r in load_rows(run / "round_01" / "evaluate" / "probe")} <= {r["prompt"] for r in ctx.eval_rows()}
+    assert {r["prompt"] for r in load_rows(run / "round_01" / "evaluate" / "probe")} <= {
+        r["prompt"] for r in ctx.eval_rows()
+    }
     result = compare(str(run / "round_00"), str(run / "round_01"))
     assert result["kl_per_token"]["a_to_b"] >= 0 and "eval/accuracy/id" in result["metrics"]
 

@@ -39,12 +39,29 @@ def test_round_folders_and_metrics(finished_run):
     metrics = _metrics(run)
     assert [m["round"] for m in metrics] == [0, 1, 2]
     for m in metrics:
-        for key in ("eval/accuracy/id", "eval/accuracy/ood", "eval/frontier", "eval/accuracy/d1", "eval/accuracy/d5",
-                    "time/train_s", "time/evaluate_s", "train/last_loss"):
+        for key in (
+            "eval/accuracy/id",
+            "eval/accuracy/ood",
+            "eval/frontier",
+            "eval/accuracy/d1",
+            "eval/accuracy/d5",
+            "time/train_s",
+            "time/evaluate_s",
+            "train/last_loss",
+        ):
             assert key in m, key
-    for key in ("quality/acceptance_rate", "quality/mean_score", "diversity/generated/distinct_4",
-                "diversity/generated/distinct_answers_per_prompt", "time/generate_s", "time/judge_s",
-                "diversity/generated/ngram_vendi", "diversity/generated/answer_entropy", "quality/pass@3", "quality/pass@1"):
+    for key in (
+        "quality/acceptance_rate",
+        "quality/mean_score",
+        "diversity/generated/distinct_4",
+        "diversity/generated/distinct_answers_per_prompt",
+        "time/generate_s",
+        "time/judge_s",
+        "diversity/generated/ngram_vendi",
+        "diversity/generated/answer_entropy",
+        "quality/pass@3",
+        "quality/pass@1",
+    ):
         assert key in metrics[1], key
     assert metrics[1]["task/max_difficulty"] == 4 and metrics[2]["task/max_difficulty"] == 5
     # generated data really reaches training: round 2 trains on seed + round 1 + round 2 rows, half from round 2
@@ -58,7 +75,18 @@ def test_lineage_and_checkpoints(finished_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gen = load_from_disk(str(finished_run / "round_01" / "filter" / "data"))
-    for col in ("round", "checkpoint", "prompt_id", "temperature", "top_p", "seed", "score", "score_majority", "kept", "filter_reason"):
+    for col in (
+        "round",
+        "checkpoint",
+        "prompt_id",
+        "temperature",
+        "top_p",
+        "seed",
+        "score",
+        "score_majority",
+        "kept",
+        "filter_reason",
+    ):
         assert col in gen.column_names, col
     assert set(gen["round"]) == {1} and set(gen["checkpoint"]) == {"round_00/train/model"}
     assert len(gen) == 40 * 3
@@ -103,10 +131,21 @@ def _artifacts(run: Path) -> dict:
 # Kill points: a stage folder (or metrics.jsonl) and a point in its writing, where the process SIGKILLs itself
 # (SELFIMPROVE_FAULT, selfimprove.integrity.fault_point). The default tier runs three; the slow tier all of them.
 KILLS = ["round_01/train:start", "round_01/judge:before_done", "round_02/select:before_rename"]
-MORE_KILLS = ["base_model:start", "eval_sets:before_done", "seed_data:before_rename", "round_00/train:before_rename",
-              "round_00/monitor:after_rename", "round_01/generate:start", "round_01/filter:before_rename",
-              "round_01/evaluate:before_done", "round_01/monitor:before_rename", "metrics.jsonl:before_rename",
-              "round_02/generate:after_rename", "round_02/train:before_done", "round_02/monitor:before_done"]
+MORE_KILLS = [
+    "base_model:start",
+    "eval_sets:before_done",
+    "seed_data:before_rename",
+    "round_00/train:before_rename",
+    "round_00/monitor:after_rename",
+    "round_01/generate:start",
+    "round_01/filter:before_rename",
+    "round_01/evaluate:before_done",
+    "round_01/monitor:before_rename",
+    "metrics.jsonl:before_rename",
+    "round_02/generate:after_rename",
+    "round_02/train:before_done",
+    "round_02/monitor:before_done",
+]
 
 
 def _killed_then_resumed(point: str, tmp_path: Path) -> Path:
@@ -114,8 +153,9 @@ def _killed_then_resumed(point: str, tmp_path: Path) -> Path:
 
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "selfimprove", "run", str(TINY_RECIPE), "--output_dir", str(run)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "SELFIMPROVE_FAULT": point})
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "SELFIMPROVE_FAULT": point}
+    )
     assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])  # it died exactly there
     out = run_cli("run", TINY_RECIPE, "--output_dir", run)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -150,9 +190,14 @@ def test_kill_inside_a_forced_redo_keeps_the_stage(finished_run, tmp_path):
 
     run = tmp_path / "copy"
     shutil.copytree(finished_run, run)
-    proc = subprocess.run([sys.executable, "-m", "selfimprove", "stage", "filter", str(run), "--round", "1", "--force"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "SELFIMPROVE_FAULT": "round_01/filter:between_renames"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "selfimprove", "stage", "filter", str(run), "--round", "1", "--force"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "SELFIMPROVE_FAULT": "round_01/filter:between_renames"},
+    )
     assert proc.returncode == -signal.SIGKILL and not (run / "round_01" / "filter").exists()
     out = run_cli("run", TINY_RECIPE, "--output_dir", run)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -160,20 +205,34 @@ def test_kill_inside_a_forced_redo_keeps_the_stage(finished_run, tmp_path):
 
 
 def test_train_stage_by_hand_with_accelerate_launch(finished_run, tmp_path):
-    """The process boundary: round 2's training launched alone reproduces the loop's checkpoint, and the loop resumes."""
+    """The process boundary: round 2's training launched alone reproduces the loop's checkpoint, and the loop
+    resumes."""
     import shutil
 
     run = tmp_path / "copy"
     shutil.copytree(finished_run, run)
     for stage in ("train", "evaluate", "monitor"):
         shutil.rmtree(run / "round_02" / stage)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / "single_process.yaml"),
-           "-m", "selfimprove.train", str(run), "--round", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate_configs" / "single_process.yaml"),
+        "-m",
+        "selfimprove.train",
+        str(run),
+        "--round",
+        "2",
+    ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     meta = json.loads((run / "round_02" / "train" / "meta.json").read_text())
     assert meta["world_size"] == 1 and meta["steps"] == 10
-    assert _artifacts(run)["round_02/train/model/model.safetensors"] == _artifacts(finished_run)["round_02/train/model/model.safetensors"]
+    assert (
+        _artifacts(run)["round_02/train/model/model.safetensors"]
+        == _artifacts(finished_run)["round_02/train/model/model.safetensors"]
+    )
     out = run_cli("run", TINY_RECIPE, "--output_dir", run)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _strip_times(_metrics(run)) == _strip_times(_metrics(finished_run))
@@ -190,7 +249,9 @@ def test_stage_command_redoes_one_stage_identically(finished_run, tmp_path):
     assert out.returncode == 0 and "already done" in out.stderr
     out = run_cli("stage", "evaluate", run, "--round", "1", "--force")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert load_rows(run / "round_01" / "evaluate" / "data") == load_rows(finished_run / "round_01" / "evaluate" / "data")
+    assert load_rows(run / "round_01" / "evaluate" / "data") == load_rows(
+        finished_run / "round_01" / "evaluate" / "data"
+    )
     out = run_cli("stage", "judge", tmp_path / "nowhere", "--round", "1")
     assert out.returncode == 2 and "not a run directory" in out.stderr
 
@@ -201,8 +262,20 @@ def test_every_stage_launched_as_a_one_process_accelerate_job(finished_run, tmp_
     in-process one."""
     run = tmp_path / "launched"
     single = REPO / "accelerate_configs" / "single_process.yaml"
-    out = run_cli("run", TINY_RECIPE, "--output_dir", run, "--rounds", 1, "--train.launcher", "accelerate",
-                  "--train.accelerate_config", single, "--generate.accelerate_config", single)
+    out = run_cli(
+        "run",
+        TINY_RECIPE,
+        "--output_dir",
+        run,
+        "--rounds",
+        1,
+        "--train.launcher",
+        "accelerate",
+        "--train.accelerate_config",
+        single,
+        "--generate.accelerate_config",
+        single,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     launched = [line for line in out.stderr.splitlines() if "launching:" in line]
     assert len(launched) == 6  # round 0: train, evaluate; round 1: generate, judge, train, evaluate

@@ -94,7 +94,9 @@ def test_ngram_vendi_dual_equals_gram_route():
     Ks = []
     for n in (1, 2, 3, 4):
         try:
-            X = normalize(CountVectorizer(analyzer="char", ngram_range=(n, n), lowercase=False).fit_transform(texts)).toarray()
+            X = normalize(
+                CountVectorizer(analyzer="char", ngram_range=(n, n), lowercase=False).fit_transform(texts)
+            ).toarray()
         except ValueError:
             continue
         Ks.append(X @ X.T)
@@ -106,9 +108,14 @@ def test_ngram_vendi_dual_equals_gram_route():
 def test_lexical_suite_is_the_single_metrics():
     texts = ["12+3", "1 2 3", "", "999"]
     suite = lexical_suite(texts, (1, 3), vocab_size=12)
-    assert suite == {"distinct_1": distinct_n(texts, 1), "ngram_entropy_1": pytest.approx(ngram_entropy(texts, 1)),
-                     "ead_1": ead(texts, 1, 12), "distinct_3": distinct_n(texts, 3),
-                     "ngram_entropy_3": pytest.approx(ngram_entropy(texts, 3)), "ead_3": ead(texts, 3, 12)}
+    assert suite == {
+        "distinct_1": distinct_n(texts, 1),
+        "ngram_entropy_1": pytest.approx(ngram_entropy(texts, 1)),
+        "ead_1": ead(texts, 1, 12),
+        "distinct_3": distinct_n(texts, 3),
+        "ngram_entropy_3": pytest.approx(ngram_entropy(texts, 3)),
+        "ead_3": ead(texts, 3, 12),
+    }
 
 
 def test_self_repetition_by_hand():
@@ -121,8 +128,8 @@ def test_self_repetition_by_hand():
 
 
 def test_homogenisation_by_hand():
-    # ROUGE-L F1 of "abcd" vs "abxd": LCS 3 ("abd"), P = R = 3/4; vs "wxyz": LCS 0 ("x" only in one of them? no: "abxd" and "wxyz" share "x")
-    # pairs: (abcd, abxd) = 3/4; (abcd, wxyz) = 0; (abxd, wxyz) = LCS 1 -> 1/4. mean over ordered pairs = (3/4 + 0 + 1/4) * 2 / 6
+    # ROUGE-L F1 over characters: (abcd, abxd): LCS "abd" = 3, P = R = 3/4; (abcd, wxyz): LCS 0; (abxd, wxyz):
+    # LCS "x" = 1 -> 1/4. Mean over ordered pairs = (3/4 + 0 + 1/4) * 2 / 6
     assert homogenisation(["abcd", "abxd", "wxyz"]) == pytest.approx((0.75 + 0.25) / 3)
     # operators are tokens (rouge-score's own tokenizer would drop them)
     assert homogenisation(["1+2", "1*2"]) == pytest.approx(2 / 3)
@@ -133,7 +140,9 @@ def test_homogenisation_by_hand():
 
 
 def test_coverage_by_hand():
-    assert coverage([1, 1, 2], [1, 2, 3, 3]) == pytest.approx({"coverage": 2 / 3, "balance": -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)) / math.log(3)})
+    assert coverage([1, 1, 2], [1, 2, 3, 3]) == pytest.approx(
+        {"coverage": 2 / 3, "balance": -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)) / math.log(3)}
+    )
     assert coverage([1, 2, 3], [1, 2, 3]) == pytest.approx({"coverage": 1.0, "balance": 1.0})
     assert coverage([], [1, 2]) == {"coverage": 0.0, "balance": 0.0}
     assert coverage([5], [5]) == {"coverage": 1.0, "balance": 1.0}
@@ -165,10 +174,20 @@ def test_spectral_ngram_vendi_tracks_the_exact_score():
 
 @pytest.mark.parametrize("texts", [[], ["x"], ["same"] * 5, ["", ""], ["", "abc"]])
 def test_edge_cases_are_defined(texts):
-    values = [distinct_n(texts, 2), ead(texts, 2, 12), ngram_entropy(texts, 2), compression_ratio(texts),
-              ngram_vendi(texts), vendi_from_kernel(np.eye(len(texts))), self_bleu(texts), self_repetition(texts),
-              homogenisation(texts), *coverage(texts, texts).values(), *lexical_suite(texts, vocab_size=12).values(),
-              *score_stats([float(len(t)) for t in texts], 1).values()]
+    values = [
+        distinct_n(texts, 2),
+        ead(texts, 2, 12),
+        ngram_entropy(texts, 2),
+        compression_ratio(texts),
+        ngram_vendi(texts),
+        vendi_from_kernel(np.eye(len(texts))),
+        self_bleu(texts),
+        self_repetition(texts),
+        homogenisation(texts),
+        *coverage(texts, texts).values(),
+        *lexical_suite(texts, vocab_size=12).values(),
+        *score_stats([float(len(t)) for t in texts], 1).values(),
+    ]
     assert all(isinstance(v, float) and math.isfinite(v) for v in values)
     if len(set(texts)) <= 1:
         assert ngram_vendi(texts) == pytest.approx(1.0)
@@ -201,7 +220,9 @@ def test_mean_cosine_distance_matches_all_pairs():
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     pairs = [1 - e[i] @ e[j] for i in range(7) for j in range(7) if i != j]
     assert mean_cosine_distance(e) == pytest.approx(np.mean(pairs))
-    assert mean_cosine_distance(e[:1]) == 0.0 and mean_cosine_distance(np.tile(e[:1], (4, 1))) == pytest.approx(0.0, abs=1e-12)
+    assert mean_cosine_distance(e[:1]) == 0.0 and mean_cosine_distance(np.tile(e[:1], (4, 1))) == pytest.approx(
+        0.0, abs=1e-12
+    )
 
 
 def test_missing_embedder_is_a_clear_error(tmp_path):
@@ -218,8 +239,12 @@ def test_offline_minilm_embedding_diversity():
 
     model = load_embedder()
     same = embedding_diversity(["the cat sat on the mat"] * 4, model)
-    varied = embedding_diversity(["the cat sat on the mat", "stock prices fell sharply", "a recipe for bread", "quantum spin"], model)
-    assert same["embedding_distance"] == pytest.approx(0.0, abs=1e-5) and same["embedding_vendi"] == pytest.approx(1.0, abs=1e-4)
+    varied = embedding_diversity(
+        ["the cat sat on the mat", "stock prices fell sharply", "a recipe for bread", "quantum spin"], model
+    )
+    assert same["embedding_distance"] == pytest.approx(0.0, abs=1e-5) and same["embedding_vendi"] == pytest.approx(
+        1.0, abs=1e-4
+    )
     assert varied["embedding_distance"] > 0.5 and 3.0 < varied["embedding_vendi"] <= 4.0
     assert embedding_diversity([], model) == {"embedding_distance": 0.0, "embedding_vendi": 1.0}
 
@@ -244,6 +269,16 @@ def test_ifd_matches_unbatched_losses_by_hand(tiny_policy):
         want = loss(tok(p)["input_ids"], ans) / loss([tok.bos_token_id], ans)
         assert got[i] == pytest.approx(want, rel=1e-4)
     rows = [{"num_tokens": 3, "difficulty": 2}, {"num_tokens": 5, "difficulty": 4}]
-    assert complexity_metrics(rows, np.array([0.5, 1.5])) == {"length_tokens": 4.0, "difficulty": 3.0, "ifd": 1.0, "ifd_above_1": 0.5}
-    assert complexity_metrics([], np.zeros(0)) == {"length_tokens": 0.0, "difficulty": 0.0, "ifd": 0.0, "ifd_above_1": 0.0}
+    assert complexity_metrics(rows, np.array([0.5, 1.5])) == {
+        "length_tokens": 4.0,
+        "difficulty": 3.0,
+        "ifd": 1.0,
+        "ifd_above_1": 0.5,
+    }
+    assert complexity_metrics([], np.zeros(0)) == {
+        "length_tokens": 0.0,
+        "difficulty": 0.0,
+        "ifd": 0.0,
+        "ifd_above_1": 0.0,
+    }
     assert len(ifd_scores(model, tok, [], [])) == 0

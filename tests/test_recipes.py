@@ -30,7 +30,8 @@ def _rows(run: Path, k: int, stage: str, part: str = "data") -> list[dict]:
 
 
 def _star(run, metrics):
-    """STaR: boxed-answer instruction in every prompt, math-verified samples kept and trained on under ZeRO-2 in bf16."""
+    """STaR: boxed-answer instruction in every prompt, math-verified samples kept and trained on under ZeRO-2 in
+    bf16."""
     prompts = {r["prompt"] for r in _rows(run, 1, "generate")}
     assert all(p.endswith("put your final answer within \\boxed{}.") for p in prompts)
     for k in (1, 2):
@@ -72,6 +73,7 @@ def _countdown(method):
     def check(run, metrics):
         assert _meta(run, 1, "select")["method"] == method
         assert metrics[1]["quality/selected"] > 0 and metrics[1]["quality/pseudo_label_accuracy"] == 1.0
+
     return check
 
 
@@ -87,24 +89,40 @@ def _rewrite_loop(run, metrics):
     assert all(r["attribute"] for r in _rows(run, 1, "select"))
 
 
-CHECKS = {"star_gsm8k_qwen2.5_0.5b": _star, "iterative_dpo_vllm_serve": _iterative_dpo, "tiny_cpu": _self_rewarding,
-          "addition_cpu": _addition, "addition_cpu_control": _addition, "quality_only_cpu": _countdown("score"),
-          "diverse_cpu": _countdown("qdit"), "rewrite_base": _rewrite, "rewrite_loop": _rewrite_loop}
+CHECKS = {
+    "star_gsm8k_qwen2.5_0.5b": _star,
+    "iterative_dpo_vllm_serve": _iterative_dpo,
+    "tiny_cpu": _self_rewarding,
+    "addition_cpu": _addition,
+    "addition_cpu_control": _addition,
+    "quality_only_cpu": _countdown("score"),
+    "diverse_cpu": _countdown("qdit"),
+    "rewrite_base": _rewrite,
+    "rewrite_loop": _rewrite_loop,
+}
 
 
 def _smoke_run(recipe: Path, run: Path, env: dict | None = None) -> list[dict]:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "selfimprove", "run", str(recipe), "--smoke", "--output_dir", str(run)],
-                          capture_output=True, text=True, cwd=REPO, timeout=1800, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "selfimprove", "run", str(recipe), "--smoke", "--output_dir", str(run)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=1800,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = _metrics(run)
     rounds = min(yaml.safe_load(recipe.read_text())["rounds"], 2)
     assert [m["round"] for m in metrics] == list(range(rounds + 1))
     for k in range(1, rounds + 1):
-        assert all((run / f"round_{k:02d}" / s / "DONE").exists() for s in ("generate", "judge", "filter", "select",
-                                                                            "train", "evaluate", "monitor"))
+        assert all(
+            (run / f"round_{k:02d}" / s / "DONE").exists()
+            for s in ("generate", "judge", "filter", "select", "train", "evaluate", "monitor")
+        )
     saved = (run / "recipe.yaml").read_text()
     assert saved.startswith("# --smoke substitutions:\n") and "(shrunk)" in saved
     return metrics
@@ -151,18 +169,41 @@ def test_smoke_leaves_everything_else_as_shipped():
 
     from selfimprove.smoke import CAPS, smoke_recipe
 
-    others = {"output_dir", "model.path", "judge.llm.model", "judge.reward_model.path", "task.generic.prompts",
-              "task.generic.eval_id", "task.generic.eval_ood", "task.generic.seed_data", "task.generic.fewshot",
-              "train.global_batch_size", "generate.backend", "judge.llm.backend", "train.accelerate_config",
-              "generate.accelerate_config"}
+    others = {
+        "output_dir",
+        "model.path",
+        "judge.llm.model",
+        "judge.reward_model.path",
+        "task.generic.prompts",
+        "task.generic.eval_id",
+        "task.generic.eval_ood",
+        "task.generic.seed_data",
+        "task.generic.fewshot",
+        "train.global_batch_size",
+        "generate.backend",
+        "judge.llm.backend",
+        "train.accelerate_config",
+        "generate.accelerate_config",
+    }
     for recipe in RECIPES:
         shipped = yaml.safe_load(recipe.read_text())
         smoked, notes = smoke_recipe(shipped)
         assert {n.split(":")[0] for n in notes} <= set(CAPS) | others, recipe
-        for section, key in (("train", "trainer_args"), ("train", "lora"), ("train", "method"), ("train", "init"),
-                             ("train", "history"), ("train", "seed_data"), ("train", "learning_rate"),
-                             ("generate", "chat_template"), ("generate", "temperature"), ("generate", "num_samples"),
-                             ("task", "name"), ("judge", "judges"), ("model", "dtype")):
+        for section, key in (
+            ("train", "trainer_args"),
+            ("train", "lora"),
+            ("train", "method"),
+            ("train", "init"),
+            ("train", "history"),
+            ("train", "seed_data"),
+            ("train", "learning_rate"),
+            ("generate", "chat_template"),
+            ("generate", "temperature"),
+            ("generate", "num_samples"),
+            ("task", "name"),
+            ("judge", "judges"),
+            ("model", "dtype"),
+        ):
             assert smoked.get(section, {}).get(key) == shipped.get(section, {}).get(key), (recipe, section, key)
         assert smoked.get("filter") == shipped.get("filter"), recipe
         for key in ("beta", "loss_type", "reference"):

@@ -13,8 +13,18 @@ from conftest import TINY_RECIPE, run_cli
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("rep") / "run"
-    proc = run_cli("run", TINY_RECIPE, "--output_dir", run, "--train.bootstrap_steps", 150,
-                   "--monitor.report_to", "[tensorboard]", "--monitor.alarms", "[{metric: train/steps, drop: 0.5, vs: previous}]")
+    proc = run_cli(
+        "run",
+        TINY_RECIPE,
+        "--output_dir",
+        run,
+        "--train.bootstrap_steps",
+        150,
+        "--monitor.report_to",
+        "[tensorboard]",
+        "--monitor.alarms",
+        "[{metric: train/steps, drop: 0.5, vs: previous}]",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run
 
@@ -39,12 +49,21 @@ def test_compare_json_recomputed_independently(tiny_run, tmp_path):
     rows = ctx.eval_rows()
     for side, ckpt in (("a", a), ("b", b)):
         model, tok = load_policy(ckpt), load_tokenizer(ckpt)
-        right = [ctx.task.is_correct(hf_generate(model, tok, [r["prompt"]], Sampling(max_new_tokens=ctx.task.max_new_tokens(rows)), 0, 1)[0][0]["completion"],
-                                     r["reference"]) for r in rows]
+        right = [
+            ctx.task.is_correct(
+                hf_generate(model, tok, [r["prompt"]], Sampling(max_new_tokens=ctx.task.max_new_tokens(rows)), 0, 1)[0][
+                    0
+                ]["completion"],
+                r["reference"],
+            )
+            for r in rows
+        ]
         acc = np.mean([c for c, r in zip(right, rows) if r["split"] == "id"])
         assert res["metrics"]["eval/accuracy/id"][side] == pytest.approx(acc)
     # B's eval equals what the run's own evaluate stage measured for round 2
-    assert res["metrics"]["eval/accuracy/id"]["b"] == pytest.approx(json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[2])["eval/accuracy/id"])
+    assert res["metrics"]["eval/accuracy/id"]["b"] == pytest.approx(
+        json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[2])["eval/accuracy/id"]
+    )
     # probe: distinct answers per prompt and win-rate from the samples and scores in the JSON
     for side in ("a", "b"):
         by_prompt = {}
@@ -56,8 +75,14 @@ def test_compare_json_recomputed_independently(tiny_run, tmp_path):
     for side in ("a", "b"):
         for s in res["probe"][side]:
             mean[side].setdefault(s["prompt_id"], []).append(s["score"])
-    wins = [1.0 if np.mean(mean["b"][p]) > np.mean(mean["a"][p]) else 0.5 if np.mean(mean["b"][p]) == np.mean(mean["a"][p]) else 0.0
-            for p in mean["a"]]
+    wins = [
+        1.0
+        if np.mean(mean["b"][p]) > np.mean(mean["a"][p])
+        else 0.5
+        if np.mean(mean["b"][p]) == np.mean(mean["a"][p])
+        else 0.0
+        for p in mean["a"]
+    ]
     assert res["win_rate_b_vs_a"] == pytest.approx(np.mean(wins))
     # per-token KL(A || B) along A's probe samples, one unpadded sequence at a time
     pa, pb, tok = load_policy(a).eval(), load_policy(b).eval(), load_tokenizer(a)
@@ -88,8 +113,20 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
         assert (tmp_path / "report" / png).stat().st_size > 1000, png
     text = page.read_text()
     assert not any(f'{attr}="http' in text for attr in ("src", "href"))  # self-contained: nothing to fetch
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert 'data-images-loaded="6"' in dom and 'data-images-total="6"' in dom  # every plot decoded in the browser
     assert "recipe.yaml" in dom and "Data funnel" in dom and "selected" in dom
 

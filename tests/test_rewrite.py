@@ -22,7 +22,9 @@ def test_rules_by_hand():
 
 
 def test_every_label_is_the_rules_applied_and_held_out_rules_stay_out():
-    t = _task(seed_size=500, step_mix=[1, 1, 1], train_rules=16, ood_rules=16, prompts_per_round=200, eval_size_per_level=30)
+    t = _task(
+        seed_size=500, step_mix=[1, 1, 1], train_rules=16, ood_rules=16, prompts_per_round=200, eval_size_per_level=30
+    )
     assert not set(t.train) & set(t.ood) and len(set(t.train)) == 16
     seed = t.seed_data()
     assert all(r["completion"] == apply_rules(*parse_prompt(r["prompt"])) for r in seed)
@@ -47,8 +49,11 @@ def test_knobs_nest_and_noise_is_counted():
     wrong = [r for r in noisy if r["completion"] != apply_rules(*parse_prompt(r["prompt"]))]
     assert wrong == [r for r in noisy if r["label_noisy"]]
     assert 0.25 < len(wrong) / len(noisy) < 0.35
-    assert all(len(r["completion"]) == len(apply_rules(*parse_prompt(r["prompt"]))) or
-               apply_rules(*parse_prompt(r["prompt"])) == "" for r in wrong)  # one character changed
+    assert all(
+        len(r["completion"]) == len(apply_rules(*parse_prompt(r["prompt"])))
+        or apply_rules(*parse_prompt(r["prompt"])) == ""
+        for r in wrong
+    )  # one character changed
     clean = _task(seed_size=2000).seed_data()
     assert [r["prompt"] for r in clean] == [r["prompt"] for r in noisy]  # noise changes labels, not problems
 

@@ -22,14 +22,17 @@ def _jsonl(path: Path, rows) -> str:
 def _generic(tmp: Path, prompts=None, seed=None, evals=None, **task) -> list[str]:
     """CLI arguments running a from-scratch generic recipe on local files (each replaceable by a broken one)."""
     prompts = prompts or _jsonl(tmp / "prompts.jsonl", [{"prompt": r["prompt"]} for r in GOOD_ROWS[60:90]])
-    seed = seed or _jsonl(tmp / "seed.jsonl", [{"prompt": r["prompt"], "completion": r["answer"]} for r in GOOD_ROWS[:60]])
+    seed = seed or _jsonl(
+        tmp / "seed.jsonl", [{"prompt": r["prompt"], "completion": r["answer"]} for r in GOOD_ROWS[:60]]
+    )
     evals = evals or _jsonl(tmp / "eval.jsonl", GOOD_ROWS[90:])
     recipe = tmp / "generic.yaml"
     recipe.write_text(f"""
-output_dir: {tmp / 'run'}
+output_dir: {tmp / "run"}
 rounds: 1
 model: {{bootstrap: {{hidden_size: 32, num_layers: 2, num_heads: 2}}}}
-task: {{name: generic, generic: {{prompts: {prompts}, seed_data: {seed}, eval_id: {evals}, verifier: numeric, max_new_tokens: 4}}}}
+task: {{name: generic, generic: {{prompts: {prompts}, seed_data: {seed}, eval_id: {evals}, verifier: numeric,
+       max_new_tokens: 4}}}}
 generate: {{num_samples: 3, batch_size: 32}}
 filter: {{min_scores: {{format: 1.0, majority: 0.6}}}}
 train: {{bootstrap_steps: 5, max_steps: 2, per_device_train_batch_size: 8}}
@@ -55,43 +58,110 @@ BAD = [
     ("logging_steps", lambda t: _tiny("--train.logging_steps", 0), "train.logging_steps=0 must be >= 1"),
     ("seed", lambda t: _tiny("--seed", -1), "seed=-1 must be >= 0"),
     ("learning_rate", lambda t: _tiny("--train.learning_rate", -1), "train.learning_rate=-1.0 must be > 0"),
-    ("global_batch", lambda t: _tiny("--train.launcher", "accelerate", "--train.accelerate_config",
-                                     REPO / "accelerate_configs" / "cpu_ddp_2proc.yaml", "--train.per_device_train_batch_size", 8,
-                                     "--train.global_batch_size", 24), "global_batch_size=24 is not a multiple"),
-    ("trainer_args", lambda t: _tiny("--train.trainer_args", "{bogus_arg: 1}"), "train.trainer_args.bogus_arg: not a field"),
-    ("min_scores_text", lambda t: _tiny("--filter.min_scores", "{majority: high}"), "filter.min_scores.majority='high' must be a number"),
-    ("weights_zero", lambda t: _tiny("--judge.weights", "{format: 0, majority: 0}", "--judge.judges", "[format, majority]"),
-     "weights sum to 0"),
+    (
+        "global_batch",
+        lambda t: _tiny(
+            "--train.launcher",
+            "accelerate",
+            "--train.accelerate_config",
+            REPO / "accelerate_configs" / "cpu_ddp_2proc.yaml",
+            "--train.per_device_train_batch_size",
+            8,
+            "--train.global_batch_size",
+            24,
+        ),
+        "global_batch_size=24 is not a multiple",
+    ),
+    (
+        "trainer_args",
+        lambda t: _tiny("--train.trainer_args", "{bogus_arg: 1}"),
+        "train.trainer_args.bogus_arg: not a field",
+    ),
+    (
+        "min_scores_text",
+        lambda t: _tiny("--filter.min_scores", "{majority: high}"),
+        "filter.min_scores.majority='high' must be a number",
+    ),
+    (
+        "weights_zero",
+        lambda t: _tiny("--judge.weights", "{format: 0, majority: 0}", "--judge.judges", "[format, majority]"),
+        "weights sum to 0",
+    ),
     ("weights_negative", lambda t: _tiny("--judge.weights", "{majority: -1}"), "a judge's weight must be >= 0"),
-    ("vote_threshold", lambda t: _tiny("--judge.vote_thresholds", "{majority: x}"), "vote_thresholds.majority='x' must be a number"),
+    (
+        "vote_threshold",
+        lambda t: _tiny("--judge.vote_thresholds", "{majority: x}"),
+        "vote_thresholds.majority='x' must be a number",
+    ),
     ("num_heads", lambda t: _tiny("--model.bootstrap.num_heads", 0), "model.bootstrap.num_heads=0 must be >= 1"),
     ("model_path_missing", lambda t: _tiny("--model.path", t / "no-model"), "does not exist"),
-    ("model_path_not_model", lambda t: _tiny("--model.path", _text(t, "x.txt", "hi").parent), "a folder without config.json"),
-    ("prompts_malformed", lambda t: _generic(t, prompts=str(_text(t, "p.jsonl", '{"prompt": "1+1="\n{oops'))),
-     "p.jsonl cannot be read as .jsonl"),
-    ("prompts_not_utf8", lambda t: _generic(t, prompts=str(_text(t, "p.jsonl", b'{"prompt": "\xff\xfe"}\n'))),
-     "p.jsonl is not UTF-8"),
+    (
+        "model_path_not_model",
+        lambda t: _tiny("--model.path", _text(t, "x.txt", "hi").parent),
+        "a folder without config.json",
+    ),
+    (
+        "prompts_malformed",
+        lambda t: _generic(t, prompts=str(_text(t, "p.jsonl", '{"prompt": "1+1="\n{oops'))),
+        "p.jsonl cannot be read as .jsonl",
+    ),
+    (
+        "prompts_not_utf8",
+        lambda t: _generic(t, prompts=str(_text(t, "p.jsonl", b'{"prompt": "\xff\xfe"}\n'))),
+        "p.jsonl is not UTF-8",
+    ),
     ("prompts_empty", lambda t: _generic(t, prompts=str(_text(t, "p.jsonl", ""))), "p.jsonl"),
-    ("prompts_no_column", lambda t: _generic(t, prompts=_jsonl(t / "p.jsonl", [{"text": "1+1="}])),
-     "rows have no column 'prompt'"),
-    ("prompts_null", lambda t: _generic(t, prompts=_jsonl(t / "p.jsonl", [{"prompt": "1+1="}, {"prompt": None}])),
-     "p.jsonl row 1: column 'prompt' is null"),
-    ("prompts_blank", lambda t: _generic(t, prompts=_jsonl(t / "p.jsonl", [{"prompt": "  "}])),
-     "p.jsonl row 0: column 'prompt' is empty"),
-    ("csv_empty_cell", lambda t: _generic(t, prompts=str(_text(t, "p.csv", "prompt,answer\n1+1=,2\n,3\n"))),
-     "p.csv row 1: column 'prompt' is null"),
-    ("csv_ragged", lambda t: _generic(t, prompts=str(_text(t, "p.csv", "prompt\n1+1=\n1,2\n"))),
-     "p.csv cannot be read as .csv (Error tokenizing data"),
-    ("seed_no_completion", lambda t: _generic(t, seed=_jsonl(t / "s.jsonl", [{"prompt": "1+1="}])),
-     "rows have no column 'completion'"),
-    ("seed_null_completion", lambda t: _generic(t, seed=_jsonl(t / "s.jsonl", [{"prompt": "1+1=", "completion": None}])),
-     "s.jsonl row 0: column 'completion' is null"),
-    ("eval_no_answers", lambda t: _generic(t, evals=_jsonl(t / "e.jsonl", [{"prompt": "1+1="}])), "rows have no column 'answer'"),
+    (
+        "prompts_no_column",
+        lambda t: _generic(t, prompts=_jsonl(t / "p.jsonl", [{"text": "1+1="}])),
+        "rows have no column 'prompt'",
+    ),
+    (
+        "prompts_null",
+        lambda t: _generic(t, prompts=_jsonl(t / "p.jsonl", [{"prompt": "1+1="}, {"prompt": None}])),
+        "p.jsonl row 1: column 'prompt' is null",
+    ),
+    (
+        "prompts_blank",
+        lambda t: _generic(t, prompts=_jsonl(t / "p.jsonl", [{"prompt": "  "}])),
+        "p.jsonl row 0: column 'prompt' is empty",
+    ),
+    (
+        "csv_empty_cell",
+        lambda t: _generic(t, prompts=str(_text(t, "p.csv", "prompt,answer\n1+1=,2\n,3\n"))),
+        "p.csv row 1: column 'prompt' is null",
+    ),
+    (
+        "csv_ragged",
+        lambda t: _generic(t, prompts=str(_text(t, "p.csv", "prompt\n1+1=\n1,2\n"))),
+        "p.csv cannot be read as .csv (Error tokenizing data",
+    ),
+    (
+        "seed_no_completion",
+        lambda t: _generic(t, seed=_jsonl(t / "s.jsonl", [{"prompt": "1+1="}])),
+        "rows have no column 'completion'",
+    ),
+    (
+        "seed_null_completion",
+        lambda t: _generic(t, seed=_jsonl(t / "s.jsonl", [{"prompt": "1+1=", "completion": None}])),
+        "s.jsonl row 0: column 'completion' is null",
+    ),
+    (
+        "eval_no_answers",
+        lambda t: _generic(t, evals=_jsonl(t / "e.jsonl", [{"prompt": "1+1="}])),
+        "rows have no column 'answer'",
+    ),
     ("eval_missing", lambda t: _generic(t, evals=str(t / "nope.jsonl")), "nope.jsonl does not exist"),
-    ("prompt_too_long", lambda t: _generic(t, prompts=_jsonl(t / "p.jsonl", [{"prompt": "1+" * 5000 + "1="}])),
-     "> the model's 256 positions"),
-    ("unknown_chars", lambda t: _generic(t, prompts=_jsonl(t / "p.jsonl", [{"prompt": "1+1=€"}])),
-     "characters the model's tokenizer cannot encode: '€'"),
+    (
+        "prompt_too_long",
+        lambda t: _generic(t, prompts=_jsonl(t / "p.jsonl", [{"prompt": "1+" * 5000 + "1="}])),
+        "> the model's 256 positions",
+    ),
+    (
+        "unknown_chars",
+        lambda t: _generic(t, prompts=_jsonl(t / "p.jsonl", [{"prompt": "1+1=€"}])),
+        "characters the model's tokenizer cannot encode: '€'",
+    ),
     ("template_missing_column", lambda t: _generic(t, prompt_template="'{{ question }}'"), "'question' is undefined"),
     ("fewshot_missing", lambda t: _generic(t, fewshot=t / "shots.jsonl"), "shots.jsonl does not exist"),
     ("probe_size", lambda t: _tiny("--monitor.probe_size", -5), "monitor.probe_size=-5 must be >= 0"),
@@ -104,21 +174,49 @@ BAD = [
     ("override_not_yaml", lambda t: _tiny("--rounds", "[1,"), "--rounds [1,: not valid YAML"),
     ("output_dir_empty", lambda t: _tiny("--output_dir", ""), "output_dir is empty"),
     ("unknown_key", lambda t: [str(_text(t, "r.yaml", "trian: {}\n"))], "trian: unknown key. Did you mean 'train'?"),
-    ("sft_args", lambda t: [str(_text(t, "r.yaml", "train: {sft_args: {bf16: true}}\n"))],
-     "train.sft_args was renamed train.trainer_args"),
+    (
+        "sft_args",
+        lambda t: [str(_text(t, "r.yaml", "train: {sft_args: {bf16: true}}\n"))],
+        "train.sft_args was renamed train.trainer_args",
+    ),
     ("rounds_type", lambda t: _tiny("--rounds", "three"), "rounds: expected int"),
     ("dpo_beta", lambda t: _tiny("--train.dpo.beta", 0), "train.dpo.beta=0.0 must be > 0"),
     ("lora_dropout", lambda t: _tiny("--train.lora.dropout", 1.0), "train.lora.dropout=1.0 must be >= 0 and < 1"),
     ("gpu_memory", lambda t: _tiny("--generate.vllm.gpu_memory_utilization", 1.5), "must be > 0 and <= 1"),
-    ("openai_concurrency", lambda t: _tiny("--generate.openai.concurrency", 0), "generate.openai.concurrency=0 must be >= 1"),
-    ("accelerate_missing", lambda t: _tiny("--train.launcher", "accelerate", "--train.accelerate_config", t / "no.yaml"),
-     "no.yaml' does not exist"),
-    ("accelerate_malformed", lambda t: _tiny("--train.launcher", "accelerate", "--train.accelerate_config",
-                                             _text(t, "a.yaml", "distributed_type: 3\n")), "is not a valid accelerate config"),
-    ("judge_template_missing", lambda t: _tiny("--judge.judges", "[llm, format]", "--filter.min_scores", "{}",
-                                               "--judge.llm.template", t / "t.txt"), "t.txt' does not exist"),
-    ("extra_metrics", lambda t: _tiny("--monitor.extra_metrics", "[no_such_module:fn]"), "module 'no_such_module' does not import"),
-    ("embedder", lambda t: _tiny("--monitor.embedding", "true", "--monitor.embedder", t), "not a sentence-transformers folder"),
+    (
+        "openai_concurrency",
+        lambda t: _tiny("--generate.openai.concurrency", 0),
+        "generate.openai.concurrency=0 must be >= 1",
+    ),
+    (
+        "accelerate_missing",
+        lambda t: _tiny("--train.launcher", "accelerate", "--train.accelerate_config", t / "no.yaml"),
+        "no.yaml' does not exist",
+    ),
+    (
+        "accelerate_malformed",
+        lambda t: _tiny(
+            "--train.launcher", "accelerate", "--train.accelerate_config", _text(t, "a.yaml", "distributed_type: 3\n")
+        ),
+        "is not a valid accelerate config",
+    ),
+    (
+        "judge_template_missing",
+        lambda t: _tiny(
+            "--judge.judges", "[llm, format]", "--filter.min_scores", "{}", "--judge.llm.template", t / "t.txt"
+        ),
+        "t.txt' does not exist",
+    ),
+    (
+        "extra_metrics",
+        lambda t: _tiny("--monitor.extra_metrics", "[no_such_module:fn]"),
+        "module 'no_such_module' does not import",
+    ),
+    (
+        "embedder",
+        lambda t: _tiny("--monitor.embedding", "true", "--monitor.embedder", t),
+        "not a sentence-transformers folder",
+    ),
     ("report_to", lambda t: _tiny("--monitor.report_to", "[mlflow]"), "'mlflow' is not a tracker"),
     ("eval_size", lambda t: _tiny("--task.addition.eval_size_per_digit", 0), "eval_size_per_digit=0 must be >= 1"),
     ("max_steps", lambda t: _tiny("--train.max_steps", -1), "train.max_steps=-1 must be >= 0"),
@@ -185,8 +283,11 @@ def test_one_writer_at_a_time(finished, tmp_path, capsys):
 
     run = _copy(finished, tmp_path)
     with run_lock(run, "run"):
-        for argv in (["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "1"],
-                     ["stage", "evaluate", str(run), "--round", "1"], ["monitor", str(run)]):
+        for argv in (
+            ["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "1"],
+            ["stage", "evaluate", str(run), "--round", "1"],
+            ["monitor", str(run)],
+        ):
             assert main(argv) == 2
             err = capsys.readouterr().err
             assert f"is in use by pid {os.getpid()} (selfimprove run)" in err, err
@@ -242,16 +343,46 @@ def test_forced_redo_that_fails_keeps_the_finished_stage(finished, tmp_path, mon
     monkeypatch.setitem(loop.STAGES, "filter", broken)
     with pytest.raises(RuntimeError):
         loop.run_stage(open_run(run), 1, "filter", force=True)
-    assert load_rows(run / "round_01" / "filter" / "data") == before and not (run / "round_01" / "filter" / "half").exists()
+    assert (
+        load_rows(run / "round_01" / "filter" / "data") == before
+        and not (run / "round_01" / "filter" / "half").exists()
+    )
     assert main(["verify", str(run)]) == 0
 
 
 def test_recipe_history_and_the_recipe_of_every_round(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
-    assert main(["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "2", "--filter.min_scores",
-                 "{majority: 0.5}"]) == 2
-    assert main(["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "2", "--filter.min_scores",
-                 "{majority: 0.5}", "--allow-recipe-change"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(TINY_RECIPE),
+                "--output_dir",
+                str(run),
+                "--rounds",
+                "2",
+                "--filter.min_scores",
+                "{majority: 0.5}",
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "run",
+                str(TINY_RECIPE),
+                "--output_dir",
+                str(run),
+                "--rounds",
+                "2",
+                "--filter.min_scores",
+                "{majority: 0.5}",
+                "--allow-recipe-change",
+            ]
+        )
+        == 0
+    )
     history = json.loads((run / "recipes" / "history.json").read_text())
     assert [h["from_round"] for h in history] == [0, 2]
     assert history[1]["changes"] == ["filter.min_scores.majority: 0.3 -> 0.5"]
@@ -263,11 +394,26 @@ def test_recipe_history_and_the_recipe_of_every_round(finished, tmp_path, capsys
     from selfimprove.report import write_report
 
     page = write_report([str(run)], str(tmp_path / "report")).read_text()
-    assert "Recipe history" in page and history[0]["hash"] in page and "filter.min_scores.majority: 0.3 -&gt; 0.5" in page
+    assert (
+        "Recipe history" in page and history[0]["hash"] in page and "filter.min_scores.majority: 0.3 -&gt; 0.5" in page
+    )
     result = compare(str(run / "round_01"), str(run / "round_02"))
     assert (result["a"]["recipe"], result["b"]["recipe"]) == (history[0]["hash"], history[1]["hash"])
-    assert main(["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "1", "--filter.min_scores",
-                 "{majority: 0.5}"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(TINY_RECIPE),
+                "--output_dir",
+                str(run),
+                "--rounds",
+                "1",
+                "--filter.min_scores",
+                "{majority: 0.5}",
+            ]
+        )
+        == 2
+    )
     assert "has already finished round 2" in capsys.readouterr().err
 
 
@@ -279,8 +425,21 @@ def test_a_run_directory_from_elsewhere_runs_no_code(tmp_path, capsys):
     sys.path.insert(0, str(tmp_path))
     try:
         run = tmp_path / "run"
-        assert main(["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "1", "--monitor.extra_metrics",
-                     "[evil_metrics:score]"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    str(TINY_RECIPE),
+                    "--output_dir",
+                    str(run),
+                    "--rounds",
+                    "1",
+                    "--monitor.extra_metrics",
+                    "[evil_metrics:score]",
+                ]
+            )
+            == 0
+        )
         assert main(["monitor", str(run)]) == 2
         assert "monitor.extra_metrics: 'evil_metrics:score' (a Python module)" in capsys.readouterr().err
         assert main(["monitor", str(run), "--trust-recipe"]) == 0
@@ -335,7 +494,12 @@ def test_tensorboard_holds_each_round_once_across_monitor_reruns(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    assert main(["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "1", "--monitor.report_to", "[tensorboard]"]) == 0
+    assert (
+        main(
+            ["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "1", "--monitor.report_to", "[tensorboard]"]
+        )
+        == 0
+    )
     assert main(["monitor", str(run)]) == 0 and main(["monitor", str(run)]) == 0
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()

@@ -10,8 +10,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "selfimprove"
 
 
 def test_streams_are_independent_across_seeds_rounds_and_streams():
-    draws = {(s, name, k): tuple(seeding.rng(s, name, k).integers(0, 2**62, 4)) for s in range(3)
-             for name in seeding.STREAMS for k in range(4)}
+    draws = {
+        (s, name, k): tuple(seeding.rng(s, name, k).integers(0, 2**62, 4))
+        for s in range(3)
+        for name in seeding.STREAMS
+        for k in range(4)
+    }
     assert len(set(draws.values())) == len(draws)  # no two (seed, stream, round) share a stream
     # the old `seed * 1000 + k` / `seed + k` collision: seed 0 round 2 vs seed 1 round 1
     assert seeding.int_seed(0, "generate", 2) != seeding.int_seed(1, "generate", 1)
@@ -53,6 +57,10 @@ def test_no_random_draw_outside_the_seeding_module():
                 arg = ast.unparse(node.args[0]) if node.args else ""
                 if "seed" not in arg or any(op in arg for op in "+*%"):
                     offenders.append(f"{path.name}: {ast.unparse(node)}")
-            if name in {"seeding.rng", "seeding.int_seed"} and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+            if (
+                name in {"seeding.rng", "seeding.int_seed"}
+                and len(node.args) > 1
+                and isinstance(node.args[1], ast.Constant)
+            ):
                 assert ast.literal_eval(node.args[1]) in seeding.STREAMS, (path, ast.unparse(node))
     assert not offenders, offenders

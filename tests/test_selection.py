@@ -11,26 +11,52 @@ from selfimprove.selection.samplers import cluster_rebalance, deita, qdit, quota
 
 
 def _row(pid, completion, score=1.0, idx=0, prompt=None, difficulty=1, tokens=None, finished=True, **kw):
-    return {"prompt_id": pid, "prompt": prompt or f"{pid}:", "completion": completion, "score": score, "sample_idx": idx,
-            "difficulty": difficulty, "num_tokens": len(completion) if tokens is None else tokens, "finished": finished,
-            "round": 1, "judge_unparsed": "", **kw}
+    return {
+        "prompt_id": pid,
+        "prompt": prompt or f"{pid}:",
+        "completion": completion,
+        "score": score,
+        "sample_idx": idx,
+        "difficulty": difficulty,
+        "num_tokens": len(completion) if tokens is None else tokens,
+        "finished": finished,
+        "round": 1,
+        "judge_unparsed": "",
+        **kw,
+    }
 
 
 def test_length_finish_and_decontamination_filters():
-    rows = [_row("a", "12"), _row("a", "123456", idx=1), _row("a", "1", idx=2), _row("a", "123", idx=3, finished=False),
-            _row("b", "9999", prompt="77+88=", idx=0)]
+    rows = [
+        _row("a", "12"),
+        _row("a", "123456", idx=1),
+        _row("a", "1", idx=2),
+        _row("a", "123", idx=3, finished=False),
+        _row("b", "9999", prompt="77+88=", idx=0),
+    ]
     protected = contamination_index(["77+88=", "1650"], 4, "char")  # an eval prompt and its answer
-    out = filter_rows(rows, FilterConfig(min_scores={}, min_tokens=2, max_tokens=5, drop_unfinished=True,
-                                         decontaminate_ngram=4), protected)
+    out = filter_rows(
+        rows,
+        FilterConfig(min_scores={}, min_tokens=2, max_tokens=5, drop_unfinished=True, decontaminate_ngram=4),
+        protected,
+    )
     assert [r["filter_reason"] for r in out] == ["kept", "tokens>5", "tokens<2", "unfinished", "contaminated"]
     # a completion that quotes an eval answer is contaminated too; 3-char overlap is below n = 4
-    out = filter_rows([_row("c", "x16505"), _row("c", "165", idx=1)], FilterConfig(min_scores={}, decontaminate_ngram=4), protected)
+    out = filter_rows(
+        [_row("c", "x16505"), _row("c", "165", idx=1)], FilterConfig(min_scores={}, decontaminate_ngram=4), protected
+    )
     assert [r["kept"] for r in out] == [False, True]
 
 
 def test_dpo_pairs_best_vs_worst_and_margin():
-    rows = [_row("p", "a", 0.9, 0, kept=True), _row("p", "b", 0.7, 1, kept=True), _row("p", "c", 0.2, 2, kept=False),
-            _row("p", "d", 0.9, 3, kept=True), _row("q", "e", 0.5, 0, kept=True), _row("q", "e", 0.1, 1, kept=False)]
+    rows = [
+        _row("p", "a", 0.9, 0, kept=True),
+        _row("p", "b", 0.7, 1, kept=True),
+        _row("p", "c", 0.2, 2, kept=False),
+        _row("p", "d", 0.9, 3, kept=True),
+        _row("q", "e", 0.5, 0, kept=True),
+        _row("q", "e", 0.1, 1, kept=False),
+    ]
     bw = build_pairs(rows, FilterConfig(pairs="best_vs_worst"))
     assert [(p["chosen"], p["rejected"]) for p in bw] == [("a", "c")]  # q: the only lower sample is the same text
     margin = build_pairs(rows, FilterConfig(pairs="margin", pair_margin=0.25, pairs_per_prompt=3))
@@ -41,10 +67,12 @@ def test_dpo_pairs_best_vs_worst_and_margin():
 
 def test_exact_and_minhash_dedup_within_round_and_against_history():
     prior = [_row("old", "the quick brown fox jumps over the lazy dog", prompt="p:")]
-    rows = [_row("n1", "the quick brown fox jumps over the lazy dog!", prompt="p:"),   # near-dup of history
-            _row("n2", "completely different words appear in this one", prompt="p:"),
-            _row("n3", "completely different words appear in this one", prompt="p:"),  # exact dup (same prompt + text)
-            _row("n4", "completely different words appear in this one.", prompt="p:")]  # near-dup within round
+    rows = [
+        _row("n1", "the quick brown fox jumps over the lazy dog!", prompt="p:"),  # near-dup of history
+        _row("n2", "completely different words appear in this one", prompt="p:"),
+        _row("n3", "completely different words appear in this one", prompt="p:"),  # exact dup (same prompt + text)
+        _row("n4", "completely different words appear in this one.", prompt="p:"),
+    ]  # near-dup within round
     cfg = SelectConfig(dedup="minhash", minhash_threshold=0.7, minhash_ngram=3, per_prompt_cap=0)
     out = select_rows(rows, cfg, prior, unit="word")
     assert [r["select_reason"] for r in out] == ["near_duplicate", "selected", "duplicate", "near_duplicate"]
@@ -98,10 +126,14 @@ def test_qdit_lambda_zero_is_quality_ranking_and_one_covers_clusters():
 @pytest.mark.parametrize("method", ["score", "cluster", "deita", "qdit"])
 def test_select_invariants_budget_and_no_duplicates(method):
     rng = np.random.default_rng(1)
-    rows = [_row(f"p{i % 15}", "".join(map(str, rng.integers(0, 10, 6))), float(rng.random()), idx=i, difficulty=i % 3)
-            for i in range(60)]
+    rows = [
+        _row(f"p{i % 15}", "".join(map(str, rng.integers(0, 10, 6))), float(rng.random()), idx=i, difficulty=i % 3)
+        for i in range(60)
+    ]
     rows += [dict(rows[0], sample_idx=99)]  # an exact duplicate
-    cfg = SelectConfig(method=method, budget=12, per_prompt_cap=3, cluster_by="difficulty" if method == "cluster" else "features")
+    cfg = SelectConfig(
+        method=method, budget=12, per_prompt_cap=3, cluster_by="difficulty" if method == "cluster" else "features"
+    )
     out = select_rows(rows, cfg, [])
     chosen = [r for r in out if r["selected"]]
     assert len(chosen) == 12
@@ -119,8 +151,10 @@ def test_oracle_relabel_uses_references_and_corrupts_the_asked_share():
     from selfimprove.tasks.addition import AdditionTask
 
     task = AdditionTask(AdditionConfig(seed_max_digits=3, eval_max_digits=6, pad_width=6), 0)
-    rows = [{"prompt_id": f"p{i}", "completion": "0000000", "reference": f"{i:07d}"[::-1], "selected": i % 4 != 0}
-            for i in range(400)]
+    rows = [
+        {"prompt_id": f"p{i}", "completion": "0000000", "reference": f"{i:07d}"[::-1], "selected": i % 4 != 0}
+        for i in range(400)
+    ]
     clean = oracle_relabel(rows, task, 0.0, seeding.rng(0, "oracle_labels", 1))
     assert all(r["completion"] == r["reference"] for r in clean if r["selected"])
     assert all(r["completion"] == "0000000" for r in clean if not r["selected"])  # only what was chosen is relabelled
@@ -128,8 +162,9 @@ def test_oracle_relabel_uses_references_and_corrupts_the_asked_share():
     noisy = oracle_relabel(rows, task, 0.25, seeding.rng(0, "oracle_labels", 1))
     wrong = [r for r in noisy if r["selected"] and r["completion"] != r["reference"]]
     assert 45 <= len(wrong) <= 105  # 300 selected x 0.25 = 75 expected (binomial sd 7.5)
-    assert all(len(r["completion"]) == 7 and sum(a != b for a, b in zip(r["completion"], r["reference"])) == 1
-               for r in wrong)
+    assert all(
+        len(r["completion"]) == 7 and sum(a != b for a, b in zip(r["completion"], r["reference"])) == 1 for r in wrong
+    )
     assert noisy == oracle_relabel(rows, task, 0.25, seeding.rng(0, "oracle_labels", 1))
 
 

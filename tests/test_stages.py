@@ -21,8 +21,19 @@ TASK = AdditionTask(AdditionConfig(), 0)
 
 
 def _samples(prompt_id, prompt, completions, reference=""):
-    return [{"prompt_id": prompt_id, "prompt": prompt, "completion": c, "finished": True, "reference": reference,
-             "sample_idx": i, "num_tokens": len(c), "round": 1} for i, c in enumerate(completions)]
+    return [
+        {
+            "prompt_id": prompt_id,
+            "prompt": prompt,
+            "completion": c,
+            "finished": True,
+            "reference": reference,
+            "sample_idx": i,
+            "num_tokens": len(c),
+            "round": 1,
+        }
+        for i, c in enumerate(completions)
+    ]
 
 
 def _judge(rows, judges, weights=None, **kw):
@@ -38,19 +49,32 @@ def test_majority_and_format_judges_by_hand():
     assert out[0]["score"] == pytest.approx((1 + 0.4 + 2 * 1) / 4)
     assert [r["oracle_correct"] for r in out] == [1, 1, 0, 0, 0]
     # vote: the weighted share of judges at or above their threshold (0.5 unless named)
-    voted = _judge(rows, ["format", "majority", "verifier"], {"verifier": 2.0}, combine="vote", vote_thresholds={"majority": 0.3})
+    voted = _judge(
+        rows, ["format", "majority", "verifier"], {"verifier": 2.0}, combine="vote", vote_thresholds={"majority": 0.3}
+    )
     assert [r["score"] for r in voted] == [1.0, 1.0, 0.25, 0.0, 0.0]
 
 
 def test_consistency_judge_compares_equivalent_prompts_by_hand():
-    ab = _samples("p0", "75+8=", ["560", "560", "560", "561"])        # 57 + 8, the model sure of "560"
-    ba = _samples("p1", "8+75=", ["561", "561", "560", "xx"])         # 8 + 57: mostly "561", one "560", one no answer
-    alone = _samples("p2", "1+1=", ["20", "20", "30"])                  # no equivalent prompt: its own vote
+    ab = _samples("p0", "75+8=", ["560", "560", "560", "561"])  # 57 + 8, the model sure of "560"
+    ba = _samples("p1", "8+75=", ["561", "561", "560", "xx"])  # 8 + 57: mostly "561", one "560", one no answer
+    alone = _samples("p2", "1+1=", ["20", "20", "30"])  # no equivalent prompt: its own vote
     rows = [{**r, "group_id": "g0"} for r in ab + ba] + alone
     out = _judge(rows, ["majority", "consistency"])
     # p0's "560" is given by 1 of p1's 4 samples, its "561" by 2; p1's "561" by 1 of p0's 4, its "560" by 3
-    assert [r["score_consistency"] for r in out] == [0.25, 0.25, 0.25, 0.5, 0.25, 0.25, 0.75, 0.0,
-                                                       pytest.approx(2 / 3), pytest.approx(2 / 3), pytest.approx(1 / 3)]
+    assert [r["score_consistency"] for r in out] == [
+        0.25,
+        0.25,
+        0.25,
+        0.5,
+        0.25,
+        0.25,
+        0.75,
+        0.0,
+        pytest.approx(2 / 3),
+        pytest.approx(2 / 3),
+        pytest.approx(1 / 3),
+    ]
     assert out[0]["score_majority"] == 0.75  # the vote alone would keep p0's "560" at a 0.7 threshold
 
 
@@ -63,7 +87,10 @@ def test_filter_thresholds_best_of_n_and_off_switch():
     rows = _judge(_samples("p0", "75+8=", ["560", "560", "561", "56", "560"]), ["format", "majority"])
     kept = filter_rows(rows, FilterConfig(min_scores={"format": 1.0, "majority": 0.6}))
     assert [r["kept"] for r in kept] == [True, True, False, False, True]
-    assert kept[2]["filter_reason"] == "score_majority<0.6" and kept[3]["filter_reason"] == "score_format<1.0,score_majority<0.6"
+    assert (
+        kept[2]["filter_reason"] == "score_majority<0.6"
+        and kept[3]["filter_reason"] == "score_format<1.0,score_majority<0.6"
+    )
     best = filter_rows(rows, FilterConfig(min_scores={"format": 1.0}, best_of_n=2))
     assert [r["kept"] for r in best] == [True, True, False, False, False]  # ties broken by sample order
     assert best[4]["filter_reason"] == "not in best_of_2"
@@ -72,10 +99,26 @@ def test_filter_thresholds_best_of_n_and_off_switch():
 
 
 def test_select_dedups_against_history_caps_and_budgets():
-    rows = [{"prompt_id": p, "prompt": p, "completion": c, "score": s}
-            for p, c, s in [("a", "1", 0.9), ("a", "1", 0.9), ("a", "2", 0.8), ("b", "3", 0.5), ("c", "4", 0.7), ("d", "5", 1.0)]]
+    rows = [
+        {"prompt_id": p, "prompt": p, "completion": c, "score": s}
+        for p, c, s in [
+            ("a", "1", 0.9),
+            ("a", "1", 0.9),
+            ("a", "2", 0.8),
+            ("b", "3", 0.5),
+            ("c", "4", 0.7),
+            ("d", "5", 1.0),
+        ]
+    ]
     out = select_rows(rows, SelectConfig(dedup="exact", per_prompt_cap=1), prior=[{"prompt": "c", "completion": "4"}])
-    assert [r["select_reason"] for r in out] == ["selected", "duplicate", "per_prompt_cap", "selected", "duplicate", "selected"]
+    assert [r["select_reason"] for r in out] == [
+        "selected",
+        "duplicate",
+        "per_prompt_cap",
+        "selected",
+        "duplicate",
+        "selected",
+    ]
     out = select_rows(rows, SelectConfig(dedup="exact", per_prompt_cap=0, budget=2))
     assert [r["prompt_id"] + r["completion"] for r in out if r["selected"]] == ["a1", "d5"]
     assert sum(r["selected"] for r in out) == 2 and out[2]["select_reason"] == "over_budget"

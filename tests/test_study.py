@@ -15,21 +15,40 @@ import yaml
 from conftest import REPO, TINY_RECIPE, run_cli
 
 T975 = {2: 12.706204736174704, 3: 4.302652729911275}  # t(0.975, n-1), from tables
-METRICS = ["eval/accuracy/id", "diversity/probe/distinct_2", "quality/probe/pass@1", "quality/kept"]  # kept: none at round 0
+METRICS = [
+    "eval/accuracy/id",
+    "diversity/probe/distinct_2",
+    "quality/probe/pass@1",
+    "quality/kept",
+]  # kept: none at round 0
 
 
 def _study_file(tmp: Path, seeds=(0, 1, 2), **extra) -> Path:
-    data = {"name": "tiny", "base": str(TINY_RECIPE), "seeds": list(seeds), "metrics": METRICS,
-            "arms": [{"name": "cool", "overrides": {"rounds": 1, "generate.temperature": 0.6}},
-                     {"name": "hot", "overrides": {"rounds": 1, "generate.temperature": 1.2}}], **extra}
+    data = {
+        "name": "tiny",
+        "base": str(TINY_RECIPE),
+        "seeds": list(seeds),
+        "metrics": METRICS,
+        "arms": [
+            {"name": "cool", "overrides": {"rounds": 1, "generate.temperature": 0.6}},
+            {"name": "hot", "overrides": {"rounds": 1, "generate.temperature": 1.2}},
+        ],
+        **extra,
+    }
     path = tmp / "study.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
 def _study(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "selfimprove", "study", *map(str, args)], capture_output=True,
-                          text=True, cwd=REPO, timeout=900, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "selfimprove", "study", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +94,10 @@ def test_aggregate_recomputed_by_hand(study):
                     assert (got["ci_low"], got["ci_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
             if k == 0 and metric == "quality/kept":
                 continue
-            diffs = [_metric(study / "hot" / f"seed_{s}", k, metric) - _metric(study / "cool" / f"seed_{s}", k, metric)
-                     for s in (0, 1, 2)]
+            diffs = [
+                _metric(study / "hot" / f"seed_{s}", k, metric) - _metric(study / "cool" / f"seed_{s}", k, metric)
+                for s in (0, 1, 2)
+            ]
             d = result["differences"]["hot"][str(k)][metric]
             assert d["per_pair"] == pytest.approx(diffs) and d["mean"] == pytest.approx(statistics.mean(diffs))
             if statistics.stdev(diffs):
@@ -117,8 +138,9 @@ def test_killed_study_resumes_to_what_jobs_2_made(study, tmp_path):
     from test_loop import _artifacts, _strip_times
 
     path = _study_file(tmp_path, seeds=(0, 1))  # two of the fixture's three seeds: the same runs
-    killed = _study(path, "--output_dir", tmp_path / "out", "--jobs", "1",
-                    env={"SELFIMPROVE_FAULT": "round_01/train:before_done"})
+    killed = _study(
+        path, "--output_dir", tmp_path / "out", "--jobs", "1", env={"SELFIMPROVE_FAULT": "round_01/train:before_done"}
+    )
     assert killed.returncode == 2 and "4 run(s) failed" in killed.stderr, killed.stderr[-2000:]
     assert (tmp_path / "out" / "hot" / "seed_1" / "round_00" / "monitor" / "DONE").exists()
     out = _study(path, "--output_dir", tmp_path / "out", "--jobs", "1")
@@ -132,9 +154,11 @@ def test_killed_study_resumes_to_what_jobs_2_made(study, tmp_path):
 
 
 def test_bad_study_files_get_one_message(tmp_path):
-    cases = {"arms": ([{"name": "x", "overrides": {"train.no_such_field": 1}}], "arm 'x'"),
-             "seeds": ([0, 0], "study field 'seeds'"),
-             "baseline": ("nope", "study field 'baseline'")}
+    cases = {
+        "arms": ([{"name": "x", "overrides": {"train.no_such_field": 1}}], "arm 'x'"),
+        "seeds": ([0, 0], "study field 'seeds'"),
+        "baseline": ("nope", "study field 'baseline'"),
+    }
     for field, (value, message) in cases.items():
         path = _study_file(tmp_path, **{field: value})
         out = _study(path, "--output_dir", tmp_path / f"out_{field}")
@@ -149,11 +173,22 @@ def test_slurm_array_script(tmp_path):
     out = _study(path, "--output_dir", tmp_path / "out", "--slurm")
     assert out.returncode == 0, out.stderr
     script = (tmp_path / "out" / "study.sbatch").read_text()
-    assert "#SBATCH --array=0-5" in script and "#SBATCH --partition=cpu" in script and "#SBATCH --cpus-per-task=2" in script
+    assert (
+        "#SBATCH --array=0-5" in script
+        and "#SBATCH --partition=cpu" in script
+        and "#SBATCH --cpus-per-task=2" in script
+    )
     assert "--only $SLURM_ARRAY_TASK_ID" in script and "--aggregate" in script
     assert subprocess.run(["bash", "-n", tmp_path / "out" / "study.sbatch"]).returncode == 0
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
-    assert [(p["arm"], p["seed"]) for p in plan] == [("cool", 0), ("cool", 1), ("cool", 2), ("hot", 0), ("hot", 1), ("hot", 2)]
+    assert [(p["arm"], p["seed"]) for p in plan] == [
+        ("cool", 0),
+        ("cool", 1),
+        ("cool", 2),
+        ("hot", 0),
+        ("hot", 1),
+        ("hot", 2),
+    ]
     # one array task runs exactly its run
     task = _study(tmp_path / "out" / "study_file.yaml", "--output_dir", tmp_path / "out", "--only", "4")
     assert task.returncode == 0, task.stderr[-2000:]

@@ -39,10 +39,14 @@ def test_chatml_template_and_prompt_format(tiny_real):
 
     tok = load_tokenizer(tiny_real("qwen2"))
     fmt = PromptFormat(chat=True, system="Be brief.", fewshot=(("1+1?", "2"),))
-    assert fmt.texts(tok, ["2+2?"]) == ["<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n"
-                                        "<|im_start|>assistant\n2<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
-                                        "<|im_start|>assistant\n"]
-    assert PromptFormat(system="Be brief.", fewshot=(("1+1=", "2"),)).texts(tok, ["2+2="]) == ["Be brief.\n\n1+1=2\n\n2+2="]
+    assert fmt.texts(tok, ["2+2?"]) == [
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n"
+        "<|im_start|>assistant\n2<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ]
+    assert PromptFormat(system="Be brief.", fewshot=(("1+1=", "2"),)).texts(tok, ["2+2="]) == [
+        "Be brief.\n\n1+1=2\n\n2+2="
+    ]
     ids = fmt.encode(tok, ["2+2?"])[0]
     assert tok.decode(ids) == fmt.texts(tok, ["2+2?"])[0]  # the template's special tokens, no extra BOS
 
@@ -55,7 +59,14 @@ def test_generation_stops_at_the_end_of_the_turn(tiny_real):
     path = tiny_real("qwen2")
     model, tok = load_policy(path), load_tokenizer(path)
     prompts = PromptFormat(chat=True).texts(tok, ["Describe rain."])
-    out = hf_generate(model, tok, prompts, Sampling(num_samples=64, temperature=3.0, max_new_tokens=40), 0, 8,
-                      add_special_tokens=False)[0]
+    out = hf_generate(
+        model,
+        tok,
+        prompts,
+        Sampling(num_samples=64, temperature=3.0, max_new_tokens=40),
+        0,
+        8,
+        add_special_tokens=False,
+    )[0]
     finished = [s for s in out if s["finished"]]
     assert finished and all("<|im_end|>" not in s["completion"] and s["num_tokens"] < 40 for s in finished)

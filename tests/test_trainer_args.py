@@ -44,12 +44,26 @@ def test_mixed_precision_and_checkpointing_follow_the_model_on_gpu(monkeypatch):
 
     r = load_recipe(None, {"model.dtype": "bfloat16"})
     cpu = build_args(r, 0, "/tmp/x", 5, 1, "sft", parameters=2_000_000_000)
-    assert cpu["bf16"] is False and cpu["use_cpu"] is True and not any(v is True for k, v in cpu.items() if "checkpointing" in k)
+    assert (
+        cpu["bf16"] is False
+        and cpu["use_cpu"] is True
+        and not any(v is True for k, v in cpu.items() if "checkpointing" in k)
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     big = build_args(r, 0, "/tmp/x", 5, 1, "sft", parameters=2_000_000_000)
     small = build_args(r, 0, "/tmp/x", 5, 1, "sft", parameters=500_000_000)
     name = next(k for k in big if k.endswith("checkpointing"))
     assert big["bf16"] is True and big["fp16"] is False and big[name] is True and small[name] is False
-    assert build_args(load_recipe(None, {"model.dtype": "bfloat16", "train.gradient_checkpointing": False}), 0, "/tmp/x",
-                      5, 1, "sft", parameters=2_000_000_000)[name] is False
+    assert (
+        build_args(
+            load_recipe(None, {"model.dtype": "bfloat16", "train.gradient_checkpointing": False}),
+            0,
+            "/tmp/x",
+            5,
+            1,
+            "sft",
+            parameters=2_000_000_000,
+        )[name]
+        is False
+    )
     assert build_args(load_recipe(None, {"model.dtype": "float16"}), 0, "/tmp/x", 5, 1, "sft", 10)["fp16"] is True

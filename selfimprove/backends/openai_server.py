@@ -19,15 +19,27 @@ def _client(cfg):
     try:
         from openai import AsyncOpenAI
     except ImportError as err:
-        raise MissingExtra("generation backend 'openai' needs the openai client: pip install 'selfimprove[serve]'.") from err
-    return AsyncOpenAI(base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env, "EMPTY"),
-                       max_retries=cfg.max_retries, timeout=cfg.timeout_s)
+        raise MissingExtra(
+            "generation backend 'openai' needs the openai client: pip install 'selfimprove[serve]'."
+        ) from err
+    return AsyncOpenAI(
+        base_url=cfg.base_url,
+        api_key=os.environ.get(cfg.api_key_env, "EMPTY"),
+        max_retries=cfg.max_retries,
+        timeout=cfg.timeout_s,
+    )
 
 
 async def _one(client, cfg, model: str, prompt: str | list[dict], sampling, seed: int, gate: asyncio.Semaphore) -> dict:
     extra = {"top_k": sampling.top_k} if sampling.top_k else {}
-    common = dict(model=model, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                  top_p=sampling.top_p, seed=seed, extra_body=extra or None)
+    common = dict(
+        model=model,
+        max_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=seed,
+        extra_body=extra or None,
+    )
     async with gate:
         try:
             if cfg.api == "chat":
@@ -45,13 +57,16 @@ async def _one(client, cfg, model: str, prompt: str | list[dict], sampling, seed
 async def _all(cfg, model: str, prompts: list, sampling, seed: int) -> list[list[dict]]:
     client, gate = _client(cfg), asyncio.Semaphore(cfg.concurrency)
     try:
-        jobs = [_one(client, cfg, model, p, sampling, child_seed(seed, i, j), gate)
-                for i, p in enumerate(prompts) for j in range(sampling.num_samples)]
+        jobs = [
+            _one(client, cfg, model, p, sampling, child_seed(seed, i, j), gate)
+            for i, p in enumerate(prompts)
+            for j in range(sampling.num_samples)
+        ]
         flat = await asyncio.gather(*jobs)
     finally:
         await client.close()
     n = sampling.num_samples
-    return [list(flat[i * n:(i + 1) * n]) for i in range(len(prompts))]
+    return [list(flat[i * n : (i + 1) * n]) for i in range(len(prompts))]
 
 
 def openai_generate(cfg, model_path: str, prompts: list, sampling, seed: int) -> list[list[dict]]:

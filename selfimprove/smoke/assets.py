@@ -72,18 +72,33 @@ def _judge_rows(uf: list[dict]) -> list[dict]:
     for r in uf:
         good, bad = r["chosen"][-1]["content"], r["rejected"][-1]["content"]
         for text, score in ((good, r["score_chosen"]), (bad, r["score_rejected"])):
-            rows.append({"prompt": render(point, prompt=r["prompt"], completion=text, max_score=10),
-                         "completion": f"Score: {int(score)}"})
-        rows.append({"prompt": render(pair, prompt=r["prompt"], a=good, b=bad, max_score=10), "completion": "Winner: A"})
-        rows.append({"prompt": render(pair, prompt=r["prompt"], a=bad, b=good, max_score=10), "completion": "Winner: B"})
+            rows.append(
+                {
+                    "prompt": render(point, prompt=r["prompt"], completion=text, max_score=10),
+                    "completion": f"Score: {int(score)}",
+                }
+            )
+        rows.append(
+            {"prompt": render(pair, prompt=r["prompt"], a=good, b=bad, max_score=10), "completion": "Winner: A"}
+        )
+        rows.append(
+            {"prompt": render(pair, prompt=r["prompt"], a=bad, b=good, max_score=10), "completion": "Winner: B"}
+        )
     return rows
 
 
 def _policy_rows(gsm: list[dict], uf: list[dict], rng: np.random.Generator) -> list[dict]:
-    rows = [{"prompt": g["question"] + ("\n" + INSTRUCTION if rng.random() < 0.5 else ""), "completion": sd.boxed_solution(g)}
-            for g in gsm]
-    return rows + [{"prompt": u["prompt"], "completion": (u["chosen"] if rng.random() < 0.7 else u["rejected"])[-1]["content"]}
-                   for u in uf]
+    rows = [
+        {
+            "prompt": g["question"] + ("\n" + INSTRUCTION if rng.random() < 0.5 else ""),
+            "completion": sd.boxed_solution(g),
+        }
+        for g in gsm
+    ]
+    return rows + [
+        {"prompt": u["prompt"], "completion": (u["chosen"] if rng.random() < 0.7 else u["rejected"])[-1]["content"]}
+        for u in uf
+    ]
 
 
 def tokenizer_folder() -> Path:
@@ -111,10 +126,24 @@ def _finetune(model_dir: Path, rows: list[dict], steps: int, seed: int) -> None:
 
     tok, model = load_tokenizer(str(model_dir)), load_policy(str(model_dir))
     data = Dataset.from_dict(tokenize_rows(rows, tok, PromptFormat(chat=True)))
-    args = SFTConfig(output_dir=str(model_dir / "trainer"), max_steps=steps, per_device_train_batch_size=32,
-                     learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=steps, seed=seed,
-                     save_strategy="no", report_to=[], use_cpu=True, bf16=False, **checkpointing_args("sft", False),
-                     completion_only_loss=True, max_length=None, disable_tqdm=True)
+    args = SFTConfig(
+        output_dir=str(model_dir / "trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=32,
+        learning_rate=3e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        logging_steps=steps,
+        seed=seed,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        **checkpointing_args("sft", False),
+        completion_only_loss=True,
+        max_length=None,
+        disable_tqdm=True,
+    )
     SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok).train()
     shutil.rmtree(model_dir / "trainer", ignore_errors=True)
     model.save_pretrained(model_dir)
@@ -122,6 +151,7 @@ def _finetune(model_dir: Path, rows: list[dict], steps: int, seed: int) -> None:
 
 def model_folder(family: str, role: str) -> Path:
     """``role``: 'instruct', 'judge' or 'reward', of architecture ``family`` (a transformers model_type)."""
+
     def build(out: Path):
         from selfimprove.model import load_tokenizer
         from selfimprove.tiny_models import TinySize, build_tiny_model
@@ -131,8 +161,11 @@ def model_folder(family: str, role: str) -> Path:
         if role == "reward":
             return
         uf = _rows("HuggingFaceH4/ultrafeedback_binarized", None, "train_prefs")
-        rows = (_judge_rows(uf) if role == "judge" else
-                _policy_rows(_rows("openai/gsm8k", "main", "train"), uf, np.random.default_rng(0)))
+        rows = (
+            _judge_rows(uf)
+            if role == "judge"
+            else _policy_rows(_rows("openai/gsm8k", "main", "train"), uf, np.random.default_rng(0))
+        )
         _finetune(out, rows, steps=400, seed=0)
 
     return _built(cache_dir() / "models" / f"{family}-{role}", build)

@@ -20,10 +20,18 @@ import numpy as np
 NAMES = ["Tom", "Ana", "Lee", "Mia", "Sam", "Ivy", "Max", "Zoe"]
 ITEMS = ["apples", "books", "stamps", "coins", "pencils", "shells", "cards", "marbles"]
 TOPICS = ["the sea", "rain", "a garden", "music", "the moon", "bread", "trains", "winter", "a river", "cats"]
-ASKS = ["Write a short note about {t}.", "Describe {t} in one sentence.", "Tell me something nice about {t}.",
-        "Give a friendly tip about {t}."]
-GOOD = ["{T} is calm and lovely. A short note: enjoy {t} every day.", "Here is one sentence: {t} makes people happy.",
-        "A nice fact: {t} is gentle, and many people love {t}.", "Tip: spend a quiet moment with {t}; it helps."]
+ASKS = [
+    "Write a short note about {t}.",
+    "Describe {t} in one sentence.",
+    "Tell me something nice about {t}.",
+    "Give a friendly tip about {t}.",
+]
+GOOD = [
+    "{T} is calm and lovely. A short note: enjoy {t} every day.",
+    "Here is one sentence: {t} makes people happy.",
+    "A nice fact: {t} is gentle, and many people love {t}.",
+    "Tip: spend a quiet moment with {t}; it helps.",
+]
 BAD = ["I don't know.", "No.", "{t} {t} {t}", "Ask someone else."]
 
 
@@ -54,9 +62,15 @@ def ultrafeedback_row(rng: np.random.Generator) -> dict:
     good = str(rng.choice(GOOD)).format(t=t, T=t[0].upper() + t[1:])
     bad = str(rng.choice(BAD)).format(t=t)
     turn = lambda text: [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]  # noqa: E731
-    return {"prompt": prompt, "prompt_id": hashlib.sha256(prompt.encode()).hexdigest(), "chosen": turn(good),
-            "rejected": turn(bad), "messages": turn(good), "score_chosen": float(rng.integers(7, 11)),
-            "score_rejected": float(rng.integers(1, 5))}
+    return {
+        "prompt": prompt,
+        "prompt_id": hashlib.sha256(prompt.encode()).hexdigest(),
+        "chosen": turn(good),
+        "rejected": turn(bad),
+        "messages": turn(good),
+        "score_chosen": float(rng.integers(7, 11)),
+        "score_rejected": float(rng.integers(1, 5)),
+    }
 
 
 def boxed_solution(row: dict) -> str:
@@ -89,14 +103,23 @@ def write_hub_folder(folder: Path, configs: dict[str, dict[str, list[dict]]]) ->
 
 def gsm8k(folder: Path, seed: int = 0, train: int = 2000, test: int = 200) -> Path:
     rng = np.random.default_rng([seed, 8])
-    return write_hub_folder(folder, {"main": {"train": [gsm8k_row(rng) for _ in range(train)],
-                                              "test": [gsm8k_row(rng) for _ in range(test)]}})
+    return write_hub_folder(
+        folder,
+        {"main": {"train": [gsm8k_row(rng) for _ in range(train)], "test": [gsm8k_row(rng) for _ in range(test)]}},
+    )
 
 
 def ultrafeedback(folder: Path, seed: int = 0, train: int = 1000, test: int = 100) -> Path:
     rng = np.random.default_rng([seed, 9])
-    return write_hub_folder(folder, {"default": {"train_prefs": [ultrafeedback_row(rng) for _ in range(train)],
-                                                 "test_prefs": [ultrafeedback_row(rng) for _ in range(test)]}})
+    return write_hub_folder(
+        folder,
+        {
+            "default": {
+                "train_prefs": [ultrafeedback_row(rng) for _ in range(train)],
+                "test_prefs": [ultrafeedback_row(rng) for _ in range(test)],
+            }
+        },
+    )
 
 
 # Hub dataset id -> (writer, what it stands in for). A recipe naming another hub dataset cannot run --smoke.

@@ -49,11 +49,17 @@ class LoopbackServer:
             if not getattr(self.tok, "chat_template", None):
                 raise ValueError("the served model's tokenizer has no chat template: use /v1/completions")
             prompt = self.tok.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
-        sampling = Sampling(1, float(body.get("temperature", 1.0)), float(body.get("top_p", 1.0)),
-                            int(body.get("top_k", 0) or 0), int(body.get("max_tokens", 16)))
+        sampling = Sampling(
+            1,
+            float(body.get("temperature", 1.0)),
+            float(body.get("top_p", 1.0)),
+            int(body.get("top_k", 0) or 0),
+            int(body.get("max_tokens", 16)),
+        )
         with self.lock:
-            out = hf_generate(self.model, self.tok, [prompt], sampling, int(body.get("seed", 0)), 1,
-                              add_special_tokens=not chat)[0][0]
+            out = hf_generate(
+                self.model, self.tok, [prompt], sampling, int(body.get("seed", 0)), 1, add_special_tokens=not chat
+            )[0][0]
         return out["completion"], out["finished"], out["num_tokens"]
 
     def _handler(self):
@@ -74,7 +80,9 @@ class LoopbackServer:
             def do_GET(self):
                 if not self.path.rstrip("/").endswith("/v1/models"):
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
-                self._send(200, {"object": "list", "data": [{"id": server.name, "object": "model", "owned_by": "selfimprove"}]})
+                self._send(
+                    200, {"object": "list", "data": [{"id": server.name, "object": "model", "owned_by": "selfimprove"}]}
+                )
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -99,9 +107,20 @@ class LoopbackServer:
                         server.in_flight -= 1
                 choice = {"index": 0, "finish_reason": "stop" if finished else "length", "logprobs": None}
                 choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-                self._send(200, {"id": "cmpl-loopback", "object": "chat.completion" if chat else "text_completion",
-                                 "created": int(time.time()), "model": body["model"], "choices": [choice],
-                                 "usage": {"prompt_tokens": len(prompt), "completion_tokens": n_tokens,
-                                           "total_tokens": len(prompt) + n_tokens}})
+                self._send(
+                    200,
+                    {
+                        "id": "cmpl-loopback",
+                        "object": "chat.completion" if chat else "text_completion",
+                        "created": int(time.time()),
+                        "model": body["model"],
+                        "choices": [choice],
+                        "usage": {
+                            "prompt_tokens": len(prompt),
+                            "completion_tokens": n_tokens,
+                            "total_tokens": len(prompt) + n_tokens,
+                        },
+                    },
+                )
 
         return Handler

@@ -23,7 +23,6 @@ class Task(Protocol):
     def source_files(self) -> list[str]:
         """Local files the task reads (their hashes go into every stage's DONE record)."""
 
-
     def alphabet(self) -> str:
         """Characters a from-scratch character tokenizer needs."""
 

@@ -96,8 +96,15 @@ class AdditionTask:
                     continue
                 seen.add(p["prompt"])
                 split = "id" if self.cfg.seed_min_digits <= n <= self.cfg.seed_max_digits else "ood"
-                rows.append({"prompt_id": f"{name}-d{n}-{len(seen) - 1}", "prompt": p["prompt"], "reference": p["completion"],
-                             "difficulty": n, "split": split})
+                rows.append(
+                    {
+                        "prompt_id": f"{name}-d{n}-{len(seen) - 1}",
+                        "prompt": p["prompt"],
+                        "reference": p["completion"],
+                        "difficulty": n,
+                        "split": split,
+                    }
+                )
         return rows
 
     def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
@@ -114,11 +121,18 @@ class AdditionTask:
 
     def target_digits(self, k: int, history: list[dict]) -> list[int]:
         """Digit counts that round k self-labels: the next one, plus (accelerated) every count already solved."""
-        last = self.cfg.seed_max_digits + k - 1 if not history else history[-1].get("task/max_difficulty", self.cfg.seed_max_digits)
+        last = (
+            self.cfg.seed_max_digits + k - 1
+            if not history
+            else history[-1].get("task/max_difficulty", self.cfg.seed_max_digits)
+        )
         top = last + 1
         if self.cfg.curriculum == "accelerated" and history:
-            solved = [int(key.rsplit("d", 1)[1]) for key, v in history[-1].items()  # the dev split, never eval/
-                      if key.startswith("dev/accuracy/d") and v >= self.cfg.accelerate_threshold]
+            solved = [
+                int(key.rsplit("d", 1)[1])
+                for key, v in history[-1].items()  # the dev split, never eval/
+                if key.startswith("dev/accuracy/d") and v >= self.cfg.accelerate_threshold
+            ]
             top = max(top, max(solved, default=0) + 1)
         if self.cfg.pad_width:  # the accelerated curriculum stops at the padded width
             last, top = min(last, self.cfg.pad_width - 1), min(top, self.cfg.pad_width)
@@ -127,7 +141,10 @@ class AdditionTask:
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
         rng, c, rows = seeding.rng(self.seed, "round_prompts", k), self.cfg, []
         targets = self.target_digits(k, history)
-        low_range = (c.seed_min_digits, c.seed_max_digits)  # "in range" = the labelled seed's range, not the moving target
+        low_range = (
+            c.seed_min_digits,
+            c.seed_max_digits,
+        )  # "in range" = the labelled seed's range, not the moving target
         plan = [("new", c.prompts_per_round), ("in_range", c.in_range_prompts)]
         for kind, count in plan:
             made = 0
@@ -142,15 +159,22 @@ class AdditionTask:
                     continue
                 group = f"r{k}-{len(rows)}"
                 for prompt, completion in texts:
-                    rows.append({"prompt_id": f"r{k}-{len(rows)}", "group_id": group, "prompt": prompt,
-                                 "difficulty": self._difficulty(la, lb), "reference": completion})
+                    rows.append(
+                        {
+                            "prompt_id": f"r{k}-{len(rows)}",
+                            "group_id": group,
+                            "prompt": prompt,
+                            "difficulty": self._difficulty(la, lb),
+                            "reference": completion,
+                        }
+                    )
                 made += len(texts)
         return rows
 
     def corrupt(self, rng, answer: str) -> str:
         """One digit changed: a wrong label of the same length (select.oracle_label_noise)."""
         i = int(rng.integers(0, len(answer)))
-        return answer[:i] + str(rng.choice([d for d in "0123456789" if d != answer[i]])) + answer[i + 1:]
+        return answer[:i] + str(rng.choice([d for d in "0123456789" if d != answer[i]])) + answer[i + 1 :]
 
     def answer(self, completion: str) -> str | None:
         return completion if completion.isdigit() else None

@@ -88,8 +88,15 @@ class CountdownTask:
                 if p["prompt"] in seen:
                     continue
                 seen.add(p["prompt"])
-                rows.append({"prompt_id": f"eval-n{n}-{len(seen) - 1}", "prompt": p["prompt"], "reference": p["prompt"],
-                             "difficulty": n, "split": "id" if n <= c.max_operands else "ood"})
+                rows.append(
+                    {
+                        "prompt_id": f"eval-n{n}-{len(seen) - 1}",
+                        "prompt": p["prompt"],
+                        "reference": p["prompt"],
+                        "difficulty": n,
+                        "split": "id" if n <= c.max_operands else "ood",
+                    }
+                )
         return rows
 
     def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
@@ -107,8 +114,14 @@ class CountdownTask:
             if prompt_key(p["prompt"]) in exclude:
                 continue
             # The verifier needs no stored answer: the prompt is the reference (numbers and target).
-            rows.append({"prompt_id": f"r{k}-{len(rows)}", "prompt": p["prompt"], "difficulty": p["difficulty"],
-                         "reference": p["prompt"]})
+            rows.append(
+                {
+                    "prompt_id": f"r{k}-{len(rows)}",
+                    "prompt": p["prompt"],
+                    "difficulty": p["difficulty"],
+                    "reference": p["prompt"],
+                }
+            )
         return rows
 
     def answer(self, completion: str) -> str | None:
@@ -120,8 +133,12 @@ class CountdownTask:
 
     def format_ok(self, prompt: str, completion: str, finished: bool) -> bool:
         problem = parse_prompt(prompt)
-        return (finished and problem is not None and bool(_EXPR.match(completion))
-                and len(re.findall(r"\d+", completion)) == len(problem[0]))
+        return (
+            finished
+            and problem is not None
+            and bool(_EXPR.match(completion))
+            and len(re.findall(r"\d+", completion)) == len(problem[0])
+        )
 
     def max_new_tokens(self, rows: list[dict]) -> int:
         return max(len(r["prompt"]) for r in rows) + 2  # an expression is never longer than its prompt

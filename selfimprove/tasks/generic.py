@@ -16,8 +16,8 @@ import math
 import re
 from pathlib import Path
 
-from selfimprove.errors import DataError
 from selfimprove import seeding
+from selfimprove.errors import DataError
 from selfimprove.tasks import prompt_key, split_accuracy
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -54,7 +54,9 @@ def load_table(source: str, split: str = "train", subset: str = "") -> list[dict
 
     if is_local_file(source):
         if not Path(source).is_file():
-            raise DataError(f"{source} does not exist. Fix the path in task.generic (paths are relative to where you run).")
+            raise DataError(
+                f"{source} does not exist. Fix the path in task.generic (paths are relative to where you run)."
+            )
         fmt = _FORMATS[Path(source).suffix.lower()]
         try:
             if fmt != "parquet":  # a text file that is not UTF-8 fails here, with the byte offset
@@ -62,18 +64,24 @@ def load_table(source: str, split: str = "train", subset: str = "") -> list[dict
             with _quiet_datasets():  # it logs its own error before raising; ours below says it once
                 rows = load_dataset(fmt, data_files=source, split="train").to_list()
         except UnicodeDecodeError as err:
-            raise DataError(f"{source} is not UTF-8 text ({err.reason} at byte {err.start}). Save it as UTF-8.") from None
+            raise DataError(
+                f"{source} is not UTF-8 text ({err.reason} at byte {err.start}). Save it as UTF-8."
+            ) from None
         except Exception as err:  # datasets' parsers raise many types; name the file and what the parser said
             first = _root_message(err)
-            raise DataError(f"{source} cannot be read as {Path(source).suffix} ({first[:300]}). Fix the file: one JSON "
-                            "object per line for .jsonl, a header row for .csv.") from None
+            raise DataError(
+                f"{source} cannot be read as {Path(source).suffix} ({first[:300]}). Fix the file: one JSON "
+                "object per line for .jsonl, a header row for .csv."
+            ) from None
     else:
         try:
             rows = load_dataset(source, subset or None, split=split).to_list()
         except Exception as err:
-            raise DataError(f"hub dataset {source!r} (config {subset or None!r}, split {split!r}) does not load: "
-                            f"{str(err).strip().splitlines()[0][:300]}. Check the id, subset and split, or download it "
-                            "first (it is not in the cache when the hub is offline).") from None
+            raise DataError(
+                f"hub dataset {source!r} (config {subset or None!r}, split {split!r}) does not load: "
+                f"{str(err).strip().splitlines()[0][:300]}. Check the id, subset and split, or download it "
+                "first (it is not in the cache when the hub is offline)."
+            ) from None
     if not rows:
         raise DataError(f"{source} has no rows. Point task.generic at a file with data.")
     return rows
@@ -83,8 +91,10 @@ def text_or_file(value: str, field: str) -> str:
     """``value`` itself, or the contents of the file it names (a path ending in .j2 / .jinja / .txt)."""
     if value.endswith(TEXT_FILE_SUFFIXES):
         if not Path(value).is_file():
-            raise DataError(f"task.generic.{field}={value!r} names a file that does not exist. Fix the path, or write "
-                            "the text itself in the recipe.")
+            raise DataError(
+                f"task.generic.{field}={value!r} names a file that does not exist. Fix the path, or write "
+                "the text itself in the recipe."
+            )
         return Path(value).read_text()
     return value
 
@@ -111,8 +121,10 @@ class PromptTemplate:
         try:
             return self.template.render(**row)
         except UndefinedError as err:
-            raise DataError(f"task.generic.{self.field}: {err} in {where} (columns: {sorted(row)}). Use those column "
-                            "names in the template, or fix the data.") from None
+            raise DataError(
+                f"task.generic.{self.field}: {err} in {where} (columns: {sorted(row)}). Use those column "
+                "names in the template, or fix the data."
+            ) from None
 
 
 def _difficulty(value, source: str, i: int, column: str) -> int:
@@ -121,8 +133,10 @@ def _difficulty(value, source: str, i: int, column: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise DataError(f"{source} row {i}: difficulty column {column!r} holds {value!r}, not an integer. Fix it, or "
-                        "point task.generic.difficulty_field at an integer column.") from None
+        raise DataError(
+            f"{source} row {i}: difficulty column {column!r} holds {value!r}, not an integer. Fix it, or "
+            "point task.generic.difficulty_field at an integer column."
+        ) from None
 
 
 @functools.lru_cache(maxsize=65536)
@@ -145,8 +159,9 @@ class GenericTask:
 
     def source_files(self) -> list[str]:
         c = self.cfg
-        return [f for f in (c.prompts, c.eval_id, c.eval_ood, c.seed_data, c.fewshot) if f and is_local_file(f)] + \
-               [f for f in (c.prompt_template, c.system_prompt) if f.endswith(TEXT_FILE_SUFFIXES)]
+        return [f for f in (c.prompts, c.eval_id, c.eval_ood, c.seed_data, c.fewshot) if f and is_local_file(f)] + [
+            f for f in (c.prompt_template, c.system_prompt) if f.endswith(TEXT_FILE_SUFFIXES)
+        ]
 
     @staticmethod
     def _field(row: dict, name: str, source: str, i: int, required: bool = True, field: str = ""):
@@ -154,13 +169,17 @@ class GenericTask:
         DataError naming the file, the row and the recipe field that names the column."""
         if name not in row:
             if required:
-                raise DataError(f"{source}: rows have no column {name!r} (columns: {sorted(row)}). Set "
-                                f"task.generic.{field or 'the field naming it'} to one of them.")
+                raise DataError(
+                    f"{source}: rows have no column {name!r} (columns: {sorted(row)}). Set "
+                    f"task.generic.{field or 'the field naming it'} to one of them."
+                )
             return None
         value = row[name]
         if required and (value is None or (isinstance(value, str) and not value.strip())):
-            raise DataError(f"{source} row {i}: column {name!r} is {'null' if value is None else 'empty'}. Fill it "
-                            "or remove the row: it would be used as the literal text 'None' or ''.")
+            raise DataError(
+                f"{source} row {i}: column {name!r} is {'null' if value is None else 'empty'}. Fill it "
+                "or remove the row: it would be used as the literal text 'None' or ''."
+            )
         return value
 
     def _render(self, row: dict, source: str, i: int) -> tuple[str, str]:
@@ -173,9 +192,17 @@ class GenericTask:
             return []
         rows = load_table(self.cfg.fewshot)
         rows = rows[: self.cfg.fewshot_count] if self.cfg.fewshot_count else rows
-        return [(self._render(r, self.cfg.fewshot, i)[0],
-                 str(self._field(r, self.cfg.fewshot_completion_field, self.cfg.fewshot, i, field="fewshot_completion_field")))
-                for i, r in enumerate(rows)]
+        return [
+            (
+                self._render(r, self.cfg.fewshot, i)[0],
+                str(
+                    self._field(
+                        r, self.cfg.fewshot_completion_field, self.cfg.fewshot, i, field="fewshot_completion_field"
+                    )
+                ),
+            )
+            for i, r in enumerate(rows)
+        ]
 
     def _prompt_rows(self, source: str, id_prefix: str, split: str | None = None, answers: bool = False) -> list[dict]:
         """Prompt rows of ``source``; with ``answers``, every row must carry a reference answer."""
@@ -186,13 +213,21 @@ class GenericTask:
                 found = self._reference.findall(str(answer))
                 answer = (found[-1] if isinstance(found[-1], str) else found[-1][0]).replace(",", "") if found else None
             if answers and answer is None:
-                raise DataError(f"{source} row {i}: reference_regex {self.cfg.reference_regex!r} finds no answer in "
-                                f"{str(raw)[:80]!r}. Fix the regex or the row.")
+                raise DataError(
+                    f"{source} row {i}: reference_regex {self.cfg.reference_regex!r} finds no answer in "
+                    f"{str(raw)[:80]!r}. Fix the regex or the row."
+                )
             difficulty = self._field(row, self.cfg.difficulty_field, source, i, required=False)
             prompt, own = self._render(row, source, i)
-            rows.append({"prompt_id": f"{id_prefix}-{i}", "prompt": prompt, "source_prompt": own,
-                         "reference": "" if answer is None else str(answer),
-                         "difficulty": _difficulty(difficulty, source, i, self.cfg.difficulty_field)})
+            rows.append(
+                {
+                    "prompt_id": f"{id_prefix}-{i}",
+                    "prompt": prompt,
+                    "source_prompt": own,
+                    "reference": "" if answer is None else str(answer),
+                    "difficulty": _difficulty(difficulty, source, i, self.cfg.difficulty_field),
+                }
+            )
         return rows
 
     def alphabet(self) -> str:
@@ -206,18 +241,27 @@ class GenericTask:
         for i, r in enumerate(rows):
             prompt, own = self._render(r, self.cfg.seed_data, i)
             if prompt_key(prompt) not in exclude:
-                out.append({"prompt_id": f"seed-{i}", "prompt": prompt, "source_prompt": own,
-                            "completion": str(self._field(r, "completion", self.cfg.seed_data, i, field="seed_data")),
-                            "difficulty": _difficulty(r.get(self.cfg.difficulty_field), self.cfg.seed_data, i,
-                                                      self.cfg.difficulty_field)})
+                out.append(
+                    {
+                        "prompt_id": f"seed-{i}",
+                        "prompt": prompt,
+                        "source_prompt": own,
+                        "completion": str(self._field(r, "completion", self.cfg.seed_data, i, field="seed_data")),
+                        "difficulty": _difficulty(
+                            r.get(self.cfg.difficulty_field), self.cfg.seed_data, i, self.cfg.difficulty_field
+                        ),
+                    }
+                )
         return out
 
     def eval_sets(self) -> list[dict]:
         out = []
         for split, source in (("id", self.cfg.eval_id), ("ood", self.cfg.eval_ood)):
             if source:
-                out += [{**r, "split": split}
-                        for r in self._prompt_rows(source, f"eval-{split}", self.cfg.eval_split, self.cfg.eval_answers)]
+                out += [
+                    {**r, "split": split}
+                    for r in self._prompt_rows(source, f"eval-{split}", self.cfg.eval_split, self.cfg.eval_answers)
+                ]
         return out
 
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
@@ -236,7 +280,11 @@ class GenericTask:
         if self.cfg.verifier == "math":
             parsed = _math(completion)
             return str(parsed[0]) if parsed else None
-        matches = self._regex.findall(completion) if self.cfg.verifier == "regex" else re.findall(r"-?\d+(?:\.\d+)?", completion)
+        matches = (
+            self._regex.findall(completion)
+            if self.cfg.verifier == "regex"
+            else re.findall(r"-?\d+(?:\.\d+)?", completion)
+        )
         if not matches:
             return None
         last = matches[-1] if isinstance(matches[-1], str) else matches[-1][0]

@@ -56,7 +56,7 @@ class RewriteTask:
         self.cfg, self.seed = cfg, seed
         self.letters = "abcdefghijklmnopqrstuvwxyz"[: cfg.alphabet]
         universe = self._universe()
-        self.ood, self.train = universe[: cfg.ood_rules], universe[cfg.ood_rules: cfg.ood_rules + cfg.train_rules]
+        self.ood, self.train = universe[: cfg.ood_rules], universe[cfg.ood_rules : cfg.ood_rules + cfg.train_rules]
 
     def source_files(self) -> list[str]:
         return []  # every problem is generated from the seed
@@ -98,8 +98,12 @@ class RewriteTask:
             base = self._text(rng, max(0, n - len(x)))
             at = int(rng.integers(0, len(base) + 1))
             text = base[:at] + x + base[at:]
-        return {"prompt": render(picks, text), "completion": apply_rules(picks, text), "difficulty": steps,
-                "attribute": f"{x}>{picks[0][1]}"}
+        return {
+            "prompt": render(picks, text),
+            "completion": apply_rules(picks, text),
+            "difficulty": steps,
+            "attribute": f"{x}>{picks[0][1]}",
+        }
 
     def corrupt(self, rng, answer: str) -> str:
         """One character changed (or one added to an empty answer): a wrong label of the same shape."""
@@ -107,7 +111,7 @@ class RewriteTask:
             return str(rng.choice(list(self.letters)))
         i = int(rng.integers(0, len(answer)))
         other = [ch for ch in self.letters if ch != answer[i]]
-        return answer[:i] + str(rng.choice(other)) + answer[i + 1:]
+        return answer[:i] + str(rng.choice(other)) + answer[i + 1 :]
 
     def eval_sets(self) -> list[dict]:
         rng, rows, c = seeding.rng(self.seed, "eval_sets"), [], self.cfg
@@ -115,9 +119,16 @@ class RewriteTask:
             for steps in range(1, c.eval_max_steps + 1):
                 for i in range(c.eval_size_per_level):
                     p = self._problem(rng, pool, steps)
-                    rows.append({"prompt_id": f"eval-{split}-s{steps}-{i}", "prompt": p["prompt"],
-                                 "reference": p["completion"], "difficulty": steps, "split": split,
-                                 "attribute": p["attribute"]})
+                    rows.append(
+                        {
+                            "prompt_id": f"eval-{split}-s{steps}-{i}",
+                            "prompt": p["prompt"],
+                            "reference": p["completion"],
+                            "difficulty": steps,
+                            "split": split,
+                            "attribute": p["attribute"],
+                        }
+                    )
         return rows
 
     def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
@@ -129,8 +140,14 @@ class RewriteTask:
             if prompt_key(p["prompt"]) in exclude:
                 continue
             wrong = noise.random() < self.cfg.label_noise
-            rows.append({"prompt_id": f"seed-{len(rows)}", **p, "label_noisy": wrong,
-                         "completion": self.corrupt(noise, p["completion"]) if wrong else p["completion"]})
+            rows.append(
+                {
+                    "prompt_id": f"seed-{len(rows)}",
+                    **p,
+                    "label_noisy": wrong,
+                    "completion": self.corrupt(noise, p["completion"]) if wrong else p["completion"],
+                }
+            )
         return rows
 
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
@@ -142,8 +159,15 @@ class RewriteTask:
             # an empty answer reads as "no reference" to the verifier judge: such prompts are not posed in rounds
             if prompt_key(p["prompt"]) in exclude or not p["completion"]:
                 continue
-            rows.append({"prompt_id": f"r{k}-{len(rows)}", "prompt": p["prompt"], "difficulty": p["difficulty"],
-                         "attribute": p["attribute"], "reference": p["completion"]})
+            rows.append(
+                {
+                    "prompt_id": f"r{k}-{len(rows)}",
+                    "prompt": p["prompt"],
+                    "difficulty": p["difficulty"],
+                    "attribute": p["attribute"],
+                    "reference": p["completion"],
+                }
+            )
         return rows
 
     def answer(self, completion: str) -> str | None:
