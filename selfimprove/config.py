@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from selfimprove.typed_yaml import ConfigError, apply_overrides, build, load_yaml
+from selfimprove.typed_yaml import ConfigError, apply_overrides, build, load_overlay
 
 
 def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None):
@@ -923,7 +923,7 @@ def load_recipe(
     """Parse a recipe file (or the defaults when ``path`` is None) with dotted overrides; raise ConfigError listing all
     problems. With ``smoke``, the --smoke substitutions (selfimprove.smoke) come before the overrides, so an override
     still wins; their notes are appended to ``notes``."""
-    data = load_yaml(path) if path else {}
+    data = load_overlay(path) if path else {}
     if smoke:
         from selfimprove.smoke import smoke_recipe
 

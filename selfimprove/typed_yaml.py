@@ -180,14 +180,35 @@ def collect_overrides(namespace: argparse.Namespace) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
-    """Set each dotted key in a nested mapping (in place) and return it."""
+    """Set each dotted key in a nested mapping (in place) and return it. A mapping value is merged into the mapping
+    it overrides (``select: {budget: 3}`` changes only the budget); anything else replaces what was there."""
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {}) if isinstance(node.get(p), dict) or p not in node else node[p]
-        node[leaf] = value
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            apply_overrides(node[leaf], value)
+        else:
+            node[leaf] = value
     return data
+
+
+def load_overlay(path: str, seen: tuple = ()) -> dict:
+    """A YAML file; one with ``base: OTHER.yaml`` (relative to it) is that file with this one's keys applied over it
+    as overrides (nested mappings merge, dotted keys allowed), so a variant recipe states only what differs."""
+    data = load_yaml(path)
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    base = data.pop("base")
+    target = Path(path).parent / str(base)
+    if not isinstance(base, str) or not target.is_file():
+        raise ConfigError(
+            [f"{path}: base: {base!r} is not a file. Name the recipe this one overlays, relative to {path}."]
+        )
+    if target.resolve() in seen:
+        raise ConfigError([f"{path}: base: {base!r} leads back to itself ({' -> '.join(map(str, seen))})."])
+    return apply_overrides(load_overlay(str(target), (*seen, Path(path).resolve())), data)
 
 
 def to_dict(obj) -> dict:

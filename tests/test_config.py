@@ -159,3 +159,51 @@ def test_only_rank_zero_logs_info(monkeypatch, rank, asked, level):
         monkeypatch.setenv("RANK", rank)
     _setup_logging(asked)
     assert logging.getLogger().level == level
+
+
+def test_overlay_recipe_is_its_base_with_its_keys_applied(tmp_path):
+    (tmp_path / "main.yaml").write_text(
+        "output_dir: runs/a\ntask: {name: addition, addition: {seed_size: 500, pad_width: 12}}\n"
+        "select: {dedup: exact, per_prompt_cap: 1}\n"
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "variant.yaml").write_text(
+        "base: ../main.yaml\noutput_dir: runs/b\ntask: {addition: {seed_size: 700}}\nselect.budget: 9\n"
+    )
+    main, variant = load_recipe(str(tmp_path / "main.yaml")), load_recipe(str(tmp_path / "sub" / "variant.yaml"))
+    assert variant.output_dir == "runs/b" and variant.task.addition.seed_size == 700
+    assert variant.task.addition.pad_width == 12 and variant.select.dedup == "exact"  # the rest of the base's mapping
+    assert variant.select.budget == 9 and main.select.budget == 0
+    # an overlay of an overlay, a missing base and a cycle
+    (tmp_path / "third.yaml").write_text("base: sub/variant.yaml\nrounds: 3\n")
+    third = load_recipe(str(tmp_path / "third.yaml"))
+    assert third.rounds == 3 and third.select.budget == 9
+    (tmp_path / "bad.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="base: 'nowhere.yaml' is not a file"):
+        load_recipe(str(tmp_path / "bad.yaml"))
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_recipe(str(tmp_path / "loop.yaml"))
+
+
+def test_shipped_variants_differ_from_their_base_only_where_they_say():
+    def flat(d, p=""):
+        return {
+            k2: v2
+            for k, v in d.items()
+            for k2, v2 in (flat(v, f"{p}{k}.") if isinstance(v, dict) else {f"{p}{k}": v}).items()
+        }
+
+    from selfimprove.config import recipe_to_dict
+
+    for variant, base, differ in (
+        ("arithmetic/addition_cpu_control", "arithmetic/addition_cpu", {"output_dir", "train.use_generated"}),
+        (
+            "countdown/diverse_cpu",
+            "countdown/quality_only_cpu",
+            {"output_dir", "select.dedup", "select.per_prompt_cap", "select.method", "select.budget"},
+        ),
+    ):
+        a = flat(recipe_to_dict(load_recipe(str(REPO / "recipes" / f"{base}.yaml"))))
+        b = flat(recipe_to_dict(load_recipe(str(REPO / "recipes" / f"{variant}.yaml"))))
+        assert {k for k in a if a[k] != b[k]} == differ
