@@ -923,14 +923,14 @@ def load_recipe(
     """Parse a recipe file (or the defaults when ``path`` is None) with dotted overrides; raise ConfigError listing all
     problems. With ``smoke``, the --smoke substitutions (selfimprove.smoke) come before the overrides, so an override
     still wins; their notes are appended to ``notes``."""
-    data = load_overlay(path) if path else {}
+    data = load_overlay(path, Recipe) if path else {}
     if smoke:
         from selfimprove.smoke import smoke_recipe
 
         data, made = smoke_recipe(data)
         if notes is not None:
             notes += made
-    apply_overrides(data, overrides or {})
+    apply_overrides(data, overrides or {}, Recipe)
     problems: list[str] = []
     recipe = build(Recipe, data, "", problems)
     problems += _cross_checks(recipe)

@@ -1,4 +1,4 @@
-"""Diversity metrics over a set of texts (definitions and pitfalls: shared/reference/qdc_metrics.md).
+"""Diversity metrics over a set of texts (definitions and pitfalls: docs/metrics.md).
 
 Tokenisation is explicit: ``unit="char"`` for digit strings and other character-level tasks, ``"word"`` (whitespace)
 for prose. Every metric returns a defined float on empty input, a single text, identical texts and empty strings.

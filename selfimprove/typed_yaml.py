@@ -179,24 +179,35 @@ def collect_overrides(namespace: argparse.Namespace) -> dict[str, Any]:
     }  # '' stays '', not YAML's null
 
 
-def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
-    """Set each dotted key in a nested mapping (in place) and return it. A mapping value is merged into the mapping
-    it overrides (``select: {budget: 3}`` changes only the budget); anything else replaces what was there."""
+def _section(cls, name: str):
+    """The dataclass type of field ``name`` of ``cls`` (a recipe section), else None (a value, even a mapping)."""
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return None
+    tp = typing.get_type_hints(cls).get(name)
+    return tp if tp is not None and dataclasses.is_dataclass(tp) else None
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any], cls: type | None = None) -> dict:
+    """Set each dotted key in a nested mapping (in place) and return it. With ``cls`` (the dataclass ``data``
+    describes), a mapping given for a section is merged into it (``select: {budget: 3}`` changes only the budget);
+    anything else, a mapping-valued field such as ``filter.min_scores`` included, replaces what was there."""
     for dotted, value in overrides.items():
-        node = data
+        node, node_cls = data, cls
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {}) if isinstance(node.get(p), dict) or p not in node else node[p]
-        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-            apply_overrides(node[leaf], value)
+            node_cls = _section(node_cls, p)
+        section = _section(node_cls, leaf)
+        if section is not None and isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            apply_overrides(node[leaf], value, section)
         else:
             node[leaf] = value
     return data
 
 
-def load_overlay(path: str, seen: tuple = ()) -> dict:
+def load_overlay(path: str, cls: type | None = None, seen: tuple = ()) -> dict:
     """A YAML file; one with ``base: OTHER.yaml`` (relative to it) is that file with this one's keys applied over it
-    as overrides (nested mappings merge, dotted keys allowed), so a variant recipe states only what differs."""
+    as overrides (sections of ``cls`` merge, dotted keys allowed), so a variant recipe states only what differs."""
     data = load_yaml(path)
     if not isinstance(data, dict) or "base" not in data:
         return data
@@ -208,7 +219,7 @@ def load_overlay(path: str, seen: tuple = ()) -> dict:
         )
     if target.resolve() in seen:
         raise ConfigError([f"{path}: base: {base!r} leads back to itself ({' -> '.join(map(str, seen))})."])
-    return apply_overrides(load_overlay(str(target), (*seen, Path(path).resolve())), data)
+    return apply_overrides(load_overlay(str(target), cls, (*seen, Path(path).resolve())), data, cls)
 
 
 def to_dict(obj) -> dict:
@@ -259,3 +270,34 @@ def load_yaml(path: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: a recipe must be a YAML mapping of sections, got {type(data).__name__}."])
     return data
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "(required)"
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+
+
+def reference_markdown(cls: type, title: str, intro: str) -> str:
+    """A Markdown reference of every field of a nested dataclass: one table per section, in declaration order, with
+    type, default and help (the same help ``--help`` prints)."""
+    sections: dict[str, list[str]] = {}
+    todo = [(cls, "")]
+    while todo:
+        node, prefix = todo.pop(0)
+        for name, f, tp in iter_fields(node, prefix):
+            section = name.rsplit(".", 1)[0] if "." in name else "(top level)"
+            cell = f.metadata.get("help", "").replace("|", "\\|")
+            kind = _type_name(tp).replace("|", "\\|")
+            sections.setdefault(section, []).append(f"| `{name}` | {kind} | `{_default_text(f)}` | {cell} |")
+            items = get_args(tp) if get_origin(tp) is list else ()
+            if items and dataclasses.is_dataclass(items[0]):  # a list of records: each item's fields
+                todo.append((items[0], f"{name}[]."))
+    out = [f"# {title}", "", intro, ""]
+    for section, rows in sections.items():
+        out += [f"## {section}", "", "| field | type | default | what it does |", "|---|---|---|---|", *rows, ""]
+    return "\n".join(out)

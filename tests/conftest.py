@@ -25,6 +25,61 @@ STUDY_FILES = [p for p in YAML_FILES if _is_study(p)]  # recipes/studies/*: stud
 RECIPE_FILES = [p for p in YAML_FILES if p not in STUDY_FILES]
 
 
+# A test is end-to-end when it, a fixture it uses or a helper of its module starts a process (the CLI, accelerate,
+# torchrun, a server), builds the --smoke models, or runs the whole loop or a study; every other test is a unit test
+# (`-m unit`, about a minute). Read from the source, so a new test lands in its tier without anyone marking it.
+END_TO_END = (
+    "run_cli(",
+    "subprocess",
+    "run_loop(",
+    "run_study(",
+    "torch.distributed.run",
+    "assets.",
+    "Server(",
+    "--smoke",
+    '"run",',
+    "_run_part(",
+)
+
+
+def _heavy_helpers(module) -> set[str]:
+    """Names of the module's own functions that are end-to-end, directly or through another such function."""
+    import inspect
+
+    funcs = {n: f for n, f in vars(module).items() if inspect.isfunction(f) and f.__module__ == module.__name__}
+    sources = {n: inspect.getsource(f) for n, f in funcs.items()}
+    heavy = {n for n, src in sources.items() if any(m in src for m in END_TO_END)}
+    while True:
+        more = {n for n, src in sources.items() if n not in heavy and any(f"{h}(" in src for h in heavy)}
+        if not more:
+            return heavy
+        heavy |= more
+
+
+def _starts_processes(item, heavy: set[str]) -> bool:
+    import inspect
+
+    funcs = [item.function] + [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+    for func in funcs:
+        try:
+            source = inspect.getsource(func)
+        except (OSError, TypeError):
+            continue
+        if any(mark in source for mark in END_TO_END) or any(f"{h}(" in source for h in heavy):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    helpers: dict = {}
+    for item in items:
+        module = item.module
+        if module.__name__ not in helpers:
+            helpers[module.__name__] = _heavy_helpers(module)
+        if "slow" not in item.keywords and not _starts_processes(item, helpers[module.__name__]):
+            item.add_marker(pytest.mark.unit)
+
+
 def pytest_configure(config):
     # --smoke assets (tiny stand-in models, local datasets) are built once per test session, in a fresh folder, unless
     # SELFIMPROVE_SMOKE_CACHE names one to reuse. CLI subprocesses inherit it.

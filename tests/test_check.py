@@ -5,10 +5,10 @@ import json
 import sys
 
 import pytest
-import yaml
 from conftest import RECIPE_FILES, REPO, TINY_RECIPE
 
 from selfimprove.cli import main
+from selfimprove.config import load_recipe
 
 RECIPES = RECIPE_FILES
 CPU_RECIPES = [p for p in RECIPES if "real" not in p.parts]
@@ -27,7 +27,7 @@ def test_shipped_recipes_are_ready_with_smoke(recipe, capsys, tmp_path):
     assert code == 0, report.get("problems")
     assert "ready" in text and len(report["examples"]) == 2
     rounds = [p["round"] for p in report["plan"]]
-    shipped = min(yaml.safe_load(recipe.read_text())["rounds"], 2)  # --smoke runs at most 2 rounds
+    shipped = min(load_recipe(str(recipe)).rounds, 2)  # --smoke runs at most 2 rounds
     assert rounds == list(range(shipped + 1))
     assert all(p["samples"] > 0 and p["train_rows"] > 0 for p in report["plan"][1:])
     assert not (tmp_path / "run").exists()  # a preflight writes nothing

@@ -207,3 +207,27 @@ def test_shipped_variants_differ_from_their_base_only_where_they_say():
         a = flat(recipe_to_dict(load_recipe(str(REPO / "recipes" / f"{base}.yaml"))))
         b = flat(recipe_to_dict(load_recipe(str(REPO / "recipes" / f"{variant}.yaml"))))
         assert {k for k in a if a[k] != b[k]} == differ
+
+
+def test_configuration_reference_is_current():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_reference", REPO / "scripts" / "config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (REPO / "docs" / "config_reference.md").read_text()
+    assert page == module.render(), "docs/config_reference.md is stale: run python scripts/config_reference.py"
+    for name in ("select.labels", "train.max_steps", "monitor.alarms[].metric", "task.rewrite.train_rules"):
+        assert f"| `{name}` |" in page
+
+
+def test_a_mapping_merges_into_a_section_but_replaces_a_mapping_field():
+    base = {"select": {"dedup": "exact", "budget": 5}, "filter": {"min_scores": {"verifier": 1.0}}}
+    from selfimprove.typed_yaml import apply_overrides
+
+    out = apply_overrides(base, {"select": {"budget": 9}, "filter.min_scores": {"format": 1.0}}, Recipe)
+    assert out["select"] == {"dedup": "exact", "budget": 9}
+    assert out["filter"]["min_scores"] == {"format": 1.0}  # a value, not a section: replaced
+    assert apply_overrides({"filter": {"min_scores": {"a": 1}}}, {"filter": {"min_scores": {}}}, Recipe) == {
+        "filter": {"min_scores": {}}
+    }
