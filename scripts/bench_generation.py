@@ -18,8 +18,8 @@ import time
 
 
 def tiny_model() -> str:
-    from selfimprove.config import BootstrapConfig
-    from selfimprove.model import build_bootstrap_model, build_char_tokenizer
+    from selfimprove.core.config import BootstrapConfig
+    from selfimprove.core.model import build_bootstrap_model, build_char_tokenizer
 
     tok = build_char_tokenizer("0123456789+=")
     model = build_bootstrap_model(
@@ -42,9 +42,10 @@ def main() -> None:
 
     import numpy as np
 
-    from selfimprove.config import VLLMConfig
-    from selfimprove.generate import Sampling, hf_generate
-    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.backends import Sampling
+    from selfimprove.backends.hf import hf_generate
+    from selfimprove.core.config import VLLMConfig
+    from selfimprove.core.model import load_policy, load_tokenizer
     from selfimprove.tasks.addition import format_problem
 
     path = args.model or tiny_model()

@@ -35,7 +35,7 @@ def timed(fn, *args, **kw):
 
 
 def lexical_and_vendi(texts: list[str]) -> None:
-    from selfimprove.diversity import (
+    from selfimprove.metrics.diversity import (
         compression_ratio,
         homogenisation,
         lexical_suite,
@@ -65,7 +65,7 @@ def lexical_and_vendi(texts: list[str]) -> None:
 
 
 def vendi_accuracy(n: int) -> None:
-    from selfimprove.diversity import ngram_vendi
+    from selfimprove.metrics.diversity import ngram_vendi
 
     texts = short_samples(n, seed=2)
     exact, t_exact = timed(ngram_vendi, texts, max_dim=10**9)
@@ -78,7 +78,7 @@ def vendi_accuracy(n: int) -> None:
 
 def embedding_throughput(n: int) -> None:
     try:
-        from selfimprove.embedding import embedding_diversity, load_embedder
+        from selfimprove.metrics.embedding import embedding_diversity, load_embedder
 
         embedder = load_embedder()
     except ImportError as err:

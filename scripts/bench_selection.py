@@ -17,7 +17,7 @@ import numpy as np
 
 
 def candidates(n: int, seed: int = 0) -> list[dict]:
-    from selfimprove.config import CountdownConfig
+    from selfimprove.core.config import CountdownConfig
     from selfimprove.tasks.countdown import CountdownTask
 
     task = CountdownTask(CountdownConfig(min_operands=2, max_operands=4, max_number=20), seed)
@@ -46,7 +46,7 @@ def candidates(n: int, seed: int = 0) -> list[dict]:
 
 def plain_greedy_qdit(X, scores, budget, lam, k):
     """Reference: recompute every candidate's gain at every step (what lazy greedy avoids)."""
-    from selfimprove.selection.samplers import knn_graph
+    from selfimprove.stages.select.samplers import knn_graph
 
     n = len(X)
     q = (scores - scores.min()) / (scores.max() - scores.min())
@@ -80,10 +80,10 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=10_000)
     args = parser.parse_args()
 
-    from selfimprove.config import SelectConfig
-    from selfimprove.selection import select_rows
-    from selfimprove.selection.features import text_features
-    from selfimprove.selection.samplers import qdit
+    from selfimprove.core.config import SelectConfig
+    from selfimprove.stages.select import select_rows
+    from selfimprove.stages.select.features import text_features
+    from selfimprove.stages.select.samplers import qdit
 
     rows = candidates(args.candidates)
     prior = candidates(10_000, seed=1)

@@ -51,7 +51,7 @@ def build_model(out: Path, real: str = "") -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from selfimprove.model import load_tokenizer
+    from selfimprove.core.model import load_tokenizer
     from selfimprove.smoke import assets
 
     tok = load_tokenizer(str(assets.tokenizer_folder()))
@@ -197,10 +197,10 @@ def part_train(
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from selfimprove.model import load_tokenizer
-    from selfimprove.prompts import PromptFormat
-    from selfimprove.train import tokenize_rows
-    from selfimprove.trainer_args import checkpointing_args
+    from selfimprove.core.model import load_tokenizer
+    from selfimprove.core.prompts import PromptFormat
+    from selfimprove.core.trainer_args import checkpointing_args
+    from selfimprove.stages.train import tokenize_rows
 
     gpu = torch.cuda.is_available()
     dtype = torch.bfloat16 if gpu else torch.float32

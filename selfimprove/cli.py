@@ -1,8 +1,8 @@
 """``selfimprove`` command line: run the loop, check a recipe, run one stage, recompute a run's metrics, verify a
 run's integrity, compare two checkpoints, run a controlled study, or write an HTML report.
 
-A problem the user can fix (selfimprove.errors.UserError: a recipe, a data file, a run directory) prints one message
-and exits 2. Anything else prints one line saying what failed and where its traceback was written, and exits 1.
+A problem the user can fix (selfimprove.core.errors.UserError: a recipe, a data file, a run directory) prints one
+message and exits 2. Anything else prints one line saying what failed and where its traceback was written, and exits 1.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import logging
 import os
 import sys
 
-from selfimprove.config import Recipe, load_recipe
-from selfimprove.errors import UserError
-from selfimprove.typed_yaml import add_override_arguments, collect_overrides
+from selfimprove import registry
+from selfimprove.core.config import Recipe, load_recipe
+from selfimprove.core.errors import UserError
+from selfimprove.core.typed_yaml import add_override_arguments, collect_overrides
 
-STAGE_NAMES = ("generate", "judge", "filter", "select", "train", "evaluate", "monitor")
 TRUST_HELP = (
     "Run the interpreters (generate.vllm.python, judge.llm.vllm.python) and modules (monitor.extra_metrics) "
     "this run's recipe names; without it, a run directory whose recipe names any is refused."
@@ -65,7 +65,7 @@ def make_parser() -> argparse.ArgumentParser:
     chk.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
     add_override_arguments(chk, Recipe)
     stage = add("stage", help="Run one stage of one round on an existing run directory.")
-    stage.add_argument("name", choices=STAGE_NAMES, help="Stage to run.")
+    stage.add_argument("name", choices=list(registry.STAGES), help="Stage to run.")
     stage.add_argument("run_dir", help="Run directory made by 'selfimprove run'.")
     stage.add_argument("--round", type=int, required=True, help="Round number (0 is the bootstrap round).")
     stage.add_argument(
@@ -187,7 +187,7 @@ def _check(args) -> int:
     import dataclasses
     import json
 
-    from selfimprove.check import check_recipe, print_report
+    from selfimprove.tools.check import check_recipe, print_report
 
     recipe = load_recipe(args.recipe, collect_overrides(args), smoke=args.smoke)
     if args.smoke:
@@ -224,9 +224,9 @@ def _stage(args) -> int:
     import contextlib
 
     from selfimprove import loop
-    from selfimprove.rundir import LAUNCHED_ENV, dist_rank_world, in_launched_job
-    from selfimprove.runlock import run_lock
-    from selfimprove.runs import open_run
+    from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job
+    from selfimprove.core.runlock import run_lock
+    from selfimprove.core.runs import open_run
 
     if args.launched:
         os.environ[LAUNCHED_ENV] = args.name
@@ -248,10 +248,11 @@ def _stage(args) -> int:
 
 def _monitor(args) -> int:
     from selfimprove import loop
-    from selfimprove.monitor import run_monitor
-    from selfimprove.rundir import is_done, round_numbers
-    from selfimprove.runlock import run_lock
-    from selfimprove.runs import open_run
+    from selfimprove.core.atomic import is_done
+    from selfimprove.core.rundir import round_numbers
+    from selfimprove.core.runlock import run_lock
+    from selfimprove.core.runs import open_run
+    from selfimprove.stages.monitor import run_monitor
 
     ctx = open_run(args.run_dir, trust=args.trust_recipe)
     with run_lock(ctx.run_dir, "monitor"):
@@ -262,7 +263,7 @@ def _monitor(args) -> int:
 
 
 def _verify(args) -> int:
-    from selfimprove.verify import verify_run
+    from selfimprove.tools.verify import verify_run
 
     checked, problems = verify_run(args.run_dir)
     for problem in problems:
@@ -272,7 +273,7 @@ def _verify(args) -> int:
 
 
 def _compare(args) -> int:
-    from selfimprove.compare import compare, print_table, write_json
+    from selfimprove.tools.compare import compare, print_table, write_json
 
     result = compare(
         args.a,
@@ -290,7 +291,7 @@ def _compare(args) -> int:
 
 
 def _study(args) -> int:
-    from selfimprove import study
+    from selfimprove.tools import study
 
     s = study.load_study(args.study, args.output_dir)
     if args.slurm:
@@ -307,7 +308,7 @@ def _study(args) -> int:
 
 
 def _report(args) -> int:
-    from selfimprove.report import write_report
+    from selfimprove.tools.report import write_report
 
     print(write_report(args.run_dirs, args.out))
     return 0

@@ -1,7 +1,7 @@
 """The orchestrator: setup once, then round 0 (bootstrap) and rounds 1..R, each stage skipped when already done.
 
 Stages hand over through the run directory only, so any stage can run in another process: training runs in-process
-by default (cheapest for one CPU process) or as ``accelerate launch -m selfimprove.train`` with ``train.launcher:
+by default (cheapest for one CPU process) or as ``accelerate launch -m selfimprove.stages.train`` with ``train.launcher:
 accelerate``, which also frees all training memory before the next stage starts.
 """
 
@@ -12,36 +12,22 @@ import os
 import subprocess
 import sys
 
-from selfimprove import seeding
-from selfimprove.alarms import should_stop
-from selfimprove.evaluate import run_evaluate
-from selfimprove.filtering import run_filter
-from selfimprove.generate import run_generate
-from selfimprove.integrity import recover
-from selfimprove.judge import run_judge
-from selfimprove.monitor import run_monitor
-from selfimprove.rundir import LAUNCHED_ENV, RunContext, dist_rank_world, in_launched_job, is_done, save_rows
-from selfimprove.runs import claimed_run
-from selfimprove.selection import run_select
-from selfimprove.train import run_train
+from selfimprove import registry
+from selfimprove.core import seeding
+from selfimprove.core.atomic import is_done
+from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job
+from selfimprove.core.integrity import recover
+from selfimprove.core.rows import save_rows
+from selfimprove.core.rundir import RunContext
+from selfimprove.core.runs import claimed_run
+from selfimprove.metrics.alarms import should_stop
 
 logger = logging.getLogger(__name__)
-
-STAGES = {
-    "generate": run_generate,
-    "judge": run_judge,
-    "filter": run_filter,
-    "select": run_select,
-    "train": run_train,
-    "evaluate": run_evaluate,
-    "monitor": run_monitor,
-}
-ROUND0_STAGES = ("train", "evaluate", "monitor")
 
 
 def setup(ctx: RunContext) -> None:
     """Make the base model, the fixed eval sets, the probe set and the seed data, once per run."""
-    from selfimprove.model import prepare_base_model
+    from selfimprove.core.model import prepare_base_model
 
     for name in ("base_model", "eval_sets", "probe_set", "seed_data"):
         recover(ctx.run_dir / name)
@@ -73,14 +59,11 @@ def setup(ctx: RunContext) -> None:
             meta["rows"] = len(seed_rows)
 
 
-SHARDED_STAGES = ("generate", "judge", "evaluate")  # model-bound stages that split their prompts across ranks
-
-
 def launch(ctx: RunContext, k: int, name: str, config: str) -> None:
     """Run one stage as its own ``accelerate launch`` job: its processes exit with it, so GPU memory is fully
     released before the next stage (training and vLLM/HF generation never share a GPU)."""
     # This interpreter's accelerate, so an unactivated venv works too.
-    entry = ["-m", "selfimprove.train"] if name == "train" else ["-m", "selfimprove", "stage", name, "--force"]
+    entry = ["-m", "selfimprove.stages.train"] if name == "train" else ["-m", "selfimprove", "stage", name, "--force"]
     cmd = [
         sys.executable,
         "-m",
@@ -107,10 +90,10 @@ def run_stage(ctx: RunContext, k: int, name: str, force: bool = False) -> bool:
     nested = in_launched_job()  # this process is the launched job: run here, never launch again
     if name == "train" and ctx.recipe.train.launcher == "accelerate" and not nested:
         launch(ctx, k, name, ctx.recipe.train.accelerate_config)
-    elif name in SHARDED_STAGES and ctx.recipe.generate.accelerate_config and not nested:
+    elif name in registry.SHARDED_STAGES and ctx.recipe.generate.accelerate_config and not nested:
         launch(ctx, k, name, ctx.recipe.generate.accelerate_config)
     else:
-        STAGES[name](ctx, k)
+        registry.load(registry.STAGES[name])(ctx, k)
     return True
 
 
@@ -133,9 +116,10 @@ def summary_line(m: dict) -> str:
 def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[dict]:
     """Run (or resume) the whole loop; return metrics.jsonl's rows. Every problem ``selfimprove check`` finds is
     refused here first, all at once, before the run directory is touched."""
-    from selfimprove.check import check_recipe
-    from selfimprove.rundir import read_json, rebuild_metrics
-    from selfimprove.typed_yaml import ConfigError
+    from selfimprove.core.atomic import read_json
+    from selfimprove.core.rundir import rebuild_metrics
+    from selfimprove.core.typed_yaml import ConfigError
+    from selfimprove.tools.check import check_recipe
 
     problems = check_recipe(recipe).problems
     if problems:
@@ -144,7 +128,7 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
     with claimed_run(recipe, allow_recipe_change, note) as ctx:
         setup(ctx)
         for k in range(recipe.rounds + 1):
-            for name in ROUND0_STAGES if k == 0 else STAGES:
+            for name in registry.ROUND0_STAGES if k == 0 else registry.STAGES:
                 run_stage(ctx, k, name)
             logger.info(summary_line(read_json(ctx.stage(k, "monitor") / "metrics.json")))
             if should_stop(ctx, k):
@@ -152,7 +136,7 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
                 break
         rows = rebuild_metrics(ctx.run_dir)
         if "tensorboard" in recipe.monitor.report_to:  # also after a kill between a monitor and its tracker write
-            from selfimprove.tracking import write_tensorboard
+            from selfimprove.core.tracking import write_tensorboard
 
             write_tensorboard(ctx.run_dir, rows)
         return rows

@@ -106,7 +106,7 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="session")
 def bpe_tokenizer(corpus):
-    from selfimprove.tiny_models import build_bpe_tokenizer
+    from selfimprove.smoke.tiny_models import build_bpe_tokenizer
 
     return build_bpe_tokenizer(corpus, vocab_size=1024)
 
@@ -114,7 +114,7 @@ def bpe_tokenizer(corpus):
 @pytest.fixture(scope="session")
 def tiny_real(tmp_path_factory, bpe_tokenizer):
     """``tiny_real(model_type, classifier=False)``: a save_pretrained folder of a tiny random model of that class."""
-    from selfimprove.tiny_models import build_tiny_model
+    from selfimprove.smoke.tiny_models import build_tiny_model
 
     made: dict = {}
 
@@ -130,7 +130,7 @@ def tiny_real(tmp_path_factory, bpe_tokenizer):
 
 @pytest.fixture
 def tiny_recipe(tmp_path):
-    from selfimprove.config import load_recipe
+    from selfimprove.core.config import load_recipe
 
     return load_recipe(str(TINY_RECIPE), {"output_dir": str(tmp_path / "run")})
 
@@ -138,8 +138,8 @@ def tiny_recipe(tmp_path):
 @pytest.fixture
 def tiny_policy(tmp_path):
     """A 2-layer random Llama and character tokenizer saved as a save_pretrained folder."""
-    from selfimprove.config import BootstrapConfig
-    from selfimprove.model import build_bootstrap_model, build_char_tokenizer
+    from selfimprove.core.config import BootstrapConfig
+    from selfimprove.core.model import build_bootstrap_model, build_char_tokenizer
 
     tok = build_char_tokenizer("0123456789+=")
     model = build_bootstrap_model(BootstrapConfig(hidden_size=32, num_layers=2, num_heads=2), tok, seed=0)

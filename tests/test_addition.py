@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from selfimprove.config import AdditionConfig
+from selfimprove.core.config import AdditionConfig
 from selfimprove.tasks.addition import AdditionTask, expected_length, format_problem
 
 
@@ -103,8 +103,8 @@ def test_no_eval_set_answer_reaches_a_decision(tmp_path):
     eval/ metric is refused."""
     from conftest import TINY_RECIPE, run_cli
 
-    from selfimprove.config import ConfigError, load_recipe
-    from selfimprove.rundir import load_rows
+    from selfimprove.core.config import ConfigError, load_recipe
+    from selfimprove.core.rows import load_rows
     from selfimprove.tasks import prompt_key
 
     t = AdditionTask(AdditionConfig(seed_max_digits=3, curriculum="accelerated", dev_size_per_digit=20), 0)

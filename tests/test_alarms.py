@@ -5,8 +5,8 @@ import json
 import pytest
 from conftest import TINY_RECIPE, run_cli
 
-from selfimprove.alarms import check_alarms
-from selfimprove.config import AlarmConfig
+from selfimprove.core.config import AlarmConfig
+from selfimprove.metrics.alarms import check_alarms
 
 M = "diversity/probe/answer_entropy"
 
@@ -74,7 +74,7 @@ def _alarm_run(tmp_path, action):
 
 
 def test_steer_raises_next_round_temperature_and_diversity_weight(tmp_path):
-    from selfimprove.rundir import load_rows
+    from selfimprove.core.rows import load_rows
 
     out = _alarm_run(tmp_path, "steer")
     assert out.returncode == 0, out.stderr[-3000:]

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from selfimprove.config import GenerateConfig, OpenAIConfig, VLLMConfig
-from selfimprove.errors import MissingExtra
-from selfimprove.generate import Sampling, hf_generate, sample
+from selfimprove.backends import Sampling, sample
+from selfimprove.backends.hf import hf_generate
+from selfimprove.core.config import GenerateConfig, OpenAIConfig, VLLMConfig
+from selfimprove.core.errors import MissingExtra
 
 
 @pytest.fixture
@@ -42,10 +43,10 @@ def test_openai_backend_against_a_real_server(server, tiny_policy):
     again = sample("openai", tiny_policy, prompts[:1], sampling, seed=7, batch_size=8, options=_options(server))
     assert again[0] == out[0]
     # the server generated with the same model: its text is what hf_generate gives for that seed
-    from selfimprove.seeding import child_seed
+    from selfimprove.core.seeding import child_seed
 
     seed0 = child_seed(7, 0, 0)  # prompt 0, sample 0 of the call's seed 7
-    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.core.model import load_policy, load_tokenizer
 
     direct = hf_generate(
         load_policy(tiny_policy), load_tokenizer(tiny_policy), ["12+3="], Sampling(1, 0.8, max_new_tokens=5), seed0, 1
@@ -59,9 +60,9 @@ def test_openai_chat_api_applies_the_served_model_chat_template(tiny_real):
     pytest.importorskip("openai")
     from openai_server import Server
 
-    from selfimprove.model import load_policy, load_tokenizer
-    from selfimprove.prompts import PromptFormat
-    from selfimprove.seeding import child_seed
+    from selfimprove.core.model import load_policy, load_tokenizer
+    from selfimprove.core.prompts import PromptFormat
+    from selfimprove.core.seeding import child_seed
 
     path = tiny_real("qwen2")
     fmt = PromptFormat(chat=True, system="Be brief.", fewshot=(("1+1?", "2"),))
@@ -79,10 +80,10 @@ def test_llm_judge_gets_parsed_verdicts_from_a_served_judge():
     """The --smoke judge stand-in behind the loopback server (as `vllm serve` would serve a judge): every verdict
     parses, and a good answer outscores a bad one."""
     pytest.importorskip("openai")
-    from selfimprove.config import GenericConfig, JudgeConfig, LLMJudgeConfig
-    from selfimprove.judge import JudgeEnv, judge_rows
+    from selfimprove.core.config import GenericConfig, JudgeConfig, LLMJudgeConfig
     from selfimprove.smoke import assets
     from selfimprove.smoke.server import LoopbackServer
+    from selfimprove.stages.judge import JudgeEnv, judge_rows
     from selfimprove.tasks.generic import GenericTask
 
     prompt = "Describe the sea in one sentence."
@@ -129,8 +130,8 @@ def test_vllm_backend_generates_from_the_round_checkpoint(tmp_path):
     python = os.environ.get("SELFIMPROVE_VLLM_PYTHON")
     if not python:
         pytest.skip("set SELFIMPROVE_VLLM_PYTHON to a vLLM environment's python")
-    from selfimprove.config import BootstrapConfig
-    from selfimprove.model import build_bootstrap_model, build_char_tokenizer
+    from selfimprove.core.config import BootstrapConfig
+    from selfimprove.core.model import build_bootstrap_model, build_char_tokenizer
 
     tok = build_char_tokenizer("0123456789+=")  # vLLM's CPU attention needs head_dim >= 32: 64 wide, 2 heads
     build_bootstrap_model(BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2), tok, seed=0).save_pretrained(
@@ -140,7 +141,7 @@ def test_vllm_backend_generates_from_the_round_checkpoint(tmp_path):
     tiny_policy = str(tmp_path)
     options = GenerateConfig(vllm=VLLMConfig(python=python, enforce_eager=True, dtype="float32", max_model_len=64))
     greedy = sample("vllm", tiny_policy, ["12+3=", "9+99="], Sampling(max_new_tokens=5), 0, 8, options=options)
-    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.core.model import load_policy, load_tokenizer
 
     hf = hf_generate(
         load_policy(tiny_policy), load_tokenizer(tiny_policy), ["12+3=", "9+99="], Sampling(max_new_tokens=5), 0, 8

@@ -8,7 +8,7 @@ import pytest
 from conftest import RECIPE_FILES, REPO, TINY_RECIPE
 
 from selfimprove.cli import main
-from selfimprove.config import load_recipe
+from selfimprove.core.config import load_recipe
 
 RECIPES = RECIPE_FILES
 CPU_RECIPES = [p for p in RECIPES if "real" not in p.parts]
@@ -73,7 +73,7 @@ def test_hub_id_not_cached_offline(capsys, tmp_path, monkeypatch):
 
 
 def test_no_chat_template(capsys, tmp_path, corpus):
-    from selfimprove.tiny_models import build_bpe_tokenizer, build_tiny_model
+    from selfimprove.smoke.tiny_models import build_bpe_tokenizer, build_tiny_model
 
     plain = build_tiny_model("qwen2", build_bpe_tokenizer(corpus[:200], 512, chat=False), tmp_path / "base")
     problems = _problems(

@@ -1,11 +1,12 @@
 import logging
+import typing
 
 import pytest
 import yaml
 from conftest import RECIPE_FILES, REPO, run_cli
 
-from selfimprove.config import Recipe, load_recipe
-from selfimprove.typed_yaml import ConfigError
+from selfimprove.core.config import Recipe, load_recipe
+from selfimprove.core.typed_yaml import ConfigError
 
 
 def test_every_shipped_recipe_parses():
@@ -79,11 +80,16 @@ def test_impossible_combinations():
         load_recipe(None, {"judge.judges": ["consistency"], "filter.min_scores": {}})
 
 
-def test_config_knows_every_judge():
-    from selfimprove.config import JUDGES as NAMES
-    from selfimprove.judge import JUDGES
+def test_every_registry_entry_resolves_and_is_what_its_readers_list():
+    from selfimprove import registry
+    from selfimprove.core.config import JUDGES, TaskConfig
 
-    assert set(NAMES) == set(JUDGES)  # the config lists names without importing the judges
+    for table in (registry.STAGES, registry.JUDGES, registry.FILTERS, registry.METRICS, registry.TASKS):
+        for name, entry in table.items():
+            assert callable(registry.load(entry)), (name, entry)
+    assert JUDGES == tuple(registry.JUDGES)  # recipe validation reads the registry, without importing a judge
+    assert set(typing.get_args(typing.get_type_hints(TaskConfig)["name"])) == set(registry.TASKS)
+    assert set(registry.ROUND0_STAGES) | set(registry.SHARDED_STAGES) <= set(registry.STAGES)
 
 
 def test_overrides_are_typed():
@@ -101,7 +107,7 @@ def test_cli_help_lists_every_field():
     assert top.returncode == 0 and "run" in top.stdout and "stage" in top.stdout and "monitor" in top.stdout
     run = run_cli("run", "--help")
     assert run.returncode == 0
-    from selfimprove.typed_yaml import iter_fields
+    from selfimprove.core.typed_yaml import iter_fields
 
     for name, f, _ in iter_fields(Recipe):
         assert f"--{name}" in run.stdout, name
@@ -120,7 +126,7 @@ def test_cli_rejects_bad_override_before_work(tmp_path):
 def test_both_option_spellings():
     """--a_b and --a-b both work, for recipe overrides and the commands' own options (as HfArgumentParser)."""
     from selfimprove.cli import make_parser
-    from selfimprove.typed_yaml import collect_overrides
+    from selfimprove.core.typed_yaml import collect_overrides
 
     args = make_parser().parse_args(
         [
@@ -194,7 +200,7 @@ def test_shipped_variants_differ_from_their_base_only_where_they_say():
             for k2, v2 in (flat(v, f"{p}{k}.") if isinstance(v, dict) else {f"{p}{k}": v}).items()
         }
 
-    from selfimprove.config import recipe_to_dict
+    from selfimprove.core.config import recipe_to_dict
 
     for variant, base, differ in (
         ("arithmetic/addition_cpu_control", "arithmetic/addition_cpu", {"output_dir", "train.use_generated"}),
@@ -223,7 +229,7 @@ def test_configuration_reference_is_current():
 
 def test_a_mapping_merges_into_a_section_but_replaces_a_mapping_field():
     base = {"select": {"dedup": "exact", "budget": 5}, "filter": {"min_scores": {"verifier": 1.0}}}
-    from selfimprove.typed_yaml import apply_overrides
+    from selfimprove.core.typed_yaml import apply_overrides
 
     out = apply_overrides(base, {"select": {"budget": 9}, "filter.min_scores": {"format": 1.0}}, Recipe)
     assert out["select"] == {"dedup": "exact", "budget": 9}

@@ -31,8 +31,8 @@ def test_every_accelerate_config_is_valid_and_says_how_to_launch_it():
 
 
 def test_global_batch_is_the_same_for_any_number_of_processes():
-    from selfimprove.config import TrainConfig
-    from selfimprove.train import grad_accumulation
+    from selfimprove.core.config import TrainConfig
+    from selfimprove.stages.train import grad_accumulation
 
     cfg = TrainConfig(per_device_train_batch_size=8, global_batch_size=32)
     assert [grad_accumulation(cfg, w) * 8 * w for w in (1, 2, 4)] == [32, 32, 32]
@@ -100,7 +100,7 @@ def test_two_process_training_matches_one_process(single, tmp_path, config):
 def test_generation_sharded_across_ranks_equals_one_process(single, tmp_path):
     import shutil
 
-    from selfimprove.rundir import load_rows
+    from selfimprove.core.rows import load_rows
 
     run = tmp_path / "copy"
     shutil.copytree(single, run)
@@ -159,7 +159,7 @@ STAGE_SCRIPT = """
 import os, sys
 from pathlib import Path
 import torch.distributed as dist
-from selfimprove.rundir import atomic_stage, is_done
+from selfimprove.core.atomic import atomic_stage, is_done
 
 dist.init_process_group("gloo")
 failing, out = int(sys.argv[1]), Path(sys.argv[2])

@@ -5,17 +5,17 @@ import pytest
 
 
 def test_dpo_refuses_a_recipe_without_pairs():
-    from selfimprove.config import load_recipe
-    from selfimprove.typed_yaml import ConfigError
+    from selfimprove.core.config import load_recipe
+    from selfimprove.core.typed_yaml import ConfigError
 
     with pytest.raises(ConfigError, match="filter.pairs is 'none'"):
         load_recipe(None, {"train.method": "dpo"})
 
 
 def test_chat_template_prompts_match_between_generation_and_training(tiny_policy):
-    from selfimprove.model import load_tokenizer
-    from selfimprove.prompts import PromptFormat
-    from selfimprove.train import tokenize_rows
+    from selfimprove.core.model import load_tokenizer
+    from selfimprove.core.prompts import PromptFormat
+    from selfimprove.stages.train import tokenize_rows
 
     tok = load_tokenizer(tiny_policy)
     tok.chat_template = (

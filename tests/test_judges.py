@@ -2,14 +2,9 @@
 
 import pytest
 
-from selfimprove.config import (
-    AdditionConfig,
-    JudgeConfig,
-    LLMJudgeConfig,
-    RewardModelConfig,
-)
-from selfimprove.judge import JudgeEnv, judge_rows
-from selfimprove.judge.llm import SCORE, WINNER, neutralise, parse_verdict, render
+from selfimprove.core.config import AdditionConfig, JudgeConfig, LLMJudgeConfig, RewardModelConfig
+from selfimprove.stages.judge import JudgeEnv, judge_rows
+from selfimprove.stages.judge.llm import SCORE, WINNER, neutralise, parse_verdict, render
 from selfimprove.tasks.addition import AdditionTask
 
 TASK = AdditionTask(AdditionConfig(), 0)
@@ -35,7 +30,7 @@ def _rows(prompt_id, completions, prompt="75+8="):
 def tiny_reward_model(tmp_path):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from selfimprove.model import build_char_tokenizer
+    from selfimprove.core.model import build_char_tokenizer
 
     tok = build_char_tokenizer("0123456789+=")
     cfg = LlamaConfig(
@@ -106,7 +101,7 @@ def test_pairwise_parsing():
 
 def _scripted_judge(monkeypatch, rule):
     """A deterministic judge model: ``rule(judge_prompt) -> output``, behind the real backend entry point."""
-    import selfimprove.generate as gen
+    import selfimprove.backends as gen
 
     def sample(backend, path, prompts, sampling, seed, batch_size, dtype="float32", desc="", fmt=None, options=None):
         assert sampling.temperature == 0 and sampling.num_samples == 1  # judges decode greedily
@@ -183,15 +178,15 @@ def test_self_judging_runs_the_policy_checkpoint_through_the_hf_backend(tiny_pol
     out, records = judge_rows(JudgeEnv(TASK, cfg, policy=tiny_policy), _rows("p0", ["560", "56"]))
     assert [r["judge_unparsed"] for r in out] == ["llm", "llm"] and [r["score_llm"] for r in out] == [0.0, 0.0]
     assert all(isinstance(r["output"], str) for r in records["llm"])
-    from selfimprove.config import FilterConfig
-    from selfimprove.filtering import filter_rows
+    from selfimprove.core.config import FilterConfig
+    from selfimprove.stages.filter import filter_rows
 
     kept = filter_rows(out, FilterConfig(min_scores={}), drop_unparsed=True)
     assert not any(r["kept"] for r in kept) and kept[0]["filter_reason"] == "unparsed:llm"
 
 
 def test_head_to_head_judges_every_pair_in_both_orders(monkeypatch):
-    from selfimprove.judge.llm import head_to_head
+    from selfimprove.stages.judge.llm import head_to_head
 
     env = JudgeEnv(TASK, JudgeConfig(judges=["llm_pairwise"]))
     a, b = _rows("p0", ["1", "22"]), _rows("p0", ["333", "4"])

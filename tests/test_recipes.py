@@ -24,7 +24,7 @@ def _meta(run: Path, k: int, stage: str) -> dict:
 
 
 def _rows(run: Path, k: int, stage: str, part: str = "data") -> list[dict]:
-    from selfimprove.rundir import load_rows
+    from selfimprove.core.rows import load_rows
 
     return load_rows(run / f"round_{k:02d}" / stage / part)
 
@@ -136,7 +136,7 @@ def test_every_recipe_has_a_smoke_check():
 def test_every_shipped_study_file_is_valid(path, tmp_path):
     """Every arm's recipe parses (its overrides are real fields) and the study's metrics exist in its base recipe's
     runs; the study machinery itself runs in tests/test_study.py (a full study here would be 9 runs)."""
-    from selfimprove.study import arm_recipe, load_study
+    from selfimprove.tools.study import arm_recipe, load_study
 
     study = load_study(path, str(tmp_path))
     recipes = [arm_recipe(study, arm) for arm in study.arms]
@@ -166,9 +166,9 @@ def test_star_recipe_with_vllm_cpu(tmp_path):
 def test_smoke_leaves_everything_else_as_shipped():
     """Only models, hub datasets, sizes (smoke.CAPS), GPU-only settings and output_dir change."""
 
-    from selfimprove.config import Recipe
+    from selfimprove.core.config import Recipe
+    from selfimprove.core.typed_yaml import load_overlay
     from selfimprove.smoke import CAPS, smoke_recipe
-    from selfimprove.typed_yaml import load_overlay
 
     others = {
         "output_dir",

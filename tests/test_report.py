@@ -32,10 +32,11 @@ def tiny_run(tmp_path_factory):
 def test_compare_json_recomputed_independently(tiny_run, tmp_path):
     import torch
 
-    from selfimprove.generate import Sampling, hf_generate
-    from selfimprove.model import load_policy, load_tokenizer
-    from selfimprove.rundir import load_rows
-    from selfimprove.runs import open_run
+    from selfimprove.backends import Sampling
+    from selfimprove.backends.hf import hf_generate
+    from selfimprove.core.model import load_policy, load_tokenizer
+    from selfimprove.core.rows import load_rows
+    from selfimprove.core.runs import open_run
 
     out = tmp_path / "cmp.json"
     proc = run_cli("compare", tiny_run / "round_00", tiny_run / "round_02", "--json", out)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from selfimprove.config import ConfigError, load_recipe
+from selfimprove.core.config import ConfigError, load_recipe
 from selfimprove.tasks import build_task
 from selfimprove.tasks.rewrite import apply_rules, parse_prompt, render
 

@@ -279,7 +279,7 @@ def test_run_missing_its_recipe_is_not_readopted(finished, tmp_path, capsys):
 def test_one_writer_at_a_time(finished, tmp_path, capsys):
     import os
 
-    from selfimprove.runlock import run_lock
+    from selfimprove.core.runlock import run_lock
 
     run = _copy(finished, tmp_path)
     with run_lock(run, "run"):
@@ -329,8 +329,8 @@ def test_changed_data_file_makes_later_stages_stale(tmp_path, capsys):
 
 def test_forced_redo_that_fails_keeps_the_finished_stage(finished, tmp_path, monkeypatch):
     from selfimprove import loop
-    from selfimprove.rundir import load_rows
-    from selfimprove.runs import open_run
+    from selfimprove.core.rows import load_rows
+    from selfimprove.core.runs import open_run
 
     run = _copy(finished, tmp_path)
     before = load_rows(run / "round_01" / "filter" / "data")
@@ -390,8 +390,8 @@ def test_recipe_history_and_the_recipe_of_every_round(finished, tmp_path, capsys
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["recipe"] for m in metrics] == [history[0]["hash"], history[0]["hash"], history[1]["hash"]]
     assert json.loads((run / "round_02" / "filter" / "meta.json").read_text())["recipe"] == history[1]["hash"]
-    from selfimprove.compare import compare
-    from selfimprove.report import write_report
+    from selfimprove.tools.compare import compare
+    from selfimprove.tools.report import write_report
 
     page = write_report([str(run)], str(tmp_path / "report")).read_text()
     assert (
@@ -482,7 +482,7 @@ def test_unexpected_error_is_one_line_and_a_log(finished, tmp_path, monkeypatch,
 
 
 def test_rounds_from_100_are_counted(tmp_path):
-    from selfimprove.rundir import round_numbers
+    from selfimprove.core.rundir import round_numbers
 
     for k in (0, 7, 99, 100, 123):
         (tmp_path / f"round_{k:02d}").mkdir()
@@ -507,7 +507,7 @@ def test_tensorboard_holds_each_round_once_across_monitor_reruns(tmp_path):
 
 
 def test_eval_prompt_with_other_whitespace_never_reaches_training(tmp_path):
-    from selfimprove.rundir import load_rows
+    from selfimprove.core.rows import load_rows
 
     rows = GOOD_ROWS[60:90] + [{"prompt": " " + GOOD_ROWS[95]["prompt"]}]  # an eval prompt with a leading space
     args = _generic(tmp_path, prompts=_jsonl(tmp_path / "p.jsonl", [{"prompt": r["prompt"]} for r in rows]))

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selfimprove import seeding
+from selfimprove.core import seeding
 
 PACKAGE = Path(__file__).resolve().parents[1] / "selfimprove"
 
@@ -46,7 +46,7 @@ def _calls(tree):
 
 
 def test_no_random_draw_outside_the_seeding_module():
-    """Every generator in the package comes from selfimprove.seeding: no default_rng/manual_seed fed by ad-hoc
+    """Every generator in the package comes from selfimprove.core.seeding: no default_rng/manual_seed fed by ad-hoc
     arithmetic on the recipe's seed, and every stream named in the code exists in the table."""
     offenders = []
     for path in PACKAGE.rglob("*.py"):

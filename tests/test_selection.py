@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from selfimprove.config import FilterConfig, SelectConfig
-from selfimprove.filtering import build_pairs, contamination_index, filter_rows
-from selfimprove.selection import select_rows
-from selfimprove.selection.dedup import greedy_max_similarity, minhash
-from selfimprove.selection.samplers import cluster_rebalance, deita, qdit, quotas
+from selfimprove.core.config import FilterConfig, SelectConfig
+from selfimprove.stages.filter import build_pairs, contamination_index, filter_rows
+from selfimprove.stages.select import select_rows
+from selfimprove.stages.select.dedup import greedy_max_similarity, minhash
+from selfimprove.stages.select.samplers import cluster_rebalance, deita, qdit, quotas
 
 
 def _row(pid, completion, score=1.0, idx=0, prompt=None, difficulty=1, tokens=None, finished=True, **kw):
@@ -145,9 +145,9 @@ def test_select_invariants_budget_and_no_duplicates(method):
 
 
 def test_oracle_relabel_uses_references_and_corrupts_the_asked_share():
-    from selfimprove import seeding
-    from selfimprove.config import AdditionConfig
-    from selfimprove.selection import oracle_relabel
+    from selfimprove.core import seeding
+    from selfimprove.core.config import AdditionConfig
+    from selfimprove.stages.select import oracle_relabel
     from selfimprove.tasks.addition import AdditionTask
 
     task = AdditionTask(AdditionConfig(seed_max_digits=3, eval_max_digits=6, pad_width=6), 0)
@@ -169,8 +169,8 @@ def test_oracle_relabel_uses_references_and_corrupts_the_asked_share():
 
 
 def test_oracle_relabel_refuses_rows_without_reference():
-    from selfimprove.selection import oracle_relabel
-    from selfimprove.typed_yaml import ConfigError
+    from selfimprove.core.typed_yaml import ConfigError
+    from selfimprove.stages.select import oracle_relabel
 
     class NoRef:
         name = "generic"

@@ -2,20 +2,15 @@
 
 import pytest
 
-from selfimprove.config import (
-    AdditionConfig,
-    FilterConfig,
-    JudgeConfig,
-    SelectConfig,
-    TrainConfig,
-)
-from selfimprove.errors import DataError
-from selfimprove.filtering import filter_rows
-from selfimprove.generate import Sampling, hf_generate
-from selfimprove.judge import JudgeEnv, judge_rows
-from selfimprove.selection import select_rows
+from selfimprove.backends import Sampling
+from selfimprove.backends.hf import hf_generate
+from selfimprove.core.config import AdditionConfig, FilterConfig, JudgeConfig, SelectConfig, TrainConfig
+from selfimprove.core.errors import DataError
+from selfimprove.stages.filter import filter_rows
+from selfimprove.stages.judge import JudgeEnv, judge_rows
+from selfimprove.stages.select import select_rows
+from selfimprove.stages.train import build_mixture, tokenize_rows
 from selfimprove.tasks.addition import AdditionTask
-from selfimprove.train import build_mixture, tokenize_rows
 
 TASK = AdditionTask(AdditionConfig(), 0)
 
@@ -144,7 +139,7 @@ def test_mixture_policy_shares_and_control():
 
 
 def test_tokenize_rows_masks_only_completion_and_eos(tiny_policy):
-    from selfimprove.model import load_tokenizer
+    from selfimprove.core.model import load_tokenizer
 
     tok = load_tokenizer(tiny_policy)
     out = tokenize_rows([{"prompt": "75+8=", "completion": "560"}], tok)
@@ -155,7 +150,7 @@ def test_tokenize_rows_masks_only_completion_and_eos(tiny_policy):
 
 
 def test_generate_batched_greedy_matches_one_by_one(tiny_policy):
-    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.core.model import load_policy, load_tokenizer
 
     model, tok = load_policy(tiny_policy), load_tokenizer(tiny_policy)
     prompts = ["1+2=", "12345+6=", "99+1=", "7+7="]
@@ -167,7 +162,7 @@ def test_generate_batched_greedy_matches_one_by_one(tiny_policy):
 
 
 def test_generate_sampling_is_seeded(tiny_policy):
-    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.core.model import load_policy, load_tokenizer
 
     model, tok = load_policy(tiny_policy), load_tokenizer(tiny_policy)
     s = Sampling(num_samples=3, temperature=1.0, max_new_tokens=5)
@@ -178,7 +173,7 @@ def test_generate_sampling_is_seeded(tiny_policy):
 
 
 def test_oracle_correct_is_unknown_without_a_reference():
-    from selfimprove.judge import oracle_correct
+    from selfimprove.tasks import oracle_correct
 
     assert oracle_correct(TASK, "560", "560") == 1 and oracle_correct(TASK, "561", "560") == 0
     assert oracle_correct(TASK, "560", "") == -1  # probe and judge alike: no reference, no pass@k

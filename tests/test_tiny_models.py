@@ -3,7 +3,7 @@ Auto classes as-is, tokenize losslessly, carry a ChatML template, and generate u
 
 import pytest
 
-from selfimprove.prompts import PromptFormat
+from selfimprove.core.prompts import PromptFormat
 
 
 @pytest.mark.parametrize("model_type, cls", [("qwen2", "Qwen2ForCausalLM"), ("llama", "LlamaForCausalLM")])
@@ -35,7 +35,7 @@ def test_bpe_tokenizer_is_subword_lossless_and_splits_digits(bpe_tokenizer):
 
 
 def test_chatml_template_and_prompt_format(tiny_real):
-    from selfimprove.model import load_tokenizer
+    from selfimprove.core.model import load_tokenizer
 
     tok = load_tokenizer(tiny_real("qwen2"))
     fmt = PromptFormat(chat=True, system="Be brief.", fewshot=(("1+1?", "2"),))
@@ -53,8 +53,9 @@ def test_chatml_template_and_prompt_format(tiny_real):
 
 def test_generation_stops_at_the_end_of_the_turn(tiny_real):
     """A random model eventually samples <|im_end|>: the completion ends there, marked finished, without it."""
-    from selfimprove.generate import Sampling, hf_generate
-    from selfimprove.model import load_policy, load_tokenizer
+    from selfimprove.backends import Sampling
+    from selfimprove.backends.hf import hf_generate
+    from selfimprove.core.model import load_policy, load_tokenizer
 
     path = tiny_real("qwen2")
     model, tok = load_policy(path), load_tokenizer(path)

@@ -3,9 +3,9 @@ the recipe owns are refused; mixed precision and activation checkpointing follow
 
 import pytest
 
-from selfimprove.config import load_recipe
-from selfimprove.trainer_args import build_args
-from selfimprove.typed_yaml import ConfigError
+from selfimprove.core.config import load_recipe
+from selfimprove.core.trainer_args import build_args
+from selfimprove.core.typed_yaml import ConfigError
 
 
 def test_old_name_is_refused_with_the_new_one():

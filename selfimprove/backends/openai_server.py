@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from selfimprove.errors import MissingExtra
-from selfimprove.seeding import child_seed
+from selfimprove.core.errors import MissingExtra
+from selfimprove.core.seeding import child_seed
 
 
 def _client(cfg):

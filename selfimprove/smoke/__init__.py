@@ -28,7 +28,7 @@ import json
 import os
 from pathlib import Path
 
-from selfimprove.typed_yaml import ConfigError
+from selfimprove.core.typed_yaml import ConfigError
 
 VLLM_PYTHON_ENV = "SELFIMPROVE_VLLM_PYTHON"
 CAPS = {
@@ -176,8 +176,8 @@ def _datasets(e: _Edits) -> None:
 
 
 def _defaults() -> dict:
-    from selfimprove.config import Recipe
-    from selfimprove.typed_yaml import iter_fields
+    from selfimprove.core.config import Recipe
+    from selfimprove.core.typed_yaml import iter_fields
 
     return {name: f.default for name, f, _ in iter_fields(Recipe)}
 

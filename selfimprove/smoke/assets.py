@@ -1,6 +1,6 @@
 """What ``--smoke`` substitutes for hub downloads, built locally once and cached (``SELFIMPROVE_SMOKE_CACHE``, default
 ``~/.cache/selfimprove/smoke``): the stand-in datasets (selfimprove.smoke.data), one byte-level BPE tokenizer trained
-on their text, and per architecture family three tiny models of the real class (selfimprove.tiny_models):
+on their text, and per architecture family three tiny models of the real class (selfimprove.smoke.tiny_models):
 
 - ``<family>-instruct``: the policy stand-in, an instruct model in miniature. Random weights would write noise that
   no verifier accepts and no round could learn from, so it is first fine-tuned for a few hundred TRL steps on chat
@@ -65,7 +65,7 @@ def _rows(hub_id: str, config: str | None, split: str) -> list[dict]:
 def _judge_rows(uf: list[dict]) -> list[dict]:
     """Built-in judge templates answered with the stand-in preference scores: pointwise "Score: N" for both answers,
     and pairwise "Winner: X" in both orders."""
-    from selfimprove.judge.llm import load_template, render
+    from selfimprove.stages.judge.llm import load_template, render
 
     point, pair = load_template("", "pointwise"), load_template("", "pairwise")
     rows = []
@@ -103,7 +103,7 @@ def _policy_rows(gsm: list[dict], uf: list[dict], rng: np.random.Generator) -> l
 
 def tokenizer_folder() -> Path:
     def build(out: Path):
-        from selfimprove.tiny_models import build_bpe_tokenizer
+        from selfimprove.smoke.tiny_models import build_bpe_tokenizer
 
         gsm = _rows("openai/gsm8k", "main", "train")
         uf = _rows("HuggingFaceH4/ultrafeedback_binarized", None, "train_prefs")
@@ -119,10 +119,10 @@ def _finetune(model_dir: Path, rows: list[dict], steps: int, seed: int) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from selfimprove.model import load_policy, load_tokenizer
-    from selfimprove.prompts import PromptFormat
-    from selfimprove.train import tokenize_rows
-    from selfimprove.trainer_args import checkpointing_args
+    from selfimprove.core.model import load_policy, load_tokenizer
+    from selfimprove.core.prompts import PromptFormat
+    from selfimprove.core.trainer_args import checkpointing_args
+    from selfimprove.stages.train import tokenize_rows
 
     tok, model = load_tokenizer(str(model_dir)), load_policy(str(model_dir))
     data = Dataset.from_dict(tokenize_rows(rows, tok, PromptFormat(chat=True)))
@@ -153,8 +153,8 @@ def model_folder(family: str, role: str) -> Path:
     """``role``: 'instruct', 'judge' or 'reward', of architecture ``family`` (a transformers model_type)."""
 
     def build(out: Path):
-        from selfimprove.model import load_tokenizer
-        from selfimprove.tiny_models import TinySize, build_tiny_model
+        from selfimprove.core.model import load_tokenizer
+        from selfimprove.smoke.tiny_models import TinySize, build_tiny_model
 
         tok = load_tokenizer(str(tokenizer_folder()))
         build_tiny_model(family, tok, out, TinySize(), seed=0, classifier=role == "reward")

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class LoopbackServer:
     def __init__(self, model_path: str, name: str = "", delay_s: float = 0.0):
-        from selfimprove.model import load_policy, load_tokenizer
+        from selfimprove.core.model import load_policy, load_tokenizer
 
         self.model, self.tok = load_policy(model_path), load_tokenizer(model_path)
         self.name = name or model_path
@@ -43,7 +43,8 @@ class LoopbackServer:
         return None
 
     def complete(self, prompt: str, body: dict, chat: bool) -> tuple[str, bool, int]:
-        from selfimprove.generate import Sampling, hf_generate
+        from selfimprove.backends import Sampling
+        from selfimprove.backends.hf import hf_generate
 
         if chat:
             if not getattr(self.tok, "chat_template", None):

@@ -17,7 +17,7 @@ import numpy as np
 
 class Task(Protocol):
     name: str
-    system_prompt: str  # before every prompt ("" = none); selfimprove.prompts places it
+    system_prompt: str  # before every prompt ("" = none); selfimprove.core.prompts places it
     fewshot_examples: tuple  # (prompt, completion) pairs shown before every prompt
 
     def source_files(self) -> list[str]:
@@ -70,19 +70,14 @@ def split_accuracy(rows: list[dict]) -> dict:
     return out
 
 
+def oracle_correct(task, completion: str, reference: str) -> int:
+    """Ground truth for measurement only: 1 correct, 0 wrong, -1 when there is no reference to check against."""
+    return int(task.is_correct(completion, reference)) if reference else -1
+
+
 def build_task(recipe) -> Task:
-    if recipe.task.name == "addition":
-        from selfimprove.tasks.addition import AdditionTask
+    """The recipe's task (selfimprove.registry.TASKS), configured by its task.<name> section."""
+    from selfimprove import registry
 
-        return AdditionTask(recipe.task.addition, recipe.seed)
-    if recipe.task.name == "rewrite":
-        from selfimprove.tasks.rewrite import RewriteTask
-
-        return RewriteTask(recipe.task.rewrite, recipe.seed)
-    if recipe.task.name == "countdown":
-        from selfimprove.tasks.countdown import CountdownTask
-
-        return CountdownTask(recipe.task.countdown, recipe.seed)
-    from selfimprove.tasks.generic import GenericTask
-
-    return GenericTask(recipe.task.generic, recipe.seed)
+    name = recipe.task.name
+    return registry.load(registry.TASKS[name])(getattr(recipe.task, name), recipe.seed)

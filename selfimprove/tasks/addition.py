@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from selfimprove import seeding
+from selfimprove.core import seeding
 from selfimprove.tasks import prompt_key, split_accuracy
 
 _PROMPT = re.compile(r"^(\d+)\+(\d+)=$")

@@ -2,7 +2,7 @@
 
 Columns are named in the recipe (``prompt_field``, ``answer_field``, ``difficulty_field``). A prompt template (Jinja,
 sandboxed, over the row's columns) turns a row into the user message, the same way for round prompts, eval sets, seed
-data and few-shot examples; a system prompt and few-shot examples are added around it by ``selfimprove.prompts``.
+data and few-shot examples; a system prompt and few-shot examples are added around it by ``selfimprove.core.prompts``.
 Answers are checked by exact match, by numeric value, by the final regex match, or by Hugging Face's ``math-verify``
 (``\\boxed{}``, LaTeX, fractions, numbers in text), as open-r1 and TRL's accuracy reward check them.
 """
@@ -16,8 +16,8 @@ import math
 import re
 from pathlib import Path
 
-from selfimprove import seeding
-from selfimprove.errors import DataError
+from selfimprove.core import seeding
+from selfimprove.core.errors import DataError
 from selfimprove.tasks import prompt_key, split_accuracy
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}

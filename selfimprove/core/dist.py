@@ -1,0 +1,82 @@
+"""Several processes under one launcher: who this rank is, its share of a job, gathering the shares, and agreeing
+on failures so no rank waits for ever for one that raised. Nothing here initialises torch.distributed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+LAUNCHED_ENV = "SELFIMPROVE_LAUNCHED"  # set by the orchestrator for the jobs it launches (selfimprove.loop.launch)
+
+
+def in_launched_job() -> bool:
+    """True inside a job the orchestrator (or a user, with ``selfimprove stage --launched``) launched for one stage:
+    the stage runs in this process instead of launching itself again. An explicit marker, because a 1-process
+    accelerate job looks exactly like a plain process."""
+    return bool(os.environ.get(LAUNCHED_ENV))
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1). Never initialises one."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def my_batches(n_items: int, batch_size: int) -> list[tuple[int, int]]:
+    """(batch index, start) of the batches this rank works on: every world-th one, so the batches themselves, and any
+    seed derived from their index, are the same for any number of processes."""
+    rank, world = dist_rank_world()
+    return [(b, start) for b, start in enumerate(range(0, n_items, batch_size)) if b % world == rank]
+
+
+def gather_dict(part: dict) -> dict:
+    """Under accelerate, the union of every rank's dict (their keys are disjoint shares of one job); else ``part``."""
+    if dist_rank_world()[1] == 1:
+        return part
+    import torch.distributed as dist
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in p.items()}
+
+
+def barrier() -> None:
+    if dist_rank_world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class StageFailedElsewhere(RuntimeError):
+    """Another rank's stage raised; this rank stops too instead of waiting for it in a collective."""
+
+
+@contextlib.contextmanager
+def reported(final: Path, world: int):
+    """Run a step of a stage, then agree with the other ranks on how it went: an error on any rank is raised on every
+    rank (the others name it), so a failing rank never leaves the rest waiting in a barrier."""
+    try:
+        yield
+    except BaseException as e:
+        if world > 1 and not isinstance(e, (KeyboardInterrupt, StageFailedElsewhere)):
+            agree(final, world, f"{type(e).__name__}: {e}")
+        raise
+    agree(final, world, None)
+
+
+def agree(final: Path, world: int, error: str | None) -> None:
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    errors: list = [None] * world
+    dist.all_gather_object(errors, error)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if failed and error is None:
+        r, e = failed[0]
+        raise StageFailedElsewhere(f"stage {final.name}: rank {r} failed ({e}); this rank stops too")

@@ -1,0 +1,181 @@
+"""What a finished stage is, on disk, and how to tell it is still that.
+
+A stage's ``DONE`` marker is JSON, written last: the size and SHA-256 of every file in the stage (``files``), and
+for every input it read (earlier stages, data files) the input's digest at the time (``inputs``). Files and folders
+are fsynced before DONE and the rename, so a finished stage survives a power cut. Reading a stage checks the sizes
+(cheap, always: ``check_sizes``); ``selfimprove verify`` checks every hash and every input digest (``verify_stage``).
+A stage's digest covers its data files only (not meta.json's timings nor a dataset's random fingerprint), so a
+stage redone with the same inputs has the same digest and later stages stay valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from selfimprove.core.errors import RunDirError
+
+DONE = "DONE"
+NOT_CONTENT = {"meta.json", "state.json"}  # timings, and `datasets`' random fingerprints: not what a stage produced
+
+
+FAULT_ENV = "SELFIMPROVE_FAULT"
+
+
+def fault_point(final: Path, point: str) -> None:
+    """Fault injection for tests: with ``SELFIMPROVE_FAULT=<folder>:<point>`` (``round_01/train:before_done``,
+    ``eval_sets:start``, ``metrics.jsonl:before_rename``), the process SIGKILLs itself when it reaches that point,
+    so a kill lands exactly there, whatever the machine's speed."""
+    spec = os.environ.get(FAULT_ENV)
+    if spec and spec in (f"{final.parent.name}/{final.name}:{point}", f"{final.name}:{point}"):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not (p.parent == folder and p.name == DONE))
+
+
+def manifest(folder: Path) -> dict[str, list]:
+    return {str(p.relative_to(folder)): [p.stat().st_size, file_hash(p)] for p in _files(folder)}
+
+
+def content_digest(files: dict[str, list]) -> str:
+    h = hashlib.sha256()
+    for rel, (_, sha) in sorted(files.items()):
+        if Path(rel).name not in NOT_CONTENT:
+            h.update(f"{rel}\0{sha}\n".encode())
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_done(folder: Path, inputs: dict[str, str] | None = None) -> dict:
+    """fsync every file and folder of the stage, then write and fsync DONE with the manifest; return the record."""
+    files = manifest(folder)
+    for p in _files(folder):
+        _fsync(p)
+    for d in sorted({p.parent for p in _files(folder)} | {folder}, key=lambda d: -len(d.parts)):
+        _fsync(d)
+    record = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "files": files,
+        "inputs": inputs or {},
+        "digest": content_digest(files),
+    }
+    with open(folder / DONE, "w") as fh:
+        json.dump(record, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync(folder)
+    return record
+
+
+def read_done(folder: Path) -> dict | None:
+    """The stage's DONE record; None when it has none or one from before manifests (a plain timestamp)."""
+    try:
+        record = json.loads((Path(folder) / DONE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "files" in record else None
+
+
+def stage_digest(folder: Path) -> str:
+    record = read_done(folder)
+    return record["digest"] if record else ""
+
+
+def replace_dir(partial: Path, final: Path) -> None:
+    """Move a finished ``partial`` into place. An existing ``final`` (a stage being redone) is set aside first and
+    removed only once the new one is in place, so a failed redo never loses the finished stage."""
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        fault_point(final, "between_renames")
+    os.replace(partial, final)
+    _fsync(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(final: Path) -> None:
+    """Undo a crash inside ``replace_dir``: with no ``final`` but a finished ``.old``, the old stage comes back; the
+    leftovers of a finished stage (``.old``, an abandoned ``.partial``) go."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        if not final.exists() and (old / DONE).exists():
+            os.replace(old, final)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    if (final / DONE).exists():
+        shutil.rmtree(final.with_name(final.name + ".partial"), ignore_errors=True)
+
+
+def stage_root(path: Path) -> Path | None:
+    """The finished stage folder holding ``path`` (the first folder up from it with a DONE), if any."""
+    for folder in [path, *path.parents]:
+        if (folder / DONE).is_file():
+            return folder
+    return None
+
+
+def check_sizes(path: Path, run_dir: Path | None = None) -> None:
+    """Compare the sizes of the files under ``path`` with its stage's DONE record: a truncated, grown or missing
+    file is refused with the command that finds out more."""
+    path = Path(path)
+    root = stage_root(path)
+    record = read_done(root) if root else None
+    if record is None:
+        return
+    prefix = "" if path == root else str(path.relative_to(root)) + "/"
+    where = str(root.relative_to(run_dir)) if run_dir and root.is_relative_to(run_dir) else str(root)
+    for rel, (size, _) in record["files"].items():
+        if not rel.startswith(prefix):
+            continue
+        f = root / rel
+        if not f.exists():
+            raise RunDirError(
+                f"{where} is damaged: {rel} is missing. 'selfimprove verify RUN_DIR' checks the whole run "
+                "and names the command that redoes the stage."
+            )
+        if f.stat().st_size != size:
+            raise RunDirError(
+                f"{where} is damaged: {rel} has {f.stat().st_size} bytes, its DONE recorded {size}. "
+                "'selfimprove verify RUN_DIR' checks the whole run and names the command that redoes it."
+            )
+
+
+def verify_stage(folder: Path, current_inputs: dict[str, str]) -> list[str]:
+    """Every difference between a stage and its DONE record: changed, missing or extra files, and inputs whose digest
+    is no longer the one the stage was made from."""
+    record = read_done(folder)
+    if record is None:
+        return ["has no integrity record (made before selfimprove kept one, or interrupted)"]
+    found, want = manifest(folder), record["files"]
+    out = [f"{rel} changed (content hash differs)" for rel in sorted(set(found) & set(want)) if found[rel] != want[rel]]
+    out += [f"{rel} is missing" for rel in sorted(set(want) - set(found))]
+    out += [f"{rel} was added after the stage finished" for rel in sorted(set(found) - set(want))]
+    for name, digest in record["inputs"].items():
+        now = current_inputs.get(name)
+        if now is not None and now != digest:
+            out.append(f"its input {name} is no longer the one it was made from")
+    return out

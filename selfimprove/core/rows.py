@@ -1,0 +1,28 @@
+"""Rows on disk: a list of dicts as a `datasets` folder, and back, checked against its stage's DONE record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selfimprove.core.integrity import check_sizes
+
+
+def save_rows(rows: list[dict], path: str | Path) -> None:
+    """Save rows as a `datasets` dataset folder."""
+    from datasets import Dataset
+
+    if not rows:  # `datasets` writes no Arrow file for zero rows and cannot reload it, so mark emptiness
+        Path(path).mkdir(parents=True)
+        (Path(path) / "EMPTY").write_text("0 rows\n")
+        return
+    Dataset.from_list(rows).save_to_disk(str(path))
+
+
+def load_rows(path: str | Path) -> list[dict]:
+    """The rows of a saved dataset folder, after checking its files' sizes against its stage's DONE record."""
+    from datasets import load_from_disk
+
+    check_sizes(Path(path))
+    if (Path(path) / "EMPTY").exists():
+        return []
+    return load_from_disk(str(path)).to_list()

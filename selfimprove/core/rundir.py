@@ -1,0 +1,173 @@
+"""The on-disk layout of a run, and the one way every stage writes its outputs.
+
+    RUN_DIR/
+      recipe.yaml                  the recipe in force (a rerun with a different one is refused)
+      recipes/                     every recipe the run has had, from which round each applied (history.json)
+      base_model/                  round-0 starting policy (bootstrap builds it here)
+      eval_sets/ probe_set/ seed_data/   fixed eval problems, probe prompts and labelled seed data, made once
+      round_00/train/ ...          round 0: bootstrap on seed data
+      round_01/{generate,judge,filter,select,train,evaluate,monitor}/
+      metrics.jsonl                one line per completed round, rebuilt from round_*/monitor/metrics.json
+      logs/                        tracebacks of unexpected errors
+
+How a stage writes its folder: selfimprove.core.atomic. ``RunContext`` is what every stage is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from selfimprove.core.atomic import atomic_stage, is_done, read_json
+from selfimprove.core.integrity import fault_point, file_hash, stage_digest
+from selfimprove.core.rows import load_rows
+
+ROUND_DIR = re.compile(r"^round_(\d+)$")
+SETUP_DIRS = ("base_model", "eval_sets", "probe_set", "seed_data")
+
+
+def round_dir(run_dir: str | Path, k: int) -> Path:
+    return Path(run_dir) / f"round_{k:02d}"
+
+
+def stage_dir(run_dir: str | Path, k: int, stage: str) -> Path:
+    return round_dir(run_dir, k) / stage
+
+
+def round_numbers(run_dir: str | Path) -> list[int]:
+    """Every round folder's number, in order (round_00 ... round_99, round_100, ...)."""
+    found = [ROUND_DIR.match(p.name) for p in Path(run_dir).iterdir()] if Path(run_dir).is_dir() else []
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def completed_rounds(run_dir: str | Path) -> list[int]:
+    return [k for k in round_numbers(run_dir) if is_done(stage_dir(run_dir, k, "monitor"))]
+
+
+def rebuild_metrics(run_dir: str | Path) -> list[dict]:
+    """Rewrite metrics.jsonl from every completed round's monitor output: a rerun can never duplicate a line."""
+    run_dir = Path(run_dir)
+    lines = []
+    for k in completed_rounds(run_dir):
+        mon = stage_dir(run_dir, k, "monitor")
+        if is_done(mon):
+            lines.append(read_json(mon / "metrics.json"))
+    tmp = run_dir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
+    fault_point(run_dir / "metrics.jsonl", "before_rename")
+    os.replace(tmp, run_dir / "metrics.jsonl")
+    return lines
+
+
+def accepted_rows(ctx, before: int) -> list[dict]:
+    """The rows the select stage accepted in rounds 1..before-1 (the training history a round builds on)."""
+    rows = []
+    for j in range(1, before):
+        d = ctx.stage(j, "select")
+        if is_done(d):
+            rows += [r for r in load_rows(d / "data") if r["selected"]]
+    return rows
+
+
+class RunContext:
+    """What every stage needs: the recipe, the run directory and the task (built once per process)."""
+
+    def __init__(self, recipe, run_dir: str | Path):
+        from selfimprove.core.config import recipe_hash
+        from selfimprove.tasks import build_task
+
+        self.recipe, self.run_dir, self.task = recipe, Path(run_dir), build_task(recipe)
+        self.recipe_hash = recipe_hash(recipe)
+
+    def stage(self, k: int, name: str) -> Path:
+        return stage_dir(self.run_dir, k, name)
+
+    def folder(self, k: int | None, name: str) -> Path:
+        """Round k's stage folder, or with k None a setup folder (base_model, eval_sets, ...)."""
+        return self.run_dir / name if k is None else self.stage(k, name)
+
+    def writing(self, k: int | None, name: str, meta: dict | None = None):
+        """``atomic_stage`` for a stage of this run: its meta records the recipe's hash, its DONE the inputs'
+        digests."""
+        return atomic_stage(self.folder(k, name), {**(meta or {}), "recipe": self.recipe_hash}, self.inputs(k, name))
+
+    def _checkpoint_stage(self, j: int) -> Path | None:
+        if j >= 0:
+            return self.stage(j, "train")
+        return self.run_dir / "base_model" if self.recipe.model.path is None else None
+
+    def input_paths(self, k: int | None, name: str) -> list[Path]:
+        """The folders a stage reads: the one table of which stage depends on which."""
+        run, r = self.run_dir, self.recipe
+        if k is None:
+            return [run / "eval_sets"] if name in ("probe_set", "seed_data") else []
+        before = lambda stage, lo=0: [self.stage(j, stage) for j in range(lo, k)]  # noqa: E731
+        init = -1 if (k == 0 or r.train.init == "base") else k - 1
+        table = {
+            "generate": [self._checkpoint_stage(k - 1), run / "eval_sets", *before("monitor")],
+            "judge": [self.stage(k, "generate"), self._checkpoint_stage(k - 1)],
+            "filter": [self.stage(k, "judge"), run / "eval_sets", run / "probe_set"],
+            "select": [self.stage(k, "filter"), *before("select", 1), *before("monitor")],
+            "train": [self._checkpoint_stage(init), run / "seed_data", *before("select", 1), *before("filter", 1)]
+            + ([self.stage(k, "select"), self.stage(k, "filter")] if k else []),
+            "evaluate": [self.stage(k, "train"), run / "eval_sets", run / "probe_set"],
+            "monitor": [self.stage(k, "evaluate"), self.stage(k, "train"), *before("monitor")]
+            + ([self.stage(k, "filter"), self.stage(k, "select"), self._checkpoint_stage(k - 1)] if k else []),
+        }
+        return [p for p in table[name] if p is not None and is_done(p)]
+
+    def inputs(self, k: int | None, name: str) -> dict[str, str]:
+        """{input: digest} for a stage: each folder it reads (by its DONE digest) and each local file the task reads."""
+        out = {str(p.relative_to(self.run_dir)): stage_digest(p) for p in self.input_paths(k, name)}
+        out.update({f"file:{f}": file_hash(Path(f)) for f in self.task.source_files()})
+        return out
+
+    @property
+    def prompt_format(self):
+        """How every prompt of this run becomes the policy's input (selfimprove.core.prompts)."""
+        from selfimprove.core.prompts import PromptFormat
+
+        return PromptFormat(
+            chat=self.recipe.generate.chat_template, system=self.task.system_prompt, fewshot=self.task.fewshot_examples
+        )
+
+    def checkpoint(self, k: int) -> str:
+        """The policy that round k trains into; round k generates from checkpoint(k - 1)."""
+        from selfimprove.core.model import base_model_path
+
+        if k < 0:
+            return base_model_path(self.recipe, self.run_dir)
+        return str(self.stage(k, "train") / "model")
+
+    def relative(self, path: str) -> str:
+        """A path inside the run as 'round_00/train/model' (lineage survives moving the run); others unchanged."""
+        p = Path(path)
+        return str(p.relative_to(self.run_dir)) if p.is_relative_to(self.run_dir) else str(path)
+
+    def history(self, upto: int) -> list[dict]:
+        """Metrics of completed rounds before ``upto``."""
+        return [
+            read_json(self.stage(j, "monitor") / "metrics.json")
+            for j in range(upto)
+            if is_done(self.stage(j, "monitor"))
+        ]
+
+    def eval_rows(self) -> list[dict]:
+        return load_rows(self.run_dir / "eval_sets" / "data")
+
+    def dev_rows(self) -> list[dict]:
+        """The dev split (eval_sets/dev), the only labelled held-out rows a decision of the loop may read."""
+        path = self.run_dir / "eval_sets" / "dev"
+        return load_rows(path) if path.exists() else []
+
+    def excluded_prompts(self) -> set[str]:
+        """Eval and dev prompts (as selfimprove.tasks.prompt_key compares them), which no training prompt may be."""
+        from selfimprove.tasks import prompt_key
+
+        return {prompt_key(r["prompt"]) for r in self.eval_rows() + self.dev_rows()}
+
+    def probe_rows(self) -> list[dict]:
+        path = self.run_dir / "probe_set" / "data"
+        return load_rows(path) if path.exists() else []

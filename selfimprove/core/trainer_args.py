@@ -1,0 +1,125 @@
+"""The recipe's train section as TRL config arguments (``trl.SFTConfig`` / ``trl.DPOConfig``).
+
+Three kinds of argument:
+- owned by the recipe: every TRL field that a recipe field already sets (``max_steps`` is ``train.max_steps``, ``beta``
+  is ``train.dpo.beta``...). Setting one in ``train.trainer_args`` is refused, naming the recipe field to use, so the
+  two can never disagree.
+- engine defaults: what the engine prefers when the user says nothing (no checkpoints, no trackers, mixed precision
+  following ``model.dtype`` on GPU, completion-only loss); ``train.trainer_args`` overrides any of them.
+- everything else TRL accepts, passed as it is. Unknown names are refused with the closest TRL field.
+Validation runs when the recipe loads, against the real TRL classes, before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from selfimprove.core import seeding
+
+OWNED = {
+    "output_dir": "the engine (each round trains into its own stage folder)",
+    "max_steps": "train.max_steps (rounds) / train.bootstrap_steps (round 0)",
+    "per_device_train_batch_size": "train.per_device_train_batch_size",
+    "gradient_accumulation_steps": "train.global_batch_size or train.gradient_accumulation_steps",
+    "learning_rate": "train.learning_rate / train.round_learning_rate",
+    "lr_scheduler_type": "train.lr_scheduler_type",
+    "warmup_steps": "train.warmup_steps",
+    "weight_decay": "train.weight_decay",
+    "max_grad_norm": "train.max_grad_norm",
+    "logging_steps": "train.logging_steps",
+    "seed": "seed (the recipe's)",
+    "data_seed": "seed (the recipe's)",
+    "use_cpu": "the engine (it trains on the GPU when one is visible)",
+    "gradient_checkpointing": "train.gradient_checkpointing",
+    "activation_checkpointing": "train.gradient_checkpointing",
+}
+OWNED_DPO = {"beta": "train.dpo.beta", "loss_type": "train.dpo.loss_type", "max_length": "train.dpo.max_length"}
+# Models this large train with activation checkpointing on a GPU unless the recipe says otherwise: their activations,
+# not their weights, are what overflows memory at useful batch sizes.
+CHECKPOINTING_AUTO_PARAMS = 1_000_000_000
+
+
+@functools.lru_cache(maxsize=None)
+def _fields(method: str) -> frozenset[str]:
+    from trl import DPOConfig, SFTConfig
+
+    return frozenset(f.name for f in dataclasses.fields(SFTConfig if method == "sft" else DPOConfig))
+
+
+def methods_used(train, rounds: int) -> list[str]:
+    """TRL configs a run builds: round 0 is SFT (when it trains), later rounds ``train.method``."""
+    used = ["sft"] if train.bootstrap_steps > 0 or (rounds > 0 and train.method == "sft") else []
+    return used + (["dpo"] if rounds > 0 and train.method == "dpo" else [])
+
+
+def problems(train, rounds: int) -> list[str]:
+    """Every problem of ``train.trainer_args``, each with its fix."""
+    import difflib
+
+    out = []
+    used = methods_used(train, rounds)
+    for key in train.trainer_args:
+        owner = OWNED.get(key) or (OWNED_DPO.get(key) if "dpo" in used else None)
+        if owner:
+            out.append(f"train.trainer_args.{key}: set by {owner}; remove it from trainer_args.")
+            continue
+        for method in used:
+            if key not in _fields(method):
+                cls = "trl.SFTConfig" if method == "sft" else "trl.DPOConfig"
+                when = "round 0 (supervised bootstrap)" if method == "sft" and train.method == "dpo" else "training"
+                close = difflib.get_close_matches(key, sorted(_fields(method)), n=1, cutoff=0.6)
+                hint = f" Did you mean {close[0]!r}?" if close else f" See {cls}'s documentation for its fields."
+                out.append(f"train.trainer_args.{key}: not a field of {cls}, which {when} uses.{hint}")
+                break
+    return out
+
+
+def checkpointing(train, parameters: int, gpu: bool) -> bool:
+    if train.gradient_checkpointing is not None:
+        return train.gradient_checkpointing
+    return gpu and parameters >= CHECKPOINTING_AUTO_PARAMS
+
+
+def checkpointing_args(method: str, on: bool) -> dict:
+    """Activation checkpointing under the name this transformers uses (``activation_checkpointing`` from 5.24,
+    ``gradient_checkpointing`` before). TRL turns it on by default, which is pure overhead for small models."""
+    name = "activation_checkpointing" if "activation_checkpointing" in _fields(method) else "gradient_checkpointing"
+    return {name: on, **({f"{name}_kwargs": {"use_reentrant": False}} if on else {})}
+
+
+def build_args(recipe, k: int, output_dir: str, steps: int, accumulation: int, method: str, parameters: int) -> dict:
+    """Keyword arguments of round k's ``SFTConfig`` / ``DPOConfig``: engine defaults < trainer_args < recipe fields."""
+    import torch
+
+    t = recipe.train
+    gpu = torch.cuda.is_available()
+    defaults = dict(
+        bf16=gpu and recipe.model.dtype == "bfloat16",
+        fp16=gpu and recipe.model.dtype == "float16",
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=False,
+        dataloader_drop_last=True,
+    )
+    if method == "sft":  # rows arrive tokenised with a completion mask; nothing to truncate
+        defaults.update(completion_only_loss=True, max_length=None)
+    owned = dict(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=t.round_learning_rate if k > 0 and t.round_learning_rate else t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        seed=seeding.int_seed(recipe.seed, "train", k),
+        data_seed=seeding.int_seed(recipe.seed, "train", k),
+        use_cpu=not gpu,
+        **checkpointing_args(method, checkpointing(t, parameters, gpu)),
+    )
+    if method == "dpo":
+        owned.update(beta=t.dpo.beta, loss_type=[t.dpo.loss_type], max_length=t.dpo.max_length)
+    return {**defaults, **t.trainer_args, **owned}

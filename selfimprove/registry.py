@@ -1,0 +1,67 @@
+"""Every pluggable kind of thing, listed once: the stages of a round, the judges, the filter rules, the metric blocks
+of the monitor and the tasks. An entry names its implementation as ``module:attribute``, imported only when it is
+used, so reading a list (the CLI's choices, recipe validation, the report's panels) imports nothing.
+
+Adding one: write the function (or task class) and add its line here; everything that lists or dispatches reads it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# A round's stages, in order; round 0 runs the last three on the seed data.
+STAGES = {
+    "generate": "selfimprove.stages.generate:run_generate",
+    "judge": "selfimprove.stages.judge:run_judge",
+    "filter": "selfimprove.stages.filter:run_filter",
+    "select": "selfimprove.stages.select:run_select",
+    "train": "selfimprove.stages.train:run_train",
+    "evaluate": "selfimprove.stages.evaluate:run_evaluate",
+    "monitor": "selfimprove.stages.monitor:run_monitor",
+}
+ROUND0_STAGES = ("train", "evaluate", "monitor")
+SHARDED_STAGES = ("generate", "judge", "evaluate")  # model-bound: split their prompts across accelerate ranks
+TIMED_STAGES = tuple(s for s in STAGES if s != "monitor")  # time/<stage>_s (the monitor cannot time itself)
+
+# judge name -> function (env, rows) -> scores, or (scores, records)
+JUDGES = {
+    "verifier": "selfimprove.stages.judge.rules:verifier",
+    "majority": "selfimprove.stages.judge.rules:majority",
+    "consistency": "selfimprove.stages.judge.rules:consistency",
+    "format": "selfimprove.stages.judge.rules:format_check",
+    "reward": "selfimprove.stages.judge.reward_model:reward_model",
+    "llm": "selfimprove.stages.judge.llm:pointwise",
+    "llm_pairwise": "selfimprove.stages.judge.llm:pairwise",
+}
+
+# The filter chain, in order: rule name -> function (row, FilterRule context) -> list of reasons it fails (empty =
+# passes). Decontamination comes first and, when it fails, is the only reason given. Best-of-n per prompt runs last.
+FILTERS = {
+    "decontaminate": "selfimprove.stages.filter:contaminated",
+    "unparsed": "selfimprove.stages.filter:unparsed",
+    "length": "selfimprove.stages.filter:length",
+    "unfinished": "selfimprove.stages.filter:unfinished",
+    "min_scores": "selfimprove.stages.filter:below_threshold",
+}
+
+# The monitor's blocks over a round's data: name -> function (ctx, k, judged, models) -> flat metrics dict.
+METRICS = {
+    "quality": "selfimprove.stages.monitor:quality_block",
+    "diversity": "selfimprove.stages.monitor:diversity_block",
+    "answers": "selfimprove.stages.monitor:answer_block",
+    "complexity": "selfimprove.stages.monitor:complexity_blocks",
+}
+
+# task name -> class(config section, seed); the recipe's task.<name> section configures it
+TASKS = {
+    "addition": "selfimprove.tasks.addition:AdditionTask",
+    "countdown": "selfimprove.tasks.countdown:CountdownTask",
+    "rewrite": "selfimprove.tasks.rewrite:RewriteTask",
+    "generic": "selfimprove.tasks.generic:GenericTask",
+}
+
+
+def load(entry: str):
+    """The object an entry names ('package.module:attribute')."""
+    module, _, attribute = entry.partition(":")
+    return getattr(importlib.import_module(module), attribute)

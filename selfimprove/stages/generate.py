@@ -1,0 +1,61 @@
+"""Stage 1, generate: the task's prompts for round k, ``generate.num_samples`` completions each from round k-1's
+checkpoint through selfimprove.backends, one row per sample with its lineage (checkpoint, sampling, seed)."""
+
+from __future__ import annotations
+
+from selfimprove.backends import Sampling, sample
+from selfimprove.core import seeding
+from selfimprove.core.rows import save_rows
+
+
+def run_generate(ctx, k: int) -> None:
+    """Write round k's prompts and samples (one row per sample, with lineage) to round_k/generate/."""
+    from selfimprove.metrics.alarms import steered_temperature
+
+    r = ctx.recipe
+    prompts = ctx.task.round_prompts(k, ctx.history(k), ctx.excluded_prompts())
+    ckpt = ctx.checkpoint(k - 1)
+    sampling = Sampling(
+        r.generate.num_samples,
+        steered_temperature(ctx, k),
+        r.generate.top_p,
+        r.generate.top_k,
+        r.generate.max_new_tokens or ctx.task.max_new_tokens(prompts),
+    )
+    seed = seeding.int_seed(r.seed, "generate", k)
+    with ctx.writing(
+        k, "generate", {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict(), "seed": seed}
+    ) as (out, meta):
+        samples = sample(
+            r.generate.backend,
+            ckpt,
+            [p["prompt"] for p in prompts],
+            sampling,
+            seed,
+            r.generate.batch_size,
+            r.model.dtype,
+            f"round {k} generate",
+            fmt=ctx.prompt_format,
+            options=r.generate,
+        )
+        rows = [
+            {
+                **p,
+                "sample_idx": j,
+                **s,
+                "round": k,
+                "checkpoint": ctx.relative(ckpt),
+                **sampling.as_dict(),
+                "seed": seed,
+            }
+            for p, ss in zip(prompts, samples)
+            for j, s in enumerate(ss)
+        ]
+        save_rows(rows, out / "data")
+        meta.update(
+            prompts=len(prompts),
+            samples=len(rows),
+            tokens=sum(x["num_tokens"] for x in rows),
+            backend=r.generate.backend,
+            request_errors=sum(bool(x.get("error")) for x in rows),
+        )

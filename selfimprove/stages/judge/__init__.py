@@ -1,0 +1,74 @@
+"""Stage 2, judge: every named judge scores every sample; ``score`` combines them (weighted mean, or weighted vote).
+
+A judge is a function ``(env, rows) -> scores`` over the whole round, so judges that need all samples of a prompt
+(majority vote, pairwise LLM judge) or batch through a model (reward model, LLM judge) fit the same slot; a judge may
+also return ``(scores, records)``, records being its raw outputs, saved beside the data. A score of None means the
+judge could not score the sample (an unparseable LLM verdict); ``judge.llm.on_unparseable`` decides what happens.
+``oracle_correct`` (1/0, or -1 without a reference) is recorded for the monitor only: no filter reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from selfimprove import registry
+from selfimprove.core import seeding
+from selfimprove.core.rows import load_rows, save_rows
+from selfimprove.tasks import oracle_correct
+
+UNPARSED_VALUE = {"zero": 0.0, "neutral": 0.5, "drop": 0.0}
+
+
+@dataclass
+class JudgeEnv:
+    """What a judge may read: the task, the judge config, the checkpoint that generated the round (for self-judging)."""
+
+    task: object
+    cfg: object
+    policy: str = ""
+    seed: int = 0
+    dtype: str = "float32"
+
+
+def _combine(cfg, scores: dict[str, list[float]], i: int) -> float:
+    names = cfg.judges
+    w = {n: cfg.weights.get(n, 1.0) for n in names}
+    if cfg.combine == "vote":  # weighted share of judges that accept the sample
+        return sum(w[n] * (scores[n][i] >= cfg.vote_thresholds.get(n, 0.5)) for n in names) / sum(w.values())
+    return sum(w[n] * scores[n][i] for n in names) / sum(w.values())
+
+
+def judge_rows(env: JudgeEnv, rows: list[dict]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Rows with score_<judge>, score, judge_unparsed (judges that could not score it) and oracle_correct; plus each
+    judge's raw records."""
+    cfg = env.cfg
+    scores, records = {}, {}
+    for name in cfg.judges:
+        result = registry.load(registry.JUDGES[name])(env, rows)
+        scores[name], records[name] = result if isinstance(result, tuple) else (result, [])
+    unparsed = [[n for n in cfg.judges if scores[n][i] is None] for i in range(len(rows))]
+    fill = UNPARSED_VALUE[cfg.llm.on_unparseable]
+    scores = {n: [fill if s is None else float(s) for s in v] for n, v in scores.items()}
+    out = []
+    for i, r in enumerate(rows):
+        row = {**r, **{f"score_{n}": scores[n][i] for n in cfg.judges}}
+        row["score"] = _combine(cfg, scores, i)
+        row["judge_unparsed"] = ",".join(unparsed[i])
+        row["oracle_correct"] = oracle_correct(env.task, r["completion"], r["reference"])
+        out.append(row)
+    return out, {n: rec for n, rec in records.items() if rec}
+
+
+def run_judge(ctx, k: int) -> None:
+    rows = load_rows(ctx.stage(k, "generate") / "data")
+    cfg = ctx.recipe.judge
+    env = JudgeEnv(
+        ctx.task, cfg, ctx.checkpoint(k - 1), seeding.int_seed(ctx.recipe.seed, "judge", k), ctx.recipe.model.dtype
+    )
+    with ctx.writing(k, "judge", {"judges": cfg.judges, "weights": cfg.weights, "combine": cfg.combine}) as (out, meta):
+        judged, records = judge_rows(env, rows)
+        save_rows(judged, out / "data")
+        for name, rec in records.items():
+            save_rows(rec, out / f"records_{name}")
+        meta["mean_score"] = {n: sum(r[f"score_{n}"] for r in judged) / max(len(judged), 1) for n in cfg.judges}
+        meta["unparsed"] = {n: sum(n in r["judge_unparsed"].split(",") for r in judged) for n in cfg.judges}

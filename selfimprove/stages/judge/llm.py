@@ -1,0 +1,171 @@
+"""LLM-as-judge, pointwise (rubric -> "Score: N") and pairwise (A vs B in both orders, so position bias cancels).
+
+The judge model is ``judge.llm.model``: a checkpoint folder or hub id, or "policy" for the checkpoint that generated
+the round (self-judging, as in Self-Rewarding LMs). It generates greedily through the same backend entry as the policy
+(``selfimprove.backends.sample``). The prompt template is a text file (``judge.llm.template``) with the fields
+{prompt}, {completion} (pointwise) or {prompt}, {a}, {b} (pairwise), and {max_score}.
+
+Hardening, because the judged text is untrusted:
+- fields are substituted in one pass, so a completion containing "{b}" or "{max_score}" stays literal;
+- the template's fence tags (<task>, <response>, <response_a>, <response_b>) are neutralised inside judged text, so a
+  completion cannot close its fence and speak as the instructions;
+- only the judge's own output is parsed, and it must hold exactly one verdict line ("Score: N" / "Winner: X"), in range;
+- a verdict that the judged text itself claims (a completion saying "Score: 10" when the judge answers 10) is not
+  trusted: the judge may be parroting it. Such outputs, and every unparseable one, count as unparsed and are handled
+  as ``judge.llm.on_unparseable`` says.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from importlib import resources
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from selfimprove.core.errors import DataError
+
+_FIELDS = re.compile(r"\{(prompt|completion|a|b|max_score)\}")
+_FENCE = re.compile(r"<(\s*/?\s*(?:task|response_a|response_b|response)\s*)>", re.I)
+SCORE = re.compile(r"^[ \t]*score[ \t]*:[ \t]*(\d+(?:\.\d+)?)[ \t]*$", re.I | re.M)
+WINNER = re.compile(r"^[ \t]*winner[ \t]*:[ \t]*(a|b|tie)[ \t]*$", re.I | re.M)
+_CLAIM = {SCORE: r"score\s*:\s*{}(?![\d.])", WINNER: r"winner\s*:\s*{}\b"}
+
+
+def load_template(path: str, mode: str) -> str:
+    if path:
+        if not Path(path).is_file():
+            raise DataError(
+                f"judge.llm.template={path!r} does not exist. Point it at a text file with "
+                "{prompt} and {completion} (pointwise) or {a} and {b} (pairwise), or leave it empty."
+            )
+        return Path(path).read_text()
+    return resources.files("selfimprove.stages.judge").joinpath("templates", f"{mode}.txt").read_text()
+
+
+def neutralise(text: str) -> str:
+    """Break the template's fence tags inside judged text: "</response>" becomes "&lt;/response>"."""
+    return _FENCE.sub(lambda m: "&lt;" + m.group(1) + ">", text)
+
+
+def render(template: str, **fields) -> str:
+    """Fill {prompt}/{completion}/{a}/{b}/{max_score} in one pass; judged text is neutralised and never re-scanned."""
+    safe = {k: v if k == "max_score" else neutralise(str(v)) for k, v in fields.items()}
+    return _FIELDS.sub(lambda m: str(safe.get(m.group(1), m.group(0))), template)
+
+
+def parse_verdict(output: str, pattern: re.Pattern, judged: list[str]) -> str | None:
+    """The single verdict in the judge's output, or None: no verdict line, several, or one the judged text claims."""
+    found = pattern.findall(output)
+    if len(found) != 1:
+        return None
+    value = found[0].lower()
+    claim = re.compile(_CLAIM[pattern].format(re.escape(value)), re.I)
+    if any(claim.search(t) for t in judged):
+        return None
+    return value
+
+
+def _judge_outputs(env, prompts: list[str]) -> list[str]:
+    from selfimprove.backends import Sampling, sample
+    from selfimprove.core.prompts import PromptFormat
+
+    cfg = env.cfg.llm
+    path = env.policy if cfg.model == "policy" else cfg.model  # with backend 'openai': the served model's name
+    sampling = Sampling(num_samples=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
+    outs = sample(
+        cfg.backend,
+        path,
+        prompts,
+        sampling,
+        env.seed,
+        cfg.batch_size,
+        env.dtype,
+        desc="llm judge",
+        fmt=PromptFormat(chat=cfg.chat_template),
+        options=cfg,
+    )
+    return [o[0]["completion"] for o in outs]
+
+
+def pointwise(env, rows: list[dict]):
+    """Score / max_score in [0, 1] per sample; None where the output had no trustworthy verdict."""
+    cfg = env.cfg.llm
+    template = load_template(cfg.template, "pointwise")
+    prompts = [render(template, prompt=r["prompt"], completion=r["completion"], max_score=cfg.max_score) for r in rows]
+    outputs = _judge_outputs(env, prompts)
+    scores, records = [], []
+    for i, (r, out) in enumerate(zip(rows, outputs)):
+        v = parse_verdict(out, SCORE, [r["completion"]])
+        score = float(v) / cfg.max_score if v is not None and float(v) <= cfg.max_score else None
+        scores.append(score)
+        records.append({"row": i, "output": out, "score": -1.0 if score is None else score})
+    return scores, records
+
+
+def pairwise(env, rows: list[dict]):
+    """Each sample's mean result (win 1, tie 0.5, loss 0) over comparisons with the same prompt's other samples, every
+    pair judged as (A, B) and (B, A); at most ``max_pairs_per_prompt`` seeded pairs per prompt. None where none of a
+    sample's comparisons gave a trustworthy verdict."""
+    cfg = env.cfg.llm
+    template = load_template(cfg.template, "pairwise")
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        groups[r["prompt_id"]].append(i)
+    rng = np.random.default_rng(env.seed)
+    jobs = []  # (first, second): first is shown as A
+    for idx in groups.values():
+        pairs = list(combinations(idx, 2))
+        if cfg.max_pairs_per_prompt and len(pairs) > cfg.max_pairs_per_prompt:
+            pairs = [pairs[j] for j in sorted(rng.choice(len(pairs), cfg.max_pairs_per_prompt, replace=False))]
+        jobs += [job for i, j in pairs for job in ((i, j), (j, i))]
+    prompts = [
+        render(
+            template,
+            prompt=rows[i]["prompt"],
+            a=rows[i]["completion"],
+            b=rows[j]["completion"],
+            max_score=cfg.max_score,
+        )
+        for i, j in jobs
+    ]
+    outputs = _judge_outputs(env, prompts)
+    results: dict[int, list[float]] = defaultdict(list)
+    records = []
+    for (i, j), out in zip(jobs, outputs):
+        v = parse_verdict(out, WINNER, [rows[i]["completion"], rows[j]["completion"]])
+        records.append({"a": i, "b": j, "output": out, "verdict": v or ""})
+        if v is not None:
+            a_result = {"a": 1.0, "b": 0.0, "tie": 0.5}[v]
+            results[i].append(a_result)
+            results[j].append(1.0 - a_result)
+    return [float(np.mean(results[i])) if results[i] else None for i in range(len(rows))], records
+
+
+def head_to_head(env, rows_a: list[dict], rows_b: list[dict]) -> dict:
+    """B's win-rate over A with the pairwise judge: sample j of each prompt from A against sample j from B, judged as
+    (A, B) and as (B, A); win 1, tie 0.5, loss 0, averaged over the comparisons that gave a trustworthy verdict."""
+    cfg = env.cfg.llm
+    template = load_template(cfg.template, "pairwise")
+    b_by_key = {(r["prompt_id"], r["sample_idx"]): r for r in rows_b}
+    pairs = [
+        (a, b_by_key[(a["prompt_id"], a["sample_idx"])])
+        for a in rows_a
+        if (a["prompt_id"], a["sample_idx"]) in b_by_key
+    ]
+    jobs = [(x, y, b_first) for a, b in pairs for x, y, b_first in ((a, b, False), (b, a, True))]
+    prompts = [
+        render(template, prompt=x["prompt"], a=x["completion"], b=y["completion"], max_score=cfg.max_score)
+        for x, y, _ in jobs
+    ]
+    results, unparsed = [], 0
+    for (x, y, b_first), out in zip(jobs, _judge_outputs(env, prompts)):
+        v = parse_verdict(out, WINNER, [x["completion"], y["completion"]])
+        if v is None:
+            unparsed += 1
+            continue
+        first_wins = {"a": 1.0, "b": 0.0, "tie": 0.5}[v]
+        results.append(first_wins if b_first else 1.0 - first_wins)
+    return {"win_rate": float(np.mean(results)) if results else 0.5, "comparisons": len(jobs), "unparsed": unparsed}

@@ -1,0 +1,281 @@
+"""Stage 7, monitor: one flat, slash-named metrics dict per round (eval/, quality/, diversity/, train/, time/).
+
+It reads only what earlier stages wrote, so ``selfimprove monitor RUN_DIR`` recomputes the same numbers after the
+fact. More metrics plug in through ``monitor.extra_metrics`` ("module:function", called with the round's judged rows).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from selfimprove import registry
+from selfimprove.core import seeding
+from selfimprove.core.atomic import is_done, read_json, write_json
+from selfimprove.core.rows import load_rows
+from selfimprove.core.rundir import rebuild_metrics
+from selfimprove.metrics.diversity import (
+    compression_ratio,
+    coverage,
+    homogenisation,
+    lexical_suite,
+    ngram_vendi,
+    self_bleu,
+    self_repetition,
+)
+
+
+def _by_prompt(rows: list[dict]) -> list[list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[r["prompt_id"]].append(r)
+    return list(groups.values())
+
+
+def distinct_answers_per_prompt(rows: list[dict], answer) -> float:
+    return _mean(len({answer(r["completion"]) for r in g}) for g in _by_prompt(rows))
+
+
+def answer_metrics(rows: list[dict], answer, k: int, name: str, quality: str) -> dict:
+    """diversity/<name>/answer_entropy and, where ground truth is known, <quality>pass@1, pass@k and their gap
+    (Wu et al.'s signal)."""
+    from selfimprove.metrics.quality import answer_entropy, pass_at_k
+
+    groups = _by_prompt(rows)
+    out = {
+        f"diversity/{name}/answer_entropy": _mean(answer_entropy([answer(r["completion"]) for r in g]) for g in groups)
+    }
+    labelled = [g for g in groups if all(r["oracle_correct"] >= 0 for r in g) and len(g) >= k]
+    if labelled:
+        p1 = _mean(pass_at_k(len(g), sum(r["oracle_correct"] for r in g), 1) for g in labelled)
+        pk = _mean(pass_at_k(len(g), sum(r["oracle_correct"] for r in g), k) for g in labelled)
+        out.update({f"{quality}pass@1": p1, f"{quality}pass@{k}": pk, f"{quality}pass@k_minus_pass@1": pk - p1})
+    return out
+
+
+class Models:
+    """The models one monitor call needs, each loaded on first use and dropped with this object when the call ends:
+    nothing outlives it (a module-level cache would keep a policy in memory through the next round's training)."""
+
+    def __init__(self, ctx, k: int = 0):
+        self.ctx, self.k, self._policy, self._embedder = ctx, k, None, None
+
+    def policy(self):
+        """(model, tokenizer) of the checkpoint that generated round k's data (k - 1)."""
+        if self._policy is None:
+            from selfimprove.core.model import load_policy, load_tokenizer
+
+            path = self.ctx.checkpoint(self.k - 1)
+            self._policy = load_policy(path, self.ctx.recipe.model.dtype), load_tokenizer(path)
+        return self._policy
+
+    def embedder(self):
+        if self._embedder is None:
+            from selfimprove.metrics.embedding import load_embedder
+
+            self._embedder = load_embedder(self.ctx.recipe.monitor.embedder)
+        return self._embedder
+
+
+def _subsample(items: list, m: int) -> list:
+    """A fixed-size, seeded subsample: diversity numbers grow with N, so every round is measured on the same N. The
+    positions do not depend on the run's seed, so a metric is a function of the texts alone."""
+    if len(items) <= m:
+        return items
+    return [items[i] for i in sorted(seeding.rng(0, "measure").choice(len(items), m, replace=False))]
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(np.mean(xs)) if xs else 0.0
+
+
+def _ead_vocab(ctx) -> int:
+    m = ctx.recipe.monitor
+    return m.ead_vocab_size or (len(set(ctx.task.alphabet())) if m.unit == "char" else 50257)
+
+
+def diversity_metrics(ctx, name: str, rows: list[dict], models: Models | None = None) -> dict:
+    """The diversity block for one set of samples, as diversity/<name>/... (``models``: reuse loaded models)."""
+    texts = [r["completion"] for r in rows]
+    m = ctx.recipe.monitor
+    out = {f"diversity/{name}/{k}": v for k, v in lexical_suite(texts, m.distinct_n, m.unit, _ead_vocab(ctx)).items()}
+    out[f"diversity/{name}/distinct_answers_per_prompt"] = distinct_answers_per_prompt(rows, ctx.task.answer)
+    out[f"diversity/{name}/self_repetition"] = self_repetition(texts, m.self_repetition_n, m.unit)
+    out[f"diversity/{name}/compression_ratio"] = compression_ratio(texts)
+    sample = _subsample(texts, m.vendi_samples)
+    out[f"diversity/{name}/ngram_vendi"] = ngram_vendi(sample, unit=m.unit)
+    if m.homogenisation_samples:
+        out[f"diversity/{name}/homogenisation"] = homogenisation(texts, m.unit, m.homogenisation_samples)
+    if m.embedding:
+        from selfimprove.metrics.embedding import embedding_diversity
+
+        embedded = embedding_diversity(sample, (models or Models(ctx)).embedder())
+        out.update({f"diversity/{name}/{k}": v for k, v in embedded.items()})
+    if m.self_bleu_samples:  # O(N^2) and flat on tiny alphabets, so opt-in
+        out[f"diversity/{name}/self_bleu"] = self_bleu(sample, unit=m.unit, sample=m.self_bleu_samples)
+    return out
+
+
+def coverage_metrics(name: str, rows: list[dict], pool: list[dict]) -> dict:
+    """How much of the round's prompt pool's difficulty levels (and task attributes, where prompts carry them) a
+    sample set still covers after filtering/selection."""
+    out = {}
+    for key in ("difficulty", "attribute"):
+        if pool and key in pool[0]:
+            cov = coverage([r[key] for r in rows], [r[key] for r in pool])
+            out.update({f"diversity/{name}/{key}_{k}": v for k, v in cov.items()})
+    return out
+
+
+def probe_metrics(ctx, k: int) -> dict:
+    """The fixed probe set, sampled the same way every round: diversity/probe/... and quality/probe/..."""
+    rows = load_rows(ctx.stage(k, "evaluate") / "probe")
+    return {
+        **diversity_metrics(ctx, "probe", rows),
+        **answer_metrics(rows, ctx.task.answer, ctx.recipe.monitor.probe_samples, "probe", "quality/probe/"),
+    }
+
+
+def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[dict]) -> dict:
+    """Counts, acceptance, per-judge score distributions, judge agreement, pseudo-label accuracy."""
+    from selfimprove.metrics.quality import judge_agreement, score_stats
+
+    out = {
+        "quality/generated": len(judged),
+        "quality/kept": len(kept),
+        "quality/selected": len(selected),
+        "quality/acceptance_rate": len(kept) / len(judged) if judged else 0.0,
+        "quality/mean_score": _mean(r["score"] for r in judged),
+    }
+    names = ctx.recipe.judge.judges
+    threshold = {n: ctx.recipe.filter.min_scores.get(n, 0.5) for n in names}
+    for n in names:
+        stats = score_stats([r[f"score_{n}"] for r in judged], threshold[n])
+        out.update({f"quality/score/{n}/{k}": v for k, v in stats.items()})
+        out[f"quality/mean_score_{n}"] = stats["mean"]
+        if n.startswith("llm"):  # judges that can fail to give a verdict
+            out[f"quality/unparsed_rate/{n}"] = _mean(n in r.get("judge_unparsed", "").split(",") for r in judged)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            agree = judge_agreement(
+                [r[f"score_{a}"] for r in judged], [r[f"score_{b}"] for r in judged], threshold[a], threshold[b]
+            )
+            out.update({f"quality/judge_{k}/{a}_vs_{b}": v for k, v in agree.items()})
+    labelled = [r for r in selected if r["oracle_correct"] >= 0]
+    if labelled:  # measured against ground truth the loop never trains on
+        out["quality/pseudo_label_accuracy"] = _mean(r["oracle_correct"] for r in labelled)
+    if selected and "self_completion" in selected[0]:  # select.labels 'oracle': what training sees instead
+        out["quality/train_label_accuracy"] = _mean(
+            ctx.task.is_correct(r["completion"], r["reference"]) for r in selected
+        )
+    return out
+
+
+def complexity_block(ctx, name: str, rows: list[dict], models: Models) -> dict:
+    """complexity/<name>/...: length, difficulty, and IFD under the policy that generated the round (checkpoint k-1)."""
+    from selfimprove.metrics.complexity import complexity_metrics, ifd_scores
+
+    n = ctx.recipe.monitor.ifd_samples
+    ifd = np.zeros(0) if n else None
+    if n and rows:
+        model, tok = models.policy()
+        sample = _subsample(rows, n)
+        ifd = ifd_scores(
+            model, tok, [r["prompt"] for r in sample], [r["completion"] for r in sample], fmt=ctx.prompt_format
+        )
+    return {f"complexity/{name}/{key}": v for key, v in complexity_metrics(rows, ifd).items()}
+
+
+@dataclass
+class RoundData:
+    """A round's samples at the three points of the funnel: generated (judged), kept by the filter, selected."""
+
+    judged: list[dict]
+    kept: list[dict]
+    selected: list[dict]
+
+
+def quality_block(ctx, k: int, data: RoundData, models: Models) -> dict:
+    return quality_metrics(ctx, data.judged, data.kept, data.selected)
+
+
+def diversity_block(ctx, k: int, data: RoundData, models: Models) -> dict:
+    out = {}
+    for name, rows in (("generated", data.judged), ("filtered", data.kept), ("selected", data.selected)):
+        out.update(diversity_metrics(ctx, name, rows, models))
+        out.update(coverage_metrics(name, rows, data.judged))
+    return out
+
+
+def answer_block(ctx, k: int, data: RoundData, models: Models) -> dict:
+    return answer_metrics(data.judged, ctx.task.answer, ctx.recipe.generate.num_samples, "generated", "quality/")
+
+
+def complexity_blocks(ctx, k: int, data: RoundData, models: Models) -> dict:
+    return {
+        **complexity_block(ctx, "generated", data.judged, models),
+        **complexity_block(ctx, "selected", data.selected, models),
+    }
+
+
+def data_metrics(ctx, k: int, judged: list[dict]) -> dict:
+    """Every block of selfimprove.registry.METRICS over the round's generated, filtered (kept) and selected data."""
+    selected = [r for r in load_rows(ctx.stage(k, "select") / "data") if r["selected"]]
+    data, models = RoundData(judged, [r for r in judged if r["kept"]], selected), Models(ctx, k)
+    out = {}
+    for entry in registry.METRICS.values():
+        out.update(registry.load(entry)(ctx, k, data, models))
+    if judged:
+        out["task/max_difficulty"] = max(r["difficulty"] for r in judged)
+    return out
+
+
+def round_metrics(ctx, k: int) -> dict:
+    metrics: dict = {"round": k}
+    metrics.update(read_json(ctx.stage(k, "evaluate") / "meta.json")["metrics"])
+    train_meta = read_json(ctx.stage(k, "train") / "meta.json")
+    metrics.update(
+        {
+            "train/first_loss": train_meta["first_loss"],
+            "train/last_loss": train_meta["last_loss"],
+            "train/steps": train_meta["steps"],
+            "train/rows": train_meta["rows"],
+            "recipe": train_meta.get("recipe", ""),
+        }
+    )  # the recipe the round ran under (recipes/history.json)
+    if ctx.recipe.monitor.probe_size:
+        metrics.update(probe_metrics(ctx, k))
+    for stage in registry.TIMED_STAGES:
+        if is_done(ctx.stage(k, stage)):
+            metrics[f"time/{stage}_s"] = read_json(ctx.stage(k, stage) / "meta.json")["wall_s"]
+    if k == 0:
+        metrics["task/max_difficulty"] = max(
+            (r["difficulty"] for r in load_rows(ctx.run_dir / "seed_data" / "data")), default=0
+        )
+        return metrics
+    judged = load_rows(ctx.stage(k, "filter") / "data")  # every judged row, scores included, plus the filter's decision
+    metrics.update(data_metrics(ctx, k, judged))
+    for path in ctx.recipe.monitor.extra_metrics:
+        module, func = path.split(":")
+        metrics.update(getattr(importlib.import_module(module), func)(judged))
+    return metrics
+
+
+def run_monitor(ctx, k: int) -> dict:
+    from selfimprove.metrics.alarms import check_alarms
+
+    with ctx.writing(k, "monitor") as (out, meta):
+        metrics = round_metrics(ctx, k)
+        fired = check_alarms(ctx.recipe.monitor.alarms, ctx.history(k) + [metrics])
+        metrics.update({f"alarm/{a['metric']}": 1 for a in fired})
+        write_json(out / "alarms.json", fired)
+        write_json(out / "metrics.json", metrics)
+    rows = rebuild_metrics(ctx.run_dir)
+    from selfimprove.core.tracking import log_round
+
+    log_round(ctx, metrics, rows)
+    return metrics

@@ -1,0 +1,403 @@
+"""``selfimprove report RUN_DIR [RUN_DIR ...]``: a self-contained HTML report (plus the PNG plots) of one run, or of
+several overlaid. Plots are matplotlib PNGs, embedded as data URIs, so the page opens from disk with no server and no
+network. Everything comes from what the run wrote: metrics.jsonl, recipe.yaml and the stage outputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from selfimprove import registry
+from selfimprove.core.atomic import is_done
+from selfimprove.core.errors import RunDirError
+from selfimprove.core.rows import load_rows
+
+DIVERSITY = (
+    "diversity/probe/answer_entropy",
+    "diversity/probe/distinct_answers_per_prompt",
+    "diversity/probe/ngram_vendi",
+    "diversity/generated/distinct_answers_per_prompt",
+    "diversity/selected/ngram_vendi",
+    "quality/probe/pass@k_minus_pass@1",
+)
+
+
+def load_metrics(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        raise RunDirError(f"{run} has no metrics.jsonl: not a run directory, or no round has finished yet.")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(rows: list[dict], key: str):
+    pts = [(r["round"], r[key]) for r in rows if key in r and r[key] is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _fig(path: Path, draw, ncols: int = 1, nrows: int = 1, size=(6.4, 3.6)):
+    # A Figure of its own, not pyplot: no global backend switch, no figure registry to leak into the caller's.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    draw(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def plot_all(runs: dict[str, list[dict]], out: Path) -> list[tuple[str, Path]]:
+    """(title, png) for every panel the runs have data for."""
+    from matplotlib.ticker import MaxNLocator
+
+    names = list(runs)
+    plots = []
+
+    def lines(ax, keys, title, styles=("-", "--")):
+        for name in names:
+            for key, style in zip(keys, styles):
+                x, y = _series(runs[name], key)
+                if x:
+                    ax.plot(x, y, style, marker="o", label=f"{name}: {key.split('/')[-1]}" if len(keys) > 1 else name)
+            alarms = [r["round"] for r in runs[name] if any(k.startswith("alarm/") for k in r)]
+            for key in keys[:1]:
+                x, y = _series([r for r in runs[name] if r["round"] in alarms], key)
+                if x:
+                    ax.scatter(x, y, marker="x", s=90, color="red", zorder=5, label=f"{name}: alarm")
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+
+    plots.append(
+        (
+            "Accuracy, in- vs out-of-distribution",
+            _fig(
+                out / "accuracy.png",
+                lambda ax: lines(
+                    ax[0], ("eval/accuracy/id", "eval/accuracy/ood"), "eval accuracy (solid: ID, dashed: OOD)"
+                ),
+            ),
+        )
+    )
+    if any("eval/frontier" in r for rows in runs.values() for r in rows):
+        plots.append(
+            (
+                "Difficulty frontier",
+                _fig(out / "frontier.png", lambda ax: lines(ax[0], ("eval/frontier",), "eval/frontier")),
+            )
+        )
+    if any("quality/acceptance_rate" in r for rows in runs.values() for r in rows):
+        plots.append(
+            (
+                "Acceptance rate",
+                _fig(
+                    out / "acceptance.png",
+                    lambda ax: lines(ax[0], ("quality/acceptance_rate",), "quality/acceptance_rate"),
+                ),
+            )
+        )
+    present = [k for k in DIVERSITY if any(k in r for rows in runs.values() for r in rows)]
+    if present:
+
+        def diversity(axes):
+            for ax, key in zip(axes, present):
+                lines(ax, (key,), key + "  (x: an alarm fired)")
+            for ax in axes[len(present) :]:
+                ax.axis("off")
+
+        plots.append(
+            (
+                "Diversity over rounds, with alarms",
+                _fig(out / "diversity.png", diversity, ncols=2, nrows=(len(present) + 1) // 2),
+            )
+        )
+
+    def per_run(draw_one):
+        def draw(axes):
+            for ax, name in zip(axes, names):
+                draw_one(ax, name, runs[name])
+
+        return draw
+
+    def times(ax, name, rows):
+        bottom = [0.0] * len(rows)
+        for stage in registry.TIMED_STAGES:
+            vals = [r.get(f"time/{stage}_s", 0.0) for r in rows]
+            ax.bar([r["round"] for r in rows], vals, bottom=bottom, label=stage)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.set_title(f"{name}: time per stage (s)")
+        ax.set_xlabel("round")
+        ax.legend(fontsize=7)
+
+    plots.append(("Time per stage", _fig(out / "time.png", per_run(times), ncols=len(names))))
+
+    def funnel(ax, name, rows):
+        rows = [r for r in rows if "quality/generated" in r]
+        width = 0.27
+        for i, (key, label) in enumerate(
+            (
+                ("quality/generated", "generated"),
+                ("quality/kept", "kept by the filter"),
+                ("quality/selected", "selected"),
+            )
+        ):
+            ax.bar([r["round"] + (i - 1) * width for r in rows], [r[key] for r in rows], width, label=label)
+        ax.set_title(f"{name}: data funnel")
+        ax.set_xlabel("round")
+        ax.legend(fontsize=7)
+
+    if any("quality/generated" in r for rows in runs.values() for r in rows):
+        plots.append(
+            ("Data funnel: generated, kept, selected", _fig(out / "funnel.png", per_run(funnel), ncols=len(names)))
+        )
+    return plots
+
+
+def sample_tables(run: Path, rows: list[dict], n: int = 8) -> str:
+    """The last round's first selected samples and first rejected ones, with why."""
+    last = max((r["round"] for r in rows if "quality/generated" in r), default=None)
+    if last is None:
+        return "<p>No self-improvement round yet.</p>"
+    stage = run / f"round_{last:02d}"
+    out = [f"<h3>Round {last} samples</h3>"]
+    for title, path, keep, reason in (
+        ("selected", stage / "select" / "data", True, "select_reason"),
+        ("rejected by the filter", stage / "filter" / "data", False, "filter_reason"),
+    ):
+        if not is_done(path.parent):
+            continue
+        picked = [r for r in load_rows(path) if bool(r.get("selected", r.get("kept"))) == keep][:n]
+        cells = "".join(
+            f"<tr><td><code>{html.escape(r['prompt'])}</code></td><td><code>{html.escape(r['completion'])}</code></td>"
+            f"<td>{r['score']:.3f}</td><td>{html.escape(str(r[reason]))}</td></tr>"
+            for r in picked
+        )
+        out.append(
+            f"<h4>{title}</h4><table><tr><th>prompt</th><th>completion</th><th>score</th><th>why</th></tr>{cells}</table>"
+        )
+    return "".join(out)
+
+
+def recipe_history(run: Path, rows: list[dict]) -> str:
+    """Which recipe each round ran under (recipes/history.json), with what changed at each switch."""
+    from selfimprove.core.runs import history
+
+    entries = history(run)
+    if not entries:
+        return ""
+    rounds = {h["hash"]: [r["round"] for r in rows if r.get("recipe") == h["hash"]] for h in entries}
+    cells = "".join(
+        f"<tr><td>{h['index']}</td><td><code>{h['hash']}</code></td><td>{h['from_round']}</td>"
+        f"<td>{', '.join(map(str, rounds[h['hash']])) or '-'}</td>"
+        f"<td>{html.escape('; '.join(h['changes'])) or 'the starting recipe'}</td></tr>"
+        for h in entries
+    )
+    return (
+        "<h3>Recipe history</h3><table><tr><th>#</th><th>hash</th><th>from round</th><th>rounds run under it</th>"
+        f"<th>changes</th></tr>{cells}</table>"
+    )
+
+
+def environment_section(runs: dict[str, Path]) -> str:
+    """What each run ran on (environment.json), and a warning where overlaid runs differ in it."""
+    from selfimprove.core.environment import differences, environments
+
+    rows, latest = [], {}
+    for name, path in runs.items():
+        for e in environments(path):
+            latest[name] = e
+            pkgs = ", ".join(f"{k} {v}" for k, v in e.get("packages", {}).items() if v)
+            rows.append(
+                f"<tr><td>{html.escape(name)}</td><td>{e.get('from_round')}</td><td><code>{html.escape(str(e.get('selfimprove_commit')))}</code></td>"
+                f"<td>{html.escape(str(e.get('python')))}</td><td>{html.escape(pkgs)}</td><td>{html.escape(str(e.get('cpu')))}</td>"
+                f"<td>{html.escape(', '.join(e.get('gpu') or []) or '-')}</td><td>{e.get('torch_threads')}</td></tr>"
+            )
+    if not rows:
+        return ""
+    names = list(latest)
+    warn = [
+        f"{a} vs {b}: {d}"
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        for d in differences(latest[a], latest[b])
+    ]
+    warn += [
+        f"{n}: resumed in another environment at round {e['from_round']}"
+        for n, p in runs.items()
+        for e in environments(p)[1:]
+    ]
+    note = "".join(f'<p class="warn">warning: {html.escape(w)}</p>' for w in warn)
+    return (
+        "<h2>Environment</h2>" + note + "<table><tr><th>run</th><th>from round</th><th>selfimprove</th><th>python</th>"
+        "<th>packages</th><th>CPU</th><th>GPU</th><th>torch threads</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _img(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _study_plots(result: dict, out: Path) -> list[tuple[str, Path]]:
+    """Per metric, each arm's mean over rounds with its 95% CI band; then the final round's differences from the
+    baseline as a forest plot (one panel per metric)."""
+    import numpy as np
+
+    metrics, arms = result["metrics"], list(result["arms"])
+
+    def bands(axes):
+        for ax, metric in zip(axes, metrics):
+            for arm in arms:
+                pts = sorted((int(k), v[metric]) for k, v in result["arms"][arm].items() if v[metric]["n"])
+                if not pts:
+                    continue
+                x = [k for k, _ in pts]
+                ax.plot(x, [v["mean"] for _, v in pts], marker="o", label=f"{arm} (n={pts[-1][1]['n']})")
+                lo = [v["ci_low"] if np.isfinite(v["ci_low"]) else v["mean"] for _, v in pts]
+                hi = [v["ci_high"] if np.isfinite(v["ci_high"]) else v["mean"] for _, v in pts]
+                ax.fill_between(x, lo, hi, alpha=0.2)
+            ax.set_title(metric, fontsize=9)
+            ax.set_xlabel("round")
+            ax.legend(fontsize=7)
+
+    k = str(result["final_round"])
+    others = [a for a in arms if a in result["differences"]]
+
+    def forest(axes):
+        for ax, metric in zip(axes, metrics):
+            ds = [result["differences"][a].get(k, {}).get(metric, {}) for a in others]
+            y = np.arange(len(others))
+            mean = [d.get("mean", np.nan) for d in ds]
+            err = [
+                [m - d.get("ci_low", np.nan) for m, d in zip(mean, ds)],
+                [d.get("ci_high", np.nan) - m for m, d in zip(mean, ds)],
+            ]
+            ax.errorbar(mean, y, xerr=np.nan_to_num(np.array(err)), fmt="o", capsize=4)
+            ax.axvline(0, color="grey", lw=1, ls="--")
+            ax.set_yticks(y, others)
+            ax.set_title(f"{metric}: arm - {result['baseline']}, round {k}", fontsize=9)
+
+    n, cols = len(metrics), min(3, len(metrics))
+    rows = -(-n // cols)
+    plots = [
+        ("each arm over rounds (mean, 95% CI over seeds)", _fig(out / "study_rounds.png", bands, cols, rows, (5, 3.4)))
+    ]
+    if others:
+        plots.append(
+            (
+                "final-round differences from the baseline (paired, 95% CI)",
+                _fig(out / "study_forest.png", forest, cols, rows, (5, 0.6 + 0.5 * len(others))),
+            )
+        )
+    return plots
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:1300px;margin:auto}img{max-width:100%}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
+    "pre{background:#f6f6f6;padding:8px}.warn{color:#a60}"
+)
+# The render test reads how many images decoded from these attributes.
+_SCRIPT = (
+    'window.addEventListener("load",()=>{const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0)'
+    ".length;document.body.dataset.imagesLoaded=ok;document.body.dataset.imagesTotal=document.images.length;});"
+)
+
+
+def _page(title: str, body: str) -> str:
+    """One self-contained HTML page: the styles and the image check inline, every image a data: URI."""
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style>'
+        f"</head>\n<body>{body}\n<script>{_SCRIPT}</script></body></html>"
+    )
+
+
+def write_study_report(study_dir: Path, out: str | None = None) -> Path:
+    """A study's page: CI bands, the forest plot, the final-round table and links to each run's directory."""
+    result = json.loads((study_dir / "study.json").read_text())
+    out_dir = Path(out) if out else study_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = "".join(
+        f'<h2>{html.escape(t)}</h2><img alt="{html.escape(t)}" src="{_img(png)}">'
+        for t, png in _study_plots(result, out_dir)
+    )
+    k = str(result["final_round"])
+    fmt = lambda v: "-" if v is None or v != v else f"{v:.4g}"  # noqa: E731
+    rows = ""
+    for arm, by_round in result["arms"].items():
+        for metric, v in by_round.get(k, {}).items():
+            d = result["differences"].get(arm, {}).get(k, {}).get(metric)
+            diff = (
+                f"{d['mean']:+.4g} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}], p={fmt(d['p_value'])}"
+                if d and d["n"]
+                else ""
+            )
+            rows += (
+                f"<tr><td>{html.escape(arm)}</td><td>{html.escape(metric)}</td><td>{v['n']}</td><td>{fmt(v['mean'])} "
+                f"[{fmt(v['ci_low'])}, "
+                f"{fmt(v['ci_high'])}]</td><td>{' '.join(fmt(x) for x in v['values'])}</td><td>{diff}</td></tr>"
+            )
+    runs = {name: study_dir / name for name in result["runs"]}
+    body = (
+        f"<h1>study {html.escape(result['study'])}</h1><p>Seeds {result['seeds']}; baseline "
+        f"{html.escape(result['baseline'])}.\nArms: {html.escape(result['method']['arms'])}. Differences: "
+        f"{html.escape(result['method']['differences'])}.</p>{sections}\n<h2>Round {k}</h2><table><tr><th>arm</th>"
+        "<th>metric</th><th>n</th><th>mean [95% CI]</th><th>per seed</th><th>arm - baseline [95% CI]</th></tr>"
+        f"{rows}</table>\n{environment_section(runs)}"
+    )
+    page = _page(f"selfimprove study: {result['study']}", body)
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path
+
+
+def write_report(run_dirs: list[str], out: str | None = None) -> Path:
+    """Write report.html and its PNGs into ``out`` (default: RUN_DIR/report for one run); return the HTML path. One
+    study directory (with study.json) gets the study's page."""
+    if len(run_dirs) == 1 and (Path(run_dirs[0]) / "study.json").exists():
+        return write_study_report(Path(run_dirs[0]), out)
+    runs = {Path(r).name: Path(r) for r in run_dirs}
+    if len(runs) < len(run_dirs):
+        runs = {str(Path(r)): Path(r) for r in run_dirs}  # two runs with the same folder name
+    metrics = {name: load_metrics(path) for name, path in runs.items()}
+    out_dir = Path(out) if out else next(iter(runs.values())) / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot_all(metrics, out_dir)
+    last = {name: rows[-1] for name, rows in metrics.items()}
+    keys = sorted(
+        {k for row in last.values() for k in row if k.split("/")[0] in ("eval", "quality", "diversity", "complexity")}
+    )
+    table = "".join(
+        f"<tr><td>{html.escape(k)}</td>"
+        + "".join(
+            f"<td>{last[n][k]:.4g}</td>" if isinstance(last[n].get(k), (int, float)) else "<td></td>" for n in metrics
+        )
+        + "</tr>"
+        for k in keys
+    )
+    sections = "".join(
+        f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="{_img(png)}">' for title, png in plots
+    )
+    configs = "".join(
+        f"<details><summary>{html.escape(name)}: "
+        f"recipe.yaml</summary><pre>{html.escape((path / 'recipe.yaml').read_text())}</pre></details>"
+        + recipe_history(path, metrics[name])
+        for name, path in runs.items()
+        if (path / "recipe.yaml").exists()
+    )
+    samples = "".join(
+        f"<h2>{html.escape(name)}: samples</h2>{sample_tables(path, metrics[name])}" for name, path in runs.items()
+    )
+    heads = "".join(f"<th>{html.escape(n)}</th>" for n in metrics)
+    body = (
+        "<h1>selfimprove report</h1><p>Runs: "
+        + html.escape(", ".join(f"{n} ({len(metrics[n])} rounds)" for n in runs))
+        + f"</p>\n{sections}<h2>Last round's metrics</h2><table><tr><th>metric</th>{heads}</tr>{table}</table>\n"
+        + f"{environment_section(runs)}<h2>Config</h2>{configs}{samples}"
+    )
+    page = _page(f"selfimprove report: {', '.join(runs)}", body)
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path
