@@ -276,3 +276,17 @@ def test_ifd_matches_unbatched_losses_by_hand(tiny_policy):
         "ifd_above_1": 0.0,
     }
     assert len(ifd_scores(model, tok, [], [])) == 0
+
+
+def test_judge_vs_truth_by_hand():
+    from selfimprove.metrics.quality import judge_vs_truth
+
+    # accept = [1, 1, 0, 0, 1] vs truth [1, 0, 0, 1, 1]: 3 of 5 agree; p_e = 0.6 * 0.6 + 0.4 * 0.4 = 0.52,
+    # kappa = (0.6 - 0.52) / 0.48; precision 2 of 3 accepted are correct; recall 2 of 3 correct are accepted;
+    # gap on the selected two (scores 0.9, 0.7, both correct) = 0.8 - 1
+    out = judge_vs_truth([0.9, 0.8, 0.2, 0.1, 0.7], [1, 0, 0, 1, 1], 0.5, [0.9, 0.7], [1, 1])
+    assert out == pytest.approx(
+        {"agreement": 0.6, "kappa": 0.08 / 0.48, "precision": 2 / 3, "recall": 2 / 3, "gap": -0.2}
+    )
+    assert judge_vs_truth([], [], 0.5) == {"agreement": 1.0, "kappa": 1.0}
+    assert judge_vs_truth([0.0, 0.0], [1, 1], 0.5)["recall"] == 0.0  # accepts nothing: precision 0 by convention

@@ -80,3 +80,26 @@ def judge_agreement(a: list[float], b: list[float], threshold_a: float = 0.5, th
     if x.min() == x.max() and y.min() == y.max():  # chance agreement is 1 or 0: kappa's formula breaks down
         return {"agreement": agree, "kappa": float(agree == 1.0)}
     return {"agreement": agree, "kappa": float(cohen_kappa_score(x, y))}
+
+
+def judge_vs_truth(
+    scores: list[float],
+    truth: list[int],
+    threshold: float,
+    selected_scores: list[float] = (),
+    selected_truth: list[int] = (),
+) -> dict:
+    """A judge's accept decision (score >= threshold) against ground truth (1 correct, 0 wrong) on the same samples:
+    agreement and kappa (judge_agreement), precision (of what it accepts, the share that is correct) and recall (of
+    what is correct, the share it accepts), and ``gap``: its mean score on the selected samples minus their true
+    accuracy (a judge being gamed scores the data it chose ever higher while the truth stays flat)."""
+    from sklearn.metrics import precision_score, recall_score
+
+    accept = [float(s >= threshold) for s in scores]
+    out = judge_agreement(accept, [float(t) for t in truth], 0.5, 0.5)
+    if scores:
+        out["precision"] = float(precision_score(truth, accept, zero_division=0.0))
+        out["recall"] = float(recall_score(truth, accept, zero_division=0.0))
+    if selected_scores:
+        out["gap"] = float(np.mean(selected_scores) - np.mean(selected_truth))
+    return out

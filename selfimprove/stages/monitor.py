@@ -142,7 +142,7 @@ def probe_metrics(ctx, k: int) -> dict:
 
 def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[dict]) -> dict:
     """Counts, acceptance, per-judge score distributions, judge agreement, pseudo-label accuracy."""
-    from selfimprove.metrics.quality import judge_agreement, score_stats
+    from selfimprove.metrics.quality import judge_agreement, judge_vs_truth, score_stats
 
     out = {
         "quality/generated": len(judged),
@@ -165,6 +165,17 @@ def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[di
                 [r[f"score_{a}"] for r in judged], [r[f"score_{b}"] for r in judged], threshold[a], threshold[b]
             )
             out.update({f"quality/judge_{k}/{a}_vs_{b}": v for k, v in agree.items()})
+    truth = [r for r in judged if r["oracle_correct"] >= 0]  # where ground truth exists: each judge against it
+    picked = [r for r in selected if r["oracle_correct"] >= 0]
+    for n in names if truth else ():
+        vs = judge_vs_truth(
+            [r[f"score_{n}"] for r in truth],
+            [r["oracle_correct"] for r in truth],
+            threshold[n],
+            [r[f"score_{n}"] for r in picked],
+            [r["oracle_correct"] for r in picked],
+        )
+        out.update({f"quality/judge_vs_truth/{n}/{key}": v for key, v in vs.items()})
     labelled = [r for r in selected if r["oracle_correct"] >= 0]
     if labelled:  # measured against ground truth the loop never trains on
         out["quality/pseudo_label_accuracy"] = _mean(r["oracle_correct"] for r in labelled)
