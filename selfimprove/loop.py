@@ -131,8 +131,9 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
             for name in registry.ROUND0_STAGES if k == 0 else registry.STAGES:
                 run_stage(ctx, k, name)
             logger.info(summary_line(read_json(ctx.stage(k, "monitor") / "metrics.json")))
-            if should_stop(ctx, k):
-                logger.error("stopping after round %d: a 'stop' alarm fired (round_%02d/monitor/alarms.json)", k, k)
+            why = should_stop(ctx, k)
+            if why:
+                logger.error("stopping after round %d: %s (round_%02d/monitor/alarms.json)", k, why, k)
                 break
         rows = rebuild_metrics(ctx.run_dir)
         if "tensorboard" in recipe.monitor.report_to:  # also after a kill between a monitor and its tracker write

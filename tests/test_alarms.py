@@ -152,3 +152,32 @@ def test_alarm_fires_on_a_collapsing_loop_and_not_on_its_control(tmp_path):
         (tmp_path / "collapse" / "round_03" / "monitor" / "alarms.json").read_text()
     )
     assert "ALARM" not in control.stderr
+
+
+def test_rise_fires_on_an_absolute_rise():
+    gap = AlarmConfig(metric="quality/judge_vs_truth/reward/gap", rise=0.1, vs="round0", rounds=1, action="rollback")
+    hist = [{"round": 0, gap.metric: -0.05}, {"round": 1, gap.metric: 0.04}, {"round": 2, gap.metric: 0.06}]
+    assert check_alarms([gap], hist[:2]) == []  # +0.09: not more than 0.1 above round 0
+    (fired,) = check_alarms([gap], hist)  # +0.11
+    assert fired["action"] == "rollback" and "rose more than 0.1 above the round0 value" in fired["reason"]
+
+
+def test_rollback_discards_the_round_and_goes_on_from_the_previous_checkpoint(tmp_path):
+    from selfimprove.core.rows import load_rows
+
+    # train/steps is 30 at round 0 and 10 after: the alarm fires at rounds 1 and 2, so both are rolled back and the
+    # loop stops at its max_rollbacks (2), with steer settings applied to the rounds after each rollback.
+    alarm = "[{metric: train/steps, drop: 0.5, vs: round0, action: rollback, steer_temperature: 0.5, max_rollbacks: 2}]"
+    run = tmp_path / "rb"
+    out = run_cli("run", TINY_RECIPE, "--output_dir", run, "--rounds", 3, "--monitor.alarms", alarm)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "stopping after round 2: 2 round(s) rolled back" in out.stderr
+    meta = {k: json.loads((run / f"round_0{k}" / "generate" / "meta.json").read_text()) for k in (1, 2)}
+    assert meta[1]["checkpoint"] == meta[2]["checkpoint"] == "round_00/train/model"  # round 1's policy passed over
+    trained = json.loads((run / "round_02" / "train" / "meta.json").read_text())
+    assert trained["init"] == "round_00/train/model" and trained["rows_by_round"]["1"] == 0  # its data too
+    assert {r["temperature"] for r in load_rows(run / "round_02" / "generate" / "data")} == {0.8 + 0.5}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m.get("rolled_back", 0) for m in lines] == [0, 1, 1] and not (run / "round_03").exists()
+    again = run_cli("run", TINY_RECIPE, "--output_dir", run, "--rounds", 3, "--monitor.alarms", alarm)
+    assert again.returncode == 0 and not (run / "round_03").exists()  # a rerun stays stopped

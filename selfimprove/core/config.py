@@ -723,12 +723,19 @@ class AlarmConfig:
 
     metric: str = _f("diversity/probe/answer_entropy", "metrics.jsonl key to watch, or 'wu_signature'.")
     drop: float = _f(0.2, "Relative drop that fires, e.g. 0.2 = 20% below the reference value.")
+    rise: float = _f(
+        0.0,
+        "Absolute rise that fires instead of a drop, e.g. 0.1 for quality/judge_vs_truth/<judge>/gap (a judge's score "
+        "of the chosen data pulling away from their truth); 0 = watch for a drop.",
+        ge=0,
+    )
     vs: Literal["round0", "previous"] = _f("round0", "Reference value: round 0's, or the previous round's.")
     rounds: int = _f(1, "Fire only when the condition holds this many consecutive rounds.")
-    action: Literal["warn", "stop", "steer"] = _f(
+    action: Literal["warn", "stop", "steer", "rollback"] = _f(
         "warn",
         "warn: log and record; stop: end the loop after this round; steer: raise sampling temperature and/or the "
-        "selection's diversity weight for later rounds.",
+        "selection's diversity weight for later rounds; rollback: discard this round (its checkpoint and its "
+        "accepted data), go on from the previous checkpoint with the steer settings applied.",
     )
     steer_temperature: float = _f(
         0.2, "With action 'steer': added to generate.temperature for every later round.", ge=0
@@ -736,10 +743,13 @@ class AlarmConfig:
     steer_diversity_weight: float = _f(
         0.0, "With action 'steer': added to select.diversity_weight (capped at 1) for every later round.", ge=0, le=1
     )
+    max_rollbacks: int = _f(
+        2, "With action 'rollback': stop the loop instead once this many rounds were rolled back.", ge=1
+    )
 
     def check(self) -> list[str]:
         p = []
-        if not 0 < self.drop < 1:
+        if not self.rise and not 0 < self.drop < 1:
             p.append(f"drop={self.drop} must be in (0, 1): it is a relative drop.")
         if self.metric.startswith("eval/"):
             p.append(

@@ -66,7 +66,7 @@ def accepted_rows(ctx, before: int) -> list[dict]:
     rows = []
     for j in range(1, before):
         d = ctx.stage(j, "select")
-        if is_done(d):
+        if is_done(d) and not ctx.rolled_back(j):
             rows += [r for r in load_rows(d / "data") if r["selected"]]
     return rows
 
@@ -137,9 +137,16 @@ class RunContext:
         """The policy that round k trains into; round k generates from checkpoint(k - 1)."""
         from selfimprove.core.model import base_model_path
 
+        while k >= 0 and self.rolled_back(k):  # a rolled-back round's policy is the one before it
+            k -= 1
         if k < 0:
             return base_model_path(self.recipe, self.run_dir)
         return str(self.stage(k, "train") / "model")
+
+    def rolled_back(self, k: int) -> bool:
+        """Whether a 'rollback' alarm fired at round k (its checkpoint and data are then passed over)."""
+        mon = self.stage(k, "monitor")
+        return is_done(mon) and any(a["action"] == "rollback" for a in read_json(mon / "alarms.json"))
 
     def relative(self, path: str) -> str:
         """A path inside the run as 'round_00/train/model' (lineage survives moving the run); others unchanged."""

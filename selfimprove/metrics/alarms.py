@@ -3,7 +3,10 @@
 An alarm fires at round k when its condition held in each of the last ``rounds`` rounds:
 - a metric: value < (1 - drop) x reference, the reference being round 0's value or the previous round's;
 - 'wu_signature' (Wu et al. 2407.05013): on the probe set, pass@1 rose while the pass@k - pass@1 gap shrank.
-Fired alarms are written to round_k/monitor/alarms.json, so a resumed run stops or steers exactly as the first did.
+A rule may watch for an absolute ``rise`` instead (value > reference + rise), e.g. a judge's score-minus-truth gap.
+Fired alarms are written to round_k/monitor/alarms.json, so a resumed run stops, steers or rolls back exactly as the
+first did. A 'rollback' round keeps its folders (the record of what happened) but its checkpoint and its accepted data
+are passed over by every later round (RunContext.checkpoint, accepted_rows).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ def _holds(alarm, history: list[dict], j: int) -> bool:
             return False
         return now[GAP] < history[j - 1][GAP] and now[PASS1] > history[j - 1][PASS1]
     ref = history[0] if alarm.vs == "round0" else (history[j - 1] if j > 0 else None)
-    if ref is None or alarm.metric not in now or alarm.metric not in ref or ref[alarm.metric] <= 0:
+    if ref is None or alarm.metric not in now or alarm.metric not in ref:
         return False
-    return now[alarm.metric] < (1 - alarm.drop) * ref[alarm.metric]
+    if alarm.rise:  # absolute: gaps and rates may sit at or below 0
+        return now[alarm.metric] > ref[alarm.metric] + alarm.rise
+    return ref[alarm.metric] > 0 and now[alarm.metric] < (1 - alarm.drop) * ref[alarm.metric]
 
 
 def check_alarms(alarms, history: list[dict]) -> list[dict]:
@@ -38,19 +43,22 @@ def check_alarms(alarms, history: list[dict]) -> list[dict]:
         if window.start < 0 or not all(_holds(alarm, history, j) for j in window):
             continue
         value = history[last].get(alarm.metric)
-        reason = (
-            "probe pass@1 rose while pass@k - pass@1 shrank"
-            if alarm.metric == "wu_signature"
-            else f"{alarm.metric}={value:.4g} fell more than {alarm.drop:.0%} below the {alarm.vs} value"
-        )
+        if alarm.metric == "wu_signature":
+            reason = "probe pass@1 rose while pass@k - pass@1 shrank"
+        elif alarm.rise:
+            reason = f"{alarm.metric}={value:.4g} rose more than {alarm.rise:g} above the {alarm.vs} value"
+        else:
+            reason = f"{alarm.metric}={value:.4g} fell more than {alarm.drop:.0%} below the {alarm.vs} value"
+        steers = alarm.action in ("steer", "rollback")
         fired.append(
             {
                 "metric": alarm.metric,
                 "action": alarm.action,
                 "rounds": alarm.rounds,
                 "reason": reason,
-                "steer_temperature": alarm.steer_temperature if alarm.action == "steer" else 0.0,
-                "steer_diversity_weight": alarm.steer_diversity_weight if alarm.action == "steer" else 0.0,
+                "steer_temperature": alarm.steer_temperature if steers else 0.0,
+                "steer_diversity_weight": alarm.steer_diversity_weight if steers else 0.0,
+                "max_rollbacks": alarm.max_rollbacks,
             }
         )
         logger.warning(
@@ -75,5 +83,13 @@ def steered_diversity_weight(ctx, k: int) -> float:
     return min(1.0, ctx.recipe.select.diversity_weight + extra)
 
 
-def should_stop(ctx, k: int) -> bool:
-    return any(a["action"] == "stop" for a in fired_alarms(ctx, k))
+def should_stop(ctx, k: int) -> str:
+    """Why the loop ends after round k ('' = it goes on): a 'stop' alarm, or a rollback past its max_rollbacks."""
+    fired = fired_alarms(ctx, k)
+    if any(a["action"] == "stop" for a in fired):
+        return "a 'stop' alarm fired"
+    limits = [a["max_rollbacks"] for a in fired if a["action"] == "rollback"]
+    done = sum(ctx.rolled_back(j) for j in range(k + 1))
+    if limits and done >= min(limits):
+        return f"{done} round(s) rolled back, the alarm's max_rollbacks is {min(limits)}"
+    return ""

@@ -66,7 +66,7 @@ def eval_rows_scored(ctx, ckpt: str, desc: str = "eval", rows: list[dict] | None
 
 
 def run_evaluate(ctx, k: int) -> None:
-    ckpt = ctx.checkpoint(k)
+    ckpt = str(ctx.stage(k, "train") / "model")  # this round's own, even if a later alarm rolls it back
     sampling = _eval_sampling(ctx.eval_rows(), ctx.task)
     with ctx.writing(k, "evaluate", {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict()}) as (out, meta):
         scored = eval_rows_scored(ctx, ckpt, f"round {k} eval")

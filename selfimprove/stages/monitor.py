@@ -283,6 +283,8 @@ def run_monitor(ctx, k: int) -> dict:
         metrics = round_metrics(ctx, k)
         fired = check_alarms(ctx.recipe.monitor.alarms, ctx.history(k) + [metrics])
         metrics.update({f"alarm/{a['metric']}": 1 for a in fired})
+        if any(a["action"] == "rollback" for a in fired):
+            metrics["rolled_back"] = 1
         write_json(out / "alarms.json", fired)
         write_json(out / "metrics.json", metrics)
     rows = rebuild_metrics(ctx.run_dir)

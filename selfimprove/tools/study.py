@@ -292,20 +292,9 @@ def run_study(study: Study, jobs: int = 1, smoke: bool = False, only: int | None
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             codes = list(pool.map(lambda r: _one(study, *r, threads=threads, smoke=smoke), runs))
         t2 = time.perf_counter()
-        result = aggregate(study)
-        t3 = time.perf_counter()
-        # what the study itself cost, beside its runs (scripts/bench_study.py reads it)
-        result["timing"] = {
-            "jobs": jobs,
-            "threads_per_run": threads,
-            "claim_s": t1 - t0,
-            "runs_s": t2 - t1,
-            "aggregate_s": t3 - t2,
-            "total_s": t3 - t0,
-        }
-        from selfimprove.core.atomic import write_json
-
-        write_json(study.output_dir / "study.json", result)
+        # what the study itself cost, beside its runs (scripts/bench_study.py reads it); aggregate adds its own time
+        timing = {"jobs": jobs, "threads_per_run": threads, "claim_s": t1 - t0, "runs_s": t2 - t1}
+        result = aggregate(study, timing)
     failed = [f"{a} seed {s}" for (a, s), rc in zip(runs, codes) if rc]
     if failed:
         raise StudyError(
@@ -321,8 +310,10 @@ def _metrics(run_dir: Path) -> dict[int, dict]:
     return {r["round"]: r for r in rows}
 
 
-def aggregate(study: Study) -> dict:
-    """study.json and study.csv from every run's metrics.jsonl (finished rounds only)."""
+def aggregate(study: Study, timing: dict | None = None) -> dict:
+    """study.json and study.csv from every run's metrics.jsonl (finished rounds only), each written once; ``timing``
+    (the study's own cost so far) gets the aggregation's time and the total, and goes into study.json."""
+    start = time.perf_counter()
     from selfimprove.core.atomic import write_json
     from selfimprove.core.environment import run_environment
     from selfimprove.tools.stats import mean_ci, paired_difference
@@ -362,6 +353,10 @@ def aggregate(study: Study) -> dict:
                 mine = [per_run[(arm.name, s)].get(k, {}).get(metric) for s in study.seeds]
                 out["differences"][arm.name][str(k)][metric] = paired_difference(base, mine)
     out["final_round"] = max(rounds) if rounds else None
+    if timing is not None:
+        timing["aggregate_s"] = time.perf_counter() - start
+        timing["total_s"] = sum(timing[k] for k in ("claim_s", "runs_s", "aggregate_s"))
+        out["timing"] = timing
     write_json(study.output_dir / "study.json", out)
     _write_csv(study, out)
     _write_text(study.output_dir / "study.md", markdown(out))
