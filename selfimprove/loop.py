@@ -128,6 +128,12 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
     with claimed_run(recipe, allow_recipe_change, note) as ctx:
         setup(ctx)
         for k in range(recipe.rounds + 1):
+            if k == 1 and recipe.judge.reward_model.train:  # the judge learns from round 0's policy, once
+                recover(ctx.run_dir / "reward_model")
+                if not is_done(ctx.run_dir / "reward_model"):
+                    from selfimprove.stages.judge.train_reward import train_reward_model
+
+                    train_reward_model(ctx)
             for name in registry.ROUND0_STAGES if k == 0 else registry.STAGES:
                 run_stage(ctx, k, name)
             logger.info(summary_line(read_json(ctx.stage(k, "monitor") / "metrics.json")))

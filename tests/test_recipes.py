@@ -14,6 +14,8 @@ from conftest import RECIPE_FILES as RECIPES
 from conftest import REPO
 from conftest import STUDY_FILES as STUDIES
 
+from selfimprove.core.config import load_recipe
+
 
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -89,6 +91,32 @@ def _rewrite_loop(run, metrics):
     assert all(r["attribute"] for r in _rows(run, 1, "select"))
 
 
+def _reward_model(run, metrics):
+    """The reward model trained after round 0 is the only filter; its held-out accuracy, recomputed here with a bare
+    forward of the saved folder, is the one in metrics.jsonl; the verifier only measures."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from selfimprove.core.rows import load_rows
+
+    assert (run / "reward_model" / "DONE").exists() and _meta(run, 1, "judge")["judges"] == ["reward"]
+    path = str(run / "reward_model" / "model")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForSequenceClassification.from_pretrained(path).eval()
+    held = load_rows(run / "reward_model" / "heldout")
+
+    def score(text):
+        with torch.inference_mode():
+            return model(**tok([text], return_tensors="pt")).logits[0, 0].item()
+
+    wins = [score(p["prompt"] + p["chosen"]) > score(p["prompt"] + p["rejected"]) for p in held]
+    assert metrics[1]["judge/reward_model/heldout_pairwise_accuracy"] == pytest.approx(sum(wins) / len(wins))
+    assert {"kappa", "precision", "recall", "gap"} <= {
+        k.rsplit("/", 1)[1] for k in metrics[1] if "judge_vs_truth/reward" in k
+    }
+    kept = [r for r in _rows(run, 1, "filter") if r["kept"]]
+    assert len(kept) == len({r["prompt_id"] for r in kept})  # best-of-n by the reward model: one per prompt
+
+
 CHECKS = {
     "star_gsm8k_qwen2.5_0.5b": _star,
     "iterative_dpo_vllm_serve": _iterative_dpo,
@@ -99,6 +127,7 @@ CHECKS = {
     "diverse_cpu": _countdown("qdit"),
     "rewrite_base": _rewrite,
     "rewrite_loop": _rewrite_loop,
+    "rewrite_rm_cpu": _reward_model,
 }
 
 
@@ -116,7 +145,7 @@ def _smoke_run(recipe: Path, run: Path, env: dict | None = None) -> list[dict]:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = _metrics(run)
-    rounds = min(yaml.safe_load(recipe.read_text())["rounds"], 2)
+    rounds = min(load_recipe(str(recipe)).rounds, 2)  # an overlay states only what differs
     assert [m["round"] for m in metrics] == list(range(rounds + 1))
     for k in range(1, rounds + 1):
         assert all(

@@ -408,6 +408,17 @@ class RewardModelConfig:
     batch_size: int = _f(64, "Sequences per forward pass.", ge=1)
     max_length: int = _f(1024, "Truncate prompt + completion to this many tokens.", ge=2)
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weights dtype.")
+    train: bool = _f(
+        False,
+        "Train the reward model after round 0 with TRL's RewardTrainer (RUN/reward_model) from pairs the task builds "
+        "without extra labels: each seed answer (chosen) against a wrong answer of the same shape (rejected, "
+        "task.corrupt); the reward judge then uses it and path is its starting backbone ('' = round 0's policy).",
+    )
+    train_pairs: int = _f(2000, "train: pairs drawn from the seed data (a share heldout_share is held out).", ge=2)
+    heldout_share: float = _f(0.1, "train: share of the pairs held out for the pairwise accuracy.", gt=0, lt=1)
+    train_steps: int = _f(300, "train: RewardTrainer optimizer steps.", ge=1)
+    train_batch_size: int = _f(32, "train: pairs per step.", ge=1)
+    learning_rate: float = _f(3.0e-4, "train: RewardTrainer learning rate.", gt=0)
 
 
 @dataclass
@@ -470,7 +481,12 @@ class JudgeConfig:
         ]
         if not self.judges:
             p.append("judges is empty: name at least one judge, e.g. [format].")
-        if "reward" in self.judges and not self.reward_model.path:
+        if self.reward_model.train and "reward" not in self.judges:
+            p.append(
+                "reward_model.train trains a reward model for the 'reward' judge, which judges does not name. "
+                "Add 'reward' to judges, or set reward_model.train false."
+            )
+        if "reward" in self.judges and not self.reward_model.path and not self.reward_model.train:
             p.append(
                 "judges has 'reward' but reward_model.path is empty: point it at a sequence-classification model "
                 "folder."

@@ -25,7 +25,7 @@ from selfimprove.core.integrity import fault_point, file_hash, stage_digest
 from selfimprove.core.rows import load_rows
 
 ROUND_DIR = re.compile(r"^round_(\d+)$")
-SETUP_DIRS = ("base_model", "eval_sets", "probe_set", "seed_data")
+SETUP_DIRS = ("base_model", "eval_sets", "probe_set", "seed_data", "reward_model")
 
 
 def round_dir(run_dir: str | Path, k: int) -> Path:
@@ -102,18 +102,20 @@ class RunContext:
         """The folders a stage reads: the one table of which stage depends on which."""
         run, r = self.run_dir, self.recipe
         if k is None:
+            if name == "reward_model":
+                return [p for p in (run / "seed_data", self.stage(0, "train")) if is_done(p)]
             return [run / "eval_sets"] if name in ("probe_set", "seed_data") else []
         before = lambda stage, lo=0: [self.stage(j, stage) for j in range(lo, k)]  # noqa: E731
         init = -1 if (k == 0 or r.train.init == "base") else k - 1
         table = {
             "generate": [self._checkpoint_stage(k - 1), run / "eval_sets", *before("monitor")],
-            "judge": [self.stage(k, "generate"), self._checkpoint_stage(k - 1)],
+            "judge": [self.stage(k, "generate"), self._checkpoint_stage(k - 1), run / "reward_model"],
             "filter": [self.stage(k, "judge"), run / "eval_sets", run / "probe_set"],
             "select": [self.stage(k, "filter"), *before("select", 1), *before("monitor")],
             "train": [self._checkpoint_stage(init), run / "seed_data", *before("select", 1), *before("filter", 1)]
             + ([self.stage(k, "select"), self.stage(k, "filter")] if k else []),
             "evaluate": [self.stage(k, "train"), run / "eval_sets", run / "probe_set"],
-            "monitor": [self.stage(k, "evaluate"), self.stage(k, "train"), *before("monitor")]
+            "monitor": [self.stage(k, "evaluate"), self.stage(k, "train"), run / "reward_model", *before("monitor")]
             + ([self.stage(k, "filter"), self.stage(k, "select"), self._checkpoint_stage(k - 1)] if k else []),
         }
         return [p for p in table[name] if p is not None and is_done(p)]

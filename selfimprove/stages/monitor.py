@@ -258,6 +258,11 @@ def round_metrics(ctx, k: int) -> dict:
             "recipe": train_meta.get("recipe", ""),
         }
     )  # the recipe the round ran under (recipes/history.json)
+    rm = ctx.run_dir / "reward_model"
+    if is_done(rm):  # the reward model this run trained at setup (judge.reward_model.train)
+        rm_meta = read_json(rm / "meta.json")
+        metrics["judge/reward_model/heldout_pairwise_accuracy"] = rm_meta["heldout_pairwise_accuracy"]
+        metrics["judge/reward_model/train_pairwise_accuracy"] = rm_meta["train_pairwise_accuracy"]
     if ctx.recipe.monitor.probe_size:
         metrics.update(probe_metrics(ctx, k))
     for stage in registry.TIMED_STAGES:

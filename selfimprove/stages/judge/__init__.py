@@ -9,6 +9,7 @@ judge could not score the sample (an unparseable LLM verdict); ``judge.llm.on_un
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from selfimprove import registry
@@ -62,6 +63,9 @@ def judge_rows(env: JudgeEnv, rows: list[dict]) -> tuple[list[dict], dict[str, l
 def run_judge(ctx, k: int) -> None:
     rows = load_rows(ctx.stage(k, "generate") / "data")
     cfg = ctx.recipe.judge
+    if cfg.reward_model.train:  # the reward model this run trained at setup
+        trained = dataclasses.replace(cfg.reward_model, path=str(ctx.run_dir / "reward_model" / "model"))
+        cfg = dataclasses.replace(cfg, reward_model=trained)
     env = JudgeEnv(
         ctx.task, cfg, ctx.checkpoint(k - 1), seeding.int_seed(ctx.recipe.seed, "judge", k), ctx.recipe.model.dtype
     )

@@ -1,0 +1,114 @@
+"""A reward model the run trains itself, once, after round 0 (from round 0's policy unless a path is named):
+TRL's ``RewardTrainer`` (Bradley-Terry loss) on pairs the task builds without extra labels, each seed answer
+(chosen) against a wrong answer of the same shape (rejected, ``task.corrupt``). The pairs are tokenised exactly as
+the reward judge tokenises what it scores (reward_model._texts), so training and scoring see the same sequences.
+Written atomically to RUN/reward_model/: model/ (a plain ``save_pretrained`` AutoModelForSequenceClassification
+folder), heldout/ (the held-out pairs) and meta.json with the pairwise accuracy on them."""
+
+from __future__ import annotations
+
+import shutil
+
+from selfimprove.core import seeding
+from selfimprove.core.rows import load_rows, save_rows
+from selfimprove.core.typed_yaml import ConfigError
+
+
+def preference_pairs(task, seed_rows: list[dict], n: int, rng) -> list[dict]:
+    """Up to n (prompt, chosen, rejected) pairs: a seed answer against a corrupted copy of it."""
+    if not hasattr(task, "corrupt"):
+        raise ConfigError(
+            [
+                f"judge.reward_model.train: task {task.name!r} cannot build a wrong answer (no corrupt()). "
+                "Name a trained reward model in judge.reward_model.path instead."
+            ]
+        )
+    pick = rng.permutation(len(seed_rows))[:n]
+    return [
+        {
+            "prompt": seed_rows[i]["prompt"],
+            "chosen": seed_rows[i]["completion"],
+            "rejected": task.corrupt(rng, seed_rows[i]["completion"]),
+        }
+        for i in pick
+    ]
+
+
+def _ids(tok, pairs: list[dict], side: str, max_length: int) -> list[list[int]]:
+    from selfimprove.stages.judge.reward_model import _texts
+
+    texts = _texts(tok, [{"prompt": p["prompt"], "completion": p[side]} for p in pairs])
+    return tok(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
+def pairwise_accuracy(model_dir: str, pairs: list[dict], cfg) -> float:
+    """Share of pairs whose chosen answer the reward judge scores above the rejected one."""
+    from types import SimpleNamespace
+
+    from selfimprove.stages.judge.reward_model import reward_model
+
+    env = SimpleNamespace(cfg=SimpleNamespace(reward_model=SimpleNamespace(**{**vars(cfg), "path": model_dir})))
+    rows = [{"prompt": p["prompt"], "completion": p[side]} for p in pairs for side in ("chosen", "rejected")]
+    s = reward_model(env, rows)
+    return sum(s[2 * i] > s[2 * i + 1] for i in range(len(pairs))) / len(pairs) if pairs else 0.0
+
+
+def train_reward_model(ctx) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    cfg, r = ctx.recipe.judge.reward_model, ctx.recipe
+    start = cfg.path or ctx.checkpoint(0)  # by default round 0's policy: a backbone that already reads the task
+    pairs = preference_pairs(
+        ctx.task, load_rows(ctx.run_dir / "seed_data" / "data"), cfg.train_pairs, seeding.rng(r.seed, "reward_pairs")
+    )
+    n_held = max(1, round(cfg.heldout_share * len(pairs)))
+    held, train = pairs[:n_held], pairs[n_held:]
+    with ctx.writing(None, "reward_model", {"start": ctx.relative(start), "pairs": len(train), "heldout": n_held}) as (
+        out,
+        meta,
+    ):
+        tok = AutoTokenizer.from_pretrained(start)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForSequenceClassification.from_pretrained(start, num_labels=1, dtype=getattr(torch, cfg.dtype))
+        model.config.pad_token_id = tok.pad_token_id
+        data = Dataset.from_dict(
+            {
+                "chosen_ids": _ids(tok, train, "chosen", cfg.max_length),
+                "rejected_ids": _ids(tok, train, "rejected", cfg.max_length),
+            }
+        )
+        gpu = torch.cuda.is_available()
+        args = RewardConfig(
+            output_dir=str(out / "trainer"),
+            max_steps=cfg.train_steps,
+            per_device_train_batch_size=cfg.train_batch_size,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.05,
+            logging_steps=50,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=not gpu,
+            bf16=gpu and cfg.dtype == "bfloat16",
+            seed=seeding.int_seed(r.seed, "reward_pairs", 1),
+            data_seed=seeding.int_seed(r.seed, "reward_pairs", 1),
+            max_length=cfg.max_length,
+            disable_tqdm=True,
+        )
+        trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        result = trainer.train()
+        trainer.save_model(str(out / "model"))
+        tok.save_pretrained(out / "model")
+        shutil.rmtree(out / "trainer", ignore_errors=True)
+        save_rows(held, out / "heldout")  # the pairs the accuracy is measured on, for anyone to recheck
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        meta.update(
+            train_loss=float(result.training_loss),
+            first_loss=losses[0] if losses else None,
+            heldout_pairwise_accuracy=pairwise_accuracy(str(out / "model"), held, cfg),
+            train_pairwise_accuracy=pairwise_accuracy(str(out / "model"), train[:n_held], cfg),
+        )
