@@ -61,7 +61,10 @@ TASKS = {
 }
 
 
-def load(entry: str):
-    """The object an entry names ('package.module:attribute')."""
+def load(entry):
+    """The object an entry names ('package.module:attribute'); an entry that is already the object (a function put
+    in a table by a plugin or a test) is itself."""
+    if callable(entry):
+        return entry
     module, _, attribute = entry.partition(":")
     return getattr(importlib.import_module(module), attribute)

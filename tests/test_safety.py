@@ -328,7 +328,7 @@ def test_changed_data_file_makes_later_stages_stale(tmp_path, capsys):
 
 
 def test_forced_redo_that_fails_keeps_the_finished_stage(finished, tmp_path, monkeypatch):
-    from selfimprove import loop
+    from selfimprove import loop, registry
     from selfimprove.core.rows import load_rows
     from selfimprove.core.runs import open_run
 
@@ -340,7 +340,7 @@ def test_forced_redo_that_fails_keeps_the_finished_stage(finished, tmp_path, mon
             (out / "half").write_text("written, then")
             raise RuntimeError("the redo fails")
 
-    monkeypatch.setitem(loop.STAGES, "filter", broken)
+    monkeypatch.setitem(registry.STAGES, "filter", broken)
     with pytest.raises(RuntimeError):
         loop.run_stage(open_run(run), 1, "filter", force=True)
     assert (
@@ -465,14 +465,14 @@ def test_read_only_run_says_it_needs_write_access(finished, tmp_path, monkeypatc
 
 
 def test_unexpected_error_is_one_line_and_a_log(finished, tmp_path, monkeypatch, capsys):
-    from selfimprove import loop
+    from selfimprove import registry
 
     run = _copy(finished, tmp_path)
 
     def crash(ctx, k):
         raise ZeroDivisionError("deep inside a library")
 
-    monkeypatch.setitem(loop.STAGES, "generate", crash)
+    monkeypatch.setitem(registry.STAGES, "generate", crash)
     assert main(["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "2"]) == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("selfimprove:")]
     assert len(lines) == 1 and "unexpected ZeroDivisionError in 'run': deep inside a library" in lines[0]
