@@ -166,17 +166,16 @@ def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[di
             )
             out.update({f"quality/judge_{k}/{a}_vs_{b}": v for k, v in agree.items()})
     truth = [r for r in judged if r["oracle_correct"] >= 0]  # where ground truth exists: each judge against it
-    picked = [r for r in selected if r["oracle_correct"] >= 0]
+    labelled = [r for r in selected if r["oracle_correct"] >= 0]
     for n in names if truth else ():
         vs = judge_vs_truth(
             [r[f"score_{n}"] for r in truth],
             [r["oracle_correct"] for r in truth],
             threshold[n],
-            [r[f"score_{n}"] for r in picked],
-            [r["oracle_correct"] for r in picked],
+            [r[f"score_{n}"] for r in labelled],
+            [r["oracle_correct"] for r in labelled],
         )
         out.update({f"quality/judge_vs_truth/{n}/{key}": v for key, v in vs.items()})
-    labelled = [r for r in selected if r["oracle_correct"] >= 0]
     if labelled:  # measured against ground truth the loop never trains on
         out["quality/pseudo_label_accuracy"] = _mean(r["oracle_correct"] for r in labelled)
     if selected and "self_completion" in selected[0]:  # select.labels 'oracle': what training sees instead

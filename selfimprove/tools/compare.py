@@ -124,9 +124,9 @@ def _mcnemar(rows_a: list[dict], rows_b: list[dict]) -> dict:
 def _score(ctx, ckpt: str) -> tuple[list[dict], list[dict]]:
     """(eval rows answered greedily, judged probe samples) for one checkpoint."""
     from selfimprove.stages.evaluate import eval_rows_scored, probe_samples
-    from selfimprove.stages.judge import JudgeEnv, judge_rows
+    from selfimprove.stages.judge import judge_rows, run_env
 
-    env = JudgeEnv(ctx.task, ctx.recipe.judge, ckpt, ctx.recipe.seed, ctx.recipe.model.dtype)
+    env = run_env(ctx, ckpt, ctx.recipe.seed)
     return eval_rows_scored(ctx, ckpt), judge_rows(env, probe_samples(ctx, ckpt))[0]
 
 
@@ -142,7 +142,7 @@ def compare(
     from selfimprove.core.environment import differences, run_environment
     from selfimprove.core.model import load_policy, load_tokenizer
     from selfimprove.core.runs import open_run
-    from selfimprove.stages.judge import JudgeEnv
+    from selfimprove.stages.judge import run_env
     from selfimprove.tools.stats import paired_bootstrap
 
     (ckpt_a, run_a), (ckpt_b, run_b) = resolve(a), resolve(b)
@@ -188,7 +188,7 @@ def compare(
     if "llm_pairwise" in ctx.recipe.judge.judges:  # the pairwise judge compares A and B directly, in both orders
         from selfimprove.stages.judge.llm import head_to_head
 
-        env = JudgeEnv(ctx.task, ctx.recipe.judge, ckpt_b, ctx.recipe.seed, ctx.recipe.model.dtype)
+        env = run_env(ctx, ckpt_b, ctx.recipe.seed)
         out["pairwise_b_vs_a"] = head_to_head(env, probe_a, probe_b)
     tok = load_tokenizer(ckpt_a)
     pa, pb = load_policy(ckpt_a, ctx.recipe.model.dtype).eval(), load_policy(ckpt_b, ctx.recipe.model.dtype).eval()

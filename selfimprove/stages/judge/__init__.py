@@ -60,15 +60,20 @@ def judge_rows(env: JudgeEnv, rows: list[dict]) -> tuple[list[dict], dict[str, l
     return out, {n: rec for n, rec in records.items() if rec}
 
 
-def run_judge(ctx, k: int) -> None:
-    rows = load_rows(ctx.stage(k, "generate") / "data")
+def run_env(ctx, policy: str, seed: int) -> JudgeEnv:
+    """The judges as this run uses them, for the judge stage and for tools (compare): with
+    judge.reward_model.train, the 'reward' judge scores with the reward model the run trained (RUN/reward_model)."""
     cfg = ctx.recipe.judge
-    if cfg.reward_model.train:  # the reward model this run trained at setup
+    if cfg.reward_model.train:
         trained = dataclasses.replace(cfg.reward_model, path=str(ctx.run_dir / "reward_model" / "model"))
         cfg = dataclasses.replace(cfg, reward_model=trained)
-    env = JudgeEnv(
-        ctx.task, cfg, ctx.checkpoint(k - 1), seeding.int_seed(ctx.recipe.seed, "judge", k), ctx.recipe.model.dtype
-    )
+    return JudgeEnv(ctx.task, cfg, policy, seed, ctx.recipe.model.dtype)
+
+
+def run_judge(ctx, k: int) -> None:
+    rows = load_rows(ctx.stage(k, "generate") / "data")
+    env = run_env(ctx, ctx.checkpoint(k - 1), seeding.int_seed(ctx.recipe.seed, "judge", k))
+    cfg = env.cfg
     with ctx.writing(k, "judge", {"judges": cfg.judges, "weights": cfg.weights, "combine": cfg.combine}) as (out, meta):
         judged, records = judge_rows(env, rows)
         save_rows(judged, out / "data")
