@@ -59,11 +59,16 @@ def setup(ctx: RunContext) -> None:
             meta["rows"] = len(seed_rows)
 
 
-def launch(ctx: RunContext, k: int, name: str, config: str) -> None:
+# The module each launched job runs; any other stage goes through ``selfimprove stage NAME``.
+_ENTRIES = {"train": "selfimprove.stages.train", "reward_model": "selfimprove.stages.judge.train_reward"}
+
+
+def launch(ctx: RunContext, k: int | None, name: str, config: str) -> None:
     """Run one stage as its own ``accelerate launch`` job: its processes exit with it, so GPU memory is fully
-    released before the next stage (training and vLLM/HF generation never share a GPU)."""
+    released before the next stage (training and vLLM/HF generation never share a GPU). ``k`` None: a run-level
+    step (the reward model)."""
     # This interpreter's accelerate, so an unactivated venv works too.
-    entry = ["-m", "selfimprove.stages.train"] if name == "train" else ["-m", "selfimprove", "stage", name, "--force"]
+    entry = ["-m", _ENTRIES[name]] if name in _ENTRIES else ["-m", "selfimprove", "stage", name, "--force"]
     cmd = [
         sys.executable,
         "-m",
@@ -72,8 +77,7 @@ def launch(ctx: RunContext, k: int, name: str, config: str) -> None:
         config,
         *entry,
         str(ctx.run_dir),
-        "--round",
-        str(k),
+        *(["--round", str(k)] if k is not None else []),
     ]
     logger.info("launching: %s", " ".join(cmd))
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: name})
@@ -95,6 +99,20 @@ def run_stage(ctx: RunContext, k: int, name: str, force: bool = False) -> bool:
     else:
         registry.load(registry.STAGES[name])(ctx, k)
     return True
+
+
+def train_reward(ctx: RunContext) -> None:
+    """Train the run's reward model unless done, through the policy's launcher (in-process or its own
+    ``accelerate launch`` job with train.accelerate_config)."""
+    recover(ctx.run_dir / "reward_model")
+    if is_done(ctx.run_dir / "reward_model"):
+        return
+    if ctx.recipe.train.launcher == "accelerate" and not in_launched_job():
+        launch(ctx, None, "reward_model", ctx.recipe.train.accelerate_config)
+    else:
+        from selfimprove.stages.judge.train_reward import train_reward_model
+
+        train_reward_model(ctx)
 
 
 def summary_line(m: dict) -> str:
@@ -129,11 +147,7 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
         setup(ctx)
         for k in range(recipe.rounds + 1):
             if k == 1 and recipe.judge.reward_model.train:  # the judge learns from round 0's policy, once
-                recover(ctx.run_dir / "reward_model")
-                if not is_done(ctx.run_dir / "reward_model"):
-                    from selfimprove.stages.judge.train_reward import train_reward_model
-
-                    train_reward_model(ctx)
+                train_reward(ctx)
             for name in registry.ROUND0_STAGES if k == 0 else registry.STAGES:
                 run_stage(ctx, k, name)
             logger.info(summary_line(read_json(ctx.stage(k, "monitor") / "metrics.json")))

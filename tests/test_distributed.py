@@ -41,6 +41,14 @@ def test_global_batch_is_the_same_for_any_number_of_processes():
         grad_accumulation(TrainConfig(per_device_train_batch_size=24, global_batch_size=32), 2)
 
 
+def test_reward_model_batch_is_pairs_per_step_for_any_number_of_processes():
+    from selfimprove.stages.judge.train_reward import per_device_batch
+
+    assert [per_device_batch(32, w) * w for w in (1, 2, 4)] == [32, 32, 32]
+    with pytest.raises(ValueError, match="train_batch_size=6 is not a multiple of the 4 processes"):
+        per_device_batch(6, 4)
+
+
 def _run(tmp_path, name, config, *extra):
     out = tmp_path / name
     args = [
@@ -95,6 +103,46 @@ def test_two_process_training_matches_one_process(single, tmp_path, config):
     model = AutoModelForCausalLM.from_pretrained(run / "round_01" / "train" / "model")  # a full folder, loads as-is
     assert sum(p.numel() for p in model.parameters()) > 0
     assert (run / "metrics.jsonl").read_text().count("\n") == 2
+
+
+RM_ARGS = (
+    "--judge.judges",
+    "[format, majority, reward]",
+    "--judge.reward_model.train",
+    "true",
+    "--judge.reward_model.train_pairs",
+    120,
+    "--judge.reward_model.train_steps",
+    8,
+    "--judge.reward_model.train_batch_size",
+    8,
+)
+
+
+def test_reward_model_trained_by_two_processes_matches_one(tmp_path):
+    """The run's reward model goes through the policy's launcher: with a 2-process DDP config it is its own
+    accelerate job of 2 ranks; redone in one process from the same run it sees the same pairs per step (the
+    batch is pairs per step, split over the ranks), so the loss curves agree."""
+    import subprocess
+    import sys
+
+    run = _run(tmp_path, "run", "cpu_ddp_2proc.yaml", *RM_ARGS)
+    two = json.loads((run / "reward_model" / "meta.json").read_text())
+    assert two["world_size"] == 2 and len(two["losses"]) == 8
+    assert 0.0 <= two["heldout_pairwise_accuracy"] <= 1.0
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[1]["judge/reward_model/heldout_pairwise_accuracy"] == two["heldout_pairwise_accuracy"]
+    judge = json.loads((run / "round_01" / "judge" / "meta.json").read_text())
+    assert "reward" in judge["judges"]
+    # the same step by hand in this one process (no launcher): the finished model stays until the new one is
+    env = {k: v for k, v in os.environ.items() if k != "SELFIMPROVE_LAUNCHED"}
+    cmd = [sys.executable, "-m", "selfimprove.stages.judge.train_reward", str(run), "--force"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((run / "reward_model" / "meta.json").read_text())
+    assert "world_size" not in one and one["pairs"] == two["pairs"]
+    assert one["losses"] == pytest.approx(two["losses"], rel=2e-3, abs=2e-3)
+    assert one["heldout_pairwise_accuracy"] == pytest.approx(two["heldout_pairwise_accuracy"], abs=0.1)
 
 
 def test_generation_sharded_across_ranks_equals_one_process(single, tmp_path):

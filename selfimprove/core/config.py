@@ -417,7 +417,7 @@ class RewardModelConfig:
     train_pairs: int = _f(2000, "train: pairs drawn from the seed data (a share heldout_share is held out).", ge=2)
     heldout_share: float = _f(0.1, "train: share of the pairs held out for the pairwise accuracy.", gt=0, lt=1)
     train_steps: int = _f(300, "train: RewardTrainer optimizer steps.", ge=1)
-    train_batch_size: int = _f(32, "train: pairs per step.", ge=1)
+    train_batch_size: int = _f(32, "train: pairs per optimizer step, over all processes of the launcher.", ge=1)
     learning_rate: float = _f(3.0e-4, "train: RewardTrainer learning rate.", gt=0)
 
 

@@ -30,7 +30,7 @@ STREAMS: dict[str, tuple[int, str]] = {
     "bootstrap_ci": (14, "resamples of compare's paired bootstrap"),
     "rules": (16, "the rewrite task's rule universe (held-out rules first)"),
     "oracle_labels": (17, "which selected rows get a corrupted reference (select.oracle_label_noise)"),
-    "reward_pairs": (18, "the reward model's pairs and corruptions (judge.reward_model.train); round 1: its trainer"),
+    "reward_pairs": (18, "the reward model's pairs, corruptions (judge.reward_model.train); round 1: trainer, 2: head"),
     "measure": (15, "fixed-size measurement subsamples (seed 0 always: a metric depends on the texts alone)"),
 }
 

@@ -163,6 +163,13 @@ def check_batch(recipe, world: int, report: Report) -> int:
         report.problems += err.problems
         return 0
     global_batch = t.per_device_train_batch_size * accumulation * world
+    if recipe.judge.reward_model.train:  # trained by the same launcher: its pairs per step split the same way
+        from selfimprove.stages.judge.train_reward import per_device_batch
+
+        try:
+            per_device_batch(recipe.judge.reward_model.train_batch_size, world)
+        except ConfigError as err:
+            report.problems += err.problems
     report.facts.append(
         f"train: global batch {global_batch} = {t.per_device_train_batch_size} per device x "
         f"{accumulation} accumulation x {world} process(es)"
