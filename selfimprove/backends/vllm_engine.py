@@ -39,8 +39,11 @@ def vllm_generate(
                 }
             )
         )
-        proc = subprocess.run([python, str(worker), str(job), str(out)], capture_output=True, text=True)
-        if proc.returncode != 0 and "No module named 'vllm'" in proc.stderr:
+        # One stream: vLLM's engine processes log their root cause to stdout, the parent's traceback to stderr.
+        proc = subprocess.run(
+            [python, str(worker), str(job), str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        if proc.returncode != 0 and "No module named 'vllm'" in proc.stdout:
             from selfimprove.core.errors import MissingExtra
 
             raise MissingExtra(
@@ -50,8 +53,8 @@ def vllm_generate(
         if proc.returncode != 0:
             fd, log = tempfile.mkstemp(prefix="selfimprove-vllm-", suffix=".log")  # the root cause is often far up
             with open(fd, "w") as fh:
-                fh.write(proc.stderr)
-            raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}). Full log: {log}\n{proc.stderr[-2000:]}")
+                fh.write(proc.stdout)
+            raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}). Full log: {log}\n{proc.stdout[-2000:]}")
         data = json.loads(out.read_text())
         if stats is not None:
             stats.update(engine_start_s=data["engine_start_s"], generate_s=data["generate_s"])

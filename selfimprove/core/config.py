@@ -443,6 +443,14 @@ class LLMJudgeConfig:
         6, "Pairwise: at most this many sample pairs per prompt (each judged in both orders); 0 = all.", ge=0
     )
     chat_template: bool = _f(True, "Wrap judge prompts in the judge tokenizer's chat template when it has one.")
+    eft_share: float = _f(
+        0.0,
+        "Round 0: share of the bootstrap rows that teach the policy to judge (EFT, Yuan et al. 2024): the pointwise "
+        "template with a seed problem and its answer ('Score: max_score') or a corrupted one (task.corrupt, "
+        "'Score: 0'), so that model 'policy' writes verdicts. 0 = off.",
+        ge=0,
+        lt=1,
+    )
     on_unparseable: Literal["zero", "neutral", "drop"] = _f(
         "zero",
         "A judge output with no single trustworthy verdict scores 0 ('zero'), 0.5 ('neutral'), or is dropped by the "
@@ -495,6 +503,11 @@ class JudgeConfig:
             p.append(
                 "judges has an LLM judge but llm.model is empty: use 'policy' (self-judging) or a model folder / hub "
                 "id."
+            )
+        if self.llm.eft_share and ("llm" not in self.judges or self.llm.model != "policy"):
+            p.append(
+                "llm.eft_share teaches the policy to judge, for the 'llm' judge with llm.model 'policy'. Add 'llm' "
+                "to judges and set llm.model: policy, or set llm.eft_share: 0."
             )
         if self.llm.max_score < 1:
             p.append(f"llm.max_score={self.llm.max_score} must be >= 1.")

@@ -72,7 +72,12 @@ def prepare_base_model(recipe, task, out_dir: Path) -> dict:
     """Write the round-0 policy to ``out_dir`` (a bootstrap build, or a copy of the tokenizer+config reference)."""
     if recipe.model.path is not None:
         return {"source": recipe.model.path}
-    tokenizer = build_char_tokenizer(task.alphabet())
+    alphabet = task.alphabet()
+    if recipe.judge.llm.eft_share:  # the policy will also read judge prompts and write verdicts
+        from selfimprove.core.judge_prompts import eft_alphabet
+
+        alphabet += eft_alphabet(recipe.judge.llm)
+    tokenizer = build_char_tokenizer(alphabet)
     model = build_bootstrap_model(recipe.model.bootstrap, tokenizer, seeding.int_seed(recipe.seed, "init"))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

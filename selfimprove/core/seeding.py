@@ -31,6 +31,7 @@ STREAMS: dict[str, tuple[int, str]] = {
     "rules": (16, "the rewrite task's rule universe (held-out rules first)"),
     "oracle_labels": (17, "which selected rows get a corrupted reference (select.oracle_label_noise)"),
     "reward_pairs": (18, "the reward model's pairs, corruptions (judge.reward_model.train); round 1: trainer, 2: head"),
+    "eft_data": (19, "round 0's judging rows for the policy and where they go (judge.llm.eft_share)"),
     "measure": (15, "fixed-size measurement subsamples (seed 0 always: a metric depends on the texts alone)"),
 }
 

@@ -65,7 +65,7 @@ def _rows(hub_id: str, config: str | None, split: str) -> list[dict]:
 def _judge_rows(uf: list[dict]) -> list[dict]:
     """Built-in judge templates answered with the stand-in preference scores: pointwise "Score: N" for both answers,
     and pairwise "Winner: X" in both orders."""
-    from selfimprove.stages.judge.llm import load_template, render
+    from selfimprove.core.judge_prompts import load_template, render
 
     point, pair = load_template("", "pointwise"), load_template("", "pairwise")
     rows = []

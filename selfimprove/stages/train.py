@@ -50,12 +50,18 @@ def build_mixture(seed_rows: list[dict], older: list[dict], newest: list[dict], 
     return [rows[i] for i in rng.permutation(len(rows))]
 
 
-def tokenize_rows(rows: list[dict], tokenizer, fmt=None) -> dict:
+def tokenize_rows(rows: list[dict], tokenizer, fmt=None, judge_fmt=None) -> dict:
     """Batched tokenisation to TRL's processed format: input_ids + completion_mask (prompt 0, completion+EOS 1). The
-    prompt is encoded by ``fmt`` (selfimprove.core.prompts), exactly as generation encoded it."""
+    prompt is encoded by ``fmt`` (selfimprove.core.prompts), exactly as generation encoded it; judging rows (``eft``)
+    by ``judge_fmt``, exactly as the judge stage encodes its prompts."""
     from selfimprove.core.prompts import PromptFormat, encode_completions
 
-    p = (fmt or PromptFormat()).encode(tokenizer, [r["prompt"] for r in rows])
+    p: list = [None] * len(rows)
+    for f, eft in ((fmt, False), (judge_fmt, True)):
+        idx = [i for i, r in enumerate(rows) if bool(r.get("eft")) == eft]
+        if idx:
+            for i, ids in zip(idx, (f or PromptFormat()).encode(tokenizer, [rows[i]["prompt"] for i in idx])):
+                p[i] = ids
     c = encode_completions(tokenizer, [r["completion"] for r in rows])
     return {
         "input_ids": [a + b for a, b in zip(p, c)],
@@ -115,7 +121,16 @@ def _sft_config(r, k: int, out: Path, steps: int, accumulation: int, parameters:
 def training_rows(ctx, k: int, n_rows: int) -> list[dict]:
     seed_rows = load_rows(ctx.run_dir / "seed_data" / "data")
     if k == 0:
-        return _draw(seed_rows, n_rows, seeding.rng(ctx.recipe.seed, "train_mix", 0))
+        llm = ctx.recipe.judge.llm
+        n_eft = round(llm.eft_share * n_rows)
+        rows = _draw(seed_rows, n_rows - n_eft, seeding.rng(ctx.recipe.seed, "train_mix", 0))
+        if not n_eft:
+            return rows
+        from selfimprove.core.judge_prompts import eft_rows
+
+        rng = seeding.rng(ctx.recipe.seed, "eft_data")
+        rows += eft_rows(ctx.task, seed_rows, llm, n_eft, rng)
+        return [rows[i] for i in rng.permutation(len(rows))]
     older = accepted_rows(ctx, k)
     newest = [row for row in load_rows(ctx.stage(k, "select") / "data") if row["selected"]]
     return build_mixture(
@@ -204,7 +219,9 @@ def run_train(ctx, k: int) -> None:
         ref = ctx.checkpoint(-1) if r.train.dpo.reference == "base" else ctx.checkpoint(k - 1)
         trainer = _dpo_trainer(ctx, k, rows, model, tok, partial, steps, accumulation, ref)
     elif steps:
-        dataset = Dataset.from_dict(tokenize_rows(rows, tok, ctx.prompt_format))
+        from selfimprove.core.judge_prompts import judge_format
+
+        dataset = Dataset.from_dict(tokenize_rows(rows, tok, ctx.prompt_format, judge_format(r.judge.llm)))
         args = _sft_config(r, k, partial, steps, accumulation, model.num_parameters())
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=_peft_config(r.train.lora)

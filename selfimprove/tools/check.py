@@ -222,7 +222,7 @@ def check_server(cfg, name: str, where: str, report: Report) -> None:
 
 
 def check_judges(ctx, policy_tok, report: Report) -> None:
-    from selfimprove.stages.judge.llm import load_template
+    from selfimprove.core.judge_prompts import load_template
 
     r, cfg = ctx.recipe, ctx.recipe.judge
     llm = [j for j in cfg.judges if j in ("llm", "llm_pairwise")]
@@ -249,6 +249,11 @@ def check_judges(ctx, policy_tok, report: Report) -> None:
         )
     if llm and cfg.llm.backend == "vllm":
         check_vllm(cfg.llm.vllm.python, "judge.llm", report)
+    if cfg.llm.eft_share and not hasattr(ctx.task, "corrupt"):
+        report.problems.append(
+            f"judge.llm.eft_share: task {ctx.task.name!r} cannot build wrong answers to grade (no corrupt()); set "
+            "it to 0."
+        )
     if "reward" in cfg.judges and cfg.reward_model.train:  # trained at setup from the run's base model
         if cfg.reward_model.path:
             resolve_model(cfg.reward_model.path, "judge.reward_model.path", report)

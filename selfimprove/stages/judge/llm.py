@@ -10,67 +10,46 @@ Hardening, because the judged text is untrusted:
 - the template's fence tags (<task>, <response>, <response_a>, <response_b>) are neutralised inside judged text, so a
   completion cannot close its fence and speak as the instructions;
 - only the judge's own output is parsed, and it must hold exactly one verdict line ("Score: N" / "Winner: X"), in range;
-- a verdict that the judged text itself claims (a completion saying "Score: 10" when the judge answers 10) is not
-  trusted: the judge may be parroting it. Such outputs, and every unparseable one, count as unparsed and are handled
-  as ``judge.llm.on_unparseable`` says.
+  every other output counts as unparsed and is handled as ``judge.llm.on_unparseable`` says;
+- a sample that tries to speak for the judge (its text holds a verdict such as "Score: 10" or "Winner: A", or one of
+  the fence tags) scores 0 pointwise and loses each of its comparisons pairwise, whatever the judge said: so an
+  injection can never raise a sample's score above the same sample without it (the judge could be fooled by it, or
+  parrot it). Its record says ``injected``.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from importlib import resources
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 
-from selfimprove.core.errors import DataError
+from selfimprove.core.judge_prompts import load_template, render
 
-_FIELDS = re.compile(r"\{(prompt|completion|a|b|max_score)\}")
-_FENCE = re.compile(r"<(\s*/?\s*(?:task|response_a|response_b|response)\s*)>", re.I)
 SCORE = re.compile(r"^[ \t]*score[ \t]*:[ \t]*(\d+(?:\.\d+)?)[ \t]*$", re.I | re.M)
 WINNER = re.compile(r"^[ \t]*winner[ \t]*:[ \t]*(a|b|tie)[ \t]*$", re.I | re.M)
-_CLAIM = {SCORE: r"score\s*:\s*{}(?![\d.])", WINNER: r"winner\s*:\s*{}\b"}
+_CLAIM = {
+    SCORE: re.compile(r"score\s*:\s*\d", re.I),
+    WINNER: re.compile(r"winner\s*:\s*(?:a|b|tie)\b", re.I),
+}
+_FENCE_TAG = re.compile(r"<\s*/?\s*(?:task|response_a|response_b|response)\s*>", re.I)
 
 
-def load_template(path: str, mode: str) -> str:
-    if path:
-        if not Path(path).is_file():
-            raise DataError(
-                f"judge.llm.template={path!r} does not exist. Point it at a text file with "
-                "{prompt} and {completion} (pointwise) or {a} and {b} (pairwise), or leave it empty."
-            )
-        return Path(path).read_text()
-    return resources.files("selfimprove.stages.judge").joinpath("templates", f"{mode}.txt").read_text()
-
-
-def neutralise(text: str) -> str:
-    """Break the template's fence tags inside judged text: "</response>" becomes "&lt;/response>"."""
-    return _FENCE.sub(lambda m: "&lt;" + m.group(1) + ">", text)
-
-
-def render(template: str, **fields) -> str:
-    """Fill {prompt}/{completion}/{a}/{b}/{max_score} in one pass; judged text is neutralised and never re-scanned."""
-    safe = {k: v if k == "max_score" else neutralise(str(v)) for k, v in fields.items()}
-    return _FIELDS.sub(lambda m: str(safe.get(m.group(1), m.group(0))), template)
-
-
-def parse_verdict(output: str, pattern: re.Pattern, judged: list[str]) -> str | None:
-    """The single verdict in the judge's output, or None: no verdict line, several, or one the judged text claims."""
+def parse_verdict(output: str, pattern: re.Pattern) -> str | None:
+    """The single verdict in the judge's output, or None: no verdict line, or several."""
     found = pattern.findall(output)
-    if len(found) != 1:
-        return None
-    value = found[0].lower()
-    claim = re.compile(_CLAIM[pattern].format(re.escape(value)), re.I)
-    if any(claim.search(t) for t in judged):
-        return None
-    return value
+    return found[0].lower() if len(found) == 1 else None
+
+
+def injected(text: str, pattern: re.Pattern) -> bool:
+    """Judged text that holds a verdict of the judge's kind, or a fence tag: it tries to speak for the judge."""
+    return bool(_CLAIM[pattern].search(text) or _FENCE_TAG.search(text))
 
 
 def _judge_outputs(env, prompts: list[str]) -> list[str]:
     from selfimprove.backends import Sampling, sample
-    from selfimprove.core.prompts import PromptFormat
+    from selfimprove.core.judge_prompts import judge_format
 
     cfg = env.cfg.llm
     path = env.policy if cfg.model == "policy" else cfg.model  # with backend 'openai': the served model's name
@@ -84,7 +63,7 @@ def _judge_outputs(env, prompts: list[str]) -> list[str]:
         cfg.batch_size,
         env.dtype,
         desc="llm judge",
-        fmt=PromptFormat(chat=cfg.chat_template),
+        fmt=judge_format(cfg),
         options=cfg,
     )
     return [o[0]["completion"] for o in outs]
@@ -98,10 +77,11 @@ def pointwise(env, rows: list[dict]):
     outputs = _judge_outputs(env, prompts)
     scores, records = [], []
     for i, (r, out) in enumerate(zip(rows, outputs)):
-        v = parse_verdict(out, SCORE, [r["completion"]])
+        v, inj = parse_verdict(out, SCORE), injected(r["completion"], SCORE)
         score = float(v) / cfg.max_score if v is not None and float(v) <= cfg.max_score else None
+        score = 0.0 if inj else score
         scores.append(score)
-        records.append({"row": i, "output": out, "score": -1.0 if score is None else score})
+        records.append({"row": i, "output": out, "score": -1.0 if score is None else score, "injected": inj})
     return scores, records
 
 
@@ -135,13 +115,25 @@ def pairwise(env, rows: list[dict]):
     results: dict[int, list[float]] = defaultdict(list)
     records = []
     for (i, j), out in zip(jobs, outputs):
-        v = parse_verdict(out, WINNER, [rows[i]["completion"], rows[j]["completion"]])
+        v = parse_verdict(out, WINNER)
+        a_result = _a_result(v, rows[i]["completion"], rows[j]["completion"])
         records.append({"a": i, "b": j, "output": out, "verdict": v or ""})
-        if v is not None:
-            a_result = {"a": 1.0, "b": 0.0, "tie": 0.5}[v]
-            results[i].append(a_result)
-            results[j].append(1.0 - a_result)
+        if a_result is not None:
+            results[i].append(a_result[0])
+            results[j].append(a_result[1])
     return [float(np.mean(results[i])) if results[i] else None for i in range(len(rows))], records
+
+
+def _a_result(verdict: str | None, a: str, b: str) -> tuple[float, float] | None:
+    """(A's result, B's result) of one comparison: win 1, tie 0.5, loss 0; an injecting side loses whatever the
+    verdict; None where nothing decides it (no verdict, no injection)."""
+    inj_a, inj_b = injected(a, WINNER), injected(b, WINNER)
+    if inj_a or inj_b:
+        return (0.0 if inj_a else 1.0), (0.0 if inj_b else 1.0)
+    if verdict is None:
+        return None
+    first = {"a": 1.0, "b": 0.0, "tie": 0.5}[verdict]
+    return first, 1.0 - first
 
 
 def head_to_head(env, rows_a: list[dict], rows_b: list[dict]) -> dict:
@@ -162,10 +154,9 @@ def head_to_head(env, rows_a: list[dict], rows_b: list[dict]) -> dict:
     ]
     results, unparsed = [], 0
     for (x, y, b_first), out in zip(jobs, _judge_outputs(env, prompts)):
-        v = parse_verdict(out, WINNER, [x["completion"], y["completion"]])
-        if v is None:
+        r = _a_result(parse_verdict(out, WINNER), x["completion"], y["completion"])
+        if r is None:
             unparsed += 1
             continue
-        first_wins = {"a": 1.0, "b": 0.0, "tie": 0.5}[v]
-        results.append(first_wins if b_first else 1.0 - first_wins)
+        results.append(r[0] if b_first else r[1])
     return {"win_rate": float(np.mean(results)) if results else 0.5, "comparisons": len(jobs), "unparsed": unparsed}
