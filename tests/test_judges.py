@@ -268,3 +268,20 @@ def test_head_to_head_judges_every_pair_in_both_orders(monkeypatch):
     # sample 0: "333" beats "1" in both orders; sample 1: "22" beats "4" in both orders -> B wins 2 of 4
     assert head_to_head(env, a, b)["win_rate"] == 0.5
     assert head_to_head(env, a, _rows("p0", ["333", "4444"]))["win_rate"] == 1.0
+
+
+def test_eft_rows_teach_the_judge_template_with_scores_from_correctness():
+    import numpy as np
+
+    from selfimprove.core.judge_prompts import eft_alphabet, eft_rows
+
+    seed = [{"prompt": f"{a}+{b}=", "completion": str(a + b), "prompt_id": f"s{a}"} for a, b in ((12, 30), (7, 5))]
+    llm = LLMJudgeConfig(template="", max_score=10)
+    rows = eft_rows(TASK, seed, llm, 40, np.random.default_rng(0))
+    assert len(rows) == 40 and all(r["eft"] for r in rows)
+    assert sorted(r["completion"] for r in rows) == ["Score: 0"] * 20 + ["Score: 10"] * 20
+    for r in rows:
+        problem = next(s for s in seed if f"<task>\n{s['prompt']}\n</task>" in r["prompt"])
+        shown = _between(r["prompt"], "<response>", "</response>")
+        assert (shown == problem["completion"]) is (r["completion"] == "Score: 10")  # corrupted answers differ
+    assert set("Score: 10\n") <= set(eft_alphabet(llm))
