@@ -1,5 +1,5 @@
-"""``selfimprove`` command line: run the loop, check a recipe, run one stage, recompute a run's metrics, verify a
-run's integrity, compare two checkpoints, run a controlled study, or write an HTML report.
+"""``selfimprove`` command line: run the loop, submit it to Slurm, check a recipe, run one stage, recompute a run's
+metrics, verify a run's integrity, compare two checkpoints, run a controlled study, or write an HTML report.
 
 A problem the user can fix (selfimprove.core.errors.UserError: a recipe, a data file, a run directory) prints one
 message and exits 2. Anything else prints one line saying what failed and where its traceback was written, and exits 1.
@@ -51,6 +51,26 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
     run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     add_override_arguments(run, Recipe)
+    sub_ = add(
+        "submit",
+        help="Submit a recipe as a Slurm job (sbatch) that runs it over N nodes; resubmitting resumes it.",
+        description="Writes RUN_DIR/slurm/submit.sbatch (readable: edit and resubmit it with sbatch) and submits "
+        "it. The job runs 'selfimprove run RECIPE' on the allocation's first node; with train.launcher 'slurm' each "
+        "model-bound stage is an srun step over every node. Step logs: RUN_DIR/slurm/logs/.",
+    )
+    sub_.add_argument("recipe", help="Recipe YAML (see recipes/).")
+    for flag, key, kind in (
+        ("--nodes", "nodes", int),
+        ("--partition", "partition", str),
+        ("--gpus-per-node", "gpus_per_node", int),
+        ("--time", "time", str),
+    ):
+        sub_.add_argument(flag, dest=f"slurm_{key}", type=kind, default=None, help=f"Shorthand for --slurm.{key}.")
+    sub_.add_argument(
+        "--wait", action="store_true", help="Block until the job ends (sbatch --wait); exit with its status."
+    )
+    sub_.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
+    add_override_arguments(sub_, Recipe)
     chk = add(
         "check",
         help="Preflight a recipe: resolve models, data, configs and servers; print the plan.",
@@ -220,11 +240,46 @@ def _run(args) -> int:
     return 0
 
 
+def _submit(args) -> int:
+    import json
+    from pathlib import Path
+
+    from selfimprove.core import slurm
+    from selfimprove.core.runs import refuse_foreign
+    from selfimprove.core.typed_yaml import ConfigError
+    from selfimprove.tools.check import check_recipe
+
+    # the job reruns exactly this command line: the recipe, the overrides, and the shorthands as slurm.* overrides
+    raw = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("override:")}
+    for key in ("nodes", "partition", "gpus_per_node", "time"):
+        value = getattr(args, f"slurm_{key}")
+        if value is not None:  # a string quoted, or YAML would read a time of 1:00 as 60
+            raw[f"slurm.{key}"] = json.dumps(value)
+    args.__dict__.update({f"override:{k}": v for k, v in raw.items()})
+    recipe = load_recipe(args.recipe, collect_overrides(args))
+    if recipe.slurm.nodes > 1 and recipe.train.launcher != "slurm":
+        raise ConfigError(
+            [
+                f"slurm.nodes={recipe.slurm.nodes} but train.launcher is {recipe.train.launcher!r}: only launcher "
+                "'slurm' runs a stage over several nodes. Set --train.launcher slurm."
+            ],
+            "cannot submit",
+        )
+    problems = check_recipe(recipe).problems
+    if problems:
+        raise ConfigError(problems, "cannot submit")
+    run_dir = Path(recipe.output_dir).resolve()
+    refuse_foreign(run_dir)
+    argv = [sys.executable, "-m", "selfimprove", "run", str(Path(args.recipe).resolve())]
+    argv += [x for k, v in raw.items() for x in (f"--{k}", v)]
+    return slurm.submit(recipe.slurm, argv, run_dir, f"selfimprove-{run_dir.name}", wait=args.wait)
+
+
 def _stage(args) -> int:
     import contextlib
 
     from selfimprove import loop
-    from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job
+    from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job, leave
     from selfimprove.core.runlock import run_lock
     from selfimprove.core.runs import open_run
 
@@ -243,6 +298,7 @@ def _stage(args) -> int:
             logging.getLogger("selfimprove").info(
                 "round %d %s is already done (use --force to redo it)", args.round, args.name
             )
+    leave()
     return 0
 
 
@@ -316,6 +372,7 @@ def _report(args) -> int:
 
 COMMANDS = {
     "run": _run,
+    "submit": _submit,
     "check": _check,
     "stage": _stage,
     "monitor": _monitor,

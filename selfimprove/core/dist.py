@@ -27,6 +27,16 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def leave() -> None:
+    """End this rank's part in the process group once its stage is done. A process that exits with the group still
+    up can abort in torch's teardown (``terminate called without an active exception``, SIGABRT) after its stage
+    finished, which its launcher reports as a failed job."""
+    if dist_rank_world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
 def my_batches(n_items: int, batch_size: int) -> list[tuple[int, int]]:
     """(batch index, start) of the batches this rank works on: every world-th one, so the batches themselves, and any
     seed derived from their index, are the same for any number of processes."""

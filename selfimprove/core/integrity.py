@@ -24,17 +24,34 @@ NOT_CONTENT = {"meta.json", "state.json"}  # timings, and `datasets`' random fin
 
 
 FAULT_ENV = "SELFIMPROVE_FAULT"
+FAULT_ONCE_ENV = "SELFIMPROVE_FAULT_ONCE"
 
 
 def fault_point(final: Path, point: str) -> None:
     """Fault injection for tests: with ``SELFIMPROVE_FAULT=<folder>:<point>`` (``round_01/train:before_done``,
     ``eval_sets:start``, ``metrics.jsonl:before_rename``), the process SIGKILLs itself when it reaches that point,
-    so a kill lands exactly there, whatever the machine's speed."""
-    spec = os.environ.get(FAULT_ENV)
-    if spec and spec in (f"{final.parent.name}/{final.name}:{point}", f"{final.name}:{point}"):
-        import signal
+    so a kill lands exactly there, whatever the machine's speed. A ``@scancel`` suffix cancels the Slurm job this
+    process runs in instead (the whole job, as a user's scancel does); with ``SELFIMPROVE_FAULT_ONCE=<file>`` the
+    fault fires only while that file does not exist (it is created first), so a retried attempt goes through."""
+    spec = os.environ.get(FAULT_ENV, "")
+    spec, _, action = spec.partition("@")
+    if not spec or spec not in (f"{final.parent.name}/{final.name}:{point}", f"{final.name}:{point}"):
+        return
+    once = os.environ.get(FAULT_ONCE_ENV)
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "scancel":
+        import subprocess
+
+        subprocess.run(["scancel", os.environ["SLURM_JOB_ID"]], check=True)
+        while True:  # Slurm's SIGTERM (then SIGKILL) ends this process like every other of the job
+            signal.pause()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def file_hash(path: Path) -> str:

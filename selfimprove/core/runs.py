@@ -32,7 +32,7 @@ from selfimprove.core.runlock import LOCK_FILE, run_lock
 
 RECIPE = "recipe.yaml"
 HISTORY = Path("recipes") / "history.json"
-IGNORABLE = {LOCK_FILE, "logs"}  # what a claimed-but-not-started run may already hold
+IGNORABLE = {LOCK_FILE, "logs", "slurm"}  # what a claimed-but-not-started (or submitted) run may already hold
 
 
 class RecipeMismatch(UserError):
@@ -50,7 +50,7 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _refuse_foreign(run_dir: Path) -> None:
+def refuse_foreign(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"output_dir={str(run_dir)!r} is a file, not a folder. Choose another output_dir.")
     if not run_dir.is_dir() or (run_dir / RECIPE).exists():
@@ -156,10 +156,10 @@ def _resume_or_start(recipe, allow_recipe_change: bool, note: str) -> RunContext
 def claimed_run(recipe, allow_recipe_change: bool = False, note: str = ""):
     """The run directory of ``recipe``, created or resumed and locked for the duration (see the module doc)."""
     run_dir = Path(recipe.output_dir)
-    _refuse_foreign(run_dir)
+    refuse_foreign(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir, "run"):
-        _refuse_foreign(run_dir)  # again, now that no one else can be writing
+        refuse_foreign(run_dir)  # again, now that no one else can be writing
         ctx = _resume_or_start(recipe, allow_recipe_change, note)
         done = completed_rounds(run_dir)
         environment.record(run_dir, done[-1] + 1 if done else 0)

@@ -19,6 +19,7 @@ import numpy as np
 
 from selfimprove.core import seeding
 from selfimprove.core.atomic import clean_partial, finish_stage, is_done
+from selfimprove.core.dist import leave
 from selfimprove.core.errors import DataError
 from selfimprove.core.rows import load_rows, save_rows
 from selfimprove.core.rundir import accepted_rows
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("round %d train is already done", args.round)
         return
     run_train(ctx, args.round)
+    leave()
 
 
 if __name__ == "__main__":

@@ -405,11 +405,14 @@ def check_recipe(recipe) -> Report:
             embedder_path(r.monitor.embedder)
         except UserError as err:
             report.problems.append(str(err))
-    world = (
-        check_accelerate(r.train.accelerate_config, "train.accelerate_config", report)
-        if r.train.launcher == "accelerate"
-        else 1
-    )
+    world = 1
+    if r.train.launcher != "inprocess":
+        world = check_accelerate(r.train.accelerate_config, "train.accelerate_config", report)
+    if r.train.launcher == "slurm" and r.train.accelerate_config and Path(r.train.accelerate_config).is_file():
+        from selfimprove.core.slurm import processes_per_node
+
+        world = processes_per_node(r.slurm, r.train.accelerate_config) * r.slurm.nodes
+        report.facts.append(f"slurm: {r.slurm.nodes} node(s) x {world // r.slurm.nodes} process(es) per step")
     if r.generate.accelerate_config:
         check_accelerate(r.generate.accelerate_config, "generate.accelerate_config", report)
     global_batch = check_batch(r, world, report)

@@ -14,6 +14,7 @@ import logging
 import shutil
 
 from selfimprove.core import seeding
+from selfimprove.core.dist import leave
 from selfimprove.core.rows import load_rows, save_rows
 from selfimprove.core.typed_yaml import ConfigError
 
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("the reward model is already trained")
         return
     train_reward_model(ctx)
+    leave()
 
 
 if __name__ == "__main__":
