@@ -28,6 +28,27 @@ SMOKE_HELP = (
 )
 
 
+SUBMIT_TEXT = {
+    "help": "Submit a recipe as a Slurm job (sbatch) that runs it over N nodes; resubmitting resumes it.",
+    "description": "Writes RUN_DIR/slurm/submit.sbatch (readable: edit and resubmit it with sbatch) and submits it. "
+    "The job runs 'selfimprove run RECIPE' on the allocation's first node; with train.launcher 'slurm' each "
+    "model-bound stage is an srun step over every node. Step logs: RUN_DIR/slurm/logs/.",
+}
+SUBMIT_SHORTHANDS = {"nodes": int, "partition": str, "gpus_per_node": int, "time": str}  # --nodes = --slurm.nodes
+
+
+def _submit_parser(sub_: argparse.ArgumentParser) -> None:
+    sub_.add_argument("recipe", help="Recipe YAML (see recipes/).")
+    for key, kind in SUBMIT_SHORTHANDS.items():
+        flag = "--" + key.replace("_", "-")
+        sub_.add_argument(flag, dest=f"slurm_{key}", type=kind, default=None, help=f"Shorthand for --slurm.{key}.")
+    sub_.add_argument(
+        "--wait", action="store_true", help="Block until the job ends (sbatch --wait); exit with its status."
+    )
+    sub_.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
+    add_override_arguments(sub_, Recipe)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfimprove",
@@ -51,26 +72,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
     run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     add_override_arguments(run, Recipe)
-    sub_ = add(
-        "submit",
-        help="Submit a recipe as a Slurm job (sbatch) that runs it over N nodes; resubmitting resumes it.",
-        description="Writes RUN_DIR/slurm/submit.sbatch (readable: edit and resubmit it with sbatch) and submits "
-        "it. The job runs 'selfimprove run RECIPE' on the allocation's first node; with train.launcher 'slurm' each "
-        "model-bound stage is an srun step over every node. Step logs: RUN_DIR/slurm/logs/.",
-    )
-    sub_.add_argument("recipe", help="Recipe YAML (see recipes/).")
-    for flag, key, kind in (
-        ("--nodes", "nodes", int),
-        ("--partition", "partition", str),
-        ("--gpus-per-node", "gpus_per_node", int),
-        ("--time", "time", str),
-    ):
-        sub_.add_argument(flag, dest=f"slurm_{key}", type=kind, default=None, help=f"Shorthand for --slurm.{key}.")
-    sub_.add_argument(
-        "--wait", action="store_true", help="Block until the job ends (sbatch --wait); exit with its status."
-    )
-    sub_.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
-    add_override_arguments(sub_, Recipe)
+    _submit_parser(add("submit", **SUBMIT_TEXT))
     chk = add(
         "check",
         help="Preflight a recipe: resolve models, data, configs and servers; print the plan.",
@@ -251,12 +253,13 @@ def _submit(args) -> int:
 
     # the job reruns exactly this command line: the recipe, the overrides, and the shorthands as slurm.* overrides
     raw = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("override:")}
-    for key in ("nodes", "partition", "gpus_per_node", "time"):
+    overrides = collect_overrides(args)
+    for key in SUBMIT_SHORTHANDS:
         value = getattr(args, f"slurm_{key}")
-        if value is not None:  # a string quoted, or YAML would read a time of 1:00 as 60
-            raw[f"slurm.{key}"] = json.dumps(value)
-    args.__dict__.update({f"override:{k}": v for k, v in raw.items()})
-    recipe = load_recipe(args.recipe, collect_overrides(args))
+        if value is not None:
+            overrides[f"slurm.{key}"] = value
+            raw[f"slurm.{key}"] = json.dumps(value)  # quoted: YAML would read a time of 1:00 as 60
+    recipe = load_recipe(args.recipe, overrides)
     if recipe.slurm.nodes > 1 and recipe.train.launcher != "slurm":
         raise ConfigError(
             [

@@ -74,9 +74,8 @@ def launch(ctx: RunContext, k: int | None, name: str, config: str) -> None:
     if ctx.recipe.train.launcher == "slurm":
         from selfimprove.core import slurm
 
-        folder = ctx.run_dir / name if k is None else ctx.stage(k, name)
         label = name if k is None else f"round_{k:02d}-{name}"
-        slurm.run_step(ctx.recipe.slurm, ctx.run_dir, label, config, args, env, lambda: is_done(folder))
+        slurm.run_step(ctx.recipe.slurm, ctx.run_dir, label, config, args, env, lambda: is_done(ctx.folder(k, name)))
         return
     # This interpreter's accelerate, so an unactivated venv works too.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *args]

@@ -63,10 +63,10 @@ def processes_per_node(cfg, accelerate_config: str) -> int:
         return cfg.processes_per_node
     if cfg.gpus_per_node:
         return cfg.gpus_per_node
-    import yaml
+    from accelerate.commands.config.config_args import ClusterConfig
 
-    data = yaml.safe_load(Path(accelerate_config).read_text()) or {}
-    return max(1, int(data.get("num_processes", 1)) // max(1, int(data.get("num_machines", 1))))
+    config = ClusterConfig.from_yaml_file(accelerate_config)
+    return max(1, config.num_processes // max(1, config.num_machines))
 
 
 def step_command(cfg, accelerate_config: str, args: list[str], label: str, logs: Path, port: int) -> list[str]:

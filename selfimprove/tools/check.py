@@ -405,10 +405,10 @@ def check_recipe(recipe) -> Report:
             embedder_path(r.monitor.embedder)
         except UserError as err:
             report.problems.append(str(err))
-    world = 1
+    world, known = 1, len(report.problems)
     if r.train.launcher != "inprocess":
         world = check_accelerate(r.train.accelerate_config, "train.accelerate_config", report)
-    if r.train.launcher == "slurm" and r.train.accelerate_config and Path(r.train.accelerate_config).is_file():
+    if r.train.launcher == "slurm" and len(report.problems) == known:  # a usable config: scaled to the nodes
         from selfimprove.core.slurm import processes_per_node
 
         world = processes_per_node(r.slurm, r.train.accelerate_config) * r.slurm.nodes
