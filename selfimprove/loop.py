@@ -18,6 +18,7 @@ from selfimprove.core import seeding
 from selfimprove.core.atomic import is_done
 from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job
 from selfimprove.core.integrity import recover
+from selfimprove.core.judge_server import judge_server
 from selfimprove.core.rows import save_rows
 from selfimprove.core.rundir import RunContext
 from selfimprove.core.runs import claimed_run
@@ -151,12 +152,14 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
     if problems:
         raise ConfigError(problems, "cannot start")
 
-    with claimed_run(recipe, allow_recipe_change, note) as ctx:
+    with claimed_run(recipe, allow_recipe_change, note) as ctx, judge_server(ctx) as server:
         setup(ctx)
         for k in range(recipe.rounds + 1):
             if k == 1 and recipe.judge.reward_model.train:  # the judge learns from round 0's policy, once
                 train_reward(ctx)
             for name in registry.ROUND0_STAGES if k == 0 else registry.STAGES:
+                if name == "judge" and not is_done(ctx.stage(k, name)):
+                    server.ready()
                 run_stage(ctx, k, name)
             logger.info(summary_line(read_json(ctx.stage(k, "monitor") / "metrics.json")))
             why = should_stop(ctx, k)

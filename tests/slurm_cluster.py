@@ -1,5 +1,5 @@
-"""A real Slurm cluster on this machine for the slow tier: munged, slurmctld and two slurmd daemons (two logical nodes
-of one CPU each; Debian's slurm-wlm is built with multiple-slurmd support), all with their own config, sockets, ports
+"""A real Slurm cluster on this machine for the slow tier: munged, slurmctld and three slurmd daemons (three logical
+nodes of one CPU each; Debian's slurm-wlm is built with multiple-slurmd support), all with their own config, sockets, ports
 and state under one temporary folder, so nothing of the machine's own setup is read or changed. Stopped on exit."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "scancel")
-NODES = ("n1", "n2")
+NODES = ("n1", "n2", "n3")  # two for the policy's steps, one for a judge server
 
 
 def missing() -> str:
@@ -74,7 +74,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 
 def _wait_idle(env: dict, timeout: float = 60) -> None:
-    """Until both nodes have registered (daemons start asynchronously; this polls their state, it does not guess)."""
+    """Until every node has registered (daemons start asynchronously; this polls their state, it does not guess)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=env, capture_output=True, text=True).stdout
@@ -87,7 +87,7 @@ def _wait_idle(env: dict, timeout: float = 60) -> None:
 
 @contextlib.contextmanager
 def local_cluster():
-    """Yield the environment (SLURM_CONF set) in which sbatch/srun/scancel talk to a fresh 2-node cluster."""
+    """Yield the environment (SLURM_CONF set) in which sbatch/srun/scancel talk to a fresh 3-node cluster."""
     # munged checks that every folder above its socket is traversable by all, which pytest's tmp_path is not
     root = Path(tempfile.mkdtemp(prefix="selfimprove-slurm-", dir="/tmp"))
     root.chmod(0o755)

