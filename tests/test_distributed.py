@@ -49,6 +49,9 @@ def test_reward_model_batch_is_pairs_per_step_for_any_number_of_processes():
         per_device_batch(6, 4)
 
 
+GEN_BATCH = 16
+
+
 def _run(tmp_path, name, config, *extra):
     out = tmp_path / name
     args = [
@@ -64,6 +67,8 @@ def _run(tmp_path, name, config, *extra):
         16,
         "--train.logging_steps",
         1,
+        "--generate.batch_size",
+        GEN_BATCH,  # 40 prompts: 3 batches, so both ranks generate
         *extra,
     ]
     if config:
@@ -173,11 +178,25 @@ def test_generation_sharded_across_ranks_equals_one_process(single, tmp_path):
         "1",
         "--force",
     ]
+    # killed just before DONE: each rank's share is on disk, as a node of a cluster leaves it for rank 0
+    killed = {**os.environ, "SELFIMPROVE_FAULT": "round_01/generate:before_done"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=killed)
+    assert proc.returncode != 0
+    shards = run / "round_01" / "generate.shards"
+    share = [json.loads((shards / f"rank-{r:05d}.json").read_text()) for r in (0, 1)]
+    prompts = [p for _, p in dict.fromkeys((row["prompt_id"], row["prompt"]) for row in before)]  # in prompt order
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # the backend's length-sorted batches
+    batches = [order[j : j + GEN_BATCH] for j in range(0, len(order), GEN_BATCH)]
+    assert len(batches) == 3
+    for r in (0, 1):  # rank r wrote the samples of every other batch, and only those
+        assert sorted(map(int, share[r])) == sorted(i for b in batches[r::2] for i in b)
+        assert all(len(v) == recipe["generate"]["num_samples"] for v in share[r].values())
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((run / "round_01" / "generate" / "meta.json").read_text())
     assert meta["world_size"] == 2
     assert load_rows(run / "round_01" / "generate" / "data") == before
+    assert not shards.exists()  # rank 0 assembled the stage, then removed the shares
 
 
 def test_lora_rounds_save_merged_full_checkpoints(tmp_path):

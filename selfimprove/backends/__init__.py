@@ -5,6 +5,8 @@ process (selfimprove.backends.hf), ``vllm`` runs the offline engine in its own p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from selfimprove.backends.hf import Sampling, hf_generate
 from selfimprove.core.dist import dist_rank_world
 from selfimprove.core.prompts import PromptFormat
@@ -23,12 +25,14 @@ def sample(
     desc: str = "generate",
     fmt: PromptFormat | None = None,
     options=None,
+    shards: Path | None = None,
 ) -> list[list[dict]]:
     """The one generation entry used by the policy, the LLM judge and evaluation. ``backend``: 'hf' (in this process,
     sharded over accelerate ranks), 'vllm' (offline engine in its own process) or 'openai' (an OpenAI-compatible
     server); ``options`` holds the backend's settings (``.vllm`` / ``.openai``). ``fmt`` turns each prompt into the
     model's input (system prompt, few-shot, chat template); with the 'openai' backend and ``api: chat`` the server
-    gets the messages and applies its own template, with ``api: completions`` the plain text."""
+    gets the messages and applies its own template, with ``api: completions`` the plain text. ``shards``: the 'hf'
+    backend's ranks hand their shares to rank 0 as files in that folder (only rank 0 then gets every result)."""
     fmt = fmt or PromptFormat()
     if backend == "openai":
         from selfimprove.backends.openai_server import openai_generate
@@ -55,6 +59,7 @@ def sample(
         batch_size,
         desc,
         add_special_tokens=not fmt.uses_template(tok),
+        shards=shards,
     )
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
-from selfimprove.core.dist import dist_rank_world, gather_dict, my_batches
+from selfimprove.core.dist import dist_rank_world, gather_dict, gather_files, my_batches
 from selfimprove.core.seeding import child_seed
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,11 @@ def hf_generate(
     batch_size: int,
     desc: str = "generate",
     add_special_tokens: bool = True,
+    shards: Path | None = None,
 ) -> list[list[dict]]:
-    """For each prompt, ``num_samples`` dicts {completion, finished, num_tokens}, in prompt order."""
+    """For each prompt, ``num_samples`` dicts {completion, finished, num_tokens}, in prompt order. Under accelerate
+    the ranks' shares are gathered on every rank through the process group, or, with ``shards`` (a folder on a
+    filesystem every node mounts), written there, one file per rank, and assembled on rank 0 only."""
     import torch
     from tqdm.auto import tqdm
 
@@ -81,10 +85,11 @@ def hf_generate(
             results[idx[row // sampling.num_samples]].append(
                 {"completion": text, "finished": finished, "num_tokens": len(tokens)}
             )
-    return _gather(results) if world > 1 else results
+    return _gather(results, shards) if world > 1 else results
 
 
-def _gather(results: list[list[dict]]) -> list[list[dict]]:
-    """Every rank's share of the results, merged in prompt order on every rank."""
-    merged = gather_dict({i: r for i, r in enumerate(results) if r})
+def _gather(results: list[list[dict]], shards: Path | None) -> list[list[dict]]:
+    """Every rank's share of the results, merged in prompt order (on rank 0 only, with ``shards``)."""
+    mine = {i: r for i, r in enumerate(results) if r}
+    merged = gather_dict(mine) if shards is None else gather_files(mine, shards)
     return [merged.get(i, []) for i in range(len(results))]

@@ -55,6 +55,23 @@ def gather_dict(part: dict) -> dict:
     return {k: v for p in parts for k, v in p.items()}
 
 
+def gather_files(part: dict[int, list], folder: Path) -> dict[int, list]:
+    """``gather_dict`` through a shared filesystem: each rank writes its share to ``folder/rank-R.json`` (atomically),
+    and after a barrier rank 0 reads every share; the other ranks keep only their own. Nothing but a barrier goes
+    through the process group, however large the shares."""
+    rank, world = dist_rank_world()
+    if world == 1:
+        return part
+    from selfimprove.core.atomic import read_json, write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / f"rank-{rank:05d}.json", {str(k): v for k, v in part.items()})
+    barrier()
+    if rank != 0:
+        return part
+    return {int(k): v for r in range(world) for k, v in read_json(folder / f"rank-{r:05d}.json").items()}
+
+
 def barrier() -> None:
     if dist_rank_world()[1] > 1:
         import torch.distributed as dist

@@ -136,7 +136,7 @@ def replace_dir(partial: Path, final: Path) -> None:
 
 def recover(final: Path) -> None:
     """Undo a crash inside ``replace_dir``: with no ``final`` but a finished ``.old``, the old stage comes back; the
-    leftovers of a finished stage (``.old``, an abandoned ``.partial``) go."""
+    leftovers of a finished stage (``.old``, an abandoned ``.partial``, ranks' ``.shards``) go."""
     old = final.with_name(final.name + ".old")
     if old.exists():
         if not final.exists() and (old / DONE).exists():
@@ -144,7 +144,8 @@ def recover(final: Path) -> None:
         else:
             shutil.rmtree(old, ignore_errors=True)
     if (final / DONE).exists():
-        shutil.rmtree(final.with_name(final.name + ".partial"), ignore_errors=True)
+        for leftover in (".partial", ".shards"):
+            shutil.rmtree(final.with_name(final.name + leftover), ignore_errors=True)
 
 
 def stage_root(path: Path) -> Path | None:

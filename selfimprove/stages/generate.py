@@ -1,10 +1,14 @@
 """Stage 1, generate: the task's prompts for round k, ``generate.num_samples`` completions each from round k-1's
-checkpoint through selfimprove.backends, one row per sample with its lineage (checkpoint, sampling, seed)."""
+checkpoint through selfimprove.backends, one row per sample with its lineage (checkpoint, sampling, seed). Under
+several processes (nodes) each rank writes its share to round_k/generate.shards/ and rank 0 assembles the stage."""
 
 from __future__ import annotations
 
+import shutil
+
 from selfimprove.backends import Sampling, sample
 from selfimprove.core import seeding
+from selfimprove.core.dist import dist_rank_world
 from selfimprove.core.rows import save_rows
 
 
@@ -23,6 +27,8 @@ def run_generate(ctx, k: int) -> None:
         r.generate.max_new_tokens or ctx.task.max_new_tokens(prompts),
     )
     seed = seeding.int_seed(r.seed, "generate", k)
+    final = ctx.stage(k, "generate")
+    shards = final.with_name(final.name + ".shards")  # each rank's samples, for rank 0 to assemble the stage
     with ctx.writing(
         k, "generate", {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict(), "seed": seed}
     ) as (out, meta):
@@ -37,6 +43,7 @@ def run_generate(ctx, k: int) -> None:
             f"round {k} generate",
             fmt=ctx.prompt_format,
             options=r.generate,
+            shards=shards,
         )
         rows = [
             {
@@ -59,3 +66,5 @@ def run_generate(ctx, k: int) -> None:
             backend=r.generate.backend,
             request_errors=sum(bool(x.get("error")) for x in rows),
         )
+    if dist_rank_world()[0] == 0:
+        shutil.rmtree(shards, ignore_errors=True)
