@@ -282,9 +282,11 @@ def _stage(args) -> int:
     import contextlib
 
     from selfimprove import loop
-    from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job, leave
+    from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job, leave, watch_crashes
     from selfimprove.core.runlock import run_lock
     from selfimprove.core.runs import open_run
+
+    watch_crashes()
 
     if args.launched:
         os.environ[LAUNCHED_ENV] = args.name

@@ -27,6 +27,15 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def watch_crashes() -> None:
+    """A launched rank that dies of a fatal signal (SIGABRT, SIGSEGV) prints every thread's Python stack to stderr
+    first, so the job's log says where it died."""
+    import faulthandler
+
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
+
+
 def leave() -> None:
     """End this rank's part in the process group once its stage is done. A process that exits with the group still
     up can abort in torch's teardown (``terminate called without an active exception``, SIGABRT) after its stage

@@ -19,7 +19,7 @@ import numpy as np
 
 from selfimprove.core import seeding
 from selfimprove.core.atomic import clean_partial, finish_stage, is_done
-from selfimprove.core.dist import leave
+from selfimprove.core.dist import leave, watch_crashes
 from selfimprove.core.errors import DataError
 from selfimprove.core.rows import load_rows, save_rows
 from selfimprove.core.rundir import accepted_rows
@@ -268,6 +268,7 @@ def run_train(ctx, k: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry for ``accelerate launch -m selfimprove.stages.train RUN_DIR --round K``: reads the run's saved recipe."""
+    watch_crashes()
     from selfimprove.core.runs import open_run
 
     parser = argparse.ArgumentParser(

@@ -14,7 +14,7 @@ import logging
 import shutil
 
 from selfimprove.core import seeding
-from selfimprove.core.dist import leave
+from selfimprove.core.dist import leave, watch_crashes
 from selfimprove.core.rows import load_rows, save_rows
 from selfimprove.core.typed_yaml import ConfigError
 
@@ -137,6 +137,7 @@ def train_reward_model(ctx) -> None:
         # the pairs from there, as the judge stage would.
         saved = str(ctx.run_dir / "reward_model.partial" / "model")
         meta.update(
+            train_runtime_s=result.metrics["train_runtime"],  # its model-bound compute (selfimprove.core.timing)
             train_loss=float(result.training_loss),
             losses=losses,
             first_loss=losses[0] if losses else None,
@@ -147,6 +148,7 @@ def train_reward_model(ctx) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry for ``accelerate launch -m selfimprove.stages.judge.train_reward RUN_DIR``: reads the run's recipe."""
+    watch_crashes()
     from selfimprove.core.atomic import is_done
     from selfimprove.core.runs import open_run
 
