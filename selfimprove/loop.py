@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 from selfimprove import registry
 from selfimprove.core import seeding
@@ -102,18 +103,35 @@ def run_stage(ctx: RunContext, k: int, name: str, force: bool = False) -> bool:
     return True
 
 
-def train_reward(ctx: RunContext) -> None:
+def train_reward(ctx: RunContext) -> bool:
     """Train the run's reward model unless done, through the policy's launcher (in-process or its own
-    ``accelerate launch`` job with train.accelerate_config)."""
+    ``accelerate launch`` job with train.accelerate_config); return True if it ran."""
     recover(ctx.run_dir / "reward_model")
     if is_done(ctx.run_dir / "reward_model"):
-        return
+        return False
     if ctx.recipe.train.launcher != "inprocess" and not in_launched_job():
         launch(ctx, None, "reward_model", ctx.recipe.train.accelerate_config)
     else:
         from selfimprove.stages.judge.train_reward import train_reward_model
 
         train_reward_model(ctx)
+    return True
+
+
+def write_round_timing(ctx: RunContext, k: int, wall_s: float, ran: list[str], setup_s: float | None) -> None:
+    """round_KK/timing.json from the round's stage metas and its wall time in this process (``ran``: the stages it
+    ran), merged into metrics.jsonl."""
+    from selfimprove.core import timing
+    from selfimprove.core.atomic import read_json, write_json
+    from selfimprove.core.rundir import rebuild_metrics
+
+    folders = {n: ctx.stage(k, n) for n in registry.STAGES}
+    if "reward_model" in ran:  # trained at the start of round 1, inside its wall time
+        folders = {"reward_model": ctx.run_dir / "reward_model", **folders}
+    metas = {n: read_json(f / "meta.json") for n, f in folders.items() if is_done(f)}
+    complete = set(registry.ROUND0_STAGES if k == 0 else registry.STAGES) <= set(ran)
+    write_json(ctx.stage(k, "monitor").parent / timing.FILE, timing.round_timing(metas, wall_s, complete, setup_s))
+    rebuild_metrics(ctx.run_dir)
 
 
 def summary_line(m: dict) -> str:
@@ -153,14 +171,20 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
         raise ConfigError(problems, "cannot start")
 
     with claimed_run(recipe, allow_recipe_change, note) as ctx, judge_server(ctx) as server:
+        start = time.perf_counter()
         setup(ctx)
+        setup_s = time.perf_counter() - start
         for k in range(recipe.rounds + 1):
+            start, ran = time.perf_counter(), []
             if k == 1 and recipe.judge.reward_model.train:  # the judge learns from round 0's policy, once
-                train_reward(ctx)
-            for name in registry.ROUND0_STAGES if k == 0 else registry.STAGES:
+                ran += ["reward_model"] if train_reward(ctx) else []
+            names = registry.ROUND0_STAGES if k == 0 else registry.STAGES
+            for name in names:
                 if name == "judge" and not is_done(ctx.stage(k, name)):
                     server.ready()
-                run_stage(ctx, k, name)
+                ran += [name] if run_stage(ctx, k, name) else []
+            if "monitor" in ran:  # this process finished the round: account for its time
+                write_round_timing(ctx, k, time.perf_counter() - start, ran, setup_s if k == 0 else None)
             logger.info(summary_line(read_json(ctx.stage(k, "monitor") / "metrics.json")))
             why = should_stop(ctx, k)
             if why:

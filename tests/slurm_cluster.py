@@ -1,6 +1,7 @@
-"""A real Slurm cluster on this machine for the slow tier: munged, slurmctld and three slurmd daemons (three logical
-nodes of one CPU each; Debian's slurm-wlm is built with multiple-slurmd support), all with their own config, sockets, ports
-and state under one temporary folder, so nothing of the machine's own setup is read or changed. Stopped on exit."""
+"""A real Slurm cluster on this machine for the slow tier: munged, slurmctld and three slurmd daemons (three
+logical nodes of one CPU each; Debian's slurm-wlm is built with multiple-slurmd support), all with their own config,
+sockets, ports and state under one temporary folder, so nothing of the machine's own setup is read or changed.
+Stopped on exit."""
 
 from __future__ import annotations
 

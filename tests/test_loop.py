@@ -64,6 +64,21 @@ def test_round_folders_and_metrics(finished_run):
     ):
         assert key in metrics[1], key
     assert metrics[1]["task/max_difficulty"] == 4 and metrics[2]["task/max_difficulty"] == 5
+    # every second of a round accounted for: its stages (the monitor too), the work between them, and the share of
+    # it that is not model-bound compute (sampling, judging or scoring with a model, training steps)
+    assert metrics[0]["time/setup_s"] > 0
+    for m in metrics:
+        k, stages = m["round"], (STAGES if m["round"] else ("train", "evaluate", "monitor"))
+        metas = [json.loads((run / f"round_{k:02d}" / s / "meta.json").read_text()) for s in stages]
+        assert [m[f"time/{s}_s"] for s in stages] == [meta["wall_s"] for meta in metas]
+        compute = sum(meta.get("compute_s", 0) + meta.get("train_runtime_s", 0) for meta in metas)
+        assert m["time/compute_s"] == pytest.approx(compute, abs=2e-3) and compute > 0
+        walls = sum(x["wall_s"] for x in metas)
+        assert m["time/between_stages_s"] == pytest.approx(m["time/round_s"] - walls, abs=2e-3)
+        assert m["time/between_stages_s"] >= 0 and 0 < m["time/overhead_s"] < m["time/round_s"]
+        assert m["time/overhead_s"] == pytest.approx(m["time/round_s"] - compute, abs=2e-3)
+    gen = json.loads((run / "round_01" / "generate" / "meta.json").read_text())
+    assert 0 < gen["compute_s"] < gen["wall_s"]  # model.generate itself, not the model's loading
     # generated data really reaches training: round 2 trains on seed + round 1 + round 2 rows, half from round 2
     assert metrics[1]["quality/selected"] > 0 and metrics[2]["quality/selected"] > 0
     rows = json.loads((run / "round_02" / "train" / "meta.json").read_text())["rows_by_round"]

@@ -177,3 +177,19 @@ def test_oracle_correct_is_unknown_without_a_reference():
 
     assert oracle_correct(TASK, "560", "560") == 1 and oracle_correct(TASK, "561", "560") == 0
     assert oracle_correct(TASK, "560", "") == -1  # probe and judge alike: no reference, no pass@k
+
+
+def test_round_timing_splits_a_round_into_stages_between_stages_compute_and_overhead():
+    from selfimprove.core.timing import round_timing
+
+    metas = {
+        "generate": {"wall_s": 10.0, "compute_s": 7.0},
+        "train": {"wall_s": 30.0, "compute_s": 0.0, "train_runtime_s": 24.0},  # TRL's training steps
+        "monitor": {"wall_s": 2.0, "compute_s": 0.0},
+    }
+    t = round_timing(metas, 45.0, complete=True, setup_s=3.0)
+    assert t["time/generate_s"] == 10.0 and t["time/monitor_s"] == 2.0 and t["time/setup_s"] == 3.0
+    assert t["time/compute_s"] == 31.0 and t["time/between_stages_s"] == 3.0  # 45 - (10 + 30 + 2)
+    assert t["time/overhead_s"] == 14.0 and t["time/overhead_share"] == round(14 / 45, 4)
+    resumed = round_timing(metas, 5.0, complete=False)  # some stages ran in an earlier process: no overhead
+    assert resumed["time/resumed"] == 1 and "time/overhead_s" not in resumed and "time/setup_s" not in resumed

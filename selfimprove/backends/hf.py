@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfimprove.core import timing
 from selfimprove.core.dist import dist_rank_world, gather_dict, gather_files, my_batches
 from selfimprove.core.seeding import child_seed
 
@@ -74,7 +75,7 @@ def hf_generate(
             [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
         )
         torch.manual_seed(child_seed(seed, b))
-        with torch.inference_mode():
+        with torch.inference_mode(), timing.compute():
             out = model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1] :]  # (batch * num_samples, new tokens)
         for row, tokens in enumerate(new.tolist()):

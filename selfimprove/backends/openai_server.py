@@ -72,4 +72,7 @@ async def _all(cfg, model: str, prompts: list, sampling, seed: int) -> list[list
 def openai_generate(cfg, model_path: str, prompts: list, sampling, seed: int) -> list[list[dict]]:
     """``cfg`` is an OpenAIConfig; the served model name is ``cfg.model``, else the checkpoint path. Each prompt is a
     text (``api: completions``) or a list of chat messages (``api: chat``)."""
-    return asyncio.run(_all(cfg, cfg.model or model_path, prompts, sampling, seed))
+    from selfimprove.core import timing
+
+    with timing.compute():  # the server's model time, seen from here
+        return asyncio.run(_all(cfg, cfg.model or model_path, prompts, sampling, seed))

@@ -56,6 +56,9 @@ def vllm_generate(
                 fh.write(proc.stdout)
             raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}). Full log: {log}\n{proc.stdout[-2000:]}")
         data = json.loads(out.read_text())
+        from selfimprove.core import timing
+
+        timing.add(data["generate_s"])  # the engine's start is overhead, its generation model-bound compute
         if stats is not None:
             stats.update(engine_start_s=data["engine_start_s"], generate_s=data["generate_s"])
         return data["results"]

@@ -15,6 +15,7 @@ How a stage writes its folder: selfimprove.core.atomic. ``RunContext`` is what e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,13 +48,17 @@ def completed_rounds(run_dir: str | Path) -> list[int]:
 
 
 def rebuild_metrics(run_dir: str | Path) -> list[dict]:
-    """Rewrite metrics.jsonl from every completed round's monitor output: a rerun can never duplicate a line."""
+    """Rewrite metrics.jsonl from every completed round's monitor output, with the round's time accounting
+    (round_KK/timing.json, written by the orchestrator after the monitor): a rerun can never duplicate a line."""
+    from selfimprove.core import timing
+
     run_dir = Path(run_dir)
     lines = []
     for k in completed_rounds(run_dir):
         mon = stage_dir(run_dir, k, "monitor")
         if is_done(mon):
-            lines.append(read_json(mon / "metrics.json"))
+            times = mon.parent / timing.FILE
+            lines.append({**read_json(mon / "metrics.json"), **(read_json(times) if times.exists() else {})})
     tmp = run_dir / "metrics.jsonl.tmp"
     tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
     fault_point(run_dir / "metrics.jsonl", "before_rename")
@@ -88,10 +93,15 @@ class RunContext:
         """Round k's stage folder, or with k None a setup folder (base_model, eval_sets, ...)."""
         return self.run_dir / name if k is None else self.stage(k, name)
 
+    @contextlib.contextmanager
     def writing(self, k: int | None, name: str, meta: dict | None = None):
-        """``atomic_stage`` for a stage of this run: its meta records the recipe's hash, its DONE the inputs'
-        digests."""
-        return atomic_stage(self.folder(k, name), {**(meta or {}), "recipe": self.recipe_hash}, self.inputs(k, name))
+        """``atomic_stage`` for a stage of this run: its meta records the recipe's hash and the stage's model-bound
+        compute (``compute_s``, selfimprove.core.timing), its DONE the inputs' digests."""
+        from selfimprove.core import timing
+
+        meta = {**(meta or {}), "recipe": self.recipe_hash}
+        with atomic_stage(self.folder(k, name), meta, self.inputs(k, name)) as (out, m), timing.recorded(m):
+            yield out, m
 
     def _checkpoint_stage(self, j: int) -> Path | None:
         if j >= 0:

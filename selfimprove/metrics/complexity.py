@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from selfimprove.core import timing
+
 
 def answer_batches(
     prefixes: list[list[int]], answers: list[list[int]], pad: int, batch_size: int, skip_first: bool = False
@@ -45,7 +47,7 @@ def _answer_losses(
     for idx, ids, attn, scored in answer_batches(
         prefixes, answers, model.config.pad_token_id or 0, batch_size, skip_first
     ):
-        with torch.no_grad():
+        with torch.no_grad(), timing.compute():
             logits = model(input_ids=ids, attention_mask=attn).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
         mask = scored[:, 1:]  # logits at t predict token t + 1

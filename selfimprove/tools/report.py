@@ -124,11 +124,14 @@ def plot_all(runs: dict[str, list[dict]], out: Path) -> list[tuple[str, Path]]:
 
     def times(ax, name, rows):
         bottom = [0.0] * len(rows)
-        for stage in registry.TIMED_STAGES:
-            vals = [r.get(f"time/{stage}_s", 0.0) for r in rows]
-            ax.bar([r["round"] for r in rows], vals, bottom=bottom, label=stage)
-            bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.set_title(f"{name}: time per stage (s)")
+        for part in ("reward_model", *registry.STAGES, "between_stages"):
+            vals = [r.get(f"time/{part}_s", 0.0) for r in rows]
+            if any(vals):
+                ax.bar([r["round"] for r in rows], vals, bottom=bottom, label=part.replace("_", " "))
+                bottom = [b + v for b, v in zip(bottom, vals)]
+        shares = [r["time/overhead_share"] for r in rows if "time/overhead_share" in r]
+        overhead = f", overhead {100 * sum(shares) / len(shares):.1f}% of a round" if shares else ""
+        ax.set_title(f"{name}: time per stage (s){overhead}")
         ax.set_xlabel("round")
         ax.legend(fontsize=7)
 

@@ -4,6 +4,7 @@ or P(label 1) for a two-label classifier; thresholds in ``filter.min_scores`` ar
 
 from __future__ import annotations
 
+from selfimprove.core import timing
 from selfimprove.core.dist import gather_dict, my_batches
 from selfimprove.core.errors import DataError
 
@@ -46,7 +47,7 @@ def reward_model(env, rows: list[dict]) -> list[float]:
         enc = tok(
             [texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_length
         )
-        with torch.inference_mode():
+        with torch.inference_mode(), timing.compute():
             logits = model(**enc).logits.float()
         values = logits[:, 0] if logits.shape[1] == 1 else logits.softmax(-1)[:, 1]
         scores.update(zip(idx, values.tolist()))
