@@ -1,7 +1,8 @@
 """Where does a CPU training round's time go? Prints ratios measured side by side in one run.
 
-1. Data preparation: selfimprove's batched pre-tokenisation vs TRL SFTTrainer's own preprocessing of the same
-   prompt-completion rows.
+1. Data preparation: selfimprove's batched pre-tokenisation with labels built in the same pass (TRL's preparation
+   skipped, selfimprove.stages.train.trl_ready) vs TRL SFTTrainer's own preprocessing of the same prompt-completion
+   rows, each up to a trainer ready to train.
 2. Step time: a TRL SFTTrainer step (as selfimprove configures it) vs a bare PyTorch forward/backward/AdamW step on
    the same model and batches.
 
@@ -29,7 +30,7 @@ def main() -> None:
 
     from selfimprove.core.config import AdditionConfig, BootstrapConfig
     from selfimprove.core.model import build_bootstrap_model, build_char_tokenizer
-    from selfimprove.stages.train import tokenize_rows
+    from selfimprove.stages.train import tokenize_rows, trl_ready
     from selfimprove.tasks.addition import AdditionTask
 
     rows = AdditionTask(AdditionConfig(seed_size=args.rows, seed_max_digits=8, eval_max_digits=9), 0).seed_data()
@@ -54,8 +55,10 @@ def main() -> None:
             **kw,
         )
 
-    t0 = time.perf_counter()
-    ours = Dataset.from_dict(tokenize_rows(rows, tok))
+    t0 = time.perf_counter()  # both sides up to a trainer ready to train, as run_train builds it
+    ours_args = sft_args()
+    ours = Dataset.from_dict(trl_ready(tokenize_rows(rows, tok), ours_args))
+    SFTTrainer(model=model, args=ours_args, train_dataset=ours, processing_class=tok)
     t_ours = time.perf_counter() - t0
     raw = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     t0 = time.perf_counter()
@@ -67,7 +70,7 @@ def main() -> None:
     )
 
     trainer = SFTTrainer(
-        model=model, args=sft_args(), train_dataset=ours.select(range(args.steps * args.batch)), processing_class=tok
+        model=model, args=ours_args, train_dataset=ours.select(range(args.steps * args.batch)), processing_class=tok
     )
     t0 = time.perf_counter()
     trainer.train()

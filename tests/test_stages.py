@@ -193,3 +193,36 @@ def test_round_timing_splits_a_round_into_stages_between_stages_compute_and_over
     assert t["time/overhead_s"] == 14.0 and t["time/overhead_share"] == round(14 / 45, 4)
     resumed = round_timing(metas, 5.0, complete=False)  # some stages ran in an earlier process: no overhead
     assert resumed["time/resumed"] == 1 and "time/overhead_s" not in resumed and "time/setup_s" not in resumed
+
+
+def test_labels_built_here_train_exactly_like_trls_own_preparation(tiny_policy, tmp_path):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from selfimprove.core.model import load_policy, load_tokenizer
+    from selfimprove.stages.train import trl_ready
+
+    tok = load_tokenizer(tiny_policy)
+    rows = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a, b in [(1, 2), (75, 8), (12, 345), (9, 99)] * 4]
+    tokenized = tokenize_rows(rows, tok)
+    base = dict(
+        max_steps=3, per_device_train_batch_size=4, logging_steps=1, use_cpu=True, report_to=[], save_strategy="no",
+        completion_only_loss=True, max_length=None, seed=0, data_seed=0, learning_rate=1e-2, disable_tqdm=True,
+    )  # fmt: skip
+
+    def losses(data, args):
+        trainer = SFTTrainer(
+            model=load_policy(tiny_policy), args=args, train_dataset=Dataset.from_dict(data), processing_class=tok
+        )
+        trainer.train()
+        return [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+    theirs = losses(tokenized, SFTConfig(output_dir=str(tmp_path / "a"), **base))
+    args = SFTConfig(output_dir=str(tmp_path / "b"), **base)
+    ready = trl_ready(tokenized, args)
+    assert args.dataset_kwargs["skip_prepare_dataset"] and "completion_mask" not in ready
+    ids, mask = tokenized["input_ids"][1], tokenized["completion_mask"][1]  # 75+8=: BOS and 5 prompt characters
+    assert ready["labels"][1] == [-100] * 6 + ids[6:] and mask == [0] * 6 + [1] * (len(ids) - 6)
+    assert losses(ready, args) == theirs and len(theirs) == 3  # the same tokens carry the same loss
+    truncating = SFTConfig(output_dir=str(tmp_path / "c"), **{**base, "max_length": 8})
+    assert trl_ready(tokenized, truncating) is tokenized  # TRL truncates: its own preparation stays

@@ -70,6 +70,18 @@ def tokenize_rows(rows: list[dict], tokenizer, fmt=None, judge_fmt=None) -> dict
     }
 
 
+def trl_ready(tokenized: dict, args) -> dict:
+    """With no truncation or packing asked for, all TRL's dataset preparation would do to tokenised rows is build
+    their labels, in a Dataset.map pass over every row: build them here (-100 outside the completion) and let TRL
+    skip it. The same tokens carry the loss either way (tests/test_stages.py)."""
+    if args.max_length is not None or args.packing or args.padding_free:
+        return tokenized
+    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    ids, masks = tokenized["input_ids"], tokenized["completion_mask"]
+    labels = [[t if m else -100 for t, m in zip(row, mask)] for row, mask in zip(ids, masks)]
+    return {"input_ids": ids, "labels": labels}
+
+
 def grad_accumulation(cfg, world_size: int) -> int:
     """Micro-steps per optimizer step. With global_batch_size set, the effective batch (and so the schedule and the
     rows each step sees) is the same for any number of processes: 64 = 32 x 2 accumulation x 1 process
@@ -222,8 +234,9 @@ def run_train(ctx, k: int) -> None:
     elif steps:
         from selfimprove.core.judge_prompts import judge_format
 
-        dataset = Dataset.from_dict(tokenize_rows(rows, tok, ctx.prompt_format, judge_format(r.judge.llm)))
+        tokenized = tokenize_rows(rows, tok, ctx.prompt_format, judge_format(r.judge.llm))
         args = _sft_config(r, k, partial, steps, accumulation, model.num_parameters())
+        dataset = Dataset.from_dict(trl_ready(tokenized, args))
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=_peft_config(r.train.lora)
         )
