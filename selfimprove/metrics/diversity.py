@@ -192,14 +192,20 @@ def _kernel_eigenvalues(X) -> np.ndarray:
 
 
 def ngram_vendi(
-    texts: list[str], orders=(1, 2, 3, 4), q: float = 1.0, unit: str = "char", max_dim: int = 4096, seed: int = 0
+    texts: list[str],
+    orders=(1, 2, 3, 4),
+    q: float = 1.0,
+    unit: str = "char",
+    max_dim: int | None = None,
+    seed: int = 0,
 ) -> float:
     """Vendi score of the mean of the n-gram count cosine kernels, n in ``orders``: Z = [X_1 ... X_m] / sqrt(m).
 
-    Exact while min(N, #n-grams) <= ``max_dim`` (a dense eigenproblem of at most max_dim^2). Beyond that, e.g. 10^5
-    samples with 10^4..10^6 distinct n-grams, the spectrum's entropy is estimated by stochastic Lanczos quadrature on
-    the sparse Z (see ``spectral_vendi``), which never forms a dense matrix; tests and scripts/bench_metrics.py
-    check it against the exact score.
+    Exact (a dense eigenproblem of min(N, #n-grams)^2, through the smaller of the text and the n-gram forms) or
+    estimated by stochastic Lanczos quadrature on the sparse Z (``spectral_vendi``, 1-4% off, never forming a dense
+    or N x N matrix), whichever ``exact_is_cheaper`` predicts to cost less; ``max_dim`` forces the old size rule
+    instead (exact while min(N, #n-grams) <= max_dim; 0 = always the estimate). Tests and scripts/bench_metrics.py
+    check the estimate against the exact score.
     """
     import scipy.sparse as sp
     from sklearn.feature_extraction.text import CountVectorizer
@@ -217,15 +223,34 @@ def ngram_vendi(
         return 1.0
     # Not renormalised: a text with no n-gram of some order keeps K_ii < 1, as the mean of the block kernels says.
     Z = sp.hstack(blocks).tocsr() / math.sqrt(len(blocks))
-    if min(Z.shape) <= max_dim:
+    if exact_is_cheaper(Z) if max_dim is None else min(Z.shape) <= max_dim:
         return vendi_from_eigenvalues(_kernel_eigenvalues(Z), q)
     return spectral_vendi(Z, q, seed=seed)
+
+
+# LAPACK's dense eigensolver does ~5x more flops per second than the estimate's sparse products and Python-driven
+# Lanczos loops (measured on a 2-core machine: the two cost the same at min(N, #n-grams) ~ 2,500; docs/metrics.md)
+DENSE_SPEEDUP = 5.0
+
+
+def exact_is_cheaper(Z, deflate: int = 200, probes: int = 16, steps: int = 32) -> bool:
+    """Predicted flops of the exact route (forming the m x m Gram, its eigendecomposition, m = min(N, #n-grams))
+    against the estimate's (ARPACK's ~3 restarts of 2k+1 Lanczos vectors and their orthogonalisation, then
+    ``probes`` x ``steps`` quadrature steps with reorthogonalisation and deflation), with ``spectral_vendi``'s
+    defaults."""
+    m, nnz = min(Z.shape), Z.nnz
+    row = nnz / max(Z.shape[0], 1)
+    exact = 4 / 3 * m**3 + 2 * nnz * row
+    ncv = min(2 * deflate + 1, m)
+    spectral = 3 * ncv * (2 * nnz + 2 * ncv * m) + probes * steps * (2 * nnz + 2 * steps * m + 4 * deflate * m)
+    return exact / DENSE_SPEEDUP <= spectral
 
 
 def spectral_vendi(Z, q: float = 1.0, deflate: int = 200, probes: int = 16, steps: int = 32, seed: int = 0) -> float:
     """Vendi score of the kernel Z Z^T (rows of Z unit or zero) without a dense eigendecomposition.
 
-    A = Z^T Z / N (or Z Z^T / N, whichever is smaller) shares the kernel's nonzero spectrum; tr A is exact. The top
+    A = Z^T Z / N (or Z Z^T / N, whichever is smaller, applied as a product and never formed when it is the N x N
+    one) shares the kernel's nonzero spectrum; tr A is exact. The top
     ``deflate`` eigenvalues, which carry most of the mass, come exactly from ARPACK (scipy eigsh); the rest of
     sum_i f(lambda_i), f(x) = x log x (q = 1) or x^q, is estimated by stochastic Lanczos quadrature (Ubaru, Chen &
     Saad 2017) on A with the top eigenvectors projected out, from ``probes`` seeded Rademacher vectors of ``steps``
@@ -234,11 +259,16 @@ def spectral_vendi(Z, q: float = 1.0, deflate: int = 200, probes: int = 16, step
     import scipy.sparse as sp
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    n = Z.shape[0]
-    A = (Z.T @ Z if Z.shape[1] <= n else Z @ Z.T) / n
-    A = A.tocsr() if sp.issparse(A) else np.asarray(A)
+    n, d = Z.shape
+    if d <= n:  # the d x d feature form, formed (sparse): never larger than the texts' own kernel
+        A = Z.T @ Z / n
+        A = A.tocsr() if sp.issparse(A) else np.asarray(A)
+        trace = float(A.diagonal().sum())
+    else:  # more n-grams than texts: the N x N text kernel is only ever applied, as Z (Z^T v) / N, never formed
+        Zt = Z.T.tocsr() if sp.issparse(Z) else np.asarray(Z).T
+        A = LinearOperator((n, n), dtype=np.float64, matvec=lambda v: Z @ (Zt @ v) / n)
+        trace = float(Z.multiply(Z).sum() if sp.issparse(Z) else np.sum(np.square(Z))) / n
     dim = A.shape[0]
-    trace = float(A.diagonal().sum())
     if trace <= 0:
         return 1.0
     k = min(deflate, dim - 2)
