@@ -5,6 +5,9 @@
    rows, each up to a trainer ready to train.
 2. Step time: a TRL SFTTrainer step (as selfimprove configures it) vs a bare PyTorch forward/backward/AdamW step on
    the same model and batches.
+3. Padding: GSM8K-shaped rows (prompts and answers of 100-700 characters, a RoPE character model) trained with
+   padded batches and with TRL's padding-free batches (``train.trainer_args: {padding_free: true}``): real tokens
+   per second and the share of padding in the padded batches.
 
     python scripts/bench_train_overhead.py --rows 50000 --steps 200
 """
@@ -90,6 +93,48 @@ def main() -> None:
     print(
         f"step time, batch {args.batch}: TRL SFTTrainer {t_step_trl * 1000:.1f}ms | bare PyTorch "
         f"{t_step_bare * 1000:.1f}ms | ratio {t_step_trl / t_step_bare:.2f}x"
+    )
+
+    padding_free_part(tok)
+
+
+def padding_free_part(tok, steps: int = 20, batch: int = 16) -> None:
+    import numpy as np
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from selfimprove.core.config import BootstrapConfig
+    from selfimprove.core.model import build_bootstrap_model
+    from selfimprove.stages.train import tokenize_rows, trl_ready
+
+    rng = np.random.default_rng(0)
+    length = lambda: int(np.clip(rng.lognormal(5.4, 0.5), 100, 700))  # noqa: E731  (~220 characters, long tail)
+    text = lambda n: "".join(rng.choice(list("0123456789+="), n))  # noqa: E731
+    rows = [{"prompt": text(length()), "completion": text(length())} for _ in range(steps * batch)]
+    shape = BootstrapConfig(positional="rope", max_position_embeddings=1536)
+    real = sum(len(r["prompt"]) + len(r["completion"]) + 2 for r in rows)  # BOS and EOS
+    results = {}
+    for padding_free in (False, True):
+        args = SFTConfig(
+            output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=batch, use_cpu=True,
+            report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=10**6, completion_only_loss=True,
+            max_length=None, padding_free=padding_free, seed=0, data_seed=0,
+        )  # fmt: skip
+        data = Dataset.from_dict(trl_ready(tokenize_rows(rows, tok), args))
+        trainer = SFTTrainer(
+            model=build_bootstrap_model(shape, tok, seed=0), args=args, train_dataset=data, processing_class=tok
+        )
+        padded = sum(
+            len(b["input_ids"]) * max(len(x) for x in b["input_ids"])
+            for b in (data[i : i + batch] for i in range(0, len(data), batch))
+        )
+        t0 = time.perf_counter()
+        trainer.train()
+        results[padding_free] = (real / (time.perf_counter() - t0), 1 - real / padded)
+    (pad_tps, share), (flat_tps, _) = results[False], results[True]
+    print(
+        f"padding, {len(rows)} GSM8K-shaped rows: padded {pad_tps:,.0f} tok/s ({100 * share:.0f}% of the batch "
+        f"is padding) | padding-free {flat_tps:,.0f} tok/s (none) | ratio {flat_tps / pad_tps:.2f}x"
     )
 
 

@@ -226,3 +226,39 @@ def test_labels_built_here_train_exactly_like_trls_own_preparation(tiny_policy, 
     assert losses(ready, args) == theirs and len(theirs) == 3  # the same tokens carry the same loss
     truncating = SFTConfig(output_dir=str(tmp_path / "c"), **{**base, "max_length": 8})
     assert trl_ready(tokenized, truncating) is tokenized  # TRL truncates: its own preparation stays
+
+
+def test_padding_free_batches_give_the_padded_loss_per_token(tmp_path):
+    """train.trainer_args {padding_free: true}: TRL flattens each batch into one row with position ids restarting
+    per sequence; on variable-length rows the loss is the padded batches' to float rounding (RoPE, so a wrong
+    position would show)."""
+    import numpy as np
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from selfimprove.core.config import BootstrapConfig
+    from selfimprove.core.model import build_bootstrap_model, build_char_tokenizer
+    from selfimprove.stages.train import trl_ready
+
+    tok = build_char_tokenizer("0123456789+=")
+    rng = np.random.default_rng(0)
+    sizes = 10 ** rng.integers(1, 8, 64)[:, None]  # 1..7-digit operands: rows of very different lengths
+    rows = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a, b in rng.integers(0, sizes, (64, 2))]
+
+    def losses(padding_free: bool) -> list[float]:
+        shape = BootstrapConfig(hidden_size=32, num_layers=2, num_heads=2, positional="rope")
+        args = SFTConfig(
+            output_dir=str(tmp_path / str(padding_free)), max_steps=4, per_device_train_batch_size=16,
+            logging_steps=1, use_cpu=True, report_to=[], save_strategy="no", completion_only_loss=True,
+            max_length=None, seed=0, data_seed=0, learning_rate=1e-2, disable_tqdm=True, padding_free=padding_free,
+        )  # fmt: skip
+        data = Dataset.from_dict(trl_ready(tokenize_rows(rows, tok), args))
+        model = build_bootstrap_model(shape, tok, 0)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        batch = trainer.data_collator([data[i] for i in range(16)])
+        assert (batch["input_ids"].shape[0] == 1) == padding_free  # one flattened row, no padding
+        trainer.train()
+        return [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+    padded, flat = losses(False), losses(True)
+    assert flat == pytest.approx(padded, rel=1e-3) and len(flat) == 4

@@ -74,7 +74,7 @@ def trl_ready(tokenized: dict, args) -> dict:
     """With no truncation or packing asked for, all TRL's dataset preparation would do to tokenised rows is build
     their labels, in a Dataset.map pass over every row: build them here (-100 outside the completion) and let TRL
     skip it. The same tokens carry the loss either way (tests/test_stages.py)."""
-    if args.max_length is not None or args.packing or args.padding_free:
+    if args.max_length is not None or args.packing:
         return tokenized
     args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     ids, masks = tokenized["input_ids"], tokenized["completion_mask"]
