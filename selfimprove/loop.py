@@ -81,8 +81,15 @@ def launch(ctx: RunContext, k: int | None, name: str, config: str) -> None:
         return
     # This interpreter's accelerate, so an unactivated venv works too.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *args]
-    logger.info("launching: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True, env=env)
+    tries = ctx.recipe.train.launch_retries + 1
+    for attempt in range(1, tries + 1):
+        logger.info("launching: %s", " ".join(cmd))
+        rc = subprocess.run(cmd, env=env).returncode
+        if is_done(ctx.folder(k, name)):  # finished by its DONE, whatever the exit status (a rank may abort after)
+            return
+        if attempt < tries:  # the stage starts again from its clean state (selfimprove.core.atomic)
+            logger.warning("the %s job failed (exit status %s) without finishing; trying again", name, rc)
+    raise subprocess.CalledProcessError(rc, cmd)
 
 
 def run_stage(ctx: RunContext, k: int, name: str, force: bool = False) -> bool:

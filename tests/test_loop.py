@@ -298,3 +298,31 @@ def test_every_stage_launched_as_a_one_process_accelerate_job(finished_run, tmp_
     assert json.loads((run / "round_01" / "train" / "meta.json").read_text())["world_size"] == 1
     other_recipe = lambda rows: [{k: v for k, v in r.items() if k != "recipe"} for r in _strip_times(rows)]  # noqa: E731
     assert other_recipe(_metrics(run)) == other_recipe(_metrics(finished_run)[:2])  # same numbers, another launcher
+
+
+def test_a_launched_stage_whose_job_dies_is_tried_again_from_its_clean_state(tmp_path):
+    """train.launch_retries: the round-0 training job is SIGKILLed once just before its DONE; the run tries it again,
+    finishes, and the stage is the one an undisturbed launched run writes."""
+    import os
+
+    run = tmp_path / "run"
+    args = ["run", TINY_RECIPE, "--output_dir", run, "--rounds", 0, "--train.launcher", "accelerate"]
+    args += ["--train.accelerate_config", "accelerate_configs/single_process.yaml"]
+    env = {**os.environ, "SELFIMPROVE_FAULT": "round_00/train:before_done", "SELFIMPROVE_FAULT_ONCE": tmp_path / "x"}
+    out = subprocess.run(
+        [sys.executable, "-m", "selfimprove", *map(str, args)], cwd=REPO, capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "x").exists() and "the train job failed (exit status" in out.stderr
+    assert "trying again" in out.stderr
+    again = run_cli("run", TINY_RECIPE, "--output_dir", tmp_path / "plain", "--rounds", 0, *args[6:])
+    assert again.returncode == 0, again.stderr[-3000:]
+    weights = lambda r: (r / "round_00" / "train" / "model" / "model.safetensors").read_bytes()  # noqa: E731
+    assert weights(run) == weights(tmp_path / "plain")
+    fails = ["--train.launch_retries", "0"]  # no retry: the run stops
+    env["SELFIMPROVE_FAULT_ONCE"] = str(tmp_path / "y")
+    out = subprocess.run(
+        [sys.executable, "-m", "selfimprove", *map(str, args), "--output_dir", tmp_path / "r0", *fails],
+        cwd=REPO, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert out.returncode != 0 and not (tmp_path / "r0" / "round_00" / "train" / "DONE").exists()

@@ -683,6 +683,12 @@ class TrainConfig:
         "slurm, generate.accelerate_config's stages are launched the same way.",
     )
     accelerate_config: str = _f("", "accelerate YAML for launcher 'accelerate' or 'slurm' (per node).")
+    launch_retries: int = _f(
+        1,
+        "Tries after a stage's 'accelerate launch' job fails without finishing the stage (a rank lost to a signal, a "
+        "non-zero exit), each from the stage's clean state, before the run stops. Slurm steps use slurm.retries.",
+        ge=0,
+    )
     logging_steps: int = _f(50, "Log the loss every this many steps.", ge=1)
     trainer_args: dict = _f(
         {},
@@ -1016,7 +1022,14 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 # Where a run and its servers are, and how long it goes on: none of them changes a sample, so a run may move, a
 # server may move and a run may be extended without counting as another recipe.
-LOCATION_FIELDS = ("output_dir", "rounds", "generate.openai.base_url", "judge.llm.openai.base_url", "slurm")
+LOCATION_FIELDS = (
+    "output_dir",
+    "rounds",
+    "generate.openai.base_url",
+    "judge.llm.openai.base_url",
+    "slurm",
+    "train.launch_retries",
+)
 
 
 def recipe_hash(recipe: Recipe) -> str:
