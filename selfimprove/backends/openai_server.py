@@ -9,10 +9,22 @@ A request that still fails is counted, not fatal: its sample comes back empty, u
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import urllib.error
+import urllib.request
 
 from selfimprove.core.errors import MissingExtra
 from selfimprove.core.seeding import child_seed
+
+SERVER_ERRORS = (urllib.error.URLError, OSError, ValueError, KeyError)  # nothing usable answered GET /models
+
+
+def served_models(base_url: str, api_key: str = "EMPTY", timeout: float = 10.0) -> list[str]:
+    """The model names ``GET base_url/models`` lists; raises one of SERVER_ERRORS when nothing usable answers."""
+    request = urllib.request.Request(base_url.rstrip("/") + "/models", headers={"Authorization": f"Bearer {api_key}"})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return [m["id"] for m in json.load(resp)["data"]]
 
 
 def _client(cfg):

@@ -134,6 +134,11 @@ def replace_dir(partial: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def shards_of(final: Path) -> Path:
+    """Where the ranks of a sharded stage leave their shares for rank 0 (removed once the stage is finished)."""
+    return final.with_name(final.name + ".shards")
+
+
 def recover(final: Path) -> None:
     """Undo a crash inside ``replace_dir``: with no ``final`` but a finished ``.old``, the old stage comes back; the
     leftovers of a finished stage (``.old``, an abandoned ``.partial``, ranks' ``.shards``) go."""
@@ -144,8 +149,8 @@ def recover(final: Path) -> None:
         else:
             shutil.rmtree(old, ignore_errors=True)
     if (final / DONE).exists():
-        for leftover in (".partial", ".shards"):
-            shutil.rmtree(final.with_name(final.name + leftover), ignore_errors=True)
+        for leftover in (final.with_name(final.name + ".partial"), shards_of(final)):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def stage_root(path: Path) -> Path | None:

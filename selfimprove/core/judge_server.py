@@ -13,8 +13,6 @@ import logging
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from selfimprove.core import slurm
@@ -71,12 +69,18 @@ def server_command(cfg, model: str, name: str, nodes: list[str], logs: Path, mas
     ]
 
 
-def served_models(url: str, timeout: float = 10.0) -> list[str] | None:
+def serves_judge(recipe) -> bool:
+    """Whether the run serves its LLM judge itself (slurm.judge_server, under the slurm launcher)."""
+    return bool(recipe.slurm.judge_server.nodes) and recipe.train.launcher == "slurm"
+
+
+def served_models(url: str) -> list[str] | None:
     """The model names ``GET url/models`` lists; None while nothing answers."""
+    from selfimprove.backends.openai_server import SERVER_ERRORS, served_models
+
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/models", timeout=timeout) as resp:
-            return [m["id"] for m in json.load(resp)["data"]]
-    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return served_models(url)
+    except SERVER_ERRORS:
         return None
 
 
@@ -166,7 +170,7 @@ class _NoServer:
 @contextlib.contextmanager
 def judge_server(ctx):
     """The run's judge server while the block runs (a no-op stand-in when slurm.judge_server is off)."""
-    if not ctx.recipe.slurm.judge_server.nodes or ctx.recipe.train.launcher != "slurm":
+    if not serves_judge(ctx.recipe):
         yield _NoServer()
         return
     server = JudgeServer(ctx)

@@ -9,6 +9,7 @@ import shutil
 from selfimprove.backends import Sampling, sample
 from selfimprove.core import seeding
 from selfimprove.core.dist import dist_rank_world
+from selfimprove.core.integrity import shards_of
 from selfimprove.core.rows import save_rows
 
 
@@ -27,8 +28,7 @@ def run_generate(ctx, k: int) -> None:
         r.generate.max_new_tokens or ctx.task.max_new_tokens(prompts),
     )
     seed = seeding.int_seed(r.seed, "generate", k)
-    final = ctx.stage(k, "generate")
-    shards = final.with_name(final.name + ".shards")  # each rank's samples, for rank 0 to assemble the stage
+    shards = shards_of(ctx.stage(k, "generate"))  # each rank's samples, for rank 0 to assemble the stage
     with ctx.writing(
         k, "generate", {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict(), "seed": seed}
     ) as (out, meta):

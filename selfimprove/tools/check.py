@@ -11,12 +11,9 @@ disk). Every problem comes with its fix; the exit status is 0 only when there is
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,14 +197,12 @@ def check_vllm(python: str, where: str, report: Report, setting: str = "") -> No
 
 def check_server(cfg, name: str, where: str, report: Report) -> None:
     """``GET /v1/models`` answers within the timeout and lists the served model."""
+    from selfimprove.backends.openai_server import SERVER_ERRORS, served_models
+
     url = cfg.base_url.rstrip("/") + "/models"
-    request = urllib.request.Request(
-        url, headers={"Authorization": f"Bearer {os.environ.get(cfg.api_key_env, 'EMPTY')}"}
-    )
     try:
-        with urllib.request.urlopen(request, timeout=SERVER_TIMEOUT_S) as resp:
-            served = [m["id"] for m in json.load(resp)["data"]]
-    except (urllib.error.URLError, OSError, ValueError, KeyError) as err:
+        served = served_models(cfg.base_url, os.environ.get(cfg.api_key_env, "EMPTY"), SERVER_TIMEOUT_S)
+    except SERVER_ERRORS as err:
         report.problems.append(
             f"{where}.openai.base_url={cfg.base_url!r}: GET {url} failed ({err}). Start the server "
             f"(e.g. vllm serve {name}) or fix base_url."

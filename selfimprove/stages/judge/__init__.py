@@ -68,9 +68,9 @@ def run_env(ctx, policy: str, seed: int) -> JudgeEnv:
     if cfg.reward_model.train:
         trained = dataclasses.replace(cfg.reward_model, path=str(ctx.run_dir / "reward_model" / "model"))
         cfg = dataclasses.replace(cfg, reward_model=trained)
-    if ctx.recipe.slurm.judge_server.nodes and ctx.recipe.train.launcher == "slurm":  # served by the run's own step
-        from selfimprove.core.judge_server import served_url
+    from selfimprove.core.judge_server import served_url, serves_judge
 
+    if serves_judge(ctx.recipe):  # served by the run's own step
         served = dataclasses.replace(cfg.llm.openai, base_url=served_url(ctx.run_dir))
         cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, openai=served))
     return JudgeEnv(ctx.task, cfg, policy, seed, ctx.recipe.model.dtype)
