@@ -56,7 +56,10 @@ def setup(ctx: RunContext) -> None:
             save_rows([rows[i] for i in sorted(pick)], out / "data")
             meta["rows"] = len(pick)
     if not is_done(ctx.run_dir / "seed_data"):
-        seed_rows = [{**r, "round": 0} for r in ctx.task.seed_data(ctx.excluded_prompts())]
+        seed_rows = ctx.task.seed_data(ctx.excluded_prompts())
+        if ctx.recipe.propose.mode == "task_native":  # the policy also learns to write problems
+            seed_rows += ctx.task.proposal_examples(ctx.recipe.propose.seed_examples, ctx.excluded_prompts())
+        seed_rows = [{**r, "round": 0} for r in seed_rows]
         with ctx.writing(None, "seed_data") as (out, meta):
             save_rows(seed_rows, out / "data")
             meta["rows"] = len(seed_rows)
@@ -136,7 +139,7 @@ def write_round_timing(ctx: RunContext, k: int, wall_s: float, ran: list[str], s
     if "reward_model" in ran:  # trained at the start of round 1, inside its wall time
         folders = {"reward_model": ctx.run_dir / "reward_model", **folders}
     metas = {n: read_json(f / "meta.json") for n, f in folders.items() if is_done(f)}
-    complete = set(registry.ROUND0_STAGES if k == 0 else registry.STAGES) <= set(ran)
+    complete = set(ctx.stages(k)) <= set(ran)
     write_json(ctx.stage(k, "monitor").parent / timing.FILE, timing.round_timing(metas, wall_s, complete, setup_s))
     rebuild_metrics(ctx.run_dir)
 
@@ -185,8 +188,7 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
             start, ran = time.perf_counter(), []
             if k == 1 and recipe.judge.reward_model.train:  # the judge learns from round 0's policy, once
                 ran += ["reward_model"] if train_reward(ctx) else []
-            names = registry.ROUND0_STAGES if k == 0 else registry.STAGES
-            for name in names:
+            for name in ctx.stages(k):
                 if name == "judge" and not is_done(ctx.stage(k, name)):
                     server.ready()
                 ran += [name] if run_stage(ctx, k, name) else []

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 
-# A round's stages, in order; round 0 runs the last three on the seed data.
+# A round's stages, in order; round 0 runs the last three on the seed data, and 'propose' runs only when the recipe
+# asks for it (propose.mode, propose.share).
 STAGES = {
+    "propose": "selfimprove.stages.propose:run_propose",
     "generate": "selfimprove.stages.generate:run_generate",
     "judge": "selfimprove.stages.judge:run_judge",
     "filter": "selfimprove.stages.filter:run_filter",
@@ -50,6 +52,7 @@ METRICS = {
     "diversity": "selfimprove.stages.monitor:diversity_block",
     "answers": "selfimprove.stages.monitor:answer_block",
     "complexity": "selfimprove.stages.monitor:complexity_blocks",
+    "prompts": "selfimprove.stages.monitor:prompt_block",
 }
 
 # task name -> class(config section, seed); the recipe's task.<name> section configures it

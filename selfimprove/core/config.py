@@ -375,6 +375,88 @@ class GenerateConfig:
         return p
 
 
+@dataclass
+class ProposeConfig:
+    """The propose stage (before generate): a proposer writes new prompts, filters keep the valid, novel and learnable
+    ones, and a share of the round's prompt pool comes from them (selfimprove.stages.propose)."""
+
+    mode: Literal["off", "task_native", "self_instruct", "evolve"] = _f(
+        "off",
+        "'task_native': the model writes a problem in the task's own format (built-in tasks; the seed data then "
+        "teaches it to, and the task's solver checks each one); 'self_instruct': few-shot from earlier prompts; "
+        "'evolve': rewrite a prompt to be harder (Evol-Instruct operations, one template file each); 'off'.",
+    )
+    share: float = _f(
+        1.0,
+        "Share of the round's prompts (the task's prompts_per_round) taken from the kept proposals; task prompts "
+        "fill the rest, and the gap when too few proposals survive. 0 = the stage does not run.",
+        ge=0,
+        le=1,
+    )
+    model: str = _f("policy", "Proposer: 'policy' (the round's checkpoint), or a teacher folder or hub id.")
+    backend: Literal["hf", "vllm", "openai"] = _f(
+        "hf", "Generation backend of the proposer (its settings: generate.vllm / generate.openai)."
+    )
+    candidates: int = _f(0, "Proposals written per round; 0 = 4 x the prompts the pool takes from them.", ge=0)
+    temperature: float = _f(1.0, "Proposer sampling temperature.", gt=0)
+    max_new_tokens: int = _f(256, "Tokens a proposal may have.", ge=1)
+    templates: str = _f(
+        "",
+        "Folder of proposer templates ('self_instruct.txt', 'evolve_<operation>.txt'); empty = the built-in ones. "
+        "Fields: {examples} (self_instruct), {prompt} (evolve).",
+    )
+    operations: list[str] = _f(
+        ["deepen", "constraint", "steps"], "evolve: operations used, each a template evolve_<name>.txt, in turn."
+    )
+    fewshot: int = _f(3, "self_instruct: earlier prompts shown per request.", ge=1)
+    seed_examples: int = _f(
+        2000, "task_native: proposal examples (request -> a valid problem) added to the seed data.", ge=0
+    )
+    train_share: float = _f(
+        0.1,
+        "task_native: share of each round's training rows that are kept proposals (request -> problem), so the "
+        "proposer learns from what passed its filters, as self-questioning loops train their proposer.",
+        ge=0,
+        lt=1,
+    )
+    novelty: Literal["exact", "minhash", "embedding"] = _f(
+        "minhash",
+        "Decontamination and novelty, against the eval and dev sets and every earlier prompt: 'exact' (same text), "
+        "'minhash' (datasketch, Jaccard >= novelty_threshold; exact duplicates too) or 'embedding' (monitor.embedder, "
+        "cosine > novelty_threshold).",
+    )
+    novelty_threshold: float = _f(0.9, "A proposal at or above this similarity to a protected one is not novel.")
+    minhash_ngram: int = _f(3, "novelty 'minhash': shingle size in monitor.unit tokens.", ge=1)
+    learnable_samples: int = _f(
+        8, "Policy samples per proposal to estimate its pass rate (0 = no learnability filter).", ge=0
+    )
+    pass_rate_min: float = _f(0.0, "Keep a proposal only if its pass rate is strictly above this.", ge=0, le=1)
+    pass_rate_max: float = _f(1.0, "... and strictly below this (neither never nor always solved).", ge=0, le=1)
+    learnability: Literal["auto", "pass_rate", "agreement"] = _f(
+        "auto",
+        "'pass_rate': the task's checker against the proposal's reference (from the task's solver); 'agreement': "
+        "the share of samples agreeing with the majority answer (label-free); 'auto': pass_rate where the task "
+        "gives a reference, else agreement.",
+    )
+
+    @property
+    def runs(self) -> bool:
+        return self.mode != "off" and self.share > 0
+
+    def check(self) -> list[str]:
+        p = []
+        if self.pass_rate_min >= self.pass_rate_max:
+            p.append(
+                f"pass_rate_min={self.pass_rate_min} >= pass_rate_max={self.pass_rate_max}: no proposal could pass. "
+                "Keep 0 <= pass_rate_min < pass_rate_max <= 1."
+            )
+        if not 0 < self.novelty_threshold <= 1:
+            p.append(f"novelty_threshold={self.novelty_threshold} must be in (0, 1].")
+        if self.mode == "evolve" and not self.operations:
+            p.append("mode 'evolve' needs at least one operation (e.g. [deepen, constraint, steps]).")
+        return p
+
+
 JUDGES = tuple(registry.JUDGES)
 
 
@@ -838,6 +920,11 @@ class MonitorConfig:
         100, "Texts (a seeded subsample) scored for homogenisation, pairwise ROUGE-L: O(N^2); 0 = off.", ge=0
     )
     self_repetition_n: int = _f(4, "n-gram order of the self-repetition score.", ge=1)
+    prompt_metrics: bool = _f(
+        False,
+        "Measure the round's prompts as its answers (prompts/...: diversity, novelty against earlier rounds, "
+        "difficulty, length); always on when the propose stage runs, so a control arm turns it on to compare.",
+    )
     ifd_samples: int = _f(
         256,
         "Generated and selected samples (a seeded subsample each) scored for IFD under the policy that generated them; "
@@ -884,6 +971,7 @@ class Recipe:
     rounds: int = _f(4, "Self-improvement rounds after round 0.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Starting policy."})
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "Task."})
+    propose: ProposeConfig = field(default_factory=ProposeConfig, metadata={"help": "Proposing new prompts."})
     generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": "Generation."})
     judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "Judges."})
     filter: FilterConfig = field(default_factory=FilterConfig, metadata={"help": "Quality filter."})
@@ -958,13 +1046,35 @@ def _cross_checks(r: Recipe) -> list[str]:
     for a in r.monitor.alarms:
         if a.metric == "wu_signature" and not r.monitor.probe_size:
             p.append("monitor.alarms: 'wu_signature' reads the probe's pass@k; set monitor.probe_size > 0.")
-    p += _judge_server_checks(r)
+    p += _judge_server_checks(r) + _propose_checks(r)
     if r.rounds < 0:
         p.append(f"rounds={r.rounds} must be >= 0.")
     if r.train.trainer_args:
         from selfimprove.core.trainer_args import problems
 
         p += problems(r.train, r.rounds)
+    return p
+
+
+def _propose_checks(r) -> list[str]:
+    c, p = r.propose, []
+    if c.mode == "task_native" and r.task.name == "generic":
+        p.append(
+            "propose.mode 'task_native' needs a built-in task that can write and solve its own problems (countdown): "
+            "for your own prompts use 'self_instruct' or 'evolve'."
+        )
+    if c.mode in ("self_instruct", "evolve") and c.model == "policy" and r.model.path is None:
+        p.append(
+            f"propose.mode '{c.mode}' asks a model to follow a written instruction, which a from-scratch policy "
+            "cannot: set propose.model to an instruct model, or use mode 'task_native'."
+        )
+    if c.runs and c.mode != "task_native" and "verifier" in r.judge.judges:
+        p.append(
+            f"propose.mode '{c.mode}' writes prompts without reference answers, which judge 'verifier' needs: "
+            "judge them label-free (judge.judges: [majority]), or use mode 'task_native' on a built-in task."
+        )
+    if c.model == "policy" and c.backend == "openai":
+        p.append("propose.model 'policy' is a new checkpoint every round, which a fixed server cannot serve: use hf.")
     return p
 
 
@@ -1032,16 +1142,23 @@ LOCATION_FIELDS = (
 )
 
 
+# Fields added after runs were made: left at their defaults they change nothing those runs did, so a recipe that
+# does not set them keeps the fingerprint it had before they existed.
+ADDED_FIELDS = ("propose", "monitor.prompt_metrics")
+
+
 def recipe_hash(recipe: Recipe) -> str:
     """A short fingerprint of what the recipe makes a run do (everything but LOCATION_FIELDS)."""
     import hashlib
     import json
 
     data = recipe_to_dict(recipe)
-    for dotted in LOCATION_FIELDS:
+    defaults = recipe_to_dict(Recipe())
+    for dotted in LOCATION_FIELDS + ADDED_FIELDS:
         *parents, leaf = dotted.split(".")
-        node = data
+        node, default = data, defaults
         for key in parents:
-            node = node[key]
-        node.pop(leaf)
+            node, default = node[key], default[key]
+        if dotted in LOCATION_FIELDS or node[leaf] == default[leaf]:
+            node.pop(leaf)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -68,16 +68,24 @@ def build_bootstrap_model(cfg, tokenizer, seed: int):
     return LlamaForCausalLM(bootstrap_config(cfg, tokenizer))
 
 
+def run_alphabet(recipe, task) -> str:
+    """Every character a from-scratch policy reads or writes: the task's, plus the judge prompts' (EFT) and the
+    proposal requests' (propose.mode 'task_native') when the policy also judges or proposes."""
+    alphabet = task.alphabet()
+    if recipe.judge.llm.eft_share:
+        from selfimprove.core.judge_prompts import eft_alphabet
+
+        alphabet += eft_alphabet(recipe.judge.llm)
+    if recipe.propose.mode == "task_native":
+        alphabet += task.PROPOSE_MARK
+    return alphabet
+
+
 def prepare_base_model(recipe, task, out_dir: Path) -> dict:
     """Write the round-0 policy to ``out_dir`` (a bootstrap build, or a copy of the tokenizer+config reference)."""
     if recipe.model.path is not None:
         return {"source": recipe.model.path}
-    alphabet = task.alphabet()
-    if recipe.judge.llm.eft_share:  # the policy will also read judge prompts and write verdicts
-        from selfimprove.core.judge_prompts import eft_alphabet
-
-        alphabet += eft_alphabet(recipe.judge.llm)
-    tokenizer = build_char_tokenizer(alphabet)
+    tokenizer = build_char_tokenizer(run_alphabet(recipe, task))
     model = build_bootstrap_model(recipe.model.bootstrap, tokenizer, seeding.int_seed(recipe.seed, "init"))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -6,7 +6,7 @@
       base_model/                  round-0 starting policy (bootstrap builds it here)
       eval_sets/ probe_set/ seed_data/   fixed eval problems, probe prompts and labelled seed data, made once
       round_00/train/ ...          round 0: bootstrap on seed data
-      round_01/{generate,judge,filter,select,train,evaluate,monitor}/
+      round_01/{propose,generate,judge,filter,select,train,evaluate,monitor}/   (propose only when it runs)
       metrics.jsonl                one line per completed round, rebuilt from round_*/monitor/metrics.json
       logs/                        tracebacks of unexpected errors
 
@@ -76,6 +76,19 @@ def accepted_rows(ctx, before: int) -> list[dict]:
     return rows
 
 
+def earlier_prompts(ctx, k: int) -> list[str]:
+    """Every distinct prompt text of rounds 1..k-1 (selfimprove.tasks.prompt_content): those generated from and
+    those the propose stage kept."""
+    from selfimprove.tasks import prompt_content
+
+    out: list[str] = []
+    for j in range(1, k):
+        for name, sub in (("generate", "data"), ("propose", "prompts")):
+            if is_done(ctx.stage(j, name)):
+                out += [prompt_content(r) for r in load_rows(ctx.stage(j, name) / sub)]
+    return list(dict.fromkeys(out))
+
+
 class RunContext:
     """What every stage needs: the recipe, the run directory and the task (built once per process)."""
 
@@ -88,6 +101,14 @@ class RunContext:
 
     def stage(self, k: int, name: str) -> Path:
         return stage_dir(self.run_dir, k, name)
+
+    def stages(self, k: int) -> tuple[str, ...]:
+        """The stages round k runs, in order (selfimprove.registry.STAGES; round 0 only trains on the seed data)."""
+        from selfimprove import registry
+
+        if k == 0:
+            return registry.ROUND0_STAGES
+        return tuple(s for s in registry.STAGES if s != "propose" or self.recipe.propose.runs)
 
     def folder(self, k: int | None, name: str) -> Path:
         """Round k's stage folder, or with k None a setup folder (base_model, eval_sets, ...)."""
@@ -118,14 +139,23 @@ class RunContext:
         before = lambda stage, lo=0: [self.stage(j, stage) for j in range(lo, k)]  # noqa: E731
         init = -1 if (k == 0 or r.train.init == "base") else k - 1
         table = {
-            "generate": [self._checkpoint_stage(k - 1), run / "eval_sets", *before("monitor")],
+            "propose": [self._checkpoint_stage(k - 1), run / "eval_sets", *before("generate", 1), *before("propose", 1)]
+            + before("monitor"),
+            "generate": [
+                self._checkpoint_stage(k - 1),
+                run / "eval_sets",
+                self.stage(k, "propose"),
+                *before("monitor"),
+            ],
             "judge": [self.stage(k, "generate"), self._checkpoint_stage(k - 1), run / "reward_model"],
             "filter": [self.stage(k, "judge"), run / "eval_sets", run / "probe_set"],
             "select": [self.stage(k, "filter"), *before("select", 1), *before("monitor")],
             "train": [self._checkpoint_stage(init), run / "seed_data", *before("select", 1), *before("filter", 1)]
-            + ([self.stage(k, "select"), self.stage(k, "filter")] if k else []),
+            + ([self.stage(k, "select"), self.stage(k, "filter")] if k else [])
+            + [self.stage(j, "propose") for j in range(1, k + 1)],
             "evaluate": [self.stage(k, "train"), run / "eval_sets", run / "probe_set"],
             "monitor": [self.stage(k, "evaluate"), self.stage(k, "train"), run / "reward_model", *before("monitor")]
+            + ([self.stage(k, "propose"), *before("generate", 1)] if r.propose.runs or r.monitor.prompt_metrics else [])
             + ([self.stage(k, "filter"), self.stage(k, "select"), self._checkpoint_stage(k - 1)] if k else []),
         }
         return [p for p in table[name] if p is not None and is_done(p)]

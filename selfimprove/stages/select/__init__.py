@@ -12,11 +12,11 @@ from collections import Counter
 
 import numpy as np
 
-from selfimprove.core import seeding
+from selfimprove.core import dedup, seeding
 from selfimprove.core.rows import load_rows, save_rows
 from selfimprove.core.rundir import accepted_rows
 from selfimprove.core.typed_yaml import ConfigError
-from selfimprove.stages.select import dedup, samplers
+from selfimprove.stages.select import samplers
 
 
 def _feature_text(r: dict, cfg) -> str:

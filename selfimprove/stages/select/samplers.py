@@ -69,7 +69,7 @@ def kmeans_labels(X: np.ndarray, clusters: int, seed: int = 0) -> list[int]:
 def deita(
     X: np.ndarray, scores: np.ndarray, complexity: np.ndarray, budget: int, tau: float, prior: np.ndarray | None = None
 ) -> list[int]:
-    from selfimprove.stages.select.dedup import greedy_max_similarity
+    from selfimprove.core.dedup import greedy_max_similarity
 
     order = np.lexsort((np.arange(len(scores)), -(scores * complexity)))
     return sorted(order[greedy_max_similarity(X[order], tau, prior, limit=budget)].tolist())

@@ -1,4 +1,5 @@
-"""Duplicate removal within the round and against every earlier round's accepted data.
+"""Duplicate removal within the round and against every earlier round's data: the select stage's samples and the
+propose stage's prompts.
 
 exact: the same (prompt, completion). minhash: estimated Jaccard similarity of the texts' shingle sets >= threshold,
 found with datasketch's MinHash LSH and verified on the signatures (LSH alone returns candidates). embedding: cosine
@@ -36,8 +37,9 @@ def _minhashes(texts: list[str], n: int, unit: str, num_perm: int):
 
 
 def minhash(
-    rows: list[dict], prior: list[dict], threshold: float, n: int, unit: str, num_perm: int
+    rows: list[dict], prior: list[dict], threshold: float, n: int, unit: str, num_perm: int, within: bool = True
 ) -> list[str | None]:
+    """``within`` False: each row against ``prior`` only, not against the rows before it."""
     from datasketch import MinHashLSH
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
@@ -50,8 +52,9 @@ def minhash(
         if any(kept[key].jaccard(m) >= threshold for key in lsh.query(m)):
             out.append("near_duplicate")
             continue
-        lsh.insert(f"c{i}", m)
-        kept[f"c{i}"] = m
+        if within:
+            lsh.insert(f"c{i}", m)
+            kept[f"c{i}"] = m
         out.append(None)
     return out
 
@@ -86,6 +89,9 @@ def greedy_max_similarity(
     return accepted
 
 
-def embedding(X: np.ndarray, prior: np.ndarray | None, threshold: float) -> list[str | None]:
+def embedding(X: np.ndarray, prior: np.ndarray | None, threshold: float, within: bool = True) -> list[str | None]:
+    if not within:
+        worst = (X @ prior.T).max(1) if prior is not None and len(prior) and len(X) else np.full(len(X), -np.inf)
+        return [None if w <= threshold else "near_duplicate" for w in worst]
     keep = set(greedy_max_similarity(X, threshold, prior))
     return [None if i in keep else "near_duplicate" for i in range(len(X))]

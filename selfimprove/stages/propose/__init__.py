@@ -1,0 +1,189 @@
+"""Stage 0, propose (optional, rounds >= 1): a proposer writes new prompts, and filters keep the valid, novel and
+learnable ones for the generate stage, which takes ``propose.share`` of its prompts from them.
+
+The proposer is the round's policy, a fixed teacher folder or hub id, or a server, through the generation backends.
+Modes: 'task_native' (the request is the task's own, e.g. countdown's ``?3``; the seed data taught the policy to
+answer it with a problem), 'self_instruct' (few-shot from this round's and earlier prompts, Wang et al. 2023) and
+'evolve' (rewrite a prompt to be harder, Evol-Instruct's operations, Xu et al. 2024), each from a template file.
+The filters (filters.py) run in order; every candidate stays on disk in ``data`` with its reason, and the kept ones
+are ``prompts``, with their lineage (selfimprove.tasks.PROPOSAL_LINEAGE) and their pass rate under the policy.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from selfimprove.backends import Sampling, sample
+from selfimprove.core import seeding
+from selfimprove.core.errors import DataError
+from selfimprove.core.prompts import PromptFormat
+from selfimprove.core.rows import save_rows
+from selfimprove.core.rundir import earlier_prompts
+from selfimprove.stages.propose import filters
+from selfimprove.tasks import prompt_content
+
+_FIELDS = ("{examples}", "{prompt}")
+
+
+def template(cfg, name: str) -> str:
+    """A proposer template: the recipe's folder's file, else the built-in one."""
+    if cfg.templates:
+        path = Path(cfg.templates) / f"{name}.txt"
+        if not path.is_file():
+            raise DataError(
+                f"propose.templates: {path} does not exist. Add it (fields {{examples}} or {{prompt}}), or leave "
+                "propose.templates empty for the built-in templates."
+            )
+        return path.read_text()
+    return resources.files("selfimprove.stages.propose").joinpath("templates", f"{name}.txt").read_text()
+
+
+def fill(text: str, field: str, value: str) -> str:
+    """One field substituted once: a prompt that itself contains '{prompt}' stays literal."""
+    head, sep, tail = text.partition(field)
+    return head + value + tail if sep else text
+
+
+def taken(ctx, k: int) -> int:
+    """How many of round k's prompts the pool takes from proposals (share x the task's prompts per round)."""
+    n = len(ctx.task.round_prompts(k, ctx.history(k), ctx.excluded_prompts()))
+    return round(ctx.recipe.propose.share * n)
+
+
+def requests(ctx, k: int, n: int, pool: list[str], rng) -> list[dict]:
+    """n proposer requests: {request (the proposer's input), operation, parent_prompt}."""
+    c = ctx.recipe.propose
+    if c.mode == "task_native":
+        return [
+            {"request": q, "operation": "task_native", "parent_prompt": ""} for q in ctx.task.propose_requests(n, rng)
+        ]
+    if not pool:
+        raise DataError(f"propose.mode '{c.mode}' needs example prompts, and round {k} has none.")
+    if c.mode == "self_instruct":
+        body = template(c, "self_instruct")
+        out = []
+        for _ in range(n):
+            picks = rng.choice(len(pool), min(c.fewshot, len(pool)), replace=False)
+            examples = "\n\n".join(f"Task {i + 1}: {pool[j]}" for i, j in enumerate(picks))
+            out.append(
+                {"request": fill(body, "{examples}", examples), "operation": "self_instruct", "parent_prompt": ""}
+            )
+        return out
+    bodies = {op: template(c, f"evolve_{op}") for op in c.operations}
+    parents = rng.choice(len(pool), n, replace=len(pool) < n)
+    return [
+        {"request": fill(bodies[op], "{prompt}", pool[j]), "operation": f"evolve_{op}", "parent_prompt": pool[j]}
+        for i, j in enumerate(parents)
+        for op in [c.operations[i % len(c.operations)]]
+    ]
+
+
+def _proposer(ctx, k: int) -> tuple[str, PromptFormat]:
+    c = ctx.recipe.propose
+    if c.model == "policy":  # the policy reads requests as it reads prompts (task_native) or as a plain user turn
+        path = ctx.checkpoint(k - 1)
+        return path, ctx.prompt_format if c.mode == "task_native" else PromptFormat(
+            chat=ctx.recipe.generate.chat_template
+        )
+    return c.model, PromptFormat(chat=ctx.recipe.generate.chat_template)
+
+
+def _pass_rates(ctx, k: int, rows: list[dict]):
+    r = ctx.recipe
+    m = r.propose.learnable_samples
+    sampling = Sampling(
+        m, r.generate.temperature or 1.0, r.generate.top_p, r.generate.top_k, ctx.task.max_new_tokens(rows)
+    )
+    samples = sample(
+        r.generate.backend,
+        ctx.checkpoint(k - 1),
+        [row["prompt"] for row in rows],
+        sampling,
+        seeding.int_seed(r.seed, "learnability", k),
+        r.generate.batch_size,
+        r.model.dtype,
+        f"round {k} learnability",
+        fmt=ctx.prompt_format,
+        options=r.generate,
+    )
+    return filters.pass_rates(ctx.task, rows, samples, r.propose.learnability)
+
+
+def run_propose(ctx, k: int) -> None:
+    """Write round k's proposals (every candidate, with why it was dropped) and the kept prompts to round_k/propose/."""
+    r, c = ctx.recipe, ctx.recipe.propose
+    rng = seeding.rng(r.seed, "propose", k)
+    n_take = taken(ctx, k)
+    earlier = earlier_prompts(ctx, k)
+    task_prompts = [prompt_content(p) for p in ctx.task.round_prompts(k, ctx.history(k), ctx.excluded_prompts())]
+    asks = requests(ctx, k, c.candidates or 4 * n_take, task_prompts + earlier, rng)
+    path, fmt = _proposer(ctx, k)
+    seed = seeding.int_seed(r.seed, "propose", k)
+    with ctx.writing(k, "propose", {"proposer": ctx.relative(path), "mode": c.mode, "seed": seed}) as (out, meta):
+        written = sample(
+            c.backend,
+            path,
+            [a["request"] for a in asks],
+            Sampling(1, c.temperature, 1.0, 0, c.max_new_tokens),
+            seed,
+            r.generate.batch_size,
+            r.model.dtype,
+            f"round {k} propose",
+            fmt=fmt,
+            options=r.generate,
+        )
+        texts = [s[0]["completion"] for s in written]
+        rows, reasons = filters.valid(ctx.task, texts, [s[0]["finished"] for s in written])
+        live = [i for i, why in enumerate(reasons) if not why]
+        protected = [prompt_content(x) for x in ctx.eval_rows() + ctx.dev_rows()]
+        embedder = _embedder(ctx) if c.novelty == "embedding" else None
+        for i, why in zip(
+            live,
+            filters.novel(filters.texts_of([rows[i] for i in live]), protected, earlier, c, r.monitor.unit, embedder),
+        ):
+            reasons[i] = why
+        live = [i for i, why in enumerate(reasons) if not why]
+        rates = [-1.0] * len(asks)
+        if c.learnable_samples and live:
+            measured = _pass_rates(ctx, k, [rows[i] for i in live])
+            for i, rate, why in zip(live, measured, filters.learnable(measured, c.pass_rate_min, c.pass_rate_max)):
+                rates[i], reasons[i] = float(rate), why
+        candidates = [
+            {
+                "candidate": i,
+                **a,
+                "text": texts[i],
+                "prompt": rows[i]["prompt"] if rows[i] else "",
+                "difficulty": rows[i]["difficulty"] if rows[i] else -1,
+                "pass_rate": rates[i],
+                "propose_reason": reasons[i],
+                "kept": not reasons[i],
+            }
+            for i, a in enumerate(asks)
+        ]
+        kept = [
+            {
+                "prompt_id": f"p{k}-{i}",
+                **rows[i],
+                "proposed_by": ctx.relative(path),
+                "parent_prompt": asks[i]["parent_prompt"],
+                "operation": asks[i]["operation"],
+                "pass_rate": rates[i],
+                "request": asks[i]["request"],
+            }
+            for i in range(len(asks))
+            if not reasons[i]
+        ]
+        save_rows(candidates, out / "data")
+        save_rows(kept, out / "prompts")
+        counts = {}
+        for why in reasons:
+            counts[why or "kept"] = counts.get(why or "kept", 0) + 1
+        meta.update(candidates=len(asks), kept=len(kept), wanted=n_take, used=min(n_take, len(kept)), reasons=counts)
+
+
+def _embedder(ctx):
+    from selfimprove.metrics.embedding import load_embedder
+
+    return load_embedder(ctx.recipe.monitor.embedder)
