@@ -229,7 +229,8 @@ def test_propose_stage_counts_lineage_and_prompt_metrics(propose_run):
                 "prompts/propose/kept", "prompts/propose/too_hard", "prompts/proposed/pass_rate",
                 "complexity/proposed/ifd", "time/propose_s"):  # fmt: skip
         assert key in m, key
-    assert m["prompts/proposed_share"] == meta["used"] / 200
+    assert m["prompts/proposed_share"] == meta["used"] / m["prompts/count"]  # of the distinct prompts
+    assert not {r["prompt"] for r in proposed} & {r["prompt"] for r in prompts.values() if r["proposed_by"] == "task"}
 
 
 def test_kept_proposals_train_the_proposer(propose_run):

@@ -138,10 +138,10 @@ def run_propose(ctx, k: int) -> None:
         live = [i for i, why in enumerate(reasons) if not why]
         protected = [prompt_content(x) for x in ctx.eval_rows() + ctx.dev_rows()]
         embedder = _embedder(ctx) if c.novelty == "embedding" else None
-        for i, why in zip(
-            live,
-            filters.novel(filters.texts_of([rows[i] for i in live]), protected, earlier, c, r.monitor.unit, embedder),
-        ):
+        # New against every earlier prompt and this round's task prompts, so no prompt is in the pool twice.
+        seen = earlier + task_prompts
+        texts_live = filters.texts_of([rows[i] for i in live])
+        for i, why in zip(live, filters.novel(texts_live, protected, seen, c, r.monitor.unit, embedder)):
             reasons[i] = why
         live = [i for i, why in enumerate(reasons) if not why]
         rates = [-1.0] * len(asks)
