@@ -191,6 +191,7 @@ SHRUNK = [
     "--propose.candidates", "400",
     "--propose.seed_examples", "500",
     "--monitor.probe_size", "20",
+    "--monitor.alarms", "[{metric: prompts/novelty, drop: 0.01, vs: previous, action: warn}]",
 ]  # fmt: skip
 
 
@@ -230,6 +231,13 @@ def test_propose_stage_counts_lineage_and_prompt_metrics(propose_run):
                 "complexity/proposed/ifd", "time/propose_s"):  # fmt: skip
         assert key in m, key
     assert m["prompts/proposed_share"] == meta["used"] / m["prompts/count"]  # of the distinct prompts
+    # Alarms read prompt metrics like any other: round 1 is all new (no earlier round); round 2 repeats some task
+    # prompts of round 1, so its novelty falls and the alarm fires then, not before.
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[1])
+    assert first["prompts/novelty"] == 1.0 > m["prompts/novelty"]
+    fired = json.loads((run / "round_02" / "monitor" / "alarms.json").read_text())
+    assert [a["metric"] for a in fired] == ["prompts/novelty"] and m["alarm/prompts/novelty"] == 1
+    assert json.loads((run / "round_01" / "monitor" / "alarms.json").read_text()) == []
     assert not {r["prompt"] for r in proposed} & {r["prompt"] for r in prompts.values() if r["proposed_by"] == "task"}
 
 

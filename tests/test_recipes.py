@@ -117,7 +117,41 @@ def _reward_model(run, metrics):
     assert len(kept) == len({r["prompt_id"] for r in kept})  # best-of-n by the reward model: one per prompt
 
 
+def _propose(run, metrics):
+    """The policy proposes countdown problems: every candidate accounted for, the kept ones in the pool first."""
+    for k in (1, 2):
+        meta = _meta(run, k, "propose")
+        assert meta["candidates"] == 80 == sum(meta["reasons"].values())  # --smoke's cap
+        gen = _rows(run, k, "generate")
+        assert {r["proposed_by"] for r in gen} <= {"task", f"round_{k - 1:02d}/train/model"}
+        assert sum(r["proposed_by"] != "task" for r in gen) == meta["used"] * 8  # 8 samples a prompt
+        assert "prompts/ngram_vendi" in metrics[k] and "prompts/propose/kept" in metrics[k]
+
+
+def _propose_control(run, metrics):
+    """The control: the same seed data (proposal examples too), no propose stage, the prompt side measured."""
+    from selfimprove.core.rows import load_rows
+
+    assert not list(run.glob("round_*/propose"))
+    assert any(r["prompt"].startswith("?") for r in load_rows(run / "seed_data" / "data"))
+    assert "prompts/novelty" in metrics[1] and metrics[1]["prompts/proposed_share"] == 0.0
+
+
+def _evolve(run, metrics):
+    """Evol-Instruct with a teacher (a tiny stand-in): rewrites of the round's prompts, judged label-free."""
+    for k in (1, 2):
+        meta = _meta(run, k, "propose")
+        assert meta["mode"] == "evolve" and sum(meta["reasons"].values()) == meta["candidates"] > 0
+        cands = _rows(run, k, "propose")
+        assert {c["operation"] for c in cands} == {"evolve_deepen", "evolve_constraint", "evolve_steps"}
+        assert all(c["parent_prompt"] and c["parent_prompt"] in c["request"] for c in cands)
+        assert _meta(run, k, "judge")["judges"] == ["majority"]
+
+
 CHECKS = {
+    "countdown_cpu": _propose,
+    "countdown_control_cpu": _propose_control,
+    "evolve_gsm8k_qwen2.5_0.5b": _evolve,
     "star_gsm8k_qwen2.5_0.5b": _star,
     "iterative_dpo_vllm_serve": _iterative_dpo,
     "tiny_cpu": _self_rewarding,

@@ -113,6 +113,8 @@ def _pass_rates(ctx, k: int, rows: list[dict]):
 def run_propose(ctx, k: int) -> None:
     """Write round k's proposals (every candidate, with why it was dropped) and the kept prompts to round_k/propose/."""
     r, c = ctx.recipe, ctx.recipe.propose
+    if not c.runs:
+        raise DataError("the propose stage is off in this run's recipe (propose.mode 'off' or propose.share 0).")
     rng = seeding.rng(r.seed, "propose", k)
     n_take = taken(ctx, k)
     earlier = earlier_prompts(ctx, k)
