@@ -165,6 +165,26 @@ def test_proposal_examples_are_solvable_and_decontaminated():
     assert not banned & {r["completion"] for r in rows}
 
 
+def test_prompt_metrics_by_hand():
+    from selfimprove.core.config import MonitorConfig
+    from selfimprove.metrics.prompts import novelty, prompt_metrics, propose_mix
+
+    # 4 prompts, 1 posed in an earlier round (exact), 1 a near copy of an earlier one (Jaccard of char 3-grams >= 0.9)
+    earlier = ["1,2>3:", "9,8,7,6,5,4,3,2>44:"]
+    texts = ["1,2>3:", "9,8,7,6,5,4,3,2>45:", "4,4>8:", "5,6>30:"]
+    assert novelty(texts, earlier, 0.5, 3, "char") == {"novelty": 0.75, "near_novelty": 0.5}
+    assert novelty(texts, [], 0.9, 3, "char") == {"novelty": 1.0, "near_novelty": 1.0}
+    rows = [{"difficulty": d, "proposed_by": by} for d, by in ((2, "task"), (8, "task"), (2, "round_00"), (2, "x"))]
+    m = prompt_metrics(rows, texts, earlier, MonitorConfig(distinct_n=[1]), 1000)
+    assert m["prompts/count"] == 4 and m["prompts/proposed_share"] == 0.5
+    assert m["prompts/difficulty"] == 3.5 and m["prompts/length"] == np.mean([len(t) for t in texts])
+    assert m["prompts/distinct_1"] == len(set("".join(texts))) / len("".join(texts))
+    mix = propose_mix({"candidates": 8, "used": 1, "reasons": {"kept": 2, "unsolvable": 6}}, [
+        {"pass_rate": 0.25}, {"pass_rate": 0.75}])  # fmt: skip
+    assert mix["prompts/propose/kept"] == 0.25 and mix["prompts/propose/unsolvable"] == 0.75
+    assert mix["prompts/propose/too_easy"] == 0.0 and mix["prompts/propose/pass_rate"] == 0.5
+
+
 def test_recipe_checks_refuse_what_cannot_run():
     with pytest.raises(ConfigError, match="pass_rate_min"):
         load_recipe(str(RECIPE), {"propose.pass_rate_min": 0.9, "propose.pass_rate_max": 0.5})

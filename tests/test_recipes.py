@@ -146,6 +146,7 @@ def _evolve(run, metrics):
         assert {c["operation"] for c in cands} == {"evolve_deepen", "evolve_constraint", "evolve_steps"}
         assert all(c["parent_prompt"] and c["parent_prompt"] in c["request"] for c in cands)
         assert _meta(run, k, "judge")["judges"] == ["majority"]
+        assert "prompts/embedding_vendi" in metrics[k]  # monitor.embedding is on: prompts are embedded too
 
 
 CHECKS = {

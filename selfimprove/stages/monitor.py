@@ -245,6 +245,11 @@ def prompt_block(ctx, k: int, data: RoundData, models: Models) -> dict:
     rows = list({row["prompt"]: row for row in data.judged}.values())
     texts = [prompt_content(row) for row in rows]
     out = prompt_metrics(rows, texts, earlier_prompts(ctx, k), r.monitor, r.monitor.vendi_samples)
+    if r.monitor.embedding:
+        from selfimprove.metrics.embedding import embedding_diversity
+
+        embedded = embedding_diversity(_subsample(texts, r.monitor.vendi_samples), models.embedder())
+        out.update({f"prompts/{key}": v for key, v in embedded.items()})
     if r.propose.runs:
         folder = ctx.stage(k, "propose")
         out.update(propose_mix(read_json(folder / "meta.json"), load_rows(folder / "prompts")))
