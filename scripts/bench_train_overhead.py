@@ -5,7 +5,11 @@
    rows, each up to a trainer ready to train.
 2. Step time: a TRL SFTTrainer step (as selfimprove configures it) vs a bare PyTorch forward/backward/AdamW step on
    the same model and batches.
-3. Padding: GSM8K-shaped rows (prompts and answers of 100-700 characters, a RoPE character model) trained with
+3. Profile: where a TRL step's time goes (cProfile over the same steps): the model's forward, backward, the
+   optimizer, collation, TRL's per-step metrics (entropy and token accuracy, gathered across ranks every step),
+   callbacks and logging, and the rest. cProfile slows Python-heavy parts more than kernels, so read the shares as
+   an upper bound on the Python overhead.
+4. Padding: GSM8K-shaped rows (prompts and answers of 100-700 characters, a RoPE character model) trained with
    padded batches and with TRL's padding-free batches (``train.trainer_args: {padding_free: true}``): real tokens
    per second and the share of padding in the padded batches.
 
@@ -95,7 +99,55 @@ def main() -> None:
         f"{t_step_bare * 1000:.1f}ms | ratio {t_step_trl / t_step_bare:.2f}x"
     )
 
+    profile_part(trainer, ours.select(range(args.steps * args.batch)), tok, ours_args)
     padding_free_part(tok)
+
+
+# (label, file fragment, function name): the top-level call of each part of a step, cumulative time
+PARTS = (
+    ("forward (TRL's fused forward: backbone + LM head)", "trl/trainer/utils.py", "_fused_forward"),
+    ("backward", "torch/autograd/__init__.py", "backward"),
+    ("optimizer step", "torch/optim/", "step"),
+    ("collation", "trl/trainer/sft_trainer.py", "torch_call"),
+    ("TRL metrics (gather_for_metrics)", "accelerate/accelerator.py", "gather_for_metrics"),
+    ("callbacks and logging", "transformers/trainer_callback.py", "call_event"),
+)
+
+
+def profile_part(trainer, dataset, tok, args) -> None:
+    import cProfile
+    import pstats
+
+    from trl import SFTTrainer
+
+    from selfimprove.core.config import BootstrapConfig
+    from selfimprove.core.model import build_bootstrap_model
+
+    fresh = SFTTrainer(
+        model=build_bootstrap_model(BootstrapConfig(), tok, seed=0), args=args, train_dataset=dataset,
+        processing_class=tok,
+    )  # fmt: skip
+    prof = cProfile.Profile()
+    prof.enable()
+    fresh.train()
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (calls, ncalls, tottime, cumtime, callers)}
+    total = max(v[3] for (f, _, n), v in stats.items() if n == "train" and f.endswith("trainer.py"))
+    shares = []
+    for label, fragment, name in PARTS:
+        cum = max((v[3] for (f, _, n), v in stats.items() if n == name and fragment in f), default=0.0)
+        shares.append((label, cum))
+    parts = " | ".join(f"{label} {100 * cum / total:.1f}%" for label, cum in shares)
+    rest = total - sum(cum for _, cum in shares)
+    head = max(
+        (v[3] for (f, _, n), v in stats.items() if n == "forward" and "trl/kernels/chunked_logprob" in f), default=0
+    )
+    parts += (
+        f" (of the forward, the chunked LM head that also folds entropy and accuracy in: {100 * head / total:.1f}%)"
+    )
+    print(
+        f"profile of {args.max_steps} TRL steps ({total:.2f}s under cProfile): {parts} | rest {100 * rest / total:.1f}%"
+    )
 
 
 def padding_free_part(tok, steps: int = 20, batch: int = 16) -> None:
