@@ -141,3 +141,14 @@ def test_tensorboard_gets_every_round_as_a_step(tiny_run):
     assert sorted(set(steps)) == [0, 1, 2]
     lines = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     assert [e.value for e in acc.Scalars("train/last_loss")][:3] == pytest.approx([m["train/last_loss"] for m in lines])
+
+
+def test_prompt_panel_only_for_runs_that_measure_prompts(tmp_path):
+    from selfimprove.tools.report import PROMPTS, plot_all
+
+    base = [{"round": k, "eval/accuracy/id": 0.5, "eval/accuracy/ood": 0.1} for k in range(3)]
+    titles = [t for t, _ in plot_all({"plain": base}, tmp_path)]
+    assert not any(t.startswith("Prompts") for t in titles) and not (tmp_path / "prompts.png").exists()
+    measured = [{**r, **({key: 0.1 * r["round"] for key in PROMPTS} if r["round"] else {})} for r in base]
+    titles = [t for t, _ in plot_all({"plain": base, "propose": measured}, tmp_path)]
+    assert any(t.startswith("Prompts") for t in titles) and (tmp_path / "prompts.png").stat().st_size > 1000

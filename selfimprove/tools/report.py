@@ -24,6 +24,17 @@ DIVERSITY = (
     "quality/probe/pass@k_minus_pass@1",
 )
 
+PROMPTS = (
+    "prompts/ngram_vendi",
+    "prompts/novelty",
+    "prompts/difficulty",
+    "prompts/proposed_share",
+    "prompts/propose/kept",
+    "prompts/propose/too_easy",
+    "prompts/propose/too_hard",
+    "prompts/proposed/pass_rate",
+)
+
 
 def load_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
@@ -99,21 +110,20 @@ def plot_all(runs: dict[str, list[dict]], out: Path) -> list[tuple[str, Path]]:
                 ),
             )
         )
-    present = [k for k in DIVERSITY if any(k in r for rows in runs.values() for r in rows)]
-    if present:
+    for title, file, keys in (
+        ("Diversity over rounds, with alarms", "diversity.png", DIVERSITY),
+        ("Prompts: diversity, novelty, difficulty and the propose stage's funnel", "prompts.png", PROMPTS),
+    ):
+        present = [k for k in keys if any(k in r for rows in runs.values() for r in rows)]
+        if present:
 
-        def diversity(axes):
-            for ax, key in zip(axes, present):
-                lines(ax, (key,), key + "  (x: an alarm fired)")
-            for ax in axes[len(present) :]:
-                ax.axis("off")
+            def grid(axes, present=present):
+                for ax, key in zip(axes, present):
+                    lines(ax, (key,), key + "  (x: an alarm fired)")
+                for ax in axes[len(present) :]:
+                    ax.axis("off")
 
-        plots.append(
-            (
-                "Diversity over rounds, with alarms",
-                _fig(out / "diversity.png", diversity, ncols=2, nrows=(len(present) + 1) // 2),
-            )
-        )
+            plots.append((title, _fig(out / file, grid, ncols=2, nrows=(len(present) + 1) // 2)))
 
     def per_run(draw_one):
         def draw(axes):
