@@ -11,6 +11,7 @@ are ``prompts``, with their lineage (selfimprove.tasks.PROPOSAL_LINEAGE) and the
 
 from __future__ import annotations
 
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 
@@ -43,12 +44,6 @@ def fill(text: str, field: str, value: str) -> str:
     """One field substituted once: a prompt that itself contains '{prompt}' stays literal."""
     head, sep, tail = text.partition(field)
     return head + value + tail if sep else text
-
-
-def taken(ctx, k: int) -> int:
-    """How many of round k's prompts the pool takes from proposals (share x the task's prompts per round)."""
-    n = len(ctx.task.round_prompts(k, ctx.history(k), ctx.excluded_prompts()))
-    return round(ctx.recipe.propose.share * n)
 
 
 def requests(ctx, k: int, n: int, pool: list[str], rng) -> list[dict]:
@@ -92,7 +87,7 @@ def _proposer(ctx, k: int) -> tuple[str, PromptFormat]:
 def _pass_rates(ctx, k: int, rows: list[dict]):
     r = ctx.recipe
     m = r.propose.learnable_samples
-    sampling = Sampling(
+    sampling = Sampling(  # a greedy recipe (temperature 0) still needs varied samples to estimate a rate
         m, r.generate.temperature or 1.0, r.generate.top_p, r.generate.top_k, ctx.task.max_new_tokens(rows)
     )
     samples = sample(
@@ -110,16 +105,34 @@ def _pass_rates(ctx, k: int, rows: list[dict]):
     return filters.pass_rates(ctx.task, rows, samples, r.propose.learnability)
 
 
+def _filtered(ctx, k: int, texts: list[str], finished: list[bool], seen: list[str]):
+    """(prompt row or None, reason, pass rate) per proposal, through the filters in order (filters.py)."""
+    r, c = ctx.recipe, ctx.recipe.propose
+    rows, reasons = filters.valid(ctx.task, texts, finished)
+    live = [i for i, why in enumerate(reasons) if not why]
+    protected = [prompt_content(x) for x in ctx.eval_rows() + ctx.dev_rows()]
+    embedder = _embedder(ctx) if c.novelty == "embedding" else None
+    novel = filters.novel(filters.texts_of([rows[i] for i in live]), protected, seen, c, r.monitor.unit, embedder)
+    for i, why in zip(live, novel):
+        reasons[i] = why
+    live = [i for i, why in enumerate(reasons) if not why]
+    rates = [-1.0] * len(texts)  # -1: not measured (dropped before the learnability filter, or it is off)
+    if c.learnable_samples and live:
+        measured = _pass_rates(ctx, k, [rows[i] for i in live])
+        for i, rate, why in zip(live, measured, filters.learnable(measured, c.pass_rate_min, c.pass_rate_max)):
+            rates[i], reasons[i] = float(rate), why
+    return rows, reasons, rates
+
+
 def run_propose(ctx, k: int) -> None:
     """Write round k's proposals (every candidate, with why it was dropped) and the kept prompts to round_k/propose/."""
     r, c = ctx.recipe, ctx.recipe.propose
     if not c.runs:
         raise DataError("the propose stage is off in this run's recipe (propose.mode 'off' or propose.share 0).")
-    rng = seeding.rng(r.seed, "propose", k)
-    n_take = taken(ctx, k)
-    earlier = earlier_prompts(ctx, k)
     task_prompts = [prompt_content(p) for p in ctx.task.round_prompts(k, ctx.history(k), ctx.excluded_prompts())]
-    asks = requests(ctx, k, c.candidates or 4 * n_take, task_prompts + earlier, rng)
+    n_take = round(c.share * len(task_prompts))  # the pool's size stays the task's prompts per round
+    earlier = earlier_prompts(ctx, k)
+    asks = requests(ctx, k, c.candidates or 4 * n_take, task_prompts + earlier, seeding.rng(r.seed, "propose", k))
     path, fmt = _proposer(ctx, k)
     seed = seeding.int_seed(r.seed, "propose", k)
     with ctx.writing(k, "propose", {"proposer": ctx.relative(path), "mode": c.mode, "seed": seed}) as (out, meta):
@@ -136,53 +149,42 @@ def run_propose(ctx, k: int) -> None:
             options=r.generate,
         )
         texts = [s[0]["completion"] for s in written]
-        rows, reasons = filters.valid(ctx.task, texts, [s[0]["finished"] for s in written])
-        live = [i for i, why in enumerate(reasons) if not why]
-        protected = [prompt_content(x) for x in ctx.eval_rows() + ctx.dev_rows()]
-        embedder = _embedder(ctx) if c.novelty == "embedding" else None
         # New against every earlier prompt and this round's task prompts, so no prompt is in the pool twice.
-        seen = earlier + task_prompts
-        texts_live = filters.texts_of([rows[i] for i in live])
-        for i, why in zip(live, filters.novel(texts_live, protected, seen, c, r.monitor.unit, embedder)):
-            reasons[i] = why
-        live = [i for i, why in enumerate(reasons) if not why]
-        rates = [-1.0] * len(asks)
-        if c.learnable_samples and live:
-            measured = _pass_rates(ctx, k, [rows[i] for i in live])
-            for i, rate, why in zip(live, measured, filters.learnable(measured, c.pass_rate_min, c.pass_rate_max)):
-                rates[i], reasons[i] = float(rate), why
-        candidates = [
-            {
-                "candidate": i,
-                **a,
-                "text": texts[i],
-                "prompt": rows[i]["prompt"] if rows[i] else "",
-                "difficulty": rows[i]["difficulty"] if rows[i] else -1,
-                "pass_rate": rates[i],
-                "propose_reason": reasons[i],
-                "kept": not reasons[i],
-            }
-            for i, a in enumerate(asks)
-        ]
+        rows, reasons, rates = _filtered(ctx, k, texts, [s[0]["finished"] for s in written], earlier + task_prompts)
+        save_rows(
+            [
+                {
+                    "candidate": i,
+                    **a,
+                    "text": texts[i],
+                    "prompt": rows[i]["prompt"] if rows[i] else "",
+                    "difficulty": rows[i]["difficulty"] if rows[i] else -1,
+                    "pass_rate": rates[i],
+                    "propose_reason": reasons[i],
+                    "kept": not reasons[i],
+                }
+                for i, a in enumerate(asks)
+            ],
+            out / "data",
+        )
         kept = [
             {
                 "prompt_id": f"p{k}-{i}",
                 **rows[i],
                 "proposed_by": ctx.relative(path),
-                "parent_prompt": asks[i]["parent_prompt"],
-                "operation": asks[i]["operation"],
+                "parent_prompt": a["parent_prompt"],
+                "operation": a["operation"],
                 "pass_rate": rates[i],
-                "request": asks[i]["request"],
+                "request": a["request"],
             }
-            for i in range(len(asks))
+            for i, a in enumerate(asks)
             if not reasons[i]
         ]
-        save_rows(candidates, out / "data")
         save_rows(kept, out / "prompts")
-        counts = {}
-        for why in reasons:
-            counts[why or "kept"] = counts.get(why or "kept", 0) + 1
-        meta.update(candidates=len(asks), kept=len(kept), wanted=n_take, used=min(n_take, len(kept)), reasons=counts)
+        counts = Counter(why or "kept" for why in reasons)
+        meta.update(
+            candidates=len(asks), kept=len(kept), wanted=n_take, used=min(n_take, len(kept)), reasons=dict(counts)
+        )
 
 
 def _embedder(ctx):
