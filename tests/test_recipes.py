@@ -239,6 +239,8 @@ def test_smoke_leaves_everything_else_as_shipped():
         "model.path",
         "judge.llm.model",
         "judge.reward_model.path",
+        "propose.model",
+        "propose.backend",
         "task.generic.prompts",
         "task.generic.eval_id",
         "task.generic.eval_ood",
