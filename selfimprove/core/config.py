@@ -1148,7 +1148,8 @@ ADDED_FIELDS = ("propose", "monitor.prompt_metrics")
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    """A short fingerprint of what the recipe makes a run do (everything but LOCATION_FIELDS)."""
+    """A short fingerprint of what the recipe makes a run do (everything but LOCATION_FIELDS, and ADDED_FIELDS left
+    at their defaults)."""
     import hashlib
     import json
 

@@ -18,6 +18,11 @@ def dedup_text(r: dict) -> str:
     return r["prompt"] + "\n" + r["completion"]
 
 
+def prompt_rows(texts: list[str]) -> list[dict]:
+    """Prompt texts as rows with no completion, to compare prompts alone (the propose stage, prompt novelty)."""
+    return [{"prompt": t, "completion": ""} for t in texts]
+
+
 def exact(rows: list[dict], seen: set[tuple[str, str]]) -> list[str | None]:
     seen = set(seen)
     out = []

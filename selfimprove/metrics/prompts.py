@@ -20,9 +20,9 @@ def novelty(texts: list[str], earlier: list[str], threshold: float, n: int, unit
     exact = float(np.mean([prompt_key(t) not in seen for t in texts]))
     if not earlier:
         return {"novelty": exact, "near_novelty": exact}
-    rows = lambda ts: [{"prompt": t, "completion": ""} for t in ts]  # noqa: E731
     # Against the earlier rounds only: a repeat inside this round is not "not new".
-    near = [why is None for why in dedup.minhash(rows(texts), rows(earlier), threshold, n, unit, 128, within=False)]
+    rows, prior = dedup.prompt_rows(texts), dedup.prompt_rows(earlier)
+    near = [why is None for why in dedup.minhash(rows, prior, threshold, n, unit, 128, within=False)]
     return {"novelty": exact, "near_novelty": float(np.mean(near))}
 
 

@@ -24,8 +24,6 @@ from selfimprove.core.rundir import earlier_prompts
 from selfimprove.stages.propose import filters
 from selfimprove.tasks import prompt_content
 
-_FIELDS = ("{examples}", "{prompt}")
-
 
 def template(cfg, name: str) -> str:
     """A proposer template: the recipe's folder's file, else the built-in one."""
@@ -75,13 +73,11 @@ def requests(ctx, k: int, n: int, pool: list[str], rng) -> list[dict]:
 
 
 def _proposer(ctx, k: int) -> tuple[str, PromptFormat]:
-    c = ctx.recipe.propose
-    if c.model == "policy":  # the policy reads requests as it reads prompts (task_native) or as a plain user turn
-        path = ctx.checkpoint(k - 1)
-        return path, ctx.prompt_format if c.mode == "task_native" else PromptFormat(
-            chat=ctx.recipe.generate.chat_template
-        )
-    return c.model, PromptFormat(chat=ctx.recipe.generate.chat_template)
+    c, plain = ctx.recipe.propose, PromptFormat(chat=ctx.recipe.generate.chat_template)
+    if c.model != "policy":
+        return c.model, plain
+    # The policy reads task-native requests as it reads prompts, and written instructions as a plain user turn.
+    return ctx.checkpoint(k - 1), ctx.prompt_format if c.mode == "task_native" else plain
 
 
 def _pass_rates(ctx, k: int, rows: list[dict]):
@@ -112,7 +108,7 @@ def _filtered(ctx, k: int, texts: list[str], finished: list[bool], seen: list[st
     live = [i for i, why in enumerate(reasons) if not why]
     protected = [prompt_content(x) for x in ctx.eval_rows() + ctx.dev_rows()]
     embedder = _embedder(ctx) if c.novelty == "embedding" else None
-    novel = filters.novel(filters.texts_of([rows[i] for i in live]), protected, seen, c, r.monitor.unit, embedder)
+    novel = filters.novel([prompt_content(rows[i]) for i in live], protected, seen, c, r.monitor.unit, embedder)
     for i, why in zip(live, novel):
         reasons[i] = why
     live = [i for i, why in enumerate(reasons) if not why]

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 
 from selfimprove.core import dedup
-from selfimprove.tasks import prompt_content, prompt_key
+from selfimprove.tasks import prompt_key
 
 
 def valid(task, texts: list[str], finished: list[bool]) -> tuple[list[dict | None], list[str]]:
@@ -33,9 +33,8 @@ def _similar(cands: list[str], prior: list[str], cfg, unit: str, embedder, withi
             seen.add(prompt_key(t))
     rest = [i for i, why in enumerate(out) if not why]
     if cfg.novelty == "minhash":
-        rows = lambda ts: [{"prompt": t, "completion": ""} for t in ts]  # noqa: E731
-        texts = rows([cands[i] for i in rest])
-        near = dedup.minhash(texts, rows(prior), cfg.novelty_threshold, cfg.minhash_ngram, unit, 128, within)
+        texts, seen_rows = dedup.prompt_rows([cands[i] for i in rest]), dedup.prompt_rows(prior)
+        near = dedup.minhash(texts, seen_rows, cfg.novelty_threshold, cfg.minhash_ngram, unit, 128, within)
     elif cfg.novelty == "embedding" and rest:
         X = embedder.encode([cands[i] for i in rest] + prior, normalize_embeddings=True, convert_to_numpy=True)
         near = dedup.embedding(X[: len(rest)], X[len(rest) :], cfg.novelty_threshold, within)
@@ -74,7 +73,3 @@ def pass_rates(task, rows: list[dict], samples: list[list[dict]], kind: str) -> 
 def learnable(rates: np.ndarray, lo: float, hi: float) -> list[str]:
     """'too_hard' at or below ``lo``, 'too_easy' at or above ``hi``, else '' (strictly between: kept)."""
     return ["too_hard" if r <= lo else "too_easy" if r >= hi else "" for r in rates]
-
-
-def texts_of(rows: list[dict]) -> list[str]:
-    return [prompt_content(r) for r in rows]
