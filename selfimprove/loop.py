@@ -24,6 +24,7 @@ from selfimprove.core.rows import save_rows
 from selfimprove.core.rundir import RunContext
 from selfimprove.core.runs import claimed_run
 from selfimprove.metrics.alarms import should_stop
+from selfimprove.tasks import proposal_examples
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def setup(ctx: RunContext) -> None:
     if not is_done(ctx.run_dir / "seed_data"):
         seed_rows = ctx.task.seed_data(ctx.excluded_prompts())
         if ctx.recipe.propose.mode == "task_native":  # the policy also learns to write problems
-            seed_rows += ctx.task.proposal_examples(ctx.recipe.propose.seed_examples, ctx.excluded_prompts())
+            rng = seeding.rng(ctx.recipe.seed, "proposal_examples")
+            seed_rows += proposal_examples(ctx.task, ctx.recipe.propose.seed_examples, ctx.excluded_prompts(), rng)
         seed_rows = [{**r, "round": 0} for r in seed_rows]
         with ctx.writing(None, "seed_data") as (out, meta):
             save_rows(seed_rows, out / "data")

@@ -15,6 +15,7 @@ from conftest import REPO, run_cli
 from selfimprove.core.config import ProposeConfig, load_recipe, recipe_hash
 from selfimprove.core.typed_yaml import ConfigError
 from selfimprove.stages.propose import fill, filters, requests
+from selfimprove.tasks import build_task, proposal_examples
 from selfimprove.tasks.countdown import CountdownTask, reachable, solvable
 
 RECIPE = REPO / "recipes" / "propose" / "countdown_cpu.yaml"
@@ -124,7 +125,7 @@ def test_generic_proposals_go_through_the_prompt_template(tmp_path):
 
 def _ctx(mode, **propose):
     recipe = SimpleNamespace(propose=ProposeConfig(mode=mode, **propose))
-    return SimpleNamespace(recipe=recipe, task=_countdown())
+    return SimpleNamespace(recipe=recipe, task=_countdown(), history=lambda k: [])
 
 
 def test_evolve_requests_cycle_the_operations_and_record_the_parent():
@@ -156,13 +157,87 @@ def test_fill_substitutes_once():
     assert fill("Rewrite: {prompt}!", "{prompt}", "say {prompt}") == "Rewrite: say {prompt}!"
 
 
-def test_proposal_examples_are_solvable_and_decontaminated():
-    task = _countdown(seed_size=10, prompts_per_round=1)
-    first = task.proposal_examples(200, set())
+@pytest.mark.parametrize("name", ["countdown", "addition", "rewrite"])
+def test_proposal_examples_are_valid_and_decontaminated(name):
+    task = _builtin(name)
+    first = proposal_examples(task, 200, set(), np.random.default_rng(0))
     banned = {first[0]["completion"]}
-    rows = task.proposal_examples(200, banned)
-    assert all(r["prompt"] == f"?{r['difficulty']}" and task.proposed_row(r["completion"])[1] == "" for r in rows)
+    rows = proposal_examples(task, 200, banned, np.random.default_rng(0))
+    assert len(rows) == 200 and all(r["prompt"] == f"?{r['difficulty']}" for r in rows)
+    assert all(task.proposed_row(r["completion"])[1] == "" for r in rows)
     assert not banned & {r["completion"] for r in rows}
+
+
+def _builtin(name, **task):
+    return build_task(load_recipe(None, {"task.name": name, **{f"task.{name}.{k}": v for k, v in task.items()}}))
+
+
+@pytest.mark.parametrize(
+    "text, reason, row",
+    [
+        # reversed operands: 57 + 8 = 65 -> "75+8=", answer "56" padded to 3 digits
+        ("75+8=", "", {"prompt": "75+8=", "difficulty": 2, "reference": "560"}),
+        ("  75+8= ", "", {"prompt": "75+8=", "difficulty": 2, "reference": "560"}),
+        ("750+8=", "malformed", None),  # a trailing 0 is a leading zero of the number
+        ("75+8", "malformed", None),
+        ("7a+8=", "malformed", None),
+        ("1234567890123+1=", "size", None),  # longer than any eval problem
+    ],
+)
+def test_addition_proposals_by_hand(text, reason, row):
+    task = _builtin("addition")
+    assert task.proposed_row(text) == (row, reason)
+
+
+def test_addition_requests_follow_the_curriculum():
+    task = _builtin("addition", seed_max_digits=3)
+    rng = np.random.default_rng(0)
+    assert set(task.propose_requests(40, rng)) == {"?1", "?2", "?3"}  # k = 0: the seed's range
+    assert set(task.propose_requests(40, rng, 1, [])) == {"?4"}  # round 1's new digit count
+    written = [task.write_problem("?4", rng) for _ in range(20)]
+    assert all(task.proposed_row(t)[0]["difficulty"] == 4 for t in written)
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("ab>ba|cabca=", ""),
+        ("ab>ba;c>|cabca=", ""),
+        ("ab>ba|cab=", "size"),  # input shorter than min_input
+        ("ab>ab|cabca=", "rule"),  # a rule that changes nothing
+        ("abcdef>a|cabca=", "rule"),  # longer than rule_max_len
+        ("zz>a|cabca=", "letters"),  # outside the task's alphabet
+        ("ab>|ab=", "size"),
+        ("abc>|abcab=", "rule"),  # rule_max_len is 2
+        ("a>|aaaaa=", ""),  # deletes one a
+        ("a>|a=", "size"),
+        ("ab>|abab=", ""),
+        ("ab>;ab>|abab=", "empty_answer"),  # a round never poses an empty answer
+        ("ab>ba", "malformed"),
+    ],
+)
+def test_rewrite_proposals_by_hand(text, reason):
+    task = _builtin("rewrite", min_input=4)
+    task.ood = []  # the held-out rules are the next test's
+    row, why = task.proposed_row(text)
+    assert why == reason
+    if not reason:
+        rules, source = text.split("|")[0].split(";"), text.split("|")[1][:-1]
+        answer = source
+        for rule in rules:
+            x, y = rule.split(">")
+            answer = answer.replace(x, y, 1)
+        assert row == {"prompt": text, "difficulty": len(rules), "reference": answer, "attribute": rules[0]}
+
+
+def test_rewrite_proposals_never_use_a_held_out_rule():
+    task = _builtin("rewrite")
+    x, y = task.ood[0]
+    source = (x * 8)[: task.cfg.max_input]
+    assert task.proposed_row(f"{x}>{y}|{source}=")[1] == "held_out"
+    fresh = next((a, b) for a in task.letters for b in task.letters if a != b and (a, b) not in task.ood)
+    assert task.proposed_row(f"{fresh[0]}>{fresh[1]}|{fresh[0] * task.cfg.min_input}=")[1] == ""
+    assert task.proposed_row(f"{fresh[0]}>{fresh[1]};{x}>{y}|{source}=")[1] == "held_out"  # in any position
 
 
 def test_prompt_metrics_by_hand():
@@ -174,7 +249,8 @@ def test_prompt_metrics_by_hand():
     texts = ["1,2>3:", "9,8,7,6,5,4,3,2>45:", "4,4>8:", "5,6>30:"]
     assert novelty(texts, earlier, 0.5, 3, "char") == {"novelty": 0.75, "near_novelty": 0.5}
     assert novelty(texts, [], 0.9, 3, "char") == {"novelty": 1.0, "near_novelty": 1.0}
-    rows = [{"difficulty": d, "proposed_by": by} for d, by in ((2, "task"), (8, "task"), (2, "round_00"), (2, "x"))]
+    # proposed = came through the propose stage (it has an operation), whoever wrote it
+    rows = [{"difficulty": d, "operation": op} for d, op in ((2, ""), (8, ""), (2, "task_native"), (2, "task_written"))]
     m = prompt_metrics(rows, texts, earlier, MonitorConfig(distinct_n=[1]), 1000)
     assert m["prompts/count"] == 4 and m["prompts/proposed_share"] == 0.5
     assert m["prompts/difficulty"] == 3.5 and m["prompts/length"] == np.mean([len(t) for t in texts])
@@ -192,6 +268,10 @@ def test_recipe_checks_refuse_what_cannot_run():
         load_recipe(str(RECIPE), {"propose.mode": "evolve", "judge.judges": ["majority"]})
     with pytest.raises(ConfigError, match="reference answers"):
         load_recipe(str(RECIPE), {"propose.mode": "evolve", "model.path": "x"})
+    with pytest.raises(ConfigError, match="propose.model 'task'"):
+        load_recipe(str(RECIPE), {"propose.mode": "evolve", "propose.model": "task", "judge.judges": ["majority"]})
+    with pytest.raises(ConfigError, match="countdown, addition, rewrite"):
+        load_recipe(None, {"task.name": "generic", "propose.mode": "task_native"})
 
 
 def test_a_recipe_without_propose_keeps_its_fingerprint():
@@ -295,3 +375,39 @@ def _propose_rows(run):
     from selfimprove.core.rows import load_rows
 
     return {str(p.relative_to(run)): load_rows(p) for p in sorted(run.glob("round_*/propose/prompts"))}
+
+
+@pytest.mark.parametrize("writer", ["policy", "task"])
+def test_addition_proposes_through_the_real_loop(tmp_path, writer):
+    """Task-native proposing on a second built-in task, label-free (vote agreement), written by the policy or, as
+    the filters-only control, by the task itself."""
+    from selfimprove.core.rows import load_rows
+
+    run = tmp_path / "run"
+    out = run_cli(
+        "run", REPO / "tests" / "tiny_addition.yaml", "--output_dir", run, "--rounds", "1",
+        "--propose.mode", "task_native", "--propose.model", writer, "--propose.share", "0.5",
+        "--propose.candidates", "60", "--propose.seed_examples", "100", "--propose.learnability", "agreement",
+        "--propose.learnable_samples", "4", "--propose.pass_rate_max", "1.0",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    seed = load_rows(run / "seed_data" / "data")
+    assert sum(r["prompt"].startswith("?") for r in seed) == 100
+    task = _builtin("addition", seed_max_digits=3, eval_max_digits=5)
+    cands = load_rows(run / "round_01" / "propose" / "data")
+    assert len(cands) == 60 and {c["request"] for c in cands} == {"?4"}  # round 1's new digit count
+    later = {"", "not_novel", "contaminated", "too_hard", "too_easy"}  # the filters after the task's own check
+    for c in cands:
+        why = task.proposed_row(c["text"])[1]
+        assert c["propose_reason"] == why if why else c["propose_reason"] in later
+    kept = load_rows(run / "round_01" / "propose" / "prompts")
+    assert all(r["reference"] == task.proposed_row(r["prompt"])[0]["reference"] for r in kept)
+    op = "task_written" if writer == "task" else "task_native"
+    assert {r["operation"] for r in kept} <= {op} and {r["proposed_by"] == "task" for r in kept} <= {writer == "task"}
+    if writer == "task":  # the task writes only valid problems: only the novelty and learnability filters drop any
+        assert {c["propose_reason"] for c in cands} <= {"", "not_novel", "too_easy", "too_hard"} and kept
+    gen = {r["prompt_id"]: r for r in load_rows(run / "round_01" / "generate" / "data")}
+    used = [r for r in gen.values() if r["operation"]]
+    assert len(gen) == 40 and len(used) == min(20, len(kept))
+    m = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert m["prompts/proposed_share"] == len(used) / m["prompts/count"]

@@ -393,7 +393,12 @@ class ProposeConfig:
         ge=0,
         le=1,
     )
-    model: str = _f("policy", "Proposer: 'policy' (the round's checkpoint), or a teacher folder or hub id.")
+    model: str = _f(
+        "policy",
+        "Proposer: 'policy' (the round's checkpoint), a teacher folder or hub id, or 'task' (task_native: the task "
+        "writes the candidates, no model: the filters alone, e.g. online difficulty filtering of task prompts, or "
+        "the control that separates the filters from the model writing the problems).",
+    )
     backend: Literal["hf", "vllm", "openai"] = _f(
         "hf", "Generation backend of the proposer (its settings: generate.vllm / generate.openai)."
     )
@@ -1060,9 +1065,11 @@ def _propose_checks(r) -> list[str]:
     c, p = r.propose, []
     if c.mode == "task_native" and r.task.name == "generic":
         p.append(
-            "propose.mode 'task_native' needs a built-in task that can write and solve its own problems (countdown): "
-            "for your own prompts use 'self_instruct' or 'evolve'."
+            "propose.mode 'task_native' needs a built-in task that can write and solve its own problems (countdown, "
+            "addition, rewrite): for your own prompts use 'self_instruct' or 'evolve'."
         )
+    if c.model == "task" and c.mode != "task_native":
+        p.append("propose.model 'task' writes problems in the task's own format: set propose.mode 'task_native'.")
     if c.mode in ("self_instruct", "evolve") and c.model == "policy" and r.model.path is None:
         p.append(
             f"propose.mode '{c.mode}' asks a model to follow a written instruction, which a from-scratch policy "

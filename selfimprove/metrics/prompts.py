@@ -8,7 +8,7 @@ import numpy as np
 
 from selfimprove.core import dedup
 from selfimprove.metrics.diversity import lexical_suite, ngram_vendi
-from selfimprove.tasks import prompt_key
+from selfimprove.tasks import is_proposed, prompt_key
 
 
 def novelty(texts: list[str], earlier: list[str], threshold: float, n: int, unit: str) -> dict:
@@ -31,9 +31,7 @@ def prompt_metrics(rows: list[dict], texts: list[str], earlier: list[str], cfg, 
     mean difficulty and length (``rows``: one per distinct prompt, ``texts`` their own text, ``cfg`` the monitor's
     section for unit and orders)."""
     out = {"prompts/count": len(rows)}
-    out["prompts/proposed_share"] = (
-        float(np.mean([r.get("proposed_by", "task") != "task" for r in rows])) if rows else 0.0
-    )
+    out["prompts/proposed_share"] = float(np.mean([is_proposed(r) for r in rows])) if rows else 0.0
     out.update({f"prompts/{k}": v for k, v in lexical_suite(texts, cfg.distinct_n, cfg.unit).items()})
     sample = (
         texts

@@ -146,7 +146,8 @@ def _models(e: _Edits) -> None:
             "tiny stand-in judge",
         )
     proposer = e.get("propose.model", "policy")
-    if e.get("propose.mode", "off") != "off" and proposer != "policy" and e.get("propose.backend", "hf") != "openai":
+    served = e.get("propose.backend", "hf") == "openai"
+    if e.get("propose.mode", "off") != "off" and proposer not in ("policy", "task") and not served:
         e.set(
             "propose.model",
             str(assets.model_folder(model_family(proposer, "propose.model"), "instruct")),

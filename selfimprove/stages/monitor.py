@@ -26,6 +26,7 @@ from selfimprove.metrics.diversity import (
     self_bleu,
     self_repetition,
 )
+from selfimprove.tasks import is_proposed
 
 
 def _by_prompt(rows: list[dict]) -> list[list[dict]]:
@@ -253,7 +254,7 @@ def prompt_block(ctx, k: int, data: RoundData, models: Models) -> dict:
     if r.propose.runs:
         folder = ctx.stage(k, "propose")
         out.update(propose_mix(read_json(folder / "meta.json"), load_rows(folder / "prompts")))
-        proposed = [row for row in data.judged if row.get("proposed_by", "task") != "task"]
+        proposed = [row for row in data.judged if is_proposed(row)]
         truth = [row["oracle_correct"] for row in proposed if row["oracle_correct"] >= 0]
         out["prompts/proposed/pass_rate"] = _mean(truth)
         out.update(complexity_block(ctx, "proposed", proposed, models))

@@ -57,6 +57,44 @@ class Task(Protocol):
 PROPOSAL_LINEAGE = {"proposed_by": "task", "parent_prompt": "", "operation": "", "pass_rate": -1.0}
 
 
+def is_proposed(row: dict) -> bool:
+    """A prompt that came through the propose stage (every one has an operation; the task's own pool has none)."""
+    return bool(row.get("operation"))
+
+
+class Proposing(Protocol):
+    """What a built-in task adds for propose.mode 'task_native': requests in its own format (``PROPOSE_MARK`` and a
+    size, e.g. countdown's ``?3``), its own valid answer to one (the seed's examples, and the candidates when
+    propose.model is 'task'), and the check of a proposal, which its solver makes the reference of."""
+
+    PROPOSE_MARK: str
+
+    def propose_requests(self, n: int, rng, k: int = 0, history: list[dict] = ()) -> list[str]:
+        """n requests for round k (k = 0: the seed's range)."""
+
+    def write_problem(self, request: str, rng) -> str:
+        """A random valid problem answering ``request``."""
+
+    def proposed_row(self, text: str) -> tuple[dict | None, str]:
+        """The proposal as a round prompt row (its reference from the task's solver), or None and why not."""
+
+
+def proposal_examples(task: Proposing, n: int, exclude: set[str], rng) -> list[dict]:
+    """Seed rows that teach a policy to propose: a request -> the task's own valid problem for it, none an excluded
+    (eval or dev) prompt."""
+    rows = []
+    for _ in range(100 * n):
+        if len(rows) == n:
+            break
+        request = task.propose_requests(1, rng)[0]
+        problem = task.write_problem(request, rng)
+        if prompt_key(problem) in exclude:
+            continue
+        size = task.proposed_row(problem)[0]["difficulty"]
+        rows.append({"prompt_id": f"propose-{len(rows)}", "prompt": request, "completion": problem, "difficulty": size})
+    return rows
+
+
 def prompt_key(text: str) -> str:
     """A prompt as compared for exclusion from training: whitespace differences do not make another prompt."""
     return " ".join(text.split())

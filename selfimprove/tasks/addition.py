@@ -10,6 +10,10 @@ Difficulty (``difficulty``):
 - 'shorter': the shorter operand's length. The seed covers every position (the longer operand up to
   long_max_digits) but only problems whose shorter operand has <= seed_max_digits digits. The next difficulty is new
   only in how the digits combine, which a tiny model partly solves: the signal self-labelling needs.
+
+Proposing (propose.mode 'task_native'): ``?4`` asks for a problem of difficulty 4, sizes drawn from the round's
+target digit counts; the reference of a well-formed proposal is its true sum, so a label-free run filters
+proposals with propose.learnability 'agreement'.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class AdditionTask:
     name = "addition"
     system_prompt = ""
     fewshot_examples = ()
+    PROPOSE_MARK = "?"
 
     def source_files(self) -> list[str]:
         return []  # every problem is generated from the seed
@@ -170,6 +175,31 @@ class AdditionTask:
                     )
                 made += len(texts)
         return rows
+
+    def propose_requests(self, n: int, rng, k: int = 0, history: list[dict] = ()) -> list[str]:
+        """'?D': a problem of difficulty D, D drawn from round k's target digit counts (k = 0: the seed's range)."""
+        c = self.cfg
+        sizes = self.target_digits(k, list(history)) if k else list(range(c.seed_min_digits, c.seed_max_digits + 1))
+        return [f"{self.PROPOSE_MARK}{int(rng.choice(sizes))}" for _ in range(n)]
+
+    def write_problem(self, request: str, rng) -> str:
+        n = int(request[len(self.PROPOSE_MARK) :])
+        return self._problem(rng, *self._lengths(rng, n, n))["prompt"]
+
+    def proposed_row(self, text: str) -> tuple[dict | None, str]:
+        """A proposal in the task's own format (reversed operands, zero-padded as pad_width says) as a prompt row
+        whose reference is the true sum, or None and why not."""
+        m = _PROMPT.match(text.strip())
+        if m is None:
+            return None, "malformed"
+        a, b = (int(x[::-1]) for x in m.groups())
+        prompt, reference = format_problem(a, b, self.cfg.pad_width)
+        if prompt != text.strip():  # a leading zero, or padding other than the task's
+            return None, "malformed"
+        la, lb = len(str(a)), len(str(b))
+        if max(la, lb) > self.cfg.eval_max_digits:
+            return None, "size"
+        return {"prompt": prompt, "difficulty": self._difficulty(la, lb), "reference": reference}, ""
 
     def corrupt(self, rng, answer: str) -> str:
         """One digit changed: a wrong label of the same length (select.oracle_label_noise)."""

@@ -145,26 +145,13 @@ class CountdownTask:
             )
         return rows
 
-    def propose_requests(self, n: int, rng) -> list[str]:
+    def propose_requests(self, n: int, rng, k: int = 0, history: list[dict] = ()) -> list[str]:
         """n task-native proposal requests ('?N': a problem with N numbers), sizes drawn as training problems'."""
         return [f"{self.PROPOSE_MARK}{self._operands(rng)}" for _ in range(n)]
 
-    def proposal_examples(self, n: int, exclude: set[str]) -> list[dict]:
-        """Seed rows that teach the policy to propose: request -> a random solvable problem of that size."""
-        rng, rows = seeding.rng(self.seed, "proposal_examples"), []
-        while len(rows) < n:
-            p = self._problem(rng, self._operands(rng))
-            if prompt_key(p["prompt"]) not in exclude:
-                request = f"{self.PROPOSE_MARK}{p['difficulty']}"
-                rows.append(
-                    {
-                        "prompt_id": f"propose-{len(rows)}",
-                        "prompt": request,
-                        "completion": p["prompt"],
-                        "difficulty": p["difficulty"],
-                    }
-                )
-        return rows
+    def write_problem(self, request: str, rng) -> str:
+        """The task's own answer to a request: a random solvable problem of the requested size."""
+        return self._problem(rng, int(request[len(self.PROPOSE_MARK) :]))["prompt"]
 
     def proposed_row(self, text: str) -> tuple[dict | None, str]:
         """A proposal as a round prompt row, or None and why it is not a valid problem."""

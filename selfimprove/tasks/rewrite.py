@@ -15,6 +15,9 @@ Rules: for a seed, a fixed universe is drawn once. The first ``ood_rules`` are h
 their training rules are nested. Knobs, each a field: ``train_rules`` at a fixed ``seed_size`` (diversity),
 ``label_noise`` (quality: that share of seed labels is wrong, one character changed), ``step_mix`` and
 ``rule_max_len`` (complexity). Difficulty = steps; a row's ``attribute`` is its first rule (per-rule quotas).
+
+Proposing (propose.mode 'task_native'): ``?2`` asks for a problem of 2 rules. A proposal may invent rules, never
+one of the held-out ones; its reference is its rules applied to its input.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class RewriteTask:
     name = "rewrite"
     system_prompt = ""
     fewshot_examples = ()
+    PROPOSE_MARK = "?"
 
     def __init__(self, cfg, seed: int):
         self.cfg, self.seed = cfg, seed
@@ -169,6 +173,40 @@ class RewriteTask:
                 }
             )
         return rows
+
+    def propose_requests(self, n: int, rng, k: int = 0, history: list[dict] = ()) -> list[str]:
+        """'?S': a problem of S rules, S drawn from step_mix as training problems'."""
+        return [f"{self.PROPOSE_MARK}{self._steps(rng)}" for _ in range(n)]
+
+    def write_problem(self, request: str, rng) -> str:
+        steps = int(request[len(self.PROPOSE_MARK) :])
+        for _ in range(100):  # a round never poses an empty answer
+            p = self._problem(rng, self.train, steps)
+            if p["completion"]:
+                break
+        return p["prompt"]
+
+    def proposed_row(self, text: str) -> tuple[dict | None, str]:
+        """A proposal as a prompt row, its reference from applying its rules, or None and why not. Its rules may be
+        new ones (the proposer widening the rule set is the diversity this task measures), but never a held-out
+        one: those are the OOD eval's."""
+        parsed, c = parse_prompt(text.strip()), self.cfg
+        if parsed is None:
+            return None, "malformed"
+        rules, source = parsed
+        if set("".join(x + y for x, y in rules) + source) - set(self.letters):
+            return None, "letters"
+        if len(rules) > c.eval_max_steps or not c.min_input <= len(source) <= c.max_input:
+            return None, "size"
+        if any(x == y or len(x) > c.rule_max_len or len(y) > c.rule_max_len for x, y in rules):
+            return None, "rule"
+        if set(rules) & set(self.ood):
+            return None, "held_out"
+        answer = apply_rules(rules, source)
+        if not answer:
+            return None, "empty_answer"
+        x, y = rules[0]
+        return {"prompt": text.strip(), "difficulty": len(rules), "reference": answer, "attribute": f"{x}>{y}"}, ""
 
     def answer(self, completion: str) -> str | None:
         return completion if re.fullmatch(f"[{self.letters}]*", completion) else None

@@ -382,12 +382,11 @@ def round_plan(ctx, k: int, prompts: int, eval_rows: int, lengths: dict, global_
 
 
 def check_proposer(ctx, report: Report) -> None:
-    """The propose stage's proposer model, its templates and the task's support for its mode."""
+    """The propose stage's proposer model and its templates (the recipe's checks refuse a task without
+    task_native)."""
     c = ctx.recipe.propose
     if not c.runs:
         return
-    if c.mode == "task_native" and not hasattr(ctx.task, "propose_requests"):
-        report.problems.append(f"propose.mode 'task_native': task {ctx.task.name!r} cannot write its own problems.")
     names = {"self_instruct": ["self_instruct"], "evolve": [f"evolve_{op}" for op in c.operations]}.get(c.mode, [])
     from selfimprove.stages.propose import template
 
@@ -396,7 +395,7 @@ def check_proposer(ctx, report: Report) -> None:
             template(c, name)
         except UserError as err:
             report.problems.append(str(err))
-    if c.model == "policy":
+    if c.model in ("policy", "task"):
         return
     if c.backend == "openai":
         check_server(ctx.recipe.generate.openai, ctx.recipe.generate.openai.model or c.model, "propose", report)

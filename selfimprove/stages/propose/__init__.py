@@ -48,8 +48,10 @@ def requests(ctx, k: int, n: int, pool: list[str], rng) -> list[dict]:
     """n proposer requests: {request (the proposer's input), operation, parent_prompt}."""
     c = ctx.recipe.propose
     if c.mode == "task_native":
+        op = "task_written" if c.model == "task" else "task_native"
         return [
-            {"request": q, "operation": "task_native", "parent_prompt": ""} for q in ctx.task.propose_requests(n, rng)
+            {"request": q, "operation": op, "parent_prompt": ""}
+            for q in ctx.task.propose_requests(n, rng, k, ctx.history(k))
         ]
     if not pool:
         raise DataError(f"propose.mode '{c.mode}' needs example prompts, and round {k} has none.")
@@ -70,6 +72,28 @@ def requests(ctx, k: int, n: int, pool: list[str], rng) -> list[dict]:
         for i, j in enumerate(parents)
         for op in [c.operations[i % len(c.operations)]]
     ]
+
+
+def _written(ctx, k: int, asks: list[dict], seed: int) -> tuple[list[str], list[bool]]:
+    """Each request's proposal and whether it finished: the proposer model's, or (propose.model 'task') the task's."""
+    c, r = ctx.recipe.propose, ctx.recipe
+    if c.model == "task":
+        rng = seeding.rng(r.seed, "propose", k, 1)  # after the requests' draws, on its own stream
+        return [ctx.task.write_problem(a["request"], rng) for a in asks], [True] * len(asks)
+    path, fmt = _proposer(ctx, k)
+    written = sample(
+        c.backend,
+        path,
+        [a["request"] for a in asks],
+        Sampling(1, c.temperature, 1.0, 0, c.max_new_tokens),
+        seed,
+        r.generate.batch_size,
+        r.model.dtype,
+        f"round {k} propose",
+        fmt=fmt,
+        options=r.generate,
+    )
+    return [s[0]["completion"] for s in written], [s[0]["finished"] for s in written]
 
 
 def _proposer(ctx, k: int) -> tuple[str, PromptFormat]:
@@ -129,24 +153,12 @@ def run_propose(ctx, k: int) -> None:
     n_take = round(c.share * len(task_prompts))  # the pool's size stays the task's prompts per round
     earlier = earlier_prompts(ctx, k)
     asks = requests(ctx, k, c.candidates or 4 * n_take, task_prompts + earlier, seeding.rng(r.seed, "propose", k))
-    path, fmt = _proposer(ctx, k)
+    by = "task" if c.model == "task" else ctx.relative(_proposer(ctx, k)[0])
     seed = seeding.int_seed(r.seed, "propose", k)
-    with ctx.writing(k, "propose", {"proposer": ctx.relative(path), "mode": c.mode, "seed": seed}) as (out, meta):
-        written = sample(
-            c.backend,
-            path,
-            [a["request"] for a in asks],
-            Sampling(1, c.temperature, 1.0, 0, c.max_new_tokens),
-            seed,
-            r.generate.batch_size,
-            r.model.dtype,
-            f"round {k} propose",
-            fmt=fmt,
-            options=r.generate,
-        )
-        texts = [s[0]["completion"] for s in written]
+    with ctx.writing(k, "propose", {"proposer": by, "mode": c.mode, "seed": seed}) as (out, meta):
+        texts, finished = _written(ctx, k, asks, seed)
         # New against every earlier prompt and this round's task prompts, so no prompt is in the pool twice.
-        rows, reasons, rates = _filtered(ctx, k, texts, [s[0]["finished"] for s in written], earlier + task_prompts)
+        rows, reasons, rates = _filtered(ctx, k, texts, finished, earlier + task_prompts)
         save_rows(
             [
                 {
@@ -167,7 +179,7 @@ def run_propose(ctx, k: int) -> None:
             {
                 "prompt_id": f"p{k}-{i}",
                 **rows[i],
-                "proposed_by": ctx.relative(path),
+                "proposed_by": by,
                 "parent_prompt": a["parent_prompt"],
                 "operation": a["operation"],
                 "pass_rate": rates[i],
