@@ -162,6 +162,20 @@ def test_rise_fires_on_an_absolute_rise():
     assert fired["action"] == "rollback" and "rose more than 0.1 above the round0 value" in fired["reason"]
 
 
+def test_vs_first_reads_the_first_round_that_reports_the_metric():
+    # A judge's metrics start at round 1 (round 0 judges nothing): 'round0' could never fire on them.
+    gap = "quality/judge_vs_truth/reward/gap"
+    hist = [{"round": 0}, {"round": 1, gap: 2.50}, {"round": 2, gap: 2.58}, {"round": 3, gap: 2.61}]
+    assert check_alarms([AlarmConfig(metric=gap, rise=0.05, vs="round0")], hist) == []
+    first = AlarmConfig(metric=gap, rise=0.05, vs="first")
+    assert check_alarms([first], hist[:2]) == []  # round 1 is its own reference
+    (fired,) = check_alarms([first], hist[:3])  # 2.58 > 2.50 + 0.05
+    assert "above the first value" in fired["reason"]
+    assert len(check_alarms([AlarmConfig(metric=gap, rise=0.05, vs="first", rounds=2)], hist)) == 1  # 2.58, 2.61
+    ten = AlarmConfig(metric=gap, rise=0.1, vs="first")
+    assert check_alarms([ten], hist[:3]) == [] and len(check_alarms([ten], hist)) == 1  # +0.08, then +0.11
+
+
 def test_rollback_discards_the_round_and_goes_on_from_the_previous_checkpoint(tmp_path):
     from selfimprove.core.rows import load_rows
 

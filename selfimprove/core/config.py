@@ -860,7 +860,11 @@ class AlarmConfig:
         "of the chosen data pulling away from their truth); 0 = watch for a drop.",
         ge=0,
     )
-    vs: Literal["round0", "previous"] = _f("round0", "Reference value: round 0's, or the previous round's.")
+    vs: Literal["round0", "previous", "first"] = _f(
+        "round0",
+        "Reference value: round 0's, the previous round's, or the first round's that reports the metric ('first' "
+        "for judge metrics such as quality/judge_vs_truth/..., which start at round 1).",
+    )
     rounds: int = _f(1, "Fire only when the condition holds this many consecutive rounds.")
     action: Literal["warn", "stop", "steer", "rollback"] = _f(
         "warn",

@@ -1,7 +1,8 @@
 """Collapse alarms: rules over the per-round metrics, and the actions they trigger.
 
 An alarm fires at round k when its condition held in each of the last ``rounds`` rounds:
-- a metric: value < (1 - drop) x reference, the reference being round 0's value or the previous round's;
+- a metric: value < (1 - drop) x reference, the reference being round 0's value, the previous round's, or the
+  first round's that reports the metric;
 - 'wu_signature' (Wu et al. 2407.05013): on the probe set, pass@1 rose while the pass@k - pass@1 gap shrank.
 A rule may watch for an absolute ``rise`` instead (value > reference + rise), e.g. a judge's score-minus-truth gap.
 Fired alarms are written to round_k/monitor/alarms.json, so a resumed run stops, steers or rolls back exactly as the
@@ -26,7 +27,12 @@ def _holds(alarm, history: list[dict], j: int) -> bool:
         if j == 0 or GAP not in now or GAP not in history[j - 1]:
             return False
         return now[GAP] < history[j - 1][GAP] and now[PASS1] > history[j - 1][PASS1]
-    ref = history[0] if alarm.vs == "round0" else (history[j - 1] if j > 0 else None)
+    ref = {
+        "round0": history[0],
+        "previous": history[j - 1] if j > 0 else None,
+        # the first round that reports it: a judge's metrics start at round 1, since round 0 judges nothing
+        "first": next((h for h in history[: j + 1] if alarm.metric in h), None),
+    }[alarm.vs]
     if ref is None or alarm.metric not in now or alarm.metric not in ref:
         return False
     if alarm.rise:  # absolute: gaps and rates may sit at or below 0
