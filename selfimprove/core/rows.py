@@ -18,11 +18,15 @@ def save_rows(rows: list[dict], path: str | Path) -> None:
     Dataset.from_list(rows).save_to_disk(str(path))
 
 
-def load_rows(path: str | Path) -> list[dict]:
-    """The rows of a saved dataset folder, after checking its files' sizes against its stage's DONE record."""
+def load_rows(path: str | Path, columns: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of a saved dataset folder, after checking its files' sizes against its stage's DONE record; with
+    ``columns``, only those of them the dataset has (the others are never read)."""
     from datasets import load_from_disk
 
     check_sizes(Path(path))
     if (Path(path) / "EMPTY").exists():
         return []
-    return load_from_disk(str(path)).to_list()
+    ds = load_from_disk(str(path))
+    if columns:
+        ds = ds.select_columns([c for c in columns if c in ds.column_names])
+    return ds.to_list()

@@ -85,7 +85,8 @@ def earlier_prompts(ctx, k: int) -> list[str]:
     for j in range(1, k):
         for name, sub in (("generate", "data"), ("propose", "prompts")):
             if is_done(ctx.stage(j, name)):
-                out += [prompt_content(r) for r in load_rows(ctx.stage(j, name) / sub)]
+                rows = load_rows(ctx.stage(j, name) / sub, ("prompt", "source_prompt"))  # not every sample's text
+                out += [prompt_content(r) for r in rows]
     return list(dict.fromkeys(out))
 
 
