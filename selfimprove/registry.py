@@ -31,6 +31,7 @@ JUDGES = {
     "majority": "selfimprove.stages.judge.rules:majority",
     "consistency": "selfimprove.stages.judge.rules:consistency",
     "format": "selfimprove.stages.judge.rules:format_check",
+    "random": "selfimprove.stages.judge.rules:random_scores",
     "reward": "selfimprove.stages.judge.reward_model:reward_model",
     "llm": "selfimprove.stages.judge.llm:pointwise",
     "llm_pairwise": "selfimprove.stages.judge.llm:pairwise",

@@ -285,3 +285,18 @@ def test_eft_rows_teach_the_judge_template_with_scores_from_correctness():
         shown = _between(r["prompt"], "<response>", "</response>")
         assert (shown == problem["completion"]) is (r["completion"] == "Score: 10")  # corrupted answers differ
     assert set("Score: 10\n") <= set(eft_alphabet(llm))
+
+
+def test_random_scores_are_keyed_by_sample_not_by_shard():
+    """The control 'judge': uniform in [0, 1), the same for a sample whichever rows it is judged with (a rank's
+    shard or the whole round), and another draw in another round."""
+    from selfimprove.stages.judge.rules import random_scores
+
+    rows = _rows("p1", ["1", "2", "3", "4"]) + _rows("p2", ["1", "2"])
+    env = JudgeEnv(TASK, JudgeConfig(judges=["random"]), seed=7)
+    full = random_scores(env, rows)
+    assert all(0 <= s < 1 for s in full) and len(set(full)) == len(rows)
+    assert random_scores(env, rows[4:] + rows[:2]) == full[4:] + full[:2]
+    assert random_scores(JudgeEnv(TASK, JudgeConfig(judges=["random"]), seed=8), rows) != full
+    scored, _ = judge_rows(env, rows)
+    assert [r["score"] for r in scored] == full

@@ -1,9 +1,12 @@
-"""Rule judges: the task's programmatic verifier, label-free majority vote and cross-prompt consistency, and the
-task's format/length rule."""
+"""Rule judges: the task's programmatic verifier, label-free majority vote and cross-prompt consistency, the
+task's format/length rule, and a random score for control arms."""
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter, defaultdict
+
+import numpy as np
 
 from selfimprove.core.errors import DataError
 
@@ -55,3 +58,14 @@ def consistency(env, rows: list[dict]) -> list[float]:
 def format_check(env, rows: list[dict]) -> list[float]:
     """Label-free: the task's format/length rule (for addition, Lee et al.'s length filter)."""
     return [float(env.task.format_ok(r["prompt"], r["completion"], r["finished"])) for r in rows]
+
+
+def random_scores(env, rows: list[dict]) -> list[float]:
+    """A control, not a judge: a uniform random score per sample, so best-vs-worst pairs and top-scoring picks are
+    chosen at random. A matched control for a judge: the same data, pairs and steps without its quality signal (e.g.
+    random-pair DPO against self-judged DPO). Each sample's draw is keyed by the round's judge seed, its prompt and
+    its sample index, so it does not depend on how the round is sharded over ranks."""
+    return [
+        float(np.random.default_rng((env.seed, zlib.crc32(r["prompt_id"].encode()), r["sample_idx"])).random())
+        for r in rows
+    ]
