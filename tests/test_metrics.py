@@ -17,6 +17,7 @@ from selfimprove.metrics.diversity import (
     ngram_vendi,
     self_bleu,
     self_repetition,
+    subsample,
     vendi_from_features,
     vendi_from_kernel,
 )
@@ -110,6 +111,21 @@ def test_lexical_suite_is_the_single_metrics():
         "ngram_entropy_3": pytest.approx(ngram_entropy(texts, 3)),
         "ead_3": ead(texts, 3, 12),
     }
+
+
+def test_prompt_and_answer_vendi_share_one_seeded_subsample():
+    from types import SimpleNamespace
+
+    from selfimprove.metrics.prompts import prompt_metrics
+
+    texts = [f"{i} + {i % 7} =" for i in range(60)]
+    picked = subsample(texts, 10)
+    assert len(set(picked)) == 10 and picked == sorted(picked, key=texts.index)  # distinct, in the round's order
+    assert picked == subsample(list(texts), 10) and subsample(texts, 60) == texts
+    cfg = SimpleNamespace(distinct_n=[1, 2], unit="char")
+    rows = [{"prompt": t, "difficulty": 1} for t in texts]
+    out = prompt_metrics(rows, texts, [], cfg, vendi_samples=10)
+    assert out["prompts/ngram_vendi"] == pytest.approx(ngram_vendi(picked, unit="char"))
 
 
 def test_self_repetition_by_hand():

@@ -13,6 +13,16 @@ from collections import Counter
 
 import numpy as np
 
+from selfimprove.core import seeding
+
+
+def subsample(items: list, m: int) -> list:
+    """A fixed-size, seeded subsample, in the items' order: diversity numbers grow with N, so every round is measured
+    on the same N. The positions do not depend on the run's seed, so a metric is a function of the texts alone."""
+    if len(items) <= m:
+        return items
+    return [items[i] for i in sorted(seeding.rng(0, "measure").choice(len(items), m, replace=False))]
+
 
 def tokens(text: str, unit: str = "char") -> list[str]:
     return list(text) if unit == "char" else text.split()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from selfimprove.core import dedup
-from selfimprove.metrics.diversity import lexical_suite, ngram_vendi
+from selfimprove.metrics.diversity import lexical_suite, ngram_vendi, subsample
 from selfimprove.tasks import is_proposed, prompt_key
 
 
@@ -33,12 +33,7 @@ def prompt_metrics(rows: list[dict], texts: list[str], earlier: list[str], cfg, 
     out = {"prompts/count": len(rows)}
     out["prompts/proposed_share"] = float(np.mean([is_proposed(r) for r in rows])) if rows else 0.0
     out.update({f"prompts/{k}": v for k, v in lexical_suite(texts, cfg.distinct_n, cfg.unit).items()})
-    sample = (
-        texts
-        if len(texts) <= vendi_samples
-        else [texts[i] for i in np.linspace(0, len(texts) - 1, vendi_samples).astype(int)]
-    )
-    out["prompts/ngram_vendi"] = ngram_vendi(sample, unit=cfg.unit)
+    out["prompts/ngram_vendi"] = ngram_vendi(subsample(texts, vendi_samples), unit=cfg.unit)
     out.update({f"prompts/{k}": v for k, v in novelty(texts, earlier, 0.9, 3, cfg.unit).items()})
     out["prompts/difficulty"] = float(np.mean([r["difficulty"] for r in rows])) if rows else 0.0
     out["prompts/length"] = (

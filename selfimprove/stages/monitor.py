@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from selfimprove import registry
-from selfimprove.core import seeding
 from selfimprove.core.atomic import is_done, read_json, write_json
 from selfimprove.core.rows import load_rows
 from selfimprove.core.rundir import rebuild_metrics
@@ -25,6 +24,7 @@ from selfimprove.metrics.diversity import (
     ngram_vendi,
     self_bleu,
     self_repetition,
+    subsample,
 )
 from selfimprove.tasks import is_proposed
 
@@ -81,14 +81,6 @@ class Models:
         return self._embedder
 
 
-def _subsample(items: list, m: int) -> list:
-    """A fixed-size, seeded subsample: diversity numbers grow with N, so every round is measured on the same N. The
-    positions do not depend on the run's seed, so a metric is a function of the texts alone."""
-    if len(items) <= m:
-        return items
-    return [items[i] for i in sorted(seeding.rng(0, "measure").choice(len(items), m, replace=False))]
-
-
 def _mean(xs) -> float:
     xs = list(xs)
     return float(np.mean(xs)) if xs else 0.0
@@ -107,7 +99,7 @@ def diversity_metrics(ctx, name: str, rows: list[dict], models: Models | None = 
     out[f"diversity/{name}/distinct_answers_per_prompt"] = distinct_answers_per_prompt(rows, ctx.task.answer)
     out[f"diversity/{name}/self_repetition"] = self_repetition(texts, m.self_repetition_n, m.unit)
     out[f"diversity/{name}/compression_ratio"] = compression_ratio(texts)
-    sample = _subsample(texts, m.vendi_samples)
+    sample = subsample(texts, m.vendi_samples)
     out[f"diversity/{name}/ngram_vendi"] = ngram_vendi(sample, unit=m.unit)
     if m.homogenisation_samples:
         out[f"diversity/{name}/homogenisation"] = homogenisation(texts, m.unit, m.homogenisation_samples)
@@ -194,7 +186,7 @@ def complexity_block(ctx, name: str, rows: list[dict], models: Models) -> dict:
     ifd = np.zeros(0) if n else None
     if n and rows:
         model, tok = models.policy()
-        sample = _subsample(rows, n)
+        sample = subsample(rows, n)
         ifd = ifd_scores(
             model, tok, [r["prompt"] for r in sample], [r["completion"] for r in sample], fmt=ctx.prompt_format
         )
@@ -249,7 +241,7 @@ def prompt_block(ctx, k: int, data: RoundData, models: Models) -> dict:
     if r.monitor.embedding:
         from selfimprove.metrics.embedding import embedding_diversity
 
-        embedded = embedding_diversity(_subsample(texts, r.monitor.vendi_samples), models.embedder())
+        embedded = embedding_diversity(subsample(texts, r.monitor.vendi_samples), models.embedder())
         out.update({f"prompts/{key}": v for key, v in embedded.items()})
     if r.propose.runs:
         folder = ctx.stage(k, "propose")
