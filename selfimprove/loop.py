@@ -17,7 +17,7 @@ import time
 from selfimprove import registry
 from selfimprove.core import seeding
 from selfimprove.core.atomic import is_done
-from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job
+from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job, run_until_done
 from selfimprove.core.integrity import recover
 from selfimprove.core.judge_server import judge_server
 from selfimprove.core.rows import save_rows
@@ -78,23 +78,19 @@ def launch(ctx: RunContext, k: int | None, name: str, config: str) -> None:
     entry = ["-m", _ENTRIES[name]] if name in _ENTRIES else ["-m", "selfimprove", "stage", name, "--force"]
     args = [*entry, str(ctx.run_dir), *(["--round", str(k)] if k is not None else [])]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: name}
+    done = lambda: is_done(ctx.folder(k, name))  # noqa: E731
     if ctx.recipe.train.launcher == "slurm":
         from selfimprove.core import slurm
 
         label = name if k is None else f"round_{k:02d}-{name}"
-        slurm.run_step(ctx.recipe.slurm, ctx.run_dir, label, config, args, env, lambda: is_done(ctx.folder(k, name)))
+        slurm.run_step(ctx.recipe.slurm, ctx.run_dir, label, config, args, env, done)
         return
     # This interpreter's accelerate, so an unactivated venv works too.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *args]
     tries = ctx.recipe.train.launch_retries + 1
-    for attempt in range(1, tries + 1):
-        logger.info("launching: %s", " ".join(cmd))
-        rc = subprocess.run(cmd, env=env).returncode
-        if is_done(ctx.folder(k, name)):  # finished by its DONE, whatever the exit status (a rank may abort after)
-            return
-        if attempt < tries:  # the stage starts again from its clean state (selfimprove.core.atomic)
-            logger.warning("the %s job failed (exit status %s) without finishing; trying again", name, rc)
-    raise subprocess.CalledProcessError(rc, cmd)
+    rc = run_until_done(lambda _: cmd, env, done, tries, lambda _: f"launching the {name} job")
+    if rc is not None:
+        raise subprocess.CalledProcessError(rc, cmd)
 
 
 def run_stage(ctx: RunContext, k: int, name: str, force: bool = False) -> bool:

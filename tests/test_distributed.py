@@ -3,6 +3,7 @@ DeepSpeed ZeRO-2 and ZeRO-3, generation sharded across ranks, and every shipped 
 
 import json
 import os
+import sys
 
 import pytest
 import yaml
@@ -277,3 +278,22 @@ def test_a_failing_rank_stops_every_rank_and_writes_nothing(tmp_path, failing):
         in out
     )
     assert not (tmp_path / "stage").exists()  # nothing was committed
+
+
+def test_a_job_is_run_until_its_stage_is_done_and_done_wins_over_its_exit_status(tmp_path):
+    """run_until_done (the local launcher's and Slurm's retries): try 1 fails, try 2 writes DONE and then exits 3 (a
+    rank aborting after the stage is written), so the stage counts as finished; a job that never finishes returns
+    its last exit status after exactly ``tries`` runs."""
+    from selfimprove.core.dist import run_until_done
+
+    done, runs = tmp_path / "DONE", tmp_path / "runs"
+    script = (
+        "import pathlib, sys; r = pathlib.Path(sys.argv[1]); n = len(r.read_text()) if r.exists() else 0; "
+        "r.write_text('x' * (n + 1)); n and pathlib.Path(sys.argv[2]).touch(); sys.exit(1 if n == 0 else 3)"
+    )
+    cmd = lambda a: [sys.executable, "-c", script, str(runs), str(done)]  # noqa: E731
+    assert run_until_done(cmd, {}, done.exists, 3, lambda a: f"job try {a}") is None
+    assert runs.read_text() == "xx"  # stopped at the try that finished
+    never = lambda a: [sys.executable, "-c", "import sys; sys.exit(7)"]  # noqa: E731
+    calls = []
+    assert run_until_done(lambda a: calls.append(a) or never(a), {}, lambda: False, 2, str) == 7 and calls == [1, 2]

@@ -292,7 +292,7 @@ def test_every_stage_launched_as_a_one_process_accelerate_job(finished_run, tmp_
         single,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    launched = [line for line in out.stderr.splitlines() if "launching:" in line]
+    launched = [line for line in out.stderr.splitlines() if "launching the " in line]
     assert len(launched) == 6  # round 0: train, evaluate; round 1: generate, judge, train, evaluate
     assert [m["round"] for m in _metrics(run)] == [0, 1]
     assert json.loads((run / "round_01" / "train" / "meta.json").read_text())["world_size"] == 1

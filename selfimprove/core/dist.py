@@ -1,11 +1,18 @@
-"""Several processes under one launcher: who this rank is, its share of a job, gathering the shares, and agreeing
-on failures so no rank waits for ever for one that raised. Nothing here initialises torch.distributed."""
+"""Several processes under one launcher: who this rank is, its share of a job, gathering the shares, agreeing on
+failures so no rank waits for ever for one that raised, and running a stage's job again until it finishes.
+Nothing here initialises torch.distributed."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shlex
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 LAUNCHED_ENV = "SELFIMPROVE_LAUNCHED"  # set by the orchestrator for the jobs it launches (selfimprove.loop.launch)
 
@@ -15,6 +22,25 @@ def in_launched_job() -> bool:
     the stage runs in this process instead of launching itself again. An explicit marker, because a 1-process
     accelerate job looks exactly like a plain process."""
     return bool(os.environ.get(LAUNCHED_ENV))
+
+
+def run_until_done(
+    command: Callable[[int], list[str]], env: dict, done: Callable[[], bool], tries: int, label: Callable[[int], str]
+) -> int | None:
+    """Run a stage's job (``command(attempt)``: its argv) up to ``tries`` times, until ``done()``; None when it
+    finished, else the last exit status. A job counts as finished by its DONE whatever its exit status: a rank may
+    abort after the stage is written (gloo's teardown). Each try starts from the stage's clean state
+    (selfimprove.core.atomic). The local launcher and Slurm steps both retry through here."""
+    rc = None
+    for attempt in range(1, tries + 1):
+        cmd = command(attempt)
+        logger.info("%s: %s", label(attempt), shlex.join(cmd))
+        rc = subprocess.run(cmd, env=env).returncode
+        if done():
+            return None
+        why = f"exit status {rc}" if rc else "exit status 0, but the stage has no DONE"
+        logger.warning("%s failed (%s)%s", label(attempt), why, "; trying again" if attempt < tries else "")
+    return rc
 
 
 def dist_rank_world() -> tuple[int, int]:

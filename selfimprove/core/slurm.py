@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from selfimprove.core.dist import run_until_done
 from selfimprove.core.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -110,19 +111,20 @@ def run_step(cfg, run_dir: Path, label: str, accelerate_config: str, args: list[
     """Run one stage as a step, retried up to cfg.retries times; ``done()`` says whether the stage finished."""
     logs = run_dir / "slurm" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, cfg.retries + 2):
-        name = f"{label}.try{attempt}"
-        cmd = step_command(cfg, accelerate_config, args, name, logs, cfg.port or free_port())
-        logger.info("slurm step %s: %s", name, shlex.join(cmd))
-        rc = subprocess.run(cmd, env=env).returncode
-        if rc == 0 and done():
-            return
-        why = f"exit status {rc}" if rc else "it exited 0 but the stage has no DONE"
-        logger.warning("slurm step %s failed (%s); logs: %s/%s.*.log", name, why, logs, name)
-    raise StepFailed(
-        f"the Slurm step for {label} failed {cfg.retries + 1} time(s) ({why}); its logs: {logs}/{name}.*.log "
-        f"(one per node). Fix the cause and resubmit {run_dir / 'slurm' / SCRIPT}: the run resumes where it stopped."
+    tries = cfg.retries + 1
+    rc = run_until_done(
+        lambda a: step_command(cfg, accelerate_config, args, f"{label}.try{a}", logs, cfg.port or free_port()),
+        env,
+        done,
+        tries,
+        lambda a: f"slurm step {label}.try{a}",
     )
+    if rc is not None:
+        raise StepFailed(
+            f"the Slurm step for {label} failed {tries} time(s) (last exit status {rc}); its logs: "
+            f"{logs}/{label}.try{tries}.*.log (one per node). Fix the cause and resubmit {run_dir / 'slurm' / SCRIPT}: "
+            "the run resumes where it stopped."
+        )
 
 
 def batch_script(cfg, argv: list[str], run_dir: Path, job_name: str) -> str:
