@@ -299,10 +299,14 @@ def test_judge_vs_truth_by_hand():
 
     # accept = [1, 1, 0, 0, 1] vs truth [1, 0, 0, 1, 1]: 3 of 5 agree; p_e = 0.6 * 0.6 + 0.4 * 0.4 = 0.52,
     # kappa = (0.6 - 0.52) / 0.48; precision 2 of 3 accepted are correct; recall 2 of 3 correct are accepted;
-    # gap on the selected two (scores 0.9, 0.7, both correct) = 0.8 - 1
+    # gap on the selected two (scores 0.9, 0.7, both correct) = 0.8 - 1; both accepted: accept_gap = 1 - 1
     out = judge_vs_truth([0.9, 0.8, 0.2, 0.1, 0.7], [1, 0, 0, 1, 1], 0.5, [0.9, 0.7], [1, 1])
     assert out == pytest.approx(
-        {"agreement": 0.6, "kappa": 0.08 / 0.48, "precision": 2 / 3, "recall": 2 / 3, "gap": -0.2}
+        {"agreement": 0.6, "kappa": 0.08 / 0.48, "precision": 2 / 3, "recall": 2 / 3, "gap": -0.2, "accept_gap": 0.0}
     )
+    # raw reward-model scores: gap = mean(3.0, 0.2, 1.0, -2.0) - 2/4 = 0.05 in score units; the judge accepts 3 of the
+    # 4 (threshold 0.1) and 2 are correct: accept_gap = 0.75 - 0.5
+    out = judge_vs_truth([3.0, 0.2, 1.0, -2.0], [0, 1, 0, 1], 0.1, [3.0, 0.2, 1.0, -2.0], [0, 1, 0, 1])
+    assert (out["gap"], out["accept_gap"]) == pytest.approx((0.05, 0.25))
     assert judge_vs_truth([], [], 0.5) == {"agreement": 1.0, "kappa": 1.0}
     assert judge_vs_truth([0.0, 0.0], [1, 1], 0.5)["recall"] == 0.0  # accepts nothing: precision 0 by convention

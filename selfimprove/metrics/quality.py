@@ -91,8 +91,11 @@ def judge_vs_truth(
 ) -> dict:
     """A judge's accept decision (score >= threshold) against ground truth (1 correct, 0 wrong) on the same samples:
     agreement and kappa (judge_agreement), precision (of what it accepts, the share that is correct) and recall (of
-    what is correct, the share it accepts), and ``gap``: its mean score on the selected samples minus their true
-    accuracy (a judge being gamed scores the data it chose ever higher while the truth stays flat)."""
+    what is correct, the share it accepts), ``gap``: its mean score on the selected samples minus their true
+    accuracy (a judge being gamed scores the data it chose ever higher while the truth stays flat), and
+    ``accept_gap``: the share of the selected samples it accepts minus their true accuracy. ``gap`` is in the judge's
+    units (a reward model's raw score is not a probability, so its level means nothing); ``accept_gap`` is a
+    difference of two shares, comparable across judges and runs."""
     from sklearn.metrics import precision_score, recall_score
 
     accept = [float(s >= threshold) for s in scores]
@@ -102,4 +105,5 @@ def judge_vs_truth(
         out["recall"] = float(recall_score(truth, accept, zero_division=0.0))
     if selected_scores:
         out["gap"] = float(np.mean(selected_scores) - np.mean(selected_truth))
+        out["accept_gap"] = float(np.mean(np.asarray(selected_scores) >= threshold) - np.mean(selected_truth))
     return out
