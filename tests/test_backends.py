@@ -166,9 +166,10 @@ def test_vllm_backend_generates_from_the_round_checkpoint(tmp_path):
     )
     tok.save_pretrained(tmp_path)
     tiny_policy = str(tmp_path)
-    # On CPU gpu_memory_utilization is a share of host RAM, and vLLM refuses to start when less than that is free.
+    from selfimprove.smoke import CPU_VLLM_MEMORY  # on CPU a share of host RAM, checked free at start: smoke's value
+
     engine = VLLMConfig(
-        python=python, enforce_eager=True, dtype="float32", max_model_len=64, gpu_memory_utilization=0.2
+        python=python, enforce_eager=True, dtype="float32", max_model_len=64, gpu_memory_utilization=CPU_VLLM_MEMORY
     )
     options = GenerateConfig(vllm=engine)
     greedy = sample("vllm", tiny_policy, ["12+3=", "9+99="], Sampling(max_new_tokens=5), 0, 8, options=options)
