@@ -310,3 +310,94 @@ def test_judge_vs_truth_by_hand():
     assert (out["gap"], out["accept_gap"]) == pytest.approx((0.05, 0.25))
     assert judge_vs_truth([], [], 0.5) == {"agreement": 1.0, "kappa": 1.0}
     assert judge_vs_truth([0.0, 0.0], [1, 1], 0.5)["recall"] == 0.0  # accepts nothing: precision 0 by convention
+
+
+def _zipf_words(n_texts: int, seed: int) -> list[str]:
+    """Word texts with a Zipf-like vocabulary: far more distinct 3- and 4-grams than texts, as prose has."""
+    rng = np.random.default_rng(seed)
+    p = 1 / np.arange(1, 801)
+    return [" ".join(f"w{i}" for i in rng.choice(800, rng.integers(0, 14), p=p / p.sum())) for _ in range(n_texts)]
+
+
+@pytest.mark.parametrize("unit", ["char", "word"])
+def test_integer_ngram_ids_are_the_string_ngrams(unit):
+    from collections import Counter
+
+    from selfimprove.metrics.diversity import grams, ngram_occurrences
+
+    rng = np.random.default_rng(1)
+    alphabet = ["a", "b", "é", "\U0001f600", "\ud800", " "]  # accents, an astral code point, a lone surrogate
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 9))) for _ in range(60)] + ["", "a", "ab b"]
+    for n, doc, gram in ngram_occurrences(texts, (1, 2, 4), unit):
+        strings = [(i, g) for i, t in enumerate(texts) for g in grams(t, n, unit)]
+        named = dict(zip(gram.tolist(), (g for _, g in strings)))  # id -> string, in occurrence order
+        assert len(set(named.values())) == len(named) == gram.max(initial=-1) + 1  # one id per distinct n-gram, dense
+        assert Counter(zip(doc.tolist(), (named[g] for g in gram.tolist()))) == Counter(strings)
+
+
+def test_lexical_and_self_repetition_match_a_string_reference():
+    from collections import Counter
+
+    from selfimprove.metrics.diversity import grams
+
+    texts = _zipf_words(200, 0)
+    for n in (1, 3):
+        counts = np.array(list(Counter(g for t in texts for g in grams(t, n, "word")).values()), dtype=float)
+        p = counts / counts.sum()
+        suite = lexical_suite(texts, (n,), unit="word")
+        assert suite[f"distinct_{n}"] == pytest.approx(len(counts) / counts.sum())
+        assert suite[f"ngram_entropy_{n}"] == pytest.approx(float(-(p * np.log(p)).sum()))
+    sets = [set(grams(t, 4, "word")) for t in texts]
+    holders = Counter(g for s in sets for g in s)
+    expected = np.mean([math.log1p(sum(holders[g] - 1 for g in s)) for s in sets])
+    assert self_repetition(texts, 4, "word") == pytest.approx(expected)
+
+
+def test_text_side_operator_is_the_plain_kernel_product():
+    import scipy.sparse as sp
+
+    from selfimprove.metrics.diversity import _kernel_operator
+
+    rng = np.random.default_rng(0)
+    Z = sp.random(50, 400, density=0.03, random_state=1, format="csr")  # many columns held by one row only
+    apply, dim, trace = _kernel_operator(Z)
+    V = rng.standard_normal((50, 70))  # wider than one 32-column slice
+    assert dim == 50 and trace == pytest.approx(Z.multiply(Z).sum() / 50)
+    np.testing.assert_allclose(apply(V), Z @ (Z.T @ V) / 50, rtol=1e-10, atol=1e-12)
+
+
+def test_spectral_vendi_on_word_texts_with_more_ngrams_than_texts():
+    texts = _zipf_words(600, 2)
+    for q in (1, 2):
+        exact = ngram_vendi(texts, q=q, unit="word", max_dim=10**9)
+        estimate = ngram_vendi(texts, q=q, unit="word", max_dim=0)  # text side: 600 texts, thousands of n-grams
+        assert estimate != exact and estimate == pytest.approx(exact, rel=0.03)
+    few = texts[:150]  # the subspace block (200) spans all 150 texts: the Ritz values are the exact spectrum
+    assert ngram_vendi(few, unit="word", max_dim=0) == pytest.approx(
+        ngram_vendi(few, unit="word", max_dim=10**9), rel=1e-8
+    )
+
+
+def test_lanczos_quadrature_stops_cleanly_at_breakdown():
+    from selfimprove.metrics.diversity import _lanczos_quadrature
+
+    A = np.diag([3.0, 1.0, 0.0, 0.0, 0.0, 0.0])  # a probe in span(e1, e2) breaks down after 2 steps
+    V = np.array([[1.0, 1, 1, 1, 1, 1], [1.0, 1, 0, 0, 0, 0]]).T
+    nodes, weights = _lanczos_quadrature(lambda X: A @ X, V, 5)
+    assert len(nodes[1]) == 2 and np.sort(nodes[1]) == pytest.approx([1.0, 3.0])
+    assert weights[1] == pytest.approx([0.5, 0.5])  # the measure of (e1 + e2)/sqrt 2: half on each eigenvalue
+    assert np.sum(weights[0] * nodes[0]) == pytest.approx(4 / 6)  # v^T A v / |v|^2 for the all-ones probe
+
+
+def test_route_choice_follows_cost():
+    import scipy.sparse as sp
+
+    from selfimprove.metrics.diversity import exact_is_cheaper
+
+    def texts_by_ngrams(n_texts, n_grams, per_text=40):
+        rng = np.random.default_rng(0)
+        rows = np.repeat(np.arange(n_texts), per_text)
+        return sp.csr_matrix((np.ones(len(rows)), (rows, rng.integers(0, n_grams, len(rows)))), (n_texts, n_grams))
+
+    small, large = texts_by_ngrams(300, 2000), texts_by_ngrams(20000, 200000)
+    assert exact_is_cheaper(small) and not exact_is_cheaper(large)

@@ -36,36 +36,66 @@ def grams(text: str, n: int, unit: str = "char") -> list[str]:
     return ["\x1f".join(toks[i : i + n]) for i in range(len(toks) - n + 1)]
 
 
-def ngram_counts(texts: list[str], n: int, unit: str = "char") -> Counter:
-    """Pooled n-gram counts over the corpus."""
-    counts: Counter = Counter()
-    for t in texts:
-        counts.update(grams(t, n, unit))
-    return counts
+def _token_ids(texts: list[str], unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every token of the corpus as an integer (a code point, or a word's index in first-seen order), and the index
+    of the text it belongs to."""
+    if unit == "char":
+        data = "".join(texts).encode("utf-32-le", errors="surrogatepass")
+        ids, lengths = np.frombuffer(data, dtype=np.uint32).astype(np.int64), [len(t) for t in texts]
+    else:
+        split = [t.split() for t in texts]
+        vocab: dict[str, int] = {}
+        ids = np.fromiter((vocab.setdefault(w, len(vocab)) for s in split for w in s), dtype=np.int64)
+        lengths = [len(s) for s in split]
+    return ids, np.repeat(np.arange(len(texts)), lengths)
 
 
-def _distinct(c: Counter) -> float:
-    total = sum(c.values())
-    return len(c) / total if total else 0.0
+def ngram_occurrences(texts: list[str], orders, unit: str = "char"):
+    """For each order n: (n, text index, n-gram id) of every n-gram occurrence, ids dense in 0..G-1, one id per
+    distinct n-gram (the same n-grams as ``grams``).
+
+    The n-gram ids are built on integer arrays, one (n-1)-gram id + next token -> n-gram id join per order, instead
+    of hashing Python strings: sklearn's CountVectorizer with a Python analyzer took 16 of a 30 s budget on 10^5
+    texts (docs/metrics.md)."""
+    ids, doc = _token_ids(texts, unit)
+    base, code = int(ids.max(initial=0)) + 1, ids
+    for n in range(1, max(orders, default=0) + 1):
+        if n > 1:  # code[i] identifies tokens i..i+n-2 (across text ends too; those are dropped below)
+            code = np.unique(code[:-1] * base + ids[n - 1 :], return_inverse=True)[1].reshape(-1)
+        if n in orders:
+            inside = doc[: len(code)] == doc[n - 1 :]
+            gram = np.unique(code[inside], return_inverse=True)[1].reshape(-1)
+            yield n, doc[: len(code)][inside], gram
 
 
-def _ead(c: Counter, vocab_size: int, n: int) -> float:
+def _distinct(counts: np.ndarray) -> float:
+    total = counts.sum()
+    return len(counts) / total if total else 0.0
+
+
+def _ead(counts: np.ndarray, vocab_size: int, n: int) -> float:
     # The space of n-grams has V**n members; -expm1(C * log1p(-1/S)) is 1 - (1 - 1/S)**C without underflow at large S.
-    total, space = sum(c.values()), float(vocab_size) ** n
-    return len(c) / (space * -math.expm1(total * math.log1p(-1 / space))) if total and space > 1 else 0.0
+    total, space = int(counts.sum()), float(vocab_size) ** n
+    return len(counts) / (space * -math.expm1(total * math.log1p(-1 / space))) if total and space > 1 else 0.0
 
 
-def _entropy(c: Counter) -> float:
-    total = sum(c.values())
+def _entropy(counts: np.ndarray) -> float:
+    total = counts.sum()
     if not total:
         return 0.0
-    p = np.fromiter(c.values(), dtype=np.float64) / total
+    p = counts / total
     return float(-(p * np.log(p)).sum())
+
+
+def _counts(texts: list[str], n: int, unit: str) -> np.ndarray:
+    """Pooled count of every distinct n-gram of the corpus."""
+    ((_, _, gram),) = ngram_occurrences(texts, (n,), unit)
+    return np.bincount(gram).astype(np.float64)
 
 
 def distinct_n(texts: list[str], n: int, unit: str = "char") -> float:
     """Corpus distinct-n (Li et al. 2016): unique n-grams / all n-grams; 0 when there are none."""
-    return _distinct(ngram_counts(texts, n, unit))
+    return _distinct(_counts(texts, n, unit))
 
 
 def ead(texts: list[str], n: int, vocab_size: int, unit: str = "char") -> float:
@@ -74,23 +104,23 @@ def ead(texts: list[str], n: int, vocab_size: int, unit: str = "char") -> float:
     EAD = N_u / (S * (1 - ((S - 1) / S) ** C)) with S = V**n possible n-grams, V = vocabulary size of the tokenisation
     used (the expected distinct count of C uniform draws from S). Values near 1 mean as diverse as uniform text.
     """
-    return _ead(ngram_counts(texts, n, unit), vocab_size, n)
+    return _ead(_counts(texts, n, unit), vocab_size, n)
 
 
 def ngram_entropy(texts: list[str], n: int, unit: str = "char") -> float:
     """Shannon entropy of the pooled n-gram distribution (nats); 0 for no n-grams."""
-    return _entropy(ngram_counts(texts, n, unit))
+    return _entropy(_counts(texts, n, unit))
 
 
 def lexical_suite(texts: list[str], orders=(1, 2, 3, 4), unit: str = "char", vocab_size: int = 0) -> dict:
-    """distinct_n, ngram_entropy_n (and ead_n when vocab_size > 0) for every order, one counting pass per order."""
+    """distinct_n, ngram_entropy_n (and ead_n when vocab_size > 0) for every order, from one tokenisation."""
     out = {}
-    for n in orders:
-        c = ngram_counts(texts, n, unit)
+    for n, _, gram in ngram_occurrences(texts, tuple(orders), unit):
+        c = np.bincount(gram).astype(np.float64)
         out[f"distinct_{n}"], out[f"ngram_entropy_{n}"] = _distinct(c), _entropy(c)
         if vocab_size:
             out[f"ead_{n}"] = _ead(c, vocab_size, n)
-    return out
+    return {k: out[k] for n in orders for k in (f"distinct_{n}", f"ngram_entropy_{n}", f"ead_{n}") if k in out}
 
 
 def self_repetition(texts: list[str], n: int = 4, unit: str = "char") -> float:
@@ -99,11 +129,12 @@ def self_repetition(texts: list[str], n: int = 4, unit: str = "char") -> float:
     higher = more templated. Empty corpus: 0."""
     if not texts:
         return 0.0
-    per_text = [set(grams(t, n, unit)) for t in texts]
-    df: Counter = Counter()
-    for g in per_text:
-        df.update(g)
-    return float(np.mean([math.log1p(sum(df[x] - 1 for x in g)) for g in per_text]))
+    ((_, doc, gram),) = ngram_occurrences(texts, (n,), unit)
+    width = int(gram.max(initial=0)) + 1
+    doc, gram = np.divmod(np.unique(doc * width + gram), width)  # each (text, n-gram) pair once
+    in_texts = np.bincount(gram)  # how many texts hold each n-gram
+    shared = np.bincount(doc, weights=in_texts[gram] - 1, minlength=len(texts))
+    return float(np.mean(np.log1p(shared)))
 
 
 def homogenisation(texts: list[str], unit: str = "char", sample: int = 100, seed: int = 0) -> float:
@@ -144,7 +175,11 @@ def coverage(values: list, universe: list) -> dict:
         return {"coverage": 1.0, "balance": 1.0}
     counts = Counter(v for v in values if v in space)
     total = sum(counts.values())
-    ent = _entropy(counts) / math.log(len(space)) if len(space) > 1 and total else float(bool(total))
+    ent = (
+        _entropy(np.fromiter(counts.values(), dtype=np.float64)) / math.log(len(space))
+        if len(space) > 1 and total
+        else float(bool(total))
+    )
     return {"coverage": len(counts) / len(space), "balance": ent}
 
 
@@ -212,23 +247,21 @@ def ngram_vendi(
     """Vendi score of the mean of the n-gram count cosine kernels, n in ``orders``: Z = [X_1 ... X_m] / sqrt(m).
 
     Exact (a dense eigenproblem of min(N, #n-grams)^2, through the smaller of the text and the n-gram forms) or
-    estimated by stochastic Lanczos quadrature on the sparse Z (``spectral_vendi``, 1-4% off, never forming a dense
-    or N x N matrix), whichever ``exact_is_cheaper`` predicts to cost less; ``max_dim`` forces the old size rule
-    instead (exact while min(N, #n-grams) <= max_dim; 0 = always the estimate). Tests and scripts/bench_metrics.py
-    check the estimate against the exact score.
+    estimated (``spectral_vendi``, about 1% off, never forming a dense or N x N matrix), whichever
+    ``exact_is_cheaper`` predicts to cost less; ``max_dim`` forces a size rule instead (exact while
+    min(N, #n-grams) <= max_dim; 0 = always the estimate). Tests and scripts/bench_metrics.py check the estimate
+    against the exact score.
     """
     import scipy.sparse as sp
-    from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.preprocessing import normalize
 
     if not texts:
         return 1.0
-    blocks = []
-    for n in orders:
-        try:
-            blocks.append(normalize(CountVectorizer(analyzer=(lambda t, n=n: grams(t, n, unit))).fit_transform(texts)))
-        except ValueError:  # no text has an n-gram of this order
-            continue
+    blocks = [
+        normalize(sp.csr_matrix((np.ones(len(doc)), (doc, gram)), shape=(len(texts), int(gram.max()) + 1)))
+        for _, doc, gram in ngram_occurrences(texts, tuple(orders), unit)
+        if len(gram)  # no text has an n-gram of this order
+    ]
     if not blocks:
         return 1.0
     # Not renormalised: a text with no n-gram of some order keeps K_ii < 1, as the mean of the block kernels says.
@@ -238,91 +271,153 @@ def ngram_vendi(
     return spectral_vendi(Z, q, seed=seed)
 
 
-# LAPACK's dense eigensolver does ~5x more flops per second than the estimate's sparse products and Python-driven
-# Lanczos loops (measured on a 2-core machine: the two cost the same at min(N, #n-grams) ~ 2,500; docs/metrics.md)
-DENSE_SPEEDUP = 5.0
+# LAPACK's dense eigensolver does more flops per second than the estimate's sparse products. Measured on a 2-core
+# machine, the two routes cost the same at min(N, #n-grams) ~ 1,000 (word texts) to ~ 1,200 (digit strings), and
+# this factor puts the model's switch there (docs/metrics.md).
+DENSE_SPEEDUP = 2.0
 
 
-def exact_is_cheaper(Z, deflate: int = 200, probes: int = 16, steps: int = 32) -> bool:
+def exact_is_cheaper(
+    Z, deflate: int = 100, oversample: int = 100, power: int = 3, probes: int = 16, steps: int = 32
+) -> bool:
     """Predicted flops of the exact route (forming the m x m Gram, its eigendecomposition, m = min(N, #n-grams))
-    against the estimate's (ARPACK's ~3 restarts of 2k+1 Lanczos vectors and their orthogonalisation, then
-    ``probes`` x ``steps`` quadrature steps with reorthogonalisation and deflation), with ``spectral_vendi``'s
-    defaults."""
+    against the estimate's (forming the n-gram Gram when it is the smaller side, power + 2 products and power + 1
+    QRs of a block of deflate + oversample vectors, probes x steps quadrature products with reorthogonalisation and
+    deflation), with ``spectral_vendi``'s defaults."""
     m, nnz = min(Z.shape), Z.nnz
     row = nnz / max(Z.shape[0], 1)
-    exact = 4 / 3 * m**3 + 2 * nnz * row
-    ncv = min(2 * deflate + 1, m)
-    spectral = 3 * ncv * (2 * nnz + 2 * ncv * m) + probes * steps * (2 * nnz + 2 * steps * m + 4 * deflate * m)
+    gram = 2 * nnz * row
+    exact = 4 / 3 * m**3 + gram
+    block = min(deflate + oversample, m)
+    product = min(m * m, nnz * row) if Z.shape[1] <= Z.shape[0] else 2 * nnz  # one A v
+    spectral = (gram if Z.shape[1] <= Z.shape[0] else 0) + 2 * product * ((power + 2) * block + probes * steps)
+    spectral += 4 * (power + 1) * m * block**2 + probes * steps * (2 * steps * m + 4 * deflate * m)
     return exact / DENSE_SPEEDUP <= spectral
 
 
-def spectral_vendi(Z, q: float = 1.0, deflate: int = 200, probes: int = 16, steps: int = 32, seed: int = 0) -> float:
-    """Vendi score of the kernel Z Z^T (rows of Z unit or zero) without a dense eigendecomposition.
+def _kernel_operator(Z):
+    """(apply, dim, trace) of A = Z^T Z / N or Z Z^T / N, whichever is smaller; ``apply`` takes a block of vectors.
 
-    A = Z^T Z / N (or Z Z^T / N, whichever is smaller, applied as a product and never formed when it is the N x N
-    one) shares the kernel's nonzero spectrum; tr A is exact. The top
-    ``deflate`` eigenvalues, which carry most of the mass, come exactly from ARPACK (scipy eigsh); the rest of
-    sum_i f(lambda_i), f(x) = x log x (q = 1) or x^q, is estimated by stochastic Lanczos quadrature (Ubaru, Chen &
-    Saad 2017) on A with the top eigenvectors projected out, from ``probes`` seeded Rademacher vectors of ``steps``
-    Lanczos steps. Deflating first is what makes the estimate tight (1-4% off in tests and scripts/bench_metrics.py,
-    seeded, so the same texts always get the same number); q = inf needs only the top eigenvalue."""
+    The N x N text kernel is only ever applied, never formed, and n-grams that occur in one text only are split off
+    first: they add only to its diagonal (K = Zs Zs^T + diag(h)), and on word-level text most 3- and 4-grams are
+    such, so the products shrink by 3-5x (docs/metrics.md)."""
     import scipy.sparse as sp
-    from scipy.sparse.linalg import LinearOperator, eigsh
 
     n, d = Z.shape
     if d <= n:  # the d x d feature form, formed (sparse): never larger than the texts' own kernel
-        A = Z.T @ Z / n
-        A = A.tocsr() if sp.issparse(A) else np.asarray(A)
-        trace = float(A.diagonal().sum())
-    else:  # more n-grams than texts: the N x N text kernel is only ever applied, as Z (Z^T v) / N, never formed
-        Zt = Z.T.tocsr() if sp.issparse(Z) else np.asarray(Z).T
-        A = LinearOperator((n, n), dtype=np.float64, matvec=lambda v: Z @ (Zt @ v) / n)
-        trace = float(Z.multiply(Z).sum() if sp.issparse(Z) else np.sum(np.square(Z))) / n
-    dim = A.shape[0]
+        A = (Z.T @ Z / n).tocsr()
+        return (lambda V: np.asarray(A @ V)), d, float(A.diagonal().sum())
+    Zc = sp.csc_matrix(Z)
+    shared = np.diff(Zc.indptr) >= 2
+    Zs, hapax = Zc[:, shared].tocsr(), Zc[:, ~shared]
+    Zst = Zs.T.tocsr()
+    h = np.asarray(hapax.multiply(hapax).sum(axis=1)).ravel()
+
+    def apply(V):
+        out = np.empty_like(V)
+        for i in range(0, V.shape[1], 32):  # in slices: Zs^T V has a row per shared n-gram
+            v = np.ascontiguousarray(V[:, i : i + 32])
+            out[:, i : i + 32] = (Zs @ (Zst @ v) + h[:, None] * v) / n
+        return out
+
+    return apply, n, float(Z.multiply(Z).sum()) / n
+
+
+def spectral_vendi(
+    Z,
+    q: float = 1.0,
+    deflate: int = 100,
+    oversample: int = 100,
+    power: int = 3,
+    probes: int = 16,
+    steps: int = 32,
+    seed: int = 0,
+    rel_tol: float = 0.01,
+    max_probes: int = 128,
+) -> float:
+    """Vendi score of the kernel Z Z^T (rows of Z unit or zero) without a dense eigendecomposition.
+
+    A (``_kernel_operator``) shares the kernel's nonzero spectrum; tr A is exact. The top ``deflate`` eigenpairs,
+    which carry most of the mass, come from randomized subspace iteration (Halko, Martinsson & Tropp 2011: a seeded
+    block of deflate + oversample vectors, ``power`` iterations, Rayleigh-Ritz); the rest of sum_i f(lambda_i),
+    f(x) = x log x (q = 1) or x^q, is estimated by stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017) on A with
+    those Ritz vectors projected out, from batches of ``probes`` seeded Rademacher vectors of ``steps`` Lanczos
+    steps, run side by side so that every product is a block product, until the probes' standard error puts the
+    score within ``rel_tol`` (relative, one standard error) or ``max_probes`` are spent. Deflating first is what makes
+    the estimate tight; seeded, so the same texts always get the same number. q = inf needs only the top
+    eigenvalue."""
+    import scipy.linalg
+
+    apply, dim, trace = _kernel_operator(Z)
     if trace <= 0:
         return 1.0
-    k = min(deflate, dim - 2)
     rng = np.random.default_rng(seed)
-    top, Q = eigsh(A, k=max(k, 1), which="LA", v0=rng.standard_normal(dim))  # seeded start: repeatable
-    top = np.clip(top, 0, None) / trace
+    block = min(deflate + oversample, dim)
+    Y = apply(rng.standard_normal((dim, block)))
+    for _ in range(power):  # LU-normalised between products, as sklearn's randomized_range_finder: half a QR's cost
+        Y = apply(scipy.linalg.lu(Y, permute_l=True, check_finite=False)[0])
+    Q = scipy.linalg.qr(Y, mode="economic", check_finite=False)[0]
+    theta, U = np.linalg.eigh(_symmetric(Q.T @ apply(Q)))
+    if block == dim:  # the block spans the whole space: the Ritz values are the spectrum
+        return vendi_from_eigenvalues(theta, q)
+    top = np.argsort(theta)[::-1][:deflate]
+    theta, Q = np.clip(theta[top], 0, None) / trace, Q @ U[:, top]
     if math.isinf(q):
-        return float(1.0 / top.max())
+        return float(1.0 / theta.max())
     f = (lambda x: x * np.log(np.where(x > 0, x, 1.0))) if q == 1 else (lambda x: np.power(x, q))
 
-    def project(v):
-        return v - Q @ (Q.T @ v)
+    def rest(V):  # A with the top eigenvectors projected out
+        V = V - Q @ (Q.T @ V)
+        V = apply(V)
+        return V - Q @ (Q.T @ V)
 
-    rest = LinearOperator((dim, dim), dtype=np.float64, matvec=lambda v: project(A @ project(v)))
-    estimates = []
-    for _ in range(probes):
-        v = project(rng.choice([-1.0, 1.0], dim))
-        theta, weights = _lanczos_quadrature(rest, v, min(steps, dim))
-        estimates.append(float(v @ v) * float(np.sum(weights * f(np.clip(theta, 0, None) / trace))))
-    total = float(np.sum(f(top))) + float(np.mean(estimates))  # sum_i f(lambda_i / tr A)
+    head, tail = float(np.sum(f(theta))), []
+    while True:  # batches of probes until the standard error of the Vendi score is within rel_tol
+        V = rng.choice([-1.0, 1.0], (dim, probes))
+        V -= Q @ (Q.T @ V)
+        nodes, weights = _lanczos_quadrature(rest, V, min(steps, dim))
+        tail += [(v @ v) * np.sum(w * f(np.clip(x, 0, None) / trace)) for v, x, w in zip(V.T, nodes, weights)]
+        total = head + float(np.mean(tail))  # sum_i f(lambda_i / tr A)
+        # d log(Vendi) = -d total (q = 1) or d total / ((1 - q) total)
+        error = np.std(tail, ddof=1) / math.sqrt(len(tail)) / (1.0 if q == 1 else abs(1 - q) * max(total, 1e-300))
+        if error <= rel_tol or len(tail) >= max_probes:
+            break
     return float(np.exp(-total)) if q == 1 else float(np.exp(np.log(max(total, 1e-300)) / (1 - q)))
 
 
-def _lanczos_quadrature(A, v: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss quadrature nodes (Ritz values) and weights of v's spectral measure under A, by Lanczos with full
-    reorthogonalisation (steps is small, so its O(steps^2 dim) cost is nothing next to the matvecs)."""
+def _symmetric(B: np.ndarray) -> np.ndarray:
+    return (B + B.T) / 2
+
+
+def _lanczos_quadrature(apply, V: np.ndarray, steps: int) -> tuple[list, list]:
+    """Gauss quadrature nodes (Ritz values) and weights of each column's spectral measure under the operator, by
+    Lanczos with full reorthogonalisation, one independent recurrence per column run in lock step so that each step
+    is one block product (steps is small, so the O(steps^2 dim) reorthogonalisation is nothing next to them)."""
     from scipy.linalg import eigh_tridiagonal
 
-    V = np.zeros((steps, len(v)))
-    alpha, beta = np.zeros(steps), np.zeros(max(steps - 1, 0))
-    V[0] = v / np.linalg.norm(v)
+    dim, k = V.shape
+    basis = np.zeros((k, steps, dim))  # basis[c, j]: column c's j-th Lanczos vector
+    alpha, beta = np.zeros((steps, k)), np.zeros((steps, k))
+    length = np.full(k, steps)  # a column whose recurrence breaks down stops there: its quadrature is then exact
+    norms = np.linalg.norm(V, axis=0)
+    basis[:, 0] = (V / np.where(norms > 0, norms, 1.0)).T
     for j in range(steps):
-        w = A.matvec(V[j])
-        alpha[j] = V[j] @ w
-        w -= V[: j + 1].T @ (V[: j + 1] @ w)
+        W = apply(np.ascontiguousarray(basis[:, j].T)).T.copy()
+        alpha[j] = np.einsum("ci,ci->c", basis[:, j], W)
+        done = basis[:, : j + 1]
+        W -= (np.swapaxes(done, 1, 2) @ (done @ W[:, :, None]))[:, :, 0]
         if j + 1 == steps:
             break
-        b = np.linalg.norm(w)
-        if b < 1e-12:  # invariant subspace found: the quadrature is exact with j + 1 nodes
-            alpha, beta = alpha[: j + 1], beta[:j]
-            break
-        beta[j], V[j + 1] = b, w / b
-    theta, U = eigh_tridiagonal(alpha, beta)
-    return theta, U[0] ** 2
+        beta[j] = np.linalg.norm(W, axis=1)
+        length[(beta[j] < 1e-12) & (length == steps)] = j + 1
+        live = length == steps
+        basis[:, j + 1] = np.where(live[:, None], W / np.where(live, beta[j], 1.0)[:, None], 0.0)
+    nodes, weights = [], []
+    for c in range(k):
+        theta, U = eigh_tridiagonal(alpha[: length[c], c], beta[: length[c] - 1, c])
+        nodes.append(theta)
+        weights.append(U[0] ** 2)
+    return nodes, weights
 
 
 def self_bleu(texts: list[str], max_n: int = 3, unit: str = "char", sample: int = 200, seed: int = 0) -> float:
