@@ -24,7 +24,7 @@ from selfimprove.core.rows import save_rows
 from selfimprove.core.rundir import RunContext
 from selfimprove.core.runs import claimed_run
 from selfimprove.metrics.alarms import should_stop
-from selfimprove.tasks import proposal_examples
+from selfimprove.tasks import prompt_key, proposal_examples
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +43,19 @@ def setup(ctx: RunContext) -> None:
             rows = ctx.task.eval_sets()
             save_rows(rows, out / "data")
             meta["rows"] = len(rows)
-            if hasattr(ctx.task, "dev_sets"):  # what decisions read: apart from the eval sets, out of training
-                from selfimprove.tasks import prompt_key
-
-                dev = ctx.task.dev_sets({prompt_key(r["prompt"]) for r in rows})
-                if dev:
-                    save_rows(dev, out / "dev")
-                    meta["dev_rows"] = len(dev)
+            dev = ctx.task.dev_sets({prompt_key(r["prompt"]) for r in rows})  # what decisions may read
+            if dev:
+                save_rows(dev, out / "dev")
+                meta["dev_rows"] = len(dev)
     if ctx.recipe.monitor.probe_size and not is_done(ctx.run_dir / "probe_set"):
+        # A draw of its own, apart from the eval and dev sets: the probe's pass@k may steer the loop (an alarm), so
+        # it must never be scored against an eval answer.
+        size = ctx.recipe.monitor.probe_size
         with ctx.writing(None, "probe_set") as (out, meta):
-            rows = ctx.eval_rows()
-            pick = seeding.rng(ctx.recipe.seed, "probe_set").permutation(len(rows))[: ctx.recipe.monitor.probe_size]
+            rows = ctx.task.held_out("probe_draw", size, ctx.excluded_prompts())
+            pick = seeding.rng(ctx.recipe.seed, "probe_set").permutation(len(rows))[:size]
             save_rows([rows[i] for i in sorted(pick)], out / "data")
-            meta["rows"] = len(pick)
+            meta.update(rows=len(pick), source="held_out")
     if not is_done(ctx.run_dir / "seed_data"):
         seed_rows = ctx.task.seed_data(ctx.excluded_prompts())
         if ctx.recipe.propose.mode == "task_native":  # the policy also learns to write problems

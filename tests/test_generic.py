@@ -246,9 +246,9 @@ monitor: {{probe_size: 4, probe_samples: 2, unit: word}}
     ids = tokenize_rows([{"prompt": gen[0]["prompt"], "completion": gen[0]["completion"]}], tok, fmt)["input_ids"][0]
     assert ids[: len(fmt.encode(tok, [gen[0]["prompt"]])[0])] == tok(text, add_special_tokens=False)["input_ids"]
     assert {r["prompt"] for r in ctx.eval_rows()} == {f"Q: {r['question']} Answer in a box." for r in rows[40:52]}
-    assert {r["prompt"] for r in load_rows(run / "round_01" / "evaluate" / "probe")} <= {
-        r["prompt"] for r in ctx.eval_rows()
-    }
+    probe = {r["prompt"] for r in load_rows(run / "round_01" / "evaluate" / "probe")}  # held out of the pool
+    assert probe <= {f"Q: {r['question']} Answer in a box." for r in rows[:40]} and len(probe) == 4
+    assert probe.isdisjoint({r["prompt"] for r in ctx.eval_rows()} | {r["prompt"] for r in gen})
     result = compare(str(run / "round_00"), str(run / "round_01"))
     assert result["kl_per_token"]["a_to_b"] >= 0 and "eval/accuracy/id" in result["metrics"]
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from selfimprove import registry
+from selfimprove.core import decisions
 from selfimprove.core.typed_yaml import ConfigError, apply_overrides, build, load_overlay
 
 
@@ -219,6 +220,12 @@ class CountdownConfig:
     )
     eval_max_operands: int = _f(4, "Evaluate min_operands..eval_max_operands operands.", ge=1)
     eval_size_per_level: int = _f(200, "Eval problems per operand count (fewer when the space is smaller).", ge=1)
+    dev_size_per_level: int = _f(
+        0,
+        "Dev problems per operand count (a split of their own, drawn apart from the eval sets and kept out of "
+        "training): labelled rows a decision may read (dev/... metrics). 0 = none.",
+        ge=0,
+    )
 
     def check(self) -> list[str]:
         p = []
@@ -259,11 +266,28 @@ class RewriteConfig:
         3, "Evaluate 1..eval_max_steps rules per problem, on training (ID) and held-out (OOD) rules.", ge=1
     )
     eval_size_per_level: int = _f(200, "Eval problems per split and step count.", ge=1)
+    eval_id_rules: int = _f(
+        0,
+        "Training rules the ID eval (and dev, probe) problems are drawn from: the first this many (0 = all). A study "
+        "whose arms vary train_rules sets it to its smallest arm's count, so every arm of a seed gets the same tests.",
+        ge=0,
+    )
+    dev_size_per_level: int = _f(
+        0,
+        "Dev problems per split and step count (apart from the eval sets, kept out of training): labelled rows a "
+        "decision may read (dev/... metrics). 0 = none.",
+        ge=0,
+    )
 
     def check(self) -> list[str]:
         p = []
         if self.min_input > self.max_input:
             p.append(f"min_input={self.min_input} must be <= max_input={self.max_input}.")
+        if self.eval_id_rules > self.train_rules:
+            p.append(
+                f"eval_id_rules={self.eval_id_rules} must be <= train_rules={self.train_rules}: ID problems use the "
+                "first eval_id_rules training rules."
+            )
         if (
             not self.step_mix
             or any(not isinstance(w, (int, float)) or w < 0 for w in self.step_mix)
@@ -890,12 +914,9 @@ class AlarmConfig:
         p = []
         if not self.rise and not 0 < self.drop < 1:
             p.append(f"drop={self.drop} must be in (0, 1): it is a relative drop.")
-        if self.metric.startswith("eval/"):
-            p.append(
-                f"metric={self.metric!r}: an alarm decides what the loop does, and decisions never read the eval "
-                "sets (they would steer training by the test answers). Use a dev/... metric (the task's dev "
-                "split) or a label-free one (diversity/..., quality/...)."
-            )
+        why = decisions.refusal("metric", self.metric)
+        if why:
+            p.append(why)
         if self.rounds < 1:
             p.append(f"rounds={self.rounds} must be >= 1.")
         return p
@@ -1159,7 +1180,13 @@ LOCATION_FIELDS = (
 
 # Fields added after runs were made: left at their defaults they change nothing those runs did, so a recipe that
 # does not set them keeps the fingerprint it had before they existed.
-ADDED_FIELDS = ("propose", "monitor.prompt_metrics")
+ADDED_FIELDS = (
+    "propose",
+    "monitor.prompt_metrics",
+    "task.countdown.dev_size_per_level",
+    "task.rewrite.dev_size_per_level",
+    "task.rewrite.eval_id_rules",
+)
 
 
 def recipe_hash(recipe: Recipe) -> str:

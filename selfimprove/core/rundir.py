@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+from selfimprove.core import decisions
 from selfimprove.core.atomic import atomic_stage, is_done, read_json
 from selfimprove.core.integrity import fault_point, file_hash, stage_digest
 from selfimprove.core.rows import load_rows
@@ -136,15 +137,17 @@ class RunContext:
         if k is None:
             if name == "reward_model":
                 return [p for p in (run / "seed_data", self.stage(0, "train")) if is_done(p)]
-            return [run / "eval_sets"] if name in ("probe_set", "seed_data") else []
+            return {"probe_set": [run / "eval_sets"], "seed_data": [run / "eval_sets", run / "probe_set"]}.get(name, [])
         before = lambda stage, lo=0: [self.stage(j, stage) for j in range(lo, k)]  # noqa: E731
         init = -1 if (k == 0 or r.train.init == "base") else k - 1
         table = {
-            "propose": [self._checkpoint_stage(k - 1), run / "eval_sets", *before("generate", 1), *before("propose", 1)]
+            "propose": [self._checkpoint_stage(k - 1), run / "eval_sets", run / "probe_set", *before("generate", 1)]
+            + before("propose", 1)
             + before("monitor"),
             "generate": [
                 self._checkpoint_stage(k - 1),
                 run / "eval_sets",
+                run / "probe_set",
                 self.stage(k, "propose"),
                 *before("monitor"),
             ],
@@ -197,9 +200,9 @@ class RunContext:
         return str(p.relative_to(self.run_dir)) if p.is_relative_to(self.run_dir) else str(path)
 
     def history(self, upto: int) -> list[dict]:
-        """Metrics of completed rounds before ``upto``."""
+        """Metrics of completed rounds before ``upto`` as decisions read them: no eval-scored key (core.decisions)."""
         return [
-            read_json(self.stage(j, "monitor") / "metrics.json")
+            decisions.readable(read_json(self.stage(j, "monitor") / "metrics.json"))
             for j in range(upto)
             if is_done(self.stage(j, "monitor"))
         ]
@@ -213,10 +216,11 @@ class RunContext:
         return load_rows(path) if path.exists() else []
 
     def excluded_prompts(self) -> set[str]:
-        """Eval and dev prompts (as selfimprove.tasks.prompt_key compares them), which no training prompt may be."""
+        """Eval, dev and probe prompts (as selfimprove.tasks.prompt_key compares them), which no training prompt may
+        be."""
         from selfimprove.tasks import prompt_key
 
-        return {prompt_key(r["prompt"]) for r in self.eval_rows() + self.dev_rows()}
+        return {prompt_key(r["prompt"]) for r in self.eval_rows() + self.dev_rows() + self.probe_rows()}
 
     def probe_rows(self) -> list[dict]:
         path = self.run_dir / "probe_set" / "data"

@@ -18,7 +18,7 @@ STREAMS: dict[str, tuple[int, str]] = {
     "eval_sets": (2, "the fixed ID/OOD eval problems"),
     "round_prompts": (3, "round k's prompts (and the generic task's prompt order)"),
     "train_mix": (4, "round k's training mixture draw"),
-    "probe_set": (5, "which eval prompts form the fixed probe set"),
+    "probe_set": (5, "which held-out prompts form the fixed probe set"),
     "init": (6, "a from-scratch model's initial weights"),
     "generate": (7, "round k's sampling (torch batches, vLLM, per-request server seeds)"),
     "probe_sampling": (8, "the probe set's samples, the same for every checkpoint"),
@@ -35,6 +35,7 @@ STREAMS: dict[str, tuple[int, str]] = {
     "proposal_examples": (20, "the seed rows that teach a policy to propose problems (propose.mode task_native)"),
     "propose": (21, "round k's proposal requests, few-shot picks and proposer sampling"),
     "learnability": (22, "round k's policy samples that measure each proposal's pass rate"),
+    "probe_draw": (23, "the probe's held-out problems (apart from the eval and dev sets; never eval answers)"),
     "measure": (15, "fixed-size measurement subsamples (seed 0 always: a metric depends on the texts alone)"),
 }
 

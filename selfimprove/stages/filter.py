@@ -1,9 +1,9 @@
 """Stage 3, filter: keep samples by quality. Every row stays on disk with ``kept`` and ``filter_reason``.
 
-The rules run in the order of selfimprove.registry.FILTERS: decontamination (n-gram overlap with the eval and probe
-sets), unparseable judge verdicts (when the recipe drops them), length and finish rules, per-judge score thresholds
-(keep-correct = {verifier: 1}); then best-of-n per prompt. The stage also builds (chosen, rejected) pairs per prompt
-for DPO when ``filter.pairs`` asks for them.
+The rules run in the order of selfimprove.registry.FILTERS: decontamination (n-gram overlap with the eval prompts and
+the dev and probe sets), unparseable judge verdicts (when the recipe drops them), length and finish rules, per-judge
+score thresholds (keep-correct = {verifier: 1}); then best-of-n per prompt. The stage also builds (chosen, rejected)
+pairs per prompt for DPO when ``filter.pairs`` asks for them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from selfimprove.tasks import prompt_content
 
 
 def contamination_index(texts: list[str], n: int, unit: str) -> set[str]:
-    """Every n-gram of the protected texts (eval and probe prompts and answers)."""
+    """Every n-gram of the protected texts (eval prompts; dev and probe prompts and answers)."""
     return {g for t in texts for g in grams(t, n, unit)}
 
 
@@ -139,7 +139,10 @@ def run_filter(ctx, k: int) -> None:
     cfg, unit = ctx.recipe.filter, ctx.recipe.monitor.unit
     protected: set[str] = set()
     if cfg.decontaminate_ngram:
-        texts = [t for r in ctx.eval_rows() + ctx.probe_rows() for t in (prompt_content(r), r["reference"]) if t]
+        # Eval prompts only: an eval answer must never change what is trained on (the invariance test); the dev and
+        # probe answers may be used, as every decision may read them.
+        texts = [prompt_content(r) for r in ctx.eval_rows()]
+        texts += [t for r in ctx.dev_rows() + ctx.probe_rows() for t in (prompt_content(r), r["reference"]) if t]
         protected = contamination_index(texts, cfg.decontaminate_ngram, unit)
     drop_unparsed = ctx.recipe.judge.llm.on_unparseable == "drop"
     meta0 = {"enabled": cfg.enabled, "min_scores": cfg.min_scores, "best_of_n": cfg.best_of_n, "pairs": cfg.pairs}

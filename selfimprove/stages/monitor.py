@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from selfimprove import registry
+from selfimprove.core import decisions
 from selfimprove.core.atomic import is_done, read_json, write_json
 from selfimprove.core.rows import load_rows
 from selfimprove.core.rundir import rebuild_metrics
@@ -306,7 +307,7 @@ def run_monitor(ctx, k: int) -> dict:
 
     with ctx.writing(k, "monitor") as (out, meta):
         metrics = round_metrics(ctx, k)
-        fired = check_alarms(ctx.recipe.monitor.alarms, ctx.history(k) + [metrics])
+        fired = check_alarms(ctx.recipe.monitor.alarms, ctx.history(k) + [decisions.readable(metrics)])
         metrics.update({f"alarm/{a['metric']}": 1 for a in fired})
         if any(a["action"] == "rollback" for a in fired):
             metrics["rolled_back"] = 1

@@ -29,11 +29,20 @@ class Task(Protocol):
     def alphabet(self) -> str:
         """Characters a from-scratch character tokenizer needs."""
 
-    def seed_data(self) -> list[dict]:
-        """Labelled round-0 examples."""
+    def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
+        """Labelled round-0 examples, none of whose prompts is in ``exclude`` (eval, dev and probe prompts)."""
 
     def eval_sets(self) -> list[dict]:
-        """The fixed in- and out-of-distribution eval problems (made once per run)."""
+        """The fixed in- and out-of-distribution eval problems (made once per run). Their answers are only ever
+        measured (eval/... metrics): no decision of the loop reads them."""
+
+    def dev_sets(self, exclude: set[str]) -> list[dict]:
+        """The dev split ([] for none), rows like the eval sets' but none in ``exclude``: the labelled held-out rows
+        a decision (curriculum, alarm) may read."""
+
+    def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
+        """About ``size`` held-out prompt rows per level, like the eval sets' but from the named random stream and none
+        in ``exclude`` (the probe set is a subsample of them)."""
 
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
         """Unlabelled prompts for round k >= 1; ``history`` holds earlier rounds' metrics, ``exclude`` eval prompts."""

@@ -87,15 +87,22 @@ class AdditionTask:
         """The split decisions read (accelerated curriculum): like the eval sets, drawn apart from them."""
         return self._fixed_set("dev_split", "dev", self.cfg.dev_size_per_digit, exclude)
 
+    def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
+        """``size`` problems per digit count like the eval sets, from ``stream``, none in ``exclude`` (the probe)."""
+        return self._fixed_set(stream, "probe", size, exclude)
+
     def _fixed_set(self, stream: str, name: str, size: int, exclude: set[str]) -> list[dict]:
-        rng, rows = seeding.rng(self.seed, stream), []
+        """Each digit count from its own sub-stream, so a set never depends on the other counts drawn."""
+        rows = []
         if not size:
             return rows
         for n in range(1, self.cfg.eval_max_digits + 1):
-            space = (10 if n == 1 else 9 * 10 ** (n - 1)) ** 2
-            # Keep eval to at most half of a tiny problem space so training still sees the rest of it.
-            want, seen = min(size, space // 4 if name == "dev" else space // 2), set()
-            while len(seen) < want:
+            rng, space = seeding.rng(self.seed, stream, 0, n), (10 if n == 1 else 9 * 10 ** (n - 1)) ** 2
+            # Eval takes at most half of a tiny problem space, dev and probe an eighth each: training sees the rest.
+            want, seen = min(size, space // 2 if name == "eval" else space // 8), set()
+            for _ in range(100 * want):
+                if len(seen) == want:
+                    break
                 p = self._problem(rng, n, n)
                 if p["prompt"] in seen or prompt_key(p["prompt"]) in exclude:
                     continue

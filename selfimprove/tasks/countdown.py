@@ -99,19 +99,30 @@ class CountdownTask:
         return int(rng.integers(self.cfg.min_operands, self.cfg.max_operands + 1))
 
     def eval_sets(self) -> list[dict]:
-        rng, rows, c = seeding.rng(self.seed, "eval_sets"), [], self.cfg
+        return self._fixed_set("eval_sets", "eval", self.cfg.eval_size_per_level, set())
+
+    def dev_sets(self, exclude: set[str]) -> list[dict]:
+        return self._fixed_set("dev_split", "dev", self.cfg.dev_size_per_level, exclude)
+
+    def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
+        """``size`` problems per operand count like the eval sets, from ``stream``, none in ``exclude`` (the probe)."""
+        return self._fixed_set(stream, "probe", size, exclude)
+
+    def _fixed_set(self, stream: str, name: str, size: int, exclude: set[str]) -> list[dict]:
+        """Each operand count from its own sub-stream, so a set never depends on which other counts are drawn."""
+        rows, c = [], self.cfg
         for n in range(c.min_operands, c.eval_max_operands + 1):
-            seen: set[str] = set()
-            for _ in range(50 * c.eval_size_per_level):  # small problem spaces (2 operands) run out of new prompts
-                if len(seen) == c.eval_size_per_level:
+            rng, seen = seeding.rng(self.seed, stream, 0, n), set()
+            for _ in range(50 * size):  # small problem spaces (2 operands) run out of new prompts
+                if len(seen) == size:
                     break
                 p = self._problem(rng, n)
-                if p["prompt"] in seen:
+                if p["prompt"] in seen or prompt_key(p["prompt"]) in exclude:
                     continue
                 seen.add(p["prompt"])
                 rows.append(
                     {
-                        "prompt_id": f"eval-n{n}-{len(seen) - 1}",
+                        "prompt_id": f"{name}-n{n}-{len(seen) - 1}",
                         "prompt": p["prompt"],
                         "reference": p["prompt"],
                         "difficulty": n,

@@ -264,6 +264,17 @@ class GenericTask:
                 ]
         return out
 
+    def dev_sets(self, exclude: set[str]) -> list[dict]:
+        return []  # no dev file yet: decisions read label-free metrics and the probe
+
+    def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
+        """``size`` prompts held out of the prompts pool by ``stream`` (at most a quarter of it), none in ``exclude``:
+        the run's excluded prompts then keep them out of every round. Their answers, where the pool has them, are
+        references a decision may read: they are not the eval sets'."""
+        rows = [r for r in self._prompt_rows(self.cfg.prompts, "held") if prompt_key(r["prompt"]) not in exclude]
+        order = seeding.rng(self.seed, stream).permutation(len(rows))[: min(size, len(rows) // 4)]
+        return [{**rows[i], "split": "id"} for i in sorted(order)]
+
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
         rows = [r for r in self._prompt_rows(self.cfg.prompts, "p") if prompt_key(r["prompt"]) not in exclude]
         n = self.cfg.prompts_per_round

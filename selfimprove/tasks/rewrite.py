@@ -118,14 +118,32 @@ class RewriteTask:
         return answer[:i] + str(rng.choice(other)) + answer[i + 1 :]
 
     def eval_sets(self) -> list[dict]:
-        rng, rows, c = seeding.rng(self.seed, "eval_sets"), [], self.cfg
-        for split, pool in (("id", self.train), ("ood", self.ood)):
+        return self._fixed_set("eval_sets", "eval", self.cfg.eval_size_per_level, set())
+
+    def dev_sets(self, exclude: set[str]) -> list[dict]:
+        return self._fixed_set("dev_split", "dev", self.cfg.dev_size_per_level, exclude)
+
+    def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
+        """``size`` problems per split and step count like the eval sets, from ``stream``, none in ``exclude``."""
+        return self._fixed_set(stream, "probe", size, exclude)
+
+    def _fixed_set(self, stream: str, name: str, size: int, exclude: set[str]) -> list[dict]:
+        """Each (split, step count) from its own sub-stream, and ID problems on the first eval_id_rules training
+        rules only, so arms of one seed that differ in train_rules (down to eval_id_rules) get the same tests."""
+        rows, c = [], self.cfg
+        id_pool = self.train[: c.eval_id_rules] if c.eval_id_rules else self.train
+        for s, (split, pool) in enumerate((("id", id_pool), ("ood", self.ood))):
             for steps in range(1, c.eval_max_steps + 1):
-                for i in range(c.eval_size_per_level):
+                rng, made = seeding.rng(self.seed, stream, 0, s, steps), 0
+                for _ in range(100 * size):
+                    if made == size:
+                        break
                     p = self._problem(rng, pool, steps)
+                    if prompt_key(p["prompt"]) in exclude:
+                        continue
                     rows.append(
                         {
-                            "prompt_id": f"eval-{split}-s{steps}-{i}",
+                            "prompt_id": f"{name}-{split}-s{steps}-{made}",
                             "prompt": p["prompt"],
                             "reference": p["completion"],
                             "difficulty": steps,
@@ -133,6 +151,7 @@ class RewriteTask:
                             "attribute": p["attribute"],
                         }
                     )
+                    made += 1
         return rows
 
     def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:

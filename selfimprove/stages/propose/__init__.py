@@ -130,7 +130,7 @@ def _filtered(ctx, k: int, texts: list[str], finished: list[bool], seen: list[st
     r, c = ctx.recipe, ctx.recipe.propose
     rows, reasons = filters.valid(ctx.task, texts, finished)
     live = [i for i, why in enumerate(reasons) if not why]
-    protected = [prompt_content(x) for x in ctx.eval_rows() + ctx.dev_rows()]
+    protected = [prompt_content(x) for x in ctx.eval_rows() + ctx.dev_rows() + ctx.probe_rows()]
     embedder = _embedder(ctx) if c.novelty == "embedding" else None
     novel = filters.novel([prompt_content(rows[i]) for i in live], protected, seen, c, r.monitor.unit, embedder)
     for i, why in zip(live, novel):
