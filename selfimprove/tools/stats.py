@@ -2,7 +2,9 @@
 
 - Over seeds (``selfimprove study``): t intervals, ``t(0.975, n-1)``. With 3-5 seeds a percentile bootstrap has only
   a handful of distinct resamples and is no more trustworthy than t, so the study uses t for means and the paired t
-  (same seeds in both arms) for differences, and always prints the per-seed values beside them.
+  (same seeds in both arms) for differences, beside the exact sign-flip p (no normality assumed), Holm's adjustment
+  over a study's declared contrasts, and one verdict word per contrast by ``VERDICT_RULE``; the per-seed values are
+  always printed beside them.
 - Over shared prompts (``selfimprove compare``): a paired percentile bootstrap, resampling the prompts both
   checkpoints answered, with the metric recomputed on each resample for both sides (so corpus-level diversity
   metrics get an interval too); McNemar's exact test (a two-sided binomial test on the discordant pairs) for
@@ -19,19 +21,33 @@ import numpy as np
 LEVEL = 0.95
 
 
+class StatsError(ValueError):
+    """Inputs a statistic cannot be computed from as given (e.g. paired lists of different lengths)."""
+
+
 def _finite(values: Sequence[float]) -> np.ndarray:
     x = np.asarray([v for v in values if v is not None], dtype=float)
     return x[np.isfinite(x)]
 
 
+def _constant(x: np.ndarray) -> bool:
+    """Every value the same up to float rounding (0.6 - 0.5 vs 0.7 - 0.6): a t test on them would give p ~ 1e-31."""
+    return bool(np.ptp(x) <= 1e-9 * max(1.0, float(np.abs(x).max())))
+
+
+def _present(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
 def mean_ci(values: Sequence[float], level: float = LEVEL) -> dict:
-    """mean, sample sd, n and the t interval of the mean (NaN bounds below two values)."""
+    """mean, sample sd, n (missing and NaN values left out) and the t interval of the mean; NaN below two values,
+    the mean itself as both bounds when every value is the same."""
     from scipy import stats
 
     x = _finite(values)
     n = len(x)
     mean = float(x.mean()) if n else math.nan
-    sd = float(x.std(ddof=1)) if n > 1 else math.nan
+    sd = float(x.std(ddof=1)) if n > 1 and not _constant(x) else 0.0 if n > 1 else math.nan
     if n > 1 and sd > 0:
         lo, hi = stats.t.interval(level, n - 1, loc=mean, scale=sd / math.sqrt(n))
     elif n > 1:
@@ -41,17 +57,75 @@ def mean_ci(values: Sequence[float], level: float = LEVEL) -> dict:
     return {"mean": mean, "sd": sd, "n": n, "ci_low": float(lo), "ci_high": float(hi)}
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict:
-    """B - A over pairs (the same seed in both arms): the mean difference with its paired t interval, and the
-    two-sided paired t p-value."""
+def sign_flip_p(d: Sequence[float]) -> float:
+    """Two-sided p of the exact sign-flip permutation test of mean(d) = 0 (scipy; every one of the 2^n sign patterns
+    while 2^n <= 100,000, else a seeded sample of them). It needs no normality, and cannot go below 2 / 2^n."""
     from scipy import stats
 
-    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-    d = [y - x for x, y in pairs]
+    x = _finite(d)
+    if len(x) == 0:
+        return math.nan
+    if not np.any(np.abs(x) > 1e-12):
+        return 1.0
+    res = stats.permutation_test(
+        (x,), np.mean, permutation_type="samples", alternative="two-sided", n_resamples=100_000, rng=0
+    )
+    return float(min(1.0, res.pvalue))
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict:
+    """B - A over pairs (the same seed in both arms): the mean difference with its paired t interval, the two-sided
+    paired t p-value and the exact sign-flip p. A pair with a value missing or NaN on either side is left out of
+    everything; lists of different lengths are refused. When every difference is the same the t test is undefined:
+    its p is then the sign-flip p (1 when they are all 0), never NaN."""
+    from scipy import stats
+
+    if len(a) != len(b):
+        raise StatsError(f"paired values need one per seed on both sides: {len(a)} vs {len(b)}.")
+    d = [y - x for x, y in zip(a, b) if _present(x) and _present(y)]
     out = mean_ci(d, level)
-    out["p_value"] = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and out["sd"] > 0 else math.nan
+    out["sign_flip_p"] = sign_flip_p(d)
+    if len(d) < 2:
+        out["p_value"] = math.nan
+    elif out["sd"] > 0:
+        out["p_value"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+    else:
+        out["p_value"] = out["sign_flip_p"]
     out["per_pair"] = d
     return out
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (valid under any dependence between the tests): the i-th smallest of m p-values
+    times (m - i + 1), made monotone and capped at 1. A NaN stays NaN and does not count as a test. (scipy has only
+    Benjamini-Hochberg, ``false_discovery_control``.)"""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(len(p), math.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adjusted
+    return out.tolist()
+
+
+ALPHA = 0.05
+VERDICT_RULE = (
+    f"supported: Holm-adjusted p < {ALPHA} and the 95% t interval of the paired difference excludes 0 on the side the "
+    "study expects; contradicted: the same on the other side; inconclusive: anything else (including fewer than 2 "
+    "pairs)."
+)
+
+
+def verdict(diff: dict, holm_p: float, expect: str) -> str:
+    """One word per declared contrast, by VERDICT_RULE; ``expect`` is 'greater' (B > A) or 'less'."""
+    lo, hi = diff.get("ci_low", math.nan), diff.get("ci_high", math.nan)
+    if not (_present(holm_p) and holm_p < ALPHA and _present(lo) and _present(hi)):
+        return "inconclusive"
+    side = "greater" if lo > 0 else "less" if hi < 0 else None
+    if side is None:
+        return "inconclusive"
+    return "supported" if side == expect else "contradicted"
 
 
 def paired_bootstrap(
