@@ -85,6 +85,34 @@ def test_round_folders_and_metrics(finished_run):
     assert rows["2"] == 80 and rows["0"] > 0 and rows["1"] > 0 and sum(rows.values()) == 160
 
 
+def test_compute_ledger_by_hand(finished_run):
+    """compute/... per round from the run's own data, compute/total/... their running sums."""
+    from selfimprove.core.rows import load_rows
+
+    rows, totals = _metrics(finished_run), {}
+    for m in rows:
+        k = m["round"]
+        gen = load_rows(finished_run / f"round_{k:02d}" / "generate" / "data") if k else []
+        train = json.loads((finished_run / f"round_{k:02d}" / "train" / "meta.json").read_text())
+        want = {
+            "samples_generated": len(gen),
+            "prompts_posed": len({r["prompt_id"] for r in gen}),
+            "generated_tokens": sum(r["num_tokens"] for r in gen),
+            "judge_calls": 0,  # format and majority: rules, no model
+            "proposals_sampled": 0,
+            "train_rows": train["steps"] * train["global_batch"],
+            "optimizer_steps": train["steps"],
+        }
+        for q, v in want.items():
+            assert m[f"compute/{q}"] == v, (k, q)
+            totals[q] = totals.get(q, 0) + v
+            assert m[f"compute/total/{q}"] == totals[q], (k, q)
+        assert 0 < m["compute/trained_tokens"] < m["compute/trained_positions"]  # batches padded to their longest
+        pad = 1 - m["compute/trained_tokens"] / m["compute/trained_positions"]
+        assert m["compute/padding_share"] == pytest.approx(pad, abs=1e-4)
+    assert rows[-1]["compute/total/trained_tokens"] == sum(m["compute/trained_tokens"] for m in rows)
+
+
 def test_lineage_and_checkpoints(finished_run):
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -262,3 +262,19 @@ def test_padding_free_batches_give_the_padded_loss_per_token(tmp_path):
 
     padded, flat = losses(False), losses(True)
     assert flat == pytest.approx(padded, rel=1e-3) and len(flat) == 4
+
+
+def test_token_count_of_padded_and_padding_free_batches():
+    """The ledger's trained tokens: 3 + 5 real tokens in a batch padded to 2 x 5 positions; none padded without."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from selfimprove.stages.train import TokenCount
+
+    features = [{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5, 6, 7, 8]}]
+    padded = TokenCount(DataCollatorForLanguageModeling(pad_token_id=0))
+    padded(features)
+    padded(features[:1])
+    assert (padded.real, padded.positions) == (8 + 3, 10 + 3)
+    flat = TokenCount(DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True))
+    flat(features)
+    assert (flat.real, flat.positions) == (8, 8)

@@ -160,7 +160,8 @@ class RunContext:
             "evaluate": [self.stage(k, "train"), run / "eval_sets", run / "probe_set"],
             "monitor": [self.stage(k, "evaluate"), self.stage(k, "train"), run / "reward_model", *before("monitor")]
             + ([self.stage(k, "propose"), *before("generate", 1)] if r.propose.runs or r.monitor.prompt_metrics else [])
-            + ([self.stage(k, "filter"), self.stage(k, "select"), self._checkpoint_stage(k - 1)] if k else []),
+            + ([self.stage(k, n) for n in ("generate", "judge", "filter", "select")] if k else [])
+            + ([self._checkpoint_stage(k - 1)] if k else []),
         }
         return [p for p in table[name] if p is not None and is_done(p)]
 

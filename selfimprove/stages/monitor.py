@@ -27,6 +27,7 @@ from selfimprove.metrics.diversity import (
     self_repetition,
     subsample,
 )
+from selfimprove.stages.ledger import round_ledger
 from selfimprove.tasks import is_proposed
 
 
@@ -286,6 +287,7 @@ def round_metrics(ctx, k: int) -> dict:
         metrics["judge/reward_model/train_pairwise_accuracy"] = rm_meta["train_pairwise_accuracy"]
     if ctx.recipe.monitor.probe_size:
         metrics.update(probe_metrics(ctx, k))
+    metrics.update(round_ledger(ctx, k))
     for stage in registry.TIMED_STAGES:
         if is_done(ctx.stage(k, stage)):
             metrics[f"time/{stage}_s"] = read_json(ctx.stage(k, stage) / "meta.json")["wall_s"]

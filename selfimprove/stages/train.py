@@ -228,6 +228,30 @@ def _dpo_trainer(ctx, k, rows, model, tok, out: Path, steps: int, accumulation: 
     )
 
 
+class TokenCount:
+    """Wraps a trainer's data collator to count what the optimizer steps saw: the real tokens and all positions
+    (real + padding) of every ``*input_ids`` tensor, with its ``*attention_mask`` (padding-free batches have none:
+    every position is real). Each process counts its own batches; ``totals`` sums them over processes."""
+
+    def __init__(self, collate):
+        self.collate, self.real, self.positions = collate, 0, 0
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        for key, ids in batch.items():
+            if key.endswith("input_ids"):
+                mask = batch.get(key.replace("input_ids", "attention_mask"))
+                self.positions += ids.numel()
+                self.real += int(mask.sum()) if mask is not None else ids.numel()
+        return batch
+
+    def totals(self, accelerator) -> tuple[int, int]:
+        import torch
+
+        both = accelerator.reduce(torch.tensor([self.real, self.positions], device=accelerator.device), "sum")
+        return int(both[0]), int(both[1])
+
+
 def run_train(ctx, k: int) -> None:
     """Train round k's policy into round_k/train/model (a save_pretrained folder)."""
     import torch
@@ -266,8 +290,11 @@ def run_train(ctx, k: int) -> None:
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=_peft_config(r.train.lora)
         )
+    real = positions = 0
     if steps:
+        trainer.data_collator = counted = TokenCount(trainer.data_collator)
         result = trainer.train()
+        real, positions = counted.totals(trainer.accelerator)
         # Gathers ZeRO-3 / FSDP shards into one folder (zero3_save_16bit_model / FULL_STATE_DICT); LoRA saves adapters.
         trainer.save_model(str(partial / ("adapter" if r.train.lora.enabled else "model")))
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -298,6 +325,8 @@ def run_train(ctx, k: int) -> None:
                 "first_loss": losses[0] if losses else None,
                 "last_loss": losses[-1] if losses else None,
                 "train_runtime_s": result.metrics["train_runtime"] if result else 0.0,
+                "trained_tokens": real,  # the compute ledger: real tokens the steps saw, and all their positions
+                "trained_positions": positions,
                 "wall_s": round(time.perf_counter() - start, 3),
             },
             inputs,

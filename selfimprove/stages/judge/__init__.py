@@ -87,3 +87,7 @@ def run_judge(ctx, k: int) -> None:
             save_rows(rec, out / f"records_{name}")
         meta["mean_score"] = {n: sum(r[f"score_{n}"] for r in judged) / max(len(judged), 1) for n in cfg.judges}
         meta["unparsed"] = {n: sum(n in r["judge_unparsed"].split(",") for r in judged) for n in cfg.judges}
+        # the compute ledger: a record with num_tokens is one model call (rule judges call none)
+        calls = {n: [x for x in rec if "num_tokens" in x] for n, rec in records.items()}
+        meta["calls"] = {n: len(calls.get(n, [])) for n in cfg.judges}
+        meta["tokens"] = {n: int(sum(x["num_tokens"] for x in calls.get(n, []))) for n in cfg.judges}

@@ -47,7 +47,7 @@ def injected(text: str, pattern: re.Pattern) -> bool:
     return bool(_CLAIM[pattern].search(text) or _FENCE_TAG.search(text))
 
 
-def _judge_outputs(env, prompts: list[str]) -> list[str]:
+def _judge_outputs(env, prompts: list[str]) -> list[dict]:
     from selfimprove.backends import Sampling, sample
     from selfimprove.core.judge_prompts import judge_format
 
@@ -66,7 +66,7 @@ def _judge_outputs(env, prompts: list[str]) -> list[str]:
         fmt=judge_format(cfg),
         options=cfg,
     )
-    return [o[0]["completion"] for o in outs]
+    return [o[0] for o in outs]  # completion, num_tokens (the compute ledger counts them), ...
 
 
 def pointwise(env, rows: list[dict]):
@@ -76,12 +76,14 @@ def pointwise(env, rows: list[dict]):
     prompts = [render(template, prompt=r["prompt"], completion=r["completion"], max_score=cfg.max_score) for r in rows]
     outputs = _judge_outputs(env, prompts)
     scores, records = [], []
-    for i, (r, out) in enumerate(zip(rows, outputs)):
+    for i, (r, o) in enumerate(zip(rows, outputs)):
+        out = o["completion"]
         v, inj = parse_verdict(out, SCORE), injected(r["completion"], SCORE)
         score = float(v) / cfg.max_score if v is not None and float(v) <= cfg.max_score else None
         score = 0.0 if inj else score
         scores.append(score)
-        records.append({"row": i, "output": out, "score": -1.0 if score is None else score, "injected": inj})
+        rec = {"row": i, "output": out, "score": -1.0 if score is None else score, "injected": inj}
+        records.append({**rec, "num_tokens": o["num_tokens"]})
     return scores, records
 
 
@@ -114,10 +116,10 @@ def pairwise(env, rows: list[dict]):
     outputs = _judge_outputs(env, prompts)
     results: dict[int, list[float]] = defaultdict(list)
     records = []
-    for (i, j), out in zip(jobs, outputs):
-        v = parse_verdict(out, WINNER)
+    for (i, j), o in zip(jobs, outputs):
+        v = parse_verdict(o["completion"], WINNER)
         a_result = _a_result(v, rows[i]["completion"], rows[j]["completion"])
-        records.append({"a": i, "b": j, "output": out, "verdict": v or ""})
+        records.append({"a": i, "b": j, "output": o["completion"], "verdict": v or "", "num_tokens": o["num_tokens"]})
         if a_result is not None:
             results[i].append(a_result[0])
             results[j].append(a_result[1])
@@ -154,7 +156,7 @@ def head_to_head(env, rows_a: list[dict], rows_b: list[dict]) -> dict:
     ]
     results, unparsed = [], 0
     for (x, y, b_first), out in zip(jobs, _judge_outputs(env, prompts)):
-        r = _a_result(parse_verdict(out, WINNER), x["completion"], y["completion"])
+        r = _a_result(parse_verdict(out["completion"], WINNER), x["completion"], y["completion"])
         if r is None:
             unparsed += 1
             continue

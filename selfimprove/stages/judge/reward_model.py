@@ -23,7 +23,7 @@ def _texts(tokenizer, rows: list[dict]) -> list[str]:
     return [r["prompt"] + r["completion"] for r in rows]
 
 
-def reward_model(env, rows: list[dict]) -> list[float]:
+def reward_model(env, rows: list[dict]) -> tuple[list[float], list[dict]]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -42,6 +42,7 @@ def reward_model(env, rows: list[dict]) -> list[float]:
     texts = _texts(tok, rows)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding
     scores: dict[int, float] = {}
+    tokens: dict[int, int] = {}
     for _, start in my_batches(len(order), cfg.batch_size):  # under accelerate, each rank a share of the batches
         idx = order[start : start + cfg.batch_size]
         enc = tok(
@@ -51,5 +52,7 @@ def reward_model(env, rows: list[dict]) -> list[float]:
             logits = model(**enc).logits.float()
         values = logits[:, 0] if logits.shape[1] == 1 else logits.softmax(-1)[:, 1]
         scores.update(zip(idx, values.tolist()))
-    scores = gather_dict(scores)
-    return [scores[i] for i in range(len(texts))]
+        tokens.update(zip(idx, enc["attention_mask"].sum(-1).tolist()))
+    scores, tokens = gather_dict(scores), gather_dict(tokens)
+    # one record per call, with the tokens it read: the compute ledger's judge calls and tokens
+    return [scores[i] for i in range(len(texts))], [{"row": i, "num_tokens": tokens[i]} for i in range(len(texts))]

@@ -56,7 +56,7 @@ def pairwise_accuracy(model_dir: str, pairs: list[dict], cfg) -> float:
 
     env = SimpleNamespace(cfg=SimpleNamespace(reward_model=SimpleNamespace(**{**vars(cfg), "path": model_dir})))
     rows = [{"prompt": p["prompt"], "completion": p[side]} for p in pairs for side in ("chosen", "rejected")]
-    s = reward_model(env, rows)
+    s = reward_model(env, rows)[0]
     return sum(s[2 * i] > s[2 * i + 1] for i in range(len(pairs))) / len(pairs) if pairs else 0.0
 
 

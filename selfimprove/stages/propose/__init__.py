@@ -74,12 +74,13 @@ def requests(ctx, k: int, n: int, pool: list[str], rng) -> list[dict]:
     ]
 
 
-def _written(ctx, k: int, asks: list[dict], seed: int) -> tuple[list[str], list[bool]]:
-    """Each request's proposal and whether it finished: the proposer model's, or (propose.model 'task') the task's."""
+def _written(ctx, k: int, asks: list[dict], seed: int) -> tuple[list[str], list[bool], list[int]]:
+    """Each request's proposal, whether it finished and its generated tokens: the proposer model's, or
+    (propose.model 'task') the task's (no tokens)."""
     c, r = ctx.recipe.propose, ctx.recipe
     if c.model == "task":
         rng = seeding.rng(r.seed, "propose", k, 1)  # after the requests' draws, on its own stream
-        return [ctx.task.write_problem(a["request"], rng) for a in asks], [True] * len(asks)
+        return [ctx.task.write_problem(a["request"], rng) for a in asks], [True] * len(asks), [0] * len(asks)
     path, fmt = _proposer(ctx, k)
     written = sample(
         c.backend,
@@ -93,7 +94,8 @@ def _written(ctx, k: int, asks: list[dict], seed: int) -> tuple[list[str], list[
         fmt=fmt,
         options=r.generate,
     )
-    return [s[0]["completion"] for s in written], [s[0]["finished"] for s in written]
+    first = [s[0] for s in written]
+    return [x["completion"] for x in first], [x["finished"] for x in first], [x["num_tokens"] for x in first]
 
 
 def _proposer(ctx, k: int) -> tuple[str, PromptFormat]:
@@ -122,11 +124,13 @@ def _pass_rates(ctx, k: int, rows: list[dict]):
         fmt=ctx.prompt_format,
         options=r.generate,
     )
-    return filters.pass_rates(ctx.task, rows, samples, r.propose.learnability)
+    spent = {"samples": sum(len(ss) for ss in samples), "tokens": sum(x["num_tokens"] for ss in samples for x in ss)}
+    return filters.pass_rates(ctx.task, rows, samples, r.propose.learnability), spent
 
 
 def _filtered(ctx, k: int, texts: list[str], finished: list[bool], seen: list[str]):
-    """(prompt row or None, reason, pass rate) per proposal, through the filters in order (filters.py)."""
+    """(prompt row or None, reason, pass rate) per proposal, through the filters in order (filters.py), and the
+    policy samples (and their tokens) the learnability filter spent."""
     r, c = ctx.recipe, ctx.recipe.propose
     rows, reasons = filters.valid(ctx.task, texts, finished)
     live = [i for i, why in enumerate(reasons) if not why]
@@ -137,11 +141,12 @@ def _filtered(ctx, k: int, texts: list[str], finished: list[bool], seen: list[st
         reasons[i] = why
     live = [i for i, why in enumerate(reasons) if not why]
     rates = [-1.0] * len(texts)  # -1: not measured (dropped before the learnability filter, or it is off)
+    spent = {"samples": 0, "tokens": 0}
     if c.learnable_samples and live:
-        measured = _pass_rates(ctx, k, [rows[i] for i in live])
+        measured, spent = _pass_rates(ctx, k, [rows[i] for i in live])
         for i, rate, why in zip(live, measured, filters.learnable(measured, c.pass_rate_min, c.pass_rate_max)):
             rates[i], reasons[i] = float(rate), why
-    return rows, reasons, rates
+    return rows, reasons, rates, spent
 
 
 def run_propose(ctx, k: int) -> None:
@@ -156,9 +161,9 @@ def run_propose(ctx, k: int) -> None:
     by = "task" if c.model == "task" else ctx.relative(_proposer(ctx, k)[0])
     seed = seeding.int_seed(r.seed, "propose", k)
     with ctx.writing(k, "propose", {"proposer": by, "mode": c.mode, "seed": seed}) as (out, meta):
-        texts, finished = _written(ctx, k, asks, seed)
+        texts, finished, tokens = _written(ctx, k, asks, seed)
         # New against every earlier prompt and this round's task prompts, so no prompt is in the pool twice.
-        rows, reasons, rates = _filtered(ctx, k, texts, finished, earlier + task_prompts)
+        rows, reasons, rates, spent = _filtered(ctx, k, texts, finished, earlier + task_prompts)
         save_rows(
             [
                 {
@@ -170,6 +175,7 @@ def run_propose(ctx, k: int) -> None:
                     "pass_rate": rates[i],
                     "propose_reason": reasons[i],
                     "kept": not reasons[i],
+                    "num_tokens": tokens[i],
                 }
                 for i, a in enumerate(asks)
             ],
@@ -193,6 +199,7 @@ def run_propose(ctx, k: int) -> None:
         meta.update(
             candidates=len(asks), kept=len(kept), wanted=n_take, used=min(n_take, len(kept)), reasons=dict(counts)
         )
+        meta.update(learnability_samples=spent["samples"], learnability_tokens=spent["tokens"])
 
 
 def _embedder(ctx):
