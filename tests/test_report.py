@@ -132,6 +132,17 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     assert "recipe.yaml" in dom and "Data funnel" in dom and "selected" in dom
 
 
+def test_report_shows_the_compute_ledger(tiny_run, tmp_path):
+    from selfimprove.tools.report import write_report
+
+    rows = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    text = write_report([str(tiny_run)], str(tmp_path / "r")).read_text()
+    section = text.split("<h2>Compute</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "generated_tokens" in section and "padding_share" in section
+    total = rows[-1]["compute/total/generated_tokens"]
+    assert total == sum(r["compute/generated_tokens"] for r in rows) and f"<td>{total:.4g}</td>" in section
+
+
 def test_tensorboard_gets_every_round_as_a_step(tiny_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -194,6 +194,36 @@ def sample_tables(run: Path, rows: list[dict], n: int = 8) -> str:
     return "".join(out)
 
 
+def compute_section(metrics: dict[str, list[dict]]) -> str:
+    """The compute ledger (selfimprove.stages.ledger): per round and in total for each run, so arms can be compared
+    on what they spent."""
+    from selfimprove.stages.ledger import COUNTS
+
+    blocks = []
+    for name, rows in metrics.items():
+        if not any("compute/total/train_rows" in r for r in rows):
+            continue  # a run from before the ledger
+        cols = [*COUNTS, "padding_share"]
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in ["round", *cols, "model s"])
+        cell = lambda v: f"<td>{v:.4g}</td>" if isinstance(v, (int, float)) else "<td>-</td>"  # noqa: E731
+        body = "".join(
+            f"<tr><td>{r['round']}</td>"
+            + "".join(cell(r.get(f"compute/{c}")) for c in cols)
+            + cell(r.get("time/compute_s"))
+            + "</tr>"
+            for r in rows
+        )
+        last = rows[-1]
+        body += (
+            "<tr><td><b>total</b></td>"
+            + "".join(cell(last.get(f"compute/total/{c}")) for c in cols)
+            + cell(sum(r.get("time/compute_s", 0.0) for r in rows))
+            + "</tr>"
+        )
+        blocks.append(f"<h3>{html.escape(name)}</h3><table><tr>{head}</tr>{body}</table>")
+    return "<h2>Compute</h2>" + "".join(blocks) if blocks else ""
+
+
 def recipe_history(run: Path, rows: list[dict]) -> str:
     """Which recipe each round ran under (recipes/history.json), with what changed at each switch."""
     from selfimprove.core.runs import history
@@ -408,7 +438,7 @@ def write_report(run_dirs: list[str], out: str | None = None) -> Path:
         "<h1>selfimprove report</h1><p>Runs: "
         + html.escape(", ".join(f"{n} ({len(metrics[n])} rounds)" for n in runs))
         + f"</p>\n{sections}<h2>Last round's metrics</h2><table><tr><th>metric</th>{heads}</tr>{table}</table>\n"
-        + f"{environment_section(runs)}<h2>Config</h2>{configs}{samples}"
+        + f"{compute_section(metrics)}{environment_section(runs)}<h2>Config</h2>{configs}{samples}"
     )
     page = _page(f"selfimprove report: {', '.join(runs)}", body)
     path = out_dir / "report.html"
