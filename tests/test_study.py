@@ -2,6 +2,7 @@
 resumed, --jobs 2 against --jobs 1, and the study file's errors."""
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -29,6 +30,12 @@ def _study_file(tmp: Path, seeds=(0, 1, 2), **extra) -> Path:
         "base": str(TINY_RECIPE),
         "seeds": list(seeds),
         "metrics": METRICS,
+        "primary": ["eval/accuracy/id"],
+        "contrasts": [
+            {"arm": "hot", "metric": "eval/accuracy/id"},
+            {"arm": "hot", "vs": "cool", "metric": "diversity/probe/distinct_2", "expect": "less"},
+        ],
+        "match": [{"quantity": "compute/total/optimizer_steps"}],
         "arms": [
             {"name": "cool", "overrides": {"rounds": 1, "generate.temperature": 0.6}},
             {"name": "hot", "overrides": {"rounds": 1, "generate.temperature": 1.2}},
@@ -153,17 +160,69 @@ def test_killed_study_resumes_to_what_jobs_2_made(study, tmp_path):
             assert _artifacts(a) == _artifacts(b)
 
 
+def test_declared_contrasts_recomputed_by_hand(study):
+    """Each declared contrast: paired t, sign-flip p, Holm over both, and the verdict by the stated rule."""
+    from scipy import stats
+
+    from selfimprove.tools.stats import verdict
+
+    result = json.loads((study / "study.json").read_text())
+    got = result["contrasts"]
+    assert [(c["arm"], c["vs"], c["metric"], c["expect"], c["round"]) for c in got] == [
+        ("hot", "cool", "eval/accuracy/id", "greater", 1),
+        ("hot", "cool", "diversity/probe/distinct_2", "less", 1),
+    ]
+    ps = []
+    for c in got:
+        d = [
+            _metric(study / "hot" / f"seed_{s}", 1, c["metric"]) - _metric(study / "cool" / f"seed_{s}", 1, c["metric"])
+            for s in (0, 1, 2)
+        ]
+        assert c["per_pair"] == pytest.approx(d) and c["n"] == 3 and c["unmatched"] == []  # same steps in both arms
+        flips = [sum(x * s for x, s in zip(d, signs)) for signs in itertools.product((1, -1), repeat=3)]
+        assert c["sign_flip_p"] == pytest.approx(sum(abs(f) >= abs(sum(d)) - 1e-12 for f in flips) / 8)
+        p = stats.ttest_1samp(d, 0).pvalue if statistics.stdev(d) else c["sign_flip_p"]
+        assert c["p_value"] == pytest.approx(p)
+        ps.append(p)
+    low, high = sorted(range(2), key=lambda i: ps[i])
+    assert got[low]["holm_p"] == pytest.approx(min(1, 2 * ps[low]))
+    assert got[high]["holm_p"] == pytest.approx(min(1, max(2 * ps[low], ps[high])))
+    for c in got:
+        assert c["verdict"] == verdict(c, c["holm_p"], c["expect"])
+    text = (study / "study.md").read_text()
+    assert "Declared contrasts (primary: eval/accuracy/id)" in text and f"**{got[0]['verdict']}**" in text
+
+
+def test_unmatched_arms_get_no_verdict(study, tmp_path):
+    """Aggregated again under a match rule the arms break (other temperatures sample other token counts): every
+    contrast says 'unmatched', with the quantity and the seed, and the runs are not touched."""
+    path = _study_file(tmp_path, match=[{"quantity": "compute/total/generated_tokens"}])
+    out = _study(path, "--output_dir", study, "--aggregate")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((study / "study.json").read_text())
+    assert {c["verdict"] for c in result["contrasts"]} == {"unmatched"}
+    assert "compute/total/generated_tokens differs by" in result["contrasts"][0]["unmatched"][0]
+    assert "**unmatched**: compute/total/generated_tokens differs" in (study / "study.md").read_text()
+    assert _study(_study_file(tmp_path), "--output_dir", study, "--aggregate").returncode == 0  # as it was
+
+
 def test_bad_study_files_get_one_message(tmp_path):
-    cases = {
-        "arms": ([{"name": "x", "overrides": {"train.no_such_field": 1}}], "arm 'x'"),
-        "seeds": ([0, 0], "study field 'seeds'"),
-        "baseline": ("nope", "study field 'baseline'"),
-    }
-    for field, (value, message) in cases.items():
+    cases = [
+        ("arms", [{"name": "cool", "overrides": {"train.no_such_field": 1}}, {"name": "hot"}], "arm 'cool'"),
+        ("seeds", [0, 0], "seeds=[0, 0]: give distinct"),
+        ("baseline", "nope", "baseline='nope' is not an arm (cool, hot)"),
+        ("contrasts", [{"arm": "hott"}], "contrasts[0].arm='hott' is not an arm"),
+        ("contrasts", [{"arm": "hot", "metrc": "x"}], "contrasts[0].metrc: unknown key. Did you mean 'metric'?"),
+        ("primry", ["x"], "primry: unknown key. Did you mean 'primary'?"),
+    ]
+    for i, (field, value, message) in enumerate(cases):
         path = _study_file(tmp_path, **{field: value})
-        out = _study(path, "--output_dir", tmp_path / f"out_{field}")
+        out = _study(path, "--output_dir", tmp_path / f"out_{i}")
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, (field, out.stderr)
-    overrides_seed = _study_file(tmp_path, arms=[{"name": "x", "overrides": {"seed": 3}}])
+    both = _study_file(tmp_path, seeds=[0, 0], baseline="nope")  # every problem at once
+    out = _study(both, "--output_dir", tmp_path / "both")
+    assert "seeds=[0, 0]" in out.stderr and "baseline='nope'" in out.stderr
+    overrides_seed = _study_file(tmp_path, arms=[{"name": "cool", "overrides": {"seed": 3}}, {"name": "hot"}])
     out = _study(overrides_seed, "--output_dir", tmp_path / "o")
     assert out.returncode == 2 and "'seed' and 'output_dir' are the study's" in out.stderr
 

@@ -27,7 +27,7 @@ from selfimprove.metrics.diversity import (
     self_repetition,
     subsample,
 )
-from selfimprove.stages.ledger import round_ledger
+from selfimprove.metrics.ledger import round_ledger
 from selfimprove.tasks import is_proposed
 
 

@@ -195,9 +195,9 @@ def sample_tables(run: Path, rows: list[dict], n: int = 8) -> str:
 
 
 def compute_section(metrics: dict[str, list[dict]]) -> str:
-    """The compute ledger (selfimprove.stages.ledger): per round and in total for each run, so arms can be compared
+    """The compute ledger (selfimprove.metrics.ledger): per round and in total for each run, so arms can be compared
     on what they spent."""
-    from selfimprove.stages.ledger import COUNTS
+    from selfimprove.metrics.ledger import COUNTS
 
     blocks = []
     for name, rows in metrics.items():

@@ -29,12 +29,10 @@ seeds has only a handful of distinct resamples.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import logging
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -43,131 +41,12 @@ from pathlib import Path
 
 import yaml
 
-from selfimprove.core.errors import RunDirError, UserError
+from selfimprove.core.errors import RunDirError
+from selfimprove.tools.study_file import Arm, Study, StudyError, as_file, load_study  # noqa: F401 (the CLI's API)
 
 logger = logging.getLogger("selfimprove.tools.study")
 
-DEFAULT_METRICS = (
-    "eval/accuracy/id",
-    "eval/accuracy/ood",
-    "diversity/probe/answer_entropy",
-    "diversity/probe/distinct_answers_per_prompt",
-    "diversity/probe/ngram_vendi",
-    "diversity/probe/distinct_2",
-)
 SAVED = "study.yaml"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class StudyError(UserError):
-    pass
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    name: str
-    overrides: dict
-
-
-@dataclasses.dataclass(frozen=True)
-class Study:
-    name: str
-    base: Path
-    seeds: tuple[int, ...]
-    arms: tuple[Arm, ...]
-    baseline: str
-    metrics: tuple[str, ...]
-    output_dir: Path
-    slurm: dict
-    threads: int = 1
-
-    def run_dir(self, arm: str, seed: int) -> Path:
-        return self.output_dir / arm / f"seed_{seed}"
-
-    def recipe_path(self, arm: str) -> Path:
-        return self.output_dir / "recipes" / f"{arm}.yaml"
-
-    def runs(self) -> list[tuple[str, int]]:
-        return [(a.name, s) for a in self.arms for s in self.seeds]
-
-    def identity(self) -> dict:
-        """What the runs depend on: a change here is another study."""
-        return {
-            "base": yaml.safe_load(self.base.read_text()),
-            "arms": [dataclasses.asdict(a) for a in self.arms],
-            "seeds": list(self.seeds),
-            "threads": self.threads,
-        }
-
-
-def _fail(field: str, fix: str) -> StudyError:
-    return StudyError(f"study field '{field}': {fix}")
-
-
-def _arms(raw) -> tuple[Arm, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise _fail("arms", "give a non-empty list of {name: ..., overrides: {dotted.key: value}}.")
-    arms = []
-    for i, a in enumerate(raw):
-        if not isinstance(a, dict) or not isinstance(a.get("name"), str) or not NAME.match(a["name"]):
-            raise _fail(f"arms[{i}].name", "each arm needs a name of letters, digits, '_', '.' or '-'.")
-        if not isinstance(a.get("overrides", {}), dict) or set(a) - {"name", "overrides"}:
-            raise _fail(f"arms[{i}]", "an arm has only 'name' and 'overrides' (a mapping of dotted recipe keys).")
-        if "seed" in a.get("overrides", {}) or "output_dir" in a.get("overrides", {}):
-            raise _fail(f"arms[{i}].overrides", "'seed' and 'output_dir' are the study's to set (seeds, output_dir).")
-        arms.append(Arm(a["name"], dict(a.get("overrides") or {})))
-    names = [a.name for a in arms]
-    if len(set(names)) < len(names):
-        raise _fail("arms", f"arm names must differ: {names}.")
-    return tuple(arms)
-
-
-def load_study(path: str | Path, output_dir: str | None = None) -> Study:
-    from selfimprove.core.typed_yaml import load_yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"study file {str(path)!r} does not exist.")
-    raw = load_yaml(str(path)) or {}
-    unknown = set(raw) - {"name", "base", "seeds", "arms", "baseline", "metrics", "output_dir", "slurm", "threads"}
-    if unknown:
-        raise _fail(
-            ", ".join(sorted(unknown)),
-            "unknown field; a study has name, base, seeds, arms, baseline, metrics, threads, output_dir and slurm.",
-        )
-    threads = raw.get("threads", 1)
-    if not isinstance(threads, int) or threads < 1:
-        raise _fail("threads", "give the torch thread count of every run, an integer >= 1 (default 1).")
-    if not isinstance(raw.get("base"), str) or not (path.parent / raw["base"]).is_file():
-        raise _fail("base", f"name the base recipe file, relative to the study file ({raw.get('base')!r} not found).")
-    seeds = raw.get("seeds", [0, 1, 2])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and s >= 0 for s in seeds)
-        or len(set(seeds)) < len(seeds)
-    ):
-        raise _fail("seeds", "give a list of distinct non-negative integers, e.g. [0, 1, 2].")
-    arms = _arms(raw.get("arms"))
-    baseline = raw.get("baseline", arms[0].name)
-    if baseline not in {a.name for a in arms}:
-        raise _fail("baseline", f"{baseline!r} is not an arm ({', '.join(a.name for a in arms)}).")
-    metrics = raw.get("metrics", list(DEFAULT_METRICS))
-    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
-        raise _fail("metrics", "give a list of metric names as metrics.jsonl spells them.")
-    name = raw.get("name", path.stem)
-    out = Path(output_dir or raw.get("output_dir") or Path("runs") / "studies" / name)
-    return Study(
-        name,
-        (path.parent / raw["base"]).resolve(),
-        tuple(seeds),
-        arms,
-        baseline,
-        tuple(metrics),
-        out,
-        dict(raw.get("slurm") or {}),
-        threads,
-    )
 
 
 def arm_recipe(study: Study, arm: Arm) -> dict:
@@ -316,7 +195,8 @@ def aggregate(study: Study, timing: dict | None = None) -> dict:
     start = time.perf_counter()
     from selfimprove.core.atomic import write_json
     from selfimprove.core.environment import run_environment
-    from selfimprove.tools.stats import mean_ci, paired_difference
+    from selfimprove.tools.stats import VERDICT_RULE, mean_ci, paired_difference
+    from selfimprove.tools.verdicts import contrasts
 
     per_run = {(a, s): _metrics(study.run_dir(a, s)) for a, s in study.runs()}
     rounds = sorted({k for m in per_run.values() for k in m})
@@ -325,9 +205,14 @@ def aggregate(study: Study, timing: dict | None = None) -> dict:
         "baseline": study.baseline,
         "seeds": list(study.seeds),
         "metrics": list(study.metrics),
+        "primary": list(study.primary),
+        "match": [{"quantity": q, "tolerance": t} for q, t in study.match],
         "method": {
-            "arms": "mean, sample sd and t interval over seeds (95%)",
+            "arms": "mean, sample sd and t interval over seeds (95%); n = seeds present, the missing ones named",
             "differences": "arm - baseline per seed (same seeds), mean with paired t interval (95%)",
+            "contrasts": "declared contrasts: paired t interval and p, exact sign-flip p, Holm-adjusted p over all "
+            "of them",
+            "verdict_rule": VERDICT_RULE + " 'unmatched': the two arms differ in a declared match quantity.",
         },
         "runs": {
             f"{a}/seed_{s}": {"rounds": sorted(m), "environment": run_environment(study.run_dir(a, s))}
@@ -342,7 +227,8 @@ def aggregate(study: Study, timing: dict | None = None) -> dict:
             out["arms"][arm.name][str(k)] = {}
             for metric in study.metrics:
                 values = [per_run[(arm.name, s)].get(k, {}).get(metric) for s in study.seeds]
-                out["arms"][arm.name][str(k)][metric] = {**mean_ci(values), "values": values}
+                missing = [s for s, v in zip(study.seeds, values) if v is None]
+                out["arms"][arm.name][str(k)][metric] = {**mean_ci(values), "values": values, "missing": missing}
         if arm.name == study.baseline:
             continue
         out["differences"][arm.name] = {}
@@ -352,6 +238,7 @@ def aggregate(study: Study, timing: dict | None = None) -> dict:
                 base = [per_run[(study.baseline, s)].get(k, {}).get(metric) for s in study.seeds]
                 mine = [per_run[(arm.name, s)].get(k, {}).get(metric) for s in study.seeds]
                 out["differences"][arm.name][str(k)][metric] = paired_difference(base, mine)
+    out["contrasts"] = contrasts(study, per_run)
     out["final_round"] = max(rounds) if rounds else None
     if timing is not None:
         timing["aggregate_s"] = time.perf_counter() - start
@@ -409,28 +296,77 @@ def _write_csv(study: Study, result: dict) -> None:
     os.replace(tmp, path)
 
 
+def _pct(metric: str):
+    """How a metric's values print: accuracies in percent, everything else to 3 decimals."""
+    if metric.startswith("eval/accuracy"):
+        return lambda x: "-" if x is None or x != x else f"{100 * x:.1f}"
+    return _fmt
+
+
+def _signed(f, x) -> str:
+    return f"{'+' if x == x and x >= 0 else ''}{f(x)}"
+
+
+def contrast_rows(result: dict) -> list[list[str]]:
+    """One row per declared contrast: what is compared, B - A [95% t CI], per-seed differences, n, t p, sign-flip
+    p, Holm p, verdict (and why a contrast is unmatched)."""
+    rows = []
+    for c in result.get("contrasts", []):
+        f = _pct(c["metric"])
+        unit = " (%)" if c["metric"].startswith("eval/accuracy") else ""
+        why = "; ".join(c["unmatched"][:2]) + (" ..." if len(c["unmatched"]) > 2 else "")
+        rows.append(
+            [
+                f"{c['arm']} - {c['vs']}",
+                f"{c['metric']}{unit}",
+                str(c["round"]),
+                c["expect"],
+                f"{_signed(f, c['mean'])} [{f(c['ci_low'])}, {f(c['ci_high'])}]",
+                " / ".join(_signed(f, x) for x in c["per_pair"]),
+                f"{c['n']}" + (f" (missing seeds {c['missing_seeds']})" if c["missing_seeds"] else ""),
+                _fmt(c["p_value"]),
+                _fmt(c["sign_flip_p"]),
+                _fmt(c["holm_p"]),
+                f"**{c['verdict']}**" + (f": {why}" if why else ""),
+            ]
+        )
+    return rows
+
+
+CONTRAST_HEAD = ["contrast (B - A)", "metric", "round", "expect", "B - A [95% CI]", "per seed", "n", "t p",
+                 "sign-flip p", "Holm p", "verdict"]  # fmt: skip
+
+
 def markdown(result: dict) -> str:
-    """The final round as a Markdown table (for docs): mean [95% CI] per arm, per-seed values, paired difference."""
+    """The declared contrasts with their verdicts, then the final round as a Markdown table (for docs): mean
+    [95% CI] per arm, n, per-seed values, paired difference against the baseline."""
     k = str(result["final_round"])
-    lines = [
+    lines = []
+    if result.get("contrasts"):
+        lines += [
+            f"Declared contrasts (primary: {', '.join(result['primary']) or '-'}); verdict rule: "
+            f"{result['method']['verdict_rule']}",
+            "",
+            "| " + " | ".join(CONTRAST_HEAD) + " |",
+            "|" + "---|" * len(CONTRAST_HEAD),
+            *("| " + " | ".join(r) + " |" for r in contrast_rows(result)),
+            "",
+        ]
+    lines += [
         f"Round {k}; mean [95% t CI] over seeds {result['seeds']}; diff = arm - {result['baseline']}, paired by seed.",
         "",
-        "| arm | metric | mean [95% CI] | per seed | diff [95% CI] | p |",
-        "|---|---|---|---|---|---|",
+        "| arm | metric | n | mean [95% CI] | per seed | diff [95% CI] | p |",
+        "|---|---|---|---|---|---|---|",
     ]
     for arm, by_round in result["arms"].items():
         for metric, v in by_round.get(k, {}).items():
             d = result["differences"].get(arm, {}).get(k, {}).get(metric)
-            pct = metric.startswith("eval/accuracy")
-            f = (lambda x: "-" if x is None or x != x else f"{100 * x:.1f}") if pct else _fmt  # noqa: E731
-            diff = (
-                f"{'+' if d['mean'] >= 0 else ''}{f(d['mean'])} [{f(d['ci_low'])}, {f(d['ci_high'])}]"
-                if d and d["n"]
-                else ""
-            )
+            f, pct = _pct(metric), metric.startswith("eval/accuracy")
+            diff = f"{_signed(f, d['mean'])} [{f(d['ci_low'])}, {f(d['ci_high'])}]" if d and d["n"] else ""
             lines.append(
-                f"| {arm} | {metric}{' (%)' if pct else ''} | {f(v['mean'])} [{f(v['ci_low'])}, {f(v['ci_high'])}] | "
-                f"{' / '.join(f(x) for x in v['values'])} | {diff} | {_fmt(d['p_value']) if d else ''} |"
+                f"| {arm} | {metric}{' (%)' if pct else ''} | {v['n']} | {f(v['mean'])} [{f(v['ci_low'])}, "
+                f"{f(v['ci_high'])}] | {' / '.join(f(x) for x in v['values'])} | {diff} | "
+                f"{_fmt(d['p_value']) if d else ''} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -443,6 +379,14 @@ def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    if result.get("contrasts"):
+        table = Table(title=f"study {result['study']}: declared contrasts ({result['method']['verdict_rule']})")
+        for col in CONTRAST_HEAD:
+            table.add_column(col)
+        for row in contrast_rows(result):
+            table.add_row(*[x.replace("**", "") for x in row])
+        console.print(table)
     k = str(result["final_round"])
     table = Table(
         title=f"study {result['study']}: round {k}, mean [95% t CI] over seeds; diff = arm - "
@@ -462,7 +406,7 @@ def print_table(result: dict) -> None:
                 f"{d['mean']:+.3f} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]" if d and d["n"] else "",
                 _fmt(d["p_value"]) if d else "",
             )
-    Console().print(table)
+    console.print(table)
 
 
 def slurm_script(study: Study, smoke: bool = False) -> Path:
@@ -473,7 +417,7 @@ def slurm_script(study: Study, smoke: bool = False) -> Path:
     extra = "".join(f"#SBATCH --{k.replace('_', '-')}={v}\n" for k, v in s.items())
     n = len(study.runs())
     study_file = study.output_dir.resolve() / "study_file.yaml"
-    _write_text(study_file, yaml.safe_dump(_as_file(study), sort_keys=False))
+    _write_text(study_file, yaml.safe_dump(as_file(study), sort_keys=False))
     cmd = [
         sys.executable,
         "-m",
@@ -498,16 +442,3 @@ def slurm_script(study: Study, smoke: bool = False) -> Path:
     path = study.output_dir / "study.sbatch"
     _write_text(path, text)
     return path
-
-
-def _as_file(study: Study) -> dict:
-    return {
-        "name": study.name,
-        "base": str(study.base),
-        "seeds": list(study.seeds),
-        "baseline": study.baseline,
-        "threads": study.threads,
-        "metrics": list(study.metrics),
-        "arms": [dataclasses.asdict(a) for a in study.arms],
-        "slurm": study.slurm,
-    }
