@@ -193,6 +193,25 @@ def test_declared_contrasts_recomputed_by_hand(study):
     assert "Declared contrasts (primary: eval/accuracy/id)" in text and f"**{got[0]['verdict']}**" in text
 
 
+def test_the_bundle_holds_what_the_numbers_are_made_of(study, tmp_path):
+    """study/bundle: no checkpoint or data; aggregating the bundle alone gives the same study.json."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(study / "bundle", bundle)
+    files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
+    assert {"study.json", "study.md", "study_file.yaml", "bundle.json", "cool/seed_0/metrics.jsonl"} <= files
+    assert "hot/seed_2/environment.json" in files and "recipes/hot.yaml" in files
+    assert not any("model" in f or f.endswith((".safetensors", ".arrow", ".parquet")) for f in files)
+    assert sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) < 2_000_000
+    before = json.loads((bundle / "study.json").read_text())
+    out = _study(bundle / "study_file.yaml", "--output_dir", bundle, "--aggregate")
+    assert out.returncode == 0, out.stderr[-2000:]
+    after = json.loads((bundle / "study.json").read_text())
+    assert after["contrasts"] == before["contrasts"] and after["arms"] == before["arms"]
+    assert not (bundle / "bundle").exists()
+
+
 def test_unmatched_arms_get_no_verdict(study, tmp_path):
     """Aggregated again under a match rule the arms break (other temperatures sample other token counts): every
     contrast says 'unmatched', with the quantity and the seed, and the runs are not touched."""

@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import yaml
 
+from selfimprove.core.atomic import write_json
 from selfimprove.core.errors import RunDirError
 from selfimprove.tools.study_file import Arm, Study, StudyError, as_file, load_study  # noqa: F401 (the CLI's API)
 
@@ -67,7 +69,6 @@ def arm_recipe(study: Study, arm: Arm) -> dict:
 
 def _claim(study: Study, smoke: bool) -> None:
     """Create the study directory, or check a rerun is the same study; write each arm's recipe."""
-    from selfimprove.core.atomic import write_json
 
     recipes = {a.name: arm_recipe(study, a) for a in study.arms}  # every arm checked before any run
     saved = study.output_dir / SAVED
@@ -193,7 +194,6 @@ def aggregate(study: Study, timing: dict | None = None) -> dict:
     """study.json and study.csv from every run's metrics.jsonl (finished rounds only), each written once; ``timing``
     (the study's own cost so far) gets the aggregation's time and the total, and goes into study.json."""
     start = time.perf_counter()
-    from selfimprove.core.atomic import write_json
     from selfimprove.core.environment import run_environment
     from selfimprove.tools.stats import VERDICT_RULE, mean_ci, paired_difference
     from selfimprove.tools.verdicts import contrasts
@@ -247,6 +247,38 @@ def aggregate(study: Study, timing: dict | None = None) -> dict:
     write_json(study.output_dir / "study.json", out)
     _write_csv(study, out)
     _write_text(study.output_dir / "study.md", markdown(out))
+    write_bundle(study)
+    return out
+
+
+BUNDLE_RUN_FILES = ("metrics.jsonl", "environment.json", "recipe.yaml")
+BUNDLE_FILES = ("study.json", "study.md", "study.csv", SAVED)
+BUNDLE_MARK = "bundle.json"
+
+
+def write_bundle(study: Study) -> Path:
+    """STUDY_DIR/bundle: what a study's numbers are made of, small enough to commit (no checkpoints, no data): the
+    aggregate, the study file and each arm's recipe, and per run its metrics.jsonl, environment.json and resolved
+    recipe, laid out as the study directory is, so ``aggregate`` on the bundle (``selfimprove study
+    BUNDLE/study_file.yaml --output_dir BUNDLE --aggregate``) recomputes study.json. A bundle holds no bundle."""
+    out = study.output_dir / "bundle"
+    if (study.output_dir / BUNDLE_MARK).exists():
+        return study.output_dir
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "recipes").mkdir(parents=True)
+    for name in BUNDLE_FILES:
+        shutil.copyfile(study.output_dir / name, out / name)
+    _write_text(out / "study_file.yaml", yaml.safe_dump({**as_file(study), "base": study.base.name}, sort_keys=False))
+    shutil.copyfile(study.base, out / study.base.name)
+    for arm in study.arms:
+        shutil.copyfile(study.recipe_path(arm.name), out / "recipes" / f"{arm.name}.yaml")
+    write_json(out / BUNDLE_MARK, {"study": study.name, "runs": [f"{a}/seed_{s}" for a, s in study.runs()]})
+    for arm, seed in study.runs():
+        src, dst = study.run_dir(arm, seed), out / arm / f"seed_{seed}"
+        for name in BUNDLE_RUN_FILES:
+            if (src / name).exists():
+                dst.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / name, dst / name)
     return out
 
 
