@@ -272,3 +272,19 @@ def test_slurm_array_script(tmp_path):
     assert task.returncode == 0, task.stderr[-2000:]
     assert (tmp_path / "out" / "hot" / "seed_1" / "metrics.jsonl").exists()
     assert not (tmp_path / "out" / "cool" / "seed_0").exists()
+
+
+def test_docs_verdict_tables_agree_with_their_bundles(tmp_path):
+    """Every verdict table in README.md and docs/ is what its committed bundle says; an edited one is caught."""
+    from selfimprove.tools.results import blocks, render
+
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for doc in docs:
+        text = doc.read_text()
+        assert render(text, REPO / "results") == text, f"{doc.name}: run python scripts/verdict_tables.py"
+    marked = [(doc, name) for doc in docs for name in blocks(doc.read_text())]
+    assert marked, "no verdict table in the docs"
+    doc, name = marked[0]
+    tampered = doc.read_text().replace("**supported**", "**contradicted**").replace("**inconclusive**", "**supported**")
+    tampered = tampered.replace("**unmatched**", "**supported**")
+    assert render(tampered, REPO / "results") != tampered

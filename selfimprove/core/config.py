@@ -933,8 +933,8 @@ class MonitorConfig:
     )
     probe_size: int = _f(
         100,
-        "Fixed probe prompts (a seeded subsample of the eval sets, chosen once) sampled every round; 0 turns the probe "
-        "off.",
+        "Fixed probe prompts sampled every round: a held-out draw of their own (apart from the eval and dev sets, kept "
+        "out of training; never scored against an eval answer), chosen once; 0 turns the probe off.",
         ge=0,
     )
     probe_samples: int = _f(8, "Completions per probe prompt (also the k of the probe's pass@k).", ge=1)
