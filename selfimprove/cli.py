@@ -135,14 +135,16 @@ def make_parser() -> argparse.ArgumentParser:
         "--samples", type=int, default=5, help="Side-by-side samples for the prompts where A and B differ most."
     )
     cmp_.add_argument(
-        "--resamples", type=int, default=1000, help="Paired bootstrap resamples of the eval prompts (95%% CI of B - A)."
+        "--resamples",
+        type=int,
+        default=2000,
+        help="Paired bootstrap resamples of the eval and probe prompts (95%% CI of B - A of every per-prompt metric).",
     )
     cmp_.add_argument(
-        "--probe-resamples",
-        "--probe_resamples",
+        "--permutations",
         type=int,
-        default=200,
-        help="Resamples of the probe prompts (each recomputes every diversity metric on both sides).",
+        default=50,
+        help="Paired permutations for the probe's corpus-level metrics (each recomputes them on both sides; 0 = none).",
     )
     cmp_.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
     cmp_.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
@@ -343,7 +345,7 @@ def _compare(args) -> int:
         args.samples,
         trust=args.trust_recipe,
         resamples=args.resamples,
-        corpus_resamples=args.probe_resamples,
+        permutations=args.permutations,
     )
     print_table(result)
     if args.json:

@@ -143,8 +143,8 @@ def test_both_option_spellings():
     )
     assert collect_overrides(args) == {"output_dir": "x", "train.max_steps": 3}
     assert args.allow_recipe_change and args.log_level == "DEBUG"
-    args = make_parser().parse_args(["compare", "a", "b", "--trust_recipe", "--probe_resamples", "5"])
-    assert args.trust_recipe and args.probe_resamples == 5
+    args = make_parser().parse_args(["compare", "a", "b", "--trust_recipe", "--permutations", "5"])
+    assert args.trust_recipe and args.permutations == 5
 
 
 @pytest.mark.parametrize(

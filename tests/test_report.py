@@ -2,6 +2,7 @@
 TensorBoard logging with the round as the step."""
 
 import json
+import math
 import shutil
 import subprocess
 
@@ -39,7 +40,7 @@ def test_compare_json_recomputed_independently(tiny_run, tmp_path):
     from selfimprove.core.runs import open_run
 
     out = tmp_path / "cmp.json"
-    proc = run_cli("compare", tiny_run / "round_00", tiny_run / "round_02", "--json", out)
+    proc = run_cli("compare", tiny_run / "round_00", tiny_run / "round_02", "--json", out, "--permutations", 20)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "win-rate of B over A" in proc.stdout and "per-token KL" in proc.stdout
     res = json.loads(out.read_text())
@@ -85,6 +86,14 @@ def test_compare_json_recomputed_independently(tiny_run, tmp_path):
         for p in mean["a"]
     ]
     assert res["win_rate_b_vs_a"] == pytest.approx(np.mean(wins))
+    # per-prompt metrics: a bootstrap interval around their delta; corpus metrics: a permutation p, no interval
+    for key in ("diversity/probe/distinct_answers_per_prompt", "diversity/probe/answer_entropy", "eval/accuracy/id"):
+        v = res["metrics"][key]
+        assert v["ci_low"] <= v["delta"] <= v["ci_high"], key
+    for key in ("diversity/probe/distinct_2", "diversity/probe/ngram_vendi"):
+        v = res["metrics"][key]
+        assert math.isnan(v["ci_low"]) and 1 / 21 <= v["p_value"] <= 1, key
+    assert res["bootstrap"]["eval_resamples"] == 2000 and res["bootstrap"]["corpus_permutations"] == 20
     # per-token KL(A || B) along A's probe samples, one unpadded sequence at a time
     pa, pb, tok = load_policy(a).eval(), load_policy(b).eval(), load_tokenizer(a)
     probe = {r["prompt_id"]: r["prompt"] for r in load_rows(tiny_run / "probe_set" / "data")}

@@ -91,23 +91,47 @@ def _prompt_scores(rows: list[dict]) -> dict[str, float]:
     return {p: float(np.mean([r["score"] for r in group])) for p, group in _by_prompt(rows).items()}
 
 
-def _probe_stat(ctx, rows: list[dict], ids: list[str]):
-    """Probe metrics of a resample of the probe prompts; a prompt drawn twice counts as two prompts."""
-    from selfimprove.stages.monitor import Models, answer_metrics, diversity_metrics
+def per_prompt_values(task, rows: list[dict], ids: list[str], k: int) -> dict[str, np.ndarray]:
+    """The probe metrics that are means over prompts, one value per prompt of ``ids`` (NaN where a prompt has none:
+    pass@k needs a reference and k samples), defined as the monitor defines them, so their mean is its number."""
+    from selfimprove.metrics.quality import answer_entropy, pass_at_k
 
-    by_prompt, scores = _by_prompt(rows), _prompt_scores(rows)
-    k, models = ctx.recipe.monitor.probe_samples, Models(ctx)  # the embedder loads once for all resamples
+    groups = _by_prompt(rows)
+    out: dict[str, list[float]] = defaultdict(list)
+    for p in ids:
+        g = groups[p]
+        answers = [task.answer(r["completion"]) for r in g]
+        out["diversity/probe/distinct_answers_per_prompt"].append(len(set(answers)))
+        out["diversity/probe/answer_entropy"].append(answer_entropy(answers))
+        out["quality/probe/mean_judge_score"].append(float(np.mean([r["score"] for r in g])))
+        labelled = all(r["oracle_correct"] >= 0 for r in g) and len(g) >= k
+        c = sum(r["oracle_correct"] for r in g)
+        p1, pk = (pass_at_k(len(g), c, 1), pass_at_k(len(g), c, k)) if labelled else (np.nan, np.nan)
+        out["quality/probe/pass@1"].append(p1)
+        out[f"quality/probe/pass@{k}"].append(pk)
+        out["quality/probe/pass@k_minus_pass@1"].append(pk - p1)
+    return {key: np.asarray(v, dtype=float) for key, v in out.items()}
 
-    def stat(idx) -> dict:
-        picked = [{**r, "prompt_id": f"{ids[i]}#{pos}"} for pos, i in enumerate(idx) for r in by_prompt[ids[i]]]
-        score = float(np.mean([scores[ids[i]] for i in idx]))
-        return {
-            **diversity_metrics(ctx, "probe", picked, models),
-            **answer_metrics(picked, ctx.task.answer, k, "probe", "quality/probe/"),
-            "quality/probe/mean_judge_score": score,
-        }
+
+def _corpus_stat(ctx, rows_a: list[dict], rows_b: list[dict], ids: list[str]):
+    """The probe's corpus-level diversity metrics of (A', B'), prompt i's samples swapped between the sides where
+    ``swap[i]`` (the per-prompt ones are left to the bootstrap)."""
+    from selfimprove.stages.monitor import Models, diversity_metrics
+
+    by_a, by_b, models = _by_prompt(rows_a), _by_prompt(rows_b), Models(ctx)  # the embedder loads once
+
+    def stat(swap: np.ndarray) -> tuple[dict, dict]:
+        side_a = [r for p, s in zip(ids, swap) for r in (by_b if s else by_a)[p]]
+        side_b = [r for p, s in zip(ids, swap) for r in (by_a if s else by_b)[p]]
+        return tuple(
+            {m: v for m, v in diversity_metrics(ctx, "probe", side, models).items() if m not in PER_PROMPT_DIVERSITY}
+            for side in (side_a, side_b)
+        )
 
     return stat
+
+
+PER_PROMPT_DIVERSITY = ("diversity/probe/distinct_answers_per_prompt",)
 
 
 def _mcnemar(rows_a: list[dict], rows_b: list[dict]) -> dict:
@@ -136,14 +160,14 @@ def compare(
     run: str | None = None,
     n_samples: int = 5,
     trust: bool = False,
-    resamples: int = 1000,
-    corpus_resamples: int = 200,
+    resamples: int = 2000,
+    permutations: int = 50,
 ) -> dict:
     from selfimprove.core.environment import differences, run_environment
     from selfimprove.core.model import load_policy, load_tokenizer
     from selfimprove.core.runs import open_run
     from selfimprove.stages.judge import run_env
-    from selfimprove.tools.stats import paired_bootstrap
+    from selfimprove.tools.stats import bootstrap_mean_difference, paired_bootstrap, paired_permutation
 
     (ckpt_a, run_a), (ckpt_b, run_b) = resolve(a), resolve(b)
     run_dir = Path(run) if run else run_a
@@ -158,23 +182,20 @@ def compare(
     out["environment_differences"] = differences(out["a"]["environment"], out["b"]["environment"])
     (eval_a, probe_a), (eval_b, probe_b) = _score(ctx, ckpt_a), _score(ctx, ckpt_b)
     ids = sorted({r["prompt_id"] for r in probe_a} & {r["prompt_id"] for r in probe_b})
-    seed = ctx.recipe.seed
-    table = {
-        **paired_bootstrap(_eval_stat(ctx.task, eval_a), _eval_stat(ctx.task, eval_b), len(eval_a), resamples, seed),
-        **(
-            paired_bootstrap(
-                _probe_stat(ctx, probe_a, ids), _probe_stat(ctx, probe_b, ids), len(ids), corpus_resamples, seed
-            )
-            if ids
-            else {}
-        ),
-    }
+    seed, k = ctx.recipe.seed, ctx.recipe.monitor.probe_samples
+    table = paired_bootstrap(_eval_stat(ctx.task, eval_a), _eval_stat(ctx.task, eval_b), len(eval_a), resamples, seed)
+    if ids:
+        va, vb = per_prompt_values(ctx.task, probe_a, ids, k), per_prompt_values(ctx.task, probe_b, ids, k)
+        table.update({m: bootstrap_mean_difference(va[m], vb[m], resamples, seed) for m in va})
+        table.update(paired_permutation(_corpus_stat(ctx, probe_a, probe_b, ids), len(ids), permutations, seed))
     out["metrics"] = dict(sorted(table.items()))
     out["bootstrap"] = {
-        "method": "paired percentile bootstrap over shared prompts",
+        "method": "paired percentile bootstrap over shared prompts (eval metrics and the probe's per-prompt "
+        "metrics); paired permutation p for the probe's corpus-level metrics",
         "level": 0.95,
         "eval_resamples": resamples,
-        "probe_resamples": corpus_resamples if ids else 0,
+        "probe_resamples": resamples if ids else 0,
+        "corpus_permutations": permutations if ids else 0,
         "eval_prompts": len(eval_a),
         "probe_prompts": len(ids),
     }
@@ -238,27 +259,29 @@ def print_table(result: dict) -> None:
         else f" (trained under recipes {result['a']['recipe'] or '?'} and {result['b']['recipe'] or '?'})"
     )
     table = Table(title=f"B = {result['b']['spec']}  vs  A = {result['a']['spec']}{recipes}")
-    for col in ("metric", "A", "B", "B - A", "95% CI", "McNemar p"):
+    for col in ("metric", "A", "B", "B - A", "95% CI", "perm p", "McNemar p"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for key, v in result["metrics"].items():
         ci = "" if v["ci_low"] != v["ci_low"] else f"[{v['ci_low']:+.4g}, {v['ci_high']:+.4g}]"
         real = ci and (v["ci_low"] > 0 or v["ci_high"] < 0)
         m = result["mcnemar"].get(key)
+        perm = v.get("p_value")
         table.add_row(
             key,
             f"{v['a']:.4g}",
             f"{v['b']:.4g}",
             f"{v['delta']:+.4g}",
             f"[bold]{ci}[/]" if real else ci,
+            "" if perm is None or perm != perm else f"{perm:.3g}",
             f"{m['p_value']:.3g} ({m['a_only']}/{m['b_only']})" if m else "",
         )
     console = Console()
     console.print(table)
     b = result["bootstrap"]
     console.print(
-        f"CI: {b['method']} ({b['eval_resamples']} resamples of {b['eval_prompts']} eval prompts, "
-        f"{b['probe_resamples']} of {b['probe_prompts']} probe prompts); bold = excludes 0. McNemar: exact, "
-        "(problems only A solved / only B solved)."
+        f"CI: {b['method']} ({b['eval_resamples']} resamples of {b['eval_prompts']} eval prompts and of "
+        f"{b['probe_prompts']} probe prompts; {b['corpus_permutations']} permutations); bold = excludes 0. McNemar: "
+        "exact (problems only A solved / only B solved)."
     )
     for line in result.get("environment_differences", []):
         console.print(f"[yellow]warning: A and B ran in different environments: {line}[/]")

@@ -5,10 +5,11 @@
   (same seeds in both arms) for differences, beside the exact sign-flip p (no normality assumed), Holm's adjustment
   over a study's declared contrasts, and one verdict word per contrast by ``VERDICT_RULE``; the per-seed values are
   always printed beside them.
-- Over shared prompts (``selfimprove compare``): a paired percentile bootstrap, resampling the prompts both
-  checkpoints answered, with the metric recomputed on each resample for both sides (so corpus-level diversity
-  metrics get an interval too); McNemar's exact test (a two-sided binomial test on the discordant pairs) for
-  accuracies.
+- Over shared prompts (``selfimprove compare``): metrics that are means over prompts (eval accuracies, the probe's
+  per-prompt answer diversity, pass@k, judge scores) get a paired percentile bootstrap interval of B - A; corpus-level
+  metrics (distinct-n, n-gram Vendi, ...) get a paired permutation p instead (swapping a prompt's samples between the
+  sides), since resampling with repeats biases them; McNemar's exact test (a two-sided binomial test on the
+  discordant pairs) for accuracies.
 """
 
 from __future__ import annotations
@@ -169,6 +170,69 @@ def paired_bootstrap(
     for k, lo, hi in zip(keys, np.atleast_1d(ci.low), np.atleast_1d(ci.high)):
         out[k].update(ci_low=float(lo), ci_high=float(hi))
     return out
+
+
+def bootstrap_mean_difference(a: Sequence[float], b: Sequence[float], resamples: int, seed: int, level=LEVEL) -> dict:
+    """B - A of a per-unit metric (one value per prompt on each side, NaN where a side has none): the mean paired
+    difference over the units both sides have, and its percentile bootstrap interval (scipy, vectorised: the units'
+    differences are computed once and only resampled). The metric is a mean over units, so a unit drawn twice in a
+    resample counts twice without biasing it."""
+    from scipy import stats
+
+    from selfimprove.core import seeding
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    d = y[keep] - x[keep]
+    out = {
+        "a": float(x[keep].mean()) if keep.any() else math.nan,
+        "b": float(y[keep].mean()) if keep.any() else math.nan,
+    }
+    out.update(delta=float(d.mean()) if len(d) else math.nan, ci_low=math.nan, ci_high=math.nan, units=int(len(d)))
+    if len(d) > 1 and resamples > 0 and np.ptp(d) > 0:
+        ci = stats.bootstrap(
+            (d,),
+            np.mean,
+            n_resamples=resamples,
+            confidence_level=level,
+            method="percentile",
+            vectorized=True,
+            rng=seeding.rng(seed, "bootstrap_ci"),
+        ).confidence_interval
+        out.update(ci_low=float(ci.low), ci_high=float(ci.high))
+    elif len(d) > 1:
+        out.update(ci_low=out["delta"], ci_high=out["delta"])  # every unit differs by the same amount
+    return out
+
+
+def paired_permutation(stat: Callable[[np.ndarray], tuple[dict, dict]], n_units: int, permutations: int, seed: int):
+    """Two-sided paired permutation p of B - A for corpus-level metrics, which a resample with repeated texts would
+    bias (a text drawn twice lowers distinct-n): ``stat(swap)`` returns the metrics of (A', B'), where unit i's
+    samples change sides when ``swap[i]``. Under "A and B sample alike" every swap pattern is as likely as none;
+    p = (1 + #{|delta'| >= |delta|}) / (1 + permutations), so it never reads 0. No interval: a corpus metric's value
+    depends on the corpus size, so no resample of another size or with repeats estimates it."""
+    from selfimprove.core import seeding
+
+    a, b = stat(np.zeros(n_units, dtype=bool))
+    keys = sorted(set(a) & set(b))
+    observed = {k: b[k] - a[k] for k in keys}
+    hits = dict.fromkeys(keys, 0)
+    rng = seeding.rng(seed, "bootstrap_ci", 1)
+    for _ in range(permutations):
+        pa, pb = stat(rng.random(n_units) < 0.5)
+        for k in keys:
+            hits[k] += abs(pb[k] - pa[k]) >= abs(observed[k]) - 1e-12
+    return {
+        k: {
+            "a": a[k],
+            "b": b[k],
+            "delta": observed[k],
+            "ci_low": math.nan,
+            "ci_high": math.nan,
+            "p_value": (1 + hits[k]) / (1 + permutations) if permutations else math.nan,
+        }
+        for k in keys
+    }
 
 
 def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict:
