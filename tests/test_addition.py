@@ -114,7 +114,7 @@ def test_no_eval_set_answer_reaches_a_decision(tmp_path):
     assert t.target_digits(2, [{**base, "dev/accuracy/d6": 1.0}]) == [5, 6, 7]  # d6 solved: go on to d7
     with pytest.raises(ConfigError, match="dev_size_per_digit"):
         load_recipe(None, {"task.addition.curriculum": "accelerated"})
-    with pytest.raises(ConfigError, match="never read the eval"):
+    with pytest.raises(ConfigError, match="scored against the eval sets. answers"):
         load_recipe(None, {"monitor.alarms": [{"metric": "eval/accuracy/ood", "drop": 0.1}]})
     run = tmp_path / "run"
     out = run_cli(
