@@ -87,6 +87,8 @@ def test_check_refuses_a_decision_on_eval_answers_before_any_work(tmp_path, caps
     assert main(["run", str(TINY_RECIPE), "--output_dir", str(out), "--monitor.alarms", alarm]) == 2
     err = capsys.readouterr().err
     assert "monitor.alarms[0].metric='eval/accuracy/id'" in err and "dev/..." in err and not out.exists()
+    assert main(["check", str(TINY_RECIPE), "--monitor.alarms", alarm]) == 2
+    assert "monitor.alarms[0].metric='eval/accuracy/id'" in capsys.readouterr().err
 
 
 # The decisions both runs take: a steer alarm that fires at round 1 (train/rows falls from the seed's 400) and a
