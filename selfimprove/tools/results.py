@@ -23,14 +23,22 @@ BLOCK = re.compile(r"(<!-- verdicts: ([\w.-]+) -->\n)(.*?)(<!-- /verdicts: \2 --
 
 def table(result: dict, source: str) -> str:
     """The declared contrasts of one study as a Markdown table, with where they come from."""
-    envs = {(e.get("python", "?"), e.get("torch", "?")) for r in result["runs"].values() for e in [r["environment"]]}
+    envs = {
+        (
+            e.get("cpu", "?"),
+            e.get("python", "?"),
+            e.get("packages", {}).get("torch", "?"),
+            e.get("selfimprove_commit", "?")[:7],
+        )
+        for e in (r["environment"] for r in result["runs"].values())
+    }
     lines = [
         "| " + " | ".join(CONTRAST_HEAD) + " |",
         "|" + "---|" * len(CONTRAST_HEAD),
         *("| " + " | ".join(r) + " |" for r in contrast_rows(result)),
         "",
-        f"Generated from `{source}` ({len(result['runs'])} runs, seeds {result['seeds']}; python / torch "
-        f"{', '.join(f'{p} / {t}' for p, t in sorted(envs))}) by `scripts/verdict_tables.py`; do not edit by hand.",
+        f"Generated from `{source}` ({len(result['runs'])} runs, seeds {result['seeds']}; cpu / python / torch / "
+        f"commit {', '.join(' / '.join(e) for e in sorted(envs))}) by `scripts/verdict_tables.py`; not edited by hand.",
     ]
     return "\n".join(lines) + "\n"
 
