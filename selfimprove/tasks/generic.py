@@ -268,10 +268,14 @@ class GenericTask:
         return []  # no dev file yet: decisions read label-free metrics and the probe
 
     def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
-        """``size`` prompts held out of the prompts pool by ``stream`` (at most a quarter of it), none in ``exclude``:
-        the run's excluded prompts then keep them out of every round. Their answers, where the pool has them, are
-        references a decision may read: they are not the eval sets'."""
-        rows = [r for r in self._prompt_rows(self.cfg.prompts, "held") if prompt_key(r["prompt"]) not in exclude]
+        """``size`` distinct prompts held out of the prompts pool by ``stream`` (at most a quarter of its distinct
+        prompts), none in ``exclude``: the run's excluded prompts then keep them (and their repeats) out of every
+        round. Their answers, where the pool has them, are references a decision may read: not the eval sets'."""
+        distinct: dict[str, dict] = {}
+        for r in self._prompt_rows(self.cfg.prompts, "held"):
+            if prompt_key(r["prompt"]) not in exclude:
+                distinct.setdefault(prompt_key(r["prompt"]), r)
+        rows = list(distinct.values())
         order = seeding.rng(self.seed, stream).permutation(len(rows))[: min(size, len(rows) // 4)]
         return [{**rows[i], "split": "id"} for i in sorted(order)]
 
