@@ -63,6 +63,25 @@ class Task(Protocol):
         """Flat eval/... metrics from eval rows carrying a boolean ``correct``."""
 
 
+class FixedSets:
+    """eval_sets, dev_sets and held_out for a task that generates its problems: each set from its own named stream
+    through the task's ``_fixed_set(stream, name, size, exclude)``, sized by the config fields ``EVAL_SIZE`` and
+    ``DEV_SIZE`` (per level)."""
+
+    EVAL_SIZE: str
+    DEV_SIZE: str
+
+    def eval_sets(self) -> list[dict]:
+        return self._fixed_set("eval_sets", "eval", getattr(self.cfg, self.EVAL_SIZE), set())
+
+    def dev_sets(self, exclude: set[str]) -> list[dict]:
+        return self._fixed_set("dev_split", "dev", getattr(self.cfg, self.DEV_SIZE), exclude)
+
+    def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
+        """``size`` problems per level like the eval sets, from ``stream``, none in ``exclude`` (the probe)."""
+        return self._fixed_set(stream, "probe", size, exclude)
+
+
 PROPOSAL_LINEAGE = {"proposed_by": "task", "parent_prompt": "", "operation": "", "pass_rate": -1.0}
 
 

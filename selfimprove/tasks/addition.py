@@ -23,7 +23,7 @@ import re
 import numpy as np
 
 from selfimprove.core import seeding
-from selfimprove.tasks import prompt_key, split_accuracy
+from selfimprove.tasks import FixedSets, prompt_key, split_accuracy
 
 _PROMPT = re.compile(r"^(\d+)\+(\d+)=$")
 
@@ -46,7 +46,8 @@ def _operand(rng: np.random.Generator, digits: int) -> int:
     return int(rng.integers(low, 10**digits))
 
 
-class AdditionTask:
+class AdditionTask(FixedSets):
+    EVAL_SIZE, DEV_SIZE = "eval_size_per_digit", "dev_size_per_digit"
     name = "addition"
     system_prompt = ""
     fewshot_examples = ()
@@ -79,17 +80,6 @@ class AdditionTask:
             short = int(rng.integers(low, high + 1))
             other = short if c.other_operand == "same" else int(rng.integers(1, short + 1))
         return (short, other) if rng.random() < 0.5 else (other, short)
-
-    def eval_sets(self) -> list[dict]:
-        return self._fixed_set("eval_sets", "eval", self.cfg.eval_size_per_digit, set())
-
-    def dev_sets(self, exclude: set[str]) -> list[dict]:
-        """The split decisions read (accelerated curriculum): like the eval sets, drawn apart from them."""
-        return self._fixed_set("dev_split", "dev", self.cfg.dev_size_per_digit, exclude)
-
-    def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
-        """``size`` problems per digit count like the eval sets, from ``stream``, none in ``exclude`` (the probe)."""
-        return self._fixed_set(stream, "probe", size, exclude)
 
     def _fixed_set(self, stream: str, name: str, size: int, exclude: set[str]) -> list[dict]:
         """Each digit count from its own sub-stream, so a set never depends on the other counts drawn."""

@@ -21,7 +21,7 @@ import re
 import numpy as np
 
 from selfimprove.core import seeding
-from selfimprove.tasks import prompt_key, split_accuracy
+from selfimprove.tasks import FixedSets, prompt_key, split_accuracy
 
 _PROMPT = re.compile(r"^(\d+(?:,\d+)*)>(-?\d+):$")
 _EXPR = re.compile(r"^\d+(?:[-+*]\d+)*$")
@@ -72,7 +72,8 @@ def check(prompt: str, completion: str) -> bool:
     return evaluate_expression(completion) == target
 
 
-class CountdownTask:
+class CountdownTask(FixedSets):
+    EVAL_SIZE, DEV_SIZE = "eval_size_per_level", "dev_size_per_level"
     name = "countdown"
     system_prompt = ""
     fewshot_examples = ()
@@ -97,16 +98,6 @@ class CountdownTask:
 
     def _operands(self, rng) -> int:
         return int(rng.integers(self.cfg.min_operands, self.cfg.max_operands + 1))
-
-    def eval_sets(self) -> list[dict]:
-        return self._fixed_set("eval_sets", "eval", self.cfg.eval_size_per_level, set())
-
-    def dev_sets(self, exclude: set[str]) -> list[dict]:
-        return self._fixed_set("dev_split", "dev", self.cfg.dev_size_per_level, exclude)
-
-    def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
-        """``size`` problems per operand count like the eval sets, from ``stream``, none in ``exclude`` (the probe)."""
-        return self._fixed_set(stream, "probe", size, exclude)
 
     def _fixed_set(self, stream: str, name: str, size: int, exclude: set[str]) -> list[dict]:
         """Each operand count from its own sub-stream, so a set never depends on which other counts are drawn."""

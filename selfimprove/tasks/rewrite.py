@@ -27,7 +27,7 @@ import re
 import numpy as np
 
 from selfimprove.core import seeding
-from selfimprove.tasks import prompt_key, split_accuracy
+from selfimprove.tasks import FixedSets, prompt_key, split_accuracy
 
 _PROMPT = re.compile(r"^((?:[a-z]+>[a-z]*)(?:;[a-z]+>[a-z]*)*)\|([a-z]*)=$")
 
@@ -50,7 +50,8 @@ def render(rules: list[tuple[str, str]], text: str) -> str:
     return ";".join(f"{x}>{y}" for x, y in rules) + f"|{text}="
 
 
-class RewriteTask:
+class RewriteTask(FixedSets):
+    EVAL_SIZE, DEV_SIZE = "eval_size_per_level", "dev_size_per_level"
     name = "rewrite"
     system_prompt = ""
     fewshot_examples = ()
@@ -116,16 +117,6 @@ class RewriteTask:
         i = int(rng.integers(0, len(answer)))
         other = [ch for ch in self.letters if ch != answer[i]]
         return answer[:i] + str(rng.choice(other)) + answer[i + 1 :]
-
-    def eval_sets(self) -> list[dict]:
-        return self._fixed_set("eval_sets", "eval", self.cfg.eval_size_per_level, set())
-
-    def dev_sets(self, exclude: set[str]) -> list[dict]:
-        return self._fixed_set("dev_split", "dev", self.cfg.dev_size_per_level, exclude)
-
-    def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
-        """``size`` problems per split and step count like the eval sets, from ``stream``, none in ``exclude``."""
-        return self._fixed_set(stream, "probe", size, exclude)
 
     def _fixed_set(self, stream: str, name: str, size: int, exclude: set[str]) -> list[dict]:
         """Each (split, step count) from its own sub-stream, and ID problems on the first eval_id_rules training
