@@ -27,7 +27,7 @@ STREAMS: dict[str, tuple[int, str]] = {
     "train": (11, "round k's trainer seed and data order (TrainingArguments.seed / data_seed)"),
     "label_noise": (12, "which seed labels a task corrupts on purpose (rewrite.label_noise)"),
     "dev_split": (13, "the dev problems decisions read (never the eval sets)"),
-    "bootstrap_ci": (14, "resamples of compare's paired bootstrap"),
+    "bootstrap_ci": (14, "resamples of compare's paired bootstrap (round 1: its paired permutations)"),
     "rules": (16, "the rewrite task's rule universe (held-out rules first)"),
     "oracle_labels": (17, "which selected rows get a corrupted reference (select.oracle_label_noise)"),
     "reward_pairs": (18, "the reward model's pairs, corruptions (judge.reward_model.train); round 1: trainer, 2: head"),

@@ -42,20 +42,28 @@ def distinct_answers_per_prompt(rows: list[dict], answer) -> float:
     return _mean(len({answer(r["completion"]) for r in g}) for g in _by_prompt(rows))
 
 
+def prompt_answer_values(group: list[dict], answer, k: int) -> dict:
+    """One prompt's answer diversity and, where ground truth is known for all of its >= k samples, pass@1, pass@k
+    and their gap (None otherwise): the per-prompt values ``answer_metrics`` averages (and compare bootstraps)."""
+    from selfimprove.metrics.quality import answer_entropy, pass_at_k
+
+    answers = [answer(r["completion"]) for r in group]
+    out = {"answer_entropy": answer_entropy(answers), "distinct_answers": len(set(answers))}
+    labelled = all(r["oracle_correct"] >= 0 for r in group) and len(group) >= k
+    c = sum(r["oracle_correct"] for r in group)
+    p1, pk = (pass_at_k(len(group), c, 1), pass_at_k(len(group), c, k)) if labelled else (None, None)
+    return {**out, "pass@1": p1, f"pass@{k}": pk, "pass@k_minus_pass@1": None if p1 is None else pk - p1}
+
+
 def answer_metrics(rows: list[dict], answer, k: int, name: str, quality: str) -> dict:
     """diversity/<name>/answer_entropy and, where ground truth is known, <quality>pass@1, pass@k and their gap
     (Wu et al.'s signal)."""
-    from selfimprove.metrics.quality import answer_entropy, pass_at_k
-
-    groups = _by_prompt(rows)
-    out = {
-        f"diversity/{name}/answer_entropy": _mean(answer_entropy([answer(r["completion"]) for r in g]) for g in groups)
-    }
-    labelled = [g for g in groups if all(r["oracle_correct"] >= 0 for r in g) and len(g) >= k]
+    per = [prompt_answer_values(g, answer, k) for g in _by_prompt(rows)]
+    out = {f"diversity/{name}/answer_entropy": _mean(v["answer_entropy"] for v in per)}
+    labelled = [v for v in per if v["pass@1"] is not None]
     if labelled:
-        p1 = _mean(pass_at_k(len(g), sum(r["oracle_correct"] for r in g), 1) for g in labelled)
-        pk = _mean(pass_at_k(len(g), sum(r["oracle_correct"] for r in g), k) for g in labelled)
-        out.update({f"{quality}pass@1": p1, f"{quality}pass@{k}": pk, f"{quality}pass@k_minus_pass@1": pk - p1})
+        out.update({f"{quality}{m}": _mean(v[m] for v in labelled) for m in ("pass@1", f"pass@{k}")})
+        out[f"{quality}pass@k_minus_pass@1"] = out[f"{quality}pass@{k}"] - out[f"{quality}pass@1"]
     return out
 
 

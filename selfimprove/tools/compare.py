@@ -93,24 +93,25 @@ def _prompt_scores(rows: list[dict]) -> dict[str, float]:
 
 def per_prompt_values(task, rows: list[dict], ids: list[str], k: int) -> dict[str, np.ndarray]:
     """The probe metrics that are means over prompts, one value per prompt of ``ids`` (NaN where a prompt has none:
-    pass@k needs a reference and k samples), defined as the monitor defines them, so their mean is its number."""
-    from selfimprove.metrics.quality import answer_entropy, pass_at_k
+    pass@k needs a reference and k samples), from the monitor's own per-prompt definition, so their mean is its
+    number."""
+    from selfimprove.stages.monitor import prompt_answer_values
 
-    groups = _by_prompt(rows)
+    groups, scores = _by_prompt(rows), _prompt_scores(rows)
+    names = {
+        "distinct_answers": "diversity/probe/distinct_answers_per_prompt",
+        "answer_entropy": "diversity/probe/answer_entropy",
+        **{m: f"quality/probe/{m}" for m in ("pass@1", f"pass@{k}", "pass@k_minus_pass@1")},
+    }
     out: dict[str, list[float]] = defaultdict(list)
     for p in ids:
-        g = groups[p]
-        answers = [task.answer(r["completion"]) for r in g]
-        out["diversity/probe/distinct_answers_per_prompt"].append(len(set(answers)))
-        out["diversity/probe/answer_entropy"].append(answer_entropy(answers))
-        out["quality/probe/mean_judge_score"].append(float(np.mean([r["score"] for r in g])))
-        labelled = all(r["oracle_correct"] >= 0 for r in g) and len(g) >= k
-        c = sum(r["oracle_correct"] for r in g)
-        p1, pk = (pass_at_k(len(g), c, 1), pass_at_k(len(g), c, k)) if labelled else (np.nan, np.nan)
-        out["quality/probe/pass@1"].append(p1)
-        out[f"quality/probe/pass@{k}"].append(pk)
-        out["quality/probe/pass@k_minus_pass@1"].append(pk - p1)
+        for m, v in prompt_answer_values(groups[p], task.answer, k).items():
+            out[names[m]].append(np.nan if v is None else v)
+        out["quality/probe/mean_judge_score"].append(scores[p])
     return {key: np.asarray(v, dtype=float) for key, v in out.items()}
+
+
+PER_PROMPT_DIVERSITY = ("diversity/probe/distinct_answers_per_prompt",)  # bootstrapped, not permuted
 
 
 def _corpus_stat(ctx, rows_a: list[dict], rows_b: list[dict], ids: list[str]):
@@ -129,9 +130,6 @@ def _corpus_stat(ctx, rows_a: list[dict], rows_b: list[dict], ids: list[str]):
         )
 
     return stat
-
-
-PER_PROMPT_DIVERSITY = ("diversity/probe/distinct_answers_per_prompt",)
 
 
 def _mcnemar(rows_a: list[dict], rows_b: list[dict]) -> dict:

@@ -82,8 +82,15 @@ def pointwise(env, rows: list[dict]):
         score = float(v) / cfg.max_score if v is not None and float(v) <= cfg.max_score else None
         score = 0.0 if inj else score
         scores.append(score)
-        rec = {"row": i, "output": out, "score": -1.0 if score is None else score, "injected": inj}
-        records.append({**rec, "num_tokens": o["num_tokens"]})
+        records.append(
+            {
+                "row": i,
+                "output": out,
+                "score": -1.0 if score is None else score,
+                "injected": inj,
+                "num_tokens": o["num_tokens"],
+            }
+        )
     return scores, records
 
 
