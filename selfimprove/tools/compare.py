@@ -152,6 +152,21 @@ def _score(ctx, ckpt: str) -> tuple[list[dict], list[dict]]:
     return eval_rows_scored(ctx, ckpt), judge_rows(env, probe_samples(ctx, ckpt))[0]
 
 
+def _metric_table(ctx, evals: tuple, probes: tuple, ids: list[str], resamples: int, permutations: int) -> dict:
+    """Every metric's A, B, B - A and its interval (means over prompts: paired bootstrap) or permutation p (the
+    probe's corpus-level metrics), sorted by name."""
+    from selfimprove.tools.stats import bootstrap_mean_difference, paired_bootstrap, paired_permutation
+
+    (eval_a, eval_b), (probe_a, probe_b) = evals, probes
+    seed, k = ctx.recipe.seed, ctx.recipe.monitor.probe_samples
+    table = paired_bootstrap(_eval_stat(ctx.task, eval_a), _eval_stat(ctx.task, eval_b), len(eval_a), resamples, seed)
+    if ids:
+        va, vb = per_prompt_values(ctx.task, probe_a, ids, k), per_prompt_values(ctx.task, probe_b, ids, k)
+        table.update({m: bootstrap_mean_difference(va[m], vb[m], resamples, seed) for m in va})
+        table.update(paired_permutation(_corpus_stat(ctx, probe_a, probe_b, ids), len(ids), permutations, seed))
+    return dict(sorted(table.items()))
+
+
 def compare(
     a: str,
     b: str,
@@ -165,7 +180,6 @@ def compare(
     from selfimprove.core.model import load_policy, load_tokenizer
     from selfimprove.core.runs import open_run
     from selfimprove.stages.judge import run_env
-    from selfimprove.tools.stats import bootstrap_mean_difference, paired_bootstrap, paired_permutation
 
     (ckpt_a, run_a), (ckpt_b, run_b) = resolve(a), resolve(b)
     run_dir = Path(run) if run else run_a
@@ -180,13 +194,7 @@ def compare(
     out["environment_differences"] = differences(out["a"]["environment"], out["b"]["environment"])
     (eval_a, probe_a), (eval_b, probe_b) = _score(ctx, ckpt_a), _score(ctx, ckpt_b)
     ids = sorted({r["prompt_id"] for r in probe_a} & {r["prompt_id"] for r in probe_b})
-    seed, k = ctx.recipe.seed, ctx.recipe.monitor.probe_samples
-    table = paired_bootstrap(_eval_stat(ctx.task, eval_a), _eval_stat(ctx.task, eval_b), len(eval_a), resamples, seed)
-    if ids:
-        va, vb = per_prompt_values(ctx.task, probe_a, ids, k), per_prompt_values(ctx.task, probe_b, ids, k)
-        table.update({m: bootstrap_mean_difference(va[m], vb[m], resamples, seed) for m in va})
-        table.update(paired_permutation(_corpus_stat(ctx, probe_a, probe_b, ids), len(ids), permutations, seed))
-    out["metrics"] = dict(sorted(table.items()))
+    out["metrics"] = _metric_table(ctx, (eval_a, eval_b), (probe_a, probe_b), ids, resamples, permutations)
     out["bootstrap"] = {
         "method": "paired percentile bootstrap over shared prompts (eval metrics and the probe's per-prompt "
         "metrics); paired permutation p for the probe's corpus-level metrics",
