@@ -8,14 +8,34 @@ message and exits 2. Anything else prints one line saying what failed and where 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import json
 import logging
 import os
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
 
-from selfimprove import registry
+from selfimprove import loop, registry
+from selfimprove.core import slurm
+from selfimprove.core.atomic import is_done
 from selfimprove.core.config import Recipe, load_recipe
+from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job, leave, watch_crashes
 from selfimprove.core.errors import UserError
-from selfimprove.core.typed_yaml import add_override_arguments, collect_overrides
+from selfimprove.core.rundir import round_numbers
+from selfimprove.core.runlock import run_lock
+from selfimprove.core.runs import open_run, refuse_foreign
+from selfimprove.core.typed_yaml import ConfigError, add_override_arguments, collect_overrides
+from selfimprove.smoke import serving, smoke_recipe
+from selfimprove.stages.monitor import run_monitor
+from selfimprove.tools import study
+from selfimprove.tools.check import check_recipe, print_report
+from selfimprove.tools.compare import compare, print_table, write_json
+from selfimprove.tools.report import write_report
+from selfimprove.tools.verify import verify_run
 
 TRUST_HELP = (
     "Run the interpreters (generate.vllm.python, judge.llm.vllm.python) and modules (monitor.extra_metrics) "
@@ -206,17 +226,15 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=fmt, handlers=handlers, force=True)
 
 
+def _recipe(args, notes: list | None = None):
+    """The command's recipe: its file, with --smoke's substitutions when asked, then its overrides."""
+    prepare = smoke_recipe if getattr(args, "smoke", False) else None
+    return load_recipe(args.recipe, collect_overrides(args), prepare, notes)
+
+
 def _check(args) -> int:
-    import contextlib
-    import dataclasses
-    import json
-
-    from selfimprove.tools.check import check_recipe, print_report
-
-    recipe = load_recipe(args.recipe, collect_overrides(args), smoke=args.smoke)
+    recipe = _recipe(args)
     if args.smoke:
-        from selfimprove.smoke import serving
-
         context = serving(recipe)
     else:
         context = contextlib.nullcontext(recipe)
@@ -230,29 +248,18 @@ def _check(args) -> int:
 
 
 def _run(args) -> int:
-    from selfimprove import loop
-
     notes: list[str] = []
-    recipe = load_recipe(args.recipe, collect_overrides(args), smoke=args.smoke, notes=notes)
-    if args.smoke:
-        from selfimprove.smoke import serving
-
-        with serving(recipe):
-            loop.run_loop(recipe, args.allow_recipe_change, "--smoke substitutions:\n" + "\n".join(notes))
-    else:
-        loop.run_loop(recipe, args.allow_recipe_change)
+    recipe = _recipe(args, notes)
+    note = "--smoke substitutions:\n" + "\n".join(notes) if args.smoke else ""
+    with serving(recipe) if args.smoke else contextlib.nullcontext():
+        problems = check_recipe(recipe).problems + loop.start_problems(recipe)
+        if problems:  # all at once, before the run directory is touched
+            raise ConfigError(problems, "cannot start")
+        loop.run_loop(recipe, args.allow_recipe_change, note)
     return 0
 
 
 def _submit(args) -> int:
-    import json
-    from pathlib import Path
-
-    from selfimprove.core import slurm
-    from selfimprove.core.runs import refuse_foreign
-    from selfimprove.core.typed_yaml import ConfigError
-    from selfimprove.tools.check import check_recipe
-
     # the job reruns exactly this command line: the recipe, the overrides, and the shorthands as slurm.* overrides
     raw = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("override:")}
     overrides = collect_overrides(args)
@@ -281,13 +288,6 @@ def _submit(args) -> int:
 
 
 def _stage(args) -> int:
-    import contextlib
-
-    from selfimprove import loop
-    from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job, leave, watch_crashes
-    from selfimprove.core.runlock import run_lock
-    from selfimprove.core.runs import open_run
-
     watch_crashes()
 
     if args.launched:
@@ -310,13 +310,6 @@ def _stage(args) -> int:
 
 
 def _monitor(args) -> int:
-    from selfimprove import loop
-    from selfimprove.core.atomic import is_done
-    from selfimprove.core.rundir import round_numbers
-    from selfimprove.core.runlock import run_lock
-    from selfimprove.core.runs import open_run
-    from selfimprove.stages.monitor import run_monitor
-
     ctx = open_run(args.run_dir, trust=args.trust_recipe)
     with run_lock(ctx.run_dir, "monitor"):
         for k in round_numbers(ctx.run_dir):
@@ -326,8 +319,6 @@ def _monitor(args) -> int:
 
 
 def _verify(args) -> int:
-    from selfimprove.tools.verify import verify_run
-
     checked, problems = verify_run(args.run_dir)
     for problem in problems:
         print(problem)
@@ -336,8 +327,6 @@ def _verify(args) -> int:
 
 
 def _compare(args) -> int:
-    from selfimprove.tools.compare import compare, print_table, write_json
-
     result = compare(
         args.a,
         args.b,
@@ -354,8 +343,6 @@ def _compare(args) -> int:
 
 
 def _study(args) -> int:
-    from selfimprove.tools import study
-
     s = study.load_study(args.study, args.output_dir)
     if args.slurm:
         print(study.slurm_script(s, args.smoke))
@@ -371,8 +358,6 @@ def _study(args) -> int:
 
 
 def _report(args) -> int:
-    from selfimprove.tools.report import write_report
-
     print(write_report(args.run_dirs, args.out))
     return 0
 
@@ -392,15 +377,10 @@ COMMANDS = {
 
 def _traceback_log(args) -> str:
     """Write the current exception's traceback into the run's logs/ (else a temporary file); return the path."""
-    import tempfile
-    import time
-    import traceback
-    from pathlib import Path
-
     run = getattr(args, "run_dir", None)
     if run is None and getattr(args, "recipe", None):
         try:
-            run = load_recipe(args.recipe, collect_overrides(args), smoke=getattr(args, "smoke", False)).output_dir
+            run = _recipe(args).output_dir
         except Exception:  # the recipe itself may be what failed
             run = None
     logs = Path(run) / "logs" if run and Path(run, "recipe.yaml").exists() else None

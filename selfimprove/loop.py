@@ -15,24 +15,29 @@ import sys
 import time
 
 from selfimprove import registry
-from selfimprove.core import seeding
+from selfimprove.backends.judge_server import judge_server
+from selfimprove.core import seeding, slurm, timing
 from selfimprove.core.atomic import is_done
 from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job, run_until_done
+from selfimprove.core.files import read_json, write_json
 from selfimprove.core.integrity import recover
-from selfimprove.core.judge_server import judge_server
+from selfimprove.core.model import prepare_base_model
+from selfimprove.core.prompts import prompt_key
 from selfimprove.core.rows import save_rows
-from selfimprove.core.rundir import RunContext
+from selfimprove.core.rundir import RunContext, rebuild_metrics
 from selfimprove.core.runs import claimed_run
+from selfimprove.core.slurm import in_allocation
+from selfimprove.core.tracking import write_tensorboard
+from selfimprove.core.typed_yaml import ConfigError
 from selfimprove.metrics.alarms import should_stop
-from selfimprove.tasks import prompt_key, proposal_examples
+from selfimprove.stages.judge.train_reward import train_reward_model
+from selfimprove.tasks import proposal_examples
 
 logger = logging.getLogger(__name__)
 
 
 def setup(ctx: RunContext) -> None:
     """Make the base model, the fixed eval sets, the probe set and the seed data, once per run."""
-    from selfimprove.core.model import prepare_base_model
-
     for name in ("base_model", "eval_sets", "probe_set", "seed_data"):
         recover(ctx.run_dir / name)
     if ctx.recipe.model.path is None and not is_done(ctx.run_dir / "base_model"):
@@ -80,8 +85,6 @@ def launch(ctx: RunContext, k: int | None, name: str, config: str) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: name}
     done = lambda: is_done(ctx.folder(k, name))  # noqa: E731
     if ctx.recipe.train.launcher == "slurm":
-        from selfimprove.core import slurm
-
         label = name if k is None else f"round_{k:02d}-{name}"
         slurm.run_step(ctx.recipe.slurm, ctx.run_dir, label, config, args, env, done)
         return
@@ -120,8 +123,6 @@ def train_reward(ctx: RunContext) -> bool:
     if ctx.recipe.train.launcher != "inprocess" and not in_launched_job():
         launch(ctx, None, "reward_model", ctx.recipe.train.accelerate_config)
     else:
-        from selfimprove.stages.judge.train_reward import train_reward_model
-
         train_reward_model(ctx)
     return True
 
@@ -129,10 +130,6 @@ def train_reward(ctx: RunContext) -> bool:
 def write_round_timing(ctx: RunContext, k: int, wall_s: float, ran: list[str], setup_s: float | None) -> None:
     """round_KK/timing.json from the round's stage metas and its wall time in this process (``ran``: the stages it
     ran), merged into metrics.jsonl."""
-    from selfimprove.core import timing
-    from selfimprove.core.atomic import read_json, write_json
-    from selfimprove.core.rundir import rebuild_metrics
-
     folders = {n: ctx.stage(k, n) for n in registry.STAGES}
     if "reward_model" in ran:  # trained at the start of round 1, inside its wall time
         folders = {"reward_model": ctx.run_dir / "reward_model", **folders}
@@ -158,23 +155,21 @@ def summary_line(m: dict) -> str:
     return " | ".join(parts)
 
 
+def start_problems(recipe) -> list[str]:
+    """What keeps a checked recipe from starting in this process (the CLI adds them to ``check``'s problems)."""
+    if recipe.train.launcher == "slurm" and not in_launched_job() and not in_allocation():
+        return [
+            "train.launcher is 'slurm' but this process is not inside a Slurm allocation (no SLURM_JOB_ID): "
+            "start the run with 'selfimprove submit RECIPE --nodes N', or use launcher 'accelerate' here."
+        ]
+    return []
+
+
 def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[dict]:
-    """Run (or resume) the whole loop; return metrics.jsonl's rows. Every problem ``selfimprove check`` finds is
-    refused here first, all at once, before the run directory is touched."""
-    from selfimprove.core.atomic import read_json
-    from selfimprove.core.rundir import rebuild_metrics
-    from selfimprove.core.typed_yaml import ConfigError
-    from selfimprove.tools.check import check_recipe
-
-    problems = check_recipe(recipe).problems
-    if recipe.train.launcher == "slurm" and not in_launched_job():
-        from selfimprove.core.slurm import in_allocation
-
-        if not in_allocation():
-            problems.append(
-                "train.launcher is 'slurm' but this process is not inside a Slurm allocation (no SLURM_JOB_ID): "
-                "start the run with 'selfimprove submit RECIPE --nodes N', or use launcher 'accelerate' here."
-            )
+    """Run (or resume) the whole loop; return metrics.jsonl's rows. The recipe is checked first
+    (selfimprove.tools.check, by the CLI); what keeps it from starting here is refused before the run directory is
+    touched."""
+    problems = start_problems(recipe)
     if problems:
         raise ConfigError(problems, "cannot start")
 
@@ -199,7 +194,5 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
                 break
         rows = rebuild_metrics(ctx.run_dir)
         if "tensorboard" in recipe.monitor.report_to:  # also after a kill between a monitor and its tracker write
-            from selfimprove.core.tracking import write_tensorboard
-
             write_tensorboard(ctx.run_dir, rows)
         return rows

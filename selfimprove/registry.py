@@ -1,6 +1,6 @@
-"""Every pluggable kind of thing, listed once: the stages of a round, the judges, the filter rules, the metric blocks
-of the monitor and the tasks. An entry names its implementation as ``module:attribute``, imported only when it is
-used, so reading a list (the CLI's choices, recipe validation, the report's panels) imports nothing.
+"""Every kind of thing a recipe or a command names, listed once: the stages of a round, the judges and the tasks. An
+entry names its implementation as ``module:attribute``, imported only when it is used, so reading a list (the CLI's
+choices, recipe validation, the report's panels) imports nothing, and this module sits below every layer.
 
 Adding one: write the function (or task class) and add its line here; everything that lists or dispatches reads it.
 """
@@ -37,25 +37,6 @@ JUDGES = {
     "llm_pairwise": "selfimprove.stages.judge.llm:pairwise",
 }
 
-# The filter chain, in order: rule name -> function (row, FilterRule context) -> list of reasons it fails (empty =
-# passes). Decontamination comes first and, when it fails, is the only reason given. Best-of-n per prompt runs last.
-FILTERS = {
-    "decontaminate": "selfimprove.stages.filter:contaminated",
-    "unparsed": "selfimprove.stages.filter:unparsed",
-    "length": "selfimprove.stages.filter:length",
-    "unfinished": "selfimprove.stages.filter:unfinished",
-    "min_scores": "selfimprove.stages.filter:below_threshold",
-}
-
-# The monitor's blocks over a round's data: name -> function (ctx, k, judged, models) -> flat metrics dict.
-METRICS = {
-    "quality": "selfimprove.stages.monitor:quality_block",
-    "diversity": "selfimprove.stages.monitor:diversity_block",
-    "answers": "selfimprove.stages.monitor:answer_block",
-    "complexity": "selfimprove.stages.monitor:complexity_blocks",
-    "prompts": "selfimprove.stages.monitor:prompt_block",
-}
-
 # task name -> class(config section, seed); the recipe's task.<name> section configures it
 TASKS = {
     "addition": "selfimprove.tasks.addition:AdditionTask",
@@ -72,3 +53,9 @@ def load(entry):
         return entry
     module, _, attribute = entry.partition(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+def build_task(recipe):
+    """The recipe's task (TASKS), configured by its task.<name> section."""
+    name = recipe.task.name
+    return load(TASKS[name])(getattr(recipe.task, name), recipe.seed)

@@ -104,8 +104,8 @@ def test_no_eval_set_answer_reaches_a_decision(tmp_path):
     from conftest import TINY_RECIPE, run_cli
 
     from selfimprove.core.config import ConfigError, load_recipe
+    from selfimprove.core.prompts import prompt_key
     from selfimprove.core.rows import load_rows
-    from selfimprove.tasks import prompt_key
 
     t = AdditionTask(AdditionConfig(seed_max_digits=3, curriculum="accelerated", dev_size_per_digit=20), 0)
     evals = {f"eval/accuracy/d{n}": 1.0 for n in range(1, 13)}

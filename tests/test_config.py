@@ -84,7 +84,7 @@ def test_every_registry_entry_resolves_and_is_what_its_readers_list():
     from selfimprove import registry
     from selfimprove.core.config import JUDGES, TaskConfig
 
-    for table in (registry.STAGES, registry.JUDGES, registry.FILTERS, registry.METRICS, registry.TASKS):
+    for table in (registry.STAGES, registry.JUDGES, registry.TASKS):
         for name, entry in table.items():
             assert callable(registry.load(entry)), (name, entry)
     assert JUDGES == tuple(registry.JUDGES)  # recipe validation reads the registry, without importing a judge

@@ -11,8 +11,8 @@ from test_safety import GOOD_ROWS, _generic, _jsonl
 from selfimprove.cli import main
 from selfimprove.core import decisions
 from selfimprove.core.config import AdditionConfig, AlarmConfig, CountdownConfig, RewriteConfig
+from selfimprove.core.prompts import prompt_key
 from selfimprove.core.rows import load_rows
-from selfimprove.tasks import prompt_key
 from selfimprove.tasks.addition import AdditionTask
 from selfimprove.tasks.countdown import CountdownTask
 from selfimprove.tasks.rewrite import RewriteTask

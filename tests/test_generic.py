@@ -152,7 +152,7 @@ train: {{bootstrap_steps: 0, max_steps: 3, per_device_train_batch_size: 4}}
 def test_gsm8k_style_references_and_math_verifier(tmp_path):
     """The STaR recipe's task settings on a local file shaped like openai/gsm8k: the prompt template and math-verify."""
     from selfimprove.core.config import load_recipe
-    from selfimprove.tasks import build_task
+    from selfimprove.registry import build_task
 
     rows = [
         {

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import TINY_RECIPE
 
-from selfimprove.core import judge_server, slurm
+from selfimprove.backends import judge_server
+from selfimprove.core import slurm
 from selfimprove.core.config import JudgeServerConfig, SlurmConfig, load_recipe
 from selfimprove.core.errors import UserError
 from selfimprove.core.typed_yaml import ConfigError

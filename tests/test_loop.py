@@ -172,7 +172,7 @@ def _artifacts(run: Path) -> dict:
 
 
 # Kill points: a stage folder (or metrics.jsonl) and a point in its writing, where the process SIGKILLs itself
-# (SELFIMPROVE_FAULT, selfimprove.core.integrity.fault_point). The default tier runs three; the slow tier all of them.
+# (SELFIMPROVE_FAULT, selfimprove.core.files.fault_point). The default tier runs three; the slow tier all of them.
 KILLS = ["round_01/train:start", "round_01/judge:before_done", "round_02/select:before_rename"]
 MORE_KILLS = [
     "base_model:start",

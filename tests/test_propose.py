@@ -14,8 +14,9 @@ from conftest import REPO, run_cli
 
 from selfimprove.core.config import ProposeConfig, load_recipe, recipe_hash
 from selfimprove.core.typed_yaml import ConfigError
+from selfimprove.registry import build_task
 from selfimprove.stages.propose import fill, filters, requests
-from selfimprove.tasks import build_task, proposal_examples
+from selfimprove.tasks import proposal_examples
 from selfimprove.tasks.countdown import CountdownTask, reachable, solvable
 
 RECIPE = REPO / "recipes" / "propose" / "countdown_cpu.yaml"

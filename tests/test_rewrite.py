@@ -3,7 +3,7 @@
 import pytest
 
 from selfimprove.core.config import ConfigError, load_recipe
-from selfimprove.tasks import build_task
+from selfimprove.registry import build_task
 from selfimprove.tasks.rewrite import apply_rules, parse_prompt, render
 
 

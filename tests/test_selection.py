@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from selfimprove.core.config import FilterConfig, SelectConfig
-from selfimprove.core.dedup import greedy_max_similarity, minhash
+from selfimprove.metrics.dedup import greedy_max_similarity, minhash
 from selfimprove.stages.filter import build_pairs, contamination_index, filter_rows
 from selfimprove.stages.select import select_rows
 from selfimprove.stages.select.samplers import cluster_rebalance, deita, qdit, quotas

@@ -28,6 +28,7 @@ def test_sign_flip_p_enumerates_every_pattern():
     assert sign_flip_p([3, -1, 2]) == pytest.approx(sum(abs(s) >= 4 for s in sums) / 8)
     assert sign_flip_p([1, 1, 1]) == pytest.approx(0.25)  # the floor at three seeds
     assert sign_flip_p([0, 0, 0]) == 1.0 and math.isnan(sign_flip_p([]))
+    assert sign_flip_p([2.5]) == 1.0  # one seed: +2.5 and -2.5 are equally extreme
 
 
 def test_missing_and_nan_pairs_are_dropped_the_same_way_everywhere():

@@ -246,6 +246,19 @@ def test_bad_study_files_get_one_message(tmp_path):
     assert out.returncode == 2 and "'seed' and 'output_dir' are the study's" in out.stderr
 
 
+def test_study_wide_overrides_apply_to_every_arm_and_the_arms_own_win(tmp_path):
+    from selfimprove.tools.study_file import load_study
+
+    path = _study_file(tmp_path, overrides={"rounds": 2, "generate.temperature": 0.9, "train.max_steps": 3})
+    arms = {a.name: a.overrides for a in load_study(path).arms}
+    assert arms == {
+        "cool": {"rounds": 1, "generate.temperature": 0.6, "train.max_steps": 3},
+        "hot": {"rounds": 1, "generate.temperature": 1.2, "train.max_steps": 3},
+    }
+    out = _study(_study_file(tmp_path, overrides={"output_dir": "x"}), "--output_dir", tmp_path / "w")
+    assert out.returncode == 2 and "overrides: 'seed' and 'output_dir' are the study's" in out.stderr
+
+
 def test_slurm_array_script(tmp_path):
     path = _study_file(tmp_path, slurm={"partition": "cpu", "cpus_per_task": 2})
     out = _study(path, "--output_dir", tmp_path / "out", "--slurm")

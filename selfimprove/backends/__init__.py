@@ -8,7 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfimprove.backends.hf import Sampling, hf_generate
+from selfimprove.backends.openai_server import openai_generate
+from selfimprove.backends.vllm_engine import vllm_generate
 from selfimprove.core.dist import dist_rank_world
+from selfimprove.core.model import load_policy, load_tokenizer
 from selfimprove.core.prompts import PromptFormat
 
 __all__ = ["Sampling", "sample"]
@@ -35,20 +38,14 @@ def sample(
     backend's ranks hand their shares to rank 0 as files in that folder (only rank 0 then gets every result)."""
     fmt = fmt or PromptFormat()
     if backend == "openai":
-        from selfimprove.backends.openai_server import openai_generate
-
         chat = options.openai.api == "chat"
         requests = [fmt.messages(p) if chat else fmt.plain(p) for p in prompts]
         return _on_rank0(lambda: openai_generate(options.openai, model_path, requests, sampling, seed))
-    from selfimprove.core.model import load_tokenizer
 
     tok = load_tokenizer(model_path)
     if backend == "vllm":
-        from selfimprove.backends.vllm_engine import vllm_generate
-
         ids = fmt.encode(tok, prompts)  # the token ids HF would see: no second BOS from vLLM's own encoding
         return _on_rank0(lambda: vllm_generate(options.vllm, model_path, ids, sampling, seed))
-    from selfimprove.core.model import load_policy
 
     return hf_generate(
         load_policy(model_path, dtype),

@@ -14,6 +14,7 @@ import os
 import urllib.error
 import urllib.request
 
+from selfimprove.core import timing
 from selfimprove.core.errors import MissingExtra
 from selfimprove.core.seeding import child_seed
 
@@ -84,7 +85,5 @@ async def _all(cfg, model: str, prompts: list, sampling, seed: int) -> list[list
 def openai_generate(cfg, model_path: str, prompts: list, sampling, seed: int) -> list[list[dict]]:
     """``cfg`` is an OpenAIConfig; the served model name is ``cfg.model``, else the checkpoint path. Each prompt is a
     text (``api: completions``) or a list of chat messages (``api: chat``)."""
-    from selfimprove.core import timing
-
     with timing.compute():  # the server's model time, seen from here
         return asyncio.run(_all(cfg, cfg.model or model_path, prompts, sampling, seed))

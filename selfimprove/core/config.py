@@ -7,11 +7,14 @@ stage's ``meta.json``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
 from selfimprove import registry
 from selfimprove.core import decisions
+from selfimprove.core.trainer_args import problems
 from selfimprove.core.typed_yaml import ConfigError, apply_overrides, build, load_overlay
 
 
@@ -1084,8 +1087,6 @@ def _cross_checks(r: Recipe) -> list[str]:
     if r.rounds < 0:
         p.append(f"rounds={r.rounds} must be >= 0.")
     if r.train.trainer_args:
-        from selfimprove.core.trainer_args import problems
-
         p += problems(r.train, r.rounds)
     return p
 
@@ -1132,17 +1133,13 @@ def _judge_server_checks(r) -> list[str]:
     return p
 
 
-def load_recipe(
-    path: str | None, overrides: dict | None = None, smoke: bool = False, notes: list | None = None
-) -> Recipe:
+def load_recipe(path: str | None, overrides: dict | None = None, prepare=None, notes: list | None = None) -> Recipe:
     """Parse a recipe file (or the defaults when ``path`` is None) with dotted overrides; raise ConfigError listing all
-    problems. With ``smoke``, the --smoke substitutions (selfimprove.smoke) come before the overrides, so an override
-    still wins; their notes are appended to ``notes``."""
+    problems. ``prepare`` (mapping -> (mapping, notes); the CLI's --smoke substitutions, selfimprove.smoke) rewrites
+    the file's mapping before the overrides, so an override still wins; its notes are appended to ``notes``."""
     data = load_overlay(path, Recipe) if path else {}
-    if smoke:
-        from selfimprove.smoke import smoke_recipe
-
-        data, made = smoke_recipe(data)
+    if prepare is not None:
+        data, made = prepare(data)
         if notes is not None:
             notes += made
     apply_overrides(data, overrides or {}, Recipe)
@@ -1192,9 +1189,6 @@ ADDED_FIELDS = (
 def recipe_hash(recipe: Recipe) -> str:
     """A short fingerprint of what the recipe makes a run do (everything but LOCATION_FIELDS, and ADDED_FIELDS left
     at their defaults)."""
-    import hashlib
-    import json
-
     data = recipe_to_dict(recipe)
     defaults = recipe_to_dict(Recipe())
     for dotted in LOCATION_FIELDS + ADDED_FIELDS:

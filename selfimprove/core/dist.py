@@ -5,12 +5,16 @@ Nothing here initialises torch.distributed."""
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import shlex
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from selfimprove.core.files import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +49,6 @@ def run_until_done(
 
 def dist_rank_world() -> tuple[int, int]:
     """(rank, world size) of an initialised torch.distributed group, else (0, 1). Never initialises one."""
-    import sys
-
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -56,8 +58,6 @@ def dist_rank_world() -> tuple[int, int]:
 def watch_crashes() -> None:
     """A launched rank that dies of a fatal signal (SIGABRT, SIGSEGV) prints every thread's Python stack to stderr
     first, so the job's log says where it died."""
-    import faulthandler
-
     if not faulthandler.is_enabled():
         faulthandler.enable(all_threads=True)
 
@@ -97,7 +97,6 @@ def gather_files(part: dict[int, list], folder: Path) -> dict[int, list]:
     rank, world = dist_rank_world()
     if world == 1:
         return part
-    from selfimprove.core.atomic import read_json, write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / f"rank-{rank:05d}.json", {str(k): v for k, v in part.items()})

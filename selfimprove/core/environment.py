@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from selfimprove.core.files import write_json
+
 ENV_FILE = "environment.json"
 PACKAGES = (
     "selfimprove",
@@ -103,8 +105,6 @@ def run_environment(run_dir: str | Path | None) -> dict:
 
 def record(run_dir: Path, from_round: int) -> None:
     """Add this process's environment to the run's list if it differs from the last one (written atomically)."""
-    from selfimprove.core.atomic import write_json
-
     entries, now = environments(run_dir), {**describe(), "from_round": from_round}
     if entries and _comparable(entries[-1]) == _comparable(now):
         return

@@ -18,40 +18,10 @@ import time
 from pathlib import Path
 
 from selfimprove.core.errors import RunDirError
+from selfimprove.core.files import fault_point, fsync_path, write_text
 
 DONE = "DONE"
 NOT_CONTENT = {"meta.json", "state.json"}  # timings, and `datasets`' random fingerprints: not what a stage produced
-
-
-FAULT_ENV = "SELFIMPROVE_FAULT"
-FAULT_ONCE_ENV = "SELFIMPROVE_FAULT_ONCE"
-
-
-def fault_point(final: Path, point: str) -> None:
-    """Fault injection for tests: with ``SELFIMPROVE_FAULT=<folder>:<point>`` (``round_01/train:before_done``,
-    ``eval_sets:start``, ``metrics.jsonl:before_rename``), the process SIGKILLs itself when it reaches that point,
-    so a kill lands exactly there, whatever the machine's speed. A ``@scancel`` suffix cancels the Slurm job this
-    process runs in instead (the whole job, as a user's scancel does); with ``SELFIMPROVE_FAULT_ONCE=<file>`` the
-    fault fires only while that file does not exist (it is created first), so a retried attempt goes through."""
-    spec = os.environ.get(FAULT_ENV, "")
-    spec, _, action = spec.partition("@")
-    if not spec or spec not in (f"{final.parent.name}/{final.name}:{point}", f"{final.name}:{point}"):
-        return
-    once = os.environ.get(FAULT_ONCE_ENV)
-    if once:
-        try:
-            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
-    import signal
-
-    if action == "scancel":
-        import subprocess
-
-        subprocess.run(["scancel", os.environ["SLURM_JOB_ID"]], check=True)
-        while True:  # Slurm's SIGTERM (then SIGKILL) ends this process like every other of the job
-            signal.pause()
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def file_hash(path: Path) -> str:
@@ -78,32 +48,21 @@ def content_digest(files: dict[str, list]) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_done(folder: Path, inputs: dict[str, str] | None = None) -> dict:
     """fsync every file and folder of the stage, then write and fsync DONE with the manifest; return the record."""
     files = manifest(folder)
     for p in _files(folder):
-        _fsync(p)
+        fsync_path(p)
     for d in sorted({p.parent for p in _files(folder)} | {folder}, key=lambda d: -len(d.parts)):
-        _fsync(d)
+        fsync_path(d)
     record = {
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "files": files,
         "inputs": inputs or {},
         "digest": content_digest(files),
     }
-    with open(folder / DONE, "w") as fh:
-        json.dump(record, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    _fsync(folder)
+    write_text(folder / DONE, json.dumps(record, indent=1, sort_keys=True))
+    fsync_path(folder)
     return record
 
 
@@ -130,7 +89,7 @@ def replace_dir(partial: Path, final: Path) -> None:
         os.replace(final, old)
         fault_point(final, "between_renames")
     os.replace(partial, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfimprove.core import seeding
+from selfimprove.core.integrity import check_sizes
+from selfimprove.core.judge_prompts import eft_alphabet
 
 SPECIALS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
@@ -73,8 +75,6 @@ def run_alphabet(recipe, task) -> str:
     proposal requests' (propose.mode 'task_native') when the policy also judges or proposes."""
     alphabet = task.alphabet()
     if recipe.judge.llm.eft_share:
-        from selfimprove.core.judge_prompts import eft_alphabet
-
         alphabet += eft_alphabet(recipe.judge.llm)
     if recipe.propose.mode == "task_native":
         alphabet += task.PROPOSE_MARK
@@ -109,8 +109,6 @@ def load_tokenizer(path: str):
 def load_policy(path: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM
-
-    from selfimprove.core.integrity import check_sizes
 
     if Path(path).is_dir():
         check_sizes(Path(path))  # a checkpoint inside a finished stage: its files as the stage recorded them

@@ -54,3 +54,18 @@ class PromptFormat:
 def encode_completions(tokenizer, completions: list[str]) -> list[list[int]]:
     """Completion token ids followed by EOS, the way they are trained and scored."""
     return [c + [tokenizer.eos_token_id] for c in tokenizer(completions, add_special_tokens=False)["input_ids"]]
+
+
+def is_proposed(row: dict) -> bool:
+    """A prompt that came through the propose stage (every one has an operation; the task's own pool has none)."""
+    return bool(row.get("operation"))
+
+
+def prompt_key(text: str) -> str:
+    """A prompt as compared for exclusion from training: whitespace differences do not make another prompt."""
+    return " ".join(text.split())
+
+
+def prompt_content(row: dict) -> str:
+    """A prompt row's own text: ``source_prompt`` where the task filled a template, else the prompt."""
+    return row.get("source_prompt") or row["prompt"]

@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 from pathlib import Path
 
-from selfimprove.core import decisions
-from selfimprove.core.atomic import atomic_stage, is_done, read_json
-from selfimprove.core.integrity import fault_point, file_hash, stage_digest
+from selfimprove import registry
+from selfimprove.core import decisions, timing
+from selfimprove.core.atomic import atomic_stage, is_done
+from selfimprove.core.config import recipe_hash
+from selfimprove.core.files import read_json, write_text
+from selfimprove.core.integrity import file_hash, stage_digest
+from selfimprove.core.model import base_model_path
+from selfimprove.core.prompts import PromptFormat, prompt_content, prompt_key
 from selfimprove.core.rows import load_rows
+from selfimprove.registry import build_task
 
 ROUND_DIR = re.compile(r"^round_(\d+)$")
 SETUP_DIRS = ("base_model", "eval_sets", "probe_set", "seed_data", "reward_model")
@@ -51,8 +56,6 @@ def completed_rounds(run_dir: str | Path) -> list[int]:
 def rebuild_metrics(run_dir: str | Path) -> list[dict]:
     """Rewrite metrics.jsonl from every completed round's monitor output, with the round's time accounting
     (round_KK/timing.json, written by the orchestrator after the monitor): a rerun can never duplicate a line."""
-    from selfimprove.core import timing
-
     run_dir = Path(run_dir)
     lines = []
     for k in completed_rounds(run_dir):
@@ -60,10 +63,7 @@ def rebuild_metrics(run_dir: str | Path) -> list[dict]:
         if is_done(mon):
             times = mon.parent / timing.FILE
             lines.append({**read_json(mon / "metrics.json"), **(read_json(times) if times.exists() else {})})
-    tmp = run_dir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
-    fault_point(run_dir / "metrics.jsonl", "before_rename")
-    os.replace(tmp, run_dir / "metrics.jsonl")
+    write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
     return lines
 
 
@@ -78,10 +78,8 @@ def accepted_rows(ctx, before: int) -> list[dict]:
 
 
 def earlier_prompts(ctx, k: int) -> list[str]:
-    """Every distinct prompt text of rounds 1..k-1 (selfimprove.tasks.prompt_content): those generated from and
+    """Every distinct prompt text of rounds 1..k-1 (selfimprove.core.prompts.prompt_content): those generated from and
     those the propose stage kept."""
-    from selfimprove.tasks import prompt_content
-
     out: list[str] = []
     for j in range(1, k):
         for name, sub in (("generate", "data"), ("propose", "prompts")):
@@ -95,9 +93,6 @@ class RunContext:
     """What every stage needs: the recipe, the run directory and the task (built once per process)."""
 
     def __init__(self, recipe, run_dir: str | Path):
-        from selfimprove.core.config import recipe_hash
-        from selfimprove.tasks import build_task
-
         self.recipe, self.run_dir, self.task = recipe, Path(run_dir), build_task(recipe)
         self.recipe_hash = recipe_hash(recipe)
 
@@ -106,8 +101,6 @@ class RunContext:
 
     def stages(self, k: int) -> tuple[str, ...]:
         """The stages round k runs, in order (selfimprove.registry.STAGES; round 0 only trains on the seed data)."""
-        from selfimprove import registry
-
         if k == 0:
             return registry.ROUND0_STAGES
         return tuple(s for s in registry.STAGES if s != "propose" or self.recipe.propose.runs)
@@ -120,8 +113,6 @@ class RunContext:
     def writing(self, k: int | None, name: str, meta: dict | None = None):
         """``atomic_stage`` for a stage of this run: its meta records the recipe's hash and the stage's model-bound
         compute (``compute_s``, selfimprove.core.timing), its DONE the inputs' digests."""
-        from selfimprove.core import timing
-
         meta = {**(meta or {}), "recipe": self.recipe_hash}
         with atomic_stage(self.folder(k, name), meta, self.inputs(k, name)) as (out, m), timing.recorded(m):
             yield out, m
@@ -174,16 +165,12 @@ class RunContext:
     @property
     def prompt_format(self):
         """How every prompt of this run becomes the policy's input (selfimprove.core.prompts)."""
-        from selfimprove.core.prompts import PromptFormat
-
         return PromptFormat(
             chat=self.recipe.generate.chat_template, system=self.task.system_prompt, fewshot=self.task.fewshot_examples
         )
 
     def checkpoint(self, k: int) -> str:
         """The policy that round k trains into; round k generates from checkpoint(k - 1)."""
-        from selfimprove.core.model import base_model_path
-
         while k >= 0 and self.rolled_back(k):  # a rolled-back round's policy is the one before it
             k -= 1
         if k < 0:
@@ -217,10 +204,7 @@ class RunContext:
         return load_rows(path) if path.exists() else []
 
     def excluded_prompts(self) -> set[str]:
-        """Eval, dev and probe prompts (as selfimprove.tasks.prompt_key compares them), which no training prompt may
-        be."""
-        from selfimprove.tasks import prompt_key
-
+        """Eval, dev and probe prompts (as core.prompts.prompt_key compares them): no training prompt may be one."""
         return {prompt_key(r["prompt"]) for r in self.eval_rows() + self.dev_rows() + self.probe_rows()}
 
     def probe_rows(self) -> list[dict]:

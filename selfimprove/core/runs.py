@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import yaml
 
 from selfimprove.core import environment
-from selfimprove.core.atomic import write_json
 from selfimprove.core.config import LOCATION_FIELDS, recipe_from_dict, recipe_hash, recipe_to_dict
 from selfimprove.core.dist import in_launched_job
 from selfimprove.core.errors import RunDirError, UserError
+from selfimprove.core.files import write_json, write_text
 from selfimprove.core.rundir import ROUND_DIR, SETUP_DIRS, RunContext, completed_rounds
 from selfimprove.core.runlock import LOCK_FILE, run_lock
 
@@ -94,9 +93,7 @@ def _write_recipe(path: Path, data: dict, note: str = "") -> None:
     text = header + yaml.safe_dump(data, sort_keys=False)
     if path.exists() and path.read_text() == text:
         return  # a no-op resume writes nothing
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def history(run_dir: Path) -> list[dict]:

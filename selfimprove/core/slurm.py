@@ -19,6 +19,7 @@ from pathlib import Path
 
 from selfimprove.core.dist import run_until_done
 from selfimprove.core.errors import UserError
+from selfimprove.core.files import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +160,6 @@ def batch_script(cfg, argv: list[str], run_dir: Path, job_name: str) -> str:
 def submit(cfg, argv: list[str], run_dir: Path, job_name: str, wait: bool = False) -> int:
     """Write RUN/slurm/submit.sbatch and ``sbatch`` it; with ``wait``, block until the job ends and return its exit
     status."""
-    from selfimprove.core.atomic import write_text
-
     script = run_dir / "slurm" / SCRIPT
     (run_dir / "slurm" / "logs").mkdir(parents=True, exist_ok=True)
     write_text(script, batch_script(cfg, argv, run_dir, job_name))

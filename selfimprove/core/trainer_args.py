@@ -13,6 +13,7 @@ Validation runs when the recipe loads, against the real TRL classes, before any 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 
 from selfimprove.core import seeding
@@ -55,8 +56,6 @@ def methods_used(train, rounds: int) -> list[str]:
 
 def problems(train, rounds: int) -> list[str]:
     """Every problem of ``train.trainer_args``, each with its fix."""
-    import difflib
-
     out = []
     used = methods_used(train, rounds)
     for key in train.trainer_args:

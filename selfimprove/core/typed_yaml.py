@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -90,8 +91,6 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
 
 def did_you_mean(key: str, names) -> str:
     """ " Did you mean 'x'?" for the closest known name, else the list of known names."""
-    import difflib
-
     close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else f" Known keys: {', '.join(sorted(names))}."
 

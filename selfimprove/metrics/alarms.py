@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 
-from selfimprove.core.atomic import is_done, read_json
+from selfimprove.core.atomic import is_done
+from selfimprove.core.files import read_json
 
 logger = logging.getLogger(__name__)
 GAP, PASS1 = "quality/probe/pass@k_minus_pass@1", "quality/probe/pass@1"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from selfimprove.core import timing
+from selfimprove.core.prompts import PromptFormat, encode_completions
 
 
 def answer_batches(
@@ -60,8 +61,6 @@ def ifd_scores(
 ) -> np.ndarray:
     """IFD of each (prompt, completion) pair under ``model``, the prompt encoded by ``fmt`` (selfimprove.core.prompts)
     as the policy saw it; 1 where nothing is scored (0/0)."""
-    from selfimprove.core.prompts import PromptFormat, encode_completions
-
     if not prompts:
         return np.zeros(0)
     answers = encode_completions(tokenizer, completions)

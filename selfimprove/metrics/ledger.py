@@ -12,7 +12,8 @@ same for every arm and not counted here.
 
 from __future__ import annotations
 
-from selfimprove.core.atomic import is_done, read_json
+from selfimprove.core.atomic import is_done
+from selfimprove.core.files import read_json
 from selfimprove.core.rows import load_rows
 
 COUNTS = (

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from selfimprove.core import dedup
+from selfimprove.core.prompts import is_proposed, prompt_key
+from selfimprove.metrics import dedup
 from selfimprove.metrics.diversity import lexical_suite, ngram_vendi, subsample
-from selfimprove.tasks import is_proposed, prompt_key
 
 
 def novelty(texts: list[str], earlier: list[str], threshold: float, n: int, unit: str) -> dict:

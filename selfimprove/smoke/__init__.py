@@ -29,7 +29,11 @@ import json
 import os
 from pathlib import Path
 
-from selfimprove.core.typed_yaml import ConfigError
+from selfimprove.core.config import Recipe
+from selfimprove.core.typed_yaml import ConfigError, iter_fields
+from selfimprove.smoke import assets
+from selfimprove.smoke.data import DATASETS
+from selfimprove.smoke.server import LoopbackServer
 
 VLLM_PYTHON_ENV = "SELFIMPROVE_VLLM_PYTHON"
 CPU_VLLM_MEMORY = 0.2  # of host RAM for vLLM's KV cache: plenty for a shrunk run, and free beside the trainer
@@ -131,8 +135,6 @@ def model_family(path: str, field: str) -> str:
 
 
 def _models(e: _Edits) -> None:
-    from selfimprove.smoke import assets
-
     policy = e.get("model.path")
     if policy is not None:
         e.set(
@@ -174,9 +176,6 @@ def _is_hub_id(value: str) -> bool:
 
 
 def _datasets(e: _Edits) -> None:
-    from selfimprove.smoke import assets
-    from selfimprove.smoke.data import DATASETS
-
     for key in ("prompts", "eval_id", "eval_ood", "seed_data", "fewshot"):
         value = e.get(f"task.generic.{key}", "")
         if _is_hub_id(value):
@@ -191,9 +190,6 @@ def _datasets(e: _Edits) -> None:
 
 
 def _defaults() -> dict:
-    from selfimprove.core.config import Recipe
-    from selfimprove.core.typed_yaml import iter_fields
-
     return {name: f.default for name, f, _ in iter_fields(Recipe)}
 
 
@@ -274,9 +270,6 @@ def smoke_recipe(data: dict) -> tuple[dict, list[str]]:
 def serving(recipe):
     """For the length of a smoke run: a loopback server for every OpenAI-compatible endpoint the recipe names,
     serving the tiny stand-in under the recipe's model name; the recipe's base_url points at it."""
-    from selfimprove.smoke import assets
-    from selfimprove.smoke.server import LoopbackServer
-
     servers = []
     try:
         endpoints = []

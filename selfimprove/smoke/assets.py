@@ -20,7 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from selfimprove.core.judge_prompts import load_template, render
+from selfimprove.core.model import load_policy, load_tokenizer
+from selfimprove.core.prompts import PromptFormat
+from selfimprove.core.trainer_args import checkpointing_args
 from selfimprove.smoke import data as sd
+from selfimprove.smoke.tiny_models import TinySize, build_bpe_tokenizer, build_tiny_model
+from selfimprove.stages.train import tokenize_rows
 
 VERSION = "v1"  # bump when an asset's recipe changes, so stale caches are rebuilt
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -65,8 +71,6 @@ def _rows(hub_id: str, config: str | None, split: str) -> list[dict]:
 def _judge_rows(uf: list[dict]) -> list[dict]:
     """Built-in judge templates answered with the stand-in preference scores: pointwise "Score: N" for both answers,
     and pairwise "Winner: X" in both orders."""
-    from selfimprove.core.judge_prompts import load_template, render
-
     point, pair = load_template("", "pointwise"), load_template("", "pairwise")
     rows = []
     for r in uf:
@@ -103,8 +107,6 @@ def _policy_rows(gsm: list[dict], uf: list[dict], rng: np.random.Generator) -> l
 
 def tokenizer_folder() -> Path:
     def build(out: Path):
-        from selfimprove.smoke.tiny_models import build_bpe_tokenizer
-
         gsm = _rows("openai/gsm8k", "main", "train")
         uf = _rows("HuggingFaceH4/ultrafeedback_binarized", None, "train_prefs")
         texts = [g["question"] + "\n" + g["answer"] + "\n" + sd.boxed_solution(g) + "\n" + INSTRUCTION for g in gsm]
@@ -118,11 +120,6 @@ def _finetune(model_dir: Path, rows: list[dict], steps: int, seed: int) -> None:
     """A few hundred TRL SFT steps on chat turns, completion-only loss, saved back into ``model_dir``."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
-
-    from selfimprove.core.model import load_policy, load_tokenizer
-    from selfimprove.core.prompts import PromptFormat
-    from selfimprove.core.trainer_args import checkpointing_args
-    from selfimprove.stages.train import tokenize_rows
 
     tok, model = load_tokenizer(str(model_dir)), load_policy(str(model_dir))
     data = Dataset.from_dict(tokenize_rows(rows, tok, PromptFormat(chat=True)))
@@ -153,9 +150,6 @@ def model_folder(family: str, role: str) -> Path:
     """``role``: 'instruct', 'judge' or 'reward', of architecture ``family`` (a transformers model_type)."""
 
     def build(out: Path):
-        from selfimprove.core.model import load_tokenizer
-        from selfimprove.smoke.tiny_models import TinySize, build_tiny_model
-
         tok = load_tokenizer(str(tokenizer_folder()))
         build_tiny_model(family, tok, out, TinySize(), seed=0, classifier=role == "reward")
         if role == "reward":

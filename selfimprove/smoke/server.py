@@ -16,11 +16,13 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from selfimprove.backends import Sampling
+from selfimprove.backends.hf import hf_generate
+from selfimprove.core.model import load_policy, load_tokenizer
+
 
 class LoopbackServer:
     def __init__(self, model_path: str, name: str = "", delay_s: float = 0.0):
-        from selfimprove.core.model import load_policy, load_tokenizer
-
         self.model, self.tok = load_policy(model_path), load_tokenizer(model_path)
         self.name = name or model_path
         self.delay_s, self.lock, self.count_lock = delay_s, threading.Lock(), threading.Lock()
@@ -43,9 +45,6 @@ class LoopbackServer:
         return None
 
     def complete(self, prompt: str, body: dict, chat: bool) -> tuple[str, bool, int]:
-        from selfimprove.backends import Sampling
-        from selfimprove.backends.hf import hf_generate
-
         if chat:
             if not getattr(self.tok, "chat_template", None):
                 raise ValueError("the served model's tokenizer has no chat template: use /v1/completions")

@@ -1,6 +1,6 @@
 """Stage 3, filter: keep samples by quality. Every row stays on disk with ``kept`` and ``filter_reason``.
 
-The rules run in the order of selfimprove.registry.FILTERS: decontamination (n-gram overlap with the eval prompts and
+The rules run in the order of RULES: decontamination (n-gram overlap with the eval prompts and
 the dev and probe sets), unparseable judge verdicts (when the recipe drops them), length and finish rules, per-judge
 score thresholds (keep-correct = {verifier: 1}); then best-of-n per prompt. The stage also builds (chosen, rejected)
 pairs per prompt for DPO when ``filter.pairs`` asks for them.
@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from selfimprove import registry
+from selfimprove.core.prompts import prompt_content
 from selfimprove.core.rows import load_rows, save_rows
 from selfimprove.metrics.diversity import grams
-from selfimprove.tasks import prompt_content
 
 
 def contamination_index(texts: list[str], n: int, unit: str) -> set[str]:
@@ -57,10 +56,21 @@ def below_threshold(r: dict, c: FilterContext) -> list[str]:
     return [f"score_{name}<{t}" for name, t in c.cfg.min_scores.items() if r[f"score_{name}"] < t]
 
 
-def _reasons(r: dict, rules: list, c: FilterContext) -> list[str]:
-    """Every rule the row fails, in the registry's order; a contaminated row gets that reason alone."""
+# The filter chain, in order: rule name -> function (row, FilterContext) -> the reasons it fails (empty: it passes).
+# Decontamination comes first and, when it fails, is the only reason given. Best-of-n per prompt runs last.
+RULES = {
+    "decontaminate": contaminated,
+    "unparsed": unparsed,
+    "length": length,
+    "unfinished": unfinished,
+    "min_scores": below_threshold,
+}
+
+
+def _reasons(r: dict, c: FilterContext) -> list[str]:
+    """Every rule the row fails, in RULES' order; a contaminated row gets that reason alone."""
     failed = []
-    for name, rule in rules:
+    for name, rule in RULES.items():
         why = rule(r, c)
         if why and name == "decontaminate":
             return why
@@ -73,9 +83,8 @@ def filter_rows(
 ) -> list[dict]:
     """Rows with kept / filter_reason. ``protected`` is a contamination_index of texts no training sample may touch."""
     out, c = [], FilterContext(cfg, protected, unit, drop_unparsed)
-    rules = [(name, registry.load(entry)) for name, entry in registry.FILTERS.items()]
     for r in rows:
-        failed = _reasons(r, rules, c) if cfg.enabled else []
+        failed = _reasons(r, c) if cfg.enabled else []
         out.append(
             {
                 **r,

@@ -9,10 +9,11 @@ import shutil
 
 from selfimprove.backends import Sampling, sample
 from selfimprove.core import seeding
-from selfimprove.core.atomic import read_json
 from selfimprove.core.dist import dist_rank_world
+from selfimprove.core.files import read_json
 from selfimprove.core.integrity import shards_of
 from selfimprove.core.rows import load_rows, save_rows
+from selfimprove.metrics.alarms import steered_temperature
 from selfimprove.tasks import PROPOSAL_LINEAGE
 
 
@@ -36,8 +37,6 @@ def round_pool(ctx, k: int) -> list[dict]:
 
 def run_generate(ctx, k: int) -> None:
     """Write round k's prompts and samples (one row per sample, with lineage) to round_k/generate/."""
-    from selfimprove.metrics.alarms import steered_temperature
-
     r = ctx.recipe
     prompts = round_pool(ctx, k)
     ckpt = ctx.checkpoint(k - 1)

@@ -14,9 +14,15 @@ import numpy as np
 
 from selfimprove import registry
 from selfimprove.core import decisions
-from selfimprove.core.atomic import is_done, read_json, write_json
+from selfimprove.core.atomic import is_done
+from selfimprove.core.files import read_json, write_json
+from selfimprove.core.model import load_policy, load_tokenizer
+from selfimprove.core.prompts import is_proposed, prompt_content
 from selfimprove.core.rows import load_rows
-from selfimprove.core.rundir import rebuild_metrics
+from selfimprove.core.rundir import earlier_prompts, rebuild_metrics
+from selfimprove.core.tracking import log_round
+from selfimprove.metrics.alarms import check_alarms
+from selfimprove.metrics.complexity import complexity_metrics, ifd_scores
 from selfimprove.metrics.diversity import (
     compression_ratio,
     coverage,
@@ -27,8 +33,10 @@ from selfimprove.metrics.diversity import (
     self_repetition,
     subsample,
 )
+from selfimprove.metrics.embedding import embedding_diversity, load_embedder
 from selfimprove.metrics.ledger import round_ledger
-from selfimprove.tasks import is_proposed
+from selfimprove.metrics.prompts import prompt_metrics, propose_mix
+from selfimprove.metrics.quality import answer_entropy, judge_agreement, judge_vs_truth, pass_at_k, score_stats
 
 
 def _by_prompt(rows: list[dict]) -> list[list[dict]]:
@@ -45,8 +53,6 @@ def distinct_answers_per_prompt(rows: list[dict], answer) -> float:
 def prompt_answer_values(group: list[dict], answer, k: int) -> dict:
     """One prompt's answer diversity and, where ground truth is known for all of its >= k samples, pass@1, pass@k
     and their gap (None otherwise): the per-prompt values ``answer_metrics`` averages (and compare bootstraps)."""
-    from selfimprove.metrics.quality import answer_entropy, pass_at_k
-
     answers = [answer(r["completion"]) for r in group]
     out = {"answer_entropy": answer_entropy(answers), "distinct_answers": len(set(answers))}
     labelled = all(r["oracle_correct"] >= 0 for r in group) and len(group) >= k
@@ -77,16 +83,12 @@ class Models:
     def policy(self):
         """(model, tokenizer) of the checkpoint that generated round k's data (k - 1)."""
         if self._policy is None:
-            from selfimprove.core.model import load_policy, load_tokenizer
-
             path = self.ctx.checkpoint(self.k - 1)
             self._policy = load_policy(path, self.ctx.recipe.model.dtype), load_tokenizer(path)
         return self._policy
 
     def embedder(self):
         if self._embedder is None:
-            from selfimprove.metrics.embedding import load_embedder
-
             self._embedder = load_embedder(self.ctx.recipe.monitor.embedder)
         return self._embedder
 
@@ -114,8 +116,6 @@ def diversity_metrics(ctx, name: str, rows: list[dict], models: Models | None = 
     if m.homogenisation_samples:
         out[f"diversity/{name}/homogenisation"] = homogenisation(texts, m.unit, m.homogenisation_samples)
     if m.embedding:
-        from selfimprove.metrics.embedding import embedding_diversity
-
         embedded = embedding_diversity(sample, (models or Models(ctx)).embedder())
         out.update({f"diversity/{name}/{k}": v for k, v in embedded.items()})
     if m.self_bleu_samples:  # O(N^2) and flat on tiny alphabets, so opt-in
@@ -145,8 +145,6 @@ def probe_metrics(ctx, k: int) -> dict:
 
 def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[dict]) -> dict:
     """Counts, acceptance, per-judge score distributions, judge agreement, pseudo-label accuracy."""
-    from selfimprove.metrics.quality import judge_agreement, judge_vs_truth, score_stats
-
     out = {
         "quality/generated": len(judged),
         "quality/kept": len(kept),
@@ -190,8 +188,6 @@ def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[di
 
 def complexity_block(ctx, name: str, rows: list[dict], models: Models) -> dict:
     """complexity/<name>/...: length, difficulty, and IFD under the policy that generated the round (checkpoint k-1)."""
-    from selfimprove.metrics.complexity import complexity_metrics, ifd_scores
-
     n = ctx.recipe.monitor.ifd_samples
     ifd = np.zeros(0) if n else None
     if n and rows:
@@ -238,10 +234,6 @@ def complexity_blocks(ctx, k: int, data: RoundData, models: Models) -> dict:
 def prompt_block(ctx, k: int, data: RoundData, models: Models) -> dict:
     """prompts/...: the round's distinct prompts (selfimprove.metrics.prompts), with the propose stage's filter mix
     and the complexity of the samples on proposed prompts; only when the run proposes or monitor.prompt_metrics."""
-    from selfimprove.core.rundir import earlier_prompts
-    from selfimprove.metrics.prompts import prompt_metrics, propose_mix
-    from selfimprove.tasks import prompt_content
-
     r = ctx.recipe
     if not (r.propose.runs or r.monitor.prompt_metrics):
         return {}
@@ -249,8 +241,6 @@ def prompt_block(ctx, k: int, data: RoundData, models: Models) -> dict:
     texts = [prompt_content(row) for row in rows]
     out = prompt_metrics(rows, texts, earlier_prompts(ctx, k), r.monitor, r.monitor.vendi_samples)
     if r.monitor.embedding:
-        from selfimprove.metrics.embedding import embedding_diversity
-
         embedded = embedding_diversity(subsample(texts, r.monitor.vendi_samples), models.embedder())
         out.update({f"prompts/{key}": v for key, v in embedded.items()})
     if r.propose.runs:
@@ -263,13 +253,23 @@ def prompt_block(ctx, k: int, data: RoundData, models: Models) -> dict:
     return out
 
 
+# The monitor's blocks over a round's data, in order: name -> function (ctx, k, RoundData, Models) -> flat metrics.
+BLOCKS = {
+    "quality": quality_block,
+    "diversity": diversity_block,
+    "answers": answer_block,
+    "complexity": complexity_blocks,
+    "prompts": prompt_block,
+}
+
+
 def data_metrics(ctx, k: int, judged: list[dict]) -> dict:
-    """Every block of selfimprove.registry.METRICS over the round's generated, filtered (kept) and selected data."""
+    """Every one of BLOCKS over the round's generated, filtered (kept) and selected data."""
     selected = [r for r in load_rows(ctx.stage(k, "select") / "data") if r["selected"]]
     data, models = RoundData(judged, [r for r in judged if r["kept"]], selected), Models(ctx, k)
     out = {}
-    for entry in registry.METRICS.values():
-        out.update(registry.load(entry)(ctx, k, data, models))
+    for block in BLOCKS.values():
+        out.update(block(ctx, k, data, models))
     if judged:
         out["task/max_difficulty"] = max(r["difficulty"] for r in judged)
     return out
@@ -313,8 +313,6 @@ def round_metrics(ctx, k: int) -> dict:
 
 
 def run_monitor(ctx, k: int) -> dict:
-    from selfimprove.metrics.alarms import check_alarms
-
     with ctx.writing(k, "monitor") as (out, meta):
         metrics = round_metrics(ctx, k)
         fired = check_alarms(ctx.recipe.monitor.alarms, ctx.history(k) + [decisions.readable(metrics)])
@@ -324,7 +322,6 @@ def run_monitor(ctx, k: int) -> dict:
         write_json(out / "alarms.json", fired)
         write_json(out / "metrics.json", metrics)
     rows = rebuild_metrics(ctx.run_dir)
-    from selfimprove.core.tracking import log_round
 
     log_round(ctx, metrics, rows)
     return metrics

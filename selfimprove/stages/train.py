@@ -21,8 +21,13 @@ from selfimprove.core import seeding
 from selfimprove.core.atomic import clean_partial, finish_stage, is_done
 from selfimprove.core.dist import leave, watch_crashes
 from selfimprove.core.errors import DataError
+from selfimprove.core.judge_prompts import eft_rows, judge_format
+from selfimprove.core.model import load_policy, load_tokenizer
+from selfimprove.core.prompts import PromptFormat, encode_completions
 from selfimprove.core.rows import load_rows, save_rows
 from selfimprove.core.rundir import accepted_rows
+from selfimprove.core.runs import open_run
+from selfimprove.core.trainer_args import build_args
 from selfimprove.core.typed_yaml import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -55,8 +60,6 @@ def tokenize_rows(rows: list[dict], tokenizer, fmt=None, judge_fmt=None) -> dict
     """Batched tokenisation to TRL's processed format: input_ids + completion_mask (prompt 0, completion+EOS 1). The
     prompt is encoded by ``fmt`` (selfimprove.core.prompts), exactly as generation encoded it; judging rows (``eft``)
     by ``judge_fmt``, exactly as the judge stage encodes its prompts."""
-    from selfimprove.core.prompts import PromptFormat, encode_completions
-
     p: list = [None] * len(rows)
     for f, eft in ((fmt, False), (judge_fmt, True)):
         idx = [i for i, r in enumerate(rows) if bool(r.get("eft")) == eft]
@@ -116,8 +119,6 @@ def merge_adapter(base: str, adapter: Path, out: Path, dtype: str) -> None:
     that generation (HF or vLLM) loads as-is."""
     from peft import PeftModel
 
-    from selfimprove.core.model import load_policy
-
     merged = PeftModel.from_pretrained(load_policy(base, dtype), str(adapter)).merge_and_unload()
     merged.save_pretrained(out)
     shutil.rmtree(adapter)
@@ -125,8 +126,6 @@ def merge_adapter(base: str, adapter: Path, out: Path, dtype: str) -> None:
 
 def _sft_config(r, k: int, out: Path, steps: int, accumulation: int, parameters: int):
     from trl import SFTConfig
-
-    from selfimprove.core.trainer_args import build_args
 
     return SFTConfig(**build_args(r, k, str(out / "trainer"), steps, accumulation, "sft", parameters))
 
@@ -139,7 +138,6 @@ def training_rows(ctx, k: int, n_rows: int) -> list[dict]:
         rows = _draw(seed_rows, n_rows - n_eft, seeding.rng(ctx.recipe.seed, "train_mix", 0))
         if not n_eft:
             return rows
-        from selfimprove.core.judge_prompts import eft_rows
 
         rng = seeding.rng(ctx.recipe.seed, "eft_data")
         rows += eft_rows(ctx.task, seed_rows, llm, n_eft, rng)
@@ -199,9 +197,6 @@ def _dpo_trainer(ctx, k, rows, model, tok, out: Path, steps: int, accumulation: 
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from selfimprove.core.model import load_policy
-    from selfimprove.core.trainer_args import build_args
-
     r, fmt = ctx.recipe, ctx.prompt_format
     args = DPOConfig(**build_args(r, k, str(out / "trainer"), steps, accumulation, "dpo", model.num_parameters()))
     if fmt.uses_template(tok):  # conversational: TRL applies the chat template, as generation did
@@ -259,8 +254,6 @@ def run_train(ctx, k: int) -> None:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from selfimprove.core.model import load_policy, load_tokenizer
-
     # cpu=True on a GPU-less machine makes this the same MULTI_CPU/gloo state the Trainer's Accelerator will use;
     # created without it, it first reports one process, and the batch arithmetic below would be wrong.
     r, state, start = ctx.recipe, PartialState(cpu=not torch.cuda.is_available()), time.perf_counter()
@@ -282,8 +275,6 @@ def run_train(ctx, k: int) -> None:
         ref = ctx.checkpoint(-1) if r.train.dpo.reference == "base" else ctx.checkpoint(k - 1)
         trainer = _dpo_trainer(ctx, k, rows, model, tok, partial, steps, accumulation, ref)
     elif steps:
-        from selfimprove.core.judge_prompts import judge_format
-
         tokenized = tokenize_rows(rows, tok, ctx.prompt_format, judge_format(r.judge.llm))
         args = _sft_config(r, k, partial, steps, accumulation, model.num_parameters())
         dataset = Dataset.from_dict(trl_ready(tokenized, args))
@@ -337,7 +328,6 @@ def run_train(ctx, k: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry for ``accelerate launch -m selfimprove.stages.train RUN_DIR --round K``: reads the run's saved recipe."""
     watch_crashes()
-    from selfimprove.core.runs import open_run
 
     parser = argparse.ArgumentParser(
         prog="python -m selfimprove.stages.train", description="Run one round's training stage."

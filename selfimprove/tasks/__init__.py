@@ -17,6 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
+from selfimprove.core.prompts import prompt_key
+
 
 class Task(Protocol):
     name: str
@@ -85,11 +87,6 @@ class FixedSets:
 PROPOSAL_LINEAGE = {"proposed_by": "task", "parent_prompt": "", "operation": "", "pass_rate": -1.0}
 
 
-def is_proposed(row: dict) -> bool:
-    """A prompt that came through the propose stage (every one has an operation; the task's own pool has none)."""
-    return bool(row.get("operation"))
-
-
 class Proposing(Protocol):
     """What a built-in task adds for propose.mode 'task_native': requests in its own format (``PROPOSE_MARK`` and a
     size, e.g. countdown's ``?3``), its own valid answer to one (the seed's examples, and the candidates when
@@ -123,16 +120,6 @@ def proposal_examples(task: Proposing, n: int, exclude: set[str], rng) -> list[d
     return rows
 
 
-def prompt_key(text: str) -> str:
-    """A prompt as compared for exclusion from training: whitespace differences do not make another prompt."""
-    return " ".join(text.split())
-
-
-def prompt_content(row: dict) -> str:
-    """A prompt row's own text: ``source_prompt`` where the task filled a template, else the prompt."""
-    return row.get("source_prompt") or row["prompt"]
-
-
 def split_accuracy(rows: list[dict]) -> dict:
     """eval/accuracy/id and eval/accuracy/ood: mean accuracy over each split's rows (every task reports both)."""
     out = {}
@@ -145,11 +132,3 @@ def split_accuracy(rows: list[dict]) -> dict:
 def oracle_correct(task, completion: str, reference: str) -> int:
     """Ground truth for measurement only: 1 correct, 0 wrong, -1 when there is no reference to check against."""
     return int(task.is_correct(completion, reference)) if reference else -1
-
-
-def build_task(recipe) -> Task:
-    """The recipe's task (selfimprove.registry.TASKS), configured by its task.<name> section."""
-    from selfimprove import registry
-
-    name = recipe.task.name
-    return registry.load(registry.TASKS[name])(getattr(recipe.task, name), recipe.seed)

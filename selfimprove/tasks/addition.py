@@ -23,7 +23,8 @@ import re
 import numpy as np
 
 from selfimprove.core import seeding
-from selfimprove.tasks import FixedSets, prompt_key, split_accuracy
+from selfimprove.core.prompts import prompt_key
+from selfimprove.tasks import FixedSets, split_accuracy
 
 _PROMPT = re.compile(r"^(\d+)\+(\d+)=$")
 

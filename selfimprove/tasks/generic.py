@@ -18,7 +18,8 @@ from pathlib import Path
 
 from selfimprove.core import seeding
 from selfimprove.core.errors import DataError
-from selfimprove.tasks import prompt_key, split_accuracy
+from selfimprove.core.prompts import prompt_key
+from selfimprove.tasks import split_accuracy
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 TEXT_FILE_SUFFIXES = (".j2", ".jinja", ".txt")

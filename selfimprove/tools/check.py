@@ -10,6 +10,7 @@ disk). Every problem comes with its fix; the exit status is 0 only when there is
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import re
@@ -17,7 +18,18 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from selfimprove.backends.openai_server import SERVER_ERRORS, served_models
 from selfimprove.core.errors import UserError
+from selfimprove.core.judge_prompts import load_template
+from selfimprove.core.model import bootstrap_config, build_char_tokenizer, load_tokenizer, run_alphabet
+from selfimprove.core.prompts import prompt_key
+from selfimprove.core.rundir import RunContext
+from selfimprove.core.slurm import processes_per_node
+from selfimprove.core.typed_yaml import ConfigError
+from selfimprove.metrics.embedding import embedder_path
+from selfimprove.stages.judge.train_reward import per_device_batch
+from selfimprove.stages.propose import template
+from selfimprove.stages.train import grad_accumulation
 
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 SERVER_TIMEOUT_S = 10
@@ -87,8 +99,6 @@ def policy_parts(ctx, report: Report):
     """(config, tokenizer) of the starting policy: the model folder's, or the bootstrap build's (no weights)."""
     from transformers import AutoConfig
 
-    from selfimprove.core.model import bootstrap_config, build_char_tokenizer, load_tokenizer, run_alphabet
-
     r = ctx.recipe
     if r.model.path is None:
         tok = build_char_tokenizer(run_alphabet(r, ctx.task))
@@ -150,9 +160,6 @@ def check_accelerate(path: str, where: str, report: Report) -> int:
 
 def check_batch(recipe, world: int, report: Report) -> int:
     """Sequences per optimizer step for ``world`` processes (0 when the arithmetic does not work)."""
-    from selfimprove.core.typed_yaml import ConfigError
-    from selfimprove.stages.train import grad_accumulation
-
     t = recipe.train
     try:
         accumulation = grad_accumulation(t, world)
@@ -161,8 +168,6 @@ def check_batch(recipe, world: int, report: Report) -> int:
         return 0
     global_batch = t.per_device_train_batch_size * accumulation * world
     if recipe.judge.reward_model.train:  # trained by the same launcher: its pairs per step split the same way
-        from selfimprove.stages.judge.train_reward import per_device_batch
-
         try:
             per_device_batch(recipe.judge.reward_model.train_batch_size, world)
         except ConfigError as err:
@@ -197,8 +202,6 @@ def check_vllm(python: str, where: str, report: Report, setting: str = "") -> No
 
 def check_server(cfg, name: str, where: str, report: Report) -> None:
     """``GET /v1/models`` answers within the timeout and lists the served model."""
-    from selfimprove.backends.openai_server import SERVER_ERRORS, served_models
-
     url = cfg.base_url.rstrip("/") + "/models"
     try:
         served = served_models(cfg.base_url, os.environ.get(cfg.api_key_env, "EMPTY"), SERVER_TIMEOUT_S)
@@ -218,8 +221,6 @@ def check_server(cfg, name: str, where: str, report: Report) -> None:
 
 
 def check_judges(ctx, policy_tok, report: Report) -> None:
-    from selfimprove.core.judge_prompts import load_template
-
     r, cfg = ctx.recipe, ctx.recipe.judge
     llm = [j for j in cfg.judges if j in ("llm", "llm_pairwise")]
     for name in llm:
@@ -245,8 +246,6 @@ def check_judges(ctx, policy_tok, report: Report) -> None:
         if policy_tok is not None:
             check_tokenizer(policy_tok, cfg.llm.chat_template, "judge.llm (the policy)", report, need_chat=False)
     elif llm and resolve_model(cfg.llm.model, "judge.llm.model", report):
-        from selfimprove.core.model import load_tokenizer
-
         check_tokenizer(
             load_tokenizer(cfg.llm.model), cfg.llm.chat_template, "judge.llm.model", report, need_chat=False
         )
@@ -278,8 +277,6 @@ def check_judges(ctx, policy_tok, report: Report) -> None:
 
 def task_rows(ctx, report: Report) -> tuple[list[dict], list[dict], list[dict]]:
     """(round-1 prompts, eval rows, seed rows) as the task makes them, or empty lists after recording why not."""
-    from selfimprove.tasks import prompt_key
-
     try:
         evals = ctx.task.eval_sets()
         prompts = ctx.task.round_prompts(1, [], {prompt_key(e["prompt"]) for e in evals}) if ctx.recipe.rounds else []
@@ -317,8 +314,6 @@ def check_alphabet(tok, rows: list[dict], from_scratch: bool, report: Report) ->
 
 def extra_metric_problems(path: str) -> list[str]:
     """monitor.extra_metrics entries must be 'module:function' with the module importable and the function there."""
-    import importlib
-
     module, _, func = path.partition(":")
     if not module or not func:
         return [f"monitor.extra_metrics: {path!r} is not 'module:function'. Write it as e.g. 'my_metrics:score'."]
@@ -388,7 +383,6 @@ def check_proposer(ctx, report: Report) -> None:
     if not c.runs:
         return
     names = {"self_instruct": ["self_instruct"], "evolve": [f"evolve_{op}" for op in c.operations]}.get(c.mode, [])
-    from selfimprove.stages.propose import template
 
     for name in names:
         try:
@@ -405,8 +399,6 @@ def check_proposer(ctx, report: Report) -> None:
 
 def check_recipe(recipe) -> Report:
     """Every check on a parsed recipe; nothing is trained, generated or written."""
-    from selfimprove.core.rundir import RunContext
-
     report = Report()
     ctx = RunContext(recipe, recipe.output_dir)
     r = recipe
@@ -426,8 +418,6 @@ def check_recipe(recipe) -> Report:
         report.problems += extra_metric_problems(path)
     if r.monitor.embedding:
         try:
-            from selfimprove.metrics.embedding import embedder_path
-
             embedder_path(r.monitor.embedder)
         except UserError as err:
             report.problems.append(str(err))
@@ -435,8 +425,6 @@ def check_recipe(recipe) -> Report:
     if r.train.launcher != "inprocess":
         world = check_accelerate(r.train.accelerate_config, "train.accelerate_config", report)
     if r.train.launcher == "slurm" and len(report.problems) == known:  # a usable config: scaled to the nodes
-        from selfimprove.core.slurm import processes_per_node
-
         world = processes_per_node(r.slurm, r.train.accelerate_config) * r.slurm.nodes
         report.facts.append(f"slurm: {r.slurm.nodes} node(s) x {world // r.slurm.nodes} process(es) per step")
     if r.generate.accelerate_config:

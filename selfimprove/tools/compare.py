@@ -18,7 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from selfimprove.core.environment import differences, run_environment
 from selfimprove.core.errors import RunDirError
+from selfimprove.core.model import load_policy, load_tokenizer
+from selfimprove.core.prompts import PromptFormat, encode_completions
+from selfimprove.core.runs import open_run
+from selfimprove.metrics.complexity import answer_batches
+from selfimprove.stages.evaluate import eval_rows_scored, probe_samples
+from selfimprove.stages.judge import judge_rows, run_env
+from selfimprove.stages.judge.llm import head_to_head
+from selfimprove.stages.monitor import Models, diversity_metrics, prompt_answer_values
+from selfimprove.tools.stats import bootstrap_mean_difference, mcnemar_exact, paired_bootstrap, paired_permutation
 
 
 def resolve(spec: str) -> tuple[str, Path | None]:
@@ -48,9 +58,6 @@ def token_kl(model_p, model_q, tokenizer, rows: list[dict], batch_size: int = 64
     """Mean over completion tokens (EOS included) of KL(p || q) between the two next-token distributions, along the
     given samples (drawn from p), each prompt encoded by ``fmt`` as it was sampled. Exact over the vocabulary."""
     import torch
-
-    from selfimprove.core.prompts import PromptFormat, encode_completions
-    from selfimprove.metrics.complexity import answer_batches
 
     total, count = 0.0, 0
     prompts = (fmt or PromptFormat()).encode(tokenizer, [r["prompt"] for r in rows])
@@ -95,8 +102,6 @@ def per_prompt_values(task, rows: list[dict], ids: list[str], k: int) -> dict[st
     """The probe metrics that are means over prompts, one value per prompt of ``ids`` (NaN where a prompt has none:
     pass@k needs a reference and k samples), from the monitor's own per-prompt definition, so their mean is its
     number."""
-    from selfimprove.stages.monitor import prompt_answer_values
-
     groups, scores = _by_prompt(rows), _prompt_scores(rows)
     names = {
         "distinct_answers": "diversity/probe/distinct_answers_per_prompt",
@@ -117,8 +122,6 @@ PER_PROMPT_DIVERSITY = ("diversity/probe/distinct_answers_per_prompt",)  # boots
 def _corpus_stat(ctx, rows_a: list[dict], rows_b: list[dict], ids: list[str]):
     """The probe's corpus-level diversity metrics of (A', B'), prompt i's samples swapped between the sides where
     ``swap[i]`` (the per-prompt ones are left to the bootstrap)."""
-    from selfimprove.stages.monitor import Models, diversity_metrics
-
     by_a, by_b, models = _by_prompt(rows_a), _by_prompt(rows_b), Models(ctx)  # the embedder loads once
 
     def stat(swap: np.ndarray) -> tuple[dict, dict]:
@@ -133,8 +136,6 @@ def _corpus_stat(ctx, rows_a: list[dict], rows_b: list[dict], ids: list[str]):
 
 
 def _mcnemar(rows_a: list[dict], rows_b: list[dict]) -> dict:
-    from selfimprove.tools.stats import mcnemar_exact
-
     return {
         f"eval/accuracy/{split}": mcnemar_exact(
             [a["correct"] for a in rows_a if a["split"] == split], [b["correct"] for b in rows_b if b["split"] == split]
@@ -145,9 +146,6 @@ def _mcnemar(rows_a: list[dict], rows_b: list[dict]) -> dict:
 
 def _score(ctx, ckpt: str) -> tuple[list[dict], list[dict]]:
     """(eval rows answered greedily, judged probe samples) for one checkpoint."""
-    from selfimprove.stages.evaluate import eval_rows_scored, probe_samples
-    from selfimprove.stages.judge import judge_rows, run_env
-
     env = run_env(ctx, ckpt, ctx.recipe.seed)
     return eval_rows_scored(ctx, ckpt), judge_rows(env, probe_samples(ctx, ckpt))[0]
 
@@ -155,8 +153,6 @@ def _score(ctx, ckpt: str) -> tuple[list[dict], list[dict]]:
 def _metric_table(ctx, evals: tuple, probes: tuple, ids: list[str], resamples: int, permutations: int) -> dict:
     """Every metric's A, B, B - A and its interval (means over prompts: paired bootstrap) or permutation p (the
     probe's corpus-level metrics), sorted by name."""
-    from selfimprove.tools.stats import bootstrap_mean_difference, paired_bootstrap, paired_permutation
-
     (eval_a, eval_b), (probe_a, probe_b) = evals, probes
     seed, k = ctx.recipe.seed, ctx.recipe.monitor.probe_samples
     table = paired_bootstrap(_eval_stat(ctx.task, eval_a), _eval_stat(ctx.task, eval_b), len(eval_a), resamples, seed)
@@ -176,11 +172,6 @@ def compare(
     resamples: int = 2000,
     permutations: int = 50,
 ) -> dict:
-    from selfimprove.core.environment import differences, run_environment
-    from selfimprove.core.model import load_policy, load_tokenizer
-    from selfimprove.core.runs import open_run
-    from selfimprove.stages.judge import run_env
-
     (ckpt_a, run_a), (ckpt_b, run_b) = resolve(a), resolve(b)
     run_dir = Path(run) if run else run_a
     if run_dir is None:
@@ -213,8 +204,6 @@ def compare(
     }
     out["win_rate_b_vs_a"] = win_rate(scores["a"], scores["b"])
     if "llm_pairwise" in ctx.recipe.judge.judges:  # the pairwise judge compares A and B directly, in both orders
-        from selfimprove.stages.judge.llm import head_to_head
-
         env = run_env(ctx, ckpt_b, ctx.recipe.seed)
         out["pairwise_b_vs_a"] = head_to_head(env, probe_a, probe_b)
     tok = load_tokenizer(ckpt_a)

@@ -10,10 +10,15 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
+
 from selfimprove import registry
 from selfimprove.core.atomic import is_done
+from selfimprove.core.environment import differences, environments
 from selfimprove.core.errors import RunDirError
 from selfimprove.core.rows import load_rows
+from selfimprove.core.runs import history
+from selfimprove.metrics.ledger import COUNTS
 
 DIVERSITY = (
     "diversity/probe/answer_entropy",
@@ -197,8 +202,6 @@ def sample_tables(run: Path, rows: list[dict], n: int = 8) -> str:
 def compute_section(metrics: dict[str, list[dict]]) -> str:
     """The compute ledger (selfimprove.metrics.ledger): per round and in total for each run, so arms can be compared
     on what they spent."""
-    from selfimprove.metrics.ledger import COUNTS
-
     blocks = []
     for name, rows in metrics.items():
         if not any("compute/total/train_rows" in r for r in rows):
@@ -226,8 +229,6 @@ def compute_section(metrics: dict[str, list[dict]]) -> str:
 
 def recipe_history(run: Path, rows: list[dict]) -> str:
     """Which recipe each round ran under (recipes/history.json), with what changed at each switch."""
-    from selfimprove.core.runs import history
-
     entries = history(run)
     if not entries:
         return ""
@@ -246,8 +247,6 @@ def recipe_history(run: Path, rows: list[dict]) -> str:
 
 def environment_section(runs: dict[str, Path]) -> str:
     """What each run ran on (environment.json), and a warning where overlaid runs differ in it."""
-    from selfimprove.core.environment import differences, environments
-
     rows, latest = [], {}
     for name, path in runs.items():
         for e in environments(path):
@@ -286,8 +285,6 @@ def _img(path: Path) -> str:
 def _study_plots(result: dict, out: Path) -> list[tuple[str, Path]]:
     """Per metric, each arm's mean over rounds with its 95% CI band; then the final round's differences from the
     baseline as a forest plot (one panel per metric)."""
-    import numpy as np
-
     metrics, arms = result["metrics"], list(result["arms"])
 
     def bands(axes):

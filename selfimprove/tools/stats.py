@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from selfimprove.core import seeding
+
 LEVEL = 0.95
 
 
@@ -66,8 +68,8 @@ def sign_flip_p(d: Sequence[float]) -> float:
     x = _finite(d)
     if len(x) == 0:
         return math.nan
-    if not np.any(np.abs(x) > 1e-12):
-        return 1.0
+    if len(x) == 1 or not np.any(np.abs(x) > 1e-12):
+        return 1.0  # one value: both sign patterns are as extreme as it (scipy refuses a sample of one)
     res = stats.permutation_test(
         (x,), np.mean, permutation_type="samples", alternative="two-sided", n_resamples=100_000, rng=0
     )
@@ -142,8 +144,6 @@ def paired_bootstrap(
     metrics; the metrics both sides report on the full set are the ones compared."""
     from scipy import stats
 
-    from selfimprove.core import seeding
-
     idx = np.arange(n_units)
     full_a, full_b = stat_a(idx), stat_b(idx)
     keys = sorted(set(full_a) & set(full_b))
@@ -179,8 +179,6 @@ def bootstrap_mean_difference(a: Sequence[float], b: Sequence[float], resamples:
     resample counts twice without biasing it."""
     from scipy import stats
 
-    from selfimprove.core import seeding
-
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     d = y[keep] - x[keep]
@@ -211,8 +209,6 @@ def paired_permutation(stat: Callable[[np.ndarray], tuple[dict, dict]], n_units:
     samples change sides when ``swap[i]``. Under "A and B sample alike" every swap pattern is as likely as none;
     p = (1 + #{|delta'| >= |delta|}) / (1 + permutations), so it never reads 0. No interval: a corpus metric's value
     depends on the corpus size, so no resample of another size or with repeats estimates it."""
-    from selfimprove.core import seeding
-
     a, b = stat(np.zeros(n_units, dtype=bool))
     keys = sorted(set(a) & set(b))
     observed = {k: b[k] - a[k] for k in keys}

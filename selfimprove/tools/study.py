@@ -29,6 +29,7 @@ seeds has only a handful of distinct resamples.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -42,9 +43,16 @@ from pathlib import Path
 
 import yaml
 
-from selfimprove.core.atomic import write_json
+from selfimprove.core.config import load_recipe, recipe_to_dict
+from selfimprove.core.environment import run_environment
 from selfimprove.core.errors import RunDirError
+from selfimprove.core.files import write_json, write_text
+from selfimprove.core.rundir import completed_rounds
+from selfimprove.core.runlock import run_lock
+from selfimprove.core.typed_yaml import ConfigError
+from selfimprove.tools.stats import VERDICT_RULE, mean_ci, paired_difference
 from selfimprove.tools.study_file import Arm, Study, StudyError, as_file, load_study  # noqa: F401 (the CLI's API)
+from selfimprove.tools.verdicts import contrasts
 
 logger = logging.getLogger("selfimprove.tools.study")
 
@@ -54,9 +62,6 @@ SAVED = "study.yaml"
 def arm_recipe(study: Study, arm: Arm) -> dict:
     """The arm's recipe as a mapping (base + overrides), parsed and checked; raises naming the arm. (``--smoke``
     is passed on to each run, which applies its substitutions itself.)"""
-    from selfimprove.core.config import load_recipe, recipe_to_dict
-    from selfimprove.core.typed_yaml import ConfigError
-
     try:
         recipe = load_recipe(str(study.base), arm.overrides)
     except ConfigError as err:
@@ -92,25 +97,16 @@ def _claim(study: Study, smoke: bool) -> None:
         text = yaml.safe_dump(data, sort_keys=False)
         path = study.recipe_path(name)
         if not path.exists() or path.read_text() != text:
-            _write_text(path, text)
+            write_text(path, text)
     if not saved.exists():
-        _write_text(saved, yaml.safe_dump(identity, sort_keys=False))
+        write_text(saved, yaml.safe_dump(identity, sort_keys=False))
     write_json(
         study.output_dir / "plan.json",
         [{"arm": a, "seed": s, "run_dir": str(study.run_dir(a, s))} for a, s in study.runs()],
     )
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Atomic, and safe when several Slurm tasks of one study write the same file at once."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def finished(study: Study, arm: str, seed: int) -> bool:
-    from selfimprove.core.rundir import completed_rounds
-
     rounds = yaml.safe_load(study.recipe_path(arm).read_text())["rounds"]
     done = completed_rounds(study.run_dir(arm, seed))
     return bool(done) and done[-1] >= rounds
@@ -147,8 +143,6 @@ def _one(study: Study, arm: str, seed: int, threads: int, smoke: bool) -> int:
 
 def run_study(study: Study, jobs: int = 1, smoke: bool = False, only: int | None = None) -> dict:
     """Run (or resume) every arm x seed, ``jobs`` at a time, then aggregate; ``only`` runs one (a Slurm task)."""
-    from selfimprove.core.runlock import run_lock
-
     t0 = time.perf_counter()
     _claim(study, smoke)
     runs = study.runs() if only is None else [study.runs()[only]]
@@ -194,10 +188,6 @@ def aggregate(study: Study, timing: dict | None = None) -> dict:
     """study.json and study.csv from every run's metrics.jsonl (finished rounds only), each written once; ``timing``
     (the study's own cost so far) gets the aggregation's time and the total, and goes into study.json."""
     start = time.perf_counter()
-    from selfimprove.core.environment import run_environment
-    from selfimprove.tools.stats import VERDICT_RULE, mean_ci, paired_difference
-    from selfimprove.tools.verdicts import contrasts
-
     per_run = {(a, s): _metrics(study.run_dir(a, s)) for a, s in study.runs()}
     rounds = sorted({k for m in per_run.values() for k in m})
     out: dict = {
@@ -246,7 +236,7 @@ def aggregate(study: Study, timing: dict | None = None) -> dict:
         out["timing"] = timing
     write_json(study.output_dir / "study.json", out)
     _write_csv(study, out)
-    _write_text(study.output_dir / "study.md", markdown(out))
+    write_text(study.output_dir / "study.md", markdown(out))
     write_bundle(study)
     return out
 
@@ -268,7 +258,7 @@ def write_bundle(study: Study) -> Path:
     (out / "recipes").mkdir(parents=True)
     for name in BUNDLE_FILES:
         shutil.copyfile(study.output_dir / name, out / name)
-    _write_text(out / "study_file.yaml", yaml.safe_dump({**as_file(study), "base": study.base.name}, sort_keys=False))
+    write_text(out / "study_file.yaml", yaml.safe_dump({**as_file(study), "base": study.base.name}, sort_keys=False))
     shutil.copyfile(study.base, out / study.base.name)
     for arm in study.arms:
         shutil.copyfile(study.recipe_path(arm.name), out / "recipes" / f"{arm.name}.yaml")
@@ -284,48 +274,47 @@ def write_bundle(study: Study) -> Path:
 
 def _write_csv(study: Study, result: dict) -> None:
     path = study.output_dir / "study.csv"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(
-            [
-                "arm",
-                "round",
-                "metric",
-                "n",
-                "mean",
-                "sd",
-                "ci_low",
-                "ci_high",
-                "diff_vs_baseline",
-                "diff_ci_low",
-                "diff_ci_high",
-                "diff_p",
-                *[f"seed_{s}" for s in study.seeds],
-            ]
-        )
-        for arm, by_round in result["arms"].items():
-            for k, by_metric in by_round.items():
-                for metric, v in by_metric.items():
-                    d = result["differences"].get(arm, {}).get(k, {}).get(metric, {})
-                    w.writerow(
-                        [
-                            arm,
-                            k,
-                            metric,
-                            v["n"],
-                            v["mean"],
-                            v["sd"],
-                            v["ci_low"],
-                            v["ci_high"],
-                            d.get("mean", ""),
-                            d.get("ci_low", ""),
-                            d.get("ci_high", ""),
-                            d.get("p_value", ""),
-                            *v["values"],
-                        ]
-                    )
-    os.replace(tmp, path)
+    fh = io.StringIO(newline="")
+    w = csv.writer(fh)
+    w.writerow(
+        [
+            "arm",
+            "round",
+            "metric",
+            "n",
+            "mean",
+            "sd",
+            "ci_low",
+            "ci_high",
+            "diff_vs_baseline",
+            "diff_ci_low",
+            "diff_ci_high",
+            "diff_p",
+            *[f"seed_{s}" for s in study.seeds],
+        ]
+    )
+    for arm, by_round in result["arms"].items():
+        for k, by_metric in by_round.items():
+            for metric, v in by_metric.items():
+                d = result["differences"].get(arm, {}).get(k, {}).get(metric, {})
+                w.writerow(
+                    [
+                        arm,
+                        k,
+                        metric,
+                        v["n"],
+                        v["mean"],
+                        v["sd"],
+                        v["ci_low"],
+                        v["ci_high"],
+                        d.get("mean", ""),
+                        d.get("ci_low", ""),
+                        d.get("ci_high", ""),
+                        d.get("p_value", ""),
+                        *v["values"],
+                    ]
+                )
+    write_text(path, fh.getvalue())
 
 
 def _pct(metric: str):
@@ -449,7 +438,7 @@ def slurm_script(study: Study, smoke: bool = False) -> Path:
     extra = "".join(f"#SBATCH --{k.replace('_', '-')}={v}\n" for k, v in s.items())
     n = len(study.runs())
     study_file = study.output_dir.resolve() / "study_file.yaml"
-    _write_text(study_file, yaml.safe_dump(as_file(study), sort_keys=False))
+    write_text(study_file, yaml.safe_dump(as_file(study), sort_keys=False))
     cmd = [
         sys.executable,
         "-m",
@@ -472,5 +461,5 @@ def slurm_script(study: Study, smoke: bool = False) -> Path:
         f"{study.output_dir.resolve()} --aggregate\n"
     )
     path = study.output_dir / "study.sbatch"
-    _write_text(path, text)
+    write_text(path, text)
     return path

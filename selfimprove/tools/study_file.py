@@ -3,6 +3,7 @@
     name: diversity
     base: rewrite_base.yaml                   # relative to the study file
     seeds: [0, 1, 2, 3, 4]
+    overrides: {train.bootstrap_steps: 1000}  # every arm's, before its own (a study-wide shrink of the base)
     baseline: rules_8                         # default: the first arm
     metrics: [eval/accuracy/id, eval/accuracy/ood]            # reported
     primary: [eval/accuracy/ood]              # declared before the run: the contrasts test these
@@ -47,6 +48,12 @@ class StudyError(UserError):
     pass
 
 
+def reserved_overrides(overrides: dict, field: str) -> list[str]:
+    if {"seed", "output_dir"} & set(overrides):
+        return [f"{field}: 'seed' and 'output_dir' are the study's to set (seeds, output_dir)."]
+    return []
+
+
 @dataclass
 class ArmSpec:
     name: str = _f("", "The arm's name (letters, digits, '_', '.', '-'): its folder and its label in tables.")
@@ -54,9 +61,7 @@ class ArmSpec:
 
     def check(self) -> list[str]:
         p = [] if NAME.match(self.name) else [f"name={self.name!r}: use letters, digits, '_', '.' or '-'."]
-        if {"seed", "output_dir"} & set(self.overrides):
-            p.append("overrides: 'seed' and 'output_dir' are the study's to set (seeds, output_dir).")
-        return p
+        return p + reserved_overrides(self.overrides, "overrides")
 
 
 @dataclass
@@ -81,6 +86,7 @@ class StudyFile:
     name: str = _f("", "The study's name (default: the file's name).")
     base: str = _f("", "The base recipe, relative to the study file.")
     seeds: list[int] = _f([0, 1, 2, 3, 4], "Seeds, the same for every arm (a difference is paired by seed).")
+    overrides: dict = _f({}, "Recipe overrides of every arm, applied before the arm's own (which win).")
     arms: list[ArmSpec] = _f([], "The arms: each a name and recipe overrides.")
     baseline: str = _f("", "The arm the others are compared with by default (default: the first).")
     metrics: list[str] = _f(list(DEFAULT_METRICS), "Metrics reported per arm and round (secondary unless primary).")
@@ -92,7 +98,7 @@ class StudyFile:
     slurm: dict = _f({}, "#SBATCH settings of the job array (selfimprove study --slurm).")
 
     def check(self) -> list[str]:
-        p = []
+        p = reserved_overrides(self.overrides, "overrides")
         if not self.base:
             p.append("base: name the base recipe file, relative to the study file.")
         if not self.seeds or len(set(self.seeds)) < len(self.seeds) or min(self.seeds) < 0:
@@ -183,7 +189,7 @@ def load_study(path: str | Path, output_dir: str | None = None) -> Study:
         problems.append(f"base={spec.base!r}: no such file next to the study file ({path.parent}).")
     if problems:
         raise StudyError(f"invalid study file {path}:\n" + "\n".join(f"  - {p}" for p in problems))
-    arms = tuple(Arm(a.name, dict(a.overrides)) for a in spec.arms)
+    arms = tuple(Arm(a.name, {**spec.overrides, **a.overrides}) for a in spec.arms)
     baseline = spec.baseline or arms[0].name
     contrasts = tuple(
         Contrast(c.arm, c.vs or baseline, c.metric or spec.primary[0], c.round, c.expect) for c in spec.contrasts

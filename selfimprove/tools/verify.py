@@ -9,6 +9,7 @@ from selfimprove import registry
 from selfimprove.core.atomic import is_done
 from selfimprove.core.integrity import verify_stage
 from selfimprove.core.rundir import SETUP_DIRS, round_numbers
+from selfimprove.core.runs import open_run
 
 
 def _redo(run: Path, k: int | None, name: str) -> str:
@@ -19,8 +20,6 @@ def _redo(run: Path, k: int | None, name: str) -> str:
 
 def verify_run(run_dir: str | Path) -> tuple[int, list[str]]:
     """(stages checked, one line per problem with its fix)."""
-    from selfimprove.core.runs import open_run
-
     ctx = open_run(run_dir, trust=True)  # verifying runs nothing the recipe names
     run = ctx.run_dir
     folders = [(None, n) for n in SETUP_DIRS] + [(k, n) for k in round_numbers(run) for n in registry.STAGES]

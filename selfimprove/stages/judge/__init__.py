@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from selfimprove import registry
+from selfimprove.backends.judge_server import served_url, serves_judge
 from selfimprove.core import seeding
 from selfimprove.core.rows import load_rows, save_rows
 from selfimprove.tasks import oracle_correct
@@ -68,7 +69,6 @@ def run_env(ctx, policy: str, seed: int) -> JudgeEnv:
     if cfg.reward_model.train:
         trained = dataclasses.replace(cfg.reward_model, path=str(ctx.run_dir / "reward_model" / "model"))
         cfg = dataclasses.replace(cfg, reward_model=trained)
-    from selfimprove.core.judge_server import served_url, serves_judge
 
     if serves_judge(ctx.recipe):  # served by the run's own step
         served = dataclasses.replace(cfg.llm.openai, base_url=served_url(ctx.run_dir))

@@ -25,7 +25,9 @@ from itertools import combinations
 
 import numpy as np
 
-from selfimprove.core.judge_prompts import load_template, render
+from selfimprove import backends
+from selfimprove.backends import Sampling
+from selfimprove.core.judge_prompts import judge_format, load_template, render
 
 SCORE = re.compile(r"^[ \t]*score[ \t]*:[ \t]*(\d+(?:\.\d+)?)[ \t]*$", re.I | re.M)
 WINNER = re.compile(r"^[ \t]*winner[ \t]*:[ \t]*(a|b|tie)[ \t]*$", re.I | re.M)
@@ -48,13 +50,10 @@ def injected(text: str, pattern: re.Pattern) -> bool:
 
 
 def _judge_outputs(env, prompts: list[str]) -> list[dict]:
-    from selfimprove.backends import Sampling, sample
-    from selfimprove.core.judge_prompts import judge_format
-
     cfg = env.cfg.llm
     path = env.policy if cfg.model == "policy" else cfg.model  # with backend 'openai': the served model's name
     sampling = Sampling(num_samples=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
-    outs = sample(
+    outs = backends.sample(
         cfg.backend,
         path,
         prompts,

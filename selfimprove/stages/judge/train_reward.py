@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+from types import SimpleNamespace
 
 from selfimprove.core import seeding
+from selfimprove.core.atomic import is_done
 from selfimprove.core.dist import leave, watch_crashes
 from selfimprove.core.rows import load_rows, save_rows
+from selfimprove.core.runs import open_run
 from selfimprove.core.typed_yaml import ConfigError
+from selfimprove.stages.judge.reward_model import _texts, reward_model
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +46,12 @@ def preference_pairs(task, seed_rows: list[dict], n: int, rng) -> list[dict]:
 
 
 def _ids(tok, pairs: list[dict], side: str, max_length: int) -> list[list[int]]:
-    from selfimprove.stages.judge.reward_model import _texts
-
     texts = _texts(tok, [{"prompt": p["prompt"], "completion": p[side]} for p in pairs])
     return tok(texts, truncation=True, max_length=max_length)["input_ids"]
 
 
 def pairwise_accuracy(model_dir: str, pairs: list[dict], cfg) -> float:
     """Share of pairs whose chosen answer the reward judge scores above the rejected one."""
-    from types import SimpleNamespace
-
-    from selfimprove.stages.judge.reward_model import reward_model
-
     env = SimpleNamespace(cfg=SimpleNamespace(reward_model=SimpleNamespace(**{**vars(cfg), "path": model_dir})))
     rows = [{"prompt": p["prompt"], "completion": p[side]} for p in pairs for side in ("chosen", "rejected")]
     s = reward_model(env, rows)[0]
@@ -149,9 +147,6 @@ def train_reward_model(ctx) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry for ``accelerate launch -m selfimprove.stages.judge.train_reward RUN_DIR``: reads the run's recipe."""
     watch_crashes()
-    from selfimprove.core.atomic import is_done
-    from selfimprove.core.runs import open_run
-
     parser = argparse.ArgumentParser(
         prog="python -m selfimprove.stages.judge.train_reward", description="Train the run's reward model."
     )

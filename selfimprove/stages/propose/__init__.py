@@ -18,11 +18,11 @@ from pathlib import Path
 from selfimprove.backends import Sampling, sample
 from selfimprove.core import seeding
 from selfimprove.core.errors import DataError
-from selfimprove.core.prompts import PromptFormat
+from selfimprove.core.prompts import PromptFormat, prompt_content
 from selfimprove.core.rows import save_rows
 from selfimprove.core.rundir import earlier_prompts
+from selfimprove.metrics.embedding import load_embedder
 from selfimprove.stages.propose import filters
-from selfimprove.tasks import prompt_content
 
 
 def template(cfg, name: str) -> str:
@@ -203,6 +203,4 @@ def run_propose(ctx, k: int) -> None:
 
 
 def _embedder(ctx):
-    from selfimprove.metrics.embedding import load_embedder
-
     return load_embedder(ctx.recipe.monitor.embedder)

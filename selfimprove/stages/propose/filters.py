@@ -9,8 +9,8 @@ from collections import Counter
 
 import numpy as np
 
-from selfimprove.core import dedup
-from selfimprove.tasks import prompt_key
+from selfimprove.core.prompts import prompt_key
+from selfimprove.metrics import dedup
 
 
 def valid(task, texts: list[str], finished: list[bool]) -> tuple[list[dict | None], list[str]]:

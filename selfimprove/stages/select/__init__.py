@@ -12,11 +12,14 @@ from collections import Counter
 
 import numpy as np
 
-from selfimprove.core import dedup, seeding
+from selfimprove.core import seeding
 from selfimprove.core.rows import load_rows, save_rows
 from selfimprove.core.rundir import accepted_rows
 from selfimprove.core.typed_yaml import ConfigError
+from selfimprove.metrics import dedup
+from selfimprove.metrics.alarms import steered_diversity_weight
 from selfimprove.stages.select import samplers
+from selfimprove.stages.select.features import text_features
 
 
 def _feature_text(r: dict, cfg) -> str:
@@ -24,8 +27,6 @@ def _feature_text(r: dict, cfg) -> str:
 
 
 def _features(rows: list[dict], prior: list[dict], cfg, unit: str, embedder: str, seed: int):
-    from selfimprove.stages.select.features import text_features
-
     X = text_features(
         [_feature_text(r, cfg) for r in prior + rows], cfg.features, cfg.feature_dim, unit, embedder, seed
     )
@@ -147,8 +148,6 @@ def oracle_relabel(rows: list[dict], task, noise: float, rng) -> list[dict]:
 
 
 def run_select(ctx, k: int) -> None:
-    from selfimprove.metrics.alarms import steered_diversity_weight
-
     kept = [r for r in load_rows(ctx.stage(k, "filter") / "data") if r["kept"]]
     cfg, m = ctx.recipe.select, ctx.recipe.monitor
     lam = steered_diversity_weight(ctx, k)

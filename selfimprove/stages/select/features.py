@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from selfimprove.metrics.diversity import grams
+from selfimprove.metrics.embedding import load_embedder
 
 
 def text_features(
@@ -18,8 +19,6 @@ def text_features(
     if not texts:
         return np.zeros((0, max(dim, 1)), dtype=np.float32)
     if kind == "embedding":
-        from selfimprove.metrics.embedding import load_embedder
-
         return (
             load_embedder(embedder)
             .encode(texts, batch_size=256, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)

@@ -21,6 +21,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from selfimprove.metrics.dedup import greedy_max_similarity
+
 
 def by_score(scores: np.ndarray, budget: int) -> list[int]:
     order = np.lexsort((np.arange(len(scores)), -scores))
@@ -69,8 +71,6 @@ def kmeans_labels(X: np.ndarray, clusters: int, seed: int = 0) -> list[int]:
 def deita(
     X: np.ndarray, scores: np.ndarray, complexity: np.ndarray, budget: int, tau: float, prior: np.ndarray | None = None
 ) -> list[int]:
-    from selfimprove.core.dedup import greedy_max_similarity
-
     order = np.lexsort((np.arange(len(scores)), -(scores * complexity)))
     return sorted(order[greedy_max_similarity(X[order], tau, prior, limit=budget)].tolist())
 

@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from selfimprove.backends import openai_server
 from selfimprove.core import slurm
 from selfimprove.core.errors import UserError
+from selfimprove.core.files import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +78,9 @@ def serves_judge(recipe) -> bool:
 
 def served_models(url: str) -> list[str] | None:
     """The model names ``GET url/models`` lists; None while nothing answers."""
-    from selfimprove.backends.openai_server import SERVER_ERRORS, served_models
-
     try:
-        return served_models(url)
-    except SERVER_ERRORS:
+        return openai_server.served_models(url)
+    except openai_server.SERVER_ERRORS:
         return None
 
 
@@ -143,7 +143,6 @@ class JudgeServer:
                 f"the judge server at {self.url} serves {served}, not {self.name!r}: set judge.llm.openai.model to the "
                 "served name (or leave it empty to serve judge.llm.model under its own name)."
             )
-        from selfimprove.core.atomic import write_text
 
         write_text(self.run_dir / "slurm" / URL_FILE, json.dumps({"base_url": self.url, "nodes": self.nodes}))
 
