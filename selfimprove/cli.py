@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -407,11 +408,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("selfimprove: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
-    except Exception as err:  # not the user's to fix: one line here, the whole story in the log
-        where = _traceback_log(args)
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _unexpected(args, err)
         print(
-            f"selfimprove: unexpected {type(err).__name__} in '{args.command}': {first} (full traceback: {where})",
+            f"selfimprove: no space left on the device{f' writing {err.filename}' if err.filename else ''} "
+            f"({err.strerror}). Finished stages are kept and the interrupted one is redone: free space (or set "
+            "output_dir on a larger disk, or HF_HOME / TMPDIR for caches), then rerun the same command.",
             file=sys.stderr,
         )
         return 1
+    except Exception as err:
+        return _unexpected(args, err)
+
+
+def _unexpected(args, err: BaseException) -> int:
+    """Not the user's to fix: one line here, the whole story in the log."""
+    where = _traceback_log(args)
+    first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    print(
+        f"selfimprove: unexpected {type(err).__name__} in '{args.command}': {first} (full traceback: {where})",
+        file=sys.stderr,
+    )
+    return 1

@@ -20,7 +20,7 @@ from selfimprove.core import seeding, slurm, timing
 from selfimprove.core.atomic import is_done
 from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job, run_until_done
 from selfimprove.core.files import read_json, write_json
-from selfimprove.core.integrity import recover
+from selfimprove.core.integrity import read_stage_json, recover
 from selfimprove.core.model import prepare_base_model
 from selfimprove.core.prompts import prompt_key
 from selfimprove.core.rows import save_rows
@@ -187,7 +187,7 @@ def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[
                 ran += [name] if run_stage(ctx, k, name) else []
             if "monitor" in ran:  # this process finished the round: account for its time
                 write_round_timing(ctx, k, time.perf_counter() - start, ran, setup_s if k == 0 else None)
-            logger.info(summary_line(read_json(ctx.stage(k, "monitor") / "metrics.json")))
+            logger.info(summary_line(read_stage_json(ctx.stage(k, "monitor") / "metrics.json", ctx.run_dir)))
             why = should_stop(ctx, k)
             if why:
                 logger.error("stopping after round %d: %s (round_%02d/monitor/alarms.json)", k, why, k)

@@ -92,6 +92,18 @@ def test_every_registry_entry_resolves_and_is_what_its_readers_list():
     assert set(registry.ROUND0_STAGES) | set(registry.SHARDED_STAGES) <= set(registry.STAGES)
 
 
+def test_every_task_is_a_task_and_declares_what_it_can_do():
+    from selfimprove import registry
+    from selfimprove.tasks import Proposing, Task
+
+    for name, entry in registry.TASKS.items():
+        cls = registry.load(entry)
+        assert issubclass(cls, Task) and not cls.__abstractmethods__ and cls.name == name, name
+        assert (cls.corrupt is not Task.corrupt) == cls.corrupts, name  # corrupts: it has its own corrupt()
+        members = {m for m in dir(Proposing) if not m.startswith("_")}
+        assert cls.proposes == all(hasattr(cls, m) for m in members), name
+
+
 def test_overrides_are_typed():
     r = load_recipe(
         None, {"generate.num_samples": 8, "filter.enabled": False, "monitor.distinct_n": [2], "train.learning_rate": 1}

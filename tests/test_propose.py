@@ -271,7 +271,7 @@ def test_recipe_checks_refuse_what_cannot_run():
         load_recipe(str(RECIPE), {"propose.mode": "evolve", "model.path": "x"})
     with pytest.raises(ConfigError, match="propose.model 'task'"):
         load_recipe(str(RECIPE), {"propose.mode": "evolve", "propose.model": "task", "judge.judges": ["majority"]})
-    with pytest.raises(ConfigError, match="countdown, addition, rewrite"):
+    with pytest.raises(ConfigError, match=r"own problems \(addition, countdown, rewrite\); task .generic. does not"):
         load_recipe(None, {"task.name": "generic", "propose.mode": "task_native"})
 
 

@@ -174,9 +174,10 @@ def test_oracle_relabel_refuses_rows_without_reference():
 
     class NoRef:
         name = "generic"
+        corrupts = False
 
     rows = [{"prompt_id": "x", "completion": "a", "reference": "", "selected": True}]
     with pytest.raises(ConfigError, match="prompt 'x' has no reference"):
         oracle_relabel(rows, NoRef(), 0.0, np.random.default_rng(0))
-    with pytest.raises(ConfigError, match="no corrupt"):
+    with pytest.raises(ConfigError, match="cannot make a wrong label of the right shape"):
         oracle_relabel(rows, NoRef(), 0.1, np.random.default_rng(0))

@@ -26,6 +26,24 @@ def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None):
     return field(default=default, metadata=meta)
 
 
+# transformers' SchedulerType values (tests/test_config.py checks they still are), so a wrong name is refused with the
+# recipe, not after round 0 has trained
+SchedulerName = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+    "greedy",
+]
+
+
 @dataclass
 class BootstrapConfig:
     """A tiny decoder built from scratch, with a character tokenizer over the task's alphabet."""
@@ -83,7 +101,7 @@ class AdditionConfig:
         ge=0,
     )
     seed_size: int = _f(20000, "Number of labelled seed examples (operand lengths drawn independently).", ge=1)
-    prompts_per_round: int = _f(2000, "Unlabelled prompts at the new difficulty generated each round.", ge=0)
+    prompts_per_round: int = _f(2000, "Unlabelled prompts at the new difficulty generated each round.", ge=1)
     in_range_prompts: int = _f(0, "Extra unlabelled prompts per round inside the seeded (labelled) range.", ge=0)
     swapped_pairs: bool = _f(
         False,
@@ -219,7 +237,7 @@ class CountdownConfig:
     max_number: int = _f(9, "Numbers are drawn from 1..max_number.")
     seed_size: int = _f(20000, "Labelled seed problems, one random solution each.", ge=1)
     prompts_per_round: int = _f(
-        1000, "Unlabelled problems per round (the verifier checks answers against the prompt itself).", ge=0
+        1000, "Unlabelled problems per round (the verifier checks answers against the prompt itself).", ge=1
     )
     eval_max_operands: int = _f(4, "Evaluate min_operands..eval_max_operands operands.", ge=1)
     eval_size_per_level: int = _f(200, "Eval problems per operand count (fewer when the space is smaller).", ge=1)
@@ -264,7 +282,7 @@ class RewriteConfig:
         0.0, "Share of seed labels made wrong on purpose, one character changed (the quality knob).", ge=0, le=1
     )
     seed_size: int = _f(4000, "Labelled seed problems (the example budget).", ge=1)
-    prompts_per_round: int = _f(1000, "Unlabelled round prompts: new inputs for the training rules.", ge=0)
+    prompts_per_round: int = _f(1000, "Unlabelled round prompts: new inputs for the training rules.", ge=1)
     eval_max_steps: int = _f(
         3, "Evaluate 1..eval_max_steps rules per problem, on training (ID) and held-out (OOD) rules.", ge=1
     )
@@ -784,7 +802,7 @@ class TrainConfig:
     )
     learning_rate: float = _f(1e-3, "Peak learning rate.", gt=0)
     round_learning_rate: float = _f(0.0, "Peak learning rate of rounds >= 1 (0 = learning_rate).", ge=0)
-    lr_scheduler_type: str = _f("cosine", "transformers scheduler name.")
+    lr_scheduler_type: SchedulerName = _f("cosine", "transformers' learning-rate schedule (its SchedulerType).")
     warmup_steps: float = _f(0.05, "Warm-up: steps, or a fraction of the round's steps when < 1.", ge=0)
     weight_decay: float = _f(0.1, "AdamW weight decay.", ge=0)
     max_grad_norm: float = _f(1.0, "Gradient clipping.", ge=0)
@@ -1093,10 +1111,11 @@ def _cross_checks(r: Recipe) -> list[str]:
 
 def _propose_checks(r) -> list[str]:
     c, p = r.propose, []
-    if c.mode == "task_native" and r.task.name == "generic":
+    if c.mode == "task_native" and not registry.load(registry.TASKS[r.task.name]).proposes:
+        able = ", ".join(n for n, e in registry.TASKS.items() if registry.load(e).proposes)
         p.append(
-            "propose.mode 'task_native' needs a built-in task that can write and solve its own problems (countdown, "
-            "addition, rewrite): for your own prompts use 'self_instruct' or 'evolve'."
+            f"propose.mode 'task_native' needs a task that writes and solves its own problems ({able}); task "
+            f"{r.task.name!r} does not: for your own prompts use 'self_instruct' or 'evolve'."
         )
     if c.model == "task" and c.mode != "task_native":
         p.append("propose.model 'task' writes problems in the task's own format: set propose.mode 'task_native'.")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from selfimprove.core.errors import RunDirError
-from selfimprove.core.files import fault_point, fsync_path, write_text
+from selfimprove.core.files import fault_point, fsync_path, read_json, write_text
 
 DONE = "DONE"
 NOT_CONTENT = {"meta.json", "state.json"}  # timings, and `datasets`' random fingerprints: not what a stage produced
@@ -128,10 +128,10 @@ def check_sizes(path: Path, run_dir: Path | None = None) -> None:
     record = read_done(root) if root else None
     if record is None:
         return
-    prefix = "" if path == root else str(path.relative_to(root)) + "/"
+    inner = "" if path == root else str(path.relative_to(root))
     where = str(root.relative_to(run_dir)) if run_dir and root.is_relative_to(run_dir) else str(root)
     for rel, (size, _) in record["files"].items():
-        if not rel.startswith(prefix):
+        if inner and rel != inner and not rel.startswith(inner + "/"):
             continue
         f = root / rel
         if not f.exists():
@@ -144,6 +144,36 @@ def check_sizes(path: Path, run_dir: Path | None = None) -> None:
                 f"{where} is damaged: {rel} has {f.stat().st_size} bytes, its DONE recorded {size}. "
                 "'selfimprove verify RUN_DIR' checks the whole run and names the command that redoes it."
             )
+
+
+_CONTENT_CHECKED: set[tuple[str, int]] = set()
+
+
+def check_content(folder: Path, run_dir: Path | None = None) -> None:
+    """Hash every file a finished stage's DONE records (once per process and DONE): a file changed in place, even at
+    the same size, is refused with the message ``check_sizes`` gives, before a stage reads it."""
+    done = Path(folder) / DONE
+    record = read_done(folder)
+    if record is None:
+        return
+    key = (str(done.resolve()), done.stat().st_mtime_ns)
+    if key in _CONTENT_CHECKED:
+        return
+    check_sizes(folder, run_dir)
+    where = str(folder.relative_to(run_dir)) if run_dir and folder.is_relative_to(run_dir) else str(folder)
+    for rel, (_, sha) in sorted(record["files"].items()):
+        if Path(rel).name not in NOT_CONTENT and file_hash(folder / rel) != sha:
+            raise RunDirError(
+                f"{where} is damaged: {rel} changed after the stage finished (its content hash differs). "
+                "'selfimprove verify RUN_DIR' checks the whole run and names the command that redoes the stage."
+            )
+    _CONTENT_CHECKED.add(key)
+
+
+def read_stage_json(path: Path, run_dir: Path | None = None):
+    """A JSON file of a finished stage, refused with the 'damaged' message when it is missing or changed in size."""
+    check_sizes(path, run_dir)
+    return read_json(path)
 
 
 def verify_stage(folder: Path, current_inputs: dict[str, str]) -> list[str]:

@@ -63,10 +63,8 @@ def eft_alphabet(llm_cfg) -> str:
 def eft_rows(task, seed_rows: list[dict], llm_cfg, n: int, rng) -> list[dict]:
     """n judging rows (half with the seed answer, half with a corrupted one, in random order), flagged ``eft`` so
     training encodes their prompts with ``judge_format``."""
-    if not hasattr(task, "corrupt"):
-        raise ConfigError(
-            [f"judge.llm.eft_share: task {task.name!r} cannot build a wrong answer (no corrupt()). Set it to 0."]
-        )
+    if not task.corrupts:
+        raise ConfigError([f"judge.llm.eft_share: task {task.name!r} cannot build a wrong answer. Set it to 0."])
     template = load_template(llm_cfg.template, "pointwise")
     out = []
     for j, i in enumerate(rng.integers(0, len(seed_rows), n)):

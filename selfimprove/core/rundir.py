@@ -25,7 +25,7 @@ from selfimprove.core import decisions, timing
 from selfimprove.core.atomic import atomic_stage, is_done
 from selfimprove.core.config import recipe_hash
 from selfimprove.core.files import read_json, write_text
-from selfimprove.core.integrity import file_hash, stage_digest
+from selfimprove.core.integrity import check_content, file_hash, read_stage_json, stage_digest
 from selfimprove.core.model import base_model_path
 from selfimprove.core.prompts import PromptFormat, prompt_content, prompt_key
 from selfimprove.core.rows import load_rows
@@ -62,7 +62,9 @@ def rebuild_metrics(run_dir: str | Path) -> list[dict]:
         mon = stage_dir(run_dir, k, "monitor")
         if is_done(mon):
             times = mon.parent / timing.FILE
-            lines.append({**read_json(mon / "metrics.json"), **(read_json(times) if times.exists() else {})})
+            lines.append(
+                {**read_stage_json(mon / "metrics.json", run_dir), **(read_json(times) if times.exists() else {})}
+            )
     write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in lines))
     return lines
 
@@ -114,6 +116,8 @@ class RunContext:
         """``atomic_stage`` for a stage of this run: its meta records the recipe's hash and the stage's model-bound
         compute (``compute_s``, selfimprove.core.timing), its DONE the inputs' digests."""
         meta = {**(meta or {}), "recipe": self.recipe_hash}
+        for folder in self.input_paths(k, name):  # a damaged input is refused before anything is made from it
+            check_content(folder, self.run_dir)
         with atomic_stage(self.folder(k, name), meta, self.inputs(k, name)) as (out, m), timing.recorded(m):
             yield out, m
 
@@ -180,7 +184,9 @@ class RunContext:
     def rolled_back(self, k: int) -> bool:
         """Whether a 'rollback' alarm fired at round k (its checkpoint and data are then passed over)."""
         mon = self.stage(k, "monitor")
-        return is_done(mon) and any(a["action"] == "rollback" for a in read_json(mon / "alarms.json"))
+        return is_done(mon) and any(
+            a["action"] == "rollback" for a in read_stage_json(mon / "alarms.json", self.run_dir)
+        )
 
     def relative(self, path: str) -> str:
         """A path inside the run as 'round_00/train/model' (lineage survives moving the run); others unchanged."""
@@ -190,7 +196,7 @@ class RunContext:
     def history(self, upto: int) -> list[dict]:
         """Metrics of completed rounds before ``upto`` as decisions read them: no eval-scored key (core.decisions)."""
         return [
-            decisions.readable(read_json(self.stage(j, "monitor") / "metrics.json"))
+            decisions.readable(read_stage_json(self.stage(j, "monitor") / "metrics.json", self.run_dir))
             for j in range(upto)
             if is_done(self.stage(j, "monitor"))
         ]

@@ -118,6 +118,22 @@ def _record(run_dir: Path, recipe, from_round: int, changes: list[str], note: st
     write_json(run_dir / HISTORY, entries)
 
 
+def saved_recipe(run_dir: Path) -> dict:
+    """The recipe a run was started with (RUN_DIR/recipe.yaml), refused with a message when it is not a recipe."""
+    path = Path(run_dir) / RECIPE
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        data, why = None, f"it is not YAML ({str(err).splitlines()[0]})"
+    else:
+        why = "it is empty" if data is None else f"it holds a {type(data).__name__}, not a recipe"
+    if not isinstance(data, dict):
+        kept = sorted((Path(run_dir) / HISTORY.parent).glob("*.yaml"))
+        fix = f"copy the last of {HISTORY.parent}/ ({kept[-1].name}) over it" if kept else "restore it"
+        raise RunDirError(f"{path} is damaged: {why}. It is the recipe the run was started with: {fix}.")
+    return data
+
+
 def _resume_or_start(recipe, allow_recipe_change: bool, note: str) -> RunContext:
     run_dir = Path(recipe.output_dir)
     saved = run_dir / RECIPE
@@ -126,7 +142,7 @@ def _resume_or_start(recipe, allow_recipe_change: bool, note: str) -> RunContext
         _write_recipe(saved, new, note)
         _record(run_dir, recipe, 0, [], note)
         return RunContext(recipe, run_dir)
-    old = yaml.safe_load(saved.read_text())
+    old = saved_recipe(run_dir)
     done = completed_rounds(run_dir)
     if done and recipe.rounds < done[-1]:
         raise RunDirError(
@@ -182,7 +198,7 @@ def open_run(run_dir: str | Path, trust: bool = False) -> RunContext:
     path = Path(run_dir) / RECIPE
     if not path.exists():
         raise RunDirError(f"{run_dir} is not a run directory (no {RECIPE}). Start it with 'selfimprove run RECIPE'.")
-    recipe = recipe_from_dict(yaml.safe_load(path.read_text()))
+    recipe = recipe_from_dict(saved_recipe(run_dir))
     named = code_named_by(recipe)
     if named and not trust and not in_launched_job():
         raise RunDirError(

@@ -61,6 +61,8 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if value is None:  # a section left empty in the file (`model:`): its defaults
+            value = {}
         if not isinstance(value, dict):
             problems.append(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}.")
             return None
@@ -193,8 +195,13 @@ def apply_overrides(data: dict, overrides: dict[str, Any], cls: type | None = No
     for dotted, value in overrides.items():
         node, node_cls = data, cls
         *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {}) if isinstance(node.get(p), dict) or p not in node else node[p]
+        for i, p in enumerate(parents):
+            if node.get(p) is None:  # absent, or `model:` left empty in the file: a section of defaults
+                node[p] = {}
+            elif not isinstance(node[p], dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError([f"{where}: is {node[p]!r}, not a section, so {dotted} cannot be set in it."])
+            node = node[p]
             node_cls = _section(node_cls, p)
         section = _section(node_cls, leaf)
         if section is not None and isinstance(value, dict) and isinstance(node.get(leaf), dict):

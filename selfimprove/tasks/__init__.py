@@ -13,6 +13,7 @@ template, which decontamination compares (the template's fixed words are shared 
 
 from __future__ import annotations
 
+import abc
 from typing import Protocol
 
 import numpy as np
@@ -20,49 +21,71 @@ import numpy as np
 from selfimprove.core.prompts import prompt_key
 
 
-class Task(Protocol):
+class Task(abc.ABC):
+    """What every task does (abstract methods) and what only some can (capabilities, declared as class flags and read
+    by whoever needs them, never probed): ``corrupts`` (``corrupt``: a plausible wrong answer, for label-noise arms,
+    reward-model pairs and EFT grading) and ``proposes`` (the ``Proposing`` methods, for propose.mode 'task_native')."""
+
     name: str
+    corrupts: bool = False
+    proposes: bool = False
     system_prompt: str  # before every prompt ("" = none); selfimprove.core.prompts places it
     fewshot_examples: tuple  # (prompt, completion) pairs shown before every prompt
 
+    @abc.abstractmethod
     def source_files(self) -> list[str]:
         """Local files the task reads (their hashes go into every stage's DONE record)."""
 
+    @abc.abstractmethod
     def alphabet(self) -> str:
         """Characters a from-scratch character tokenizer needs."""
 
+    @abc.abstractmethod
     def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
         """Labelled round-0 examples, none of whose prompts is in ``exclude`` (eval, dev and probe prompts)."""
 
+    @abc.abstractmethod
     def eval_sets(self) -> list[dict]:
         """The fixed in- and out-of-distribution eval problems (made once per run). Their answers are only ever
         measured (eval/... metrics): no decision of the loop reads them."""
 
+    @abc.abstractmethod
     def dev_sets(self, exclude: set[str]) -> list[dict]:
         """The dev split ([] for none), rows like the eval sets' but none in ``exclude``: the labelled held-out rows
         a decision (curriculum, alarm) may read."""
 
+    @abc.abstractmethod
     def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
         """About ``size`` held-out prompt rows per level, like the eval sets' but from the named random stream and none
         in ``exclude`` (the probe set is a subsample of them)."""
 
+    @abc.abstractmethod
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
         """Unlabelled prompts for round k >= 1; ``history`` holds earlier rounds' metrics, ``exclude`` eval prompts."""
 
+    @abc.abstractmethod
     def answer(self, completion: str) -> str | None:
         """Canonical final answer of a completion, or None when it has none (used by majority vote)."""
 
+    @abc.abstractmethod
     def is_correct(self, completion: str, reference: str) -> bool:
         """Ground-truth check (verifier judge, eval, pseudo-label accuracy)."""
 
+    @abc.abstractmethod
     def format_ok(self, prompt: str, completion: str, finished: bool) -> bool:
         """Label-free format/length check."""
 
+    @abc.abstractmethod
     def max_new_tokens(self, rows: list[dict]) -> int:
         """Enough new tokens for every prompt in ``rows``."""
 
+    @abc.abstractmethod
     def eval_metrics(self, rows: list[dict]) -> dict:
         """Flat eval/... metrics from eval rows carrying a boolean ``correct``."""
+
+    def corrupt(self, rng, answer: str) -> str:
+        """A plausible wrong answer close to ``answer`` (tasks with ``corrupts``)."""
+        raise NotImplementedError(f"task {self.name!r} cannot build a wrong answer (its class sets corrupts = False)")
 
 
 class FixedSets:

@@ -24,7 +24,7 @@ import numpy as np
 
 from selfimprove.core import seeding
 from selfimprove.core.prompts import prompt_key
-from selfimprove.tasks import FixedSets, split_accuracy
+from selfimprove.tasks import FixedSets, Task, split_accuracy
 
 _PROMPT = re.compile(r"^(\d+)\+(\d+)=$")
 
@@ -47,9 +47,10 @@ def _operand(rng: np.random.Generator, digits: int) -> int:
     return int(rng.integers(low, 10**digits))
 
 
-class AdditionTask(FixedSets):
+class AdditionTask(FixedSets, Task):
     EVAL_SIZE, DEV_SIZE = "eval_size_per_digit", "dev_size_per_digit"
     name = "addition"
+    corrupts = proposes = True
     system_prompt = ""
     fewshot_examples = ()
     PROPOSE_MARK = "?"

@@ -22,7 +22,7 @@ import numpy as np
 
 from selfimprove.core import seeding
 from selfimprove.core.prompts import prompt_key
-from selfimprove.tasks import FixedSets, split_accuracy
+from selfimprove.tasks import FixedSets, Task, split_accuracy
 
 _PROMPT = re.compile(r"^(\d+(?:,\d+)*)>(-?\d+):$")
 _EXPR = re.compile(r"^\d+(?:[-+*]\d+)*$")
@@ -73,9 +73,10 @@ def check(prompt: str, completion: str) -> bool:
     return evaluate_expression(completion) == target
 
 
-class CountdownTask(FixedSets):
+class CountdownTask(FixedSets, Task):
     EVAL_SIZE, DEV_SIZE = "eval_size_per_level", "dev_size_per_level"
     name = "countdown"
+    proposes = True
     system_prompt = ""
     fewshot_examples = ()
     PROPOSE_MARK = "?"

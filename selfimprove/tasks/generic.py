@@ -19,7 +19,7 @@ from pathlib import Path
 from selfimprove.core import seeding
 from selfimprove.core.errors import DataError
 from selfimprove.core.prompts import prompt_key
-from selfimprove.tasks import split_accuracy
+from selfimprove.tasks import Task, split_accuracy
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 TEXT_FILE_SUFFIXES = (".j2", ".jinja", ".txt")
@@ -147,7 +147,7 @@ def _math(text: str):
     return tuple(parse(text))
 
 
-class GenericTask:
+class GenericTask(Task):
     name = "generic"
 
     def __init__(self, cfg, seed: int):

@@ -28,7 +28,7 @@ import numpy as np
 
 from selfimprove.core import seeding
 from selfimprove.core.prompts import prompt_key
-from selfimprove.tasks import FixedSets, split_accuracy
+from selfimprove.tasks import FixedSets, Task, split_accuracy
 
 _PROMPT = re.compile(r"^((?:[a-z]+>[a-z]*)(?:;[a-z]+>[a-z]*)*)\|([a-z]*)=$")
 
@@ -51,9 +51,10 @@ def render(rules: list[tuple[str, str]], text: str) -> str:
     return ";".join(f"{x}>{y}" for x, y in rules) + f"|{text}="
 
 
-class RewriteTask(FixedSets):
+class RewriteTask(FixedSets, Task):
     EVAL_SIZE, DEV_SIZE = "eval_size_per_level", "dev_size_per_level"
     name = "rewrite"
+    corrupts = proposes = True
     system_prompt = ""
     fewshot_examples = ()
     PROPOSE_MARK = "?"

@@ -251,18 +251,17 @@ def check_judges(ctx, policy_tok, report: Report) -> None:
         )
     if llm and cfg.llm.backend == "vllm":
         check_vllm(cfg.llm.vllm.python, "judge.llm", report)
-    if cfg.llm.eft_share and not hasattr(ctx.task, "corrupt"):
+    if cfg.llm.eft_share and not ctx.task.corrupts:
         report.problems.append(
-            f"judge.llm.eft_share: task {ctx.task.name!r} cannot build wrong answers to grade (no corrupt()); set "
-            "it to 0."
+            f"judge.llm.eft_share: task {ctx.task.name!r} cannot build wrong answers to grade; set it to 0."
         )
     if "reward" in cfg.judges and cfg.reward_model.train:  # trained at setup from the run's base model
         if cfg.reward_model.path:
             resolve_model(cfg.reward_model.path, "judge.reward_model.path", report)
-        if not hasattr(ctx.task, "corrupt"):
+        if not ctx.task.corrupts:
             report.problems.append(
-                f"judge.reward_model.train: task {ctx.task.name!r} cannot build rejected answers "
-                "(no corrupt()); name a trained reward model in judge.reward_model.path instead."
+                f"judge.reward_model.train: task {ctx.task.name!r} cannot build rejected answers; "
+                "name a trained reward model in judge.reward_model.path instead."
             )
     elif "reward" in cfg.judges and resolve_model(cfg.reward_model.path, "judge.reward_model.path", report):
         from transformers import AutoConfig

@@ -27,10 +27,10 @@ logger = logging.getLogger(__name__)
 
 def preference_pairs(task, seed_rows: list[dict], n: int, rng) -> list[dict]:
     """Up to n (prompt, chosen, rejected) pairs: a seed answer against a corrupted copy of it."""
-    if not hasattr(task, "corrupt"):
+    if not task.corrupts:
         raise ConfigError(
             [
-                f"judge.reward_model.train: task {task.name!r} cannot build a wrong answer (no corrupt()). "
+                f"judge.reward_model.train: task {task.name!r} cannot build a wrong answer. "
                 "Name a trained reward model in judge.reward_model.path instead."
             ]
         )

@@ -122,11 +122,11 @@ def select_rows(
 def oracle_relabel(rows: list[dict], task, noise: float, rng) -> list[dict]:
     """labels 'oracle': each selected row trains on its reference (a share ``noise`` of them on a wrong answer of the
     same shape), its own sample kept in ``self_completion``. The prompts chosen stay the label-free loop's."""
-    if noise and not hasattr(task, "corrupt"):
+    if noise and not task.corrupts:
         raise ConfigError(
             [
                 f"select.oracle_label_noise: task {task.name!r} cannot make a wrong label of the right "
-                "shape (it has no corrupt()). Use oracle_label_noise 0 or the addition / rewrite task."
+                "shape. Use oracle_label_noise 0 or the addition / rewrite task."
             ]
         )
     out = []
