@@ -58,16 +58,184 @@ SUBMIT_TEXT = {
 SUBMIT_SHORTHANDS = {"nodes": int, "partition": str, "gpus_per_node": int, "time": str}  # --nodes = --slurm.nodes
 
 
-def _submit_parser(sub_: argparse.ArgumentParser) -> None:
-    sub_.add_argument("recipe", help="Recipe YAML (see recipes/).")
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="Recipe YAML (see recipes/).")
     for key, kind in SUBMIT_SHORTHANDS.items():
         flag = "--" + key.replace("_", "-")
-        sub_.add_argument(flag, dest=f"slurm_{key}", type=kind, default=None, help=f"Shorthand for --slurm.{key}.")
-    sub_.add_argument(
+        p.add_argument(flag, dest=f"slurm_{key}", type=kind, default=None, help=f"Shorthand for --slurm.{key}.")
+    p.add_argument(
         "--wait", action="store_true", help="Block until the job ends (sbatch --wait); exit with its status."
     )
-    sub_.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
-    add_override_arguments(sub_, Recipe)
+    add_override_arguments(p, Recipe)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="Recipe YAML (see recipes/).")
+    p.add_argument(
+        "--allow-recipe-change",
+        "--allow_recipe_change",
+        action="store_true",
+        help="Resume a run directory even though its saved recipe differs.",
+    )
+    p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    add_override_arguments(p, Recipe)
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="Recipe YAML (see recipes/).")
+    p.add_argument("--smoke", action="store_true", help="Check the recipe as --smoke would run it. " + SMOKE_HELP)
+    p.add_argument("--json", default=None, help="Also write the report (problems, facts, example prompts, plan) here.")
+    add_override_arguments(p, Recipe)
+
+
+def _stage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", choices=list(registry.STAGES), help="Stage to run.")
+    p.add_argument("run_dir", help="Run directory made by 'selfimprove run'.")
+    p.add_argument("--round", type=int, required=True, help="Round number (0 is the bootstrap round).")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="Redo the stage even if it is marked done (the finished one is replaced only when the new one is "
+        "finished).",
+    )
+    p.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
+    p.add_argument(
+        "--launched",
+        action="store_true",
+        help="This process is already the launched job (e.g. started by hand with 'accelerate launch'): "
+        "run the stage here even if the recipe names an accelerate config for it.",
+    )
+
+
+def _monitor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="Run directory.")
+    p.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="Run directory.")
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="Baseline checkpoint: a round folder or a save_pretrained folder.")
+    p.add_argument("b", help="Checkpoint compared against A.")
+    p.add_argument(
+        "--run",
+        default=None,
+        help="Run directory whose task, eval/probe sets, sampling and judges to use (default: A's).",
+    )
+    p.add_argument(
+        "--json", default=None, help="Also write the full result (metrics, win-rate, KL, samples) to this JSON file."
+    )
+    p.add_argument(
+        "--samples", type=int, default=5, help="Side-by-side samples for the prompts where A and B differ most."
+    )
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=2000,
+        help="Paired bootstrap resamples of the eval and probe prompts (95%% CI of B - A of every per-prompt metric).",
+    )
+    p.add_argument(
+        "--permutations",
+        type=int,
+        default=50,
+        help="Paired permutations for the probe's corpus-level metrics (each recomputes them on both sides; 0 = none).",
+    )
+    p.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="Study YAML (see recipes/studies/).")
+    p.add_argument(
+        "--output_dir",
+        "--output-dir",
+        default=None,
+        help="Study directory (default: the study's output_dir, else runs/studies/NAME).",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="Runs at a time (each with the study's `threads` torch threads, default 1, so --jobs never changes a "
+        "number).",
+    )
+    p.add_argument("--smoke", action="store_true", help="Run every arm with --smoke. " + SMOKE_HELP)
+    p.add_argument(
+        "--slurm",
+        action="store_true",
+        help="Write STUDY_DIR/study.sbatch (a job array, one task per run) instead of running here.",
+    )
+    p.add_argument(
+        "--only", type=int, default=None, help="Run only the run with this index in plan.json (a Slurm array task)."
+    )
+    p.add_argument("--aggregate", action="store_true", help="Only aggregate what has finished (no runs).")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", help="Run directories (several are overlaid), or one study directory.")
+    p.add_argument("--out", default=None, help="Output folder (default: RUN_DIR/report of the first run).")
+
+
+# command: (its help and description, what adds its arguments, its default --log-level)
+PARSERS = {
+    "run": (
+        {
+            "help": "Run or resume a recipe.",
+            "description": "Run a recipe; rerunning on an existing run directory resumes it.",
+        },
+        _run_args,
+        "INFO",
+    ),
+    "submit": (SUBMIT_TEXT, _submit_args, "INFO"),
+    "check": (
+        {
+            "help": "Preflight a recipe: resolve models, data, configs and servers; print the plan.",
+            "description": "Checks everything a run needs without training or generating anything; exits 0 only "
+            "when there is no problem.",
+        },
+        _check_args,
+        "WARNING",
+    ),
+    "stage": ({"help": "Run one stage of one round on an existing run directory."}, _stage_args, "INFO"),
+    "monitor": (
+        {"help": "Recompute every completed round's metrics and metrics.jsonl of a run."},
+        _monitor_args,
+        "INFO",
+    ),
+    "verify": (
+        {
+            "help": "Check every finished stage's files and inputs against its DONE record.",
+            "description": "Hashes every file of every finished stage; names each damaged or stale stage and the "
+            "command that redoes it. Exits 1 when it finds a problem.",
+        },
+        _verify_args,
+        "WARNING",
+    ),
+    "compare": (
+        {
+            "help": "Compare two checkpoints on one run's eval and probe sets.",
+            "description": "A and B: round folders (runs/x/round_02) or save_pretrained folders.",
+        },
+        _compare_args,
+        "WARNING",
+    ),
+    "study": (
+        {
+            "help": "Run a controlled study: arms x seeds, each a run; aggregate with confidence intervals.",
+            "description": "Runs (or resumes) every arm x seed of a study file as ordinary run directories under the "
+            "study directory, then writes study.json, study.csv and a table: per arm mean and 95% t CI over seeds, "
+            "and each arm's paired difference from the baseline.",
+        },
+        _study_args,
+        "INFO",
+    ),
+    "report": (
+        {"help": "Write a self-contained HTML report (and PNG plots) of one or more runs, or of a study."},
+        _report_args,
+        "INFO",
+    ),
+}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -77,134 +245,10 @@ def make_parser() -> argparse.ArgumentParser:
         description="Self-improvement training loops: generate, judge, filter, select, train, evaluate, monitor.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    add = lambda name, **kw: sub.add_parser(name, allow_abbrev=False, **kw)  # noqa: E731  (no --prefix guessing)
-    run = add(
-        "run",
-        help="Run or resume a recipe.",
-        description="Run a recipe; rerunning on an existing run directory resumes it.",
-    )
-    run.add_argument("recipe", help="Recipe YAML (see recipes/).")
-    run.add_argument(
-        "--allow-recipe-change",
-        "--allow_recipe_change",
-        action="store_true",
-        help="Resume a run directory even though its saved recipe differs.",
-    )
-    run.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
-    run.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
-    add_override_arguments(run, Recipe)
-    _submit_parser(add("submit", **SUBMIT_TEXT))
-    chk = add(
-        "check",
-        help="Preflight a recipe: resolve models, data, configs and servers; print the plan.",
-        description="Checks everything a run needs without training or generating anything; exits 0 "
-        "only when there is no problem.",
-    )
-    chk.add_argument("recipe", help="Recipe YAML (see recipes/).")
-    chk.add_argument("--smoke", action="store_true", help="Check the recipe as --smoke would run it. " + SMOKE_HELP)
-    chk.add_argument(
-        "--json", default=None, help="Also write the report (problems, facts, example prompts, plan) here."
-    )
-    chk.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
-    add_override_arguments(chk, Recipe)
-    stage = add("stage", help="Run one stage of one round on an existing run directory.")
-    stage.add_argument("name", choices=list(registry.STAGES), help="Stage to run.")
-    stage.add_argument("run_dir", help="Run directory made by 'selfimprove run'.")
-    stage.add_argument("--round", type=int, required=True, help="Round number (0 is the bootstrap round).")
-    stage.add_argument(
-        "--force",
-        action="store_true",
-        help="Redo the stage even if it is marked done (the finished one "
-        "is replaced only when the new one is finished).",
-    )
-    stage.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
-    stage.add_argument(
-        "--launched",
-        action="store_true",
-        help="This process is already the launched job (e.g. started by hand with 'accelerate launch'): "
-        "run the stage here even if the recipe names an accelerate config for it.",
-    )
-    stage.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
-    mon = add("monitor", help="Recompute every completed round's metrics and metrics.jsonl of a run.")
-    mon.add_argument("run_dir", help="Run directory.")
-    mon.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
-    ver = add(
-        "verify",
-        help="Check every finished stage's files and inputs against its DONE record.",
-        description="Hashes every file of every finished stage; names each damaged or stale stage and the "
-        "command that redoes it. Exits 1 when it finds a problem.",
-    )
-    ver.add_argument("run_dir", help="Run directory.")
-    ver.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
-    mon.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
-    cmp_ = add(
-        "compare",
-        help="Compare two checkpoints on one run's eval and probe sets.",
-        description="A and B: round folders (runs/x/round_02) or save_pretrained folders.",
-    )
-    cmp_.add_argument("a", help="Baseline checkpoint: a round folder or a save_pretrained folder.")
-    cmp_.add_argument("b", help="Checkpoint compared against A.")
-    cmp_.add_argument(
-        "--run",
-        default=None,
-        help="Run directory whose task, eval/probe sets, sampling and judges to use (default: A's run).",
-    )
-    cmp_.add_argument(
-        "--json", default=None, help="Also write the full result (metrics, win-rate, KL, samples) to this JSON file."
-    )
-    cmp_.add_argument(
-        "--samples", type=int, default=5, help="Side-by-side samples for the prompts where A and B differ most."
-    )
-    cmp_.add_argument(
-        "--resamples",
-        type=int,
-        default=2000,
-        help="Paired bootstrap resamples of the eval and probe prompts (95%% CI of B - A of every per-prompt metric).",
-    )
-    cmp_.add_argument(
-        "--permutations",
-        type=int,
-        default=50,
-        help="Paired permutations for the probe's corpus-level metrics (each recomputes them on both sides; 0 = none).",
-    )
-    cmp_.add_argument("--trust-recipe", "--trust_recipe", action="store_true", help=TRUST_HELP)
-    cmp_.add_argument("--log-level", "--log_level", default="WARNING", help="Python logging level.")
-    st = add(
-        "study",
-        help="Run a controlled study: arms x seeds, each a run; aggregate with confidence intervals.",
-        description="Runs (or resumes) every arm x seed of a study file as ordinary run directories under the "
-        "study directory, then writes study.json, study.csv and a table: per arm mean and 95% t CI "
-        "over seeds, and each arm's paired difference from the baseline.",
-    )
-    st.add_argument("study", help="Study YAML (see recipes/studies/).")
-    st.add_argument(
-        "--output_dir",
-        "--output-dir",
-        default=None,
-        help="Study directory (default: the study's output_dir, else runs/studies/NAME).",
-    )
-    st.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="Runs at a time (each with the study's `threads` torch threads, default 1, so --jobs never changes a "
-        "number).",
-    )
-    st.add_argument("--smoke", action="store_true", help="Run every arm with --smoke. " + SMOKE_HELP)
-    st.add_argument(
-        "--slurm",
-        action="store_true",
-        help="Write STUDY_DIR/study.sbatch (a job array, one task per run) instead of running here.",
-    )
-    st.add_argument(
-        "--only", type=int, default=None, help="Run only the run with this index in plan.json (a Slurm array task)."
-    )
-    st.add_argument("--aggregate", action="store_true", help="Only aggregate what has finished (no runs).")
-    st.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
-    rep = add("report", help="Write a self-contained HTML report (and PNG plots) of one or more runs, or of a study.")
-    rep.add_argument("run_dirs", nargs="+", help="Run directories (several are overlaid), or one study directory.")
-    rep.add_argument("--out", default=None, help="Output folder (default: RUN_DIR/report of the first run).")
-    rep.add_argument("--log-level", "--log_level", default="INFO", help="Python logging level.")
+    for name, (text, add_arguments, level) in PARSERS.items():
+        p = sub.add_parser(name, allow_abbrev=False, **text)  # allow_abbrev off: no --prefix guessing
+        add_arguments(p)
+        p.add_argument("--log-level", "--log_level", default=level, help="Python logging level.")
     return parser
 
 

@@ -47,11 +47,14 @@ TASKS = {
 
 
 def load(entry):
-    """The object an entry names ('package.module:attribute'); an entry that is already the object (a function put
-    in a table by a plugin or a test) is itself."""
+    """The object an entry names ('package.module:attribute': the one parser of such names, for these tables and for
+    a recipe's monitor.extra_metrics); an entry that is already the object (a function put in a table by a plugin or
+    a test) is itself. Raises ValueError (not 'module:attribute'), ImportError or AttributeError."""
     if callable(entry):
         return entry
     module, _, attribute = entry.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"{entry!r} is not 'module:attribute'")
     return getattr(importlib.import_module(module), attribute)
 
 

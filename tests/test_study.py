@@ -233,6 +233,7 @@ def test_bad_study_files_get_one_message(tmp_path):
         ("contrasts", [{"arm": "hott"}], "contrasts[0].arm='hott' is not an arm"),
         ("contrasts", [{"arm": "hot", "metrc": "x"}], "contrasts[0].metrc: unknown key. Did you mean 'metric'?"),
         ("primry", ["x"], "primry: unknown key. Did you mean 'primary'?"),
+        ("slurm", {"partion": "cpu"}, "slurm.partion: unknown key. Did you mean 'partition'?"),
     ]
     for i, (field, value, message) in enumerate(cases):
         path = _study_file(tmp_path, **{field: value})

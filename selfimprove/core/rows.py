@@ -30,3 +30,11 @@ def load_rows(path: str | Path, columns: tuple[str, ...] = ()) -> list[dict]:
     if columns:
         ds = ds.select_columns([c for c in columns if c in ds.column_names])
     return ds.to_list()
+
+
+def by_prompt(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped by prompt_id, in first-seen order (a prompt's samples, in their order)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["prompt_id"], []).append(r)
+    return groups

@@ -9,12 +9,14 @@ by a step's exit code.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from selfimprove.core.dist import run_until_done
@@ -128,33 +130,62 @@ def run_step(cfg, run_dir: Path, label: str, accelerate_config: str, args: list[
         )
 
 
+@dataclass(frozen=True)
+class Sbatch:
+    """The #SBATCH options of a script selfimprove writes (a run's job, a study's array): named, typed, each written
+    only when set."""
+
+    job_name: str
+    nodes: int = 0
+    ntasks_per_node: int = 0
+    exclusive: bool = False
+    output: str = ""  # the job's log, e.g. DIR/job-%j.log
+    open_mode: str = ""
+    chdir: str = ""
+    array: str = ""
+    partition: str = ""
+    gpus_per_node: int = 0
+    cpus_per_task: int = 0
+    mem: str = ""
+    time: str = ""
+    extra: tuple[str, ...] = ()  # more sbatch options as given, e.g. '--account=proj'
+
+    def lines(self) -> list[str]:
+        opts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or value in ("", 0, False):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            opts.append(flag if value is True else f"{flag}={value}")
+        return [f"#SBATCH {o}" for o in [*opts, *self.extra]]
+
+
+def sbatch_script(opts: Sbatch, comments: list[str], commands: list[str]) -> str:
+    """The one writer of sbatch scripts: shebang, #SBATCH options, comments, then the commands."""
+    return "\n".join(["#!/bin/bash", *opts.lines(), *(f"# {c}" for c in comments), *commands, ""])
+
+
 def batch_script(cfg, argv: list[str], run_dir: Path, job_name: str) -> str:
     """The ``sbatch`` script of a run: its options from ``cfg``, its command ``argv`` (``selfimprove run ...``)."""
-    logs = run_dir / "slurm" / "logs"
-    opts = [
-        f"--job-name={job_name}",
-        f"--nodes={cfg.nodes + cfg.judge_server.nodes}",  # the policy's steps', then the judge server's
-        "--ntasks-per-node=1",  # one accelerate launch per node; it starts the node's processes
-        "--exclusive",
-        f"--output={logs}/job-%j.log",
-        "--open-mode=append",  # a resubmitted job's log goes on after the cancelled one's
-        f"--chdir={Path.cwd()}",
-        *([f"--partition={cfg.partition}"] if cfg.partition else []),
-        *([f"--gpus-per-node={cfg.gpus_per_node}"] if cfg.gpus_per_node else []),
-        *([f"--time={cfg.time}"] if cfg.time else []),
-        *cfg.sbatch_args,
+    opts = Sbatch(
+        job_name=job_name,
+        output=f"{run_dir / 'slurm' / 'logs'}/job-%j.log",
+        nodes=cfg.nodes + cfg.judge_server.nodes,  # the policy's steps', then the judge server's
+        ntasks_per_node=1,  # one accelerate launch per node; it starts the node's processes
+        exclusive=True,
+        open_mode="append",  # a resubmitted job's log goes on after the cancelled one's
+        chdir=str(Path.cwd()),
+        partition=cfg.partition,
+        gpus_per_node=cfg.gpus_per_node,
+        time=cfg.time,
+        extra=tuple(cfg.sbatch_args),
+    )
+    comments = [
+        "Written by `selfimprove submit`. Edit it and resubmit with `sbatch` this file: the run resumes from its",
+        "directory (finished stages are kept, an interrupted one restarts clean).",
     ]
-    lines = [
-        "#!/bin/bash",
-        "# Written by `selfimprove submit`. Edit it and resubmit with `sbatch` this file: the run resumes from its",
-        "# directory (finished stages are kept, an interrupted one restarts clean).",
-        *(f"#SBATCH {o}" for o in opts),
-        "set -euo pipefail",
-        "export PYTHONUNBUFFERED=1",
-        "exec " + shlex.join(argv),
-        "",
-    ]
-    return "\n".join(lines)
+    return sbatch_script(opts, comments, ["set -euo pipefail", "export PYTHONUNBUFFERED=1", "exec " + shlex.join(argv)])
 
 
 def submit(cfg, argv: list[str], run_dir: Path, job_name: str, wait: bool = False) -> int:

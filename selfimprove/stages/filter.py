@@ -8,11 +8,10 @@ pairs per prompt for DPO when ``filter.pairs`` asks for them.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 from selfimprove.core.prompts import prompt_content
-from selfimprove.core.rows import load_rows, save_rows
+from selfimprove.core.rows import by_prompt, load_rows, save_rows
 from selfimprove.metrics.diversity import grams
 
 
@@ -93,24 +92,17 @@ def filter_rows(
             }
         )
     if cfg.enabled and cfg.best_of_n > 0:
-        for group in _by_prompt([r for r in out if r["kept"]]).values():
+        for group in by_prompt([r for r in out if r["kept"]]).values():
             for r in sorted(group, key=lambda x: (-x["score"], x["sample_idx"]))[cfg.best_of_n :]:
                 r["kept"], r["filter_reason"] = False, f"not in best_of_{cfg.best_of_n}"
     return out
-
-
-def _by_prompt(rows: list[dict]) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[r["prompt_id"]].append(r)
-    return groups
 
 
 def build_pairs(rows: list[dict], cfg) -> list[dict]:
     """(chosen, rejected) per prompt: chosen is a kept sample, rejected any sample of the same prompt scoring lower by
     more than ``pair_margin``; identical completions never pair. Ties in score break by sample order."""
     pairs = []
-    for group in _by_prompt(rows).values():
+    for group in by_prompt(rows).values():
         ranked = sorted(group, key=lambda x: (-x["score"], x["sample_idx"]))
         candidates = [
             (c, r)

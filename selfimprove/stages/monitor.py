@@ -6,8 +6,6 @@ fact. More metrics plug in through ``monitor.extra_metrics`` ("module:function",
 
 from __future__ import annotations
 
-import importlib
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +16,7 @@ from selfimprove.core.atomic import is_done
 from selfimprove.core.files import read_json, write_json
 from selfimprove.core.model import load_policy, load_tokenizer
 from selfimprove.core.prompts import is_proposed, prompt_content
-from selfimprove.core.rows import load_rows
+from selfimprove.core.rows import by_prompt, load_rows
 from selfimprove.core.rundir import earlier_prompts, rebuild_metrics
 from selfimprove.core.tracking import log_round
 from selfimprove.metrics.alarms import check_alarms
@@ -39,15 +37,8 @@ from selfimprove.metrics.prompts import prompt_metrics, propose_mix
 from selfimprove.metrics.quality import answer_entropy, judge_agreement, judge_vs_truth, pass_at_k, score_stats
 
 
-def _by_prompt(rows: list[dict]) -> list[list[dict]]:
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[r["prompt_id"]].append(r)
-    return list(groups.values())
-
-
 def distinct_answers_per_prompt(rows: list[dict], answer) -> float:
-    return _mean(len({answer(r["completion"]) for r in g}) for g in _by_prompt(rows))
+    return _mean(len({answer(r["completion"]) for r in g}) for g in by_prompt(rows).values())
 
 
 def prompt_answer_values(group: list[dict], answer, k: int) -> dict:
@@ -64,7 +55,7 @@ def prompt_answer_values(group: list[dict], answer, k: int) -> dict:
 def answer_metrics(rows: list[dict], answer, k: int, name: str, quality: str) -> dict:
     """diversity/<name>/answer_entropy and, where ground truth is known, <quality>pass@1, pass@k and their gap
     (Wu et al.'s signal)."""
-    per = [prompt_answer_values(g, answer, k) for g in _by_prompt(rows)]
+    per = [prompt_answer_values(g, answer, k) for g in by_prompt(rows).values()]
     out = {f"diversity/{name}/answer_entropy": _mean(v["answer_entropy"] for v in per)}
     labelled = [v for v in per if v["pass@1"] is not None]
     if labelled:
@@ -307,8 +298,7 @@ def round_metrics(ctx, k: int) -> dict:
     judged = load_rows(ctx.stage(k, "filter") / "data")  # every judged row, scores included, plus the filter's decision
     metrics.update(data_metrics(ctx, k, judged))
     for path in ctx.recipe.monitor.extra_metrics:
-        module, func = path.split(":")
-        metrics.update(getattr(importlib.import_module(module), func)(judged))
+        metrics.update(registry.load(path)(judged))
     return metrics
 
 

@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from selfimprove import registry
 from selfimprove.backends.openai_server import SERVER_ERRORS, served_models
 from selfimprove.core.errors import UserError
 from selfimprove.core.judge_prompts import load_template
@@ -313,14 +314,16 @@ def check_alphabet(tok, rows: list[dict], from_scratch: bool, report: Report) ->
 
 def extra_metric_problems(path: str) -> list[str]:
     """monitor.extra_metrics entries must be 'module:function' with the module importable and the function there."""
-    module, _, func = path.partition(":")
-    if not module or not func:
-        return [f"monitor.extra_metrics: {path!r} is not 'module:function'. Write it as e.g. 'my_metrics:score'."]
     try:
-        found = hasattr(importlib.import_module(module), func)
+        registry.load(path)
+    except ValueError:
+        return [f"monitor.extra_metrics: {path!r} is not 'module:function'. Write it as e.g. 'my_metrics:score'."]
     except ImportError as err:
+        module = path.partition(":")[0]
         return [f"monitor.extra_metrics: {path!r}: module {module!r} does not import ({err}). Put it on PYTHONPATH."]
-    return [] if found else [f"monitor.extra_metrics: {path!r}: {module} has no {func}."]
+    except AttributeError:
+        return [f"monitor.extra_metrics: {path!r}: {path.partition(':')[0]} has no {path.partition(':')[2]}."]
+    return []
 
 
 def check_lengths(ctx, config, tok, prompts: list[dict], evals: list[dict], report: Report) -> dict:

@@ -22,6 +22,7 @@ from selfimprove.core.environment import differences, run_environment
 from selfimprove.core.errors import RunDirError
 from selfimprove.core.model import load_policy, load_tokenizer
 from selfimprove.core.prompts import PromptFormat, encode_completions
+from selfimprove.core.rows import by_prompt
 from selfimprove.core.runs import open_run
 from selfimprove.metrics.complexity import answer_batches
 from selfimprove.stages.evaluate import eval_rows_scored, probe_samples
@@ -86,23 +87,16 @@ def _eval_stat(task, rows: list[dict]):
     return lambda idx: task.eval_metrics([rows[i] for i in idx])
 
 
-def _by_prompt(rows: list[dict]) -> dict[str, list[dict]]:
-    out = defaultdict(list)
-    for r in rows:
-        out[r["prompt_id"]].append(r)
-    return out
-
-
 def _prompt_scores(rows: list[dict]) -> dict[str, float]:
     """Each probe prompt's mean judge score over its samples."""
-    return {p: float(np.mean([r["score"] for r in group])) for p, group in _by_prompt(rows).items()}
+    return {p: float(np.mean([r["score"] for r in group])) for p, group in by_prompt(rows).items()}
 
 
 def per_prompt_values(task, rows: list[dict], ids: list[str], k: int) -> dict[str, np.ndarray]:
     """The probe metrics that are means over prompts, one value per prompt of ``ids`` (NaN where a prompt has none:
     pass@k needs a reference and k samples), from the monitor's own per-prompt definition, so their mean is its
     number."""
-    groups, scores = _by_prompt(rows), _prompt_scores(rows)
+    groups, scores = by_prompt(rows), _prompt_scores(rows)
     names = {
         "distinct_answers": "diversity/probe/distinct_answers_per_prompt",
         "answer_entropy": "diversity/probe/answer_entropy",
@@ -122,7 +116,7 @@ PER_PROMPT_DIVERSITY = ("diversity/probe/distinct_answers_per_prompt",)  # boots
 def _corpus_stat(ctx, rows_a: list[dict], rows_b: list[dict], ids: list[str]):
     """The probe's corpus-level diversity metrics of (A', B'), prompt i's samples swapped between the sides where
     ``swap[i]`` (the per-prompt ones are left to the bootstrap)."""
-    by_a, by_b, models = _by_prompt(rows_a), _by_prompt(rows_b), Models(ctx)  # the embedder loads once
+    by_a, by_b, models = by_prompt(rows_a), by_prompt(rows_b), Models(ctx)  # the embedder loads once
 
     def stat(swap: np.ndarray) -> tuple[dict, dict]:
         side_a = [r for p, s in zip(ids, swap) for r in (by_b if s else by_a)[p]]

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,7 @@ from selfimprove.core.errors import RunDirError
 from selfimprove.core.files import write_json, write_text
 from selfimprove.core.rundir import completed_rounds
 from selfimprove.core.runlock import run_lock
+from selfimprove.core.slurm import Sbatch, sbatch_script
 from selfimprove.core.typed_yaml import ConfigError
 from selfimprove.tools.stats import VERDICT_RULE, mean_ci, paired_difference
 from selfimprove.tools.study_file import Arm, Study, StudyError, as_file, load_study  # noqa: F401 (the CLI's API)
@@ -434,31 +436,28 @@ def slurm_script(study: Study, smoke: bool = False) -> Path:
     """A Slurm job-array script, one task per arm x seed, for a study directory on a shared filesystem; its last
     line tells how to aggregate when the array is done."""
     _claim(study, smoke)
-    s = {"cpus_per_task": study.threads, "time": "04:00:00", "mem": "16G", **study.slurm}
-    extra = "".join(f"#SBATCH --{k.replace('_', '-')}={v}\n" for k, v in s.items())
-    n = len(study.runs())
-    study_file = study.output_dir.resolve() / "study_file.yaml"
+    out, c = study.output_dir.resolve(), study.slurm
+    study_file = out / "study_file.yaml"
     write_text(study_file, yaml.safe_dump(as_file(study), sort_keys=False))
-    cmd = [
-        sys.executable,
-        "-m",
-        "selfimprove",
-        "study",
-        str(study_file),
-        "--output_dir",
-        str(study.output_dir.resolve()),
-        "--only",
-        "$SLURM_ARRAY_TASK_ID",
-        *(["--smoke"] if smoke else []),
-    ]
-    text = (
-        f"#!/bin/bash\n#SBATCH --job-name=study-{study.name}\n#SBATCH --array=0-{n - 1}\n{extra}"
-        f"#SBATCH --output={study.output_dir.resolve()}/logs/slurm-%A_%a.out\n"
-        "# One task per arm x seed (plan.json lists them in order); a rerun of a task resumes its run.\n"
-        + " ".join(cmd)
-        + "\n"
-        f"# When every task is done: {sys.executable} -m selfimprove study {study_file} --output_dir "
-        f"{study.output_dir.resolve()} --aggregate\n"
+    opts = Sbatch(
+        job_name=f"study-{study.name}",
+        output=f"{out}/logs/slurm-%A_%a.out",
+        array=f"0-{len(study.runs()) - 1}",
+        partition=c.partition,
+        gpus_per_node=c.gpus_per_node,
+        cpus_per_task=c.cpus_per_task or study.threads,
+        mem=c.mem,
+        time=c.time,
+        extra=tuple(c.sbatch_args),
+    )
+    cmd = [sys.executable, "-m", "selfimprove", "study", str(study_file), "--output_dir", str(out)]
+    text = sbatch_script(
+        opts,
+        ["One task per arm x seed (plan.json lists them in order); a rerun of a task resumes its run."],
+        [
+            shlex.join(cmd) + " --only $SLURM_ARRAY_TASK_ID" + (" --smoke" if smoke else ""),
+            f"# When every task is done: {shlex.join(cmd)} --aggregate",
+        ],
     )
     path = study.output_dir / "study.sbatch"
     write_text(path, text)

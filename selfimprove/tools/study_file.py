@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -82,6 +82,18 @@ class MatchSpec:
 
 
 @dataclass
+class StudySlurm:
+    """The job array of ``selfimprove study --slurm``: one task per arm x seed."""
+
+    partition: str = _f("", "sbatch --partition ('' = the cluster's default).")
+    time: str = _f("04:00:00", "sbatch --time of each task (one run).")
+    mem: str = _f("16G", "sbatch --mem of each task.")
+    cpus_per_task: int = _f(0, "sbatch --cpus-per-task (0 = the study's threads).", ge=0)
+    gpus_per_node: int = _f(0, "sbatch --gpus-per-node (0 = not asked for).", ge=0)
+    sbatch_args: list[str] = _f([], "More sbatch options, one per item, e.g. ['--account=proj'].")
+
+
+@dataclass
 class StudyFile:
     name: str = _f("", "The study's name (default: the file's name).")
     base: str = _f("", "The base recipe, relative to the study file.")
@@ -95,7 +107,7 @@ class StudyFile:
     match: list[MatchSpec] = _f([], "Quantities the arms must share (compute ledger); unmatched arms get no verdict.")
     threads: int = _f(1, "Torch threads of every run (a run's numbers depend on it).", ge=1)
     output_dir: str = _f("", "Where the study's runs go (default: runs/studies/NAME).")
-    slurm: dict = _f({}, "#SBATCH settings of the job array (selfimprove study --slurm).")
+    slurm: StudySlurm = field(default_factory=StudySlurm, metadata={"help": "The job array of study --slurm."})
 
     def check(self) -> list[str]:
         p = reserved_overrides(self.overrides, "overrides")
@@ -108,11 +120,11 @@ class StudyFile:
             p.append("arms: give a non-empty list of {name: ..., overrides: {dotted.key: value}}.")
         if len(set(names)) < len(names):
             p.append(f"arms: arm names must differ: {names}.")
-        for field, value in [("baseline", self.baseline)] + [
+        for name, value in [("baseline", self.baseline)] + [
             (f"contrasts[{i}].{f}", getattr(c, f)) for i, c in enumerate(self.contrasts) for f in ("arm", "vs")
         ]:
             if value and value not in names:
-                p.append(f"{field}={value!r} is not an arm ({', '.join(names)}).")
+                p.append(f"{name}={value!r} is not an arm ({', '.join(names)}).")
         for i, c in enumerate(self.contrasts):
             if not c.arm:
                 p.append(f"contrasts[{i}].arm: name the arm tested.")
@@ -150,7 +162,7 @@ class Study:
     baseline: str
     metrics: tuple[str, ...]
     output_dir: Path
-    slurm: dict
+    slurm: StudySlurm
     threads: int = 1
     primary: tuple[str, ...] = ()
     contrasts: tuple[Contrast, ...] = ()
@@ -204,7 +216,7 @@ def load_study(path: str | Path, output_dir: str | None = None) -> Study:
         baseline,
         metrics,
         Path(output_dir or spec.output_dir or Path("runs") / "studies" / name),
-        dict(spec.slurm),
+        spec.slurm,
         spec.threads,
         tuple(spec.primary),
         contrasts,
@@ -225,5 +237,5 @@ def as_file(study: Study) -> dict:
         "contrasts": [dataclasses.asdict(c) for c in study.contrasts],
         "match": [{"quantity": q, "tolerance": t} for q, t in study.match],
         "arms": [dataclasses.asdict(a) for a in study.arms],
-        "slurm": study.slurm,
+        "slurm": dataclasses.asdict(study.slurm),
     }
