@@ -18,6 +18,7 @@ from selfimprove import registry
 from selfimprove.backends.judge_server import judge_server
 from selfimprove.core import seeding, slurm, timing
 from selfimprove.core.atomic import is_done
+from selfimprove.core.config import Recipe
 from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job, run_until_done
 from selfimprove.core.files import read_json, write_json
 from selfimprove.core.integrity import read_stage_json, recover
@@ -155,7 +156,7 @@ def summary_line(m: dict) -> str:
     return " | ".join(parts)
 
 
-def start_problems(recipe) -> list[str]:
+def start_problems(recipe: Recipe) -> list[str]:
     """What keeps a checked recipe from starting in this process (the CLI adds them to ``check``'s problems)."""
     if recipe.train.launcher == "slurm" and not in_launched_job() and not in_allocation():
         return [
@@ -165,7 +166,7 @@ def start_problems(recipe) -> list[str]:
     return []
 
 
-def run_loop(recipe, allow_recipe_change: bool = False, note: str = "") -> list[dict]:
+def run_loop(recipe: Recipe, allow_recipe_change: bool = False, note: str = "") -> list[dict]:
     """Run (or resume) the whole loop; return metrics.jsonl's rows. The recipe is checked first
     (selfimprove.tools.check, by the CLI); what keeps it from starting here is refused before the run directory is
     touched."""

@@ -17,8 +17,10 @@ from pathlib import Path
 
 from selfimprove.backends import openai_server
 from selfimprove.core import slurm
+from selfimprove.core.config import Recipe, SlurmConfig
 from selfimprove.core.errors import UserError
 from selfimprove.core.files import write_text
+from selfimprove.core.rundir import RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +30,12 @@ POLL_S = 2.0
 STOP_GRACE_S = 60.0
 
 
-def served_name(recipe) -> str:
+def served_name(recipe: Recipe) -> str:
     """The name the judge stage asks for: judge.llm.openai.model, else judge.llm.model."""
     return recipe.judge.llm.openai.model or recipe.judge.llm.model
 
 
-def server_nodes(cfg) -> list[str]:
+def server_nodes(cfg: SlurmConfig) -> list[str]:
     """The allocation's nodes after the first ``cfg.nodes`` (those run the policy's steps)."""
     nodes = slurm.allocation_nodes()
     want = cfg.nodes + cfg.judge_server.nodes
@@ -71,7 +73,7 @@ def server_command(cfg, model: str, name: str, nodes: list[str], logs: Path, mas
     ]
 
 
-def serves_judge(recipe) -> bool:
+def serves_judge(recipe: Recipe) -> bool:
     """Whether the run serves its LLM judge itself (slurm.judge_server, under the slurm launcher)."""
     return bool(recipe.slurm.judge_server.nodes) and recipe.train.launcher == "slurm"
 
@@ -98,7 +100,7 @@ def served_url(run_dir: Path) -> str:
 class JudgeServer:
     """The server step of one run: ``ready()`` before a judge stage, ``stop()`` at the end."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx: RunContext):
         self.cfg, self.run_dir = ctx.recipe.slurm, ctx.run_dir
         self.model, self.name = ctx.recipe.judge.llm.model, served_name(ctx.recipe)
         self.logs = self.run_dir / "slurm" / "logs"
@@ -167,7 +169,7 @@ class _NoServer:
 
 
 @contextlib.contextmanager
-def judge_server(ctx):
+def judge_server(ctx: RunContext):
     """The run's judge server while the block runs (a no-op stand-in when slurm.judge_server is off)."""
     if not serves_judge(ctx.recipe):
         yield _NoServer()

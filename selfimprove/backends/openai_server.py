@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 
 from selfimprove.core import timing
+from selfimprove.core.config import OpenAIConfig
 from selfimprove.core.errors import MissingExtra
 from selfimprove.core.seeding import child_seed
 
@@ -28,7 +29,7 @@ def served_models(base_url: str, api_key: str = "EMPTY", timeout: float = 10.0) 
         return [m["id"] for m in json.load(resp)["data"]]
 
 
-def _client(cfg):
+def _client(cfg: OpenAIConfig):
     try:
         from openai import AsyncOpenAI
     except ImportError as err:
@@ -43,7 +44,9 @@ def _client(cfg):
     )
 
 
-async def _one(client, cfg, model: str, prompt: str | list[dict], sampling, seed: int, gate: asyncio.Semaphore) -> dict:
+async def _one(
+    client, cfg: OpenAIConfig, model: str, prompt: str | list[dict], sampling, seed: int, gate: asyncio.Semaphore
+) -> dict:
     extra = {"top_k": sampling.top_k} if sampling.top_k else {}
     common = dict(
         model=model,
@@ -67,7 +70,7 @@ async def _one(client, cfg, model: str, prompt: str | list[dict], sampling, seed
     return {"completion": text, "finished": choice.finish_reason == "stop", "num_tokens": tokens, "error": ""}
 
 
-async def _all(cfg, model: str, prompts: list, sampling, seed: int) -> list[list[dict]]:
+async def _all(cfg: OpenAIConfig, model: str, prompts: list, sampling, seed: int) -> list[list[dict]]:
     client, gate = _client(cfg), asyncio.Semaphore(cfg.concurrency)
     try:
         jobs = [
@@ -82,7 +85,7 @@ async def _all(cfg, model: str, prompts: list, sampling, seed: int) -> list[list
     return [list(flat[i * n : (i + 1) * n]) for i in range(len(prompts))]
 
 
-def openai_generate(cfg, model_path: str, prompts: list, sampling, seed: int) -> list[list[dict]]:
+def openai_generate(cfg: OpenAIConfig, model_path: str, prompts: list, sampling, seed: int) -> list[list[dict]]:
     """``cfg`` is an OpenAIConfig; the served model name is ``cfg.model``, else the checkpoint path. Each prompt is a
     text (``api: completions``) or a list of chat messages (``api: chat``)."""
     with timing.compute():  # the server's model time, seen from here

@@ -12,11 +12,12 @@ import tempfile
 from pathlib import Path
 
 from selfimprove.core import timing
+from selfimprove.core.config import VLLMConfig
 from selfimprove.core.errors import MissingExtra
 
 
 def vllm_generate(
-    cfg, model_path: str, prompts: list[list[int]], sampling, seed: int, stats: dict | None = None
+    cfg: VLLMConfig, model_path: str, prompts: list[list[int]], sampling, seed: int, stats: dict | None = None
 ) -> list[list[dict]]:
     """Per prompt (token ids, encoded by the caller exactly as the HF backend encodes them), num_samples results;
     ``stats`` (if given) receives engine_start_s and generate_s."""

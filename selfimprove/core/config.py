@@ -1109,7 +1109,7 @@ def _cross_checks(r: Recipe) -> list[str]:
     return p
 
 
-def _propose_checks(r) -> list[str]:
+def _propose_checks(r: Recipe) -> list[str]:
     c, p = r.propose, []
     if c.mode == "task_native" and not registry.load(registry.TASKS[r.task.name]).proposes:
         able = ", ".join(n for n, e in registry.TASKS.items() if registry.load(e).proposes)
@@ -1134,7 +1134,7 @@ def _propose_checks(r) -> list[str]:
     return p
 
 
-def _judge_server_checks(r) -> list[str]:
+def _judge_server_checks(r: Recipe) -> list[str]:
     if not r.slurm.judge_server.nodes:
         return []
     p, llm = [], [j for j in r.judge.judges if j in ("llm", "llm_pairwise")]

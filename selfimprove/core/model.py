@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfimprove.core import seeding
+from selfimprove.core.config import BootstrapConfig, Recipe
 from selfimprove.core.integrity import check_sizes
 from selfimprove.core.judge_prompts import eft_alphabet
 
@@ -41,7 +42,7 @@ def build_char_tokenizer(alphabet: str):
     )
 
 
-def bootstrap_config(cfg, tokenizer):
+def bootstrap_config(cfg: BootstrapConfig, tokenizer):
     """The LlamaConfig of ``model.bootstrap``; 'nope' sets an infinite RoPE base as Lee et al. do."""
     from transformers import LlamaConfig
 
@@ -61,7 +62,7 @@ def bootstrap_config(cfg, tokenizer):
     )
 
 
-def build_bootstrap_model(cfg, tokenizer, seed: int):
+def build_bootstrap_model(cfg: BootstrapConfig, tokenizer, seed: int):
     """A randomly initialised Llama from ``bootstrap_config``."""
     import torch
     from transformers import LlamaForCausalLM
@@ -70,7 +71,7 @@ def build_bootstrap_model(cfg, tokenizer, seed: int):
     return LlamaForCausalLM(bootstrap_config(cfg, tokenizer))
 
 
-def run_alphabet(recipe, task) -> str:
+def run_alphabet(recipe: Recipe, task) -> str:
     """Every character a from-scratch policy reads or writes: the task's, plus the judge prompts' (EFT) and the
     proposal requests' (propose.mode 'task_native') when the policy also judges or proposes."""
     alphabet = task.alphabet()
@@ -81,7 +82,7 @@ def run_alphabet(recipe, task) -> str:
     return alphabet
 
 
-def prepare_base_model(recipe, task, out_dir: Path) -> dict:
+def prepare_base_model(recipe: Recipe, task, out_dir: Path) -> dict:
     """Write the round-0 policy to ``out_dir`` (a bootstrap build, or a copy of the tokenizer+config reference)."""
     if recipe.model.path is not None:
         return {"source": recipe.model.path}
@@ -92,7 +93,7 @@ def prepare_base_model(recipe, task, out_dir: Path) -> dict:
     return {"source": "bootstrap", "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def base_model_path(recipe, run_dir: Path) -> str:
+def base_model_path(recipe: Recipe, run_dir: Path) -> str:
     return recipe.model.path if recipe.model.path is not None else str(run_dir / "base_model")
 
 

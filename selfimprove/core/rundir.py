@@ -23,7 +23,7 @@ from pathlib import Path
 from selfimprove import registry
 from selfimprove.core import decisions, timing
 from selfimprove.core.atomic import atomic_stage, is_done
-from selfimprove.core.config import recipe_hash
+from selfimprove.core.config import Recipe, recipe_hash
 from selfimprove.core.files import read_json, write_text
 from selfimprove.core.integrity import check_content, file_hash, read_stage_json, stage_digest
 from selfimprove.core.model import base_model_path
@@ -69,7 +69,7 @@ def rebuild_metrics(run_dir: str | Path) -> list[dict]:
     return lines
 
 
-def accepted_rows(ctx, before: int) -> list[dict]:
+def accepted_rows(ctx: RunContext, before: int) -> list[dict]:
     """The rows the select stage accepted in rounds 1..before-1 (the training history a round builds on)."""
     rows = []
     for j in range(1, before):
@@ -79,7 +79,7 @@ def accepted_rows(ctx, before: int) -> list[dict]:
     return rows
 
 
-def earlier_prompts(ctx, k: int) -> list[str]:
+def earlier_prompts(ctx: RunContext, k: int) -> list[str]:
     """Every distinct prompt text of rounds 1..k-1 (selfimprove.core.prompts.prompt_content): those generated from and
     those the propose stage kept."""
     out: list[str] = []
@@ -94,7 +94,7 @@ def earlier_prompts(ctx, k: int) -> list[str]:
 class RunContext:
     """What every stage needs: the recipe, the run directory and the task (built once per process)."""
 
-    def __init__(self, recipe, run_dir: str | Path):
+    def __init__(self, recipe: Recipe, run_dir: str | Path):
         self.recipe, self.run_dir, self.task = recipe, Path(run_dir), build_task(recipe)
         self.recipe_hash = recipe_hash(recipe)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from selfimprove.core import environment
-from selfimprove.core.config import LOCATION_FIELDS, recipe_from_dict, recipe_hash, recipe_to_dict
+from selfimprove.core.config import LOCATION_FIELDS, Recipe, recipe_from_dict, recipe_hash, recipe_to_dict
 from selfimprove.core.dist import in_launched_job
 from selfimprove.core.errors import RunDirError, UserError
 from selfimprove.core.files import write_json, write_text
@@ -101,7 +101,7 @@ def history(run_dir: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def _record(run_dir: Path, recipe, from_round: int, changes: list[str], note: str = "") -> None:
+def _record(run_dir: Path, recipe: Recipe, from_round: int, changes: list[str], note: str = "") -> None:
     entries = history(run_dir)
     n = len(entries)
     (run_dir / HISTORY.parent).mkdir(exist_ok=True)
@@ -134,7 +134,7 @@ def saved_recipe(run_dir: Path) -> dict:
     return data
 
 
-def _resume_or_start(recipe, allow_recipe_change: bool, note: str) -> RunContext:
+def _resume_or_start(recipe: Recipe, allow_recipe_change: bool, note: str) -> RunContext:
     run_dir = Path(recipe.output_dir)
     saved = run_dir / RECIPE
     new = recipe_to_dict(recipe)
@@ -166,7 +166,7 @@ def _resume_or_start(recipe, allow_recipe_change: bool, note: str) -> RunContext
 
 
 @contextlib.contextmanager
-def claimed_run(recipe, allow_recipe_change: bool = False, note: str = ""):
+def claimed_run(recipe: Recipe, allow_recipe_change: bool = False, note: str = ""):
     """The run directory of ``recipe``, created or resumed and locked for the duration (see the module doc)."""
     run_dir = Path(recipe.output_dir)
     refuse_foreign(run_dir)
@@ -179,7 +179,7 @@ def claimed_run(recipe, allow_recipe_change: bool = False, note: str = ""):
         yield ctx
 
 
-def code_named_by(recipe) -> list[str]:
+def code_named_by(recipe: Recipe) -> list[str]:
     """Programs and modules the recipe would make this machine run, beyond selfimprove itself."""
     out = [
         f"{where}.vllm.python={cfg.vllm.python!r} (an interpreter)"

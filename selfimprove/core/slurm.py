@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfimprove.core.config import SlurmConfig
 from selfimprove.core.dist import run_until_done
 from selfimprove.core.errors import UserError
 from selfimprove.core.files import write_text
@@ -61,7 +62,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def processes_per_node(cfg, accelerate_config: str) -> int:
+def processes_per_node(cfg: SlurmConfig, accelerate_config: str) -> int:
     """slurm.processes_per_node, else slurm.gpus_per_node, else the accelerate config's processes per machine."""
     if cfg.processes_per_node:
         return cfg.processes_per_node
@@ -73,7 +74,9 @@ def processes_per_node(cfg, accelerate_config: str) -> int:
     return max(1, config.num_processes // max(1, config.num_machines))
 
 
-def step_command(cfg, accelerate_config: str, args: list[str], label: str, logs: Path, port: int) -> list[str]:
+def step_command(
+    cfg: SlurmConfig, accelerate_config: str, args: list[str], label: str, logs: Path, port: int
+) -> list[str]:
     """``srun`` over the step's nodes, one task per node, each an ``accelerate launch`` whose machine rank is the
     task's rank (task 0 runs on the first node, the rendezvous host)."""
     nodes = allocation_nodes()[: cfg.nodes]
@@ -110,7 +113,9 @@ def step_command(cfg, accelerate_config: str, args: list[str], label: str, logs:
     ]
 
 
-def run_step(cfg, run_dir: Path, label: str, accelerate_config: str, args: list[str], env: dict, done) -> None:
+def run_step(
+    cfg: SlurmConfig, run_dir: Path, label: str, accelerate_config: str, args: list[str], env: dict, done
+) -> None:
     """Run one stage as a step, retried up to cfg.retries times; ``done()`` says whether the stage finished."""
     logs = run_dir / "slurm" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -166,7 +171,7 @@ def sbatch_script(opts: Sbatch, comments: list[str], commands: list[str]) -> str
     return "\n".join(["#!/bin/bash", *opts.lines(), *(f"# {c}" for c in comments), *commands, ""])
 
 
-def batch_script(cfg, argv: list[str], run_dir: Path, job_name: str) -> str:
+def batch_script(cfg: SlurmConfig, argv: list[str], run_dir: Path, job_name: str) -> str:
     """The ``sbatch`` script of a run: its options from ``cfg``, its command ``argv`` (``selfimprove run ...``)."""
     opts = Sbatch(
         job_name=job_name,
@@ -188,7 +193,7 @@ def batch_script(cfg, argv: list[str], run_dir: Path, job_name: str) -> str:
     return sbatch_script(opts, comments, ["set -euo pipefail", "export PYTHONUNBUFFERED=1", "exec " + shlex.join(argv)])
 
 
-def submit(cfg, argv: list[str], run_dir: Path, job_name: str, wait: bool = False) -> int:
+def submit(cfg: SlurmConfig, argv: list[str], run_dir: Path, job_name: str, wait: bool = False) -> int:
     """Write RUN/slurm/submit.sbatch and ``sbatch`` it; with ``wait``, block until the job ends and return its exit
     status."""
     script = run_dir / "slurm" / SCRIPT

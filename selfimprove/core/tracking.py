@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from selfimprove.core.errors import MissingExtra
+from selfimprove.core.rundir import RunContext
 
 
 def _scalars(metrics: dict) -> dict:
@@ -40,7 +41,7 @@ def write_tensorboard(run_dir: Path, rows: list[dict]) -> None:
     os.replace(scratch, final)
 
 
-def log_round(ctx, metrics: dict, rows: list[dict]) -> None:
+def log_round(ctx: RunContext, metrics: dict, rows: list[dict]) -> None:
     """Send a finished round to the trackers; ``rows`` are all completed rounds' metrics (metrics.jsonl)."""
     targets = ctx.recipe.monitor.report_to
     if not targets:

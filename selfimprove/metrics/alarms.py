@@ -16,6 +16,7 @@ import logging
 
 from selfimprove.core.atomic import is_done
 from selfimprove.core.files import read_json
+from selfimprove.core.rundir import RunContext
 
 logger = logging.getLogger(__name__)
 GAP, PASS1 = "quality/probe/pass@k_minus_pass@1", "quality/probe/pass@1"
@@ -74,23 +75,23 @@ def check_alarms(alarms, history: list[dict]) -> list[dict]:
     return fired
 
 
-def fired_alarms(ctx, k: int) -> list[dict]:
+def fired_alarms(ctx: RunContext, k: int) -> list[dict]:
     path = ctx.stage(k, "monitor") / "alarms.json"
     return read_json(path) if is_done(ctx.stage(k, "monitor")) and path.exists() else []
 
 
-def steered_temperature(ctx, k: int) -> float:
+def steered_temperature(ctx: RunContext, k: int) -> float:
     """Round k's sampling temperature: the recipe's, plus every 'steer' alarm fired in earlier rounds."""
     return ctx.recipe.generate.temperature + sum(a["steer_temperature"] for j in range(k) for a in fired_alarms(ctx, j))
 
 
-def steered_diversity_weight(ctx, k: int) -> float:
+def steered_diversity_weight(ctx: RunContext, k: int) -> float:
     """Round k's select.diversity_weight: the recipe's, plus every 'steer' alarm fired in earlier rounds, at most 1."""
     extra = sum(a.get("steer_diversity_weight", 0.0) for j in range(k) for a in fired_alarms(ctx, j))
     return min(1.0, ctx.recipe.select.diversity_weight + extra)
 
 
-def should_stop(ctx, k: int) -> str:
+def should_stop(ctx: RunContext, k: int) -> str:
     """Why the loop ends after round k ('' = it goes on): a 'stop' alarm, or a rollback past its max_rollbacks."""
     fired = fired_alarms(ctx, k)
     if any(a["action"] == "stop" for a in fired):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from selfimprove.core.atomic import is_done
 from selfimprove.core.files import read_json
 from selfimprove.core.rows import load_rows
+from selfimprove.core.rundir import RunContext
 
 COUNTS = (
     "prompts_posed",
@@ -33,12 +34,12 @@ COUNTS = (
 )
 
 
-def _meta(ctx, k: int, name: str) -> dict:
+def _meta(ctx: RunContext, k: int, name: str) -> dict:
     folder = ctx.stage(k, name)
     return read_json(folder / "meta.json") if is_done(folder) else {}
 
 
-def round_ledger(ctx, k: int) -> dict:
+def round_ledger(ctx: RunContext, k: int) -> dict:
     """Round k's compute/... and compute/total/... metrics (totals from the earlier rounds' own ledgers)."""
     gen, prop, judge, train = (_meta(ctx, k, n) for n in ("generate", "propose", "judge", "train"))
     spent = {
@@ -69,5 +70,5 @@ def _padding(counts: dict) -> float:
     return round(1 - counts["trained_tokens"] / positions, 4) if positions else 0.0
 
 
-def _proposal_tokens(ctx, k: int) -> int:
+def _proposal_tokens(ctx: RunContext, k: int) -> int:
     return int(sum(r.get("num_tokens", 0) for r in load_rows(ctx.stage(k, "propose") / "data")))

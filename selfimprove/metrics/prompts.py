@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from selfimprove.core.config import MonitorConfig
 from selfimprove.core.prompts import is_proposed, prompt_key
 from selfimprove.metrics import dedup
 from selfimprove.metrics.diversity import lexical_suite, ngram_vendi, subsample
@@ -26,7 +27,9 @@ def novelty(texts: list[str], earlier: list[str], threshold: float, n: int, unit
     return {"novelty": exact, "near_novelty": float(np.mean(near))}
 
 
-def prompt_metrics(rows: list[dict], texts: list[str], earlier: list[str], cfg, vendi_samples: int) -> dict:
+def prompt_metrics(
+    rows: list[dict], texts: list[str], earlier: list[str], cfg: MonitorConfig, vendi_samples: int
+) -> dict:
     """prompts/...: count, proposed share, lexical diversity and n-gram Vendi of the distinct prompt texts, novelty,
     mean difficulty and length (``rows``: one per distinct prompt, ``texts`` their own text, ``cfg`` the monitor's
     section for unit and orders)."""

@@ -267,7 +267,7 @@ def smoke_recipe(data: dict) -> tuple[dict, list[str]]:
 
 
 @contextlib.contextmanager
-def serving(recipe):
+def serving(recipe: Recipe):
     """For the length of a smoke run: a loopback server for every OpenAI-compatible endpoint the recipe names,
     serving the tiny stand-in under the recipe's model name; the recipe's base_url points at it."""
     servers = []

@@ -7,16 +7,17 @@ from __future__ import annotations
 from selfimprove.backends import Sampling, sample
 from selfimprove.core import seeding
 from selfimprove.core.rows import load_rows, save_rows
+from selfimprove.core.rundir import RunContext
 from selfimprove.tasks import oracle_correct
 
 
-def _backend(ctx) -> str:
+def _backend(ctx: RunContext) -> str:
     """The policy's backend; a server ('openai') serves a fixed model, not this round's checkpoint, so eval
     runs 'hf'."""
     return "hf" if ctx.recipe.generate.backend == "openai" else ctx.recipe.generate.backend
 
 
-def probe_samples(ctx, ckpt: str) -> list[dict]:
+def probe_samples(ctx: RunContext, ckpt: str) -> list[dict]:
     """The fixed probe set sampled from ``ckpt`` exactly as every round samples it (also used by compare)."""
     m = ctx.recipe.monitor
     rows = load_rows(ctx.run_dir / "probe_set" / "data")
@@ -44,7 +45,7 @@ def _eval_sampling(rows: list[dict], task) -> Sampling:
     return Sampling(max_new_tokens=task.max_new_tokens(rows))
 
 
-def eval_rows_scored(ctx, ckpt: str, desc: str = "eval", rows: list[dict] | None = None) -> list[dict]:
+def eval_rows_scored(ctx: RunContext, ckpt: str, desc: str = "eval", rows: list[dict] | None = None) -> list[dict]:
     """The run's eval sets (or ``rows``) answered greedily by ``ckpt``, each row with its completion and ``correct``."""
     rows = ctx.eval_rows() if rows is None else rows
     outs = sample(
@@ -65,7 +66,7 @@ def eval_rows_scored(ctx, ckpt: str, desc: str = "eval", rows: list[dict] | None
     ]
 
 
-def run_evaluate(ctx, k: int) -> None:
+def run_evaluate(ctx: RunContext, k: int) -> None:
     ckpt = str(ctx.stage(k, "train") / "model")  # this round's own, even if a later alarm rolls it back
     sampling = _eval_sampling(ctx.eval_rows(), ctx.task)
     with ctx.writing(k, "evaluate", {"checkpoint": ctx.relative(ckpt), "sampling": sampling.as_dict()}) as (out, meta):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from selfimprove.core.config import FilterConfig
 from selfimprove.core.prompts import prompt_content
 from selfimprove.core.rows import by_prompt, load_rows, save_rows
+from selfimprove.core.rundir import RunContext
 from selfimprove.metrics.diversity import grams
 
 
@@ -78,7 +80,11 @@ def _reasons(r: dict, c: FilterContext) -> list[str]:
 
 
 def filter_rows(
-    rows: list[dict], cfg, protected: set[str] = frozenset(), unit: str = "char", drop_unparsed: bool = False
+    rows: list[dict],
+    cfg: FilterConfig,
+    protected: set[str] = frozenset(),
+    unit: str = "char",
+    drop_unparsed: bool = False,
 ) -> list[dict]:
     """Rows with kept / filter_reason. ``protected`` is a contamination_index of texts no training sample may touch."""
     out, c = [], FilterContext(cfg, protected, unit, drop_unparsed)
@@ -98,7 +104,7 @@ def filter_rows(
     return out
 
 
-def build_pairs(rows: list[dict], cfg) -> list[dict]:
+def build_pairs(rows: list[dict], cfg: FilterConfig) -> list[dict]:
     """(chosen, rejected) per prompt: chosen is a kept sample, rejected any sample of the same prompt scoring lower by
     more than ``pair_margin``; identical completions never pair. Ties in score break by sample order."""
     pairs = []
@@ -135,7 +141,7 @@ def build_pairs(rows: list[dict], cfg) -> list[dict]:
     return pairs
 
 
-def run_filter(ctx, k: int) -> None:
+def run_filter(ctx: RunContext, k: int) -> None:
     rows = load_rows(ctx.stage(k, "judge") / "data")
     cfg, unit = ctx.recipe.filter, ctx.recipe.monitor.unit
     protected: set[str] = set()

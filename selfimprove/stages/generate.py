@@ -13,11 +13,12 @@ from selfimprove.core.dist import dist_rank_world
 from selfimprove.core.files import read_json
 from selfimprove.core.integrity import shards_of
 from selfimprove.core.rows import load_rows, save_rows
+from selfimprove.core.rundir import RunContext
 from selfimprove.metrics.alarms import steered_temperature
 from selfimprove.tasks import PROPOSAL_LINEAGE
 
 
-def round_pool(ctx, k: int) -> list[dict]:
+def round_pool(ctx: RunContext, k: int) -> list[dict]:
     """Round k's prompts: the task's, or with a propose stage its kept proposals first (propose.share of them, as
     many as survived) and the task's prompts for the rest, every row with its lineage."""
     prompts = ctx.task.round_prompts(k, ctx.history(k), ctx.excluded_prompts())
@@ -35,7 +36,7 @@ def round_pool(ctx, k: int) -> list[dict]:
     return own + [{**p, **PROPOSAL_LINEAGE} for p in prompts[: len(prompts) - len(own)]]
 
 
-def run_generate(ctx, k: int) -> None:
+def run_generate(ctx: RunContext, k: int) -> None:
     """Write round k's prompts and samples (one row per sample, with lineage) to round_k/generate/."""
     r = ctx.recipe
     prompts = round_pool(ctx, k)

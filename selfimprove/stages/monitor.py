@@ -17,7 +17,7 @@ from selfimprove.core.files import read_json, write_json
 from selfimprove.core.model import load_policy, load_tokenizer
 from selfimprove.core.prompts import is_proposed, prompt_content
 from selfimprove.core.rows import by_prompt, load_rows
-from selfimprove.core.rundir import earlier_prompts, rebuild_metrics
+from selfimprove.core.rundir import RunContext, earlier_prompts, rebuild_metrics
 from selfimprove.core.tracking import log_round
 from selfimprove.metrics.alarms import check_alarms
 from selfimprove.metrics.complexity import complexity_metrics, ifd_scores
@@ -68,7 +68,7 @@ class Models:
     """The models one monitor call needs, each loaded on first use and dropped with this object when the call ends:
     nothing outlives it (a module-level cache would keep a policy in memory through the next round's training)."""
 
-    def __init__(self, ctx, k: int = 0):
+    def __init__(self, ctx: RunContext, k: int = 0):
         self.ctx, self.k, self._policy, self._embedder = ctx, k, None, None
 
     def policy(self):
@@ -89,12 +89,12 @@ def _mean(xs) -> float:
     return float(np.mean(xs)) if xs else 0.0
 
 
-def _ead_vocab(ctx) -> int:
+def _ead_vocab(ctx: RunContext) -> int:
     m = ctx.recipe.monitor
     return m.ead_vocab_size or (len(set(ctx.task.alphabet())) if m.unit == "char" else 50257)
 
 
-def diversity_metrics(ctx, name: str, rows: list[dict], models: Models | None = None) -> dict:
+def diversity_metrics(ctx: RunContext, name: str, rows: list[dict], models: Models | None = None) -> dict:
     """The diversity block for one set of samples, as diversity/<name>/... (``models``: reuse loaded models)."""
     texts = [r["completion"] for r in rows]
     m = ctx.recipe.monitor
@@ -125,7 +125,7 @@ def coverage_metrics(name: str, rows: list[dict], pool: list[dict]) -> dict:
     return out
 
 
-def probe_metrics(ctx, k: int) -> dict:
+def probe_metrics(ctx: RunContext, k: int) -> dict:
     """The fixed probe set, sampled the same way every round: diversity/probe/... and quality/probe/..."""
     rows = load_rows(ctx.stage(k, "evaluate") / "probe")
     return {
@@ -134,7 +134,7 @@ def probe_metrics(ctx, k: int) -> dict:
     }
 
 
-def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[dict]) -> dict:
+def quality_metrics(ctx: RunContext, judged: list[dict], kept: list[dict], selected: list[dict]) -> dict:
     """Counts, acceptance, per-judge score distributions, judge agreement, pseudo-label accuracy."""
     out = {
         "quality/generated": len(judged),
@@ -177,7 +177,7 @@ def quality_metrics(ctx, judged: list[dict], kept: list[dict], selected: list[di
     return out
 
 
-def complexity_block(ctx, name: str, rows: list[dict], models: Models) -> dict:
+def complexity_block(ctx: RunContext, name: str, rows: list[dict], models: Models) -> dict:
     """complexity/<name>/...: length, difficulty, and IFD under the policy that generated the round (checkpoint k-1)."""
     n = ctx.recipe.monitor.ifd_samples
     ifd = np.zeros(0) if n else None
@@ -199,11 +199,11 @@ class RoundData:
     selected: list[dict]
 
 
-def quality_block(ctx, k: int, data: RoundData, models: Models) -> dict:
+def quality_block(ctx: RunContext, k: int, data: RoundData, models: Models) -> dict:
     return quality_metrics(ctx, data.judged, data.kept, data.selected)
 
 
-def diversity_block(ctx, k: int, data: RoundData, models: Models) -> dict:
+def diversity_block(ctx: RunContext, k: int, data: RoundData, models: Models) -> dict:
     out = {}
     for name, rows in (("generated", data.judged), ("filtered", data.kept), ("selected", data.selected)):
         out.update(diversity_metrics(ctx, name, rows, models))
@@ -211,18 +211,18 @@ def diversity_block(ctx, k: int, data: RoundData, models: Models) -> dict:
     return out
 
 
-def answer_block(ctx, k: int, data: RoundData, models: Models) -> dict:
+def answer_block(ctx: RunContext, k: int, data: RoundData, models: Models) -> dict:
     return answer_metrics(data.judged, ctx.task.answer, ctx.recipe.generate.num_samples, "generated", "quality/")
 
 
-def complexity_blocks(ctx, k: int, data: RoundData, models: Models) -> dict:
+def complexity_blocks(ctx: RunContext, k: int, data: RoundData, models: Models) -> dict:
     return {
         **complexity_block(ctx, "generated", data.judged, models),
         **complexity_block(ctx, "selected", data.selected, models),
     }
 
 
-def prompt_block(ctx, k: int, data: RoundData, models: Models) -> dict:
+def prompt_block(ctx: RunContext, k: int, data: RoundData, models: Models) -> dict:
     """prompts/...: the round's distinct prompts (selfimprove.metrics.prompts), with the propose stage's filter mix
     and the complexity of the samples on proposed prompts; only when the run proposes or monitor.prompt_metrics."""
     r = ctx.recipe
@@ -254,7 +254,7 @@ BLOCKS = {
 }
 
 
-def data_metrics(ctx, k: int, judged: list[dict]) -> dict:
+def data_metrics(ctx: RunContext, k: int, judged: list[dict]) -> dict:
     """Every one of BLOCKS over the round's generated, filtered (kept) and selected data."""
     selected = [r for r in load_rows(ctx.stage(k, "select") / "data") if r["selected"]]
     data, models = RoundData(judged, [r for r in judged if r["kept"]], selected), Models(ctx, k)
@@ -266,7 +266,7 @@ def data_metrics(ctx, k: int, judged: list[dict]) -> dict:
     return out
 
 
-def round_metrics(ctx, k: int) -> dict:
+def round_metrics(ctx: RunContext, k: int) -> dict:
     metrics: dict = {"round": k}
     metrics.update(read_json(ctx.stage(k, "evaluate") / "meta.json")["metrics"])
     train_meta = read_json(ctx.stage(k, "train") / "meta.json")
@@ -302,7 +302,7 @@ def round_metrics(ctx, k: int) -> dict:
     return metrics
 
 
-def run_monitor(ctx, k: int) -> dict:
+def run_monitor(ctx: RunContext, k: int) -> dict:
     with ctx.writing(k, "monitor") as (out, meta):
         metrics = round_metrics(ctx, k)
         fired = check_alarms(ctx.recipe.monitor.alarms, ctx.history(k) + [decisions.readable(metrics)])

@@ -19,13 +19,14 @@ import numpy as np
 
 from selfimprove.core import seeding
 from selfimprove.core.atomic import clean_partial, finish_stage, is_done
+from selfimprove.core.config import LoraConfig, Recipe, TrainConfig
 from selfimprove.core.dist import leave, watch_crashes
 from selfimprove.core.errors import DataError
 from selfimprove.core.judge_prompts import eft_rows, judge_format
 from selfimprove.core.model import load_policy, load_tokenizer
 from selfimprove.core.prompts import PromptFormat, encode_completions
 from selfimprove.core.rows import load_rows, save_rows
-from selfimprove.core.rundir import accepted_rows
+from selfimprove.core.rundir import RunContext, accepted_rows
 from selfimprove.core.runs import open_run
 from selfimprove.core.trainer_args import build_args
 from selfimprove.core.typed_yaml import ConfigError
@@ -41,7 +42,9 @@ def _draw(pool: list[dict], m: int, rng: np.random.Generator) -> list[dict]:
     return out
 
 
-def build_mixture(seed_rows: list[dict], older: list[dict], newest: list[dict], cfg, n_rows: int, rng) -> list[dict]:
+def build_mixture(
+    seed_rows: list[dict], older: list[dict], newest: list[dict], cfg: TrainConfig, n_rows: int, rng
+) -> list[dict]:
     """The cross-round data policy: which pools feed this round, and the newest round's share of the rows."""
     base = (seed_rows if cfg.seed_data == "keep" else []) + (older if cfg.history == "accumulate" else [])
     if not cfg.use_generated:
@@ -85,7 +88,7 @@ def trl_ready(tokenized: dict, args) -> dict:
     return {"input_ids": ids, "labels": labels}
 
 
-def grad_accumulation(cfg, world_size: int) -> int:
+def grad_accumulation(cfg: TrainConfig, world_size: int) -> int:
     """Micro-steps per optimizer step. With global_batch_size set, the effective batch (and so the schedule and the
     rows each step sees) is the same for any number of processes: 64 = 32 x 2 accumulation x 1 process
     = 32 x 1 x 2 processes = 8 x 1 x 8 processes."""
@@ -103,7 +106,7 @@ def grad_accumulation(cfg, world_size: int) -> int:
     return cfg.global_batch_size // per_step
 
 
-def _peft_config(cfg):
+def _peft_config(cfg: LoraConfig):
     if not cfg.enabled:
         return None
     from peft import LoraConfig
@@ -124,13 +127,13 @@ def merge_adapter(base: str, adapter: Path, out: Path, dtype: str) -> None:
     shutil.rmtree(adapter)
 
 
-def _sft_config(r, k: int, out: Path, steps: int, accumulation: int, parameters: int):
+def _sft_config(r: Recipe, k: int, out: Path, steps: int, accumulation: int, parameters: int):
     from trl import SFTConfig
 
     return SFTConfig(**build_args(r, k, str(out / "trainer"), steps, accumulation, "sft", parameters))
 
 
-def training_rows(ctx, k: int, n_rows: int) -> list[dict]:
+def training_rows(ctx: RunContext, k: int, n_rows: int) -> list[dict]:
     seed_rows = load_rows(ctx.run_dir / "seed_data" / "data")
     if k == 0:
         llm = ctx.recipe.judge.llm
@@ -154,7 +157,7 @@ def training_rows(ctx, k: int, n_rows: int) -> list[dict]:
     return [rows[i] for i in rng.permutation(len(rows))]
 
 
-def proposal_rows(ctx, k: int) -> list[dict]:
+def proposal_rows(ctx: RunContext, k: int) -> list[dict]:
     """propose.mode 'task_native': every kept proposal of rounds 1..k (not rolled back) as a training row, request ->
     problem, so the proposer keeps writing the problems that passed its filters."""
     if ctx.recipe.propose.mode != "task_native" or not ctx.recipe.propose.runs:
@@ -175,7 +178,7 @@ def proposal_rows(ctx, k: int) -> list[dict]:
     return rows
 
 
-def training_pairs(ctx, k: int, n_rows: int) -> list[dict]:
+def training_pairs(ctx: RunContext, k: int, n_rows: int) -> list[dict]:
     """DPO rows: (prompt, chosen, rejected) pairs the filter built, the newest round's and, with history
     'accumulate', earlier rounds' too, mixed by newest_share like SFT rows."""
 
@@ -193,7 +196,7 @@ def training_pairs(ctx, k: int, n_rows: int) -> list[dict]:
     return build_mixture([], older, newest, ctx.recipe.train, n_rows, seeding.rng(ctx.recipe.seed, "train_mix", k))
 
 
-def _dpo_trainer(ctx, k, rows, model, tok, out: Path, steps: int, accumulation: int, ref_path: str):
+def _dpo_trainer(ctx: RunContext, k, rows, model, tok, out: Path, steps: int, accumulation: int, ref_path: str):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -247,7 +250,7 @@ class TokenCount:
         return int(both[0]), int(both[1])
 
 
-def run_train(ctx, k: int) -> None:
+def run_train(ctx: RunContext, k: int) -> None:
     """Train round k's policy into round_k/train/model (a save_pretrained folder)."""
     import torch
     from accelerate import PartialState

@@ -23,6 +23,7 @@ import re
 import numpy as np
 
 from selfimprove.core import seeding
+from selfimprove.core.config import AdditionConfig
 from selfimprove.core.prompts import prompt_key
 from selfimprove.tasks import FixedSets, Task, split_accuracy
 
@@ -58,7 +59,7 @@ class AdditionTask(FixedSets, Task):
     def source_files(self) -> list[str]:
         return []  # every problem is generated from the seed
 
-    def __init__(self, cfg, seed: int):
+    def __init__(self, cfg: AdditionConfig, seed: int):
         self.cfg, self.seed = cfg, seed
 
     def alphabet(self) -> str:

@@ -21,6 +21,7 @@ import re
 import numpy as np
 
 from selfimprove.core import seeding
+from selfimprove.core.config import CountdownConfig
 from selfimprove.core.prompts import prompt_key
 from selfimprove.tasks import FixedSets, Task, split_accuracy
 
@@ -84,7 +85,7 @@ class CountdownTask(FixedSets, Task):
     def source_files(self) -> list[str]:
         return []  # every problem is generated from the seed
 
-    def __init__(self, cfg, seed: int):
+    def __init__(self, cfg: CountdownConfig, seed: int):
         self.cfg, self.seed = cfg, seed
 
     def alphabet(self) -> str:

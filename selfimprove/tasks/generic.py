@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from selfimprove.core import seeding
+from selfimprove.core.config import GenericConfig
 from selfimprove.core.errors import DataError
 from selfimprove.core.prompts import prompt_key
 from selfimprove.tasks import Task, split_accuracy
@@ -150,7 +151,7 @@ def _math(text: str):
 class GenericTask(Task):
     name = "generic"
 
-    def __init__(self, cfg, seed: int):
+    def __init__(self, cfg: GenericConfig, seed: int):
         self.cfg, self.seed = cfg, seed
         self._regex = re.compile(cfg.answer_regex)
         self._reference = re.compile(cfg.reference_regex) if cfg.reference_regex else None

@@ -27,6 +27,7 @@ import re
 import numpy as np
 
 from selfimprove.core import seeding
+from selfimprove.core.config import RewriteConfig
 from selfimprove.core.prompts import prompt_key
 from selfimprove.tasks import FixedSets, Task, split_accuracy
 
@@ -59,7 +60,7 @@ class RewriteTask(FixedSets, Task):
     fewshot_examples = ()
     PROPOSE_MARK = "?"
 
-    def __init__(self, cfg, seed: int):
+    def __init__(self, cfg: RewriteConfig, seed: int):
         self.cfg, self.seed = cfg, seed
         self.letters = "abcdefghijklmnopqrstuvwxyz"[: cfg.alphabet]
         universe = self._universe()

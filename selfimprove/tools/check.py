@@ -20,6 +20,7 @@ from pathlib import Path
 
 from selfimprove import registry
 from selfimprove.backends.openai_server import SERVER_ERRORS, served_models
+from selfimprove.core.config import OpenAIConfig, Recipe
 from selfimprove.core.errors import UserError
 from selfimprove.core.judge_prompts import load_template
 from selfimprove.core.model import bootstrap_config, build_char_tokenizer, load_tokenizer, run_alphabet
@@ -96,7 +97,7 @@ def _parameters(config, classifier: bool = False) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def policy_parts(ctx, report: Report):
+def policy_parts(ctx: RunContext, report: Report):
     """(config, tokenizer) of the starting policy: the model folder's, or the bootstrap build's (no weights)."""
     from transformers import AutoConfig
 
@@ -159,7 +160,7 @@ def check_accelerate(path: str, where: str, report: Report) -> int:
     return cfg.num_processes
 
 
-def check_batch(recipe, world: int, report: Report) -> int:
+def check_batch(recipe: Recipe, world: int, report: Report) -> int:
     """Sequences per optimizer step for ``world`` processes (0 when the arithmetic does not work)."""
     t = recipe.train
     try:
@@ -201,7 +202,7 @@ def check_vllm(python: str, where: str, report: Report, setting: str = "") -> No
         report.facts.append(f"{where}: vLLM {out.stdout.strip()} imports in {python}")
 
 
-def check_server(cfg, name: str, where: str, report: Report) -> None:
+def check_server(cfg: OpenAIConfig, name: str, where: str, report: Report) -> None:
     """``GET /v1/models`` answers within the timeout and lists the served model."""
     url = cfg.base_url.rstrip("/") + "/models"
     try:
@@ -221,7 +222,7 @@ def check_server(cfg, name: str, where: str, report: Report) -> None:
         report.facts.append(f"{where}: {cfg.base_url} serves {name}")
 
 
-def check_judges(ctx, policy_tok, report: Report) -> None:
+def check_judges(ctx: RunContext, policy_tok, report: Report) -> None:
     r, cfg = ctx.recipe, ctx.recipe.judge
     llm = [j for j in cfg.judges if j in ("llm", "llm_pairwise")]
     for name in llm:
@@ -275,7 +276,7 @@ def check_judges(ctx, policy_tok, report: Report) -> None:
             )
 
 
-def task_rows(ctx, report: Report) -> tuple[list[dict], list[dict], list[dict]]:
+def task_rows(ctx: RunContext, report: Report) -> tuple[list[dict], list[dict], list[dict]]:
     """(round-1 prompts, eval rows, seed rows) as the task makes them, or empty lists after recording why not."""
     try:
         evals = ctx.task.eval_sets()
@@ -326,7 +327,7 @@ def extra_metric_problems(path: str) -> list[str]:
     return []
 
 
-def check_lengths(ctx, config, tok, prompts: list[dict], evals: list[dict], report: Report) -> dict:
+def check_lengths(ctx: RunContext, config, tok, prompts: list[dict], evals: list[dict], report: Report) -> dict:
     """Prompt lengths in tokens as the policy sees them; a problem when prompt + generation exceeds the model."""
     fmt = ctx.prompt_format
     lengths = [len(ids) for ids in fmt.encode(tok, [p["prompt"] for p in prompts + evals])] or [0]
@@ -346,7 +347,9 @@ def check_lengths(ctx, config, tok, prompts: list[dict], evals: list[dict], repo
     }
 
 
-def round_plan(ctx, k: int, prompts: int, eval_rows: int, lengths: dict, global_batch: int, params: int) -> dict:
+def round_plan(
+    ctx: RunContext, k: int, prompts: int, eval_rows: int, lengths: dict, global_batch: int, params: int
+) -> dict:
     r = ctx.recipe
     n = r.generate.num_samples
     samples = prompts * n if k else 0
@@ -378,7 +381,7 @@ def round_plan(ctx, k: int, prompts: int, eval_rows: int, lengths: dict, global_
     }
 
 
-def check_proposer(ctx, report: Report) -> None:
+def check_proposer(ctx: RunContext, report: Report) -> None:
     """The propose stage's proposer model and its templates (the recipe's checks refuse a task without
     task_native)."""
     c = ctx.recipe.propose
@@ -399,7 +402,7 @@ def check_proposer(ctx, report: Report) -> None:
         report.facts.append(f"propose: {c.mode} proposals from {c.model} ({c.backend})")
 
 
-def check_recipe(recipe) -> Report:
+def check_recipe(recipe: Recipe) -> Report:
     """Every check on a parsed recipe; nothing is trained, generated or written."""
     report = Report()
     ctx = RunContext(recipe, recipe.output_dir)

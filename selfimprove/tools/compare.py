@@ -23,6 +23,7 @@ from selfimprove.core.errors import RunDirError
 from selfimprove.core.model import load_policy, load_tokenizer
 from selfimprove.core.prompts import PromptFormat, encode_completions
 from selfimprove.core.rows import by_prompt
+from selfimprove.core.rundir import RunContext
 from selfimprove.core.runs import open_run
 from selfimprove.metrics.complexity import answer_batches
 from selfimprove.stages.evaluate import eval_rows_scored, probe_samples
@@ -113,7 +114,7 @@ def per_prompt_values(task, rows: list[dict], ids: list[str], k: int) -> dict[st
 PER_PROMPT_DIVERSITY = ("diversity/probe/distinct_answers_per_prompt",)  # bootstrapped, not permuted
 
 
-def _corpus_stat(ctx, rows_a: list[dict], rows_b: list[dict], ids: list[str]):
+def _corpus_stat(ctx: RunContext, rows_a: list[dict], rows_b: list[dict], ids: list[str]):
     """The probe's corpus-level diversity metrics of (A', B'), prompt i's samples swapped between the sides where
     ``swap[i]`` (the per-prompt ones are left to the bootstrap)."""
     by_a, by_b, models = by_prompt(rows_a), by_prompt(rows_b), Models(ctx)  # the embedder loads once
@@ -138,13 +139,15 @@ def _mcnemar(rows_a: list[dict], rows_b: list[dict]) -> dict:
     }
 
 
-def _score(ctx, ckpt: str) -> tuple[list[dict], list[dict]]:
+def _score(ctx: RunContext, ckpt: str) -> tuple[list[dict], list[dict]]:
     """(eval rows answered greedily, judged probe samples) for one checkpoint."""
     env = run_env(ctx, ckpt, ctx.recipe.seed)
     return eval_rows_scored(ctx, ckpt), judge_rows(env, probe_samples(ctx, ckpt))[0]
 
 
-def _metric_table(ctx, evals: tuple, probes: tuple, ids: list[str], resamples: int, permutations: int) -> dict:
+def _metric_table(
+    ctx: RunContext, evals: tuple, probes: tuple, ids: list[str], resamples: int, permutations: int
+) -> dict:
     """Every metric's A, B, B - A and its interval (means over prompts: paired bootstrap) or permutation p (the
     probe's corpus-level metrics), sorted by name."""
     (eval_a, eval_b), (probe_a, probe_b) = evals, probes

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from selfimprove import registry
 from selfimprove.backends.judge_server import served_url, serves_judge
 from selfimprove.core import seeding
+from selfimprove.core.config import JudgeConfig
 from selfimprove.core.rows import load_rows, save_rows
+from selfimprove.core.rundir import RunContext
 from selfimprove.tasks import oracle_correct
 
 UNPARSED_VALUE = {"zero": 0.0, "neutral": 0.5, "drop": 0.0}
@@ -32,7 +34,7 @@ class JudgeEnv:
     dtype: str = "float32"
 
 
-def _combine(cfg, scores: dict[str, list[float]], i: int) -> float:
+def _combine(cfg: JudgeConfig, scores: dict[str, list[float]], i: int) -> float:
     names = cfg.judges
     w = {n: cfg.weights.get(n, 1.0) for n in names}
     if cfg.combine == "vote":  # weighted share of judges that accept the sample
@@ -61,7 +63,7 @@ def judge_rows(env: JudgeEnv, rows: list[dict]) -> tuple[list[dict], dict[str, l
     return out, {n: rec for n, rec in records.items() if rec}
 
 
-def run_env(ctx, policy: str, seed: int) -> JudgeEnv:
+def run_env(ctx: RunContext, policy: str, seed: int) -> JudgeEnv:
     """The judges as this run uses them, for the judge stage and for tools (compare): with
     judge.reward_model.train, the 'reward' judge scores with the reward model the run trained (RUN/reward_model); with
     slurm.judge_server, the LLM judge asks the server the run started."""
@@ -76,7 +78,7 @@ def run_env(ctx, policy: str, seed: int) -> JudgeEnv:
     return JudgeEnv(ctx.task, cfg, policy, seed, ctx.recipe.model.dtype)
 
 
-def run_judge(ctx, k: int) -> None:
+def run_judge(ctx: RunContext, k: int) -> None:
     rows = load_rows(ctx.stage(k, "generate") / "data")
     env = run_env(ctx, ctx.checkpoint(k - 1), seeding.int_seed(ctx.recipe.seed, "judge", k))
     cfg = env.cfg

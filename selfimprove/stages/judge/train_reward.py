@@ -16,8 +16,10 @@ from types import SimpleNamespace
 
 from selfimprove.core import seeding
 from selfimprove.core.atomic import is_done
+from selfimprove.core.config import RewardModelConfig
 from selfimprove.core.dist import leave, watch_crashes
 from selfimprove.core.rows import load_rows, save_rows
+from selfimprove.core.rundir import RunContext
 from selfimprove.core.runs import open_run
 from selfimprove.core.typed_yaml import ConfigError
 from selfimprove.stages.judge.reward_model import _texts, reward_model
@@ -50,7 +52,7 @@ def _ids(tok, pairs: list[dict], side: str, max_length: int) -> list[list[int]]:
     return tok(texts, truncation=True, max_length=max_length)["input_ids"]
 
 
-def pairwise_accuracy(model_dir: str, pairs: list[dict], cfg) -> float:
+def pairwise_accuracy(model_dir: str, pairs: list[dict], cfg: RewardModelConfig) -> float:
     """Share of pairs whose chosen answer the reward judge scores above the rejected one."""
     env = SimpleNamespace(cfg=SimpleNamespace(reward_model=SimpleNamespace(**{**vars(cfg), "path": model_dir})))
     rows = [{"prompt": p["prompt"], "completion": p[side]} for p in pairs for side in ("chosen", "rejected")]
@@ -71,7 +73,7 @@ def per_device_batch(pairs_per_step: int, world_size: int) -> int:
     return pairs_per_step // world_size
 
 
-def train_reward_model(ctx) -> None:
+def train_reward_model(ctx: RunContext) -> None:
     import torch
     from accelerate import PartialState
     from datasets import Dataset

@@ -17,15 +17,16 @@ from pathlib import Path
 
 from selfimprove.backends import Sampling, sample
 from selfimprove.core import seeding
+from selfimprove.core.config import ProposeConfig
 from selfimprove.core.errors import DataError
 from selfimprove.core.prompts import PromptFormat, prompt_content
 from selfimprove.core.rows import save_rows
-from selfimprove.core.rundir import earlier_prompts
+from selfimprove.core.rundir import RunContext, earlier_prompts
 from selfimprove.metrics.embedding import load_embedder
 from selfimprove.stages.propose import filters
 
 
-def template(cfg, name: str) -> str:
+def template(cfg: ProposeConfig, name: str) -> str:
     """A proposer template: the recipe's folder's file, else the built-in one."""
     if cfg.templates:
         path = Path(cfg.templates) / f"{name}.txt"
@@ -44,7 +45,7 @@ def fill(text: str, field: str, value: str) -> str:
     return head + value + tail if sep else text
 
 
-def requests(ctx, k: int, n: int, pool: list[str], rng) -> list[dict]:
+def requests(ctx: RunContext, k: int, n: int, pool: list[str], rng) -> list[dict]:
     """n proposer requests: {request (the proposer's input), operation, parent_prompt}."""
     c = ctx.recipe.propose
     if c.mode == "task_native":
@@ -74,7 +75,7 @@ def requests(ctx, k: int, n: int, pool: list[str], rng) -> list[dict]:
     ]
 
 
-def _written(ctx, k: int, asks: list[dict], seed: int) -> tuple[list[str], list[bool], list[int]]:
+def _written(ctx: RunContext, k: int, asks: list[dict], seed: int) -> tuple[list[str], list[bool], list[int]]:
     """Each request's proposal, whether it finished and its generated tokens: the proposer model's, or
     (propose.model 'task') the task's (no tokens)."""
     c, r = ctx.recipe.propose, ctx.recipe
@@ -98,7 +99,7 @@ def _written(ctx, k: int, asks: list[dict], seed: int) -> tuple[list[str], list[
     return [x["completion"] for x in first], [x["finished"] for x in first], [x["num_tokens"] for x in first]
 
 
-def _proposer(ctx, k: int) -> tuple[str, PromptFormat]:
+def _proposer(ctx: RunContext, k: int) -> tuple[str, PromptFormat]:
     c, plain = ctx.recipe.propose, PromptFormat(chat=ctx.recipe.generate.chat_template)
     if c.model != "policy":
         return c.model, plain
@@ -106,7 +107,7 @@ def _proposer(ctx, k: int) -> tuple[str, PromptFormat]:
     return ctx.checkpoint(k - 1), ctx.prompt_format if c.mode == "task_native" else plain
 
 
-def _pass_rates(ctx, k: int, rows: list[dict]):
+def _pass_rates(ctx: RunContext, k: int, rows: list[dict]):
     r = ctx.recipe
     m = r.propose.learnable_samples
     sampling = Sampling(  # a greedy recipe (temperature 0) still needs varied samples to estimate a rate
@@ -128,7 +129,7 @@ def _pass_rates(ctx, k: int, rows: list[dict]):
     return filters.pass_rates(ctx.task, rows, samples, r.propose.learnability), spent
 
 
-def _filtered(ctx, k: int, texts: list[str], finished: list[bool], seen: list[str]):
+def _filtered(ctx: RunContext, k: int, texts: list[str], finished: list[bool], seen: list[str]):
     """(prompt row or None, reason, pass rate) per proposal, through the filters in order (filters.py), and the
     policy samples (and their tokens) the learnability filter spent."""
     r, c = ctx.recipe, ctx.recipe.propose
@@ -149,7 +150,7 @@ def _filtered(ctx, k: int, texts: list[str], finished: list[bool], seen: list[st
     return rows, reasons, rates, spent
 
 
-def run_propose(ctx, k: int) -> None:
+def run_propose(ctx: RunContext, k: int) -> None:
     """Write round k's proposals (every candidate, with why it was dropped) and the kept prompts to round_k/propose/."""
     r, c = ctx.recipe, ctx.recipe.propose
     if not c.runs:
@@ -202,5 +203,5 @@ def run_propose(ctx, k: int) -> None:
         meta.update(learnability_samples=spent["samples"], learnability_tokens=spent["tokens"])
 
 
-def _embedder(ctx):
+def _embedder(ctx: RunContext):
     return load_embedder(ctx.recipe.monitor.embedder)

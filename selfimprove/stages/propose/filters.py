@@ -9,6 +9,7 @@ from collections import Counter
 
 import numpy as np
 
+from selfimprove.core.config import ProposeConfig
 from selfimprove.core.prompts import prompt_key
 from selfimprove.metrics import dedup
 
@@ -23,7 +24,7 @@ def valid(task, texts: list[str], finished: list[bool]) -> tuple[list[dict | Non
     return rows, reasons
 
 
-def _similar(cands: list[str], prior: list[str], cfg, unit: str, embedder, within: bool) -> list[str]:
+def _similar(cands: list[str], prior: list[str], cfg: ProposeConfig, unit: str, embedder, within: bool) -> list[str]:
     """'' or 'duplicate' / 'near_duplicate' for each candidate, against ``prior`` and, ``within``, the candidates
     before it."""
     out, seen = [], {prompt_key(t) for t in prior}
@@ -45,7 +46,9 @@ def _similar(cands: list[str], prior: list[str], cfg, unit: str, embedder, withi
     return out
 
 
-def novel(cands: list[str], protected: list[str], earlier: list[str], cfg, unit: str, embedder=None) -> list[str]:
+def novel(
+    cands: list[str], protected: list[str], earlier: list[str], cfg: ProposeConfig, unit: str, embedder=None
+) -> list[str]:
     """'contaminated' (like an eval or dev prompt), 'not_novel' (like an earlier round's prompt or an earlier
     candidate of this round), or ''."""
     reasons = ["contaminated" if why else "" for why in _similar(cands, protected, cfg, unit, embedder, False)]

@@ -13,8 +13,9 @@ from collections import Counter
 import numpy as np
 
 from selfimprove.core import seeding
+from selfimprove.core.config import SelectConfig
 from selfimprove.core.rows import load_rows, save_rows
-from selfimprove.core.rundir import accepted_rows
+from selfimprove.core.rundir import RunContext, accepted_rows
 from selfimprove.core.typed_yaml import ConfigError
 from selfimprove.metrics import dedup
 from selfimprove.metrics.alarms import steered_diversity_weight
@@ -22,18 +23,18 @@ from selfimprove.stages.select import samplers
 from selfimprove.stages.select.features import text_features
 
 
-def _feature_text(r: dict, cfg) -> str:
+def _feature_text(r: dict, cfg: SelectConfig) -> str:
     return r["completion"] if cfg.feature_text == "completion" else dedup.dedup_text(r)
 
 
-def _features(rows: list[dict], prior: list[dict], cfg, unit: str, embedder: str, seed: int):
+def _features(rows: list[dict], prior: list[dict], cfg: SelectConfig, unit: str, embedder: str, seed: int):
     X = text_features(
         [_feature_text(r, cfg) for r in prior + rows], cfg.features, cfg.feature_dim, unit, embedder, seed
     )
     return X[len(prior) :], X[: len(prior)]
 
 
-def _needs_features(cfg) -> bool:
+def _needs_features(cfg: SelectConfig) -> bool:
     return (
         cfg.dedup == "embedding"
         or cfg.method in ("deita", "qdit")
@@ -49,7 +50,7 @@ def _complexity(rows: list[dict], kind: str) -> np.ndarray:
     return np.ones(len(rows))
 
 
-def sample_budget(rows: list[dict], cfg, X, prior_X, lam: float, seed: int = 0) -> list[int]:
+def sample_budget(rows: list[dict], cfg: SelectConfig, X, prior_X, lam: float, seed: int = 0) -> list[int]:
     """Indices of ``rows`` the configured sampler keeps under ``cfg.budget``."""
     scores = np.array([r["score"] for r in rows], dtype=np.float64)
     budget = cfg.budget or len(rows)
@@ -70,7 +71,7 @@ def sample_budget(rows: list[dict], cfg, X, prior_X, lam: float, seed: int = 0) 
 
 def select_rows(
     rows: list[dict],
-    cfg,
+    cfg: SelectConfig,
     prior: list[dict] = (),
     lam: float | None = None,
     unit: str = "char",
@@ -147,7 +148,7 @@ def oracle_relabel(rows: list[dict], task, noise: float, rng) -> list[dict]:
     return out
 
 
-def run_select(ctx, k: int) -> None:
+def run_select(ctx: RunContext, k: int) -> None:
     kept = [r for r in load_rows(ctx.stage(k, "filter") / "data") if r["kept"]]
     cfg, m = ctx.recipe.select, ctx.recipe.monitor
     lam = steered_diversity_weight(ctx, k)
