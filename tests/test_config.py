@@ -9,6 +9,7 @@ from selfimprove.core.config import Recipe, load_recipe
 from selfimprove.core.typed_yaml import ConfigError
 
 
+@pytest.mark.unit
 def test_every_shipped_recipe_parses():
     recipes = RECIPE_FILES + [REPO / "tests" / "tiny_addition.yaml"]
     assert len(recipes) >= 3
@@ -16,6 +17,7 @@ def test_every_shipped_recipe_parses():
         assert isinstance(load_recipe(str(path)), Recipe), path
 
 
+@pytest.mark.unit
 def test_all_problems_reported_at_once(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -40,6 +42,7 @@ def test_all_problems_reported_at_once(tmp_path):
     assert len(err.value.problems) == 6
 
 
+@pytest.mark.unit
 def test_judge_filter_select_combinations():
     with pytest.raises(ConfigError) as err:
         load_recipe(
@@ -61,6 +64,7 @@ def test_judge_filter_select_combinations():
     assert "target_mix names cluster labels" in msg
 
 
+@pytest.mark.unit
 def test_impossible_combinations():
     with pytest.raises(ConfigError, match="temperature=0 is greedy"):
         load_recipe(None, {"generate.temperature": 0, "generate.num_samples": 4})
@@ -80,6 +84,7 @@ def test_impossible_combinations():
         load_recipe(None, {"judge.judges": ["consistency"], "filter.min_scores": {}})
 
 
+@pytest.mark.unit
 def test_every_registry_entry_resolves_and_is_what_its_readers_list():
     from selfimprove import registry
     from selfimprove.core.config import JUDGES, TaskConfig
@@ -92,6 +97,7 @@ def test_every_registry_entry_resolves_and_is_what_its_readers_list():
     assert set(registry.ROUND0_STAGES) | set(registry.SHARDED_STAGES) <= set(registry.STAGES)
 
 
+@pytest.mark.unit
 def test_every_task_is_a_task_and_declares_what_it_can_do():
     from selfimprove import registry
     from selfimprove.tasks import Proposing, Task
@@ -104,6 +110,7 @@ def test_every_task_is_a_task_and_declares_what_it_can_do():
         assert cls.proposes == all(hasattr(cls, m) for m in members), name
 
 
+@pytest.mark.unit
 def test_overrides_are_typed():
     r = load_recipe(
         None, {"generate.num_samples": 8, "filter.enabled": False, "monitor.distinct_n": [2], "train.learning_rate": 1}
@@ -114,6 +121,7 @@ def test_overrides_are_typed():
         load_recipe(None, {"filter.enabled": "no way"})
 
 
+@pytest.mark.e2e
 def test_cli_help_lists_every_field():
     top = run_cli("--help")
     assert top.returncode == 0 and "run" in top.stdout and "stage" in top.stdout and "monitor" in top.stdout
@@ -126,6 +134,7 @@ def test_cli_help_lists_every_field():
         assert f.metadata.get("help"), f"{name} has no help text"
 
 
+@pytest.mark.e2e
 def test_cli_rejects_bad_override_before_work(tmp_path):
     out = run_cli(
         "run", REPO / "tests" / "tiny_addition.yaml", "--output_dir", tmp_path / "r", "--generate.num_samples", "0"
@@ -135,6 +144,7 @@ def test_cli_rejects_bad_override_before_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.e2e
 def test_both_option_spellings():
     """--a_b and --a-b both work, for recipe overrides and the commands' own options (as HfArgumentParser)."""
     from selfimprove.cli import make_parser
@@ -159,6 +169,7 @@ def test_both_option_spellings():
     assert args.trust_recipe and args.permutations == 5
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("rank", "asked", "level"),
     [
@@ -179,6 +190,7 @@ def test_only_rank_zero_logs_info(monkeypatch, rank, asked, level):
     assert logging.getLogger().level == level
 
 
+@pytest.mark.unit
 def test_overlay_recipe_is_its_base_with_its_keys_applied(tmp_path):
     (tmp_path / "main.yaml").write_text(
         "output_dir: runs/a\ntask: {name: addition, addition: {seed_size: 500, pad_width: 12}}\n"
@@ -204,6 +216,7 @@ def test_overlay_recipe_is_its_base_with_its_keys_applied(tmp_path):
         load_recipe(str(tmp_path / "loop.yaml"))
 
 
+@pytest.mark.unit
 def test_shipped_variants_differ_from_their_base_only_where_they_say():
     def flat(d, p=""):
         return {
@@ -227,6 +240,7 @@ def test_shipped_variants_differ_from_their_base_only_where_they_say():
         assert {k for k in a if a[k] != b[k]} == differ
 
 
+@pytest.mark.unit
 def test_configuration_reference_is_current():
     import importlib.util
 
@@ -239,6 +253,7 @@ def test_configuration_reference_is_current():
         assert f"| `{name}` |" in page
 
 
+@pytest.mark.unit
 def test_a_mapping_merges_into_a_section_but_replaces_a_mapping_field():
     base = {"select": {"dedup": "exact", "budget": 5}, "filter": {"min_scores": {"verifier": 1.0}}}
     from selfimprove.core.typed_yaml import apply_overrides

@@ -12,6 +12,7 @@ from conftest import REPO, TINY_RECIPE, run_cli
 CONFIGS = sorted((REPO / "accelerate_configs").rglob("*.yaml"))
 
 
+@pytest.mark.unit
 def test_every_accelerate_config_is_valid_and_says_how_to_launch_it():
     from accelerate.commands.config.config_args import ClusterConfig
     from accelerate.utils import DistributedType
@@ -31,6 +32,7 @@ def test_every_accelerate_config_is_valid_and_says_how_to_launch_it():
             assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT", path
 
 
+@pytest.mark.unit
 def test_global_batch_is_the_same_for_any_number_of_processes():
     from selfimprove.core.config import TrainConfig
     from selfimprove.stages.train import grad_accumulation
@@ -42,6 +44,7 @@ def test_global_batch_is_the_same_for_any_number_of_processes():
         grad_accumulation(TrainConfig(per_device_train_batch_size=24, global_batch_size=32), 2)
 
 
+@pytest.mark.unit
 def test_reward_model_batch_is_pairs_per_step_for_any_number_of_processes():
     from selfimprove.stages.judge.train_reward import per_device_batch
 
@@ -88,6 +91,7 @@ def single(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("single"), "run", "")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "config", ["cpu_ddp_2proc.yaml", "cpu_zero2_2proc.yaml", "cpu_zero3_2proc.yaml", "cpu_fsdp2_2proc.yaml"]
 )
@@ -125,6 +129,7 @@ RM_ARGS = (
 )
 
 
+@pytest.mark.e2e
 def test_reward_model_trained_by_two_processes_matches_one(tmp_path):
     """The run's reward model goes through the policy's launcher: with a 2-process DDP config it is its own
     accelerate job of 2 ranks; redone in one process from the same run it sees the same pairs per step (the
@@ -151,6 +156,7 @@ def test_reward_model_trained_by_two_processes_matches_one(tmp_path):
     assert one["heldout_pairwise_accuracy"] == pytest.approx(two["heldout_pairwise_accuracy"], abs=0.1)
 
 
+@pytest.mark.e2e
 def test_generation_sharded_across_ranks_equals_one_process(single, tmp_path):
     import shutil
 
@@ -200,6 +206,7 @@ def test_generation_sharded_across_ranks_equals_one_process(single, tmp_path):
     assert not shards.exists()  # rank 0 assembled the stage, then removed the shares
 
 
+@pytest.mark.e2e
 def test_lora_rounds_save_merged_full_checkpoints(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
@@ -243,6 +250,7 @@ print(f"rank {dist.get_rank()} finished", flush=True)
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("failing", [0, 1])
 def test_a_failing_rank_stops_every_rank_and_writes_nothing(tmp_path, failing):
     """Without the agreement step the healthy rank waits in a barrier for ever (here: until the timeout)."""
@@ -280,6 +288,7 @@ def test_a_failing_rank_stops_every_rank_and_writes_nothing(tmp_path, failing):
     assert not (tmp_path / "stage").exists()  # nothing was committed
 
 
+@pytest.mark.unit
 def test_a_job_is_run_until_its_stage_is_done_and_done_wins_over_its_exit_status(tmp_path):
     """run_until_done (the local launcher's and Slurm's retries): try 1 fails, try 2 writes DONE and then exits 3 (a
     rank aborting after the stage is written), so the stage counts as finished; a job that never finishes returns

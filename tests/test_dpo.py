@@ -3,6 +3,8 @@ end to end in test_recipes.py)."""
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 
 def test_dpo_refuses_a_recipe_without_pairs():
     from selfimprove.core.config import load_recipe

@@ -54,6 +54,7 @@ ARMS = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("task_cls, cfg_cls, fixed, arms", ARMS, ids=lambda x: getattr(x, "__name__", None))
 def test_arms_of_one_seed_get_the_same_tests_row_for_row(task_cls, cfg_cls, fixed, arms):
     made = [_sets(task_cls(cfg_cls(**fixed, **arm), 3)) for arm in arms]
@@ -66,6 +67,7 @@ def test_arms_of_one_seed_get_the_same_tests_row_for_row(task_cls, cfg_cls, fixe
     assert _sets(task_cls(cfg_cls(**fixed), 4))[0] != made[0][0]  # another seed: other tests
 
 
+@pytest.mark.unit
 def test_rewrite_held_out_rules_do_not_depend_on_the_training_rules():
     base = {"eval_size_per_level": 10}  # ID follows each arm's own rules here; OOD stays the same
     small, large = (RewriteTask(RewriteConfig(**base, train_rules=n), 0).eval_sets() for n in (8, 128))
@@ -73,6 +75,7 @@ def test_rewrite_held_out_rules_do_not_depend_on_the_training_rules():
     assert [r for r in small if r["split"] == "id"] != [r for r in large if r["split"] == "id"]
 
 
+@pytest.mark.unit
 def test_a_decision_may_not_watch_an_eval_scored_metric():
     assert "eval sets' answers" in " ".join(AlarmConfig(metric="eval/accuracy/ood", action="steer").check())
     for metric in ("quality/probe/pass@1", "dev/accuracy/id", "diversity/generated/distinct_2", "wu_signature"):
@@ -81,6 +84,7 @@ def test_a_decision_may_not_watch_an_eval_scored_metric():
     assert decisions.readable(row) == {"round": 1, "dev/accuracy/id": 0.4, "quality/probe/pass@1": 0.3}
 
 
+@pytest.mark.e2e
 def test_check_refuses_a_decision_on_eval_answers_before_any_work(tmp_path, capsys):
     alarm = "[{metric: eval/accuracy/id, drop: 0.2, action: rollback}]"
     out = tmp_path / "run"
@@ -142,6 +146,7 @@ def _said(run: Path) -> dict[str, str]:
     return {r["prompt"]: r["completion"] for r in load_rows(run / "round_00" / "evaluate" / "data")}
 
 
+@pytest.mark.e2e
 def test_wrong_eval_answers_change_no_decision_on_a_built_in_task(tmp_path, monkeypatch):
     """The tiny addition run twice, the second with every eval reference wrong (round 0's own mistakes where it made
     one): identical data, decisions and weights in every round; only the eval metrics differ."""
@@ -163,6 +168,7 @@ def test_wrong_eval_answers_change_no_decision_on_a_built_in_task(tmp_path, monk
 LEARN = ["--train.bootstrap_steps", "120", "--train.learning_rate", "0.003"]  # so round 0 writes numbers
 
 
+@pytest.mark.e2e
 def test_wrong_eval_answers_change_no_decision_on_the_generic_task(tmp_path):
     """The generic task on files, its eval file given again with every answer wrong: identical data and weights."""
     runs = {}

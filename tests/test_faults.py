@@ -16,6 +16,8 @@ from selfimprove.core.rundir import RunContext, rebuild_metrics
 from selfimprove.core.runs import open_run
 from selfimprove.core.typed_yaml import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def _main(capsys, *argv) -> tuple[int, str]:
     rc = cli.main([str(a) for a in argv])

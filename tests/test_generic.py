@@ -18,6 +18,7 @@ def _write_jsonl(path, rows):
     return str(path)
 
 
+@pytest.mark.unit
 def test_verifiers():
     exact = GenericTask(GenericConfig(verifier="exact"), 0)
     assert exact.is_correct(" 42 ", "42") and not exact.is_correct("42.0", "42")
@@ -30,6 +31,7 @@ def test_verifiers():
     assert not regex.format_ok("p", "no answer here", True) and regex.format_ok("p", "answer: x", True)
 
 
+@pytest.mark.unit
 def test_files_load_and_rounds_cycle_prompts(tmp_path):
     prompts = _write_jsonl(
         tmp_path / "p.jsonl", [{"question": f"{i}+1=", "gold": str(i + 1), "level": i % 3} for i in range(10)]
@@ -63,12 +65,14 @@ def test_files_load_and_rounds_cycle_prompts(tmp_path):
     assert {p["difficulty"] for p in r1 + r2} <= {0, 1, 2}
 
 
+@pytest.mark.unit
 def test_missing_column_is_named(tmp_path):
     prompts = _write_jsonl(tmp_path / "p.jsonl", [{"text": "1+1="}])
     with pytest.raises(DataError, match="no column .prompt.*Set task.generic.prompt_field"):
         GenericTask(GenericConfig(prompts=prompts), 0).round_prompts(1, [], set())
 
 
+@pytest.mark.e2e
 def test_generic_cli_run_from_scratch(tmp_path):
     rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
     seed = _write_jsonl(
@@ -103,6 +107,7 @@ monitor: {{self_bleu_samples: 20, unit: word, embedding: {str(HAS_EMBEDDER).lowe
         )
 
 
+@pytest.mark.e2e
 def test_missing_embedder_stops_before_any_work(tmp_path):
     from conftest import TINY_RECIPE
 
@@ -120,6 +125,7 @@ def test_missing_embedder_stops_before_any_work(tmp_path):
     assert not (tmp_path / "r" / "base_model").exists()
 
 
+@pytest.mark.e2e
 def test_model_path_and_dataset_id_from_local_folders(tmp_path, tiny_policy):
     """The hub code paths, on local folders: model.path is a save_pretrained folder; prompts is a dataset 'id'."""
     from datasets import Dataset
@@ -149,6 +155,7 @@ train: {{bootstrap_steps: 0, max_steps: 3, per_device_train_batch_size: 4}}
     assert meta["init"] == tiny_policy and meta["steps"] == 0
 
 
+@pytest.mark.unit
 def test_gsm8k_style_references_and_math_verifier(tmp_path):
     """The STaR recipe's task settings on a local file shaped like openai/gsm8k: the prompt template and math-verify."""
     from selfimprove.core.config import load_recipe
@@ -194,6 +201,7 @@ def test_gsm8k_style_references_and_math_verifier(tmp_path):
     assert [r["split"] for r in task.eval_sets()] == ["id", "id"]
 
 
+@pytest.mark.e2e
 def test_template_system_prompt_and_fewshot_one_rendering_everywhere(tmp_path, tiny_real):
     """A Qwen2-class model with a BPE tokenizer and chat template through a whole round: the prompt template fills
     every row's user message; the system prompt and few-shot turns surround it identically in generation, training
@@ -254,6 +262,7 @@ monitor: {{probe_size: 4, probe_samples: 2, unit: word}}
     assert result["kl_per_token"]["a_to_b"] >= 0 and "eval/accuracy/id" in result["metrics"]
 
 
+@pytest.mark.unit
 def test_template_naming_a_missing_column_is_an_error(tmp_path):
     prompts = _write_jsonl(tmp_path / "p.jsonl", [{"question": "1+1?"}])
     task = GenericTask(GenericConfig(prompts=prompts, prompt_field="question", prompt_template="{{ problem }}"), 0)

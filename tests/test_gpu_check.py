@@ -19,6 +19,7 @@ def gpu_check():
     return module
 
 
+@pytest.mark.e2e
 def test_exits_at_once_without_a_gpu():
     import torch
 
@@ -28,6 +29,7 @@ def test_exits_at_once_without_a_gpu():
     assert proc.returncode == 2 and "no CUDA GPU is visible" in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.unit
 def test_generation_and_training_parts_at_tiny_size(gpu_check, tiny_real):
     model = tiny_real("qwen2")
     hf = gpu_check.part_hf(model, new_tokens=6, prompts=3)
@@ -38,6 +40,7 @@ def test_generation_and_training_parts_at_tiny_size(gpu_check, tiny_real):
         assert out["model_flops_per_s"] > (6 + 2 * (method == "dpo")) * out["parameters"] * out["tokens_per_s"] * 0.99
 
 
+@pytest.mark.e2e
 def test_a_part_runs_in_its_own_accelerate_process(gpu_check, tiny_real):
     out = gpu_check._run_part(["sft", "--model", tiny_real("qwen2")], gpu_check._accelerate("single_process.yaml"))
     assert out["status"] == "ok", out

@@ -24,6 +24,7 @@ def nodes(monkeypatch):
     monkeypatch.setattr(judge_server, "POLL_S", 0.05)
 
 
+@pytest.mark.unit
 def test_one_judge_node_runs_vllms_openai_server_on_the_node_after_the_policys(nodes, tmp_path):
     cfg = SlurmConfig(
         nodes=2, judge_server=JudgeServerConfig(nodes=1, port=8011, python="/v/bin/python", args=["-tp", 8])
@@ -40,12 +41,14 @@ def test_one_judge_node_runs_vllms_openai_server_on_the_node_after_the_policys(n
     assert flags[flags.index("--host") + 1] == "0.0.0.0" and flags[-2:] == ["-tp", "8"]
 
 
+@pytest.mark.unit
 def test_judge_nodes_beyond_the_allocation_are_refused_with_the_fix(nodes):
     cfg = SlurmConfig(nodes=3, judge_server=JudgeServerConfig(nodes=2))
     with pytest.raises(UserError, match=r"has 4 node\(s\) but slurm.nodes \+ slurm.judge_server.nodes = 5"):
         judge_server.server_nodes(cfg)
 
 
+@pytest.mark.e2e
 def test_an_engine_over_two_judge_nodes_serves_from_the_first_the_second_joins_headless(nodes, tmp_path):
     cfg = SlurmConfig(nodes=2, judge_server=JudgeServerConfig(nodes=2, python="/v/bin/python"))
     picked = judge_server.server_nodes(cfg)
@@ -66,6 +69,7 @@ def test_an_engine_over_two_judge_nodes_serves_from_the_first_the_second_joins_h
     assert "--headless" not in first and "--headless" in second
 
 
+@pytest.mark.e2e
 def test_the_batch_script_asks_for_the_policys_and_the_judges_nodes(tmp_path):
     cfg = SlurmConfig(nodes=2, judge_server=JudgeServerConfig(nodes=1))
     assert "#SBATCH --nodes=3" in slurm.batch_script(cfg, ["selfimprove", "run", "r.yaml"], tmp_path, "si")
@@ -111,6 +115,7 @@ def _serve_with(monkeypatch, commands: list[list[str]]):
     return started
 
 
+@pytest.mark.unit
 def test_ready_waits_for_the_server_then_tells_the_judge_stage_where_it_is_and_stop_ends_it(
     nodes, tmp_path, monkeypatch
 ):
@@ -128,6 +133,7 @@ def test_ready_waits_for_the_server_then_tells_the_judge_stage_where_it_is_and_s
         judge_server.served_url(ctx.run_dir)
 
 
+@pytest.mark.unit
 def test_a_server_step_that_ends_is_restarted_then_the_run_stops_naming_its_log(nodes, tmp_path, monkeypatch):
     fail = [sys.executable, "-c", "raise SystemExit(3)"]
     started = _serve_with(monkeypatch, [fail, fail, fail])
@@ -138,6 +144,7 @@ def test_a_server_step_that_ends_is_restarted_then_the_run_stops_naming_its_log(
     assert len(started) == 2  # the first start and slurm.retries = 1 restart
 
 
+@pytest.mark.unit
 def test_a_server_that_serves_another_model_is_named(nodes, tmp_path, monkeypatch):
     port = slurm.free_port()
     _serve_with(monkeypatch, [[*_stand_in(tmp_path / "www", ["other"]), str(port)]])
@@ -147,6 +154,7 @@ def test_a_server_that_serves_another_model_is_named(nodes, tmp_path, monkeypatc
             server.ready()
 
 
+@pytest.mark.unit
 def test_the_recipe_refuses_a_judge_server_it_cannot_use():
     with pytest.raises(ConfigError) as err:
         load_recipe(str(TINY_RECIPE), {"slurm.judge_server.nodes": 1, "judge.judges": ["format"]})

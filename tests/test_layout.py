@@ -10,6 +10,7 @@ import ast
 import subprocess
 import sys
 
+import pytest
 import tomllib
 from conftest import REPO
 
@@ -99,14 +100,17 @@ def cycles(graph: dict[str, set[str]]) -> list[str]:
     return found
 
 
+@pytest.mark.unit
 def test_every_import_follows_the_layers():
     assert layering_problems(_graph()) == []
 
 
+@pytest.mark.unit
 def test_no_import_cycles():
     assert cycles(_graph()) == []
 
 
+@pytest.mark.unit
 def test_the_checks_can_fail():
     """The rules above on a made-up graph with one of each fault."""
     graph = {
@@ -124,6 +128,7 @@ def test_the_checks_can_fail():
     assert cycles(graph) == ["selfimprove.metrics.x -> selfimprove.metrics.y -> selfimprove.metrics.x"]
 
 
+@pytest.mark.unit
 def test_imports_inside_functions_are_only_heavy_libraries():
     """ruff (PLC0415 with TID253's list) says the same; this keeps the rule if the lint config drifts."""
     bad = []
@@ -140,7 +145,42 @@ def test_imports_inside_functions_are_only_heavy_libraries():
     assert bad == []
 
 
+@pytest.mark.e2e
 def test_import_selfimprove_and_the_cli_load_no_heavy_library():
     code = f"import sys, selfimprove, selfimprove.cli; print(sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.unit
+def test_a_test_needs_exactly_one_tier_and_a_unit_test_starts_no_process(pytester):
+    pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(
+        test_tiers="""
+        import subprocess, sys
+        import pytest
+
+        def test_untiered():
+            pass
+
+        @pytest.mark.unit
+        def test_unit_starting_a_process():
+            subprocess.run([sys.executable, "-c", "pass"])
+        """
+    )
+    out = pytester.runpytest_inprocess("-p", "no:randomly")
+    assert "each test needs exactly one of @pytest.mark.unit/e2e/slow" in str(out.stderr) + str(out.stdout)
+    assert "test_untiered: none" in "\n".join(out.outlines + out.errlines)
+    pytester.makepyfile(
+        test_tiers="""
+        import subprocess, sys
+        import pytest
+
+        @pytest.mark.unit
+        def test_unit_starting_a_process():
+            subprocess.run([sys.executable, "-c", "pass"])
+        """
+    )
+    out = pytester.runpytest_inprocess("-p", "no:randomly")
+    out.assert_outcomes(failed=1)
+    assert "test_tiers.py::test_unit_starting_a_process is marked unit but starts a process" in "\n".join(out.outlines)

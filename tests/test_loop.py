@@ -28,6 +28,7 @@ def finished_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.e2e
 def test_round_folders_and_metrics(finished_run):
     run = finished_run
     assert (run / "recipe.yaml").exists() and (run / "base_model" / "DONE").exists()
@@ -85,6 +86,7 @@ def test_round_folders_and_metrics(finished_run):
     assert rows["2"] == 80 and rows["0"] > 0 and rows["1"] > 0 and sum(rows.values()) == 160
 
 
+@pytest.mark.e2e
 def test_compute_ledger_by_hand(finished_run):
     """compute/... per round from the run's own data, compute/total/... their running sums."""
     from selfimprove.core.rows import load_rows
@@ -113,6 +115,7 @@ def test_compute_ledger_by_hand(finished_run):
     assert rows[-1]["compute/total/trained_tokens"] == sum(m["compute/trained_tokens"] for m in rows)
 
 
+@pytest.mark.e2e
 def test_lineage_and_checkpoints(finished_run):
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -139,6 +142,7 @@ def test_lineage_and_checkpoints(finished_run):
     assert model.config.vocab_size == len(tok)
 
 
+@pytest.mark.e2e
 def test_rerun_is_a_noop_and_monitor_recomputes(finished_run):
     before = (finished_run / "metrics.jsonl").read_text()
     stamp = (finished_run / "round_02" / "train" / "DONE").stat().st_mtime
@@ -151,6 +155,7 @@ def test_rerun_is_a_noop_and_monitor_recomputes(finished_run):
     assert _strip_times(_metrics(finished_run)) == _strip_times([json.loads(x) for x in before.splitlines()])
 
 
+@pytest.mark.e2e
 def test_changed_recipe_is_refused(finished_run):
     out = run_cli("run", TINY_RECIPE, "--output_dir", finished_run, "--generate.temperature", "0.5")
     assert out.returncode == 2
@@ -215,6 +220,7 @@ def _assert_identical(run: Path, finished_run: Path) -> None:
     assert run_cli("verify", run).returncode == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("point", KILLS)
 def test_resume_after_kill_matches_uninterrupted(point, finished_run, tmp_path):
     _assert_identical(_killed_then_resumed(point, tmp_path), finished_run)
@@ -226,6 +232,7 @@ def test_resume_after_kill_at_every_point(point, finished_run, tmp_path):
     _assert_identical(_killed_then_resumed(point, tmp_path), finished_run)
 
 
+@pytest.mark.e2e
 def test_kill_inside_a_forced_redo_keeps_the_stage(finished_run, tmp_path):
     """SIGKILL between setting the finished stage aside and moving the new one in: the next run restores it."""
     import os
@@ -247,6 +254,7 @@ def test_kill_inside_a_forced_redo_keeps_the_stage(finished_run, tmp_path):
     _assert_identical(run, finished_run)
 
 
+@pytest.mark.e2e
 def test_train_stage_by_hand_with_accelerate_launch(finished_run, tmp_path):
     """The process boundary: round 2's training launched alone reproduces the loop's checkpoint, and the loop
     resumes."""
@@ -281,6 +289,7 @@ def test_train_stage_by_hand_with_accelerate_launch(finished_run, tmp_path):
     assert _strip_times(_metrics(run)) == _strip_times(_metrics(finished_run))
 
 
+@pytest.mark.e2e
 def test_stage_command_redoes_one_stage_identically(finished_run, tmp_path):
     import shutil
 
@@ -299,6 +308,7 @@ def test_stage_command_redoes_one_stage_identically(finished_run, tmp_path):
     assert out.returncode == 2 and "not a run directory" in out.stderr
 
 
+@pytest.mark.e2e
 def test_every_stage_launched_as_a_one_process_accelerate_job(finished_run, tmp_path):
     """With 1-process accelerate configs for training and for the sharded stages, each of those stages is launched
     exactly once (the launched job knows from the explicit marker that it is the job) and the run equals the
@@ -328,6 +338,7 @@ def test_every_stage_launched_as_a_one_process_accelerate_job(finished_run, tmp_
     assert other_recipe(_metrics(run)) == other_recipe(_metrics(finished_run)[:2])  # same numbers, another launcher
 
 
+@pytest.mark.e2e
 def test_a_launched_stage_whose_job_dies_is_tried_again_from_its_clean_state(tmp_path):
     """train.launch_retries: the round-0 training job is SIGKILLed once just before its DONE; the run tries it again,
     finishes, and the stage is the one an undisturbed launched run writes."""

@@ -23,6 +23,8 @@ from selfimprove.metrics.diversity import (
 )
 from selfimprove.metrics.quality import answer_entropy, judge_agreement, maj_at_k, pass_at_k, score_stats
 
+pytestmark = pytest.mark.unit
+
 
 def test_lexical_by_hand():
     # "abab": bigrams ab, ba, ab -> 2 unique of 3

@@ -27,12 +27,14 @@ def _countdown(**kw):
     return CountdownTask(cfg, seed=0)
 
 
+@pytest.mark.unit
 def test_countdown_solver_matches_hand_enumeration():
     # 1,2: 1+2 2+1 1-2 2-1 1*2 2*1 -> {3, -1, 1, 2}
     assert reachable((1, 2)) == {3, -1, 1, 2}
     assert solvable([3, 5, 7], 22) and solvable([3, 5, 7], 3 * 7 - 5) and not solvable([1, 1], 5)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "text, reason",
     [
@@ -54,10 +56,12 @@ def test_validity_filter_on_hand_made_proposals(text, reason):
         assert rows[0] == {"prompt": text.strip(), "difficulty": text.count(",") + 1, "reference": text.strip()}
 
 
+@pytest.mark.unit
 def test_an_unfinished_proposal_is_dropped_before_the_task_reads_it():
     assert filters.valid(_countdown(), ["3,5>8:"], [False])[1] == ["unfinished"]
 
 
+@pytest.mark.unit
 def test_novelty_filter_decontaminates_then_drops_earlier_and_repeated_prompts():
     cfg = ProposeConfig(novelty="exact")
     cands = ["1,2>3:", "4,5>9:", "4,5>9:", "6,7>13:", " 6,8>14: "]
@@ -66,6 +70,7 @@ def test_novelty_filter_decontaminates_then_drops_earlier_and_repeated_prompts()
     assert reasons == ["contaminated", "", "not_novel", "", "not_novel"]
 
 
+@pytest.mark.unit
 def test_minhash_novelty_catches_near_duplicates_that_exact_lets_through():
     base = "Tom has 12 apples and gives 5 of them to his sister. How many apples does Tom have left now?"
     near = base.replace("sister", "sisters")
@@ -75,6 +80,7 @@ def test_minhash_novelty_catches_near_duplicates_that_exact_lets_through():
     assert exact == ["", ""] and minhash == ["not_novel", ""]
 
 
+@pytest.mark.unit
 def test_pass_rates_and_agreement_by_hand():
     task = _countdown()
     rows = [{"reference": "3,5,7>22:"}, {"reference": "1,2>3:"}]
@@ -89,12 +95,14 @@ def test_pass_rates_and_agreement_by_hand():
     assert filters.pass_rates(task, no_ref, [samples[1]], "auto").tolist() == [0.5]  # auto: agreement without one
 
 
+@pytest.mark.unit
 def test_learnability_bounds_are_strict():
     rates = np.array([0.0, 0.125, 0.5, 0.875, 1.0])
     assert filters.learnable(rates, 0.0, 1.0) == ["too_hard", "", "", "", "too_easy"]
     assert filters.learnable(rates, 0.125, 0.875) == ["too_hard", "too_hard", "", "too_easy", "too_easy"]
 
 
+@pytest.mark.unit
 def test_generic_proposals_go_through_the_prompt_template(tmp_path):
     from selfimprove.tasks.generic import GenericTask
 
@@ -129,6 +137,7 @@ def _ctx(mode, **propose):
     return SimpleNamespace(recipe=recipe, task=_countdown(), history=lambda k: [])
 
 
+@pytest.mark.unit
 def test_evolve_requests_cycle_the_operations_and_record_the_parent():
     rng = np.random.default_rng(0)
     asks = requests(_ctx("evolve", operations=["deepen", "steps"]), 1, 4, ["P0 {prompt}", "P1"], rng)
@@ -139,6 +148,7 @@ def test_evolve_requests_cycle_the_operations_and_record_the_parent():
         assert "{prompt}" not in a["request"].replace(a["parent_prompt"], "")  # filled once, parent left literal
 
 
+@pytest.mark.unit
 def test_self_instruct_requests_show_distinct_earlier_prompts(tmp_path):
     (tmp_path / "self_instruct.txt").write_text("Examples:\n{examples}\nWrite one more.")
     pool = ["alpha", "beta", "gamma", "delta"]
@@ -149,15 +159,18 @@ def test_self_instruct_requests_show_distinct_earlier_prompts(tmp_path):
         assert a["request"].startswith("Examples:\n") and a["request"].endswith("Write one more.")
 
 
+@pytest.mark.unit
 def test_task_native_requests_ask_for_training_sizes():
     asks = requests(_ctx("task_native"), 1, 50, [], np.random.default_rng(0))
     assert {a["request"] for a in asks} == {"?2", "?3"} and {a["operation"] for a in asks} == {"task_native"}
 
 
+@pytest.mark.unit
 def test_fill_substitutes_once():
     assert fill("Rewrite: {prompt}!", "{prompt}", "say {prompt}") == "Rewrite: say {prompt}!"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["countdown", "addition", "rewrite"])
 def test_proposal_examples_are_valid_and_decontaminated(name):
     task = _builtin(name)
@@ -173,6 +186,7 @@ def _builtin(name, **task):
     return build_task(load_recipe(None, {"task.name": name, **{f"task.{name}.{k}": v for k, v in task.items()}}))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "text, reason, row",
     [
@@ -190,6 +204,7 @@ def test_addition_proposals_by_hand(text, reason, row):
     assert task.proposed_row(text) == (row, reason)
 
 
+@pytest.mark.unit
 def test_addition_requests_follow_the_curriculum():
     task = _builtin("addition", seed_max_digits=3)
     rng = np.random.default_rng(0)
@@ -199,6 +214,7 @@ def test_addition_requests_follow_the_curriculum():
     assert all(task.proposed_row(t)[0]["difficulty"] == 4 for t in written)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "text, reason",
     [
@@ -231,6 +247,7 @@ def test_rewrite_proposals_by_hand(text, reason):
         assert row == {"prompt": text, "difficulty": len(rules), "reference": answer, "attribute": rules[0]}
 
 
+@pytest.mark.unit
 def test_rewrite_proposals_never_use_a_held_out_rule():
     task = _builtin("rewrite")
     x, y = task.ood[0]
@@ -241,6 +258,7 @@ def test_rewrite_proposals_never_use_a_held_out_rule():
     assert task.proposed_row(f"{fresh[0]}>{fresh[1]};{x}>{y}|{source}=")[1] == "held_out"  # in any position
 
 
+@pytest.mark.unit
 def test_prompt_metrics_by_hand():
     from selfimprove.core.config import MonitorConfig
     from selfimprove.metrics.prompts import novelty, prompt_metrics, propose_mix
@@ -262,6 +280,7 @@ def test_prompt_metrics_by_hand():
     assert mix["prompts/propose/too_easy"] == 0.0 and mix["prompts/propose/pass_rate"] == 0.5
 
 
+@pytest.mark.unit
 def test_recipe_checks_refuse_what_cannot_run():
     with pytest.raises(ConfigError, match="pass_rate_min"):
         load_recipe(str(RECIPE), {"propose.pass_rate_min": 0.9, "propose.pass_rate_max": 0.5})
@@ -275,6 +294,7 @@ def test_recipe_checks_refuse_what_cannot_run():
         load_recipe(None, {"task.name": "generic", "propose.mode": "task_native"})
 
 
+@pytest.mark.unit
 def test_a_recipe_without_propose_keeps_its_fingerprint():
     base = load_recipe(str(REPO / "recipes" / "countdown" / "quality_only_cpu.yaml"))
     assert recipe_hash(base) == "bb3d3b912990"  # the fingerprint before the propose stage existed
@@ -304,6 +324,7 @@ def propose_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.e2e
 def test_propose_stage_counts_lineage_and_prompt_metrics(propose_run):
     from selfimprove.core.rows import load_rows
 
@@ -342,6 +363,7 @@ def test_propose_stage_counts_lineage_and_prompt_metrics(propose_run):
     assert not {r["prompt"] for r in proposed} & {r["prompt"] for r in prompts.values() if r["proposed_by"] == "task"}
 
 
+@pytest.mark.e2e
 def test_kept_proposals_train_the_proposer(propose_run):
     from selfimprove.core.rows import load_rows
 
@@ -353,6 +375,7 @@ def test_kept_proposals_train_the_proposer(propose_run):
     assert share == pytest.approx(0.1, abs=1e-9)  # propose.train_share of the round's rows
 
 
+@pytest.mark.e2e
 def test_resume_after_a_kill_mid_propose_matches_uninterrupted(propose_run, tmp_path):
     from test_loop import _artifacts
 
@@ -378,6 +401,7 @@ def _propose_rows(run):
     return {str(p.relative_to(run)): load_rows(p) for p in sorted(run.glob("round_*/propose/prompts"))}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("writer", ["policy", "task"])
 def test_addition_proposes_through_the_real_loop(tmp_path, writer):
     """Task-native proposing on a second built-in task, label-free (vote agreement), written by the policy or, as

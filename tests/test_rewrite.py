@@ -6,6 +6,8 @@ from selfimprove.core.config import ConfigError, load_recipe
 from selfimprove.registry import build_task
 from selfimprove.tasks.rewrite import apply_rules, parse_prompt, render
 
+pytestmark = pytest.mark.unit
+
 
 def _task(**kw):
     return build_task(load_recipe(None, {"task.name": "rewrite", **{f"task.rewrite.{k}": v for k, v in kw.items()}}))

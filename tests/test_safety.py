@@ -224,6 +224,7 @@ BAD = [
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
 def test_bad_input_is_refused_before_any_work(case, tmp_path, capsys):
     _, make, expected = case
@@ -236,6 +237,7 @@ def test_bad_input_is_refused_before_any_work(case, tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # no model built, no stage written, not even the folder
 
 
+@pytest.mark.e2e
 def test_unknown_cli_prefix_is_not_guessed(capsys):
     with pytest.raises(SystemExit) as err:
         main(["run", str(TINY_RECIPE), "--train.learning_rat", "1"])
@@ -255,6 +257,7 @@ def _copy(finished, tmp_path) -> Path:
     return run
 
 
+@pytest.mark.e2e
 def test_foreign_folder_is_never_touched(tmp_path, capsys):
     mine = tmp_path / "mine"
     (mine / "eval_sets").mkdir(parents=True)
@@ -269,6 +272,7 @@ def test_foreign_folder_is_never_touched(tmp_path, capsys):
     assert sorted(p.name for p in mine.iterdir()) == ["eval_sets", "notes.txt"] and (other / "thesis.tex").exists()
 
 
+@pytest.mark.e2e
 def test_run_missing_its_recipe_is_not_readopted(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
     (run / "recipe.yaml").unlink()
@@ -276,6 +280,7 @@ def test_run_missing_its_recipe_is_not_readopted(finished, tmp_path, capsys):
     assert "but no recipe.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_one_writer_at_a_time(finished, tmp_path, capsys):
     import os
 
@@ -295,6 +300,7 @@ def test_one_writer_at_a_time(finished, tmp_path, capsys):
     assert main(["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "1"]) == 0  # released
 
 
+@pytest.mark.e2e
 def test_same_size_corruption_is_found_by_verify_and_redone(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
     assert main(["verify", str(run)]) == 0 and "all intact" in capsys.readouterr().out
@@ -310,6 +316,7 @@ def test_same_size_corruption_is_found_by_verify_and_redone(finished, tmp_path, 
     assert main(["verify", str(run)]) == 0  # redone identically: later stages are still valid
 
 
+@pytest.mark.e2e
 def test_truncated_file_is_refused_on_read(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
     arrow = next((run / "round_01" / "select" / "data").glob("*.arrow"))
@@ -318,6 +325,7 @@ def test_truncated_file_is_refused_on_read(finished, tmp_path, capsys):
     assert "round_01/select is damaged" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_changed_data_file_makes_later_stages_stale(tmp_path, capsys):
     args = _generic(tmp_path)
     assert main(["run", *args]) == 0
@@ -327,6 +335,7 @@ def test_changed_data_file_makes_later_stages_stale(tmp_path, capsys):
     assert f"its input file:{prompts} is no longer the one it was made from" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_forced_redo_that_fails_keeps_the_finished_stage(finished, tmp_path, monkeypatch):
     from selfimprove import loop, registry
     from selfimprove.core.rows import load_rows
@@ -350,6 +359,7 @@ def test_forced_redo_that_fails_keeps_the_finished_stage(finished, tmp_path, mon
     assert main(["verify", str(run)]) == 0
 
 
+@pytest.mark.e2e
 def test_recipe_history_and_the_recipe_of_every_round(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path)
     assert (
@@ -417,6 +427,7 @@ def test_recipe_history_and_the_recipe_of_every_round(finished, tmp_path, capsys
     assert "has already finished round 2" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_run_directory_from_elsewhere_runs_no_code(tmp_path, capsys):
     module = tmp_path / "evil_metrics.py"
     module.write_text("def score(rows):\n    return {'extra/n': len(rows)}\n")
@@ -447,6 +458,7 @@ def test_a_run_directory_from_elsewhere_runs_no_code(tmp_path, capsys):
         sys.path.remove(str(tmp_path))
 
 
+@pytest.mark.e2e
 def test_read_only_run_says_it_needs_write_access(finished, tmp_path, monkeypatch, capsys):
     import errno
     import os
@@ -464,6 +476,7 @@ def test_read_only_run_says_it_needs_write_access(finished, tmp_path, monkeypatc
     assert "is not writable (Read-only file system): selfimprove needs write access" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_unexpected_error_is_one_line_and_a_log(finished, tmp_path, monkeypatch, capsys):
     from selfimprove import registry
 
@@ -481,6 +494,7 @@ def test_unexpected_error_is_one_line_and_a_log(finished, tmp_path, monkeypatch,
     assert log.parent == run / "logs" and "Traceback" in log.read_text() and "crash" in log.read_text()
 
 
+@pytest.mark.unit
 def test_rounds_from_100_are_counted(tmp_path):
     from selfimprove.core.rundir import round_numbers
 
@@ -490,6 +504,7 @@ def test_rounds_from_100_are_counted(tmp_path):
     assert round_numbers(tmp_path) == [0, 7, 99, 100, 123]
 
 
+@pytest.mark.e2e
 def test_tensorboard_holds_each_round_once_across_monitor_reruns(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -506,6 +521,7 @@ def test_tensorboard_holds_each_round_once_across_monitor_reruns(tmp_path):
     assert [e.step for e in events.Scalars("eval/accuracy/id")] == [0, 1]
 
 
+@pytest.mark.e2e
 def test_eval_prompt_with_other_whitespace_never_reaches_training(tmp_path):
     from selfimprove.core.rows import load_rows
 
@@ -516,6 +532,7 @@ def test_eval_prompt_with_other_whitespace_never_reaches_training(tmp_path):
     assert GOOD_ROWS[95]["prompt"] not in used and len(used) == 30 - 7  # a quarter of the pool held out as the probe
 
 
+@pytest.mark.e2e
 def test_metadata_paths_are_relative(finished):
     meta = json.loads((finished / "round_01" / "train" / "meta.json").read_text())
     assert meta["init"] == "round_00/train/model"

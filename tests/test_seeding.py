@@ -6,6 +6,8 @@ import pytest
 
 from selfimprove.core import seeding
 
+pytestmark = pytest.mark.unit
+
 PACKAGE = Path(__file__).resolve().parents[1] / "selfimprove"
 
 

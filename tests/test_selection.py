@@ -9,6 +9,8 @@ from selfimprove.stages.filter import build_pairs, contamination_index, filter_r
 from selfimprove.stages.select import select_rows
 from selfimprove.stages.select.samplers import cluster_rebalance, deita, qdit, quotas
 
+pytestmark = pytest.mark.unit
+
 
 def _row(pid, completion, score=1.0, idx=0, prompt=None, difficulty=1, tokens=None, finished=True, **kw):
     return {

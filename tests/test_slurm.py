@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY_RECIPE, run_cli
+from conftest import REPO, TINY_RECIPE, require_vllm, run_cli
 
 from selfimprove.core import slurm
 from selfimprove.core.config import SlurmConfig
@@ -27,6 +27,7 @@ ARGS = [
 SLURM_ARGS = ["--nodes", 2, "--train.launcher", "slurm", "--slurm.processes_per_node", 1, "--wait"]
 
 
+@pytest.mark.e2e
 def test_batch_script_asks_for_the_allocation_and_reruns_the_command(tmp_path):
     cfg = SlurmConfig(nodes=2, gpus_per_node=8, partition="gpu", time="2:00:00", sbatch_args=["--account=p1"])
     text = slurm.batch_script(cfg, ["/venv/bin/python", "-m", "selfimprove", "run", "/r/a b.yaml"], tmp_path, "si")
@@ -40,6 +41,7 @@ def test_batch_script_asks_for_the_allocation_and_reruns_the_command(tmp_path):
     assert subprocess.run(["bash", "-n", script]).returncode == 0
 
 
+@pytest.mark.e2e
 def test_step_runs_one_accelerate_launch_per_node_ranked_by_task(tmp_path, monkeypatch):
     monkeypatch.setattr(slurm, "allocation_nodes", lambda: ["gpu-a", "gpu-b", "gpu-c"])
     monkeypatch.setattr(slurm, "node_address", lambda node: {"gpu-a": "10.0.0.7"}[node])
@@ -61,6 +63,7 @@ def test_step_runs_one_accelerate_launch_per_node_ranked_by_task(tmp_path, monke
     assert flags["--config_file"] == "accelerate_configs/zero3.yaml"
 
 
+@pytest.mark.unit
 def test_processes_per_node_from_the_recipe_or_the_accelerate_config():
     assert slurm.processes_per_node(SlurmConfig(processes_per_node=3, gpus_per_node=8), DDP) == 3
     assert slurm.processes_per_node(SlurmConfig(gpus_per_node=8), DDP) == 8
@@ -68,6 +71,7 @@ def test_processes_per_node_from_the_recipe_or_the_accelerate_config():
     assert slurm.processes_per_node(SlurmConfig(), str(REPO / "accelerate_configs/multi_node_zero3.yaml")) == 8
 
 
+@pytest.mark.e2e
 def test_slurm_launcher_outside_an_allocation_says_to_submit(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     out = subprocess.run(
@@ -80,11 +84,13 @@ def test_slurm_launcher_outside_an_allocation_says_to_submit(tmp_path):
     assert not (tmp_path / "r").exists()  # refused before the run directory is touched
 
 
+@pytest.mark.e2e
 def test_submit_refuses_several_nodes_without_the_slurm_launcher(tmp_path):
     out = run_cli("submit", TINY_RECIPE, "--output_dir", tmp_path / "r", "--nodes", 2)
     assert out.returncode == 2 and "--train.launcher slurm" in out.stderr
 
 
+@pytest.mark.e2e
 def test_submit_without_sbatch_writes_the_script_and_says_where(tmp_path):
     env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # this venv, no Slurm
     out = subprocess.run(
@@ -154,6 +160,7 @@ def _assert_same_run(run, local_run):
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_submitted_run_over_two_nodes_equals_a_local_run_through_a_retried_step(cluster, local_run, tmp_path):
     run = tmp_path / "run"
     # the first try of round 1's training is killed on rank 0 just before it would finish: the step fails, is retried
@@ -172,6 +179,7 @@ def test_submitted_run_over_two_nodes_equals_a_local_run_through_a_retried_step(
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_scancel_then_resubmitting_the_script_resumes_to_the_same_run(cluster, local_run, tmp_path):
     run = tmp_path / "run"
     out = _submit(cluster, run, fault="round_01/generate:before_done@scancel")  # cancelled from inside round 1
@@ -184,6 +192,7 @@ def test_scancel_then_resubmitting_the_script_resumes_to_the_same_run(cluster, l
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_a_step_failing_every_try_stops_the_run_naming_its_logs(cluster, tmp_path):
     run = tmp_path / "run"
     out = _submit(cluster, run, "--rounds", 0, "--slurm.retries", 1, fault="round_00/evaluate:start")
@@ -210,12 +219,11 @@ def _tiny_judge(folder) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_a_judge_served_by_vllm_as_its_own_step_on_a_third_node(cluster, tmp_path):
     import json
 
-    python = os.environ.get("SELFIMPROVE_VLLM_PYTHON")
-    if not python:
-        pytest.skip("set SELFIMPROVE_VLLM_PYTHON to a vLLM environment's python")
+    python = require_vllm()
     from selfimprove.backends import Sampling
     from selfimprove.backends.hf import hf_generate
     from selfimprove.core.judge_prompts import load_template, render

@@ -12,6 +12,8 @@ from selfimprove.stages.select import select_rows
 from selfimprove.stages.train import build_mixture, tokenize_rows
 from selfimprove.tasks.addition import AdditionTask
 
+pytestmark = pytest.mark.unit
+
 TASK = AdditionTask(AdditionConfig(), 0)
 
 

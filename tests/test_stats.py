@@ -8,6 +8,8 @@ from scipy import stats
 
 from selfimprove.tools.stats import StatsError, holm, mean_ci, paired_difference, sign_flip_p, verdict
 
+pytestmark = pytest.mark.unit
+
 
 def test_paired_difference_by_hand_and_against_scipy():
     a, b = [0.50, 0.60, 0.55, 0.40, 0.70], [0.60, 0.65, 0.70, 0.45, 0.72]

@@ -71,6 +71,7 @@ def _metric(run: Path, k: int, name: str):
     return next(r for r in rows if r["round"] == k).get(name)
 
 
+@pytest.mark.e2e
 def test_runs_are_ordinary_run_directories(study):
     for arm in ("cool", "hot"):
         for s in (0, 1, 2):
@@ -82,6 +83,7 @@ def test_runs_are_ordinary_run_directories(study):
     assert run_cli("verify", study / "hot" / "seed_1").returncode == 0
 
 
+@pytest.mark.e2e
 def test_aggregate_recomputed_by_hand(study):
     result = json.loads((study / "study.json").read_text())
     assert result["final_round"] == 1
@@ -118,6 +120,7 @@ def test_aggregate_recomputed_by_hand(study):
     assert float(row["diff_vs_baseline"]) == pytest.approx(result["differences"]["hot"]["1"][METRICS[1]]["mean"])
 
 
+@pytest.mark.e2e
 def test_rerun_skips_finished_runs_and_report_draws_the_study(study):
     again = _study(study / "study_file_missing.yaml", "--output_dir", study)
     assert again.returncode == 2 and "does not exist" in again.stderr
@@ -132,6 +135,7 @@ def test_rerun_skips_finished_runs_and_report_draws_the_study(study):
     assert "study_rounds" not in text and text.count("data:image/png;base64,") == 2 and "arm - baseline" in text
 
 
+@pytest.mark.e2e
 def test_a_changed_study_is_refused(study, tmp_path):
     changed = _study_file(tmp_path, seeds=(0, 1, 3))
     out = _study(changed, "--output_dir", study)
@@ -160,6 +164,7 @@ def test_killed_study_resumes_to_what_jobs_2_made(study, tmp_path):
             assert _artifacts(a) == _artifacts(b)
 
 
+@pytest.mark.e2e
 def test_declared_contrasts_recomputed_by_hand(study):
     """Each declared contrast: paired t, sign-flip p, Holm over both, and the verdict by the stated rule."""
     from scipy import stats
@@ -193,6 +198,7 @@ def test_declared_contrasts_recomputed_by_hand(study):
     assert "Declared contrasts (primary: eval/accuracy/id)" in text and f"**{got[0]['verdict']}**" in text
 
 
+@pytest.mark.e2e
 def test_the_bundle_holds_what_the_numbers_are_made_of(study, tmp_path):
     """study/bundle: no checkpoint or data; aggregating the bundle alone gives the same study.json."""
     import shutil
@@ -212,6 +218,7 @@ def test_the_bundle_holds_what_the_numbers_are_made_of(study, tmp_path):
     assert not (bundle / "bundle").exists()
 
 
+@pytest.mark.e2e
 def test_unmatched_arms_get_no_verdict(study, tmp_path):
     """Aggregated again under a match rule the arms break (other temperatures sample other token counts): every
     contrast says 'unmatched', with the quantity and the seed, and the runs are not touched."""
@@ -225,6 +232,7 @@ def test_unmatched_arms_get_no_verdict(study, tmp_path):
     assert _study(_study_file(tmp_path), "--output_dir", study, "--aggregate").returncode == 0  # as it was
 
 
+@pytest.mark.e2e
 def test_bad_study_files_get_one_message(tmp_path):
     cases = [
         ("arms", [{"name": "cool", "overrides": {"train.no_such_field": 1}}, {"name": "hot"}], "arm 'cool'"),
@@ -247,6 +255,7 @@ def test_bad_study_files_get_one_message(tmp_path):
     assert out.returncode == 2 and "'seed' and 'output_dir' are the study's" in out.stderr
 
 
+@pytest.mark.e2e
 def test_study_wide_overrides_apply_to_every_arm_and_the_arms_own_win(tmp_path):
     from selfimprove.tools.study_file import load_study
 
@@ -260,6 +269,7 @@ def test_study_wide_overrides_apply_to_every_arm_and_the_arms_own_win(tmp_path):
     assert out.returncode == 2 and "overrides: 'seed' and 'output_dir' are the study's" in out.stderr
 
 
+@pytest.mark.e2e
 def test_slurm_array_script(tmp_path):
     path = _study_file(tmp_path, slurm={"partition": "cpu", "cpus_per_task": 2})
     out = _study(path, "--output_dir", tmp_path / "out", "--slurm")
@@ -288,6 +298,7 @@ def test_slurm_array_script(tmp_path):
     assert not (tmp_path / "out" / "cool" / "seed_0").exists()
 
 
+@pytest.mark.unit
 def test_docs_verdict_tables_agree_with_their_bundles(tmp_path):
     """Every verdict table in README.md and docs/ is what its committed bundle says; an edited one is caught."""
     from selfimprove.tools.results import blocks, render

@@ -5,6 +5,8 @@ import pytest
 
 from selfimprove.core.prompts import PromptFormat
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("model_type, cls", [("qwen2", "Qwen2ForCausalLM"), ("llama", "LlamaForCausalLM")])
 def test_same_class_models_load_with_the_auto_classes(tiny_real, model_type, cls):

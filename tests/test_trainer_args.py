@@ -7,6 +7,8 @@ from selfimprove.core.config import load_recipe
 from selfimprove.core.trainer_args import build_args
 from selfimprove.core.typed_yaml import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def test_old_name_is_refused_with_the_new_one():
     with pytest.raises(ConfigError, match="train.sft_args was renamed train.trainer_args"):
