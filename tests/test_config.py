@@ -98,6 +98,15 @@ def test_every_registry_entry_resolves_and_is_what_its_readers_list():
 
 
 @pytest.mark.unit
+def test_the_input_table_has_one_entry_per_registered_stage(tiny_recipe):
+    from selfimprove import registry
+    from selfimprove.core.rundir import RunContext
+
+    ctx = RunContext(tiny_recipe, tiny_recipe.output_dir)
+    assert list(ctx.input_table(1)) == list(registry.STAGES)
+
+
+@pytest.mark.unit
 def test_every_task_is_a_task_and_declares_what_it_can_do():
     from selfimprove import registry
     from selfimprove.tasks import Proposing, Task

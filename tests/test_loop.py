@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY_RECIPE, run_cli
 
-STAGES = ["generate", "judge", "filter", "select", "train", "evaluate", "monitor"]
+from selfimprove import registry
+
+STAGES = [s for s in registry.STAGES if s != "propose"]  # the tiny recipe proposes nothing
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -69,7 +71,7 @@ def test_round_folders_and_metrics(finished_run):
     # it that is not model-bound compute (sampling, judging or scoring with a model, training steps)
     assert metrics[0]["time/setup_s"] > 0
     for m in metrics:
-        k, stages = m["round"], (STAGES if m["round"] else ("train", "evaluate", "monitor"))
+        k, stages = m["round"], (STAGES if m["round"] else registry.ROUND0_STAGES)
         metas = [json.loads((run / f"round_{k:02d}" / s / "meta.json").read_text()) for s in stages]
         assert [m[f"time/{s}_s"] for s in stages] == [meta["wall_s"] for meta in metas]
         compute = sum(meta.get("compute_s", 0) + meta.get("train_runtime_s", 0) for meta in metas)

@@ -128,14 +128,19 @@ class RunContext:
 
     def input_paths(self, k: int | None, name: str) -> list[Path]:
         """The folders a stage reads: the one table of which stage depends on which."""
-        run, r = self.run_dir, self.recipe
+        run = self.run_dir
         if k is None:
             if name == "reward_model":
                 return [p for p in (run / "seed_data", self.stage(0, "train")) if is_done(p)]
             return {"probe_set": [run / "eval_sets"], "seed_data": [run / "eval_sets", run / "probe_set"]}.get(name, [])
+        return [p for p in self.input_table(k)[name] if p is not None and is_done(p)]
+
+    def input_table(self, k: int) -> dict[str, list[Path | None]]:
+        """{stage: the folders it may read in round k}, one entry per stage of the registry (a test checks)."""
+        run, r = self.run_dir, self.recipe
         before = lambda stage, lo=0: [self.stage(j, stage) for j in range(lo, k)]  # noqa: E731
         init = -1 if (k == 0 or r.train.init == "base") else k - 1
-        table = {
+        return {
             "propose": [self._checkpoint_stage(k - 1), run / "eval_sets", run / "probe_set", *before("generate", 1)]
             + before("propose", 1)
             + before("monitor"),
@@ -158,7 +163,6 @@ class RunContext:
             + ([self.stage(k, n) for n in ("generate", "judge", "filter", "select")] if k else [])
             + ([self._checkpoint_stage(k - 1)] if k else []),
         }
-        return [p for p in table[name] if p is not None and is_done(p)]
 
     def inputs(self, k: int | None, name: str) -> dict[str, str]:
         """{input: digest} for a stage: each folder it reads (by its DONE digest) and each local file the task reads."""
