@@ -6,6 +6,8 @@ import errno
 import json
 
 import pytest
+import yaml
+from conftest import REPO
 
 from selfimprove import cli
 from selfimprove.core import integrity
@@ -109,3 +111,19 @@ def test_an_input_changed_in_place_is_refused_before_a_stage_starts(tmp_path, mo
         with ctx.writing(0, "train", {"force": True}):
             started = True
     assert not started
+
+
+def test_what_only_the_check_knows_is_refused_before_a_run_and_before_a_study(capsys, tmp_path):
+    recipe = REPO / "recipes" / "countdown" / "quality_only_cpu.yaml"
+    noisy = ["--select.labels", "oracle", "--select.oracle_label_noise", "0.1"]
+    rc, err = _main(capsys, "run", recipe, "--output_dir", tmp_path / "run", *noisy)
+    assert rc == 2 and "select.oracle_label_noise: task 'countdown' cannot make a wrong label" in err
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made
+    study = tmp_path / "study.yaml"
+    arms = [
+        {"name": "a", "overrides": {}},
+        {"name": "b", "overrides": {"select.labels": "oracle", "select.oracle_label_noise": 0.1}},
+    ]
+    study.write_text(yaml.safe_dump({"base": str(recipe), "arms": arms}))
+    rc, err = _main(capsys, "study", study, "--output_dir", tmp_path / "s")
+    assert rc == 2 and "arm 'b': its recipe cannot run" in err and not (tmp_path / "s" / "a").exists()

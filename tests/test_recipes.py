@@ -208,7 +208,7 @@ def test_every_shipped_study_file_is_valid(path, tmp_path):
 
     study = load_study(path, str(tmp_path))
     recipes = [arm_recipe(study, arm) for arm in study.arms]
-    assert len(study.seeds) >= 3 and len(recipes) >= 2
+    assert len(study.seeds) >= 5 and len(recipes) >= 2
     assert len({yaml.safe_dump(r) for r in recipes}) == len(recipes)  # arms differ
 
 

@@ -391,8 +391,8 @@ class GenerateConfig:
     )
     vllm: VLLMConfig = field(default_factory=VLLMConfig, metadata={"help": "Backend 'vllm'."})
     openai: OpenAIConfig = field(default_factory=OpenAIConfig, metadata={"help": "Backend 'openai'."})
-    num_samples: int = _f(5, "Completions sampled per prompt.")
-    temperature: float = _f(0.8, "Sampling temperature; 0 means greedy (then num_samples must be 1).")
+    num_samples: int = _f(5, "Completions sampled per prompt.", ge=1)
+    temperature: float = _f(0.8, "Sampling temperature; 0 means greedy (then num_samples must be 1).", ge=0)
     top_p: float = _f(1.0, "Nucleus sampling mass.")
     top_k: int = _f(0, "Top-k sampling (0 = off).", ge=0)
     max_new_tokens: int = _f(0, "Generation length cap; 0 uses the task's own limit.", ge=0)
@@ -410,10 +410,6 @@ class GenerateConfig:
 
     def check(self) -> list[str]:
         p = []
-        if self.num_samples < 1:
-            p.append(f"num_samples={self.num_samples}: sample at least 1 completion per prompt.")
-        if self.temperature < 0:
-            p.append(f"temperature={self.temperature} must be >= 0 (0 = greedy).")
         if self.temperature == 0 and self.num_samples > 1:
             p.append(
                 f"temperature=0 is greedy, so num_samples={self.num_samples} would repeat one completion. Set "
@@ -548,7 +544,7 @@ class LLMJudgeConfig:
     template: str = _f(
         "", "Prompt template file; empty = the built-in one for the judge ('llm': pointwise, 'llm_pairwise')."
     )
-    max_score: int = _f(10, "Pointwise scale: 'Score: N' with N in 0..max_score, stored as N / max_score.")
+    max_score: int = _f(10, "Pointwise scale: 'Score: N' with N in 0..max_score, stored as N / max_score.", ge=1)
     max_new_tokens: int = _f(64, "Tokens the judge may write.", ge=1)
     batch_size: int = _f(64, "Judge prompts per generate() call.", ge=1)
     max_pairs_per_prompt: int = _f(
@@ -621,8 +617,6 @@ class JudgeConfig:
                 "llm.eft_share teaches the policy to judge, for the 'llm' judge with llm.model 'policy'. Add 'llm' "
                 "to judges and set llm.model: policy, or set llm.eft_share: 0."
             )
-        if self.llm.max_score < 1:
-            p.append(f"llm.max_score={self.llm.max_score} must be >= 1.")
         p += [
             f"{name}.{k}={v!r} must be a number."
             for name in ("weights", "vote_thresholds")
@@ -749,8 +743,6 @@ class SelectConfig:
             )
         if self.oracle_label_noise and self.labels != "oracle":
             p.append("oracle_label_noise corrupts reference labels: set labels 'oracle' too, or oracle_label_noise 0.")
-        if self.minhash_ngram < 1 or self.feature_dim < 2 or self.knn < 1:
-            p.append("minhash_ngram and knn must be >= 1, feature_dim >= 2.")
         return p
 
 
@@ -852,8 +844,6 @@ class TrainConfig:
             p.append(
                 f"launcher is {self.launcher!r} but accelerate_config is empty. Name a file from accelerate_configs/."
             )
-        if self.max_steps < 0 or self.bootstrap_steps < 0:
-            p.append("max_steps and bootstrap_steps must be >= 0.")
         return p
 
 
@@ -914,7 +904,7 @@ class AlarmConfig:
         "Reference value: round 0's, the previous round's, or the first round's that reports the metric ('first' "
         "for judge metrics such as quality/judge_vs_truth/..., which start at round 1).",
     )
-    rounds: int = _f(1, "Fire only when the condition holds this many consecutive rounds.")
+    rounds: int = _f(1, "Fire only when the condition holds this many consecutive rounds.", ge=1)
     action: Literal["warn", "stop", "steer", "rollback"] = _f(
         "warn",
         "warn: log and record; stop: end the loop after this round; steer: raise sampling temperature and/or the "
@@ -938,8 +928,6 @@ class AlarmConfig:
         why = decisions.refusal("metric", self.metric)
         if why:
             p.append(why)
-        if self.rounds < 1:
-            p.append(f"rounds={self.rounds} must be >= 1.")
         return p
 
 
@@ -1023,7 +1011,7 @@ class MonitorConfig:
 class Recipe:
     output_dir: str = _f("runs/run", "Run directory (created; an existing one is resumed).")
     seed: int = _f(0, "Seed for data, initialisation, sampling and training order.", ge=0)
-    rounds: int = _f(4, "Self-improvement rounds after round 0.")
+    rounds: int = _f(4, "Self-improvement rounds after round 0.", ge=0)
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Starting policy."})
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "Task."})
     propose: ProposeConfig = field(default_factory=ProposeConfig, metadata={"help": "Proposing new prompts."})
@@ -1102,8 +1090,6 @@ def _cross_checks(r: Recipe) -> list[str]:
         if a.metric == "wu_signature" and not r.monitor.probe_size:
             p.append("monitor.alarms: 'wu_signature' reads the probe's pass@k; set monitor.probe_size > 0.")
     p += _judge_server_checks(r) + _propose_checks(r)
-    if r.rounds < 0:
-        p.append(f"rounds={r.rounds} must be >= 0.")
     if r.train.trainer_args:
         p += problems(r.train, r.rounds)
     return p

@@ -412,6 +412,11 @@ def check_recipe(recipe: Recipe) -> Report:
         check_tokenizer(tok, r.generate.chat_template, "model (policy)", report, need_chat=True)
     check_judges(ctx, tok, report)
     check_proposer(ctx, report)
+    if r.select.oracle_label_noise and not ctx.task.corrupts:
+        report.problems.append(
+            f"select.oracle_label_noise: task {ctx.task.name!r} cannot make a wrong label of the right shape. Use "
+            "oracle_label_noise 0 or a task that can (addition, rewrite)."
+        )
     if r.generate.backend == "vllm":
         check_vllm(r.generate.vllm.python, "generate", report)
     if r.generate.backend == "openai":

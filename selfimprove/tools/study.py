@@ -52,6 +52,7 @@ from selfimprove.core.rundir import completed_rounds
 from selfimprove.core.runlock import run_lock
 from selfimprove.core.slurm import Sbatch, sbatch_script
 from selfimprove.core.typed_yaml import ConfigError
+from selfimprove.tools.check import check_recipe
 from selfimprove.tools.stats import VERDICT_RULE, mean_ci, paired_difference
 from selfimprove.tools.study_file import Arm, Study, StudyError, as_file, load_study  # noqa: F401 (the CLI's API)
 from selfimprove.tools.verdicts import contrasts
@@ -61,13 +62,16 @@ logger = logging.getLogger("selfimprove.tools.study")
 SAVED = "study.yaml"
 
 
-def arm_recipe(study: Study, arm: Arm) -> dict:
-    """The arm's recipe as a mapping (base + overrides), parsed and checked; raises naming the arm. (``--smoke``
-    is passed on to each run, which applies its substitutions itself.)"""
+def arm_recipe(study: Study, arm: Arm, check: bool = True) -> dict:
+    """The arm's recipe as a mapping (base + overrides), parsed and checked as ``selfimprove check`` would; raises
+    naming the arm. (``--smoke`` is passed on to each run, which applies its substitutions and checks itself.)"""
     try:
         recipe = load_recipe(str(study.base), arm.overrides)
     except ConfigError as err:
         raise StudyError(f"arm {arm.name!r}: its recipe is invalid:\n{err}") from None
+    problems = check_recipe(recipe).problems if check else []
+    if problems:
+        raise StudyError(f"arm {arm.name!r}: its recipe cannot run:\n" + "\n".join(f"  - {x}" for x in problems))
     data = recipe_to_dict(recipe)
     data.pop("output_dir")
     data.pop("seed")
@@ -77,7 +81,7 @@ def arm_recipe(study: Study, arm: Arm) -> dict:
 def _claim(study: Study, smoke: bool) -> None:
     """Create the study directory, or check a rerun is the same study; write each arm's recipe."""
 
-    recipes = {a.name: arm_recipe(study, a) for a in study.arms}  # every arm checked before any run
+    recipes = {a.name: arm_recipe(study, a, check=not smoke) for a in study.arms}  # every arm checked before any run
     saved = study.output_dir / SAVED
     identity = {**study.identity(), "smoke": smoke}
     if saved.exists():
