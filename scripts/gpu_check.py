@@ -189,18 +189,46 @@ class _StepTimer:
         return Timer()
 
 
+def _sft_trainer(model, tok, rows: list[dict], common: dict, seq: int, batch: int, timer):
+    """TRL's SFTTrainer on the rows (completion-only loss), and the real tokens of one step's batch."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from selfimprove.core.prompts import PromptFormat
+    from selfimprove.stages.train import tokenize_rows
+
+    data = Dataset.from_dict(tokenize_rows(rows, tok, PromptFormat(chat=True)))
+    data = data.map(lambda r: {k: v[:seq] for k, v in r.items()})
+    args = SFTConfig(**common, completion_only_loss=True, max_length=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[timer])
+    return trainer, sum(len(x) for x in data["input_ids"][:batch])
+
+
+def _dpo_trainer(model, ref, tok, rows: list[dict], common: dict, seq: int, batch: int, timer):
+    """TRL's DPOTrainer on the rows' (prompt, chosen, rejected), and the real tokens of one step's batch."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    data = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+    args = DPOConfig(**common, max_length=seq)
+    trainer = DPOTrainer(
+        model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok, callbacks=[timer]
+    )
+    tokens = sum(
+        min(len(tok(r["prompt"] + r[side])["input_ids"]), seq) for r in rows[:batch] for side in ("chosen", "rejected")
+    )
+    return trainer, tokens
+
+
 def part_train(
     model_dir: str, method: str, steps: int = STEPS, warmup: int = WARMUP, seq: int = SEQ, batch: int = BATCH
 ) -> dict:
     """TRL SFT or DPO on this process's device(s), bf16 on GPU: trained tokens per second after the warm-up steps."""
     import torch
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
     from selfimprove.core.model import load_tokenizer
-    from selfimprove.core.prompts import PromptFormat
     from selfimprove.core.trainer_args import checkpointing_args
-    from selfimprove.stages.train import tokenize_rows
 
     gpu = torch.cuda.is_available()
     dtype = torch.bfloat16 if gpu else torch.float32
@@ -224,38 +252,10 @@ def part_train(
     )
     timer = _StepTimer(warmup)
     if method == "sft":
-        from trl import SFTConfig, SFTTrainer
-
-        data = Dataset.from_dict(tokenize_rows(rows, tok, PromptFormat(chat=True)))
-        data = data.map(lambda r: {k: v[:seq] for k, v in r.items()})
-        trainer = SFTTrainer(
-            model=model,
-            args=SFTConfig(**common, completion_only_loss=True, max_length=None),
-            train_dataset=data,
-            processing_class=tok,
-            callbacks=[timer],
-        )
-        tokens_per_step = sum(len(x) for x in data["input_ids"][:batch])
+        trainer, tokens_per_step = _sft_trainer(model, tok, rows, common, seq, batch, timer)
     else:
-        from trl import DPOConfig, DPOTrainer
-
-        data = Dataset.from_list(
-            [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
-        )
         ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        trainer = DPOTrainer(
-            model=model,
-            ref_model=ref,
-            args=DPOConfig(**common, max_length=seq),
-            train_dataset=data,
-            processing_class=tok,
-            callbacks=[timer],
-        )
-        tokens_per_step = sum(
-            min(len(tok(r["prompt"] + r[side])["input_ids"]), seq)
-            for r in rows[:batch]
-            for side in ("chosen", "rejected")
-        )
+        trainer, tokens_per_step = _dpo_trainer(model, ref, tok, rows, common, seq, batch, timer)
     trainer.train()
     seconds = timer.seconds()
     world = trainer.accelerator.num_processes

@@ -64,113 +64,102 @@ def _fig(path: Path, draw, ncols: int = 1, nrows: int = 1, size=(6.4, 3.6)):
     return path
 
 
-def plot_all(runs: dict[str, list[dict]], out: Path) -> list[tuple[str, Path]]:
-    """(title, png) for every panel the runs have data for."""
+def _lines(ax, runs: dict[str, list[dict]], keys: tuple, title: str, styles=("-", "--")) -> None:
+    """Each run's series of ``keys`` over rounds; red crosses where one of the run's alarms fired."""
     from matplotlib.ticker import MaxNLocator
 
-    names = list(runs)
-    plots = []
+    for name, rows in runs.items():
+        for key, style in zip(keys, styles):
+            x, y = _series(rows, key)
+            if x:
+                ax.plot(x, y, style, marker="o", label=f"{name}: {key.split('/')[-1]}" if len(keys) > 1 else name)
+        alarms = [r["round"] for r in rows if any(k.startswith("alarm/") for k in r)]
+        x, y = _series([r for r in rows if r["round"] in alarms], keys[0])
+        if x:
+            ax.scatter(x, y, marker="x", s=90, color="red", zorder=5, label=f"{name}: alarm")
+    ax.set_title(title)
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
 
-    def lines(ax, keys, title, styles=("-", "--")):
-        for name in names:
-            for key, style in zip(keys, styles):
-                x, y = _series(runs[name], key)
-                if x:
-                    ax.plot(x, y, style, marker="o", label=f"{name}: {key.split('/')[-1]}" if len(keys) > 1 else name)
-            alarms = [r["round"] for r in runs[name] if any(k.startswith("alarm/") for k in r)]
-            for key in keys[:1]:
-                x, y = _series([r for r in runs[name] if r["round"] in alarms], key)
-                if x:
-                    ax.scatter(x, y, marker="x", s=90, color="red", zorder=5, label=f"{name}: alarm")
-        ax.set_title(title)
-        ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
 
-    plots.append(
+def _times(ax, name: str, rows: list[dict]) -> None:
+    bottom = [0.0] * len(rows)
+    for part in ("reward_model", *registry.STAGES, "between_stages"):
+        vals = [r.get(f"time/{part}_s", 0.0) for r in rows]
+        if any(vals):
+            ax.bar([r["round"] for r in rows], vals, bottom=bottom, label=part.replace("_", " "))
+            bottom = [b + v for b, v in zip(bottom, vals)]
+    shares = [r["time/overhead_share"] for r in rows if "time/overhead_share" in r]
+    overhead = f", overhead {100 * sum(shares) / len(shares):.1f}% of a round" if shares else ""
+    ax.set_title(f"{name}: time per stage (s){overhead}")
+    ax.set_xlabel("round")
+    ax.legend(fontsize=7)
+
+
+FUNNEL = (("quality/generated", "generated"), ("quality/kept", "kept by the filter"), ("quality/selected", "selected"))
+
+
+def _funnel(ax, name: str, rows: list[dict]) -> None:
+    rows = [r for r in rows if "quality/generated" in r]
+    width = 0.27
+    for i, (key, label) in enumerate(FUNNEL):
+        ax.bar([r["round"] + (i - 1) * width for r in rows], [r[key] for r in rows], width, label=label)
+    ax.set_title(f"{name}: data funnel")
+    ax.set_xlabel("round")
+    ax.legend(fontsize=7)
+
+
+def _has(runs: dict[str, list[dict]], key: str) -> bool:
+    return any(key in r for rows in runs.values() for r in rows)
+
+
+def _per_run(runs: dict[str, list[dict]], draw_one):
+    """A drawing function with one panel per run."""
+
+    def draw(axes):
+        for ax, (name, rows) in zip(axes, runs.items()):
+            draw_one(ax, name, rows)
+
+    return draw
+
+
+def _grid(runs: dict[str, list[dict]], present: list[str]):
+    def draw(axes):
+        for ax, key in zip(axes, present):
+            _lines(ax, runs, (key,), key + "  (x: an alarm fired)")
+        for ax in axes[len(present) :]:
+            ax.axis("off")
+
+    return draw
+
+
+def plot_all(runs: dict[str, list[dict]], out: Path) -> list[tuple[str, Path]]:
+    """(title, png) for every panel the runs have data for."""
+    ood = ("eval/accuracy/id", "eval/accuracy/ood")
+    plots = [
         (
             "Accuracy, in- vs out-of-distribution",
-            _fig(
-                out / "accuracy.png",
-                lambda ax: lines(
-                    ax[0], ("eval/accuracy/id", "eval/accuracy/ood"), "eval accuracy (solid: ID, dashed: OOD)"
-                ),
-            ),
+            _fig(out / "accuracy.png", lambda ax: _lines(ax[0], runs, ood, "eval accuracy (solid: ID, dashed: OOD)")),
         )
-    )
-    if any("eval/frontier" in r for rows in runs.values() for r in rows):
-        plots.append(
-            (
-                "Difficulty frontier",
-                _fig(out / "frontier.png", lambda ax: lines(ax[0], ("eval/frontier",), "eval/frontier")),
-            )
-        )
-    if any("quality/acceptance_rate" in r for rows in runs.values() for r in rows):
-        plots.append(
-            (
-                "Acceptance rate",
-                _fig(
-                    out / "acceptance.png",
-                    lambda ax: lines(ax[0], ("quality/acceptance_rate",), "quality/acceptance_rate"),
-                ),
-            )
-        )
+    ]
+    for title, key, file in (
+        ("Difficulty frontier", "eval/frontier", "frontier.png"),
+        ("Acceptance rate", "quality/acceptance_rate", "acceptance.png"),
+    ):
+        if _has(runs, key):
+            plots.append((title, _fig(out / file, lambda ax, key=key: _lines(ax[0], runs, (key,), key))))
     for title, file, keys in (
         ("Diversity over rounds, with alarms", "diversity.png", DIVERSITY),
         ("Prompts: diversity, novelty, difficulty and the propose stage's funnel", "prompts.png", PROMPTS),
     ):
-        present = [k for k in keys if any(k in r for rows in runs.values() for r in rows)]
+        present = [k for k in keys if _has(runs, k)]
         if present:
-
-            def grid(axes, present=present):
-                for ax, key in zip(axes, present):
-                    lines(ax, (key,), key + "  (x: an alarm fired)")
-                for ax in axes[len(present) :]:
-                    ax.axis("off")
-
-            plots.append((title, _fig(out / file, grid, ncols=2, nrows=(len(present) + 1) // 2)))
-
-    def per_run(draw_one):
-        def draw(axes):
-            for ax, name in zip(axes, names):
-                draw_one(ax, name, runs[name])
-
-        return draw
-
-    def times(ax, name, rows):
-        bottom = [0.0] * len(rows)
-        for part in ("reward_model", *registry.STAGES, "between_stages"):
-            vals = [r.get(f"time/{part}_s", 0.0) for r in rows]
-            if any(vals):
-                ax.bar([r["round"] for r in rows], vals, bottom=bottom, label=part.replace("_", " "))
-                bottom = [b + v for b, v in zip(bottom, vals)]
-        shares = [r["time/overhead_share"] for r in rows if "time/overhead_share" in r]
-        overhead = f", overhead {100 * sum(shares) / len(shares):.1f}% of a round" if shares else ""
-        ax.set_title(f"{name}: time per stage (s){overhead}")
-        ax.set_xlabel("round")
-        ax.legend(fontsize=7)
-
-    plots.append(("Time per stage", _fig(out / "time.png", per_run(times), ncols=len(names))))
-
-    def funnel(ax, name, rows):
-        rows = [r for r in rows if "quality/generated" in r]
-        width = 0.27
-        for i, (key, label) in enumerate(
-            (
-                ("quality/generated", "generated"),
-                ("quality/kept", "kept by the filter"),
-                ("quality/selected", "selected"),
-            )
-        ):
-            ax.bar([r["round"] + (i - 1) * width for r in rows], [r[key] for r in rows], width, label=label)
-        ax.set_title(f"{name}: data funnel")
-        ax.set_xlabel("round")
-        ax.legend(fontsize=7)
-
-    if any("quality/generated" in r for rows in runs.values() for r in rows):
-        plots.append(
-            ("Data funnel: generated, kept, selected", _fig(out / "funnel.png", per_run(funnel), ncols=len(names)))
-        )
+            plots.append((title, _fig(out / file, _grid(runs, present), ncols=2, nrows=(len(present) + 1) // 2)))
+    plots.append(("Time per stage", _fig(out / "time.png", _per_run(runs, _times), ncols=len(runs))))
+    if _has(runs, "quality/generated"):
+        funnel = _fig(out / "funnel.png", _per_run(runs, _funnel), ncols=len(runs))
+        plots.append(("Data funnel: generated, kept, selected", funnel))
     return plots
 
 
