@@ -17,8 +17,7 @@ import numpy as np
 
 
 def candidates(n: int, seed: int = 0) -> list[dict]:
-    from selfimprove.core.config import CountdownConfig
-    from selfimprove.tasks.countdown import CountdownTask
+    from selfimprove.tasks.countdown import CountdownConfig, CountdownTask
 
     task = CountdownTask(CountdownConfig(min_operands=2, max_operands=4, max_number=20), seed)
     rng = np.random.default_rng(seed)

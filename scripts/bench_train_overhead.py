@@ -35,10 +35,10 @@ def main() -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from selfimprove.core.config import AdditionConfig, BootstrapConfig
+    from selfimprove.core.config import BootstrapConfig
     from selfimprove.core.model import build_bootstrap_model, build_char_tokenizer
     from selfimprove.stages.train import tokenize_rows, trl_ready
-    from selfimprove.tasks.addition import AdditionTask
+    from selfimprove.tasks.addition import AdditionConfig, AdditionTask
 
     rows = AdditionTask(AdditionConfig(seed_size=args.rows, seed_max_digits=8, eval_max_digits=9), 0).seed_data()
     tok = build_char_tokenizer("0123456789+=")

@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from selfimprove.core.config import AdditionConfig
-from selfimprove.tasks.addition import AdditionTask, expected_length, format_problem
+from selfimprove.tasks.addition import AdditionConfig, AdditionTask, expected_length, format_problem
 
 
 @pytest.mark.unit

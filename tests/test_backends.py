@@ -84,11 +84,11 @@ def test_llm_judge_gets_parsed_verdicts_from_a_served_judge():
     """The --smoke judge stand-in behind the loopback server (as `vllm serve` would serve a judge): every verdict
     parses, and a good answer outscores a bad one."""
     pytest.importorskip("openai")
-    from selfimprove.core.config import GenericConfig, JudgeConfig, LLMJudgeConfig
+    from selfimprove.core.config import JudgeConfig, LLMJudgeConfig
     from selfimprove.smoke import assets
     from selfimprove.smoke.server import LoopbackServer
     from selfimprove.stages.judge import JudgeEnv, judge_rows
-    from selfimprove.tasks.generic import GenericTask
+    from selfimprove.tasks.generic import GenericConfig, GenericTask
 
     prompt = "Describe the sea in one sentence."
     answers = ["The sea is calm and lovely. A short note: enjoy the sea every day.", "I don't know."]
@@ -117,7 +117,7 @@ def test_llm_judge_gets_parsed_verdicts_from_a_served_judge():
     assert judged[0]["score_llm"] > judged[1]["score_llm"]
 
 
-@pytest.mark.unit
+@pytest.mark.e2e  # the backend starts its worker process, which finds no vLLM
 def test_vllm_backend_reports_a_missing_engine_clearly(tiny_policy):
     # The training venv has no vLLM; the backend runs in its own process and says what to install and where.
     options = GenerateConfig(vllm=VLLMConfig(python=sys.executable, enforce_eager=True))
@@ -140,7 +140,7 @@ RuntimeError: Engine core initialization failed. See root cause above. Failed co
 """
 
 
-@pytest.mark.unit
+@pytest.mark.e2e  # starts a process
 def test_a_failed_vllm_engine_names_its_root_cause_first(tiny_policy, tmp_path):
     fake = tmp_path / "python"  # an "interpreter" that prints the engine's log and fails, as vLLM's worker did
     (tmp_path / "log").write_text(_ENGINE_LOG * 30)  # long enough that the cause is not in the log's tail

@@ -143,7 +143,7 @@ def test_server_that_serves_another_model(capsys, tmp_path, tiny_policy):
     assert any("serves ['other'], not 'judge'" in p for p in problems)
 
 
-@pytest.mark.unit
+@pytest.mark.e2e  # starts a process
 def test_vllm_absent(capsys, tmp_path):
     import importlib.util
 

@@ -288,7 +288,7 @@ def test_a_failing_rank_stops_every_rank_and_writes_nothing(tmp_path, failing):
     assert not (tmp_path / "stage").exists()  # nothing was committed
 
 
-@pytest.mark.unit
+@pytest.mark.e2e  # starts a process
 def test_a_job_is_run_until_its_stage_is_done_and_done_wins_over_its_exit_status(tmp_path):
     """run_until_done (the local launcher's and Slurm's retries): try 1 fails, try 2 writes DONE and then exits 3 (a
     rank aborting after the stage is written), so the stage counts as finished; a job that never finishes returns

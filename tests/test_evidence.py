@@ -10,12 +10,12 @@ from test_safety import GOOD_ROWS, _generic, _jsonl
 
 from selfimprove.cli import main
 from selfimprove.core import decisions
-from selfimprove.core.config import AdditionConfig, AlarmConfig, CountdownConfig, RewriteConfig
+from selfimprove.core.config import AlarmConfig
 from selfimprove.core.prompts import prompt_key
 from selfimprove.core.rows import load_rows
-from selfimprove.tasks.addition import AdditionTask
-from selfimprove.tasks.countdown import CountdownTask
-from selfimprove.tasks.rewrite import RewriteTask
+from selfimprove.tasks.addition import AdditionConfig, AdditionTask
+from selfimprove.tasks.countdown import CountdownConfig, CountdownTask
+from selfimprove.tasks.rewrite import RewriteConfig, RewriteTask
 
 
 def _sets(task) -> tuple[list, list, list]:

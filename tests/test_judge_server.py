@@ -115,7 +115,7 @@ def _serve_with(monkeypatch, commands: list[list[str]]):
     return started
 
 
-@pytest.mark.unit
+@pytest.mark.e2e  # starts a process
 def test_ready_waits_for_the_server_then_tells_the_judge_stage_where_it_is_and_stop_ends_it(
     nodes, tmp_path, monkeypatch
 ):
@@ -133,7 +133,7 @@ def test_ready_waits_for_the_server_then_tells_the_judge_stage_where_it_is_and_s
         judge_server.served_url(ctx.run_dir)
 
 
-@pytest.mark.unit
+@pytest.mark.e2e  # starts a process
 def test_a_server_step_that_ends_is_restarted_then_the_run_stops_naming_its_log(nodes, tmp_path, monkeypatch):
     fail = [sys.executable, "-c", "raise SystemExit(3)"]
     started = _serve_with(monkeypatch, [fail, fail, fail])
@@ -144,7 +144,7 @@ def test_a_server_step_that_ends_is_restarted_then_the_run_stops_naming_its_log(
     assert len(started) == 2  # the first start and slurm.retries = 1 restart
 
 
-@pytest.mark.unit
+@pytest.mark.e2e  # starts a process
 def test_a_server_that_serves_another_model_is_named(nodes, tmp_path, monkeypatch):
     port = slurm.free_port()
     _serve_with(monkeypatch, [[*_stand_in(tmp_path / "www", ["other"]), str(port)]])

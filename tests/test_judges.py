@@ -2,11 +2,11 @@
 
 import pytest
 
-from selfimprove.core.config import AdditionConfig, JudgeConfig, LLMJudgeConfig, RewardModelConfig
+from selfimprove.core.config import JudgeConfig, LLMJudgeConfig, RewardModelConfig
 from selfimprove.core.judge_prompts import neutralise, render
 from selfimprove.stages.judge import JudgeEnv, judge_rows
 from selfimprove.stages.judge.llm import SCORE, WINNER, injected, parse_verdict
-from selfimprove.tasks.addition import AdditionTask
+from selfimprove.tasks.addition import AdditionConfig, AdditionTask
 
 TASK = AdditionTask(AdditionConfig(), 0)
 

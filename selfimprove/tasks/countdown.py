@@ -17,13 +17,47 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
 from selfimprove.core import seeding
-from selfimprove.core.config import CountdownConfig
 from selfimprove.core.prompts import prompt_key
+from selfimprove.core.typed_yaml import option
 from selfimprove.tasks import FixedSets, Task, split_accuracy
+
+
+@dataclass
+class CountdownConfig:
+    """Options of the countdown task."""
+
+    min_operands: int = option(2, "Fewest numbers in a problem (seed, rounds and in-distribution eval).", ge=1)
+    max_operands: int = option(3, "Most numbers in a problem trained on; eval beyond it is out-of-distribution.", ge=1)
+    max_number: int = option(9, "Numbers are drawn from 1..max_number.")
+    seed_size: int = option(20000, "Labelled seed problems, one random solution each.", ge=1)
+    prompts_per_round: int = option(
+        1000, "Unlabelled problems per round (the verifier checks answers against the prompt itself).", ge=1
+    )
+    eval_max_operands: int = option(4, "Evaluate min_operands..eval_max_operands operands.", ge=1)
+    eval_size_per_level: int = option(200, "Eval problems per operand count (fewer when the space is smaller).", ge=1)
+    dev_size_per_level: int = option(
+        0,
+        "Dev problems per operand count (a split of their own, drawn apart from the eval sets and kept out of "
+        "training): labelled rows a decision may read (dev/... metrics). 0 = none.",
+        ge=0,
+    )
+
+    def check(self) -> list[str]:
+        p = []
+        if not 1 <= self.min_operands <= self.max_operands <= self.eval_max_operands:
+            p.append(
+                f"need 1 <= min_operands ({self.min_operands}) <= max_operands ({self.max_operands}) <= "
+                f"eval_max_operands ({self.eval_max_operands})."
+            )
+        if not 1 <= self.max_number <= 99:
+            p.append(f"max_number={self.max_number} must be in 1..99.")
+        return p
+
 
 _PROMPT = re.compile(r"^(\d+(?:,\d+)*)>(-?\d+):$")
 _EXPR = re.compile(r"^\d+(?:[-+*]\d+)*$")
@@ -77,6 +111,7 @@ def check(prompt: str, completion: str) -> bool:
 class CountdownTask(FixedSets, Task):
     EVAL_SIZE, DEV_SIZE = "eval_size_per_level", "dev_size_per_level"
     name = "countdown"
+    Config = CountdownConfig
     proposes = True
     system_prompt = ""
     fewshot_examples = ()

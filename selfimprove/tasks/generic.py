@@ -14,13 +14,80 @@ import functools
 import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from selfimprove.core import seeding
-from selfimprove.core.config import GenericConfig
 from selfimprove.core.errors import DataError
 from selfimprove.core.prompts import prompt_key
+from selfimprove.core.typed_yaml import option
 from selfimprove.tasks import Task, split_accuracy
+
+
+@dataclass
+class GenericConfig:
+    """Options of the generic task."""
+
+    prompts: str = option(
+        "", "Prompts to self-train on: a .jsonl/.json/.parquet/.csv file or a hub dataset id (loaded with datasets)."
+    )
+    split: str = option("train", "Split of a hub dataset (files load as 'train').")
+    subset: str = option("", "Configuration name of a hub dataset (e.g. 'main' for openai/gsm8k).")
+    eval_split: str = option("test", "Split of hub eval datasets.")
+    reference_regex: str = option(
+        "",
+        "Extract the reference answer from the answer column (last match, commas dropped), e.g. '#### (-?[0-9.,]+)' "
+        "for GSM8K; empty = the column as it is.",
+    )
+    prompt_field: str = option("prompt", "Column holding the prompt text.")
+    answer_field: str = option(
+        "answer", "Column holding the reference answer (optional; used only by the verifier judge and metrics)."
+    )
+    difficulty_field: str = option("difficulty", "Column holding an integer difficulty (optional).")
+    seed_data: str = option("", "Labelled round-0 data with prompt and completion columns (optional).")
+    eval_id: str = option("", "In-distribution eval set (prompt + answer columns).")
+    eval_ood: str = option("", "Out-of-distribution eval set (prompt + answer columns).")
+    eval_answers: bool = option(
+        True,
+        "Eval rows must carry a reference answer (answer_field); false for judge-only evaluation, where eval/accuracy "
+        "is not meaningful (e.g. open-ended prompts).",
+    )
+    prompt_template: str = option(
+        "",
+        "Jinja template of the user message over the row's columns, e.g. '{{ question }} Put your final answer within "
+        "\\boxed{}.'; a path ending in .j2/.jinja/.txt reads it from that file; empty = the prompt_field column as it "
+        "is. Applied alike to round prompts, eval sets, seed data and few-shot examples.",
+    )
+    system_prompt: str = option(
+        "",
+        "System prompt before every prompt: a system turn with generate.chat_template, else the first paragraph of the "
+        "text; a path ending in .txt reads it from that file.",
+    )
+    fewshot: str = option(
+        "",
+        "File of few-shot examples (the prompt columns plus fewshot_completion_field), rendered with prompt_template "
+        "and shown before every prompt: user/assistant turns with generate.chat_template, else prompt + completion "
+        "paragraphs.",
+    )
+    fewshot_completion_field: str = option("completion", "Column holding each few-shot example's answer.")
+    fewshot_count: int = option(0, "Use the first this many few-shot examples (0 = all).", ge=0)
+    verifier: Literal["exact", "numeric", "regex", "math"] = option(
+        "exact",
+        "How an answer is checked against the reference: exact string, numeric value of the last number, the last "
+        "answer_regex match, or 'math' (math-verify: \\boxed{}, LaTeX, fractions, numbers in text).",
+    )
+    answer_regex: str = option(
+        r"(-?\d+(?:\.\d+)?)\s*$", "With verifier 'regex': the first group of the last match is the final answer."
+    )
+    prompts_per_round: int = option(
+        0, "Prompts drawn (without replacement across rounds) per round; 0 uses all every round.", ge=0
+    )
+    max_new_tokens: int = option(256, "Generation length limit for this task.", ge=1)
+
+    def check(self) -> list[str]:
+        return []
+
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 TEXT_FILE_SUFFIXES = (".j2", ".jinja", ".txt")
@@ -150,6 +217,21 @@ def _math(text: str):
 
 class GenericTask(Task):
     name = "generic"
+    Config = GenericConfig
+
+    @classmethod
+    def recipe_problems(cls, recipe) -> list[str]:
+        g, p = recipe.task.generic, []
+        if not g.prompts:
+            p.append("task.generic.prompts is empty: point it at a prompts file or hub dataset id.")
+        if not (g.eval_id or g.eval_ood):
+            p.append("task.generic: set eval_id and/or eval_ood so every round can be evaluated.")
+        if recipe.model.path is None and not g.seed_data:
+            p.append(
+                "model.path is null (a from-scratch model) but task.generic.seed_data is empty: a random model needs "
+                "labelled seed data."
+            )
+        return p
 
     def __init__(self, cfg: GenericConfig, seed: int):
         self.cfg, self.seed = cfg, seed

@@ -23,13 +23,85 @@ one of the held-out ones; its reference is its rules applied to its input.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
 from selfimprove.core import seeding
-from selfimprove.core.config import RewriteConfig
 from selfimprove.core.prompts import prompt_key
+from selfimprove.core.typed_yaml import option
 from selfimprove.tasks import FixedSets, Task, split_accuracy
+
+
+@dataclass
+class RewriteConfig:
+    """Options of the rewrite task (string rewriting rules; OOD = unseen rules)."""
+
+    alphabet: int = option(6, "Letters a.. used in rules and strings.", ge=2, le=26)
+    train_rules: int = option(
+        64, "Distinct rules in the seed data and round prompts (the diversity knob, at a fixed seed_size).", ge=1
+    )
+    ood_rules: int = option(
+        64, "Held-out rules, only in the OOD eval (the same for every train_rules under one seed).", ge=1
+    )
+    rule_max_len: int = option(2, "Longest left or right side of a rule (complexity).", ge=1)
+    min_input: int = option(3, "Shortest input string.", ge=0)
+    max_input: int = option(8, "Longest input string.", ge=1)
+    noop_share: float = option(
+        0.2, "Share of problems whose first rule does not apply (the answer keeps that step's string).", ge=0, le=1
+    )
+    step_mix: list[float] = option(
+        [1.0], "Weights of 1, 2, ... rules per problem in seed data and round prompts (complexity), e.g. [1, 1, 1]."
+    )
+    label_noise: float = option(
+        0.0, "Share of seed labels made wrong on purpose, one character changed (the quality knob).", ge=0, le=1
+    )
+    seed_size: int = option(4000, "Labelled seed problems (the example budget).", ge=1)
+    prompts_per_round: int = option(1000, "Unlabelled round prompts: new inputs for the training rules.", ge=1)
+    eval_max_steps: int = option(
+        3, "Evaluate 1..eval_max_steps rules per problem, on training (ID) and held-out (OOD) rules.", ge=1
+    )
+    eval_size_per_level: int = option(200, "Eval problems per split and step count.", ge=1)
+    eval_id_rules: int = option(
+        0,
+        "Training rules the ID eval (and dev, probe) problems are drawn from: the first this many (0 = all). A study "
+        "whose arms vary train_rules sets it to its smallest arm's count, so every arm of a seed gets the same tests.",
+        ge=0,
+    )
+    dev_size_per_level: int = option(
+        0,
+        "Dev problems per split and step count (apart from the eval sets, kept out of training): labelled rows a "
+        "decision may read (dev/... metrics). 0 = none.",
+        ge=0,
+    )
+
+    def check(self) -> list[str]:
+        p = []
+        if self.min_input > self.max_input:
+            p.append(f"min_input={self.min_input} must be <= max_input={self.max_input}.")
+        if self.eval_id_rules > self.train_rules:
+            p.append(
+                f"eval_id_rules={self.eval_id_rules} must be <= train_rules={self.train_rules}: ID problems use the "
+                "first eval_id_rules training rules."
+            )
+        if (
+            not self.step_mix
+            or any(not isinstance(w, (int, float)) or w < 0 for w in self.step_mix)
+            or not sum(self.step_mix)
+        ):
+            p.append(
+                f"step_mix={self.step_mix!r} must be a list of non-negative weights with a positive sum, e.g. [1, 1]."
+            )
+        space = sum(self.alphabet**n for n in range(1, self.rule_max_len + 1)) * sum(
+            self.alphabet**n for n in range(self.rule_max_len + 1)
+        )
+        if self.train_rules + self.ood_rules > space // 2:
+            p.append(
+                f"train_rules + ood_rules = {self.train_rules + self.ood_rules} is over half of the {space} possible "
+                "rules: raise alphabet or rule_max_len, or ask for fewer rules."
+            )
+        return p
+
 
 _PROMPT = re.compile(r"^((?:[a-z]+>[a-z]*)(?:;[a-z]+>[a-z]*)*)\|([a-z]*)=$")
 
@@ -55,6 +127,7 @@ def render(rules: list[tuple[str, str]], text: str) -> str:
 class RewriteTask(FixedSets, Task):
     EVAL_SIZE, DEV_SIZE = "eval_size_per_level", "dev_size_per_level"
     name = "rewrite"
+    Config = RewriteConfig
     corrupts = proposes = True
     system_prompt = ""
     fewshot_examples = ()

@@ -29,9 +29,8 @@ from typing import Literal
 
 import yaml
 
-from selfimprove.core.config import _f
 from selfimprove.core.errors import UserError
-from selfimprove.core.typed_yaml import ConfigError, build, load_yaml
+from selfimprove.core.typed_yaml import ConfigError, build, load_yaml, option
 
 DEFAULT_METRICS = (
     "eval/accuracy/id",
@@ -56,8 +55,10 @@ def reserved_overrides(overrides: dict, field: str) -> list[str]:
 
 @dataclass
 class ArmSpec:
-    name: str = _f("", "The arm's name (letters, digits, '_', '.', '-'): its folder and its label in tables.")
-    overrides: dict = _f({}, "Recipe overrides of this arm, as the CLI's dotted keys: {task.rewrite.train_rules: 8}.")
+    name: str = option("", "The arm's name (letters, digits, '_', '.', '-'): its folder and its label in tables.")
+    overrides: dict = option(
+        {}, "Recipe overrides of this arm, as the CLI's dotted keys: {task.rewrite.train_rules: 8}."
+    )
 
     def check(self) -> list[str]:
         p = [] if NAME.match(self.name) else [f"name={self.name!r}: use letters, digits, '_', '.' or '-'."]
@@ -66,17 +67,17 @@ class ArmSpec:
 
 @dataclass
 class ContrastSpec:
-    arm: str = _f("", "The arm tested (B).")
-    vs: str = _f("", "The arm it is compared with (A; default: the baseline). The difference is B - A, by seed.")
-    metric: str = _f("", "The metric compared (default: the first primary metric).")
-    round: int = _f(-1, "The round compared (-1: the last round every run reached).", ge=-1)
-    expect: Literal["greater", "less"] = _f("greater", "The direction the study's claim predicts for B - A.")
+    arm: str = option("", "The arm tested (B).")
+    vs: str = option("", "The arm it is compared with (A; default: the baseline). The difference is B - A, by seed.")
+    metric: str = option("", "The metric compared (default: the first primary metric).")
+    round: int = option(-1, "The round compared (-1: the last round every run reached).", ge=-1)
+    expect: Literal["greater", "less"] = option("greater", "The direction the study's claim predicts for B - A.")
 
 
 @dataclass
 class MatchSpec:
-    quantity: str = _f("", "A metrics.jsonl key the arms must share at the compared round (compute/total/...).")
-    tolerance: float = _f(
+    quantity: str = option("", "A metrics.jsonl key the arms must share at the compared round (compute/total/...).")
+    tolerance: float = option(
         0.0, "Largest relative spread allowed between the arms of one seed: (max - min) / max.", ge=0, lt=1
     )
 
@@ -85,28 +86,30 @@ class MatchSpec:
 class StudySlurm:
     """The job array of ``selfimprove study --slurm``: one task per arm x seed."""
 
-    partition: str = _f("", "sbatch --partition ('' = the cluster's default).")
-    time: str = _f("04:00:00", "sbatch --time of each task (one run).")
-    mem: str = _f("16G", "sbatch --mem of each task.")
-    cpus_per_task: int = _f(0, "sbatch --cpus-per-task (0 = the study's threads).", ge=0)
-    gpus_per_node: int = _f(0, "sbatch --gpus-per-node (0 = not asked for).", ge=0)
-    sbatch_args: list[str] = _f([], "More sbatch options, one per item, e.g. ['--account=proj'].")
+    partition: str = option("", "sbatch --partition ('' = the cluster's default).")
+    time: str = option("04:00:00", "sbatch --time of each task (one run).")
+    mem: str = option("16G", "sbatch --mem of each task.")
+    cpus_per_task: int = option(0, "sbatch --cpus-per-task (0 = the study's threads).", ge=0)
+    gpus_per_node: int = option(0, "sbatch --gpus-per-node (0 = not asked for).", ge=0)
+    sbatch_args: list[str] = option([], "More sbatch options, one per item, e.g. ['--account=proj'].")
 
 
 @dataclass
 class StudyFile:
-    name: str = _f("", "The study's name (default: the file's name).")
-    base: str = _f("", "The base recipe, relative to the study file.")
-    seeds: list[int] = _f([0, 1, 2, 3, 4], "Seeds, the same for every arm (a difference is paired by seed).")
-    overrides: dict = _f({}, "Recipe overrides of every arm, applied before the arm's own (which win).")
-    arms: list[ArmSpec] = _f([], "The arms: each a name and recipe overrides.")
-    baseline: str = _f("", "The arm the others are compared with by default (default: the first).")
-    metrics: list[str] = _f(list(DEFAULT_METRICS), "Metrics reported per arm and round (secondary unless primary).")
-    primary: list[str] = _f([], "Primary metrics, declared before the run: the contrasts test them.")
-    contrasts: list[ContrastSpec] = _f([], "Declared contrasts (default: each arm vs the baseline, each primary).")
-    match: list[MatchSpec] = _f([], "Quantities the arms must share (compute ledger); unmatched arms get no verdict.")
-    threads: int = _f(1, "Torch threads of every run (a run's numbers depend on it).", ge=1)
-    output_dir: str = _f("", "Where the study's runs go (default: runs/studies/NAME).")
+    name: str = option("", "The study's name (default: the file's name).")
+    base: str = option("", "The base recipe, relative to the study file.")
+    seeds: list[int] = option([0, 1, 2, 3, 4], "Seeds, the same for every arm (a difference is paired by seed).")
+    overrides: dict = option({}, "Recipe overrides of every arm, applied before the arm's own (which win).")
+    arms: list[ArmSpec] = option([], "The arms: each a name and recipe overrides.")
+    baseline: str = option("", "The arm the others are compared with by default (default: the first).")
+    metrics: list[str] = option(list(DEFAULT_METRICS), "Metrics reported per arm and round (secondary unless primary).")
+    primary: list[str] = option([], "Primary metrics, declared before the run: the contrasts test them.")
+    contrasts: list[ContrastSpec] = option([], "Declared contrasts (default: each arm vs the baseline, each primary).")
+    match: list[MatchSpec] = option(
+        [], "Quantities the arms must share (compute ledger); unmatched arms get no verdict."
+    )
+    threads: int = option(1, "Torch threads of every run (a run's numbers depend on it).", ge=1)
+    output_dir: str = option("", "Where the study's runs go (default: runs/studies/NAME).")
     slurm: StudySlurm = field(default_factory=StudySlurm, metadata={"help": "The job array of study --slurm."})
 
     def check(self) -> list[str]:
