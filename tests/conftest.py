@@ -120,6 +120,27 @@ def tiny_real(tmp_path_factory, bpe_tokenizer):
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny recipe run once for the whole session (2 rounds, through the CLI). Read it; change only a copy."""
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    out = run_cli("run", TINY_RECIPE, "--output_dir", run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run
+
+
+def copy_run(run: Path, dest: Path, rounds: int | None = None) -> Path:
+    """A copy of a finished run; with ``rounds``, the run as it was when that round finished (later rounds gone)."""
+    from selfimprove.core.rundir import rebuild_metrics, round_dir, round_numbers
+
+    shutil.copytree(run, dest)
+    for k in round_numbers(dest) if rounds is not None else []:
+        if k > rounds:
+            shutil.rmtree(round_dir(dest, k))
+    rebuild_metrics(dest)
+    return dest
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path):
     from selfimprove.core.config import load_recipe

@@ -22,17 +22,9 @@ def _strip_times(rows):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("e2e") / "run"
-    out = run_cli("run", TINY_RECIPE, "--output_dir", run)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run
-
-
 @pytest.mark.e2e
-def test_round_folders_and_metrics(finished_run):
-    run = finished_run
+def test_round_folders_and_metrics(tiny_run):
+    run = tiny_run
     assert (run / "recipe.yaml").exists() and (run / "base_model" / "DONE").exists()
     assert all((run / "round_00" / s / "DONE").exists() for s in ("train", "evaluate", "monitor"))
     for k in (1, 2):
@@ -89,15 +81,15 @@ def test_round_folders_and_metrics(finished_run):
 
 
 @pytest.mark.e2e
-def test_compute_ledger_by_hand(finished_run):
+def test_compute_ledger_by_hand(tiny_run):
     """compute/... per round from the run's own data, compute/total/... their running sums."""
     from selfimprove.core.rows import load_rows
 
-    rows, totals = _metrics(finished_run), {}
+    rows, totals = _metrics(tiny_run), {}
     for m in rows:
         k = m["round"]
-        gen = load_rows(finished_run / f"round_{k:02d}" / "generate" / "data") if k else []
-        train = json.loads((finished_run / f"round_{k:02d}" / "train" / "meta.json").read_text())
+        gen = load_rows(tiny_run / f"round_{k:02d}" / "generate" / "data") if k else []
+        train = json.loads((tiny_run / f"round_{k:02d}" / "train" / "meta.json").read_text())
         want = {
             "samples_generated": len(gen),
             "prompts_posed": len({r["prompt_id"] for r in gen}),
@@ -118,11 +110,11 @@ def test_compute_ledger_by_hand(finished_run):
 
 
 @pytest.mark.e2e
-def test_lineage_and_checkpoints(finished_run):
+def test_lineage_and_checkpoints(tiny_run):
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gen = load_from_disk(str(finished_run / "round_01" / "filter" / "data"))
+    gen = load_from_disk(str(tiny_run / "round_01" / "filter" / "data"))
     for col in (
         "round",
         "checkpoint",
@@ -138,28 +130,28 @@ def test_lineage_and_checkpoints(finished_run):
         assert col in gen.column_names, col
     assert set(gen["round"]) == {1} and set(gen["checkpoint"]) == {"round_00/train/model"}
     assert len(gen) == 40 * 3
-    ckpt = finished_run / "round_02" / "train" / "model"
+    ckpt = tiny_run / "round_02" / "train" / "model"
     model = AutoModelForCausalLM.from_pretrained(ckpt)
     tok = AutoTokenizer.from_pretrained(ckpt)
     assert model.config.vocab_size == len(tok)
 
 
 @pytest.mark.e2e
-def test_rerun_is_a_noop_and_monitor_recomputes(finished_run):
-    before = (finished_run / "metrics.jsonl").read_text()
-    stamp = (finished_run / "round_02" / "train" / "DONE").stat().st_mtime
-    out = run_cli("run", TINY_RECIPE, "--output_dir", finished_run)
+def test_rerun_is_a_noop_and_monitor_recomputes(tiny_run):
+    before = (tiny_run / "metrics.jsonl").read_text()
+    stamp = (tiny_run / "round_02" / "train" / "DONE").stat().st_mtime
+    out = run_cli("run", TINY_RECIPE, "--output_dir", tiny_run)
     assert out.returncode == 0
-    assert (finished_run / "round_02" / "train" / "DONE").stat().st_mtime == stamp
-    assert (finished_run / "metrics.jsonl").read_text() == before
-    out = run_cli("monitor", finished_run)
+    assert (tiny_run / "round_02" / "train" / "DONE").stat().st_mtime == stamp
+    assert (tiny_run / "metrics.jsonl").read_text() == before
+    out = run_cli("monitor", tiny_run)
     assert out.returncode == 0
-    assert _strip_times(_metrics(finished_run)) == _strip_times([json.loads(x) for x in before.splitlines()])
+    assert _strip_times(_metrics(tiny_run)) == _strip_times([json.loads(x) for x in before.splitlines()])
 
 
 @pytest.mark.e2e
-def test_changed_recipe_is_refused(finished_run):
-    out = run_cli("run", TINY_RECIPE, "--output_dir", finished_run, "--generate.temperature", "0.5")
+def test_changed_recipe_is_refused(tiny_run):
+    out = run_cli("run", TINY_RECIPE, "--output_dir", tiny_run, "--generate.temperature", "0.5")
     assert out.returncode == 2
     assert "generate.temperature: 0.8 -> 0.5" in out.stderr and "--allow-recipe-change" in out.stderr
 
@@ -212,10 +204,10 @@ def _killed_then_resumed(point: str, tmp_path: Path) -> Path:
     return run
 
 
-def _assert_identical(run: Path, finished_run: Path) -> None:
+def _assert_identical(run: Path, tiny_run: Path) -> None:
     assert not list(run.glob("*.partial")) and not list(run.glob("round_*/*.partial"))
-    assert _strip_times(_metrics(run)) == _strip_times(_metrics(finished_run))
-    a, b = _artifacts(run), _artifacts(finished_run)
+    assert _strip_times(_metrics(run)) == _strip_times(_metrics(tiny_run))
+    a, b = _artifacts(run), _artifacts(tiny_run)
     assert a.keys() == b.keys()
     for key in a:
         assert a[key] == b[key], key
@@ -224,24 +216,24 @@ def _assert_identical(run: Path, finished_run: Path) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("point", KILLS)
-def test_resume_after_kill_matches_uninterrupted(point, finished_run, tmp_path):
-    _assert_identical(_killed_then_resumed(point, tmp_path), finished_run)
+def test_resume_after_kill_matches_uninterrupted(point, tiny_run, tmp_path):
+    _assert_identical(_killed_then_resumed(point, tmp_path), tiny_run)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", MORE_KILLS)
-def test_resume_after_kill_at_every_point(point, finished_run, tmp_path):
-    _assert_identical(_killed_then_resumed(point, tmp_path), finished_run)
+def test_resume_after_kill_at_every_point(point, tiny_run, tmp_path):
+    _assert_identical(_killed_then_resumed(point, tmp_path), tiny_run)
 
 
 @pytest.mark.e2e
-def test_kill_inside_a_forced_redo_keeps_the_stage(finished_run, tmp_path):
+def test_kill_inside_a_forced_redo_keeps_the_stage(tiny_run, tmp_path):
     """SIGKILL between setting the finished stage aside and moving the new one in: the next run restores it."""
     import os
     import shutil
 
     run = tmp_path / "copy"
-    shutil.copytree(finished_run, run)
+    shutil.copytree(tiny_run, run)
     proc = subprocess.run(
         [sys.executable, "-m", "selfimprove", "stage", "filter", str(run), "--round", "1", "--force"],
         cwd=REPO,
@@ -253,17 +245,17 @@ def test_kill_inside_a_forced_redo_keeps_the_stage(finished_run, tmp_path):
     assert proc.returncode == -signal.SIGKILL and not (run / "round_01" / "filter").exists()
     out = run_cli("run", TINY_RECIPE, "--output_dir", run)
     assert out.returncode == 0, out.stderr[-3000:]
-    _assert_identical(run, finished_run)
+    _assert_identical(run, tiny_run)
 
 
 @pytest.mark.e2e
-def test_train_stage_by_hand_with_accelerate_launch(finished_run, tmp_path):
+def test_train_stage_by_hand_with_accelerate_launch(tiny_run, tmp_path):
     """The process boundary: round 2's training launched alone reproduces the loop's checkpoint, and the loop
     resumes."""
     import shutil
 
     run = tmp_path / "copy"
-    shutil.copytree(finished_run, run)
+    shutil.copytree(tiny_run, run)
     for stage in ("train", "evaluate", "monitor"):
         shutil.rmtree(run / "round_02" / stage)
     cmd = [
@@ -284,34 +276,32 @@ def test_train_stage_by_hand_with_accelerate_launch(finished_run, tmp_path):
     assert meta["world_size"] == 1 and meta["steps"] == 10
     assert (
         _artifacts(run)["round_02/train/model/model.safetensors"]
-        == _artifacts(finished_run)["round_02/train/model/model.safetensors"]
+        == _artifacts(tiny_run)["round_02/train/model/model.safetensors"]
     )
     out = run_cli("run", TINY_RECIPE, "--output_dir", run)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert _strip_times(_metrics(run)) == _strip_times(_metrics(finished_run))
+    assert _strip_times(_metrics(run)) == _strip_times(_metrics(tiny_run))
 
 
 @pytest.mark.e2e
-def test_stage_command_redoes_one_stage_identically(finished_run, tmp_path):
+def test_stage_command_redoes_one_stage_identically(tiny_run, tmp_path):
     import shutil
 
     from selfimprove.core.rows import load_rows
 
     run = tmp_path / "copy"
-    shutil.copytree(finished_run, run)
+    shutil.copytree(tiny_run, run)
     out = run_cli("stage", "evaluate", run, "--round", "1")
     assert out.returncode == 0 and "already done" in out.stderr
     out = run_cli("stage", "evaluate", run, "--round", "1", "--force")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert load_rows(run / "round_01" / "evaluate" / "data") == load_rows(
-        finished_run / "round_01" / "evaluate" / "data"
-    )
+    assert load_rows(run / "round_01" / "evaluate" / "data") == load_rows(tiny_run / "round_01" / "evaluate" / "data")
     out = run_cli("stage", "judge", tmp_path / "nowhere", "--round", "1")
     assert out.returncode == 2 and "not a run directory" in out.stderr
 
 
 @pytest.mark.e2e
-def test_every_stage_launched_as_a_one_process_accelerate_job(finished_run, tmp_path):
+def test_every_stage_launched_as_a_one_process_accelerate_job(tiny_run, tmp_path):
     """With 1-process accelerate configs for training and for the sharded stages, each of those stages is launched
     exactly once (the launched job knows from the explicit marker that it is the job) and the run equals the
     in-process one."""
@@ -337,7 +327,7 @@ def test_every_stage_launched_as_a_one_process_accelerate_job(finished_run, tmp_
     assert [m["round"] for m in _metrics(run)] == [0, 1]
     assert json.loads((run / "round_01" / "train" / "meta.json").read_text())["world_size"] == 1
     other_recipe = lambda rows: [{k: v for k, v in r.items() if k != "recipe"} for r in _strip_times(rows)]  # noqa: E731
-    assert other_recipe(_metrics(run)) == other_recipe(_metrics(finished_run)[:2])  # same numbers, another launcher
+    assert other_recipe(_metrics(run)) == other_recipe(_metrics(tiny_run)[:2])  # same numbers, another launcher
 
 
 @pytest.mark.e2e

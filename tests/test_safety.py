@@ -3,11 +3,10 @@
 a kept recipe history; run directories from elsewhere do not run code."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_RECIPE
+from conftest import REPO, TINY_RECIPE, copy_run
 
 from selfimprove.cli import main
 
@@ -244,20 +243,11 @@ def test_unknown_cli_prefix_is_not_guessed(capsys):
     assert err.value.code == 2 and "unrecognized arguments: --train.learning_rat" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    run = tmp_path_factory.mktemp("safety") / "run"
-    assert main(["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "1"]) == 0
-    return run
+def _copy(tiny_run, tmp_path) -> Path:
+    """The session's tiny run as it was after round 1: the tests below extend it, damage it or lock it."""
+    return copy_run(tiny_run, tmp_path / "run", rounds=1)
 
 
-def _copy(finished, tmp_path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
-    return run
-
-
-@pytest.mark.e2e
 def test_foreign_folder_is_never_touched(tmp_path, capsys):
     mine = tmp_path / "mine"
     (mine / "eval_sets").mkdir(parents=True)
@@ -273,20 +263,20 @@ def test_foreign_folder_is_never_touched(tmp_path, capsys):
 
 
 @pytest.mark.e2e
-def test_run_missing_its_recipe_is_not_readopted(finished, tmp_path, capsys):
-    run = _copy(finished, tmp_path)
+def test_run_missing_its_recipe_is_not_readopted(tiny_run, tmp_path, capsys):
+    run = _copy(tiny_run, tmp_path)
     (run / "recipe.yaml").unlink()
     assert main(["run", str(TINY_RECIPE), "--output_dir", str(run), "--filter.min_scores", "{majority: 0.9}"]) == 2
     assert "but no recipe.yaml" in capsys.readouterr().err
 
 
 @pytest.mark.e2e
-def test_one_writer_at_a_time(finished, tmp_path, capsys):
+def test_one_writer_at_a_time(tiny_run, tmp_path, capsys):
     import os
 
     from selfimprove.core.runlock import run_lock
 
-    run = _copy(finished, tmp_path)
+    run = _copy(tiny_run, tmp_path)
     with run_lock(run, "run"):
         for argv in (
             ["run", str(TINY_RECIPE), "--output_dir", str(run), "--rounds", "1"],
@@ -301,8 +291,8 @@ def test_one_writer_at_a_time(finished, tmp_path, capsys):
 
 
 @pytest.mark.e2e
-def test_same_size_corruption_is_found_by_verify_and_redone(finished, tmp_path, capsys):
-    run = _copy(finished, tmp_path)
+def test_same_size_corruption_is_found_by_verify_and_redone(tiny_run, tmp_path, capsys):
+    run = _copy(tiny_run, tmp_path)
     assert main(["verify", str(run)]) == 0 and "all intact" in capsys.readouterr().out
     arrow = next((run / "round_01" / "judge" / "data").glob("*.arrow"))
     data = bytearray(arrow.read_bytes())
@@ -317,8 +307,8 @@ def test_same_size_corruption_is_found_by_verify_and_redone(finished, tmp_path, 
 
 
 @pytest.mark.e2e
-def test_truncated_file_is_refused_on_read(finished, tmp_path, capsys):
-    run = _copy(finished, tmp_path)
+def test_truncated_file_is_refused_on_read(tiny_run, tmp_path, capsys):
+    run = _copy(tiny_run, tmp_path)
     arrow = next((run / "round_01" / "select" / "data").glob("*.arrow"))
     arrow.write_bytes(arrow.read_bytes()[:-10])
     assert main(["monitor", str(run)]) == 2
@@ -336,12 +326,12 @@ def test_changed_data_file_makes_later_stages_stale(tmp_path, capsys):
 
 
 @pytest.mark.e2e
-def test_forced_redo_that_fails_keeps_the_finished_stage(finished, tmp_path, monkeypatch):
+def test_forced_redo_that_fails_keeps_the_finished_stage(tiny_run, tmp_path, monkeypatch):
     from selfimprove import loop, registry
     from selfimprove.core.rows import load_rows
     from selfimprove.core.runs import open_run
 
-    run = _copy(finished, tmp_path)
+    run = _copy(tiny_run, tmp_path)
     before = load_rows(run / "round_01" / "filter" / "data")
 
     def broken(ctx, k):
@@ -360,8 +350,8 @@ def test_forced_redo_that_fails_keeps_the_finished_stage(finished, tmp_path, mon
 
 
 @pytest.mark.e2e
-def test_recipe_history_and_the_recipe_of_every_round(finished, tmp_path, capsys):
-    run = _copy(finished, tmp_path)
+def test_recipe_history_and_the_recipe_of_every_round(tiny_run, tmp_path, capsys):
+    run = _copy(tiny_run, tmp_path)
     assert (
         main(
             [
@@ -459,11 +449,11 @@ def test_a_run_directory_from_elsewhere_runs_no_code(tmp_path, capsys):
 
 
 @pytest.mark.e2e
-def test_read_only_run_says_it_needs_write_access(finished, tmp_path, monkeypatch, capsys):
+def test_read_only_run_says_it_needs_write_access(tiny_run, tmp_path, monkeypatch, capsys):
     import errno
     import os
 
-    run = _copy(finished, tmp_path)
+    run = _copy(tiny_run, tmp_path)
     real_open = os.open
 
     def read_only(path, *a, **kw):
@@ -477,10 +467,10 @@ def test_read_only_run_says_it_needs_write_access(finished, tmp_path, monkeypatc
 
 
 @pytest.mark.e2e
-def test_unexpected_error_is_one_line_and_a_log(finished, tmp_path, monkeypatch, capsys):
+def test_unexpected_error_is_one_line_and_a_log(tiny_run, tmp_path, monkeypatch, capsys):
     from selfimprove import registry
 
-    run = _copy(finished, tmp_path)
+    run = _copy(tiny_run, tmp_path)
 
     def crash(ctx, k):
         raise ZeroDivisionError("deep inside a library")
@@ -533,6 +523,6 @@ def test_eval_prompt_with_other_whitespace_never_reaches_training(tmp_path):
 
 
 @pytest.mark.e2e
-def test_metadata_paths_are_relative(finished):
-    meta = json.loads((finished / "round_01" / "train" / "meta.json").read_text())
+def test_metadata_paths_are_relative(tiny_run):
+    meta = json.loads((tiny_run / "round_01" / "train" / "meta.json").read_text())
     assert meta["init"] == "round_00/train/model"
