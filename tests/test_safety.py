@@ -248,6 +248,7 @@ def _copy(tiny_run, tmp_path) -> Path:
     return copy_run(tiny_run, tmp_path / "run", rounds=1)
 
 
+@pytest.mark.e2e
 def test_foreign_folder_is_never_touched(tmp_path, capsys):
     mine = tmp_path / "mine"
     (mine / "eval_sets").mkdir(parents=True)
