@@ -343,8 +343,12 @@ def _stage(args) -> int:
 
         PartialState(cpu=not torch.cuda.is_available())
     ctx = open_run(args.run_dir, trust=args.trust_recipe)
+    by_hand = not (in_launched_job() or dist_rank_world()[1] > 1)
+    problems = check_recipe(ctx.recipe).problems if by_hand else []  # a launched job's run was checked at its start
+    if problems:
+        raise ConfigError(problems, "cannot run the stage")
     # a job the orchestrator launched runs under its lock; a stage started by hand takes the run's lock itself
-    lock = contextlib.nullcontext() if in_launched_job() or dist_rank_world()[1] > 1 else run_lock(ctx.run_dir, "stage")
+    lock = run_lock(ctx.run_dir, "stage") if by_hand else contextlib.nullcontext()
     with lock:
         if not loop.run_stage(ctx, args.round, args.name, force=args.force):
             logging.getLogger("selfimprove").info(

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, copy_run
 
 from selfimprove import cli
 from selfimprove.core import integrity
@@ -17,8 +17,6 @@ from selfimprove.core.errors import RunDirError
 from selfimprove.core.rundir import RunContext, rebuild_metrics
 from selfimprove.core.runs import open_run
 from selfimprove.core.typed_yaml import ConfigError
-
-pytestmark = pytest.mark.unit
 
 
 def _main(capsys, *argv) -> tuple[int, str]:
@@ -32,6 +30,7 @@ def _refused(overrides: dict, path: str | None = None) -> str:
     return str(info.value)
 
 
+@pytest.mark.unit
 def test_values_that_would_fail_after_round_0_are_refused_with_the_recipe():
     for task in ("addition", "countdown", "rewrite"):
         assert f"task.{task}.prompts_per_round=0 must be >= 1" in _refused(
@@ -42,6 +41,7 @@ def test_values_that_would_fail_after_round_0_are_refused_with_the_recipe():
     )
 
 
+@pytest.mark.unit
 def test_the_scheduler_names_are_transformers_own():
     from typing import get_args
 
@@ -50,6 +50,7 @@ def test_the_scheduler_names_are_transformers_own():
     assert set(get_args(SchedulerName)) == {s.value for s in SchedulerType}
 
 
+@pytest.mark.unit
 def test_an_empty_section_is_its_defaults_and_a_value_is_not_a_section(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("model:\ntask: {name: addition}\n")
@@ -59,6 +60,7 @@ def test_an_empty_section_is_its_defaults_and_a_value_is_not_a_section(tmp_path)
     assert "model: is 3, not a section, so model.path cannot be set in it." in _refused({"model.path": "x"}, str(path))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "text, why", [("", "it is empty"), ("a: [1,\n", "it is not YAML"), ("- 1\n", "it holds a list, not a recipe")]
 )
@@ -73,6 +75,7 @@ def test_a_damaged_run_recipe_gets_a_message(tmp_path, capsys, text, why):
     assert rc == 2 and "is damaged" in err and "unexpected" not in err
 
 
+@pytest.mark.unit
 def test_a_full_disk_says_what_to_do(monkeypatch, capsys, tmp_path):
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.arrow"))
@@ -89,6 +92,7 @@ def _finished(folder, files: dict[str, str]) -> None:
             (out / name).write_text(text)
 
 
+@pytest.mark.unit
 def test_a_finished_monitor_that_lost_its_metrics_is_called_damaged(tmp_path):
     _finished(tmp_path / "round_00" / "monitor", {"metrics.json": json.dumps({"round": 0}), "alarms.json": "[]"})
     assert rebuild_metrics(tmp_path) == [{"round": 0}]
@@ -97,6 +101,7 @@ def test_a_finished_monitor_that_lost_its_metrics_is_called_damaged(tmp_path):
         rebuild_metrics(tmp_path)
 
 
+@pytest.mark.unit
 def test_an_input_changed_in_place_is_refused_before_a_stage_starts(tmp_path, monkeypatch):
     recipe = load_recipe(None, {"output_dir": str(tmp_path)})
     ctx = RunContext(recipe, tmp_path)
@@ -113,6 +118,7 @@ def test_an_input_changed_in_place_is_refused_before_a_stage_starts(tmp_path, mo
     assert not started
 
 
+@pytest.mark.unit
 def test_what_only_the_check_knows_is_refused_before_a_run_and_before_a_study(capsys, tmp_path):
     recipe = REPO / "recipes" / "countdown" / "quality_only_cpu.yaml"
     noisy = ["--select.labels", "oracle", "--select.oracle_label_noise", "0.1"]
@@ -127,3 +133,15 @@ def test_what_only_the_check_knows_is_refused_before_a_run_and_before_a_study(ca
     study.write_text(yaml.safe_dump({"base": str(recipe), "arms": arms}))
     rc, err = _main(capsys, "study", study, "--output_dir", tmp_path / "s")
     assert rc == 2 and "arm 'b': its recipe cannot run" in err and not (tmp_path / "s" / "a").exists()
+
+
+@pytest.mark.e2e
+def test_a_stage_run_by_hand_is_checked_first(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["monitor"]["extra_metrics"] = ["no_such_module:score"]
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    done = (run / "round_01" / "evaluate" / "DONE").stat().st_mtime_ns
+    rc, err = _main(capsys, "stage", "evaluate", run, "--round", 1, "--force", "--trust-recipe")
+    assert rc == 2 and "cannot run the stage" in err and "'no_such_module' does not import" in err
+    assert (run / "round_01" / "evaluate" / "DONE").stat().st_mtime_ns == done
