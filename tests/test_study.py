@@ -313,3 +313,23 @@ def test_docs_verdict_tables_agree_with_their_bundles(tmp_path):
     tampered = doc.read_text().replace("**supported**", "**contradicted**").replace("**inconclusive**", "**supported**")
     tampered = tampered.replace("**unmatched**", "**supported**")
     assert render(tampered, REPO / "results") != tampered
+
+
+@pytest.mark.unit
+def test_the_study_sizes_table_is_its_measurements():
+    """docs/studies.md's "Study sizes" rows with a one-seed time are the committed measurements of the file as shipped,
+    and each estimate is that time x the rounds of two runs a 5-seed study takes over those of one seed."""
+    measured = json.loads((REPO / "results" / "study_sizes" / "one_seed_times.json").read_text())
+    shipped = {m["file"]: m for m in measured if m["as_shipped"]}
+    text = (REPO / "docs" / "studies.md").read_text()
+    rows = [line.split("|")[1:-1] for line in text.split("## Study sizes")[1].split("\n## ")[0].splitlines()]
+    checked = 0
+    for cells in (c for c in rows if len(c) == 5 and c[3].strip().isdigit()):
+        name, arms, seconds, minutes = cells[0].strip(), int(cells[1].split("×")[0]), int(cells[3]), int(cells[4])
+        m = shipped[name]
+        assert m["wall_s"] == seconds and len(m["runs"]) == arms, name
+        waves = math.ceil(5 * arms / 2) / math.ceil(arms / 2)
+        assert minutes == round(seconds * waves / 60), name
+        assert minutes <= 40, name
+        checked += 1
+    assert checked == len(shipped) == 6
