@@ -273,3 +273,21 @@ def test_a_mapping_merges_into_a_section_but_replaces_a_mapping_field():
     assert apply_overrides({"filter": {"min_scores": {"a": 1}}}, {"filter": {"min_scores": {}}}, Recipe) == {
         "filter": {"min_scores": {}}
     }
+
+
+@pytest.mark.unit
+def test_numbers_written_as_yaml_1_1_strings_are_numbers(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-3 and 2e2 as strings; a TRL user means numbers, in a recipe, an override or
+    trainer_args."""
+    from selfimprove.core.trainer_args import build_args
+
+    path = tmp_path / "r.yaml"
+    path.write_text("train: {learning_rate: 1e-3, bootstrap_steps: 2e2, trainer_args: {adam_beta2: 9.99e-1}}\n")
+    r = load_recipe(str(path), {"train.max_steps": 30.0, "train.round_learning_rate": "5e-4"})
+    assert (r.train.learning_rate, r.train.bootstrap_steps, r.train.max_steps) == (0.001, 200, 30)
+    assert type(r.train.bootstrap_steps) is int and r.train.round_learning_rate == 0.0005
+    assert build_args(r, 1, str(tmp_path), 3, 1, "sft", 1000)["adam_beta2"] == 0.999
+    with pytest.raises(ConfigError, match="train.max_steps: expected int, got 30.5"):
+        load_recipe(None, {"train.max_steps": 30.5})
+    with pytest.raises(ConfigError, match="train.trainer_args.adam_beta2: expected a number, got 'fast'"):
+        load_recipe(None, {"train.trainer_args": {"adam_beta2": "fast"}})

@@ -17,6 +17,7 @@ import difflib
 import functools
 
 from selfimprove.core import seeding
+from selfimprove.core.typed_yaml import NUMBER
 
 OWNED = {
     "output_dir": "the engine (each round trains into its own stage folder)",
@@ -48,6 +49,30 @@ def _fields(method: str) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(SFTConfig if method == "sft" else DPOConfig))
 
 
+@functools.lru_cache(maxsize=None)
+def _number_fields(method: str) -> dict[str, type]:
+    """TRL config fields typed float or int (or either or None): trainer_args given as '1e-3' become numbers."""
+    from trl import DPOConfig, SFTConfig
+
+    out = {}
+    for f in dataclasses.fields(SFTConfig if method == "sft" else DPOConfig):
+        kind = str(f.type).replace("typing.", "").replace("Optional[", "").replace(" | None", "").rstrip("]")
+        if kind in ("float", "int", "<class 'float'>", "<class 'int'>"):
+            out[f.name] = float if "float" in kind else int
+    return out
+
+
+def numbers(args: dict, method: str) -> dict:
+    """``args`` with each number written as a string in a numeric field read as that number ('1e-3' -> 0.001)."""
+    kinds = _number_fields(method)
+    out = dict(args)
+    for key, value in args.items():
+        if key in kinds and isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            number = float(value)
+            out[key] = int(number) if kinds[key] is int and number.is_integer() else number
+    return out
+
+
 def methods_used(train, rounds: int) -> list[str]:
     """TRL configs a run builds: round 0 is SFT (when it trains), later rounds ``train.method``."""
     used = ["sft"] if train.bootstrap_steps > 0 or (rounds > 0 and train.method == "sft") else []
@@ -70,6 +95,10 @@ def problems(train, rounds: int) -> list[str]:
                 close = difflib.get_close_matches(key, sorted(_fields(method)), n=1, cutoff=0.6)
                 hint = f" Did you mean {close[0]!r}?" if close else f" See {cls}'s documentation for its fields."
                 out.append(f"train.trainer_args.{key}: not a field of {cls}, which {when} uses.{hint}")
+                break
+            value = numbers({key: train.trainer_args[key]}, method)[key]
+            if key in _number_fields(method) and isinstance(value, str):
+                out.append(f"train.trainer_args.{key}: expected a number, got {value!r}.")
                 break
     return out
 
@@ -121,4 +150,4 @@ def build_args(recipe, k: int, output_dir: str, steps: int, accumulation: int, m
     )
     if method == "dpo":
         owned.update(beta=t.dpo.beta, loss_type=[t.dpo.loss_type], max_length=t.dpo.max_length)
-    return {**defaults, **t.trainer_args, **owned}
+    return {**defaults, **numbers(t.trainer_args, method), **owned}

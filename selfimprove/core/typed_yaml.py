@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import field
@@ -18,6 +19,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from selfimprove.core.errors import UserError
+
+NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 def option(default, help: str, *, ge=None, gt=None, le=None, lt=None):
@@ -90,8 +93,12 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         return dict(value)
     if tp is Any:
         return value
+    if tp in (int, float) and isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 and 2e2 as strings; YAML 1.2, Python and TRL users read numbers
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # 2e2, 30.0
     if tp is bool and not isinstance(value, bool):
         problems.append(f"{where}: expected true or false, got {value!r}.")
         return None
