@@ -151,7 +151,8 @@ def summary_line(m: dict) -> str:
             f"kept {m['quality/kept']}/{m['quality/generated']} selected {m['quality/selected']}"
             + (f" (label acc {pl:.3f})" if pl is not None else "")
         )
-    parts.append(f"loss {m['train/first_loss'] or 0:.3f}->{m['train/last_loss'] or 0:.3f}")
+    first, last = m.get("train/first_loss"), m.get("train/last_loss")
+    parts.append(f"loss {first:.3f}->{last:.3f}" if first is not None and last is not None else "loss not logged")
     parts.append(f"{sum(v for k, v in m.items() if k.startswith('time/')):.0f}s")
     return " | ".join(parts)
 

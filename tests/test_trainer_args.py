@@ -69,3 +69,13 @@ def test_mixed_precision_and_checkpointing_follow_the_model_on_gpu(monkeypatch):
         is False
     )
     assert build_args(load_recipe(None, {"model.dtype": "float16"}), 0, "/tmp/x", 5, 1, "sft", 10)["fp16"] is True
+
+
+@pytest.mark.unit
+def test_a_round_shorter_than_logging_steps_still_logs_its_loss(tmp_path):
+    from selfimprove.core.config import load_recipe
+    from selfimprove.core.trainer_args import build_args
+
+    r = load_recipe(None, {"train.logging_steps": 50})
+    assert build_args(r, 1, str(tmp_path), 30, 1, "sft", 1000)["logging_steps"] == 30
+    assert build_args(r, 1, str(tmp_path), 300, 1, "sft", 1000)["logging_steps"] == 50

@@ -575,7 +575,9 @@ class TrainConfig:
         "non-zero exit), each from the stage's clean state, before the run stops. Slurm steps use slurm.retries.",
         ge=0,
     )
-    logging_steps: int = option(50, "Log the loss every this many steps.", ge=1)
+    logging_steps: int = option(
+        50, "Log the loss every this many steps (a round with fewer steps logs once, at its end).", ge=1
+    )
     trainer_args: dict = option(
         {},
         "Extra trl.SFTConfig / trl.DPOConfig arguments (e.g. {bf16: true, optim: adamw_torch_fused}), checked against "

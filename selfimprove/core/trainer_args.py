@@ -142,7 +142,7 @@ def build_args(recipe, k: int, output_dir: str, steps: int, accumulation: int, m
         warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        logging_steps=t.logging_steps,
+        logging_steps=min(t.logging_steps, max(steps, 1)),  # a round shorter than logging_steps still logs its loss
         seed=seeding.int_seed(recipe.seed, "train", k),
         data_seed=seeding.int_seed(recipe.seed, "train", k),
         use_cpu=not gpu,
