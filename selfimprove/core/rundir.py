@@ -116,9 +116,10 @@ class RunContext:
         """``atomic_stage`` for a stage of this run: its meta records the recipe's hash and the stage's model-bound
         compute (``compute_s``, selfimprove.core.timing), its DONE the inputs' digests."""
         meta = {**(meta or {}), "recipe": self.recipe_hash}
-        for folder in self.input_paths(k, name):  # a damaged input is refused before anything is made from it
+        folders = self.input_paths(k, name)
+        for folder in folders:  # a damaged input is refused before anything is made from it
             check_content(folder, self.run_dir)
-        with atomic_stage(self.folder(k, name), meta, self.inputs(k, name)) as (out, m), timing.recorded(m):
+        with atomic_stage(self.folder(k, name), meta, self.inputs(k, name, folders)) as (out, m), timing.recorded(m):
             yield out, m
 
     def _checkpoint_stage(self, j: int) -> Path | None:
@@ -164,9 +165,11 @@ class RunContext:
             + ([self._checkpoint_stage(k - 1)] if k else []),
         }
 
-    def inputs(self, k: int | None, name: str) -> dict[str, str]:
-        """{input: digest} for a stage: each folder it reads (by its DONE digest) and each local file the task reads."""
-        out = {str(p.relative_to(self.run_dir)): stage_digest(p) for p in self.input_paths(k, name)}
+    def inputs(self, k: int | None, name: str, folders: list[Path] | None = None) -> dict[str, str]:
+        """{input: digest} for a stage: each folder it reads (by its DONE digest; ``folders`` when already listed)
+        and each local file the task reads."""
+        folders = self.input_paths(k, name) if folders is None else folders
+        out = {str(p.relative_to(self.run_dir)): stage_digest(p) for p in folders}
         out.update({f"file:{f}": file_hash(Path(f)) for f in self.task.source_files()})
         return out
 

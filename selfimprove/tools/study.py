@@ -78,10 +78,11 @@ def arm_recipe(study: Study, arm: Arm, check: bool = True) -> dict:
     return data
 
 
-def _claim(study: Study, smoke: bool) -> None:
+def _claim(study: Study, smoke: bool, check: bool = True) -> None:
     """Create the study directory, or check a rerun is the same study; write each arm's recipe."""
 
-    recipes = {a.name: arm_recipe(study, a, check=not smoke) for a in study.arms}  # every arm checked before any run
+    # every arm checked before any run (a --smoke run applies its substitutions and checks itself)
+    recipes = {a.name: arm_recipe(study, a, check=check and not smoke) for a in study.arms}
     saved = study.output_dir / SAVED
     identity = {**study.identity(), "smoke": smoke}
     if saved.exists():
@@ -150,7 +151,8 @@ def _one(study: Study, arm: str, seed: int, threads: int, smoke: bool) -> int:
 def run_study(study: Study, jobs: int = 1, smoke: bool = False, only: int | None = None) -> dict:
     """Run (or resume) every arm x seed, ``jobs`` at a time, then aggregate; ``only`` runs one (a Slurm task)."""
     t0 = time.perf_counter()
-    _claim(study, smoke)
+    # one array task's run checks its own recipe; the arms were checked when the script was written (--slurm)
+    _claim(study, smoke, check=only is None)
     runs = study.runs() if only is None else [study.runs()[only]]
     # A run's numbers depend on its thread count (the order of float reductions), so the study fixes it, not --jobs:
     # any --jobs, or a Slurm array, gives the same runs.
