@@ -23,6 +23,11 @@ from selfimprove.core.errors import UserError
 NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
+def is_number(v) -> bool:
+    """An int or float written as a number (YAML reads true as a bool, which Python counts as an int)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def option(default, help: str, *, ge=None, gt=None, le=None, lt=None):
     """A field of a typed config (a recipe section, a task's config, a study file): its default, its help (the one
     place it is documented) and, for numbers, its bounds."""
