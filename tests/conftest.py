@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import subprocess
@@ -172,3 +173,33 @@ def run_cli(*args, cwd=None, timeout=600):
         cwd=cwd or REPO,
         timeout=timeout,
     )
+
+
+# A from-scratch generic recipe on local files (tests/test_bad_input.py breaks each of them; test_safety uses it too)
+GOOD_ROWS = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
+
+
+def write_jsonl(path: Path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def generic_args(tmp: Path, prompts=None, seed=None, evals=None, **task) -> list[str]:
+    """CLI arguments running a from-scratch generic recipe on local files (each replaceable by a broken one)."""
+    prompts = prompts or write_jsonl(tmp / "prompts.jsonl", [{"prompt": r["prompt"]} for r in GOOD_ROWS[60:90]])
+    seed = seed or write_jsonl(
+        tmp / "seed.jsonl", [{"prompt": r["prompt"], "completion": r["answer"]} for r in GOOD_ROWS[:60]]
+    )
+    evals = evals or write_jsonl(tmp / "eval.jsonl", GOOD_ROWS[90:])
+    recipe = tmp / "generic.yaml"
+    recipe.write_text(f"""
+output_dir: {tmp / "run"}
+rounds: 1
+model: {{bootstrap: {{hidden_size: 32, num_layers: 2, num_heads: 2}}}}
+task: {{name: generic, generic: {{prompts: {prompts}, seed_data: {seed}, eval_id: {evals}, verifier: numeric,
+       max_new_tokens: 4}}}}
+generate: {{num_samples: 3, batch_size: 32}}
+filter: {{min_scores: {{format: 1.0, majority: 0.6}}}}
+train: {{bootstrap_steps: 5, max_steps: 2, per_device_train_batch_size: 8}}
+""")
+    return [str(recipe), *[str(x) for kv in task.items() for x in (f"--task.generic.{kv[0]}", kv[1])]]

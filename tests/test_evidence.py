@@ -5,8 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE
-from test_safety import GOOD_ROWS, _generic, _jsonl
+from conftest import GOOD_ROWS, TINY_RECIPE, generic_args, write_jsonl
 
 from selfimprove.cli import main
 from selfimprove.core import decisions
@@ -179,8 +178,8 @@ def test_wrong_eval_answers_change_no_decision_on_the_generic_task(tmp_path):
         if name == "wrong":  # the number round 0 answered where it was wrong, else another wrong number
             said = {p: re.findall(r"-?[0-9]+", c) for p, c in _said(runs["right"]).items()}
             rows = [{**r, "answer": next((x for x in said[r["prompt"]][-1:] if x != r["answer"]), "-1")} for r in rows]
-        args = _generic(folder, evals=_jsonl(folder / "eval.jsonl", rows))
-        _jsonl(folder / "prompts.jsonl", GOOD_ROWS[60:90])  # with answers: the probe's references come from here
+        args = generic_args(folder, evals=write_jsonl(folder / "eval.jsonl", rows))
+        write_jsonl(folder / "prompts.jsonl", GOOD_ROWS[60:90])  # with answers: the probe's references come from here
         assert main(["run", *args, "--rounds", "2", "--monitor.alarms", ALARMS, "--train.max_steps", "3", *LEARN]) == 0
         runs[name] = folder / "run"
     _assert_same_training_other_eval(runs["right"], runs["wrong"])
