@@ -1,5 +1,5 @@
-"""compare (its JSON numbers recomputed independently here), the HTML report rendered in headless Chromium, and
-TensorBoard logging with the round as the step."""
+"""compare (its JSON numbers recomputed independently here) and the HTML report rendered in headless Chromium, both
+on the session's tiny run (conftest.tiny_run). TensorBoard logging is checked in tests/test_safety.py."""
 
 import json
 import math
@@ -8,26 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import TINY_RECIPE, require_chromium, run_cli
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("rep") / "run"
-    proc = run_cli(
-        "run",
-        TINY_RECIPE,
-        "--output_dir",
-        run,
-        "--train.bootstrap_steps",
-        150,
-        "--monitor.report_to",
-        "[tensorboard]",
-        "--monitor.alarms",
-        "[{metric: train/steps, drop: 0.5, vs: previous}]",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run
+from conftest import require_chromium, run_cli
 
 
 @pytest.mark.e2e
@@ -151,18 +132,6 @@ def test_report_shows_the_compute_ledger(tiny_run, tmp_path):
     assert "generated_tokens" in section and "padding_share" in section
     total = rows[-1]["compute/total/generated_tokens"]
     assert total == sum(r["compute/generated_tokens"] for r in rows) and f"<td>{total:.4g}</td>" in section
-
-
-@pytest.mark.e2e
-def test_tensorboard_gets_every_round_as_a_step(tiny_run):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(tiny_run / "tensorboard"))
-    acc.Reload()
-    steps = [e.step for e in acc.Scalars("eval/accuracy/id")]
-    assert sorted(set(steps)) == [0, 1, 2]
-    lines = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
-    assert [e.value for e in acc.Scalars("train/last_loss")][:3] == pytest.approx([m["train/last_loss"] for m in lines])
 
 
 @pytest.mark.unit

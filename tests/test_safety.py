@@ -276,7 +276,9 @@ def test_tensorboard_holds_each_round_once_across_monitor_reruns(tmp_path):
     assert main(["monitor", str(run)]) == 0 and main(["monitor", str(run)]) == 0
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
-    assert [e.step for e in events.Scalars("eval/accuracy/id")] == [0, 1]
+    assert [e.step for e in events.Scalars("eval/accuracy/id")] == [0, 1]  # the round is the step
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("train/last_loss")] == pytest.approx([m["train/last_loss"] for m in lines])
 
 
 @pytest.mark.e2e
