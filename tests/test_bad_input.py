@@ -83,7 +83,7 @@ BAD = [
     (
         "prompts_no_column",
         lambda t: generic_args(t, prompts=write_jsonl(t / "p.jsonl", [{"text": "1+1="}])),
-        "rows have no column 'prompt'",
+        "task.generic.prompt_field: column 'prompt' is missing from prompts (",
     ),
     (
         "prompts_null",
@@ -108,7 +108,7 @@ BAD = [
     (
         "seed_no_completion",
         lambda t: generic_args(t, seed=write_jsonl(t / "s.jsonl", [{"prompt": "1+1="}])),
-        "rows have no column 'completion'",
+        "task.generic.seed_completion_field: column 'completion' is missing from seed_data (",
     ),
     (
         "seed_null_completion",
@@ -118,13 +118,13 @@ BAD = [
     (
         "eval_no_answers",
         lambda t: generic_args(t, evals=write_jsonl(t / "e.jsonl", [{"prompt": "1+1="}])),
-        "rows have no column 'answer'",
+        "task.generic.answer_field: column 'answer' is missing from eval_id (",
     ),
     ("eval_missing", lambda t: generic_args(t, evals=str(t / "nope.jsonl")), "nope.jsonl does not exist"),
     (
         "prompt_too_long",
         lambda t: generic_args(t, prompts=write_jsonl(t / "p.jsonl", [{"prompt": "1+" * 5000 + "1="}])),
-        "> the model's 256 positions",
+        "which leaves 0 of the model's 256 positions for an answer",
     ),
     (
         "unknown_chars",
@@ -215,3 +215,38 @@ def test_unknown_cli_prefix_is_not_guessed(capsys):
     with pytest.raises(SystemExit) as err:
         main(["run", str(TINY_RECIPE), "--train.learning_rat", "1"])
     assert err.value.code == 2 and "unrecognized arguments: --train.learning_rat" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_every_data_file_problem_at_once_each_with_its_field(tmp_path, capsys):
+    """Four missing files are four problems; a column two files lack is one problem naming both; a seed file with
+    'answer' for 'completion' is told which field names the column."""
+    missing = {name: str(tmp_path / f"{name}.jsonl") for name in ("p", "s", "e", "f")}
+    assert (
+        main(
+            [
+                "run",
+                *generic_args(
+                    tmp_path, prompts=missing["p"], seed=missing["s"], evals=missing["e"], fewshot=missing["f"]
+                ),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    for field, name in (("prompts", "p"), ("seed_data", "s"), ("eval_id", "e"), ("fewshot", "f")):
+        assert f"task.generic.{field}: {missing[name]} does not exist" in err, err
+    seed = write_jsonl(tmp_path / "seed2.jsonl", [{"prompt": "1+1=", "answer": "2"}])
+    no_answer = [{"prompt": "1+1=", "solution": "2"}]
+    args = generic_args(
+        tmp_path,
+        seed=seed,
+        evals=write_jsonl(tmp_path / "e2.jsonl", no_answer),
+        eval_ood=write_jsonl(tmp_path / "o2.jsonl", no_answer),
+    )
+    assert main(["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert "task.generic.seed_completion_field: column 'completion' is missing from seed_data (" in err
+    assert "columns ['answer', 'prompt']" in err
+    answer = next(line for line in err.splitlines() if "task.generic.answer_field" in line)
+    assert "eval_id (" in answer and "; eval_ood (" in answer and not (tmp_path / "run").exists()

@@ -5,7 +5,7 @@ import json
 import sys
 
 import pytest
-from conftest import RECIPE_FILES, REPO, TINY_RECIPE
+from conftest import RECIPE_FILES, REPO, TINY_RECIPE, write_jsonl
 
 from selfimprove.cli import main
 from selfimprove.core.config import load_recipe
@@ -176,4 +176,43 @@ def test_global_batch_that_does_not_divide(capsys, tmp_path):
 @pytest.mark.unit
 def test_prompt_longer_than_the_model(capsys, tmp_path):
     problems = _problems(capsys, tmp_path, TINY_RECIPE, "--model.bootstrap.max_position_embeddings", 8)
-    assert any("> the model's 8 positions" in p for p in problems)
+    assert any(
+        "of the model's 8 positions for an answer" in p and "raise model.bootstrap.max_position_embeddings" in p
+        for p in problems
+    )
+
+
+@pytest.mark.e2e
+def test_generic_from_scratch_defaults_are_ready(capsys, tmp_path):
+    """Only the data files set: task.generic.max_new_tokens (256) plus a prompt exceeds the bootstrap model's 256
+    positions, so generation stops at the context, which check states with the field to change."""
+    rows = [
+        {"prompt": f"Ann has {a} apples and buys {b} more. How many now?", "answer": str(a + b)}
+        for a in range(9)
+        for b in range(9)
+    ]
+    files = {
+        "prompts": write_jsonl(tmp_path / "p.jsonl", [{"prompt": r["prompt"]} for r in rows[:50]]),
+        "seed_data": write_jsonl(
+            tmp_path / "s.jsonl", [{"prompt": r["prompt"], "completion": r["answer"]} for r in rows[50:70]]
+        ),
+        "eval_id": write_jsonl(tmp_path / "e.jsonl", rows[70:]),
+    }
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(f"task: {{name: generic, generic: {json.dumps(files)}}}\n")
+    code, report, _ = _check(capsys, tmp_path, recipe, "--output_dir", tmp_path / "run")
+    assert code == 0, report["problems"]
+    longest = 1 + max(len(r["prompt"]) for r in rows)  # characters and BOS
+    fact = next(f for f in report["facts"] if f.startswith("generation:"))
+    assert "task.generic.max_new_tokens allows 256" in fact and f"generation stops at {256 - longest}" in fact
+    assert f"to at least {longest + 256}" in fact and "the seed answers need at most 3" in fact
+
+
+@pytest.mark.unit
+def test_generation_stops_at_the_context():
+    from selfimprove.backends.hf import within_context
+
+    kwargs = {"max_new_tokens": 256, "do_sample": True}
+    assert within_context(kwargs, 67, 256) == {"max_new_tokens": 189, "do_sample": True}
+    assert within_context(kwargs, 10, 4096) is kwargs and within_context(kwargs, 300, None) is kwargs
+    assert within_context(kwargs, 256, 256)["max_new_tokens"] == 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from selfimprove.core import timing
 from selfimprove.core.dist import dist_rank_world, gather_dict, gather_files, my_batches
+from selfimprove.core.model import context_length
 from selfimprove.core.seeding import child_seed
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def hf_generate(
     # Batches are fixed by the length order and seeded by their index; under accelerate each rank takes every
     # world-th batch, so any number of processes produces exactly the single-process samples.
     rank, world = dist_rank_world()
+    limit = context_length(model.config)
     for b, start in tqdm(my_batches(len(order), batch_size), desc=desc, unit="batch", leave=False, disable=rank != 0):
         idx = order[start : start + batch_size]
         enc = tokenizer(
@@ -76,7 +78,7 @@ def hf_generate(
         )
         torch.manual_seed(child_seed(seed, b))
         with torch.inference_mode(), timing.compute():
-            out = model.generate(**enc, **kwargs)
+            out = model.generate(**enc, **within_context(kwargs, enc["input_ids"].shape[1], limit))
         new = out[:, enc["input_ids"].shape[1] :]  # (batch * num_samples, new tokens)
         for row, tokens in enumerate(new.tolist()):
             end = next((i for i, t in enumerate(tokens) if t in stops), None)
@@ -87,6 +89,14 @@ def hf_generate(
                 {"completion": text, "finished": finished, "num_tokens": len(tokens)}
             )
     return _gather(results, shards) if world > 1 else results
+
+
+def within_context(kwargs: dict, prompt_len: int, limit: int | None) -> dict:
+    """Generation stops at the model's context, as vLLM's does at max_model_len: a batch whose (padded) prompts
+    leave fewer positions than max_new_tokens gets what is left (its cut completions are unfinished)."""
+    if not limit or prompt_len + kwargs["max_new_tokens"] <= limit:
+        return kwargs
+    return {**kwargs, "max_new_tokens": max(limit - prompt_len, 1)}
 
 
 def _gather(results: list[list[dict]], shards: Path | None) -> list[list[dict]]:

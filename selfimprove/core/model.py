@@ -42,6 +42,11 @@ def build_char_tokenizer(alphabet: str):
     )
 
 
+def context_length(config) -> int | None:
+    """The positions a model's config declares (None when it declares none)."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
 def bootstrap_config(cfg: BootstrapConfig, tokenizer):
     """The LlamaConfig of ``model.bootstrap``; 'nope' sets an infinite RoPE base as Lee et al. do."""
     from transformers import LlamaConfig

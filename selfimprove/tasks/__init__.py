@@ -37,6 +37,11 @@ class Task(abc.ABC):
     def source_files(self) -> list[str]:
         """Local files the task reads (their hashes go into every stage's DONE record)."""
 
+    def data_problems(self) -> list[str]:
+        """Everything wrong with the data files the task's section names, all at once, each with its field; the
+        built-in tasks make their data, so [] by default."""
+        return []
+
     @abc.abstractmethod
     def alphabet(self) -> str:
         """Characters a from-scratch character tokenizer needs."""

@@ -45,7 +45,10 @@ class GenericConfig:
         "answer", "Column holding the reference answer (optional; used only by the verifier judge and metrics)."
     )
     difficulty_field: str = option("difficulty", "Column holding an integer difficulty (optional).")
-    seed_data: str = option("", "Labelled round-0 data with prompt and completion columns (optional).")
+    seed_data: str = option(
+        "", "Labelled round-0 data: the prompt column and seed_completion_field (TRL's prompt-completion format)."
+    )
+    seed_completion_field: str = option("completion", "Column of seed_data holding each prompt's answer.")
     eval_id: str = option("", "In-distribution eval set (prompt + answer columns).")
     eval_ood: str = option("", "Out-of-distribution eval set (prompt + answer columns).")
     eval_answers: bool = option(
@@ -116,15 +119,17 @@ def is_local_file(source: str) -> bool:
     return Path(source).suffix.lower() in _FORMATS
 
 
-def load_table(source: str, split: str = "train", subset: str = "") -> list[dict]:
-    """Rows of a local file or a hub dataset id; a file that is missing, unreadable or empty is a DataError naming it
-    (never a hub lookup, never a traceback from inside ``datasets``)."""
+def load_table(source: str, field: str, split: str = "train", subset: str = "") -> list[dict]:
+    """Rows of a local file or a hub dataset id that the recipe field ``task.generic.<field>`` names; a file that is
+    missing, unreadable or empty is a DataError naming the field and the file (never a hub lookup, never a traceback
+    from inside ``datasets``)."""
+    where = f"task.generic.{field}"
     from datasets import load_dataset
 
     if is_local_file(source):
         if not Path(source).is_file():
             raise DataError(
-                f"{source} does not exist. Fix the path in task.generic (paths are relative to where you run)."
+                f"{where}: {source} does not exist. Fix the path (data paths are relative to where you run)."
             )
         fmt = _FORMATS[Path(source).suffix.lower()]
         try:
@@ -134,12 +139,12 @@ def load_table(source: str, split: str = "train", subset: str = "") -> list[dict
                 rows = load_dataset(fmt, data_files=source, split="train").to_list()
         except UnicodeDecodeError as err:
             raise DataError(
-                f"{source} is not UTF-8 text ({err.reason} at byte {err.start}). Save it as UTF-8."
+                f"{where}: {source} is not UTF-8 text ({err.reason} at byte {err.start}). Save it as UTF-8."
             ) from None
         except Exception as err:  # datasets' parsers raise many types; name the file and what the parser said
             first = _root_message(err)
             raise DataError(
-                f"{source} cannot be read as {Path(source).suffix} ({first[:300]}). Fix the file: one JSON "
+                f"{where}: {source} cannot be read as {Path(source).suffix} ({first[:300]}). Fix the file: one JSON "
                 "object per line for .jsonl, a header row for .csv."
             ) from None
     else:
@@ -147,12 +152,12 @@ def load_table(source: str, split: str = "train", subset: str = "") -> list[dict
             rows = load_dataset(source, subset or None, split=split).to_list()
         except Exception as err:
             raise DataError(
-                f"hub dataset {source!r} (config {subset or None!r}, split {split!r}) does not load: "
+                f"{where}: hub dataset {source!r} (config {subset or None!r}, split {split!r}) does not load: "
                 f"{str(err).strip().splitlines()[0][:300]}. Check the id, subset and split, or download it "
                 "first (it is not in the cache when the hub is offline)."
             ) from None
     if not rows:
-        raise DataError(f"{source} has no rows. Point task.generic at a file with data.")
+        raise DataError(f"{where}: {source} has no rows. Point it at a file with data.")
     return rows
 
 
@@ -239,7 +244,11 @@ class GenericTask(Task):
         self._reference = re.compile(cfg.reference_regex) if cfg.reference_regex else None
         self._template = PromptTemplate(text_or_file(cfg.prompt_template, "prompt_template"), "prompt_template")
         self.system_prompt = text_or_file(cfg.system_prompt, "system_prompt")
-        self.fewshot_examples = tuple(self._fewshot())
+
+    @functools.cached_property
+    def fewshot_examples(self) -> tuple:
+        """(prompt, completion) pairs, read when first used, so a missing file is one of data_problems' problems."""
+        return tuple(self._fewshot())
 
     def source_files(self) -> list[str]:
         c = self.cfg
@@ -274,7 +283,7 @@ class GenericTask(Task):
     def _fewshot(self) -> list[tuple[str, str]]:
         if not self.cfg.fewshot:
             return []
-        rows = load_table(self.cfg.fewshot)
+        rows = load_table(self.cfg.fewshot, "fewshot")
         rows = rows[: self.cfg.fewshot_count] if self.cfg.fewshot_count else rows
         return [
             (
@@ -288,10 +297,11 @@ class GenericTask(Task):
             for i, r in enumerate(rows)
         ]
 
-    def _prompt_rows(self, source: str, id_prefix: str, split: str | None = None, answers: bool = False) -> list[dict]:
-        """Prompt rows of ``source``; with ``answers``, every row must carry a reference answer."""
-        rows = []
-        for i, row in enumerate(load_table(source, split or self.cfg.split, self.cfg.subset)):
+    def _prompt_rows(self, field: str, id_prefix: str, split: str | None = None, answers: bool = False) -> list[dict]:
+        """Prompt rows of the file or dataset ``task.generic.<field>`` names; with ``answers``, every row must carry
+        a reference answer."""
+        rows, source = [], getattr(self.cfg, field)
+        for i, row in enumerate(load_table(source, field, split or self.cfg.split, self.cfg.subset)):
             raw = answer = self._field(row, self.cfg.answer_field, source, i, required=answers, field="answer_field")
             if answer is not None and self._reference is not None:  # e.g. GSM8K's "... #### 72" -> "72"
                 found = self._reference.findall(str(answer))
@@ -314,6 +324,36 @@ class GenericTask(Task):
             )
         return rows
 
+    def data_problems(self) -> list[str]:
+        """Every file and column problem of the section at once, each naming its field: each file that does not
+        load, then each column a field names, with every file that lacks it."""
+        c, problems, tables = self.cfg, [], {}
+        for field in ("prompts", "seed_data", "eval_id", "eval_ood", "fewshot"):
+            if getattr(c, field):
+                split = c.eval_split if field.startswith("eval_") else c.split
+                try:
+                    tables[field] = load_table(getattr(c, field), field, split, c.subset)
+                except DataError as err:
+                    problems.append(str(err))
+        needs = {name: ["prompt_field"] for name in tables}
+        needs.get("seed_data", []).append("seed_completion_field")
+        needs.get("fewshot", []).append("fewshot_completion_field")
+        for name in ("eval_id", "eval_ood"):
+            if c.eval_answers and name in needs:
+                needs[name].append("answer_field")
+        lacking: dict[str, list[str]] = {}
+        for name, columns in needs.items():
+            for column_field in columns:
+                if getattr(c, column_field) not in tables[name][0]:
+                    lacking.setdefault(column_field, []).append(name)
+        for column_field, names in lacking.items():
+            files = "; ".join(f"{n} ({getattr(c, n)}: columns {sorted(tables[n][0])})" for n in names)
+            problems.append(
+                f"task.generic.{column_field}: column {getattr(c, column_field)!r} is missing from {files}. Rename "
+                f"the column in the file(s), or set task.generic.{column_field} to the column that holds it."
+            )
+        return problems
+
     def alphabet(self) -> str:
         texts = [r["prompt"] + r.get("completion", "") for r in self.seed_data()] if self.cfg.seed_data else []
         return "".join(sorted({c for t in texts for c in t}))
@@ -321,7 +361,7 @@ class GenericTask(Task):
     def seed_data(self, exclude: set[str] = frozenset()) -> list[dict]:
         if not self.cfg.seed_data:
             return []
-        rows, out = load_table(self.cfg.seed_data), []
+        rows, out = load_table(self.cfg.seed_data, "seed_data"), []
         for i, r in enumerate(rows):
             prompt, own = self._render(r, self.cfg.seed_data, i)
             if prompt_key(prompt) not in exclude:
@@ -330,7 +370,11 @@ class GenericTask(Task):
                         "prompt_id": f"seed-{i}",
                         "prompt": prompt,
                         "source_prompt": own,
-                        "completion": str(self._field(r, "completion", self.cfg.seed_data, i, field="seed_data")),
+                        "completion": str(
+                            self._field(
+                                r, self.cfg.seed_completion_field, self.cfg.seed_data, i, field="seed_completion_field"
+                            )
+                        ),
                         "difficulty": _difficulty(
                             r.get(self.cfg.difficulty_field), self.cfg.seed_data, i, self.cfg.difficulty_field
                         ),
@@ -340,12 +384,10 @@ class GenericTask(Task):
 
     def eval_sets(self) -> list[dict]:
         out = []
-        for split, source in (("id", self.cfg.eval_id), ("ood", self.cfg.eval_ood)):
-            if source:
-                out += [
-                    {**r, "split": split}
-                    for r in self._prompt_rows(source, f"eval-{split}", self.cfg.eval_split, self.cfg.eval_answers)
-                ]
+        for split in ("id", "ood"):
+            if getattr(self.cfg, f"eval_{split}"):
+                rows = self._prompt_rows(f"eval_{split}", f"eval-{split}", self.cfg.eval_split, self.cfg.eval_answers)
+                out += [{**r, "split": split} for r in rows]
         return out
 
     def dev_sets(self, exclude: set[str]) -> list[dict]:
@@ -356,7 +398,7 @@ class GenericTask(Task):
         prompts), none in ``exclude``: the run's excluded prompts then keep them (and their repeats) out of every
         round. Their answers, where the pool has them, are references a decision may read: not the eval sets'."""
         distinct: dict[str, dict] = {}
-        for r in self._prompt_rows(self.cfg.prompts, "held"):
+        for r in self._prompt_rows("prompts", "held"):
             if prompt_key(r["prompt"]) not in exclude:
                 distinct.setdefault(prompt_key(r["prompt"]), r)
         rows = list(distinct.values())
@@ -364,7 +406,7 @@ class GenericTask(Task):
         return [{**rows[i], "split": "id"} for i in sorted(order)]
 
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
-        rows = [r for r in self._prompt_rows(self.cfg.prompts, "p") if prompt_key(r["prompt"]) not in exclude]
+        rows = [r for r in self._prompt_rows("prompts", "p") if prompt_key(r["prompt"]) not in exclude]
         n = self.cfg.prompts_per_round
         if not n or n >= len(rows):
             return rows

@@ -175,6 +175,7 @@ ADDED_FIELDS = (
     "task.countdown.dev_size_per_level",
     "task.rewrite.dev_size_per_level",
     "task.rewrite.eval_id_rules",
+    "task.generic.seed_completion_field",
 )
 
 

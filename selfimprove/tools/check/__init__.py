@@ -144,7 +144,9 @@ def check_recipe(recipe: Recipe) -> Report:
     report = Report()
     ctx = RunContext(recipe, recipe.output_dir)
     r = recipe
-    config, tok = policy_parts(ctx, report)
+    data = ctx.task.data_problems()  # every file and column at once; then nothing reads the data row by row
+    report.problems += data
+    config, tok = policy_parts(ctx, report) if not data else (None, None)
     if tok is not None:
         check_tokenizer(tok, r.generate.chat_template, "model (policy)", report, need_chat=True)
     check_judges(ctx, tok, report)
@@ -177,7 +179,7 @@ def check_recipe(recipe: Recipe) -> Report:
     if r.generate.accelerate_config:
         check_accelerate(r.generate.accelerate_config, "generate.accelerate_config", report)
     global_batch = check_batch(r, world, report)
-    prompts, evals, seeds = task_rows(ctx, report)
+    prompts, evals, seeds = task_rows(ctx, report) if not data else ([], [], [])
     if tok is None or not (prompts or evals):
         return report
     check_alphabet(tok, prompts + evals + seeds, r.model.path is None, report)

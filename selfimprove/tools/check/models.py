@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from selfimprove.core.model import bootstrap_config, build_char_tokenizer, load_tokenizer, run_alphabet
+from selfimprove.core.model import bootstrap_config, build_char_tokenizer, context_length, load_tokenizer, run_alphabet
 from selfimprove.core.rundir import RunContext
 from selfimprove.tools.check.report import Report
 
@@ -50,10 +50,6 @@ def resolve_model(path: str, where: str, report: Report) -> bool:
         return False
     report.facts.append(f"{where}: {path} is on the hub (downloaded when the run first loads it)")
     return True
-
-
-def _model_limit(config) -> int | None:
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def parameter_count(config, classifier: bool = False) -> int:
@@ -129,21 +125,50 @@ def check_alphabet(tok, rows: list[dict], from_scratch: bool, report: Report) ->
     )
 
 
+def new_tokens_field(ctx: RunContext) -> str:
+    """The recipe field that sets the generation limit."""
+    if ctx.recipe.generate.max_new_tokens:
+        return "generate.max_new_tokens"
+    name = ctx.recipe.task.name
+    if hasattr(getattr(ctx.recipe.task, name), "max_new_tokens"):
+        return f"task.{name}.max_new_tokens"
+    return f"the {name} task's own limit (generate.max_new_tokens overrides it)"
+
+
 def check_lengths(ctx: RunContext, config, tok, prompts: list[dict], evals: list[dict], report: Report) -> dict:
-    """Prompt lengths in tokens as the policy sees them; a problem when prompt + generation exceeds the model."""
+    """Prompt lengths in tokens as the policy sees them. Generation stops at the model's positions (the HF backend
+    as vLLM does at max_model_len), so prompt + generation past them is a fact; a problem only when what is left
+    cannot hold the seed answers."""
     fmt = ctx.prompt_format
     lengths = [len(ids) for ids in fmt.encode(tok, [p["prompt"] for p in prompts + evals])] or [0]
+    answers = [p["completion"] for p in prompts if p.get("completion")]
+    answer_max = (
+        1 + max((len(ids) for ids in tok(answers, add_special_tokens=False)["input_ids"]), default=0) if answers else 1
+    )  # with EOS
     new = ctx.recipe.generate.max_new_tokens or (ctx.task.max_new_tokens(prompts or evals) if prompts or evals else 0)
-    limit = _model_limit(config)
-    if limit and max(lengths) + new > limit:
+    limit, longest = context_length(config), max(lengths)
+    room = limit - longest if limit else new
+
+    def raise_it(positions: int) -> str:
+        if ctx.recipe.model.path is None:
+            return f"raise model.bootstrap.max_position_embeddings to at least {positions}"
+        return "use a model with a longer context"
+
+    if room < answer_max:
         report.problems.append(
-            f"the longest prompt is {max(lengths)} tokens and generation adds up to {new}: "
-            f"{max(lengths) + new} > the model's {limit} positions. Lower max_new_tokens or shorten "
-            "prompts (prompt_template, fewshot)."
+            f"the longest prompt is {longest} tokens, which leaves {max(room, 0)} of the model's {limit} positions "
+            f"for an answer, but the seed answers run to {answer_max} tokens with EOS: "
+            f"{raise_it(longest + answer_max)}, or shorten the prompts (task data, prompt_template, fewshot)."
+        )
+    elif new > room:
+        report.facts.append(
+            f"generation: {new_tokens_field(ctx)} allows {new} new tokens, but the model has {limit} positions, so "
+            f"after the longest prompt ({longest} tokens) generation stops at {room} (a completion cut there is "
+            f"unfinished); the seed answers need at most {answer_max}. To allow all {new}, {raise_it(longest + new)}."
         )
     return {
         "prompt_tokens_mean": sum(lengths) / len(lengths),
-        "prompt_tokens_max": max(lengths),
-        "max_new_tokens": new,
+        "prompt_tokens_max": longest,
+        "max_new_tokens": min(new, room),
         "limit": limit,
     }
