@@ -402,7 +402,7 @@ def _study(args) -> int:
         result = study.run_study(s, args.jobs, args.smoke, args.only)
     if result:
         study.print_table(result)
-        print(s.output_dir / "study.json")
+        print(f"tables: {s.output_dir / 'study.md'}; every number: {s.output_dir / 'study.json'}")
     return 0
 
 

@@ -26,6 +26,10 @@ def test_compare_json_recomputed_independently(tiny_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "win-rate of B over A" in proc.stdout and "per-token KL" in proc.stdout
     res = json.loads(out.read_text())
+    # piped: a Markdown table, every metric name whole, eval accuracy first
+    rows = [line.split(" | ")[0][2:] for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert set(res["metrics"]) <= set(rows) and "…" not in proc.stdout
+    assert rows[rows.index("metric") + 1].startswith("eval/accuracy/")
     ctx = open_run(str(tiny_run))
     a, b = (str(tiny_run / f"round_0{k}" / "train" / "model") for k in (0, 2))
 
@@ -144,3 +148,27 @@ def test_prompt_panel_only_for_runs_that_measure_prompts(tmp_path):
     measured = [{**r, **({key: 0.1 * r["round"] for key in PROMPTS} if r["round"] else {})} for r in base]
     titles = [t for t, _ in plot_all({"plain": base, "propose": measured}, tmp_path)]
     assert any(t.startswith("Prompts") for t in titles) and (tmp_path / "prompts.png").stat().st_size > 1000
+
+
+@pytest.mark.unit
+def test_tables_never_cut_a_name():
+    import io
+    import re
+
+    from selfimprove.tools.tables import show_table
+
+    name = "diversity/probe/" + "very_long_metric_name_" * 5
+    piped = io.StringIO()
+    show_table("t", ["metric", "CI"], [[name, "**[+0.1, +0.2]**"]], file=piped)
+    assert f"| {name} | **[+0.1, +0.2]** |" in piped.getvalue()  # bold kept as ** without colour
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    show_table("t", ["metric", "CI"], [[name, "**[+0.1, +0.2]**"]], file=term)
+    text = term.getvalue()
+    lines = [line.split("│") for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if line.count("│") == 3]
+    assert "".join(cells[1].strip() for cells in lines) == name  # the first column, line by line: wrapped, not cut
+    assert "\x1b[1m[+0.1, +0.2]\x1b[0m" in text and "**" not in text  # bold as bold

@@ -63,7 +63,18 @@ def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     out = _study(_study_file(tmp), "--output_dir", tmp / "out", "--jobs", "2")
     assert out.returncode == 0, out.stderr[-3000:]
+    (tmp / "console.txt").write_text(out.stdout)  # piped, as in a log
     return tmp / "out"
+
+
+@pytest.mark.e2e
+def test_piped_console_is_study_md(study):
+    """Piped, the console prints study.md's tables whole (no name cut at a terminal width, the same percent), and
+    points at study.md."""
+    console = (study.parent / "console.txt").read_text()
+    rows = [line for line in (study / "study.md").read_text().splitlines() if line.startswith("| ")]
+    assert rows and all(line in console.splitlines() for line in rows)
+    assert "…" not in console and f"tables: {study / 'study.md'}" in console
 
 
 def _metric(run: Path, k: int, name: str):

@@ -31,6 +31,7 @@ from selfimprove.stages.judge import judge_rows, run_env
 from selfimprove.stages.judge.llm import head_to_head
 from selfimprove.stages.monitor import Models, diversity_metrics, prompt_answer_values
 from selfimprove.tools.stats import bootstrap_mean_difference, mcnemar_exact, paired_bootstrap, paired_permutation
+from selfimprove.tools.tables import show_table
 
 
 def resolve(spec: str) -> tuple[str, Path | None]:
@@ -241,58 +242,64 @@ def compare(
     return out
 
 
-def print_table(result: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+HEADLINE = ("eval/accuracy/", "eval/", "diversity/probe/answer", "diversity/")  # the table's order: headline first
 
+
+def _headline_order(key: str) -> tuple[int, str]:
+    return next((i for i, p in enumerate(HEADLINE) if key.startswith(p)), len(HEADLINE)), key
+
+
+def metric_rows(result: dict) -> list[list[str]]:
+    """One row per metric, eval accuracy first, then the other eval metrics, then diversity; a CI that excludes 0
+    in **bold**."""
+    rows = []
+    for key in sorted(result["metrics"], key=_headline_order):
+        v, m = result["metrics"][key], result["mcnemar"].get(key)
+        ci = "" if v["ci_low"] != v["ci_low"] else f"[{v['ci_low']:+.4g}, {v['ci_high']:+.4g}]"
+        perm = v.get("p_value")
+        rows.append(
+            [
+                key,
+                f"{v['a']:.4g}",
+                f"{v['b']:.4g}",
+                f"{v['delta']:+.4g}",
+                f"**{ci}**" if ci and (v["ci_low"] > 0 or v["ci_high"] < 0) else ci,
+                "" if perm is None or perm != perm else f"{perm:.3g}",
+                f"{m['p_value']:.3g} ({m['a_only']}/{m['b_only']})" if m else "",
+            ]
+        )
+    return rows
+
+
+def print_table(result: dict) -> None:
     recipes = (
         ""
         if result["a"]["recipe"] == result["b"]["recipe"]
         else f" (trained under recipes {result['a']['recipe'] or '?'} and {result['b']['recipe'] or '?'})"
     )
-    table = Table(title=f"B = {result['b']['spec']}  vs  A = {result['a']['spec']}{recipes}")
-    for col in ("metric", "A", "B", "B - A", "95% CI", "perm p", "McNemar p"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for key, v in result["metrics"].items():
-        ci = "" if v["ci_low"] != v["ci_low"] else f"[{v['ci_low']:+.4g}, {v['ci_high']:+.4g}]"
-        real = ci and (v["ci_low"] > 0 or v["ci_high"] < 0)
-        m = result["mcnemar"].get(key)
-        perm = v.get("p_value")
-        table.add_row(
-            key,
-            f"{v['a']:.4g}",
-            f"{v['b']:.4g}",
-            f"{v['delta']:+.4g}",
-            f"[bold]{ci}[/]" if real else ci,
-            "" if perm is None or perm != perm else f"{perm:.3g}",
-            f"{m['p_value']:.3g} ({m['a_only']}/{m['b_only']})" if m else "",
-        )
-    console = Console()
-    console.print(table)
+    title = f"B = {result['b']['spec']}  vs  A = {result['a']['spec']}{recipes}"
+    show_table(title, ["metric", "A", "B", "B - A", "95% CI", "perm p", "McNemar p"], metric_rows(result))
     b = result["bootstrap"]
-    console.print(
+    print(
         f"CI: {b['method']} ({b['eval_resamples']} resamples of {b['eval_prompts']} eval prompts and of "
-        f"{b['probe_prompts']} probe prompts; {b['corpus_permutations']} permutations); bold = excludes 0. McNemar: "
-        "exact (problems only A solved / only B solved)."
+        f"{b['probe_prompts']} probe prompts; {b['corpus_permutations']} permutations); bold (**) = excludes 0. "
+        "McNemar: exact (problems only A solved / only B solved)."
     )
     for line in result.get("environment_differences", []):
-        console.print(f"[yellow]warning: A and B ran in different environments: {line}[/]")
-    console.print(f"win-rate of B over A (run's judges, per probe prompt): {result['win_rate_b_vs_a']:.3f}")
+        print(f"warning: A and B ran in different environments: {line}")
+    print(f"win-rate of B over A (run's judges, per probe prompt): {result['win_rate_b_vs_a']:.3f}")
     if "pairwise_b_vs_a" in result:
         h = result["pairwise_b_vs_a"]
-        console.print(
+        print(
             f"pairwise judge, both orders: B wins {h['win_rate']:.3f} of {h['comparisons']} comparisons "
             f"({h['unparsed']} unparsed)"
         )
-    console.print(
-        f"per-token KL: A||B {result['kl_per_token']['a_to_b']:.4f}, B||A {result['kl_per_token']['b_to_a']:.4f}"
+    print(f"per-token KL: A||B {result['kl_per_token']['a_to_b']:.4f}, B||A {result['kl_per_token']['b_to_a']:.4f}")
+    show_table(
+        "where they differ most (first probe sample each)",
+        ["prompt", "A", "B", "score A", "score B"],
+        [[s["prompt"], s["a"], s["b"], f"{s['score_a']:.2f}", f"{s['score_b']:.2f}"] for s in result["samples"]],
     )
-    samples = Table(title="where they differ most (first probe sample each)")
-    for col in ("prompt", "A", "B", "score A", "score B"):
-        samples.add_column(col)
-    for s in result["samples"]:
-        samples.add_row(s["prompt"], s["a"], s["b"], f"{s['score_a']:.2f}", f"{s['score_b']:.2f}")
-    console.print(samples)
 
 
 def write_json(result: dict, path: str) -> None:

@@ -55,6 +55,7 @@ from selfimprove.core.typed_yaml import ConfigError
 from selfimprove.tools.check import check_recipe
 from selfimprove.tools.stats import VERDICT_RULE, mean_ci, paired_difference
 from selfimprove.tools.study_file import Arm, Study, StudyError, as_file, load_study  # noqa: F401 (the CLI's API)
+from selfimprove.tools.tables import markdown_table, show_table
 from selfimprove.tools.verdicts import contrasts
 
 logger = logging.getLogger("selfimprove.tools.study")
@@ -366,37 +367,49 @@ CONTRAST_HEAD = ["contrast (B - A)", "metric", "round", "expect", "B - A [95% CI
                  "sign-flip p", "Holm p", "verdict"]  # fmt: skip
 
 
-def markdown(result: dict) -> str:
-    """The declared contrasts with their verdicts, then the final round as a Markdown table (for docs): mean
-    [95% CI] per arm, n, per-seed values, paired difference against the baseline."""
-    k = str(result["final_round"])
-    lines = []
-    if result.get("contrasts"):
-        lines += [
-            f"Declared contrasts (primary: {', '.join(result['primary']) or '-'}); verdict rule: "
-            f"{result['method']['verdict_rule']}",
-            "",
-            "| " + " | ".join(CONTRAST_HEAD) + " |",
-            "|" + "---|" * len(CONTRAST_HEAD),
-            *("| " + " | ".join(r) + " |" for r in contrast_rows(result)),
-            "",
-        ]
-    lines += [
-        f"Round {k}; mean [95% t CI] over seeds {result['seeds']}; diff = arm - {result['baseline']}, paired by seed.",
-        "",
-        "| arm | metric | n | mean [95% CI] | per seed | diff [95% CI] | p |",
-        "|---|---|---|---|---|---|---|",
-    ]
+FINAL_HEAD = ["arm", "metric", "n", "mean [95% CI]", "per seed", "diff [95% CI]", "p"]
+
+
+def final_rows(result: dict) -> list[list[str]]:
+    """One row per arm and metric of the final round: mean [95% t CI] over seeds, per-seed values, the paired
+    difference against the baseline; eval accuracy in percent."""
+    k, rows = str(result["final_round"]), []
     for arm, by_round in result["arms"].items():
         for metric, v in by_round.get(k, {}).items():
             d = result["differences"].get(arm, {}).get(k, {}).get(metric)
             f, pct = _pct(metric), metric.startswith("eval/accuracy")
-            diff = f"{_signed(f, d['mean'])} [{f(d['ci_low'])}, {f(d['ci_high'])}]" if d and d["n"] else ""
-            lines.append(
-                f"| {arm} | {metric}{' (%)' if pct else ''} | {v['n']} | {f(v['mean'])} [{f(v['ci_low'])}, "
-                f"{f(v['ci_high'])}] | {' / '.join(f(x) for x in v['values'])} | {diff} | "
-                f"{_fmt(d['p_value']) if d else ''} |"
+            rows.append(
+                [
+                    arm,
+                    f"{metric}{' (%)' if pct else ''}",
+                    str(v["n"]),
+                    f"{f(v['mean'])} [{f(v['ci_low'])}, {f(v['ci_high'])}]",
+                    " / ".join(f(x) for x in v["values"]),
+                    f"{_signed(f, d['mean'])} [{f(d['ci_low'])}, {f(d['ci_high'])}]" if d and d["n"] else "",
+                    _fmt(d["p_value"]) if d else "",
+                ]
             )
+    return rows
+
+
+def _titles(result: dict) -> tuple[str, str]:
+    """(the contrasts' title, the final round's title)."""
+    return (
+        f"Declared contrasts (primary: {', '.join(result['primary']) or '-'}); verdict rule: "
+        f"{result['method']['verdict_rule']}",
+        f"Round {result['final_round']}; mean [95% t CI] over seeds {result['seeds']}; diff = arm - "
+        f"{result['baseline']}, paired by seed.",
+    )
+
+
+def markdown(result: dict) -> str:
+    """The declared contrasts with their verdicts, then the final round as a Markdown table (for docs): mean
+    [95% CI] per arm, n, per-seed values, paired difference against the baseline."""
+    contrasts, final = _titles(result)
+    lines = (
+        [contrasts, "", *markdown_table(CONTRAST_HEAD, contrast_rows(result)), ""] if result.get("contrasts") else []
+    )
+    lines += [final, "", *markdown_table(FINAL_HEAD, final_rows(result))]
     return "\n".join(lines) + "\n"
 
 
@@ -405,37 +418,11 @@ def _fmt(v: float) -> str:
 
 
 def print_table(result: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
+    """The tables of study.md, on the console (rich on a terminal, the same Markdown when piped)."""
+    contrasts, final = _titles(result)
     if result.get("contrasts"):
-        table = Table(title=f"study {result['study']}: declared contrasts ({result['method']['verdict_rule']})")
-        for col in CONTRAST_HEAD:
-            table.add_column(col)
-        for row in contrast_rows(result):
-            table.add_row(*[x.replace("**", "") for x in row])
-        console.print(table)
-    k = str(result["final_round"])
-    table = Table(
-        title=f"study {result['study']}: round {k}, mean [95% t CI] over seeds; diff = arm - "
-        f"{result['baseline']} (paired)"
-    )
-    for col in ("arm", "metric", "n", "mean [CI]", "per seed", "diff [CI]", "p"):
-        table.add_column(col)
-    for arm, by_round in result["arms"].items():
-        for metric, v in by_round.get(k, {}).items():
-            d = result["differences"].get(arm, {}).get(k, {}).get(metric)
-            table.add_row(
-                arm,
-                metric,
-                str(v["n"]),
-                f"{_fmt(v['mean'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]",
-                " ".join(_fmt(x) for x in v["values"]),
-                f"{d['mean']:+.3f} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]" if d and d["n"] else "",
-                _fmt(d["p_value"]) if d else "",
-            )
-    console.print(table)
+        show_table(f"study {result['study']}: {contrasts}", CONTRAST_HEAD, contrast_rows(result))
+    show_table(f"study {result['study']}: {final}", FINAL_HEAD, final_rows(result))
 
 
 def slurm_script(study: Study, smoke: bool = False) -> Path:
