@@ -26,10 +26,11 @@ from selfimprove.core.atomic import is_done
 from selfimprove.core.config import Recipe, load_recipe
 from selfimprove.core.dist import LAUNCHED_ENV, dist_rank_world, in_launched_job, leave, watch_crashes
 from selfimprove.core.errors import UserError
+from selfimprove.core.logs import LEVEL_ENV, setup_logging
 from selfimprove.core.rundir import round_numbers
 from selfimprove.core.runlock import run_lock
 from selfimprove.core.runs import open_run, refuse_foreign
-from selfimprove.core.typed_yaml import ConfigError, add_override_arguments, collect_overrides
+from selfimprove.core.typed_yaml import ConfigError, add_override_arguments, collect_overrides, did_you_mean
 from selfimprove.smoke import serving, smoke_recipe
 from selfimprove.stages.monitor import run_monitor
 from selfimprove.tools import study
@@ -245,30 +246,18 @@ def make_parser() -> argparse.ArgumentParser:
         description="Self-improvement training loops: generate, judge, filter, select, train, evaluate, monitor.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = {}
     for name, (text, add_arguments, level) in PARSERS.items():
-        p = sub.add_parser(name, allow_abbrev=False, **text)  # allow_abbrev off: no --prefix guessing
+        p = parser.commands[name] = sub.add_parser(name, allow_abbrev=False, **text)  # no --prefix guessing
         add_arguments(p)
-        p.add_argument("--log-level", "--log_level", default=level, help="Python logging level.")
+        p.add_argument(
+            "--log-level",
+            "--log_level",
+            help=f"Python logging level (default {level}, or the launching run's); DEBUG also shows other libraries' "
+            "info, warnings and progress bars.",
+        )
+        p.set_defaults(default_log_level=level)
     return parser
-
-
-def _setup_logging(level: str) -> None:
-    """Rich logging on stderr. Under a launcher (RANK set) only rank 0 logs below WARNING: N ranks would print every
-    line N times; the others say only what goes wrong, prefixed with their rank."""
-    rank = int(os.environ.get("RANK", "0"))
-    fmt = "%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"
-    if rank and logging.getLevelName(level.upper()) in (logging.DEBUG, logging.INFO):
-        level = "WARNING"
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # one bar per dataset save drowns the log
-    try:
-        from rich.console import Console
-        from rich.logging import RichHandler
-
-        handlers = [RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)]
-    except ImportError:  # rich is optional
-        handlers = [logging.StreamHandler()]
-    logging.basicConfig(level=level.upper(), format=fmt, handlers=handlers, force=True)
 
 
 def _recipe(args, notes: list | None = None):
@@ -445,9 +434,29 @@ def _traceback_log(args) -> str:
         return "(could not be written: the traceback follows)\n" + traceback.format_exc()
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; an unknown option gets the command's usage and the closest option's name, as an unknown
+    recipe key does."""
+    parser = make_parser()
+    args, unknown = parser.parse_known_args(argv)
+    options = [t.split("=", 1)[0] for t in unknown if t.startswith("-")]
+    if not unknown:
+        return args
+    if not options:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    known = [o for action in parser.commands[args.command]._actions for o in action.option_strings]
+    for option in options:
+        hint = did_you_mean(option, known)
+        hint = hint if hint.startswith(" Did you mean") else ""  # not hundreds of overrides
+        print(f"selfimprove {args.command}: unknown option {option!r}.{hint}", file=sys.stderr)
+    print(f"selfimprove {args.command} --help lists every option.", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    args = parse(argv)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    setup_logging(args.log_level or os.environ.get(LEVEL_ENV) or args.default_log_level)
     try:
         return COMMANDS[args.command](args)
     except UserError as err:

@@ -8,6 +8,7 @@ allocation's nodes with ``train.launcher: slurm`` (selfimprove.core.slurm).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -30,11 +31,17 @@ from selfimprove.core.runs import claimed_run
 from selfimprove.core.slurm import in_allocation
 from selfimprove.core.tracking import write_tensorboard
 from selfimprove.core.typed_yaml import ConfigError
-from selfimprove.metrics.alarms import should_stop
+from selfimprove.metrics.alarms import fired_alarms, should_stop
 from selfimprove.stages.judge.train_reward import train_reward_model
 from selfimprove.tasks import proposal_examples
 
 logger = logging.getLogger(__name__)
+# The run's frame (banner, one summary per round, the closing line): its output, shown whatever --log-level, and kept
+# in RUN/logs/console.log with the stage lines.
+frame = logging.getLogger("selfimprove.frame")
+frame.setLevel(logging.INFO)
+HEADLINE_DIVERSITY = ("diversity/probe/answer_entropy", "probe answer entropy")
+CONSOLE_LOG = "logs/console.log"
 
 
 def setup(ctx: RunContext) -> None:
@@ -104,7 +111,7 @@ def run_stage(ctx: RunContext, k: int, name: str, force: bool = False) -> bool:
         recover(ctx.stage(k, name))
     if is_done(ctx.stage(k, name)) and not force:
         return False
-    logger.info("round %d: %s", k, name)
+    logger.info("round %d/%d: %s", k, ctx.recipe.rounds, name)
     nested = in_launched_job()  # this process is the launched job: run here, never launch again
     if name == "train" and ctx.recipe.train.launcher != "inprocess" and not nested:
         launch(ctx, k, name, ctx.recipe.train.accelerate_config)
@@ -140,11 +147,15 @@ def write_round_timing(ctx: RunContext, k: int, wall_s: float, ran: list[str], s
     rebuild_metrics(ctx.run_dir)
 
 
-def summary_line(m: dict) -> str:
-    parts = [f"round {m['round']}"]
+def summary_line(m: dict, rounds: int | None = None, alarms: list[dict] = (), eta_s: float | None = None) -> str:
+    """One line per round: accuracy, the headline diversity number, data kept, loss, time, any alarm, the ETA."""
+    parts = [f"round {m['round']}" + (f"/{rounds}" if rounds is not None else "")]
     if "eval/frontier" in m:
         parts.append(f"frontier {m['eval/frontier']}")
     parts.append(f"acc id {m['eval/accuracy/id']:.3f} ood {m['eval/accuracy/ood']:.3f}")
+    key, name = HEADLINE_DIVERSITY
+    if m.get(key) is not None:
+        parts.append(f"{name} {m[key]:.3f}")
     if "quality/kept" in m:
         pl = m.get("quality/pseudo_label_accuracy")
         parts.append(
@@ -154,7 +165,73 @@ def summary_line(m: dict) -> str:
     first, last = m.get("train/first_loss"), m.get("train/last_loss")
     parts.append(f"loss {first:.3f}->{last:.3f}" if first is not None and last is not None else "loss not logged")
     parts.append(f"{sum(v for k, v in m.items() if k.startswith('time/')):.0f}s")
+    parts += [f"ALARM {a.get('metric', '?')} ({a.get('action', 'warn')})" for a in alarms]
+    if eta_s is not None:
+        parts.append(f"ETA {_duration(eta_s)}")
     return " | ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def banner(ctx: RunContext) -> str:
+    done = [k for k in range(ctx.recipe.rounds + 1) if is_done(ctx.stage(k, "monitor"))]
+    state = f"resumed, rounds {done[0]}-{done[-1]} done" if done else "new"
+    todo = ctx.recipe.rounds + 1 - len(done)
+    return (
+        f"selfimprove run: {ctx.run_dir} ({state}); {todo} of rounds 0-{ctx.recipe.rounds} to do; console log "
+        f"{ctx.run_dir / CONSOLE_LOG}"
+    )
+
+
+@contextlib.contextmanager
+def console_log(ctx: RunContext):
+    """The stage lines and the frame, appended to RUN/logs/console.log while the loop runs in this process."""
+    path = ctx.run_dir / CONSOLE_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    top = logging.getLogger("selfimprove")
+    top.addHandler(handler)
+    try:
+        yield
+    finally:
+        top.removeHandler(handler)
+        handler.close()
+
+
+def run_round(ctx: RunContext, k: int, server, setup_s: float) -> list[str]:
+    """Round k's stages that are not done yet; the names of those it ran."""
+    start, ran = time.perf_counter(), []
+    if k == 1 and ctx.recipe.judge.reward_model.train:  # the judge learns from round 0's policy, once
+        ran += ["reward_model"] if train_reward(ctx) else []
+    for name in ctx.stages(k):
+        if name == "judge" and not is_done(ctx.stage(k, name)):
+            server.ready()
+        ran += [name] if run_stage(ctx, k, name) else []
+    if "monitor" in ran:  # this process finished the round: account for its time
+        write_round_timing(ctx, k, time.perf_counter() - start, ran, setup_s if k == 0 else None)
+    return ran
+
+
+def closing(ctx: RunContext, rows: list[dict], ran: bool, stopped: str) -> str:
+    last = rows[-1] if rows else {}
+    head = (
+        f"stopped after round {last.get('round')} by an alarm ({stopped})"
+        if stopped
+        else ("done" if ran else "nothing to do: every round was already done")
+    )
+    acc = (
+        f"; round {last['round']} acc id {last['eval/accuracy/id']:.3f} ood {last['eval/accuracy/ood']:.3f}"
+        if last
+        else ""
+    )
+    return (
+        f"{head}{acc}. Results: {ctx.run_dir / 'metrics.jsonl'}. Next: selfimprove report {ctx.run_dir} "
+        f"(plots), or --rounds {ctx.recipe.rounds + 1} to go on."
+    )
 
 
 def start_problems(recipe: Recipe) -> list[str]:
@@ -175,26 +252,25 @@ def run_loop(recipe: Recipe, allow_recipe_change: bool = False, note: str = "") 
     if problems:
         raise ConfigError(problems, "cannot start")
 
-    with claimed_run(recipe, allow_recipe_change, note) as ctx, judge_server(ctx) as server:
+    with claimed_run(recipe, allow_recipe_change, note) as ctx, console_log(ctx), judge_server(ctx) as server:
+        frame.info(banner(ctx))
         start = time.perf_counter()
         setup(ctx)
-        setup_s = time.perf_counter() - start
+        setup_s, spent, stopped = time.perf_counter() - start, [], ""
         for k in range(recipe.rounds + 1):
-            start, ran = time.perf_counter(), []
-            if k == 1 and recipe.judge.reward_model.train:  # the judge learns from round 0's policy, once
-                ran += ["reward_model"] if train_reward(ctx) else []
-            for name in ctx.stages(k):
-                if name == "judge" and not is_done(ctx.stage(k, name)):
-                    server.ready()
-                ran += [name] if run_stage(ctx, k, name) else []
-            if "monitor" in ran:  # this process finished the round: account for its time
-                write_round_timing(ctx, k, time.perf_counter() - start, ran, setup_s if k == 0 else None)
-            logger.info(summary_line(read_stage_json(ctx.stage(k, "monitor") / "metrics.json", ctx.run_dir)))
-            why = should_stop(ctx, k)
-            if why:
-                logger.error("stopping after round %d: %s (round_%02d/monitor/alarms.json)", k, why, k)
+            start = time.perf_counter()
+            if run_round(ctx, k, server, setup_s):  # rounds done before this session were reported then
+                spent.append(time.perf_counter() - start)
+                eta = (sum(spent[1:]) / len(spent[1:]) if len(spent) > 1 else spent[0]) * (recipe.rounds - k)
+                metrics = read_stage_json(ctx.stage(k, "monitor") / "metrics.json", ctx.run_dir)
+                alarms = fired_alarms(ctx, k)
+                frame.info(summary_line(metrics, recipe.rounds, alarms, eta if k < recipe.rounds else None))
+            stopped = should_stop(ctx, k)
+            if stopped:
+                logger.error("stopping after round %d: %s (round_%02d/monitor/alarms.json)", k, stopped, k)
                 break
         rows = rebuild_metrics(ctx.run_dir)
         if "tensorboard" in recipe.monitor.report_to:  # also after a kill between a monitor and its tracker write
             write_tensorboard(ctx.run_dir, rows)
+        frame.info(closing(ctx, rows, bool(spent), stopped))
         return rows

@@ -127,6 +127,7 @@ def tiny_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("tiny") / "run"
     out = run_cli("run", TINY_RECIPE, "--output_dir", run)
     assert out.returncode == 0, out.stderr[-3000:]
+    (run.parent / "console.txt").write_text(out.stdout + out.stderr)  # what a user saw, piped (tests/test_loop.py)
     return run
 
 

@@ -214,7 +214,8 @@ def test_bad_input_is_refused_before_any_work(case, tmp_path, capsys):
 def test_unknown_cli_prefix_is_not_guessed(capsys):
     with pytest.raises(SystemExit) as err:
         main(["run", str(TINY_RECIPE), "--train.learning_rat", "1"])
-    assert err.value.code == 2 and "unrecognized arguments: --train.learning_rat" in capsys.readouterr().err
+    out = capsys.readouterr().err  # refused, not taken for --train.learning_rate
+    assert err.value.code == 2 and "unknown option '--train.learning_rat'. Did you mean '--train.learning_rate'?" in out
 
 
 @pytest.mark.e2e
@@ -250,3 +251,14 @@ def test_every_data_file_problem_at_once_each_with_its_field(tmp_path, capsys):
     assert "columns ['answer', 'prompt']" in err
     answer = next(line for line in err.splitlines() if "task.generic.answer_field" in line)
     assert "eval_id (" in answer and "; eval_ood (" in answer and not (tmp_path / "run").exists()
+
+
+@pytest.mark.e2e
+def test_cli_option_typo_gets_did_you_mean(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(TINY_RECIPE), "--train.max_step", "5", "--output-dri=x"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "usage:" not in err
+    assert "selfimprove run: unknown option '--train.max_step'. Did you mean '--train.max_steps'?" in err
+    assert "unknown option '--output-dri'. Did you mean '--output-dir'?" in err
+    assert "selfimprove run --help lists every option." in err

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_RECIPE, run_cli
+from conftest import REPO, TINY_RECIPE, copy_run, run_cli
 
 from selfimprove import registry
 
@@ -357,3 +357,34 @@ def test_a_launched_stage_whose_job_dies_is_tried_again_from_its_clean_state(tmp
         cwd=REPO, capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert out.returncode != 0 and not (tmp_path / "r0" / "round_00" / "train" / "DONE").exists()
+
+
+NOISE = (
+    "Loading weights", "Writing model shards", "The used dataset had no length", "Setting accelerator", "{'loss'",
+    "Warning", "WARNING", "it/s]", "batch/s]",
+)  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_console_frames_the_run(tiny_run, tmp_path):
+    """Piped, the console is the run's frame and its stage lines, nothing from other libraries: a banner, one
+    unwrapped line per round (round k/N, the headline diversity number, an ETA until the last), a closing line with
+    where the results are and what to run next; the same lines in RUN/logs/console.log; a rerun has nothing to do."""
+    console = (tiny_run.parent / "console.txt").read_text()
+    assert not [n for n in NOISE if n in console], console
+    lines = console.splitlines()
+    assert f"selfimprove run: {tiny_run} (new); 3 of rounds 0-2 to do" in lines[0]
+    rounds = [line for line in lines if " | acc id " in line]
+    metrics = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    for k, (line, m) in enumerate(zip(rounds, metrics, strict=True)):
+        entropy = m["diversity/probe/answer_entropy"]
+        assert f"round {k}/2 | " in line and f"probe answer entropy {entropy:.3f}" in line
+        assert ("ETA " in line) == (k < 2)
+    assert "round 1/2: generate" in console and lines[-1].split(" INFO ", 1)[1].startswith("done; round 2")
+    assert f"Results: {tiny_run / 'metrics.jsonl'}. Next: selfimprove report {tiny_run}" in lines[-1]
+    logged = (tiny_run / "logs" / "console.log").read_text()
+    assert all(line.split(" INFO ", 1)[1] in logged for line in lines if " INFO " in line)
+    run = copy_run(tiny_run, tmp_path / "run")
+    again = run_cli("run", TINY_RECIPE, "--output_dir", run)
+    assert again.returncode == 0 and "nothing to do: every round was already done" in again.stderr
+    assert " | acc id " not in again.stderr

@@ -134,6 +134,8 @@ def test_report_shows_the_compute_ledger(tiny_run, tmp_path):
     text = write_report([str(tiny_run)], str(tmp_path / "r")).read_text()
     section = text.split("<h2>Compute</h2>", 1)[1].split("<h2>", 1)[0]
     assert "generated_tokens" in section and "padding_share" in section
+    config = text.split("<h2>Config</h2>", 1)[1]
+    assert "addition:" in config and not any(f"  {t}:" in config for t in ("countdown", "rewrite", "generic"))
     total = rows[-1]["compute/total/generated_tokens"]
     assert total == sum(r["compute/generated_tokens"] for r in rows) and f"<td>{total:.4g}</td>" in section
 
@@ -172,3 +174,25 @@ def test_tables_never_cut_a_name():
     lines = [line.split("│") for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if line.count("│") == 3]
     assert "".join(cells[1].strip() for cells in lines) == name  # the first column, line by line: wrapped, not cut
     assert "\x1b[1m[+0.1, +0.2]\x1b[0m" in text and "**" not in text  # bold as bold
+
+
+@pytest.mark.unit
+def test_plots_say_what_they_show():
+    """Integer round ticks; a bounded metric on [0, 1] and a non-negative one from 0 (a 0.005 rise is not drawn as a
+    leap); the alarm legend in the title only where an alarm fired."""
+    from matplotlib.figure import Figure
+
+    from selfimprove.tools.report import _lines
+
+    rows = [
+        {"round": k, "eval/accuracy/id": 0.5 + 0.005 * k, "diversity/probe/answer_entropy": 1 - 0.01 * k}
+        for k in range(3)
+    ]
+    ax = Figure().subplots()
+    _lines(ax, {"run": rows}, ("eval/accuracy/id",), "eval/accuracy/id")
+    assert ax.get_title() == "eval/accuracy/id" and ax.get_ylim() == pytest.approx((-0.02, 1.02))
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    alarmed = [{**r, **({"alarm/diversity": 1} if r["round"] == 2 else {})} for r in rows]
+    ax = Figure().subplots()
+    _lines(ax, {"run": alarmed}, ("diversity/probe/answer_entropy",), "diversity/probe/answer_entropy")
+    assert ax.get_title() == "diversity/probe/answer_entropy  (x: an alarm fired)" and ax.get_ylim()[0] == 0

@@ -71,7 +71,8 @@ def hf_generate(
     # world-th batch, so any number of processes produces exactly the single-process samples.
     rank, world = dist_rank_world()
     limit = context_length(model.config)
-    for b, start in tqdm(my_batches(len(order), batch_size), desc=desc, unit="batch", leave=False, disable=rank != 0):
+    bar = dict(desc=desc, unit="batch", leave=False, disable=rank != 0 or None)  # None: no bar in a log or a pipe
+    for b, start in tqdm(my_batches(len(order), batch_size), **bar):
         idx = order[start : start + batch_size]
         enc = tokenizer(
             [prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from selfimprove.core.config import LoraConfig, Recipe, TrainConfig
 from selfimprove.core.dist import leave, watch_crashes
 from selfimprove.core.errors import DataError
 from selfimprove.core.judge_prompts import eft_rows, judge_format
+from selfimprove.core.logs import setup_logging
 from selfimprove.core.model import load_policy, load_tokenizer
 from selfimprove.core.prompts import PromptFormat, encode_completions
 from selfimprove.core.rows import load_rows, save_rows
@@ -226,6 +228,23 @@ def _dpo_trainer(ctx: RunContext, k, rows, model, tok, out: Path, steps: int, ac
     )
 
 
+def quiet_progress(trainer) -> None:
+    """Keep the Trainer's progress bar (on a terminal) but not its printed dicts of stringified numbers (the round's
+    loss is in the round's summary line and metrics.jsonl); --log-level debug keeps them."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    if logging.getLogger("selfimprove").isEnabledFor(logging.DEBUG):
+        return
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    for callback in (ProgressCallback, PrinterCallback):
+        if trainer.pop_callback(callback) is not None and callback is ProgressCallback and sys.stderr.isatty():
+            trainer.add_callback(BarOnly)  # a bar on a terminal; none in a log, where it is a line per update
+
+
 class TokenCount:
     """Wraps a trainer's data collator to count what the optimizer steps saw: the real tokens and all positions
     (real + padding) of every ``*input_ids`` tensor, with its ``*attention_mask`` (padding-free batches have none:
@@ -286,6 +305,7 @@ def run_train(ctx: RunContext, k: int) -> None:
         )
     real = positions = 0
     if steps:
+        quiet_progress(trainer)
         trainer.data_collator = counted = TokenCount(trainer.data_collator)
         result = trainer.train()
         real, positions = counted.totals(trainer.accelerator)
@@ -341,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         "--force", action="store_true", help="Redo it even if it is done (the finished one stays until the new one is)."
     )
     args = parser.parse_args(argv)
+    setup_logging()  # the level of the run that launched this job
     ctx = open_run(args.run_dir, trust=True)  # training runs nothing the recipe names but TRL itself
     if is_done(ctx.stage(args.round, "train")) and not args.force:
         logger.info("round %d train is already done", args.round)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from selfimprove import registry
 from selfimprove.core.atomic import is_done
@@ -64,22 +65,47 @@ def _fig(path: Path, draw, ncols: int = 1, nrows: int = 1, size=(6.4, 3.6)):
     return path
 
 
-def _lines(ax, runs: dict[str, list[dict]], keys: tuple, title: str, styles=("-", "--")) -> None:
-    """Each run's series of ``keys`` over rounds; red crosses where one of the run's alarms fired."""
+# Metrics that live in [0, 1] (shares, rates, accuracies): drawn on that whole range, so a 0.01 change looks like one.
+BOUNDED = ("accuracy", "distinct", "share", "coverage", "pass@", "kept_rate", "novelty", "agreement", "balance")
+
+
+def _round_axis(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _natural_range(ax, key: str, values: list[float]) -> str:
+    """A y axis that does not exaggerate: [0, 1] for a bounded metric, from 0 for a non-negative one; else the
+    data's own range, said in the title's suffix (returned)."""
+    if not values:
+        return ""
+    if min(values) >= 0 and max(values) <= 1 and any(b in key for b in BOUNDED):
+        ax.set_ylim(-0.02, 1.02)
+        return ""
+    if min(values) >= 0:
+        ax.set_ylim(bottom=0, top=max(values) * 1.05 or 1)
+        return ""
+    return "  (y: the data's range)"
+
+
+def _lines(ax, runs: dict[str, list[dict]], keys: tuple, title: str, styles=("-", "--")) -> None:
+    """Each run's series of ``keys`` over rounds; red crosses where one of the run's alarms fired."""
+    values, fired = [], False
     for name, rows in runs.items():
         for key, style in zip(keys, styles):
             x, y = _series(rows, key)
+            values += y
             if x:
                 ax.plot(x, y, style, marker="o", label=f"{name}: {key.split('/')[-1]}" if len(keys) > 1 else name)
         alarms = [r["round"] for r in rows if any(k.startswith("alarm/") for k in r)]
         x, y = _series([r for r in rows if r["round"] in alarms], keys[0])
         if x:
+            fired = True
             ax.scatter(x, y, marker="x", s=90, color="red", zorder=5, label=f"{name}: alarm")
-    ax.set_title(title)
-    ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title + _natural_range(ax, keys[0], values) + ("  (x: an alarm fired)" if fired else ""))
+    _round_axis(ax)
     ax.legend(fontsize=7)
 
 
@@ -93,7 +119,7 @@ def _times(ax, name: str, rows: list[dict]) -> None:
     shares = [r["time/overhead_share"] for r in rows if "time/overhead_share" in r]
     overhead = f", overhead {100 * sum(shares) / len(shares):.1f}% of a round" if shares else ""
     ax.set_title(f"{name}: time per stage (s){overhead}")
-    ax.set_xlabel("round")
+    _round_axis(ax)
     ax.legend(fontsize=7)
 
 
@@ -105,8 +131,8 @@ def _funnel(ax, name: str, rows: list[dict]) -> None:
     width = 0.27
     for i, (key, label) in enumerate(FUNNEL):
         ax.bar([r["round"] + (i - 1) * width for r in rows], [r[key] for r in rows], width, label=label)
-    ax.set_title(f"{name}: data funnel")
-    ax.set_xlabel("round")
+    ax.set_title(f"{name}: data funnel (samples per round)")
+    _round_axis(ax)
     ax.legend(fontsize=7)
 
 
@@ -127,7 +153,7 @@ def _per_run(runs: dict[str, list[dict]], draw_one):
 def _grid(runs: dict[str, list[dict]], present: list[str]):
     def draw(axes):
         for ax, key in zip(axes, present):
-            _lines(ax, runs, (key,), key + "  (x: an alarm fired)")
+            _lines(ax, runs, (key,), key)
         for ax in axes[len(present) :]:
             ax.axis("off")
 
@@ -277,7 +303,10 @@ def _study_plots(result: dict, out: Path) -> list[tuple[str, Path]]:
     metrics, arms = result["metrics"], list(result["arms"])
 
     def bands(axes):
+        for ax in axes[len(metrics) :]:  # the grid's spare panels
+            ax.axis("off")
         for ax, metric in zip(axes, metrics):
+            values = []
             for arm in arms:
                 pts = sorted((int(k), v[metric]) for k, v in result["arms"][arm].items() if v[metric]["n"])
                 if not pts:
@@ -287,14 +316,20 @@ def _study_plots(result: dict, out: Path) -> list[tuple[str, Path]]:
                 lo = [v["ci_low"] if np.isfinite(v["ci_low"]) else v["mean"] for _, v in pts]
                 hi = [v["ci_high"] if np.isfinite(v["ci_high"]) else v["mean"] for _, v in pts]
                 ax.fill_between(x, lo, hi, alpha=0.2)
-            ax.set_title(metric, fontsize=9)
-            ax.set_xlabel("round")
-            ax.legend(fontsize=7)
+                values += lo + hi
+            ax.set_title(f"{metric}: mean, 95% CI over seeds{_natural_range(ax, metric, values)}", fontsize=9)
+            _round_axis(ax)
+            if values:
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "no arm reports it", ha="center", va="center", transform=ax.transAxes)
 
     k = str(result["final_round"])
     others = [a for a in arms if a in result["differences"]]
 
     def forest(axes):
+        for ax in axes[len(metrics) :]:
+            ax.axis("off")
         for ax, metric in zip(axes, metrics):
             ds = [result["differences"][a].get(k, {}).get(metric, {}) for a in others]
             y = np.arange(len(others))
@@ -321,6 +356,35 @@ def _study_plots(result: dict, out: Path) -> list[tuple[str, Path]]:
             )
         )
     return plots
+
+
+def used_config(path: Path) -> str:
+    """A run's recipe.yaml without what it does not use: the other tasks' sections, the backends and judges it does
+    not run, the propose and slurm sections when off."""
+    data = yaml.safe_load(path.read_text()) or {}
+    task, judges = data.get("task", {}), data.get("judge", {}).get("judges", [])
+    if "name" in task:
+        data["task"] = {"name": task["name"], task["name"]: task.get(task["name"], {})}
+    for section in ("generate", "propose"):
+        backend = data.get(section, {}).get("backend", "hf") if section == "generate" else "hf"
+        for name in ("vllm", "openai"):
+            if backend != name:
+                data.get(section, {}).pop(name, None)
+    llm = data.get("judge", {}).get("llm", {})
+    for name in ("vllm", "openai"):
+        if llm.get("backend") != name:
+            llm.pop(name, None)
+    if not {"llm", "llm_pairwise"} & set(judges):
+        data.get("judge", {}).pop("llm", None)
+    if "reward" not in judges:
+        data.get("judge", {}).pop("reward_model", None)
+    if data.get("propose", {}).get("mode", "off") == "off":
+        data["propose"] = {"mode": "off"}
+    if data.get("train", {}).get("launcher") != "slurm":
+        data.pop("slurm", None)
+    if data.get("train", {}).get("method") != "dpo":
+        data.get("train", {}).pop("dpo", None)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 _CSS = (
@@ -410,8 +474,8 @@ def write_report(run_dirs: list[str], out: str | None = None) -> Path:
         f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="{_img(png)}">' for title, png in plots
     )
     configs = "".join(
-        f"<details><summary>{html.escape(name)}: "
-        f"recipe.yaml</summary><pre>{html.escape((path / 'recipe.yaml').read_text())}</pre></details>"
+        f"<details><summary>{html.escape(name)}: recipe.yaml, the sections this run uses (the file holds every "
+        f"default)</summary><pre>{html.escape(used_config(path / 'recipe.yaml'))}</pre></details>"
         + recipe_history(path, metrics[name])
         for name, path in runs.items()
         if (path / "recipe.yaml").exists()

@@ -18,6 +18,7 @@ from selfimprove.core import seeding
 from selfimprove.core.atomic import is_done
 from selfimprove.core.config import RewardModelConfig
 from selfimprove.core.dist import leave, watch_crashes
+from selfimprove.core.logs import setup_logging
 from selfimprove.core.rows import load_rows, save_rows
 from selfimprove.core.rundir import RunContext
 from selfimprove.core.runs import open_run
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         "--force", action="store_true", help="Redo it even if it is done (the finished one stays until the new one is)."
     )
     args = parser.parse_args(argv)
+    setup_logging()  # the level of the run that launched this job
     ctx = open_run(args.run_dir, trust=True)  # runs nothing the recipe names but TRL itself
     if is_done(ctx.run_dir / "reward_model") and not args.force:
         logger.info("the reward model is already trained")
