@@ -456,7 +456,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    setup_logging(args.log_level or os.environ.get(LEVEL_ENV) or args.default_log_level)
+    inherited = os.environ.get(LEVEL_ENV) if in_launched_job() else None  # a stage job logs as its run does
+    setup_logging(args.log_level or inherited or args.default_log_level)
     try:
         return COMMANDS[args.command](args)
     except UserError as err:

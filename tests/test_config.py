@@ -1,4 +1,5 @@
 import logging
+import os
 import typing
 
 import pytest
@@ -189,14 +190,16 @@ def test_both_option_spellings():
     ],
 )
 def test_only_rank_zero_logs_info(monkeypatch, rank, asked, level):
-    from selfimprove.cli import _setup_logging
+    from selfimprove.core.logs import LEVEL_ENV, QUIET_ENV, setup_logging
 
+    for key in (LEVEL_ENV, *QUIET_ENV):  # restored afterwards: setup_logging sets them for launched jobs
+        monkeypatch.setenv(key, os.environ.get(key, ""))
     if rank is None:
         monkeypatch.delenv("RANK", raising=False)
     else:
         monkeypatch.setenv("RANK", rank)
-    _setup_logging(asked)
-    assert logging.getLogger().level == level
+    setup_logging(asked)
+    assert logging.getLogger().level == level and os.environ[LEVEL_ENV] == asked
 
 
 @pytest.mark.unit

@@ -190,10 +190,15 @@ MORE_KILLS = [
 ]
 
 
-def _killed_then_resumed(point: str, tmp_path: Path) -> Path:
+def _killed_then_resumed(point: str, tmp_path: Path, tiny_run: Path) -> Path:
+    """The tiny run killed at ``point``, then resumed. A point in round k >= 1 is reached from the session's run as it
+    was when round k-1 finished (what the killed process would have made by then, without making it again)."""
     import os
 
     run = tmp_path / "killed"
+    k = int(point[6:8]) if point.startswith("round_") else 0
+    if k >= 1:
+        copy_run(tiny_run, run, rounds=k - 1)
     cmd = [sys.executable, "-m", "selfimprove", "run", str(TINY_RECIPE), "--output_dir", str(run)]
     proc = subprocess.run(
         cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "SELFIMPROVE_FAULT": point}
@@ -217,13 +222,13 @@ def _assert_identical(run: Path, tiny_run: Path) -> None:
 @pytest.mark.e2e
 @pytest.mark.parametrize("point", KILLS)
 def test_resume_after_kill_matches_uninterrupted(point, tiny_run, tmp_path):
-    _assert_identical(_killed_then_resumed(point, tmp_path), tiny_run)
+    _assert_identical(_killed_then_resumed(point, tmp_path, tiny_run), tiny_run)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", MORE_KILLS)
 def test_resume_after_kill_at_every_point(point, tiny_run, tmp_path):
-    _assert_identical(_killed_then_resumed(point, tmp_path), tiny_run)
+    _assert_identical(_killed_then_resumed(point, tmp_path, tiny_run), tiny_run)
 
 
 @pytest.mark.e2e
