@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+
+from selfimprove.tools.tables import show_table
 
 
 @dataclass
@@ -15,7 +18,6 @@ class Report:
 
 def print_report(report: Report) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(width=max(Console().width, 120))
     for fact in report.facts:
@@ -24,40 +26,18 @@ def print_report(report: Report) -> None:
         console.rule(f"example prompt {i + 1}, exactly as the policy sees it")
         console.print(text, markup=False, highlight=False)
     if report.plan:
-        table = Table(title="plan per round (upper bounds where generation lengths are not known yet)")
-        for col in (
-            "round",
-            "prompts",
-            "samples",
-            "judge calls",
-            "steps",
-            "rows",
-            "train tok<=",
-            "gen tok<=",
-            "eval",
-            "MB",
-        ):
-            table.add_column(col, justify="right")
-        for p in report.plan:
-            calls = ", ".join(f"{k} {v}" for k, v in p["judge_calls"].items()) or "-"
-            table.add_row(
-                *map(
-                    str,
-                    (
-                        p["round"],
-                        p["prompts"],
-                        p["samples"],
-                        calls,
-                        p["train_steps"],
-                        p["train_rows"],
-                        p["train_tokens_max"],
-                        p["generated_tokens_max"],
-                        p["eval_prompts"],
-                        p["disk_mb"],
-                    ),
-                )
-            )
-        console.print(table)
+        head = ["round", "prompts", "samples", "judge calls", "steps", "rows", "train tok<=", "gen tok<=", "eval", "MB"]
+        keys = ("round", "prompts", "samples", "judge_calls", "train_steps", "train_rows", "train_tokens_max",
+                "generated_tokens_max", "eval_prompts", "disk_mb")  # fmt: skip
+        rows = [
+            [
+                ", ".join(f"{k} {v}" for k, v in p[key].items()) or "-" if key == "judge_calls" else str(p[key])
+                for key in keys
+            ]
+            for p in report.plan
+        ]
+        sys.stdout.flush()
+        show_table("plan per round (upper bounds where generation lengths are not known yet)", head, rows)
     for problem in report.problems:
         console.print(f"[red]problem[/red]  {problem}", highlight=False)
     console.print("[red]not ready[/red]" if report.problems else "[green]ready[/green]: selfimprove run would start")
