@@ -39,7 +39,7 @@ BAD = [
             "--train.global_batch_size",
             24,
         ),
-        "global_batch_size=24 is not a multiple",
+        "global_batch_size=24 is not a multiple of per_device_train_batch_size (8) x 2 processes",
     ),
     (
         "trainer_args",

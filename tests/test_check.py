@@ -156,24 +156,6 @@ def test_vllm_absent(capsys, tmp_path):
 
 
 @pytest.mark.unit
-def test_global_batch_that_does_not_divide(capsys, tmp_path):
-    problems = _problems(
-        capsys,
-        tmp_path,
-        TINY_RECIPE,
-        "--train.launcher",
-        "accelerate",
-        "--train.accelerate_config",
-        REPO / "accelerate_configs" / "cpu_ddp_2proc.yaml",
-        "--train.per_device_train_batch_size",
-        8,
-        "--train.global_batch_size",
-        24,
-    )
-    assert any("global_batch_size=24 is not a multiple" in p and "2 processes" in p for p in problems)
-
-
-@pytest.mark.unit
 def test_prompt_longer_than_the_model(capsys, tmp_path):
     problems = _problems(capsys, tmp_path, TINY_RECIPE, "--model.bootstrap.max_position_embeddings", 8)
     assert any(
