@@ -11,6 +11,13 @@ import pytest
 from conftest import require_chromium, run_cli
 
 
+def _assert_piped_table(stdout: str, metrics: dict) -> None:
+    """Piped: a Markdown table, every metric name whole, eval accuracy first."""
+    rows = [line.split(" | ")[0][2:] for line in stdout.splitlines() if line.startswith("| ")]
+    assert set(metrics) <= set(rows) and "…" not in stdout
+    assert rows[rows.index("metric") + 1].startswith("eval/accuracy/")
+
+
 @pytest.mark.e2e
 def test_compare_json_recomputed_independently(tiny_run, tmp_path):
     import torch
@@ -26,10 +33,7 @@ def test_compare_json_recomputed_independently(tiny_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "win-rate of B over A" in proc.stdout and "per-token KL" in proc.stdout
     res = json.loads(out.read_text())
-    # piped: a Markdown table, every metric name whole, eval accuracy first
-    rows = [line.split(" | ")[0][2:] for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert set(res["metrics"]) <= set(rows) and "…" not in proc.stdout
-    assert rows[rows.index("metric") + 1].startswith("eval/accuracy/")
+    _assert_piped_table(proc.stdout, res["metrics"])
     ctx = open_run(str(tiny_run))
     a, b = (str(tiny_run / f"round_0{k}" / "train" / "model") for k in (0, 2))
 
