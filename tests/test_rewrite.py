@@ -78,3 +78,48 @@ def test_round_prompts_always_have_an_answer():
     rows = t.round_prompts(1, [], set())
     assert len(rows) == 3000 and all(r["reference"] for r in rows)
     assert any(r["completion"] == "" for r in _task(seed_size=3000, min_input=1, max_input=2).seed_data())
+
+
+def test_held_out_parts_stay_out_of_every_arm_and_their_rules_are_the_ood_parts_split():
+    arms = {
+        n: _task(train_rules=n, held_out_parts=8, eval_id_rules=8, eval_size_per_level=20, eval_max_steps=2)
+        for n in (8, 128)
+    }
+    t = arms[128]
+    assert len(t.parts_lefts) == len(t.parts_rights) == 8
+    used = t.train + t.ood
+    assert not {x for x, _ in used} & t.parts_lefts and not {y for _, y in used} & t.parts_rights
+    assert set(t.ood_parts) == {(x, y) for x in t.parts_lefts for y in t.parts_rights if x != y}
+    evals = t.eval_sets()
+    parts_rows = [r for r in evals if r["split"] == "ood_parts"]
+    assert len(parts_rows) == 2 * 20
+    assert all(set(parse_prompt(r["prompt"])[0]) <= set(t.ood_parts) for r in parts_rows)
+    assert evals == arms[8].eval_sets()  # every arm of a seed gets the same tests
+    assert t.proposed_row(render([t.ood_parts[0]], "abcd"))[1] == "held_out"
+    rows = [{**r, "correct": r["split"] == "ood_parts" and r["difficulty"] == 2} for r in evals]
+    m = t.eval_metrics(rows)
+    assert m["eval/accuracy/ood_parts"] == 0.5 and m["eval/accuracy/ood_parts_s2"] == 1.0
+    assert m["eval/accuracy/ood"] == 0.0
+    # without held-out parts, the universe and the eval sets are what they always were
+    plain = _task()
+    assert plain.ood[:3] == [("b", "a"), ("ed", ""), ("d", "a")] and plain.ood_parts == []
+    assert {r["split"] for r in plain.eval_sets()} == {"id", "ood"}
+    with pytest.raises(ConfigError, match="held_out_parts"):
+        _task(held_out_parts=21)
+
+
+def test_systematic_noise_misreads_some_rules_always_the_same_way():
+    t = _task(seed_size=2000, label_noise=0.3, label_noise_kind="systematic")
+    assert len(t.misread) == round(64 * 0.3 / 0.8) == 24
+    rows = t.seed_data()
+    for r in rows:
+        rules, text = parse_prompt(r["prompt"])
+        misread = apply_rules([t.misread.get(rule, rule) for rule in rules], text)
+        assert r["completion"] == misread and r["label_noisy"] == (misread != apply_rules(rules, text))
+        # a misread rule that applies always gives a wrong label; the other rules never do
+        assert r["label_noisy"] == (rules[0] in t.misread and rules[0][0] in text)
+    assert 0.25 < sum(r["label_noisy"] for r in rows) / len(rows) < 0.35
+    # the same problems as the clean and random-noise arms: only labels change
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in _task(seed_size=2000).seed_data()]
+    with pytest.raises(ConfigError, match="misread rules"):
+        _task(label_noise=0.9, noop_share=0.5, label_noise_kind="systematic")

@@ -244,6 +244,27 @@ def test_unmatched_arms_get_no_verdict(study, tmp_path):
 
 
 @pytest.mark.e2e
+def test_a_derived_metric_is_a_minus_b_in_each_run_and_a_contrast_tests_it(study, tmp_path):
+    """An interaction contrast: 'gap' = id accuracy - distinct_2 in each run and round, hot - cool paired by seed."""
+    a, b = "eval/accuracy/id", "diversity/probe/distinct_2"
+    path = _study_file(tmp_path, derived={"gap": [a, b]}, primary=["gap"], contrasts=[{"arm": "hot", "expect": "less"}])
+    out = _study(path, "--output_dir", study, "--aggregate")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((study / "study.json").read_text())
+    assert result["derived"] == {"gap": [a, b]}
+    gap = {
+        (arm, s): _metric(study / arm / f"seed_{s}", 1, a) - _metric(study / arm / f"seed_{s}", 1, b)
+        for arm in ("cool", "hot")
+        for s in (0, 1, 2)
+    }
+    assert result["arms"]["hot"]["1"]["gap"]["values"] == pytest.approx([gap[("hot", s)] for s in (0, 1, 2)])
+    (c,) = result["contrasts"]
+    assert (c["metric"], c["vs"], c["expect"]) == ("gap", "cool", "less")
+    assert c["per_pair"] == pytest.approx([gap[("hot", s)] - gap[("cool", s)] for s in (0, 1, 2)])
+    assert _study(_study_file(tmp_path), "--output_dir", study, "--aggregate").returncode == 0  # as it was
+
+
+@pytest.mark.e2e
 def test_bad_study_files_get_one_message(tmp_path):
     cases = [
         ("arms", [{"name": "cool", "overrides": {"train.no_such_field": 1}}, {"name": "hot"}], "arm 'cool'"),
@@ -253,6 +274,7 @@ def test_bad_study_files_get_one_message(tmp_path):
         ("contrasts", [{"arm": "hot", "metrc": "x"}], "contrasts[0].metrc: unknown key. Did you mean 'metric'?"),
         ("primry", ["x"], "primry: unknown key. Did you mean 'primary'?"),
         ("slurm", {"partion": "cpu"}, "slurm.partion: unknown key. Did you mean 'partition'?"),
+        ("derived", {"gap": ["eval/accuracy/id"]}, "derived.gap: give two metric names, [A, B], for A - B"),
     ]
     for i, (field, value, message) in enumerate(cases):
         path = _study_file(tmp_path, **{field: value})

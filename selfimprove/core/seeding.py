@@ -36,6 +36,8 @@ STREAMS: dict[str, tuple[int, str]] = {
     "propose": (21, "round k's proposal requests, few-shot picks and proposer sampling"),
     "learnability": (22, "round k's policy samples that measure each proposal's pass rate"),
     "probe_draw": (23, "the probe's held-out problems (apart from the eval and dev sets; never eval answers)"),
+    "held_out_parts": (24, "the rewrite task's held-out left and right sides (rewrite.held_out_parts)"),
+    "misread": (25, "the rewrite task's misread rules and their wrong right sides (label_noise_kind systematic)"),
     "measure": (15, "fixed-size measurement subsamples (seed 0 always: a metric depends on the texts alone)"),
 }
 

@@ -12,18 +12,24 @@ reading the rule necessary (copying the input is not a solution).
 
 Rules: for a seed, a fixed universe is drawn once. The first ``ood_rules`` are held out (OOD eval only), the next
 ``train_rules`` are the training rules; arms of a study that vary ``train_rules`` share the held-out rules and
-their training rules are nested. Knobs, each a field: ``train_rules`` at a fixed ``seed_size`` (diversity),
-``label_noise`` (quality: that share of seed labels is wrong, one character changed), ``step_mix`` and
-``rule_max_len`` (complexity). Difficulty = steps; a row's ``attribute`` is its first rule (per-rule quotas).
+their training rules are nested. With ``held_out_parts`` > 0, that many left sides and right sides are set aside
+first: no rule of the universe uses one, and the rules made only of them form the 'ood_parts' eval split, held-out
+rules whose parts no arm has seen either (with 128 training rules, most 'ood' rules are new combinations of seen
+parts). Knobs, each a field: ``train_rules`` at a fixed ``seed_size`` (diversity), ``label_noise`` and
+``label_noise_kind`` (quality: random wrong labels, or some rules misread the same way every time),
+``step_mix`` and ``rule_max_len`` (complexity). Difficulty = steps; a row's ``attribute`` is its first rule
+(per-rule quotas).
 
 Proposing (propose.mode 'task_native'): ``?2`` asks for a problem of 2 rules. A proposal may invent rules, never
-one of the held-out ones; its reference is its rules applied to its input.
+one of the held-out ones or one using a held-out part; its reference is its rules applied to its input.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -54,7 +60,20 @@ class RewriteConfig:
         [1.0], "Weights of 1, 2, ... rules per problem in seed data and round prompts (complexity), e.g. [1, 1, 1]."
     )
     label_noise: float = option(
-        0.0, "Share of seed labels made wrong on purpose, one character changed (the quality knob).", ge=0, le=1
+        0.0, "Share of seed labels made wrong on purpose, as label_noise_kind says (the quality knob).", ge=0, le=1
+    )
+    label_noise_kind: Literal["random", "systematic"] = option(
+        "random",
+        "random: that share of seed rows, drawn at random, get one character of their label changed. systematic: "
+        "some training rules are misread, always the same way (a fixed wrong right side), in every seed label "
+        "where they apply; as many rules as make the expected share of wrong labels label_noise with one-rule "
+        "problems (train_rules x label_noise / (1 - noop_share), rounded).",
+    )
+    held_out_parts: int = option(
+        0,
+        "Left sides and right sides (each this many) that no training or 'ood' rule uses; every rule made only of "
+        "them is in the 'ood_parts' eval split (held-out rules whose parts are unseen too). 0 = no such split.",
+        ge=0,
     )
     seed_size: int = option(4000, "Labelled seed problems (the example budget).", ge=1)
     prompts_per_round: int = option(1000, "Unlabelled round prompts: new inputs for the training rules.", ge=1)
@@ -79,6 +98,11 @@ class RewriteConfig:
         p = []
         if self.min_input > self.max_input:
             p.append(f"min_input={self.min_input} must be <= max_input={self.max_input}.")
+        if self.label_noise_kind == "systematic" and self.misread_count() > self.train_rules:
+            p.append(
+                f"label_noise={self.label_noise} with noop_share={self.noop_share} asks for {self.misread_count()} "
+                f"misread rules of train_rules={self.train_rules}: lower label_noise or raise noop_share."
+            )
         if self.eval_id_rules > self.train_rules:
             p.append(
                 f"eval_id_rules={self.eval_id_rules} must be <= train_rules={self.train_rules}: ID problems use the "
@@ -92,15 +116,23 @@ class RewriteConfig:
             p.append(
                 f"step_mix={self.step_mix!r} must be a list of non-negative weights with a positive sum, e.g. [1, 1]."
             )
-        space = sum(self.alphabet**n for n in range(1, self.rule_max_len + 1)) * sum(
-            self.alphabet**n for n in range(self.rule_max_len + 1)
-        )
+        lefts = sum(self.alphabet**n for n in range(1, self.rule_max_len + 1))  # right sides: lefts + 1 (empty)
+        if self.held_out_parts >= lefts // 2:
+            p.append(
+                f"held_out_parts={self.held_out_parts} must be under half of the {lefts} possible left sides: lower "
+                "it, or raise alphabet or rule_max_len."
+            )
+        space = (lefts - self.held_out_parts) * (lefts + 1 - self.held_out_parts)
         if self.train_rules + self.ood_rules > space // 2:
             p.append(
                 f"train_rules + ood_rules = {self.train_rules + self.ood_rules} is over half of the {space} possible "
                 "rules: raise alphabet or rule_max_len, or ask for fewer rules."
             )
         return p
+
+    def misread_count(self) -> int:
+        applies = 1.0 - self.noop_share
+        return round(self.train_rules * self.label_noise / applies) if applies else self.train_rules + 1
 
 
 _PROMPT = re.compile(r"^((?:[a-z]+>[a-z]*)(?:;[a-z]+>[a-z]*)*)\|([a-z]*)=$")
@@ -136,8 +168,13 @@ class RewriteTask(FixedSets, Task):
     def __init__(self, cfg: RewriteConfig, seed: int):
         self.cfg, self.seed = cfg, seed
         self.letters = "abcdefghijklmnopqrstuvwxyz"[: cfg.alphabet]
+        self.parts_lefts, self.parts_rights = self._held_out_parts()
         universe = self._universe()
         self.ood, self.train = universe[: cfg.ood_rules], universe[cfg.ood_rules : cfg.ood_rules + cfg.train_rules]
+        self.ood_parts = [
+            (x, y) for x in sorted(self.parts_lefts) for y in sorted(self.parts_rights) if x != y
+        ]  # every rule made of held-out parts only
+        self.misread = self._misread() if cfg.label_noise_kind == "systematic" else {}
 
     def source_files(self) -> list[str]:
         return []  # every problem is generated from the seed
@@ -145,8 +182,24 @@ class RewriteTask(FixedSets, Task):
     def alphabet(self) -> str:
         return self.letters + ">;|="
 
+    def _sides(self, lo: int) -> list[str]:
+        """Every string of lo..rule_max_len letters, shortest first."""
+        return [
+            "".join(t) for n in range(lo, self.cfg.rule_max_len + 1) for t in itertools.product(self.letters, repeat=n)
+        ]
+
+    def _held_out_parts(self) -> tuple[set[str], set[str]]:
+        """held_out_parts left sides and as many non-empty right sides, from their own stream (deletions stay)."""
+        n = self.cfg.held_out_parts
+        if not n:
+            return set(), set()
+        rng, sides = seeding.rng(self.seed, "held_out_parts"), self._sides(1)
+        return {str(v) for v in rng.choice(sides, n, replace=False)}, {
+            str(v) for v in rng.choice(sides, n, replace=False)
+        }
+
     def _universe(self) -> list[tuple[str, str]]:
-        """Distinct rules, drawn once per seed in a fixed order (held-out first)."""
+        """Distinct rules, drawn once per seed in a fixed order (held-out first); none uses a held-out part."""
         c, rng = self.cfg, seeding.rng(self.seed, "rules")
         need, out, seen = c.ood_rules + c.train_rules, [], set()
         for _ in range(1000 * need):
@@ -154,9 +207,20 @@ class RewriteTask(FixedSets, Task):
                 break
             x = "".join(rng.choice(list(self.letters), int(rng.integers(1, c.rule_max_len + 1))))
             y = "".join(rng.choice(list(self.letters), int(rng.integers(0, c.rule_max_len + 1))))
-            if x != y and (x, y) not in seen:
+            if x != y and (x, y) not in seen and x not in self.parts_lefts and y not in self.parts_rights:
                 seen.add((x, y))
                 out.append((x, y))
+        return out
+
+    def _misread(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """Systematic label noise: misread_count training rules, each always read with one fixed wrong right side."""
+        rng, sides = seeding.rng(self.seed, "misread"), self._sides(0)
+        picked = rng.choice(len(self.train), self.cfg.misread_count(), replace=False)
+        out = {}
+        for i in sorted(int(i) for i in picked):
+            x, y = self.train[i]
+            wrong = [s for s in sides if s not in (x, y)]
+            out[(x, y)] = (x, str(rng.choice(wrong)))
         return out
 
     def _steps(self, rng) -> int:
@@ -199,7 +263,8 @@ class RewriteTask(FixedSets, Task):
         rules only, so arms of one seed that differ in train_rules (down to eval_id_rules) get the same tests."""
         rows, c = [], self.cfg
         id_pool = self.train[: c.eval_id_rules] if c.eval_id_rules else self.train
-        for s, (split, pool) in enumerate((("id", id_pool), ("ood", self.ood))):
+        splits = [("id", id_pool), ("ood", self.ood)] + ([("ood_parts", self.ood_parts)] if self.ood_parts else [])
+        for s, (split, pool) in enumerate(splits):
             for steps in range(1, c.eval_max_steps + 1):
                 rng, made = seeding.rng(self.seed, stream, 0, s, steps), 0
                 for _ in range(100 * size):
@@ -229,16 +294,18 @@ class RewriteTask(FixedSets, Task):
             p = self._problem(rng, self.train, self._steps(rng))
             if prompt_key(p["prompt"]) in exclude:
                 continue
-            wrong = noise.random() < self.cfg.label_noise
+            label = self._label(noise, p)
             rows.append(
-                {
-                    "prompt_id": f"seed-{len(rows)}",
-                    **p,
-                    "label_noisy": wrong,
-                    "completion": self.corrupt(noise, p["completion"]) if wrong else p["completion"],
-                }
+                {"prompt_id": f"seed-{len(rows)}", **p, "label_noisy": label != p["completion"], "completion": label}
             )
         return rows
+
+    def _label(self, noise, p: dict) -> str:
+        """The seed label: the true answer, or a wrong one as label_noise and label_noise_kind say."""
+        if self.cfg.label_noise_kind == "systematic":
+            rules, text = parse_prompt(p["prompt"])
+            return apply_rules([self.misread.get(r, r) for r in rules], text)
+        return self.corrupt(noise, p["completion"]) if noise.random() < self.cfg.label_noise else p["completion"]
 
     def round_prompts(self, k: int, history: list[dict], exclude: set[str]) -> list[dict]:
         rng, rows = seeding.rng(self.seed, "round_prompts", k), []
@@ -286,7 +353,7 @@ class RewriteTask(FixedSets, Task):
             return None, "size"
         if any(x == y or len(x) > c.rule_max_len or len(y) > c.rule_max_len for x, y in rules):
             return None, "rule"
-        if set(rules) & set(self.ood):
+        if set(rules) & set(self.ood) or any(x in self.parts_lefts or y in self.parts_rights for x, y in rules):
             return None, "held_out"
         answer = apply_rules(rules, source)
         if not answer:
@@ -309,7 +376,9 @@ class RewriteTask(FixedSets, Task):
 
     def eval_metrics(self, rows: list[dict]) -> dict:
         out = split_accuracy(rows)
-        for split in ("id", "ood"):
+        if any(r["split"] == "ood_parts" for r in rows):
+            out["eval/accuracy/ood_parts"] = float(np.mean([r["correct"] for r in rows if r["split"] == "ood_parts"]))
+        for split in ("id", "ood", "ood_parts"):
             for s in sorted({r["difficulty"] for r in rows if r["split"] == split}):
                 sel = [r["correct"] for r in rows if r["split"] == split and r["difficulty"] == s]
                 out[f"eval/accuracy/{split}_s{s}"] = float(np.mean(sel))

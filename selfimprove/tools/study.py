@@ -187,9 +187,14 @@ def run_study(study: Study, jobs: int = 1, smoke: bool = False, only: int | None
     return result
 
 
-def _metrics(run_dir: Path) -> dict[int, dict]:
+def _metrics(study: Study, run_dir: Path) -> dict[int, dict]:
+    """A run's metrics.jsonl by round, with the study's derived metrics added where both terms are present."""
     path = run_dir / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    for row in rows:
+        for name, a, b in study.derived:
+            if row.get(a) is not None and row.get(b) is not None:
+                row[name] = row[a] - row[b]
     return {r["round"]: r for r in rows}
 
 
@@ -197,7 +202,7 @@ def aggregate(study: Study, timing: dict | None = None) -> dict:
     """study.json and study.csv from every run's metrics.jsonl (finished rounds only), each written once; ``timing``
     (the study's own cost so far) gets the aggregation's time and the total, and goes into study.json."""
     start = time.perf_counter()
-    per_run = {(a, s): _metrics(study.run_dir(a, s)) for a, s in study.runs()}
+    per_run = {(a, s): _metrics(study, study.run_dir(a, s)) for a, s in study.runs()}
     rounds = sorted({k for m in per_run.values() for k in m})
     out: dict = {
         "study": study.name,
@@ -206,6 +211,7 @@ def aggregate(study: Study, timing: dict | None = None) -> dict:
         "metrics": list(study.metrics),
         "primary": list(study.primary),
         "match": [{"quantity": q, "tolerance": t} for q, t in study.match],
+        "derived": {name: [a, b] for name, a, b in study.derived},
         "method": {
             "arms": "mean, sample sd and t interval over seeds (95%); n = seeds present, the missing ones named",
             "differences": "arm - baseline per seed (same seeds), mean with paired t interval (95%)",

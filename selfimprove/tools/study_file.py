@@ -6,6 +6,7 @@
     overrides: {train.bootstrap_steps: 1000}  # every arm's, before its own (a study-wide shrink of the base)
     baseline: rules_8                         # default: the first arm
     metrics: [eval/accuracy/id, eval/accuracy/ood]            # reported
+    derived: {id_minus_ood: [eval/accuracy/id, eval/accuracy/ood]}  # derived per run and round: A - B
     primary: [eval/accuracy/ood]              # declared before the run: the contrasts test these
     contrasts:                                # default: every arm against the baseline on every primary metric
       - {arm: rules_128, vs: rules_8, metric: eval/accuracy/ood, expect: greater}
@@ -104,6 +105,11 @@ class StudyFile:
     baseline: str = option("", "The arm the others are compared with by default (default: the first).")
     metrics: list[str] = option(list(DEFAULT_METRICS), "Metrics reported per arm and round (secondary unless primary).")
     primary: list[str] = option([], "Primary metrics, declared before the run: the contrasts test them.")
+    derived: dict = option(
+        {},
+        "Derived metrics, NAME: [A, B] meaning A - B in each run and round; a contrast on one tests an interaction "
+        "(an arm's effect on A minus its effect on B), paired by seed like any other metric.",
+    )
     contrasts: list[ContrastSpec] = option([], "Declared contrasts (default: each arm vs the baseline, each primary).")
     match: list[MatchSpec] = option(
         [], "Quantities the arms must share (compute ledger); unmatched arms get no verdict."
@@ -135,6 +141,9 @@ class StudyFile:
                 p.append(f"contrasts[{i}].metric: name it, or declare primary metrics.")
         if self.contrasts and not self.primary:
             p.append("primary: a study that declares contrasts declares its primary metric(s) too.")
+        for name, pair in self.derived.items():
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(m, str) and m for m in pair)):
+                p.append(f"derived.{name}: give two metric names, [A, B], for A - B; got {pair!r}.")
         for i, m in enumerate(self.match):
             if not m.quantity:
                 p.append(f"match[{i}].quantity: name a metrics.jsonl key, e.g. compute/total/generated_tokens.")
@@ -170,6 +179,7 @@ class Study:
     primary: tuple[str, ...] = ()
     contrasts: tuple[Contrast, ...] = ()
     match: tuple[tuple[str, float], ...] = ()
+    derived: tuple[tuple[str, str, str], ...] = ()  # (name, A, B): name = A - B
 
     def run_dir(self, arm: str, seed: int) -> Path:
         return self.output_dir / arm / f"seed_{seed}"
@@ -224,6 +234,7 @@ def load_study(path: str | Path, output_dir: str | None = None) -> Study:
         tuple(spec.primary),
         contrasts,
         tuple((m.quantity, m.tolerance) for m in spec.match),
+        tuple((name, a, b) for name, (a, b) in spec.derived.items()),
     )
 
 
@@ -239,6 +250,7 @@ def as_file(study: Study) -> dict:
         "primary": list(study.primary),
         "contrasts": [dataclasses.asdict(c) for c in study.contrasts],
         "match": [{"quantity": q, "tolerance": t} for q, t in study.match],
+        "derived": {name: [a, b] for name, a, b in study.derived},
         "arms": [dataclasses.asdict(a) for a in study.arms],
         "slurm": dataclasses.asdict(study.slurm),
     }

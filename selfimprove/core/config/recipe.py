@@ -175,6 +175,8 @@ ADDED_FIELDS = (
     "task.countdown.dev_size_per_level",
     "task.rewrite.dev_size_per_level",
     "task.rewrite.eval_id_rules",
+    "task.rewrite.label_noise_kind",
+    "task.rewrite.held_out_parts",
     "task.generic.seed_completion_field",
 )
 
