@@ -245,19 +245,28 @@ def test_unmatched_arms_get_no_verdict(study, tmp_path):
 
 @pytest.mark.e2e
 def test_a_derived_metric_is_a_minus_b_in_each_run_and_a_contrast_tests_it(study, tmp_path):
-    """An interaction contrast: 'gap' = id accuracy - distinct_2 in each run and round, hot - cool paired by seed."""
+    """An interaction contrast: 'gap' = id accuracy - distinct_2 in each run and round, hot - cool paired by seed;
+    'avg' their mean."""
     a, b = "eval/accuracy/id", "diversity/probe/distinct_2"
-    path = _study_file(tmp_path, derived={"gap": [a, b]}, primary=["gap"], contrasts=[{"arm": "hot", "expect": "less"}])
+    derived = [{"name": "gap", "op": "difference", "of": [a, b]}, {"name": "avg", "op": "mean", "of": [a, b]}]
+    path = _study_file(
+        tmp_path, derived=derived, metrics=["avg"], primary=["gap"], contrasts=[{"arm": "hot", "expect": "less"}]
+    )
     out = _study(path, "--output_dir", study, "--aggregate")
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((study / "study.json").read_text())
-    assert result["derived"] == {"gap": [a, b]}
+    assert result["derived"] == derived
     gap = {
         (arm, s): _metric(study / arm / f"seed_{s}", 1, a) - _metric(study / arm / f"seed_{s}", 1, b)
         for arm in ("cool", "hot")
         for s in (0, 1, 2)
     }
     assert result["arms"]["hot"]["1"]["gap"]["values"] == pytest.approx([gap[("hot", s)] for s in (0, 1, 2)])
+    cool = [
+        (_metric(study / "cool" / f"seed_{s}", 1, a) + _metric(study / "cool" / f"seed_{s}", 1, b)) / 2
+        for s in (0, 1, 2)
+    ]
+    assert result["arms"]["cool"]["1"]["avg"]["values"] == pytest.approx(cool)
     (c,) = result["contrasts"]
     assert (c["metric"], c["vs"], c["expect"]) == ("gap", "cool", "less")
     assert c["per_pair"] == pytest.approx([gap[("hot", s)] - gap[("cool", s)] for s in (0, 1, 2)])
@@ -274,7 +283,7 @@ def test_bad_study_files_get_one_message(tmp_path):
         ("contrasts", [{"arm": "hot", "metrc": "x"}], "contrasts[0].metrc: unknown key. Did you mean 'metric'?"),
         ("primry", ["x"], "primry: unknown key. Did you mean 'primary'?"),
         ("slurm", {"partion": "cpu"}, "slurm.partion: unknown key. Did you mean 'partition'?"),
-        ("derived", {"gap": ["eval/accuracy/id"]}, "derived.gap: give two metric names, [A, B], for A - B"),
+        ("derived", [{"name": "gap", "of": ["eval/accuracy/id"]}], "derived[0].of=['eval/accuracy/id']: 'difference'"),
     ]
     for i, (field, value, message) in enumerate(cases):
         path = _study_file(tmp_path, **{field: value})

@@ -54,7 +54,7 @@ from selfimprove.core.slurm import Sbatch, sbatch_script
 from selfimprove.core.typed_yaml import ConfigError
 from selfimprove.tools.check import check_recipe
 from selfimprove.tools.stats import VERDICT_RULE, mean_ci, paired_difference
-from selfimprove.tools.study_file import Arm, Study, StudyError, as_file, load_study  # noqa: F401 (the CLI's API)
+from selfimprove.tools.study_file import Arm, Study, StudyError, as_file, derived_file, load_study  # noqa: F401 (the CLI's API)
 from selfimprove.tools.tables import markdown_table, show_table
 from selfimprove.tools.verdicts import contrasts
 
@@ -188,13 +188,14 @@ def run_study(study: Study, jobs: int = 1, smoke: bool = False, only: int | None
 
 
 def _metrics(study: Study, run_dir: Path) -> dict[int, dict]:
-    """A run's metrics.jsonl by round, with the study's derived metrics added where both terms are present."""
+    """A run's metrics.jsonl by round, with the study's derived metrics added where all their terms are present."""
     path = run_dir / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     for row in rows:
-        for name, a, b in study.derived:
-            if row.get(a) is not None and row.get(b) is not None:
-                row[name] = row[a] - row[b]
+        for name, op, of in study.derived:
+            terms = [row.get(m) for m in of]
+            if None not in terms:
+                row[name] = terms[0] - terms[1] if op == "difference" else sum(terms) / len(terms)
     return {r["round"]: r for r in rows}
 
 
@@ -211,7 +212,7 @@ def aggregate(study: Study, timing: dict | None = None) -> dict:
         "metrics": list(study.metrics),
         "primary": list(study.primary),
         "match": [{"quantity": q, "tolerance": t} for q, t in study.match],
-        "derived": {name: [a, b] for name, a, b in study.derived},
+        "derived": derived_file(study),
         "method": {
             "arms": "mean, sample sd and t interval over seeds (95%); n = seeds present, the missing ones named",
             "differences": "arm - baseline per seed (same seeds), mean with paired t interval (95%)",

@@ -6,7 +6,9 @@
     overrides: {train.bootstrap_steps: 1000}  # every arm's, before its own (a study-wide shrink of the base)
     baseline: rules_8                         # default: the first arm
     metrics: [eval/accuracy/id, eval/accuracy/ood]            # reported
-    derived: {id_minus_ood: [eval/accuracy/id, eval/accuracy/ood]}  # derived per run and round: A - B
+    derived:                                  # metrics computed in each run and round from its own
+      - {name: id_minus_ood, op: difference, of: [eval/accuracy/id, eval/accuracy/ood]}   # A - B
+      - {name: d11_12, op: mean, of: [eval/accuracy/d11, eval/accuracy/d12]}
     primary: [eval/accuracy/ood]              # declared before the run: the contrasts test these
     contrasts:                                # default: every arm against the baseline on every primary metric
       - {arm: rules_128, vs: rules_8, metric: eval/accuracy/ood, expect: greater}
@@ -76,6 +78,23 @@ class ContrastSpec:
 
 
 @dataclass
+class DerivedSpec:
+    name: str = option("", "The derived metric's name, used like any metric (primary, contrasts, metrics).")
+    op: Literal["difference", "mean"] = option(
+        "difference",
+        "difference: of[0] - of[1] (a contrast on it tests an interaction: an arm's effect on one minus its effect "
+        "on the other); mean: the mean of the metrics in of (pooled accuracy over equal-sized eval sets).",
+    )
+    of: list[str] = option([], "The metrics it is computed from, in this run and round.")
+
+    def check(self) -> list[str]:
+        p = [] if self.name else ["name: give the derived metric a name."]
+        if (self.op == "difference" and len(self.of) != 2) or not self.of:
+            p.append(f"of={self.of!r}: 'difference' takes two metrics [A, B] (A - B); 'mean' one or more.")
+        return p
+
+
+@dataclass
 class MatchSpec:
     quantity: str = option("", "A metrics.jsonl key the arms must share at the compared round (compute/total/...).")
     tolerance: float = option(
@@ -105,11 +124,7 @@ class StudyFile:
     baseline: str = option("", "The arm the others are compared with by default (default: the first).")
     metrics: list[str] = option(list(DEFAULT_METRICS), "Metrics reported per arm and round (secondary unless primary).")
     primary: list[str] = option([], "Primary metrics, declared before the run: the contrasts test them.")
-    derived: dict = option(
-        {},
-        "Derived metrics, NAME: [A, B] meaning A - B in each run and round; a contrast on one tests an interaction "
-        "(an arm's effect on A minus its effect on B), paired by seed like any other metric.",
-    )
+    derived: list[DerivedSpec] = option([], "Metrics computed in each run and round from its own metrics.")
     contrasts: list[ContrastSpec] = option([], "Declared contrasts (default: each arm vs the baseline, each primary).")
     match: list[MatchSpec] = option(
         [], "Quantities the arms must share (compute ledger); unmatched arms get no verdict."
@@ -141,9 +156,6 @@ class StudyFile:
                 p.append(f"contrasts[{i}].metric: name it, or declare primary metrics.")
         if self.contrasts and not self.primary:
             p.append("primary: a study that declares contrasts declares its primary metric(s) too.")
-        for name, pair in self.derived.items():
-            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(m, str) and m for m in pair)):
-                p.append(f"derived.{name}: give two metric names, [A, B], for A - B; got {pair!r}.")
         for i, m in enumerate(self.match):
             if not m.quantity:
                 p.append(f"match[{i}].quantity: name a metrics.jsonl key, e.g. compute/total/generated_tokens.")
@@ -179,7 +191,7 @@ class Study:
     primary: tuple[str, ...] = ()
     contrasts: tuple[Contrast, ...] = ()
     match: tuple[tuple[str, float], ...] = ()
-    derived: tuple[tuple[str, str, str], ...] = ()  # (name, A, B): name = A - B
+    derived: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (name, op, of)
 
     def run_dir(self, arm: str, seed: int) -> Path:
         return self.output_dir / arm / f"seed_{seed}"
@@ -234,8 +246,12 @@ def load_study(path: str | Path, output_dir: str | None = None) -> Study:
         tuple(spec.primary),
         contrasts,
         tuple((m.quantity, m.tolerance) for m in spec.match),
-        tuple((name, a, b) for name, (a, b) in spec.derived.items()),
+        tuple((d.name, d.op, tuple(d.of)) for d in spec.derived),
     )
+
+
+def derived_file(study: Study) -> list[dict]:
+    return [{"name": name, "op": op, "of": list(of)} for name, op, of in study.derived]
 
 
 def as_file(study: Study) -> dict:
@@ -250,7 +266,7 @@ def as_file(study: Study) -> dict:
         "primary": list(study.primary),
         "contrasts": [dataclasses.asdict(c) for c in study.contrasts],
         "match": [{"quantity": q, "tolerance": t} for q, t in study.match],
-        "derived": {name: [a, b] for name, a, b in study.derived},
+        "derived": derived_file(study),
         "arms": [dataclasses.asdict(a) for a in study.arms],
         "slurm": dataclasses.asdict(study.slurm),
     }
