@@ -125,7 +125,7 @@ def test_qdit_lambda_zero_is_quality_ranking_and_one_covers_clusters():
     assert qdit(X, scores, 1, lam=1.0, k=5, prior=X[:20])[0] >= 20
 
 
-@pytest.mark.parametrize("method", ["score", "cluster", "deita", "qdit"])
+@pytest.mark.parametrize("method", ["score", "random", "cluster", "deita", "qdit"])
 def test_select_invariants_budget_and_no_duplicates(method):
     rng = np.random.default_rng(1)
     rows = [
@@ -144,6 +144,19 @@ def test_select_invariants_budget_and_no_duplicates(method):
     assert out[-1]["select_reason"] == "duplicate"
     if method == "cluster":
         assert sorted(sum(r["difficulty"] == d for r in chosen) for d in range(3)) == [4, 4, 4]
+
+
+def test_random_selection_is_blind_to_scores_and_fixed_by_its_seed():
+    from selfimprove.stages.select.samplers import at_random
+
+    drawn = at_random(100, 10, seed=3)
+    assert drawn == sorted(np.random.default_rng(3).choice(100, 10, replace=False).tolist())
+    assert at_random(100, 10, seed=3) == drawn != at_random(100, 10, seed=4)
+    assert at_random(5, 10, seed=3) == at_random(5, 0, seed=3) == [0, 1, 2, 3, 4]
+    rows = [_row(f"p{i}", str(i), score, idx=i) for i, score in enumerate(np.linspace(1, 0, 40))]
+    cfg = SelectConfig(method="random", budget=10, per_prompt_cap=1)
+    chosen = [i for i, r in enumerate(select_rows(rows, cfg, [], seed=3)) if r["selected"]]
+    assert chosen == at_random(40, 10, seed=3) != list(range(10))  # not the top scores
 
 
 def test_oracle_relabel_uses_references_and_corrupts_the_asked_share():

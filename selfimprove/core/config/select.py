@@ -58,10 +58,10 @@ class SelectConfig:
     )
     per_prompt_cap: int = option(1, "At most this many samples per prompt, best scores first (0 = no cap).", ge=0)
     budget: int = option(0, "At most this many samples in total per round (0 = no budget).", ge=0)
-    method: Literal["score", "cluster", "deita", "qdit"] = option(
+    method: Literal["score", "random", "cluster", "deita", "qdit"] = option(
         "score",
-        "Sampler under the budget: top scores; cluster-and-rebalance; Deita greedy (quality x complexity, similarity "
-        "<= deita_tau); QDIT facility location with diversity_weight.",
+        "Sampler under the budget: top scores; a uniform draw blind to the scores; cluster-and-rebalance; Deita "
+        "greedy (quality x complexity, similarity <= deita_tau); QDIT facility location with diversity_weight.",
     )
     diversity_weight: float = option(
         0.5, "qdit: lambda in [0, 1]; 0 = pure quality ranking, 1 = pure coverage. 'steer' alarms can raise it."

@@ -56,6 +56,8 @@ def sample_budget(rows: list[dict], cfg: SelectConfig, X, prior_X, lam: float, s
     budget = cfg.budget or len(rows)
     if cfg.method == "score":
         return samplers.by_score(scores, budget)
+    if cfg.method == "random":
+        return samplers.at_random(len(rows), budget, seed)
     if cfg.method == "cluster":
         labels = (
             samplers.kmeans_labels(X, cfg.clusters or max(1, int(np.sqrt(len(rows)))), seed)

@@ -2,6 +2,7 @@
 
 Every sampler takes the candidates' scores (quality) and returns the chosen indices, at most ``budget`` of them.
 - score: the top scores (ties by candidate order).
+- random: a uniform draw, blind to the scores (the control that says whether ranking or balancing does anything).
 - cluster: cluster-and-rebalance. Clusters are k-means on feature vectors, or the candidates' difficulty levels or
   task attributes; each cluster gets a quota (its share of ``target_mix``, or an equal share: flattening), filled by
   score; quota a cluster cannot fill passes to the others.
@@ -27,6 +28,12 @@ from selfimprove.metrics.dedup import greedy_max_similarity
 def by_score(scores: np.ndarray, budget: int) -> list[int]:
     order = np.lexsort((np.arange(len(scores)), -scores))
     return sorted(order[:budget].tolist()) if budget else list(range(len(scores)))
+
+
+def at_random(n: int, budget: int, seed: int) -> list[int]:
+    if not budget or budget >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, budget, replace=False).tolist())
 
 
 def quotas(sizes: dict, budget: int, mix: dict | None = None) -> dict:
