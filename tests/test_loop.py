@@ -96,6 +96,7 @@ def test_compute_ledger_by_hand(tiny_run):
             "generated_tokens": sum(r["num_tokens"] for r in gen),
             "judge_calls": 0,  # format and majority: rules, no model
             "proposals_sampled": 0,
+            "sampled_tokens": sum(r["num_tokens"] for r in gen),  # no proposing: the generated tokens alone
             "train_rows": train["steps"] * train["global_batch"],
             "optimizer_steps": train["steps"],
         }

@@ -436,3 +436,7 @@ def test_addition_proposes_through_the_real_loop(tmp_path, writer):
     assert len(gen) == 40 and len(used) == min(20, len(kept))
     m = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert m["prompts/proposed_share"] == len(used) / m["prompts/count"]
+    proposal_tokens = sum(c["num_tokens"] for c in cands)
+    assert (proposal_tokens > 0) == (writer == "policy") and m["compute/proposal_tokens"] == proposal_tokens
+    parts = ("generated_tokens", "proposal_tokens", "learnability_tokens")
+    assert m["compute/sampled_tokens"] == sum(m[f"compute/{q}"] for q in parts) > m["compute/generated_tokens"]

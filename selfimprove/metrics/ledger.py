@@ -3,7 +3,9 @@ matched in compute instead of assuming it.
 
 ``compute/<quantity>`` per round and ``compute/total/<quantity>`` through it, in metrics.jsonl:
 prompts posed and samples generated for the round's data (and their generated tokens), proposals sampled by the
-propose stage and the policy samples its learnability filter drew (with their tokens), model-judge calls and their
+propose stage and the policy samples its learnability filter drew (with their tokens), ``sampled_tokens`` (all three
+kinds of tokens together: what a control arm without proposing must spend to match a proposing arm), model-judge
+calls and their
 tokens (rule judges call no model), training rows, real tokens the optimizer steps saw and the padding share of their
 positions, and optimizer steps. Every count is a function of the run's data, so a resumed run has the same ledger;
 the model-bound seconds are ``time/compute_s`` (selfimprove.core.timing), beside it. Evaluation and the probe are the
@@ -25,6 +27,7 @@ COUNTS = (
     "proposal_tokens",
     "learnability_samples",
     "learnability_tokens",
+    "sampled_tokens",
     "judge_calls",
     "judge_tokens",
     "train_rows",
@@ -50,6 +53,7 @@ def round_ledger(ctx: RunContext, k: int) -> dict:
         "proposal_tokens": _proposal_tokens(ctx, k) if prop else 0,
         "learnability_samples": prop.get("learnability_samples", 0),
         "learnability_tokens": prop.get("learnability_tokens", 0),
+        "sampled_tokens": 0,
         "judge_calls": sum(judge.get("calls", {}).values()),
         "judge_tokens": sum(judge.get("tokens", {}).values()),
         "train_rows": train.get("rows", 0),
@@ -57,6 +61,7 @@ def round_ledger(ctx: RunContext, k: int) -> dict:
         "trained_positions": train.get("trained_positions", 0),
         "optimizer_steps": train.get("steps", 0),
     }
+    spent["sampled_tokens"] = sum(spent[q] for q in ("generated_tokens", "proposal_tokens", "learnability_tokens"))
     earlier = ctx.history(k)
     total = {q: spent[q] + sum(h.get(f"compute/{q}", 0) for h in earlier) for q in COUNTS}
     out = {f"compute/{q}": v for q, v in spent.items()} | {f"compute/total/{q}": v for q, v in total.items()}
