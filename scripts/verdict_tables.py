@@ -1,6 +1,6 @@
-"""Regenerate the verdict tables in the docs from the committed results bundles (results/<study>/study.json).
+"""Regenerate the verdict and arms tables in the docs from the committed results bundles (results/<study>/study.json).
 
-python scripts/verdict_tables.py            # rewrite every <!-- verdicts: NAME --> block in README.md and docs/
+python scripts/verdict_tables.py            # rewrite every <!-- verdicts: NAME --> and <!-- arms: NAME --> block in README.md and docs/
 python scripts/verdict_tables.py --check    # exit 1, naming the file, if any block differs from its bundle
 """
 
@@ -29,7 +29,7 @@ def main() -> int:
             if not args.check:
                 doc.write_text(new)
         for name in blocks(text):
-            print(f"{doc.relative_to(REPO)}: verdicts of results/{name}")
+            print(f"{doc.relative_to(REPO)}: tables of results/{name}")
     if stale and args.check:
         print("out of date with their bundles: " + ", ".join(str(d.relative_to(REPO)) for d in stale), file=sys.stderr)
         return 1

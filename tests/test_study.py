@@ -342,7 +342,8 @@ def test_slurm_array_script(tmp_path):
 
 @pytest.mark.unit
 def test_docs_verdict_tables_agree_with_their_bundles(tmp_path):
-    """Every verdict table in README.md and docs/ is what its committed bundle says; an edited one is caught."""
+    """Every verdict and arms table in README.md and docs/ is what its committed bundle says; an edited one is
+    caught."""
     from selfimprove.tools.results import blocks, render
 
     docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -355,6 +356,10 @@ def test_docs_verdict_tables_agree_with_their_bundles(tmp_path):
     tampered = doc.read_text().replace("**supported**", "**contradicted**").replace("**inconclusive**", "**supported**")
     tampered = tampered.replace("**unmatched**", "**supported**")
     assert render(tampered, REPO / "results") != tampered
+    studies = (REPO / "docs" / "studies.md").read_text()
+    arms = studies[studies.index("<!-- arms: loop -->") : studies.index("<!-- /arms: loop -->")]
+    assert "| per_rule_quota | eval/accuracy/ood (%) | 5 |" in arms  # a per-arm row, per-seed values beside it
+    assert render(studies.replace(arms, arms.replace(" / ", " | ", 1)), REPO / "results") == studies
 
 
 @pytest.mark.unit

@@ -1,10 +1,13 @@
 """The docs' verdict tables, generated from the committed results bundles (results/<study>/study.json).
 
-A document marks where a study's table goes::
+A document marks where a study's tables go::
 
     <!-- verdicts: loop -->
     (generated: the declared contrasts of results/loop/study.json, with their verdicts)
     <!-- /verdicts: loop -->
+    <!-- arms: loop -->
+    (generated: every arm and reported metric at the final round, mean, per-seed values, paired difference)
+    <!-- /arms: loop -->
 
 ``render`` rewrites every marked block from its bundle; ``scripts/verdict_tables.py`` applies it to the docs (or,
 with ``--check``, fails when a table and its bundle disagree, as a test does).
@@ -16,13 +19,12 @@ import json
 import re
 from pathlib import Path
 
-from selfimprove.tools.study import CONTRAST_HEAD, contrast_rows
+from selfimprove.tools.study import CONTRAST_HEAD, FINAL_HEAD, contrast_rows, final_rows, final_title
 
-BLOCK = re.compile(r"(<!-- verdicts: ([\w.-]+) -->\n)(.*?)(<!-- /verdicts: \2 -->)", re.S)
+BLOCK = re.compile(r"(<!-- (verdicts|arms): ([\w.-]+) -->\n)(.*?)(<!-- /\2: \3 -->)", re.S)
 
 
-def table(result: dict, source: str) -> str:
-    """The declared contrasts of one study as a Markdown table, with where they come from."""
+def _source(result: dict, source: str) -> str:
     envs = {
         (
             e.get("cpu", "?"),
@@ -32,28 +34,40 @@ def table(result: dict, source: str) -> str:
         )
         for e in (r["environment"] for r in result["runs"].values())
     }
-    lines = [
-        "| " + " | ".join(CONTRAST_HEAD) + " |",
-        "|" + "---|" * len(CONTRAST_HEAD),
-        *("| " + " | ".join(r) + " |" for r in contrast_rows(result)),
-        "",
+    return (
         f"Generated from `{source}` ({len(result['runs'])} runs, seeds {result['seeds']}; cpu / python / torch / "
-        f"commit {', '.join(' / '.join(e) for e in sorted(envs))}) by `scripts/verdict_tables.py`; not edited by hand.",
-    ]
+        f"commit {', '.join(' / '.join(e) for e in sorted(envs))}) by `scripts/verdict_tables.py`; not edited by hand."
+    )
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def table(result: dict, source: str) -> str:
+    """The declared contrasts of one study as a Markdown table, with where they come from."""
+    return "\n".join([*_markdown(CONTRAST_HEAD, contrast_rows(result)), "", _source(result, source)]) + "\n"
+
+
+def arms_table(result: dict, source: str) -> str:
+    """Every arm and reported metric at the final round (per-seed values beside every mean), with its source."""
+    lines = [final_title(result), "", *_markdown(FINAL_HEAD, final_rows(result)), "", _source(result, source)]
     return "\n".join(lines) + "\n"
 
 
 def render(text: str, results: Path) -> str:
-    """``text`` with every marked verdict block regenerated from ``results/<name>/study.json``."""
+    """``text`` with every marked block regenerated from ``results/<name>/study.json``."""
 
     def fill(m: re.Match) -> str:
-        path = results / m.group(2) / "study.json"
+        kind, name = m.group(2), m.group(3)
+        path = results / name / "study.json"
         if not path.exists():
-            raise FileNotFoundError(f"verdict block '{m.group(2)}' names no bundle: {path} is missing")
-        return m.group(1) + table(json.loads(path.read_text()), f"results/{m.group(2)}/study.json") + m.group(4)
+            raise FileNotFoundError(f"{kind} block '{name}' names no bundle: {path} is missing")
+        make = table if kind == "verdicts" else arms_table
+        return m.group(1) + make(json.loads(path.read_text()), f"results/{name}/study.json") + m.group(5)
 
     return BLOCK.sub(fill, text)
 
 
 def blocks(text: str) -> list[str]:
-    return [m.group(2) for m in BLOCK.finditer(text)]
+    return [m.group(3) for m in BLOCK.finditer(text)]

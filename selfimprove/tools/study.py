@@ -399,13 +399,19 @@ def final_rows(result: dict) -> list[list[str]]:
     return rows
 
 
+def final_title(result: dict) -> str:
+    return (
+        f"Round {result['final_round']}; mean [95% t CI] over seeds {result['seeds']}; diff = arm - "
+        f"{result['baseline']}, paired by seed."
+    )
+
+
 def _titles(result: dict) -> tuple[str, str]:
     """(the contrasts' title, the final round's title)."""
     return (
         f"Declared contrasts (primary: {', '.join(result['primary']) or '-'}); verdict rule: "
         f"{result['method']['verdict_rule']}",
-        f"Round {result['final_round']}; mean [95% t CI] over seeds {result['seeds']}; diff = arm - "
-        f"{result['baseline']}, paired by seed.",
+        final_title(result),
     )
 
 
