@@ -1,6 +1,6 @@
 """Regenerate the verdict and arms tables in the docs from the committed results bundles (results/<study>/study.json).
 
-python scripts/verdict_tables.py            # rewrite every <!-- verdicts: NAME --> and <!-- arms: NAME --> block in README.md and docs/
+python scripts/verdict_tables.py            # rewrite every verdicts / arms block in README.md and docs/
 python scripts/verdict_tables.py --check    # exit 1, naming the file, if any block differs from its bundle
 """
 
