@@ -53,7 +53,6 @@ def round_ledger(ctx: RunContext, k: int) -> dict:
         "proposal_tokens": _proposal_tokens(ctx, k) if prop else 0,
         "learnability_samples": prop.get("learnability_samples", 0),
         "learnability_tokens": prop.get("learnability_tokens", 0),
-        "sampled_tokens": 0,
         "judge_calls": sum(judge.get("calls", {}).values()),
         "judge_tokens": sum(judge.get("tokens", {}).values()),
         "train_rows": train.get("rows", 0),

@@ -160,9 +160,10 @@ def proposal_examples(task: Proposing, n: int, exclude: set[str], rng) -> list[d
 
 
 def split_accuracy(rows: list[dict]) -> dict:
-    """eval/accuracy/id and eval/accuracy/ood: mean accuracy over each split's rows (every task reports both)."""
+    """eval/accuracy/<split>: mean accuracy over each split's rows; every task reports id and ood (0.0 when empty),
+    and any other split its rows carry (rewrite's ood_parts)."""
     out = {}
-    for split in ("id", "ood"):
+    for split in dict.fromkeys(["id", "ood", *(r["split"] for r in rows)]):
         sel = [r["correct"] for r in rows if r["split"] == split]
         out[f"eval/accuracy/{split}"] = float(np.mean(sel)) if sel else 0.0
     return out

@@ -376,9 +376,7 @@ class RewriteTask(FixedSets, Task):
 
     def eval_metrics(self, rows: list[dict]) -> dict:
         out = split_accuracy(rows)
-        if any(r["split"] == "ood_parts" for r in rows):
-            out["eval/accuracy/ood_parts"] = float(np.mean([r["correct"] for r in rows if r["split"] == "ood_parts"]))
-        for split in ("id", "ood", "ood_parts"):
+        for split in dict.fromkeys(r["split"] for r in rows):
             for s in sorted({r["difficulty"] for r in rows if r["split"] == split}):
                 sel = [r["correct"] for r in rows if r["split"] == split and r["difficulty"] == s]
                 out[f"eval/accuracy/{split}_s{s}"] = float(np.mean(sel))
