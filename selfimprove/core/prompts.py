@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# A round prompt's lineage when the run proposes prompts: the task's own prompts carry these defaults (RunContext.
+# round_prompts), the propose stage's who wrote them, from which parent, by which operation, and their pass rate.
+PROPOSAL_LINEAGE = {"proposed_by": "task", "parent_prompt": "", "operation": "", "pass_rate": -1.0}
+
 
 @dataclass(frozen=True)
 class PromptFormat:

@@ -27,7 +27,7 @@ from selfimprove.core.config import Recipe, recipe_hash
 from selfimprove.core.files import read_json, write_text
 from selfimprove.core.integrity import check_content, file_hash, read_stage_json, stage_digest
 from selfimprove.core.model import base_model_path
-from selfimprove.core.prompts import PromptFormat, prompt_content, prompt_key
+from selfimprove.core.prompts import PROPOSAL_LINEAGE, PromptFormat, prompt_content, prompt_key
 from selfimprove.core.rows import load_rows
 from selfimprove.registry import build_task
 
@@ -105,7 +105,29 @@ class RunContext:
         """The stages round k runs, in order (selfimprove.registry.STAGES; round 0 only trains on the seed data)."""
         if k == 0:
             return registry.ROUND0_STAGES
-        return tuple(s for s in registry.STAGES if s != "propose" or self.recipe.propose.runs)
+        names = registry.ONLINE_STAGES if self.online(k) else registry.STAGES
+        return tuple(s for s in names if s != "propose" or self.recipe.propose.runs)
+
+    def online(self, k: int) -> bool:
+        """Whether round k trains online (GRPO): the trainer samples and judges, and its rollouts are the data."""
+        return k > 0 and self.recipe.train.method == "grpo"
+
+    def round_prompts(self, k: int) -> list[dict]:
+        """Round k's prompts: the task's, or with a propose stage its kept proposals first (propose.share of them, as
+        many as survived) and the task's prompts for the rest, every row with its lineage."""
+        prompts = self.task.round_prompts(k, self.history(k), self.excluded_prompts())
+        if not self.recipe.propose.runs:
+            return prompts
+        folder = self.stage(k, "propose")
+        proposed = load_rows(folder / "prompts")[: read_json(folder / "meta.json")["wanted"]]
+        if not proposed:
+            return [{**p, **PROPOSAL_LINEAGE} for p in prompts]
+        blank = {key: "" if isinstance(v, str) else -1 for key, v in (prompts or proposed)[0].items()}
+        own = [
+            {**{key: p.get(key, blank[key]) for key in blank}, **{key: p[key] for key in PROPOSAL_LINEAGE}}
+            for p in proposed
+        ]
+        return own + [{**p, **PROPOSAL_LINEAGE} for p in prompts[: len(prompts) - len(own)]]
 
     def folder(self, k: int | None, name: str) -> Path:
         """Round k's stage folder, or with k None a setup folder (base_model, eval_sets, ...)."""
@@ -157,7 +179,12 @@ class RunContext:
             "select": [self.stage(k, "filter"), *before("select", 1), *before("monitor")],
             "train": [self._checkpoint_stage(init), run / "seed_data", *before("select", 1), *before("filter", 1)]
             + ([self.stage(k, "select"), self.stage(k, "filter")] if k else [])
-            + [self.stage(j, "propose") for j in range(1, k + 1)],
+            + [self.stage(j, "propose") for j in range(1, k + 1)]
+            + (
+                [run / "eval_sets", run / "probe_set", run / "reward_model", *before("monitor")]
+                if self.online(k)
+                else []
+            ),
             "evaluate": [self.stage(k, "train"), run / "eval_sets", run / "probe_set"],
             "monitor": [self.stage(k, "evaluate"), self.stage(k, "train"), run / "reward_model", *before("monitor")]
             + ([self.stage(k, "propose"), *before("generate", 1)] if r.propose.runs or r.monitor.prompt_metrics else [])

@@ -1,4 +1,4 @@
-"""The recipe's train section as TRL config arguments (``trl.SFTConfig`` / ``trl.DPOConfig``).
+"""The recipe's train section as TRL config arguments (``trl.SFTConfig`` / ``trl.DPOConfig`` / ``trl.GRPOConfig``).
 
 Three kinds of argument:
 - owned by the recipe: every TRL field that a recipe field already sets (``max_steps`` is ``train.max_steps``, ``beta``
@@ -37,25 +37,43 @@ OWNED = {
     "activation_checkpointing": "train.gradient_checkpointing",
 }
 OWNED_DPO = {"beta": "train.dpo.beta", "loss_type": "train.dpo.loss_type", "max_length": "train.dpo.max_length"}
+# GRPO samples inside the trainer, so the recipe's sampling settings and judges are its generation and rewards.
+OWNED_GRPO = {
+    "num_generations": "generate.num_samples (the group size)",
+    "temperature": "generate.temperature (steered by alarms)",
+    "top_p": "generate.top_p",
+    "top_k": "generate.top_k",
+    "max_completion_length": "generate.max_new_tokens",
+    "use_vllm": "generate.backend ('vllm')",
+    "vllm_gpu_memory_utilization": "generate.vllm.gpu_memory_utilization",
+    "vllm_tensor_parallel_size": "generate.vllm.tensor_parallel_size",
+    "vllm_max_model_length": "generate.vllm.max_model_len",
+    "reward_weights": "judge.weights",
+}
+OWNED_BY_METHOD = {"sft": {}, "dpo": OWNED_DPO, "grpo": OWNED_GRPO}
+CLASSES = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig"}
 # Models this large train with activation checkpointing on a GPU unless the recipe says otherwise: their activations,
 # not their weights, are what overflows memory at useful batch sizes.
 CHECKPOINTING_AUTO_PARAMS = 1_000_000_000
 
 
+def config_class(method: str):
+    """The TRL config class of a training method."""
+    import trl
+
+    return getattr(trl, CLASSES[method])
+
+
 @functools.lru_cache(maxsize=None)
 def _fields(method: str) -> frozenset[str]:
-    from trl import DPOConfig, SFTConfig
-
-    return frozenset(f.name for f in dataclasses.fields(SFTConfig if method == "sft" else DPOConfig))
+    return frozenset(f.name for f in dataclasses.fields(config_class(method)))
 
 
 @functools.lru_cache(maxsize=None)
 def _number_fields(method: str) -> dict[str, type]:
     """TRL config fields typed float or int (or either or None): trainer_args given as '1e-3' become numbers."""
-    from trl import DPOConfig, SFTConfig
-
     out = {}
-    for f in dataclasses.fields(SFTConfig if method == "sft" else DPOConfig):
+    for f in dataclasses.fields(config_class(method)):
         kind = str(f.type).replace("typing.", "").replace("Optional[", "").replace(" | None", "").rstrip("]")
         if kind in ("float", "int", "<class 'float'>", "<class 'int'>"):
             out[f.name] = float if "float" in kind else int
@@ -76,31 +94,48 @@ def numbers(args: dict, method: str) -> dict:
 def methods_used(train, rounds: int) -> list[str]:
     """TRL configs a run builds: round 0 is SFT (when it trains), later rounds ``train.method``."""
     used = ["sft"] if train.bootstrap_steps > 0 or (rounds > 0 and train.method == "sft") else []
-    return used + (["dpo"] if rounds > 0 and train.method == "dpo" else [])
+    return used + ([train.method] if rounds > 0 and train.method != "sft" else [])
+
+
+def _key_problem(name: str, key: str, value, methods: list[str], when) -> str | None:
+    """The problem of one trainer argument passed to the configs of ``methods`` (None: none)."""
+    owner = OWNED.get(key) or next((OWNED_BY_METHOD[m][key] for m in methods if key in OWNED_BY_METHOD[m]), None)
+    if owner:
+        return f"{name}: set by {owner}; remove it from trainer_args."
+    for method in methods:
+        cls = f"trl.{CLASSES[method]}"
+        if key not in _fields(method):
+            close = difflib.get_close_matches(key, sorted(_fields(method)), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else f" See {cls}'s documentation for its fields."
+            return f"{name}: not a field of {cls}, which {when(method)} uses.{hint}"
+        if key in _number_fields(method) and isinstance(numbers({key: value}, method)[key], str):
+            return f"{name}: expected a number, got {value!r}."
+    return None
 
 
 def problems(train, rounds: int) -> list[str]:
-    """Every problem of ``train.trainer_args``, each with its fix."""
-    out = []
+    """Every problem of ``train.trainer_args``, each with its fix: a flat key reaches every TRL config the run builds,
+    a section named after a method ({grpo: {beta: 0.04}}) that method's config only."""
     used = methods_used(train, rounds)
-    for key in train.trainer_args:
-        owner = OWNED.get(key) or (OWNED_DPO.get(key) if "dpo" in used else None)
-        if owner:
-            out.append(f"train.trainer_args.{key}: set by {owner}; remove it from trainer_args.")
-            continue
-        for method in used:
-            if key not in _fields(method):
-                cls = "trl.SFTConfig" if method == "sft" else "trl.DPOConfig"
-                when = "round 0 (supervised bootstrap)" if method == "sft" and train.method == "dpo" else "training"
-                close = difflib.get_close_matches(key, sorted(_fields(method)), n=1, cutoff=0.6)
-                hint = f" Did you mean {close[0]!r}?" if close else f" See {cls}'s documentation for its fields."
-                out.append(f"train.trainer_args.{key}: not a field of {cls}, which {when} uses.{hint}")
-                break
-            value = numbers({key: train.trainer_args[key]}, method)[key]
-            if key in _number_fields(method) and isinstance(value, str):
-                out.append(f"train.trainer_args.{key}: expected a number, got {value!r}.")
-                break
-    return out
+    when = lambda m: "round 0 (supervised bootstrap)" if m == "sft" and train.method != "sft" else "training"  # noqa: E731
+    out = []
+    for key, value in train.trainer_args.items():
+        if key not in CLASSES:
+            out.append(_key_problem(f"train.trainer_args.{key}", key, value, used, when))
+        elif key not in used or not isinstance(value, dict):
+            out.append(
+                f"train.trainer_args.{key}: a section for {CLASSES[key]}'s arguments, but "
+                + ("this run trains no such round." if key not in used else "it is not a mapping.")
+            )
+        else:
+            out += [_key_problem(f"train.trainer_args.{key}.{k}", k, v, [key], when) for k, v in value.items()]
+    return [p for p in out if p]
+
+
+def method_args(train, method: str) -> dict:
+    """The trainer arguments one method's config takes: the flat ones and its own section's."""
+    flat = {k: v for k, v in train.trainer_args.items() if k not in CLASSES}
+    return numbers({**flat, **train.trainer_args.get(method, {})}, method)
 
 
 def checkpointing(train, parameters: int, gpu: bool) -> bool:
@@ -117,7 +152,8 @@ def checkpointing_args(method: str, on: bool) -> dict:
 
 
 def build_args(recipe, k: int, output_dir: str, steps: int, accumulation: int, method: str, parameters: int) -> dict:
-    """Keyword arguments of round k's ``SFTConfig`` / ``DPOConfig``: engine defaults < trainer_args < recipe fields."""
+    """Keyword arguments of round k's ``SFTConfig`` / ``DPOConfig`` / ``GRPOConfig`` (whose sampling and reward
+    arguments ``grpo_args`` adds): engine defaults < trainer_args < recipe fields."""
     import torch
 
     t = recipe.train
@@ -150,4 +186,4 @@ def build_args(recipe, k: int, output_dir: str, steps: int, accumulation: int, m
     )
     if method == "dpo":
         owned.update(beta=t.dpo.beta, loss_type=[t.dpo.loss_type], max_length=t.dpo.max_length)
-    return {**defaults, **numbers(t.trainer_args, method), **owned}
+    return {**defaults, **method_args(t, method), **owned}

@@ -8,7 +8,9 @@ kinds of tokens together: what a control arm without proposing must spend to mat
 calls and their
 tokens (rule judges call no model), training rows, real tokens the optimizer steps saw and the padding share of their
 positions, and optimizer steps. Every count is a function of the run's data, so a resumed run has the same ledger;
-the model-bound seconds are ``time/compute_s`` (selfimprove.core.timing), beside it. Evaluation and the probe are the
+the model-bound seconds are ``time/compute_s`` (selfimprove.core.timing), beside it. An online (GRPO) round's prompts,
+samples and generated tokens are its rollouts', its training rows the rollouts, its trained tokens their prompt and
+completion tokens once per pass over them (GRPOConfig.num_iterations). Evaluation and the probe are the
 same for every arm and not counted here.
 """
 
@@ -45,6 +47,7 @@ def _meta(ctx: RunContext, k: int, name: str) -> dict:
 def round_ledger(ctx: RunContext, k: int) -> dict:
     """Round k's compute/... and compute/total/... metrics (totals from the earlier rounds' own ledgers)."""
     gen, prop, judge, train = (_meta(ctx, k, n) for n in ("generate", "propose", "judge", "train"))
+    gen = gen or train.get("generated", {})  # an online (GRPO) round samples inside training
     spent = {
         "prompts_posed": gen.get("prompts", 0),
         "samples_generated": gen.get("samples", 0),

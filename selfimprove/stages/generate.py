@@ -10,36 +10,16 @@ import shutil
 from selfimprove.backends import Sampling, sample
 from selfimprove.core import seeding
 from selfimprove.core.dist import dist_rank_world
-from selfimprove.core.files import read_json
 from selfimprove.core.integrity import shards_of
-from selfimprove.core.rows import load_rows, save_rows
+from selfimprove.core.rows import save_rows
 from selfimprove.core.rundir import RunContext
 from selfimprove.metrics.alarms import steered_temperature
-from selfimprove.tasks import PROPOSAL_LINEAGE
-
-
-def round_pool(ctx: RunContext, k: int) -> list[dict]:
-    """Round k's prompts: the task's, or with a propose stage its kept proposals first (propose.share of them, as
-    many as survived) and the task's prompts for the rest, every row with its lineage."""
-    prompts = ctx.task.round_prompts(k, ctx.history(k), ctx.excluded_prompts())
-    if not ctx.recipe.propose.runs:
-        return prompts
-    folder = ctx.stage(k, "propose")
-    proposed = load_rows(folder / "prompts")[: read_json(folder / "meta.json")["wanted"]]
-    if not proposed:
-        return [{**p, **PROPOSAL_LINEAGE} for p in prompts]
-    blank = {key: "" if isinstance(v, str) else -1 for key, v in (prompts or proposed)[0].items()}
-    own = [
-        {**{key: p.get(key, blank[key]) for key in blank}, **{key: p[key] for key in PROPOSAL_LINEAGE}}
-        for p in proposed
-    ]
-    return own + [{**p, **PROPOSAL_LINEAGE} for p in prompts[: len(prompts) - len(own)]]
 
 
 def run_generate(ctx: RunContext, k: int) -> None:
     """Write round k's prompts and samples (one row per sample, with lineage) to round_k/generate/."""
     r = ctx.recipe
-    prompts = round_pool(ctx, k)
+    prompts = ctx.round_prompts(k)
     ckpt = ctx.checkpoint(k - 1)
     sampling = Sampling(
         r.generate.num_samples,

@@ -254,15 +254,39 @@ BLOCKS = {
 }
 
 
-def data_metrics(ctx: RunContext, k: int, judged: list[dict]) -> dict:
-    """Every one of BLOCKS over the round's generated, filtered (kept) and selected data."""
+def round_data(ctx: RunContext, k: int) -> RoundData:
+    """Round k's samples. An online (GRPO) round's are its rollouts: all were trained on, and those with an advantage
+    (a group whose rewards differ) carried a learning signal, so they stand as both kept and selected."""
+    if ctx.online(k):
+        rows = [{**r, "kept": r["advantage"] != 0} for r in load_rows(ctx.stage(k, "train") / "rollouts")]
+        signal = [r for r in rows if r["kept"]]
+        return RoundData(rows, signal, signal)
+    judged = load_rows(ctx.stage(k, "filter") / "data")  # every judged row, scores included, and the filter's decision
     selected = [r for r in load_rows(ctx.stage(k, "select") / "data") if r["selected"]]
-    data, models = RoundData(judged, [r for r in judged if r["kept"]], selected), Models(ctx, k)
-    out = {}
+    return RoundData(judged, [r for r in judged if r["kept"]], selected)
+
+
+def data_metrics(ctx: RunContext, k: int, data: RoundData) -> dict:
+    """Every one of BLOCKS over the round's generated, filtered (kept) and selected data."""
+    models, out = Models(ctx, k), {}
     for block in BLOCKS.values():
         out.update(block(ctx, k, data, models))
-    if judged:
-        out["task/max_difficulty"] = max(r["difficulty"] for r in judged)
+    if data.judged:
+        out["task/max_difficulty"] = max(r["difficulty"] for r in data.judged)
+    return out
+
+
+def train_metrics(meta: dict) -> dict:
+    """train/...: the loss, steps and rows, and for an online round TRL's per-step metrics (the round's mean, and the
+    last logged value as .../last)."""
+    out = {
+        "train/first_loss": meta["first_loss"],
+        "train/last_loss": meta["last_loss"],
+        "train/steps": meta["steps"],
+        "train/rows": meta["rows"],
+    }
+    for name, v in meta.get("step_metrics", {}).items():
+        out[f"train/{name}"], out[f"train/{name}/last"] = v["mean"], v["last"]
     return out
 
 
@@ -270,15 +294,8 @@ def round_metrics(ctx: RunContext, k: int) -> dict:
     metrics: dict = {"round": k}
     metrics.update(read_json(ctx.stage(k, "evaluate") / "meta.json")["metrics"])
     train_meta = read_json(ctx.stage(k, "train") / "meta.json")
-    metrics.update(
-        {
-            "train/first_loss": train_meta["first_loss"],
-            "train/last_loss": train_meta["last_loss"],
-            "train/steps": train_meta["steps"],
-            "train/rows": train_meta["rows"],
-            "recipe": train_meta.get("recipe", ""),
-        }
-    )  # the recipe the round ran under (recipes/history.json)
+    metrics.update(train_metrics(train_meta))
+    metrics["recipe"] = train_meta.get("recipe", "")  # the recipe the round ran under (recipes/history.json)
     rm = ctx.run_dir / "reward_model"
     if is_done(rm):  # the reward model this run trained at setup (judge.reward_model.train)
         rm_meta = read_json(rm / "meta.json")
@@ -295,10 +312,10 @@ def round_metrics(ctx: RunContext, k: int) -> dict:
             (r["difficulty"] for r in load_rows(ctx.run_dir / "seed_data" / "data")), default=0
         )
         return metrics
-    judged = load_rows(ctx.stage(k, "filter") / "data")  # every judged row, scores included, plus the filter's decision
-    metrics.update(data_metrics(ctx, k, judged))
+    data = round_data(ctx, k)
+    metrics.update(data_metrics(ctx, k, data))
     for path in ctx.recipe.monitor.extra_metrics:
-        metrics.update(registry.load(path)(judged))
+        metrics.update(registry.load(path)(data.judged))
     return metrics
 
 

@@ -4,9 +4,9 @@ Row conventions (plain dicts, saved as `datasets` columns):
   prompt rows:  prompt_id, prompt, difficulty, reference ("" when unknown; never trained on, only judged/measured)
   seed rows:    prompt_id, prompt, completion, difficulty
   eval rows:    prompt_id, prompt, reference, difficulty, split ("id" | "ood")
-Round prompts also carry their lineage (``PROPOSAL_LINEAGE``) when the run proposes prompts: the task's own get
-the defaults below, the propose stage's get who wrote them, from which parent, by which operation, and their pass
-rate under the policy.
+Round prompts also carry their lineage (``selfimprove.core.prompts.PROPOSAL_LINEAGE``) when the run proposes
+prompts: the task's own get its defaults, the propose stage's get who wrote them, from which parent, by which
+operation, and their pass rate under the policy.
 ``prompt`` is the user message; the generic task also keeps ``source_prompt``, the row's own text before its prompt
 template, which decontamination compares (the template's fixed words are shared by every prompt).
 """
@@ -121,9 +121,6 @@ class FixedSets:
     def held_out(self, stream: str, size: int, exclude: set[str]) -> list[dict]:
         """``size`` problems per level like the eval sets, from ``stream``, none in ``exclude`` (the probe)."""
         return self._fixed_set(stream, "probe", size, exclude)
-
-
-PROPOSAL_LINEAGE = {"proposed_by": "task", "parent_prompt": "", "operation": "", "pass_rate": -1.0}
 
 
 class Proposing(Protocol):

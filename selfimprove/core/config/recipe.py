@@ -57,6 +57,7 @@ def _cross_checks(r: Recipe) -> list[str]:
         p.append("train.method is 'dpo' but filter.pairs is 'none': set filter.pairs to best_vs_worst or margin.")
     if r.train.method == "dpo" and r.generate.num_samples < 2:
         p.append("train.method 'dpo' pairs samples of one prompt: set generate.num_samples >= 2.")
+    p += _grpo_checks(r)
     if "majority" in r.judge.judges and r.generate.num_samples < 2:
         p.append(
             f"judge.judges has 'majority' but generate.num_samples={r.generate.num_samples}: a vote needs >= 2 "
@@ -79,6 +80,27 @@ def _cross_checks(r: Recipe) -> list[str]:
     p += _judge_server_checks(r) + _propose_checks(r)
     if r.train.trainer_args:
         p += problems(r.train, r.rounds)
+    return p
+
+
+def _grpo_checks(r: Recipe) -> list[str]:
+    if r.train.method != "grpo":
+        return []
+    p, g, t = [], r.generate, r.train
+    if g.num_samples < 2:
+        p.append("train.method 'grpo' compares the completions of one prompt: set generate.num_samples >= 2.")
+    if g.backend == "openai":
+        p.append(
+            "train.method 'grpo' samples with the policy it is training, which a fixed server cannot serve: set "
+            "generate.backend to hf or vllm (TRL's colocate or server mode: train.trainer_args.grpo.vllm_mode)."
+        )
+    if r.judge.combine != "mean":
+        p.append("train.method 'grpo' sums the judges' rewards with judge.weights: set judge.combine: mean.")
+    if t.global_batch_size and t.global_batch_size % g.num_samples:
+        p.append(
+            f"train.global_batch_size={t.global_batch_size} completions a step is not a multiple of "
+            f"generate.num_samples={g.num_samples} (the group size): GRPO needs whole groups."
+        )
     return p
 
 

@@ -1,4 +1,4 @@
-"""The ``train`` section: TRL's SFT / DPO rounds and how they are launched."""
+"""The ``train`` section: TRL's SFT / DPO / GRPO rounds and how they are launched."""
 
 from __future__ import annotations
 
@@ -50,10 +50,13 @@ class DPOConfig:
 @dataclass
 class TrainConfig:
     RENAMED = {"sft_args": "trainer_args"}
-    method: Literal["sft", "dpo"] = option(
+    method: Literal["sft", "dpo", "grpo"] = option(
         "sft",
-        "Rounds >= 1: 'sft' (TRL SFTTrainer on selected samples, completion-only loss) or 'dpo' (TRL DPOTrainer on the "
-        "filter's (chosen, rejected) pairs). Round 0 is always SFT on the seed.",
+        "Rounds >= 1: 'sft' (TRL SFTTrainer on selected samples, completion-only loss), 'dpo' (TRL DPOTrainer on the "
+        "filter's (chosen, rejected) pairs) or 'grpo' (TRL GRPOTrainer, online: it samples generate.num_samples "
+        "completions of the round's prompts each step and rewards them with the run's judges, combined by "
+        "judge.weights; the round then runs no generate, judge, filter or select stage). Round 0 is always SFT on the "
+        "seed.",
     )
     dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "DPO settings (train.method: dpo)."})
     init: Literal["previous", "base"] = option(
@@ -101,9 +104,10 @@ class TrainConfig:
     )
     trainer_args: dict = option(
         {},
-        "Extra trl.SFTConfig / trl.DPOConfig arguments (e.g. {bf16: true, optim: adamw_torch_fused}), checked against "
-        "TRL's fields when the recipe loads; they override the engine's defaults, and fields the recipe already sets "
-        "are refused.",
+        "Extra trl.SFTConfig / trl.DPOConfig / trl.GRPOConfig arguments (e.g. {bf16: true, optim: adamw_torch_fused}), "
+        "checked against TRL's fields when the recipe loads; they override the engine's defaults, and fields the "
+        "recipe already sets are refused. A flat key reaches every trainer the run builds; a section named after a "
+        "method reaches that method's rounds only: {grpo: {loss_type: dr_grpo, beta: 0.04, entropy_coef: 0.01}}.",
     )
     gradient_checkpointing: bool | None = option(
         None,

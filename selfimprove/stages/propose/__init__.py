@@ -6,7 +6,7 @@ Modes: 'task_native' (the request is the task's own, e.g. countdown's ``?3``; th
 answer it with a problem), 'self_instruct' (few-shot from this round's and earlier prompts, Wang et al. 2023) and
 'evolve' (rewrite a prompt to be harder, Evol-Instruct's operations, Xu et al. 2024), each from a template file.
 The filters (filters.py) run in order; every candidate stays on disk in ``data`` with its reason, and the kept ones
-are ``prompts``, with their lineage (selfimprove.tasks.PROPOSAL_LINEAGE) and their pass rate under the policy.
+are ``prompts``, with their lineage (selfimprove.core.prompts.PROPOSAL_LINEAGE) and their pass rate under the policy.
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
-"""Stage 5, train: TRL SFTTrainer on prompt-completion data with completion-only loss.
+"""Stage 5, train: TRL SFTTrainer on prompt-completion data with completion-only loss, DPOTrainer on the filter's
+pairs, or GRPOTrainer online on the round's prompts (selfimprove.stages.train.grpo).
 
 The round's training rows are decided here, before TRL sees them: exactly ``steps x global batch`` rows drawn from
 the seed data, earlier rounds' accepted data and the newest round's data (``train.newest_share``), tokenised in one
-batched call. TRL then skips its own row-by-row preprocessing (it sees ``input_ids``) and runs one epoch.
+batched call. TRL then skips its own row-by-row preprocessing (it sees ``input_ids``) and runs one epoch. A GRPO
+round's rows are the completions it sampled, saved as ``rollouts`` beside the model.
+
+A stage killed part-way is redone from its clean state (round_k/train.partial is removed first); each round trains
+from fixed seeds, so the redone round is the one an uninterrupted run trains (tests/test_grpo.py, test_faults.py).
 
 Run alone (e.g. under ``accelerate launch``): ``python -m selfimprove.stages.train RUN_DIR --round K``.
 """
@@ -32,6 +37,7 @@ from selfimprove.core.rundir import RunContext, accepted_rows
 from selfimprove.core.runs import open_run
 from selfimprove.core.trainer_args import build_args
 from selfimprove.core.typed_yaml import ConfigError
+from selfimprove.stages.train import grpo
 
 logger = logging.getLogger(__name__)
 
@@ -289,13 +295,17 @@ def run_train(ctx: RunContext, k: int) -> None:
     if state.is_main_process:
         clean_partial(final)  # a finished final (a forced redo) stays until this one is finished
     state.wait_for_everyone()
-    dpo = r.train.method == "dpo" and k > 0  # round 0 is always the supervised bootstrap
-    rows = (training_pairs if dpo else training_rows)(ctx, k, steps * global_batch)
+    method = r.train.method if k > 0 else "sft"  # round 0 is always the supervised bootstrap
+    rows = (
+        [] if method == "grpo" else (training_pairs if method == "dpo" else training_rows)(ctx, k, steps * global_batch)
+    )
     tok, model = load_tokenizer(init), load_policy(init, r.model.dtype)
-    losses, result = [], None
-    if steps and dpo:
+    losses, result, extra = [], None, {}
+    if steps and method == "dpo":
         ref = ctx.checkpoint(-1) if r.train.dpo.reference == "base" else ctx.checkpoint(k - 1)
         trainer = _dpo_trainer(ctx, k, rows, model, tok, partial, steps, accumulation, ref)
+    elif steps and method == "grpo":
+        trainer = grpo.grpo_trainer(ctx, k, model, tok, partial, steps, accumulation, _peft_config(r.train.lora))
     elif steps:
         tokenized = tokenize_rows(rows, tok, ctx.prompt_format, judge_format(r.judge.llm))
         args = _sft_config(r, k, partial, steps, accumulation, model.num_parameters())
@@ -306,12 +316,16 @@ def run_train(ctx: RunContext, k: int) -> None:
     real = positions = 0
     if steps:
         quiet_progress(trainer)
-        trainer.data_collator = counted = TokenCount(trainer.data_collator)
+        if method != "grpo":  # GRPO's batches are prompts; it counts the tokens it generates and trains on itself
+            trainer.data_collator = counted = TokenCount(trainer.data_collator)
         result = trainer.train()
-        real, positions = counted.totals(trainer.accelerator)
+        real, positions = grpo.trained_tokens(trainer) if method == "grpo" else counted.totals(trainer.accelerator)
         # Gathers ZeRO-3 / FSDP shards into one folder (zero3_save_16bit_model / FULL_STATE_DICT); LoRA saves adapters.
         trainer.save_model(str(partial / ("adapter" if r.train.lora.enabled else "model")))
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        if method == "grpo":
+            rows = trainer.rollouts
+            extra = {"step_metrics": grpo.summary(trainer.state.log_history), **grpo.rollout_counts(rows)}
         del trainer, model
         if r.train.lora.enabled and state.is_main_process:
             merge_adapter(init, partial / "adapter", partial / "model", r.model.dtype)
@@ -319,6 +333,8 @@ def run_train(ctx: RunContext, k: int) -> None:
         model.save_pretrained(partial / "model")
     if state.is_main_process:
         tok.save_pretrained(partial / "model")
+        if method == "grpo":
+            save_rows(rows, partial / "rollouts")
         save_rows([{"prompt_id": x["prompt_id"], "round": x.get("round", 0)} for x in rows], partial / "data")
         shutil.rmtree(partial / "trainer", ignore_errors=True)
         finish_stage(
@@ -327,7 +343,7 @@ def run_train(ctx: RunContext, k: int) -> None:
             {
                 "init": ctx.relative(init),
                 "recipe": ctx.recipe_hash,
-                "method": "dpo" if dpo else "sft",
+                "method": method,
                 "steps": steps,
                 "global_batch": global_batch,
                 "world_size": state.num_processes,
@@ -342,6 +358,7 @@ def run_train(ctx: RunContext, k: int) -> None:
                 "trained_tokens": real,  # the compute ledger: real tokens the steps saw, and all their positions
                 "trained_positions": positions,
                 "wall_s": round(time.perf_counter() - start, 3),
+                **extra,
             },
             inputs,
         )

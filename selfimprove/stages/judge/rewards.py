@@ -1,0 +1,83 @@
+"""The run's judges as TRL reward functions, for online rounds (train.method 'grpo').
+
+One function per judge, named after it, so TRL logs ``rewards/<judge>/mean`` and its weighted sum of them, with the
+weights judge.weights normalised to sum to 1, is the judge stage's combined ``score`` (judge.combine 'mean'). A
+judge that could not score a completion (an unparseable LLM verdict) gives None under judge.llm.on_unparseable
+'drop' (TRL leaves it out of the group's baseline and gives it no advantage), else the judge stage's fill value.
+
+A judge sees whole groups, as in the judge stage: TRL gives each process its share of a generation batch and a
+group may straddle processes, so every function gathers all processes' completions, the main process judges them
+all (majority vote, pairwise LLM judging and batched model judges need the batch), and each process takes back its
+own share. The batch's judged rows stay in ``batch`` for the trainer to keep as the round's rollouts.
+"""
+
+from __future__ import annotations
+
+from selfimprove import registry
+from selfimprove.stages.judge import UNPARSED_VALUE, JudgeEnv
+from selfimprove.tasks import oracle_correct
+
+# Columns TRL adds to a reward function's keyword arguments; the rest are the dataset's, one value per completion.
+TRL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments", "completion_ids")
+PROMPT_TEXT = "prompt_text"  # the row's own prompt (the user message); TRL's 'prompt' column is the formatted input
+
+
+class JudgeRewards:
+    def __init__(self, env: JudgeEnv, eos_token_id: int):
+        self.env, self.eos, self.batch = env, eos_token_id, []
+        cfg = env.cfg
+        weights = {n: float(cfg.weights.get(n, 1.0)) for n in cfg.judges}
+        total = sum(weights.values())
+        self.weights = [weights[n] / total for n in cfg.judges]
+        self.functions = [self._function(name) for name in cfg.judges]
+
+    def _function(self, name: str):
+        def reward(prompts, completions, **columns):
+            return self._scores(name, completions, columns)
+
+        reward.__name__ = name  # TRL names its per-function metrics after it
+        return reward
+
+    def _scores(self, name: str, completions: list[str], columns: dict) -> list[float | None]:
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list, gather_object
+
+        state = PartialState()
+        local = [
+            {**{c: v[i] for c, v in columns.items() if c not in TRL_KWARGS}, "completion": text, **self._ending(ids)}
+            for i, (text, ids) in enumerate(zip(completions, columns["completion_ids"]))
+        ]
+        rows = gather_object(local) if state.num_processes > 1 else local
+        rows = [{**{k: v for k, v in r.items() if k != PROMPT_TEXT}, "prompt": r[PROMPT_TEXT]} for r in rows]
+        scores = [None]
+        if state.is_main_process:
+            result = registry.load(registry.JUDGES[name])(self.env, rows)
+            scores = [result[0] if isinstance(result, tuple) else result]
+        if state.num_processes > 1:
+            broadcast_object_list(scores)
+        scores = scores[0]
+        if name == self.env.cfg.judges[0]:  # the first judge opens the batch's record
+            self.batch = [
+                {**r, "oracle_correct": oracle_correct(self.env.task, r["completion"], r["reference"])} for r in rows
+            ]
+        fill = UNPARSED_VALUE[self.env.cfg.llm.on_unparseable]
+        for row, s in zip(self.batch, scores):
+            row[f"score_{name}"] = fill if s is None else float(s)
+            row["judge_unparsed"] = ",".join(
+                [*filter(None, row.get("judge_unparsed", "").split(",")), *([name] * (s is None))]
+            )
+        start = state.process_index * len(completions)
+        drop = self.env.cfg.llm.on_unparseable == "drop"
+        return [
+            None if s is None and drop else (fill if s is None else float(s))
+            for s in scores[start : start + len(completions)]
+        ]
+
+    def _ending(self, ids: list[int]) -> dict:
+        """As a generate stage records a sample: whether it ended with EOS, and its tokens without the EOS."""
+        finished = self.eos in ids
+        return {"finished": finished, "num_tokens": len(ids) - finished}
+
+    def combined(self, row: dict) -> float:
+        """The reward TRL trains on for a judged row: the weighted sum of its judges' scores."""
+        return sum(w * row[f"score_{n}"] for n, w in zip(self.env.cfg.judges, self.weights))
