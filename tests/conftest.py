@@ -164,7 +164,7 @@ def tiny_policy(tmp_path):
     return str(path)
 
 
-def run_cli(*args, cwd=None, timeout=600):
+def run_cli(*args, cwd=None, timeout=600, env=None):
     import subprocess
 
     return subprocess.run(
@@ -173,6 +173,7 @@ def run_cli(*args, cwd=None, timeout=600):
         text=True,
         cwd=cwd or REPO,
         timeout=timeout,
+        env=env,
     )
 
 

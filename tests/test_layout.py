@@ -3,8 +3,8 @@
     core (and registry.py, a table of names)  <  tasks, backends, metrics  <  stages  <  tools, smoke, loop  <  cli
 
 A module imports from lower layers and from its own package only (tools never from the loop, a stage never from
-another stage but for STAGE_CALLS), nothing imports itself back through others, and `import selfimprove` and the CLI load no heavy
-library (the list ruff's TID253 keeps out of module top, in pyproject.toml)."""
+another stage but for STAGE_CALLS), nothing imports itself back through others, and `import selfimprove` and the CLI
+load no heavy library (the list ruff's TID253 keeps out of module top, in pyproject.toml)."""
 
 import ast
 import subprocess

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from selfimprove.core import seeding
+from selfimprove.core.files import fault_point
 from selfimprove.core.rundir import RunContext
 from selfimprove.core.trainer_args import build_args
 from selfimprove.metrics.alarms import steered_temperature
@@ -112,6 +113,7 @@ def grpo_trainer(ctx: RunContext, k: int, model, tok, out, steps: int, accumulat
                     }
                     for i, (row, a) in enumerate(zip(rewards.batch, advantages))
                 ]
+            fault_point(out, f"step_{self.state.global_step}")  # tests kill a round here
             return batch
 
     return RoundGRPO(
