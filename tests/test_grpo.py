@@ -83,6 +83,16 @@ def test_every_rollout_is_kept_with_its_judges_reward_and_advantage(grpo_run):
 
 
 @pytest.mark.e2e
+def test_the_report_shows_online_rounds(grpo_run, tmp_path):
+    out = run_cli("report", grpo_run, "--out", tmp_path / "report")
+    assert out.returncode == 0, out.stderr[-3000:]
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert (
+        "highest advantage" in page and "Online (GRPO) rounds" in page and (tmp_path / "report" / "online.png").exists()
+    )
+
+
+@pytest.mark.e2e
 def test_a_rollback_alarm_steers_and_restarts_an_online_round(grpo_run):
     fired = json.loads((grpo_run / "round_01" / "monitor" / "alarms.json").read_text())
     assert [a["action"] for a in fired] == ["rollback"]

@@ -21,7 +21,14 @@ from selfimprove.metrics.diversity import (
     vendi_from_features,
     vendi_from_kernel,
 )
-from selfimprove.metrics.quality import answer_entropy, judge_agreement, maj_at_k, pass_at_k, score_stats
+from selfimprove.metrics.quality import (
+    answer_entropy,
+    judge_agreement,
+    maj_at_k,
+    pass_at_k,
+    pass_at_k_curve,
+    score_stats,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -212,6 +219,13 @@ def test_pass_at_k_by_hand():
     assert pass_at_k(200, 1, 100) == pytest.approx(0.5)  # no overflow for large n
     with pytest.raises(ValueError, match="needs at least 6 samples"):
         pass_at_k(5, 1, 6)
+
+
+def test_pass_at_k_curve_by_hand():
+    # one prompt right once in 6, one never: pass@k = (1 - C(5,k)/C(6,k)) / 2 = (k / 6) / 2
+    curve = pass_at_k_curve([[1, 0, 0, 0, 0, 0], [0] * 6], 6)
+    assert list(curve) == [1, 2, 4, 6] and curve == pytest.approx({1: 1 / 12, 2: 2 / 12, 4: 4 / 12, 6: 0.5})
+    assert pass_at_k_curve([], 8) == {}
 
 
 def test_answer_entropy_and_maj_at_k():

@@ -159,7 +159,39 @@ def _word_problems(run, metrics):
         assert _meta(run, k, "judge")["judges"] == ["format", "majority"]
 
 
+def _grpo(run, metrics):
+    """Online rounds: no generate stage; every completion GRPO sampled kept with its reward and advantage, as many
+    as its steps drew (num_iterations reuse each batch); TRL's per-step metrics and the probe's pass@k curve per
+    round."""
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    reuse = recipe["train"]["trainer_args"].get("grpo", {}).get("num_iterations", 1)
+    for k in (1, 2):
+        meta, rollouts = _meta(run, k, "train"), _rows(run, k, "train", "rollouts")
+        assert meta["method"] == "grpo" and not (run / f"round_{k:02d}" / "generate").exists()
+        batches = -(-meta["steps"] // reuse)
+        assert len(rollouts) == meta["rows"] == batches * meta["global_batch"]
+        assert {"score_verifier", "advantage", "step"} <= set(rollouts[0])
+        assert "train/entropy" in metrics[k] and metrics[k]["compute/samples_generated"] == len(rollouts)
+    return recipe
+
+
+def _grpo_cpu(run, metrics):
+    _grpo(run, metrics)
+    assert all(f"quality/probe/pass@{k}" in metrics[2] for k in (1, 2, 4, 8, 16, 32, 64))
+
+
+def _grpo_gsm8k(run, metrics):
+    """GRPO under ZeRO-2 (its 2-process CPU twin) in bf16, math-verified rewards on the boxed-answer prompts."""
+    _grpo(run, metrics)
+    assert _meta(run, 1, "train")["world_size"] == 2
+    assert all(r["prompt"].endswith("within \\boxed{}.") for r in _rows(run, 1, "train", "rollouts"))
+    last = run / "round_02" / "train" / "model" / "config.json"
+    assert json.loads(last.read_text())["dtype"] == "bfloat16"
+
+
 CHECKS = {
+    "rewrite_grpo_cpu": _grpo_cpu,
+    "grpo_gsm8k_qwen2.5_0.5b": _grpo_gsm8k,
     "word_problems": _word_problems,
     "countdown_cpu": _propose,
     "countdown_control_cpu": _propose_control,

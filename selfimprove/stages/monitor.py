@@ -34,7 +34,14 @@ from selfimprove.metrics.diversity import (
 from selfimprove.metrics.embedding import embedding_diversity, load_embedder
 from selfimprove.metrics.ledger import round_ledger
 from selfimprove.metrics.prompts import prompt_metrics, propose_mix
-from selfimprove.metrics.quality import answer_entropy, judge_agreement, judge_vs_truth, pass_at_k, score_stats
+from selfimprove.metrics.quality import (
+    answer_entropy,
+    judge_agreement,
+    judge_vs_truth,
+    pass_at_k,
+    pass_at_k_curve,
+    score_stats,
+)
 
 
 def distinct_answers_per_prompt(rows: list[dict], answer) -> float:
@@ -126,11 +133,16 @@ def coverage_metrics(name: str, rows: list[dict], pool: list[dict]) -> dict:
 
 
 def probe_metrics(ctx: RunContext, k: int) -> dict:
-    """The fixed probe set, sampled the same way every round: diversity/probe/... and quality/probe/..."""
-    rows = load_rows(ctx.stage(k, "evaluate") / "probe")
+    """The fixed probe set, sampled the same way every round: diversity/probe/... and quality/probe/..., with the
+    pass@k curve (k = 1, 2, 4, ... probe_samples) where every probe prompt has ground truth."""
+    rows, n = load_rows(ctx.stage(k, "evaluate") / "probe"), ctx.recipe.monitor.probe_samples
+    groups = [[r["oracle_correct"] for r in g] for g in by_prompt(rows).values()]
+    labelled = all(c >= 0 for g in groups for c in g) and all(len(g) >= n for g in groups)
+    curve = pass_at_k_curve(groups, n) if labelled else {}
     return {
         **diversity_metrics(ctx, "probe", rows),
-        **answer_metrics(rows, ctx.task.answer, ctx.recipe.monitor.probe_samples, "probe", "quality/probe/"),
+        **answer_metrics(rows, ctx.task.answer, n, "probe", "quality/probe/"),
+        **{f"quality/probe/pass@{j}": v for j, v in curve.items()},
     }
 
 

@@ -42,6 +42,18 @@ PROMPTS = (
 )
 
 
+ONLINE = (  # TRL's per-step metrics of GRPO rounds, each the round's mean (selfimprove.stages.train.grpo)
+    "train/reward",
+    "train/reward_std",
+    "train/frac_reward_zero_std",
+    "train/entropy",
+    "train/kl",
+    "train/clip_ratio/region_mean",
+    "train/completions/mean_length",
+    "train/completions/clipped_ratio",
+)
+
+
 def load_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.exists():
@@ -178,6 +190,7 @@ def plot_all(runs: dict[str, list[dict]], out: Path) -> list[tuple[str, Path]]:
     for title, file, keys in (
         ("Diversity over rounds, with alarms", "diversity.png", DIVERSITY),
         ("Prompts: diversity, novelty, difficulty and the propose stage's funnel", "prompts.png", PROMPTS),
+        ("Online (GRPO) rounds: reward, entropy, KL, clipping (per-round means)", "online.png", ONLINE),
     ):
         present = [k for k in keys if _has(runs, k)]
         if present:
@@ -189,28 +202,37 @@ def plot_all(runs: dict[str, list[dict]], out: Path) -> list[tuple[str, Path]]:
     return plots
 
 
+def _table(title: str, rows: list[dict], why) -> str:
+    cells = "".join(
+        f"<tr><td><code>{html.escape(r['prompt'])}</code></td><td><code>{html.escape(r['completion'])}</code></td>"
+        f"<td>{r['score']:.3f}</td><td>{html.escape(why(r))}</td></tr>"
+        for r in rows
+    )
+    head = "<tr><th>prompt</th><th>completion</th><th>score</th><th>why</th></tr>"
+    return f"<h4>{title}</h4><table>{head}{cells}</table>"
+
+
 def sample_tables(run: Path, rows: list[dict], n: int = 8) -> str:
-    """The last round's first selected samples and first rejected ones, with why."""
+    """The last round's first selected samples and first rejected ones, with why; for an online (GRPO) round its
+    rollouts with the highest and the lowest advantage."""
     last = max((r["round"] for r in rows if "quality/generated" in r), default=None)
     if last is None:
         return "<p>No self-improvement round yet.</p>"
     stage = run / f"round_{last:02d}"
     out = [f"<h3>Round {last} samples</h3>"]
+    rollouts = stage / "train" / "rollouts"
+    if rollouts.exists():
+        ranked = sorted(load_rows(rollouts), key=lambda r: -r["advantage"])
+        why = lambda r: f"advantage {r['advantage']:+.3f} at step {r['step']}"  # noqa: E731
+        out += [_table("highest advantage", ranked[:n], why), _table("lowest advantage", ranked[-n:], why)]
+        return "".join(out)
     for title, path, keep, reason in (
         ("selected", stage / "select" / "data", True, "select_reason"),
         ("rejected by the filter", stage / "filter" / "data", False, "filter_reason"),
     ):
-        if not is_done(path.parent):
-            continue
-        picked = [r for r in load_rows(path) if bool(r.get("selected", r.get("kept"))) == keep][:n]
-        cells = "".join(
-            f"<tr><td><code>{html.escape(r['prompt'])}</code></td><td><code>{html.escape(r['completion'])}</code></td>"
-            f"<td>{r['score']:.3f}</td><td>{html.escape(str(r[reason]))}</td></tr>"
-            for r in picked
-        )
-        out.append(
-            f"<h4>{title}</h4><table><tr><th>prompt</th><th>completion</th><th>score</th><th>why</th></tr>{cells}</table>"
-        )
+        if is_done(path.parent):
+            picked = [r for r in load_rows(path) if bool(r.get("selected", r.get("kept"))) == keep][:n]
+            out.append(_table(title, picked, lambda r, reason=reason: str(r[reason])))
     return "".join(out)
 
 

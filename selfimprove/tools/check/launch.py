@@ -10,6 +10,7 @@ from pathlib import Path
 from selfimprove.backends.openai_server import SERVER_ERRORS, served_models
 from selfimprove.core.config import OpenAIConfig, Recipe
 from selfimprove.core.rundir import RunContext
+from selfimprove.core.trainer_args import method_args
 from selfimprove.core.typed_yaml import ConfigError
 from selfimprove.stages.judge.train_reward import per_device_batch
 from selfimprove.stages.train import grad_accumulation
@@ -112,6 +113,9 @@ def round_plan(
     n = r.generate.num_samples
     samples = prompts * n if k else 0
     steps = r.train.bootstrap_steps if k == 0 else r.train.max_steps
+    if ctx.online(k):  # GRPO samples a global batch of completions every num_iterations steps
+        samples = -(-steps // method_args(r.train, "grpo").get("num_iterations", 1)) * global_batch
+        prompts = samples // n
     calls = {}
     for j in r.judge.judges if k else []:
         if j in ("llm", "reward"):
@@ -131,7 +135,7 @@ def round_plan(
         "samples": samples,
         "judge_calls": calls,
         "train_steps": steps,
-        "train_rows": steps * global_batch,
+        "train_rows": samples if ctx.online(k) else steps * global_batch,
         "train_tokens_max": int(steps * global_batch * row_tokens),
         "generated_tokens_max": samples * lengths["max_new_tokens"],
         "eval_prompts": eval_rows + (r.monitor.probe_size * r.monitor.probe_samples if r.monitor.probe_size else 0),
