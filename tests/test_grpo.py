@@ -165,6 +165,7 @@ def test_grpo_arguments_are_checked_and_the_recipe_owns_sampling_and_rewards():
         "judge.combine": "vote",
         "generate.backend": "openai",
         "train.global_batch_size": 10,
+        "train.use_generated": False,
     }
     with pytest.raises(ConfigError) as err:
         load_recipe(None, {**grpo, **bad})
@@ -177,5 +178,6 @@ def test_grpo_arguments_are_checked_and_the_recipe_owns_sampling_and_rewards():
         "train.method 'grpo' sums the judges' rewards with judge.weights: set judge.combine: mean.",
         "train.method 'grpo' samples with the policy it is training",
         "train.global_batch_size=10 completions a step is not a multiple of generate.num_samples=4",
+        "train.use_generated: false trains on seed data only, which an online round cannot",
     ):
         assert part in msg

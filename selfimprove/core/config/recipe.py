@@ -96,6 +96,13 @@ def _grpo_checks(r: Recipe) -> list[str]:
         )
     if r.judge.combine != "mean":
         p.append("train.method 'grpo' sums the judges' rewards with judge.weights: set judge.combine: mean.")
+    if r.propose.runs and r.propose.mode == "task_native" and r.propose.train_share:
+        p.append(
+            "train.method 'grpo' trains on its rollouts only, so propose.train_share (proposals as training rows) "
+            "would be ignored: set it to 0 (the kept proposals are still posed as the round's prompts)."
+        )
+    if not t.use_generated:
+        p.append("train.use_generated: false trains on seed data only, which an online round cannot: use sft.")
     if t.global_batch_size and t.global_batch_size % g.num_samples:
         p.append(
             f"train.global_batch_size={t.global_batch_size} completions a step is not a multiple of "
