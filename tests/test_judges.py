@@ -317,3 +317,45 @@ def test_random_scores_are_keyed_by_sample_not_by_shard():
     assert random_scores(JudgeEnv(TASK, JudgeConfig(judges=["random"]), seed=8), rows) != full
     scored, _ = judge_rows(env, rows)
     assert [r["score"] for r in scored] == full
+
+
+@pytest.mark.unit
+def test_grpo_reward_functions_are_the_judge_stages_scores(tiny_reward_model, monkeypatch):
+    """One TRL reward function per judge, each returning the judge stage's scores for the same rows, weights that sum
+    to 1, the batch's judged rows kept for the rollouts, and the reward model loaded once for every step."""
+    from selfimprove.stages.judge import reward_model as rm
+    from selfimprove.stages.judge.rewards import PROMPT_TEXT, JudgeRewards
+
+    path, _, tok = tiny_reward_model
+    cfg = JudgeConfig(
+        judges=["reward", "majority"],
+        weights={"reward": 1, "majority": 3},
+        reward_model=RewardModelConfig(path=path),
+    )
+    rows = _rows("p0", ["560", "5", "560"]) + _rows("p1", ["1", "2", "2"], prompt="1+0=")
+    loads = []
+    monkeypatch.setattr(rm, "_load", lambda c, real=rm._load: loads.append(c) or real(c))
+    columns = {
+        PROMPT_TEXT: [r["prompt"] for r in rows],
+        "prompt_id": [r["prompt_id"] for r in rows],
+        "reference": [r["reference"] for r in rows],
+        "completion_ids": [
+            tok(r["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in rows
+        ],
+        "trainer_state": None,
+    }
+    want = judge_rows(JudgeEnv(TASK, cfg), rows)[0]  # the judge stage's own env: one load of its own
+    loads.clear()
+    rewards = JudgeRewards(JudgeEnv(TASK, cfg), tok.eos_token_id)
+    assert rewards.weights == [0.25, 0.75] and [f.__name__ for f in rewards.functions] == ["reward", "majority"]
+    for step in range(2):
+        got = {
+            f.__name__: f(prompts=[r["prompt"] for r in rows], completions=[r["completion"] for r in rows], **columns)
+            for f in rewards.functions
+        }
+        for name in cfg.judges:
+            assert got[name] == pytest.approx([w[f"score_{name}"] for w in want], abs=1e-6)
+        kept = rewards.batch
+        assert [r["prompt"] for r in kept] == [r["prompt"] for r in rows] and all(r["finished"] for r in kept)
+        assert [rewards.combined(r) for r in kept] == pytest.approx([w["score"] for w in want], abs=1e-6)
+    assert len(loads) == 1  # the reward model stays loaded for the round

@@ -32,6 +32,7 @@ class JudgeEnv:
     policy: str = ""
     seed: int = 0
     dtype: str = "float32"
+    cache: dict = dataclasses.field(default_factory=dict)  # models a judge keeps for the env's life (a GRPO round)
 
 
 def _combine(cfg: JudgeConfig, scores: dict[str, list[float]], i: int) -> float:

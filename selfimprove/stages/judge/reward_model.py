@@ -23,11 +23,10 @@ def _texts(tokenizer, rows: list[dict]) -> list[str]:
     return [r["prompt"] + r["completion"] for r in rows]
 
 
-def reward_model(env, rows: list[dict]) -> tuple[list[float], list[dict]]:
+def _load(cfg):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    cfg = env.cfg.reward_model
     tok = AutoTokenizer.from_pretrained(cfg.path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -39,6 +38,16 @@ def reward_model(env, rows: list[dict]) -> tuple[list[float], list[dict]]:
             f"judge.reward_model.path={cfg.path!r} has num_labels={model.config.num_labels}; a reward "
             "model has 1 (a scalar score) or 2 (P(label 1) is the score)."
         )
+    return tok, model
+
+
+def reward_model(env, rows: list[dict]) -> tuple[list[float], list[dict]]:
+    import torch
+
+    cfg = env.cfg.reward_model
+    if "reward_model" not in env.cache:  # loaded once per env: a judge stage, or every step of a GRPO round
+        env.cache["reward_model"] = _load(cfg)
+    tok, model = env.cache["reward_model"]
     texts = _texts(tok, rows)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding
     scores: dict[int, float] = {}

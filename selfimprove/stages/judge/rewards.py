@@ -6,9 +6,12 @@ judge that could not score a completion (an unparseable LLM verdict) gives None 
 'drop' (TRL leaves it out of the group's baseline and gives it no advantage), else the judge stage's fill value.
 
 A judge sees whole groups, as in the judge stage: TRL gives each process its share of a generation batch and a
-group may straddle processes, so every function gathers all processes' completions, the main process judges them
-all (majority vote, pairwise LLM judging and batched model judges need the batch), and each process takes back its
-own share. The batch's judged rows stay in ``batch`` for the trainer to keep as the round's rollouts.
+group may straddle processes, so every function gathers all processes' completions and every process judges them
+all (majority vote and pairwise LLM judging need the groups; a model judge shares its batches out over the processes
+and gathers the scores, as in the judge stage), then takes back its own share. A reward model stays loaded for the
+round (``JudgeEnv.cache``); an LLM judge is best served (judge.llm.backend 'openai'), since its 'hf' and 'vllm'
+backends load the judge model at every generation step. The batch's judged rows stay in ``batch`` for the trainer
+to keep as the round's rollouts.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class JudgeRewards:
 
     def _scores(self, name: str, completions: list[str], columns: dict) -> list[float | None]:
         from accelerate import PartialState
-        from accelerate.utils import broadcast_object_list, gather_object
+        from accelerate.utils import gather_object
 
         state = PartialState()
         local = [
@@ -49,13 +52,10 @@ class JudgeRewards:
         ]
         rows = gather_object(local) if state.num_processes > 1 else local
         rows = [{**{k: v for k, v in r.items() if k != PROMPT_TEXT}, "prompt": r[PROMPT_TEXT]} for r in rows]
-        scores = [None]
-        if state.is_main_process:
-            result = registry.load(registry.JUDGES[name])(self.env, rows)
-            scores = [result[0] if isinstance(result, tuple) else result]
-        if state.num_processes > 1:
-            broadcast_object_list(scores)
-        scores = scores[0]
+        # Every process judges the whole batch, as in the (sharded) judge stage: a model judge splits its batches
+        # over the processes and gathers the scores; a rule judge gives each the same.
+        result = registry.load(registry.JUDGES[name])(self.env, rows)
+        scores = result[0] if isinstance(result, tuple) else result
         if name == self.env.cfg.judges[0]:  # the first judge opens the batch's record
             self.batch = [
                 {**r, "oracle_correct": oracle_correct(self.env.task, r["completion"], r["reference"])} for r in rows
