@@ -174,7 +174,7 @@ def test_grpo_arguments_are_checked_and_the_recipe_owns_sampling_and_rewards():
         "train.trainer_args.grpo.num_generations: set by generate.num_samples (the group size)",
         "train.trainer_args.grpo.losstype: not a field of trl.GRPOConfig, which training uses. Did you mean "
         "'loss_type'?",
-        "train.trainer_args.dpo: a section for DPOConfig's arguments, but this run trains no such round.",
+        "train.trainer_args.dpo: a section for DPOConfig's arguments, but this recipe trains no such round.",
         "train.method 'grpo' sums the judges' rewards with judge.weights: set judge.combine: mean.",
         "train.method 'grpo' samples with the policy it is training",
         "train.global_batch_size=10 completions a step is not a multiple of generate.num_samples=4",

@@ -122,10 +122,10 @@ def problems(train, rounds: int) -> list[str]:
     for key, value in train.trainer_args.items():
         if key not in CLASSES:
             out.append(_key_problem(f"train.trainer_args.{key}", key, value, used, when))
-        elif key not in used or not isinstance(value, dict):
+        elif key not in ("sft", train.method) or not isinstance(value, dict):
             out.append(
                 f"train.trainer_args.{key}: a section for {CLASSES[key]}'s arguments, but "
-                + ("this run trains no such round." if key not in used else "it is not a mapping.")
+                + ("this recipe trains no such round." if isinstance(value, dict) else "it is not a mapping.")
             )
         else:
             out += [_key_problem(f"train.trainer_args.{key}.{k}", k, v, [key], when) for k, v in value.items()]
