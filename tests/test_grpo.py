@@ -124,14 +124,14 @@ def test_a_round_killed_mid_training_is_redone_to_the_same_result(grpo_run, tmp_
 @pytest.mark.e2e
 def test_a_group_straddling_two_processes_is_judged_whole(tmp_path):
     """Groups of 4 in batches of 6 a process: every second group is split across the two ranks, and its majority vote
-    still counts all 4 answers."""
+    still counts all 4 answers (round 0 does not train: the untrained policy's answers are votes enough)."""
     from selfimprove.registry import build_task
 
     run = tmp_path / "run"
     out = run_cli(
         "run", TINY_RECIPE, "--output_dir", run, "--rounds", 1, "--train.method", "grpo",
         "--generate.num_samples", 4, "--train.per_device_train_batch_size", 6, "--train.global_batch_size", 12,
-        "--train.max_steps", 4, "--train.launcher", "accelerate",
+        "--train.max_steps", 4, "--train.bootstrap_steps", 0, "--train.launcher", "accelerate",
         "--train.accelerate_config", "accelerate_configs/cpu_ddp_2proc.yaml", timeout=900,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
