@@ -363,6 +363,21 @@ def test_docs_verdict_tables_agree_with_their_bundles(tmp_path):
 
 
 @pytest.mark.unit
+def test_a_rounds_table_is_each_rounds_mean_over_seeds():
+    from selfimprove.tools.results import rounds_table
+
+    acc = "eval/accuracy/id"
+    result = {
+        "arms": {"a": {"0": {acc: {"mean": 0.5}}, "1": {acc: {"mean": 0.625}, "x": {"mean": 2.0}}}},
+        "seeds": [0, 1],
+        "runs": {},
+    }
+    out = rounds_table(result, "results/s/study.json")
+    assert "| arm | metric | round 0 | round 1 |" in out
+    assert "| a | eval/accuracy/id (%) | 50.0 | 62.5 |" in out and "| a | x | - | 2.000 |" in out
+
+
+@pytest.mark.unit
 def test_the_study_sizes_table_is_its_measurements():
     """docs/studies.md's "Study sizes": a full-run time is the committed bundle's own (results/<study>/study.json);
     a one-seed time is the committed measurement of the file as shipped, and its estimate that time x the rounds of

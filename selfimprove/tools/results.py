@@ -8,6 +8,9 @@ A document marks where a study's tables go::
     <!-- arms: loop -->
     (generated: every arm and reported metric at the final round, mean, per-seed values, paired difference)
     <!-- /arms: loop -->
+    <!-- rounds: loop -->
+    (generated: every arm and reported metric round by round, the mean over seeds)
+    <!-- /rounds: loop -->
 
 ``render`` rewrites every marked block from its bundle; ``scripts/verdict_tables.py`` applies it to the docs (or,
 with ``--check``, fails when a table and its bundle disagree, as a test does).
@@ -19,9 +22,9 @@ import json
 import re
 from pathlib import Path
 
-from selfimprove.tools.study import CONTRAST_HEAD, FINAL_HEAD, contrast_rows, final_rows, final_title
+from selfimprove.tools.study import CONTRAST_HEAD, FINAL_HEAD, contrast_rows, final_rows, final_title, value_format
 
-BLOCK = re.compile(r"(<!-- (verdicts|arms): ([\w.-]+) -->\n)(.*?)(<!-- /\2: \3 -->)", re.S)
+BLOCK = re.compile(r"(<!-- (verdicts|arms|rounds): ([\w.-]+) -->\n)(.*?)(<!-- /\2: \3 -->)", re.S)
 
 
 def _source(result: dict, source: str) -> str:
@@ -55,6 +58,21 @@ def arms_table(result: dict, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rounds_table(result: dict, source: str) -> str:
+    """Every arm's reported metrics round by round, each the mean over seeds (the per-seed values are in the
+    bundle's study.csv), with its source."""
+    ks = sorted({int(k) for by_round in result["arms"].values() for k in by_round})
+    rows = []
+    for arm, by_round in result["arms"].items():
+        for metric in dict.fromkeys(m for k in ks for m in by_round.get(str(k), {})):
+            f = value_format(metric)
+            cells = [f(by_round.get(str(k), {}).get(metric, {}).get("mean")) for k in ks]
+            rows.append([arm, metric + (" (%)" if metric.startswith("eval/accuracy") else ""), *cells])
+    title = f"Mean over seeds {result['seeds']}, round by round (per-seed values: the bundle's study.csv)."
+    lines = [title, "", *_markdown(["arm", "metric", *(f"round {k}" for k in ks)], rows), "", _source(result, source)]
+    return "\n".join(lines) + "\n"
+
+
 def render(text: str, results: Path) -> str:
     """``text`` with every marked block regenerated from ``results/<name>/study.json``."""
 
@@ -63,7 +81,7 @@ def render(text: str, results: Path) -> str:
         path = results / name / "study.json"
         if not path.exists():
             raise FileNotFoundError(f"{kind} block '{name}' names no bundle: {path} is missing")
-        make = table if kind == "verdicts" else arms_table
+        make = {"verdicts": table, "arms": arms_table, "rounds": rounds_table}[kind]
         return m.group(1) + make(json.loads(path.read_text()), f"results/{name}/study.json") + m.group(5)
 
     return BLOCK.sub(fill, text)

@@ -333,7 +333,7 @@ def _write_csv(study: Study, result: dict) -> None:
     write_text(path, fh.getvalue())
 
 
-def _pct(metric: str):
+def value_format(metric: str):
     """How a metric's values print: accuracies in percent, everything else to 3 decimals."""
     if metric.startswith("eval/accuracy"):
         return lambda x: "-" if x is None or x != x else f"{100 * x:.1f}"
@@ -349,7 +349,7 @@ def contrast_rows(result: dict) -> list[list[str]]:
     p, Holm p, verdict (and why a contrast is unmatched)."""
     rows = []
     for c in result.get("contrasts", []):
-        f = _pct(c["metric"])
+        f = value_format(c["metric"])
         unit = " (%)" if c["metric"].startswith("eval/accuracy") else ""
         why = "; ".join(c["unmatched"][:2]) + (" ..." if len(c["unmatched"]) > 2 else "")
         rows.append(
@@ -384,7 +384,7 @@ def final_rows(result: dict) -> list[list[str]]:
     for arm, by_round in result["arms"].items():
         for metric, v in by_round.get(k, {}).items():
             d = result["differences"].get(arm, {}).get(k, {}).get(metric)
-            f, pct = _pct(metric), metric.startswith("eval/accuracy")
+            f, pct = value_format(metric), metric.startswith("eval/accuracy")
             rows.append(
                 [
                     arm,
