@@ -55,7 +55,9 @@ def _ids(tok, pairs: list[dict], side: str, max_length: int) -> list[list[int]]:
 
 def pairwise_accuracy(model_dir: str, pairs: list[dict], cfg: RewardModelConfig) -> float:
     """Share of pairs whose chosen answer the reward judge scores above the rejected one."""
-    env = SimpleNamespace(cfg=SimpleNamespace(reward_model=SimpleNamespace(**{**vars(cfg), "path": model_dir})))
+    env = SimpleNamespace(
+        cfg=SimpleNamespace(reward_model=SimpleNamespace(**{**vars(cfg), "path": model_dir})), cache={}
+    )
     rows = [{"prompt": p["prompt"], "completion": p[side]} for p in pairs for side in ("chosen", "rejected")]
     s = reward_model(env, rows)[0]
     return sum(s[2 * i] > s[2 * i + 1] for i in range(len(pairs))) / len(pairs) if pairs else 0.0
