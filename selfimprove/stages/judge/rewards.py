@@ -25,6 +25,11 @@ TRL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments", "compl
 PROMPT_TEXT = "prompt_text"  # the row's own prompt (the user message); TRL's 'prompt' column is the formatted input
 
 
+def _text(completion) -> str:
+    """A completion as the judges read it: TRL hands a chat run's completions over as messages."""
+    return completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+
+
 class JudgeRewards:
     def __init__(self, env: JudgeEnv, eos_token_id: int):
         self.env, self.eos, self.batch = env, eos_token_id, []
@@ -46,9 +51,10 @@ class JudgeRewards:
         from accelerate.utils import gather_object
 
         state = PartialState()
+        data = {c: v for c, v in columns.items() if c not in TRL_KWARGS}
         local = [
-            {**{c: v[i] for c, v in columns.items() if c not in TRL_KWARGS}, "completion": text, **self._ending(ids)}
-            for i, (text, ids) in enumerate(zip(completions, columns["completion_ids"]))
+            {**{c: v[i] for c, v in data.items()}, "completion": _text(done), **self._ending(ids)}
+            for i, (done, ids) in enumerate(zip(completions, columns["completion_ids"]))
         ]
         rows = gather_object(local) if state.num_processes > 1 else local
         rows = [{**{k: v for k, v in r.items() if k != PROMPT_TEXT}, "prompt": r[PROMPT_TEXT]} for r in rows]
