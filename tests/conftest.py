@@ -177,6 +177,14 @@ def run_cli(*args, cwd=None, timeout=600, env=None):
     )
 
 
+def finished_run(tmp_path_factory, name: str, recipe, *args) -> Path:
+    """A run made once through the CLI for a module's tests (the body of a module-scoped fixture)."""
+    run = tmp_path_factory.mktemp(name) / "run"
+    out = run_cli("run", recipe, "--output_dir", run, *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run
+
+
 # A from-scratch generic recipe on local files (tests/test_bad_input.py breaks each of them; test_safety uses it too)
 GOOD_ROWS = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
 

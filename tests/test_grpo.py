@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
-from conftest import TINY_RECIPE, copy_run, run_cli
+from conftest import TINY_RECIPE, copy_run, finished_run, run_cli
 
 from selfimprove.core.config import load_recipe
 from selfimprove.core.typed_yaml import ConfigError
@@ -41,18 +41,14 @@ def _metrics(run):
 
 @pytest.fixture(scope="module")
 def grpo_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("grpo") / "run"
-    out = run_cli("run", TINY_RECIPE, "--output_dir", run, *GRPO)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run
+    return finished_run(tmp_path_factory, "grpo", TINY_RECIPE, *GRPO)
 
 
 @pytest.mark.e2e
 def test_every_rollout_is_kept_with_its_judges_reward_and_advantage(grpo_run):
-    from selfimprove.core.config import load_recipe as load
     from selfimprove.registry import build_task
 
-    task = build_task(load(str(grpo_run / "recipe.yaml")))
+    task = build_task(load_recipe(str(grpo_run / "recipe.yaml")))
     rollouts = _rows(grpo_run / "round_01" / "train" / "rollouts")
     assert len(rollouts) == 10 * 12 and not (grpo_run / "round_01" / "generate").exists()
     groups = defaultdict(list)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, finished_run, run_cli
 
 from selfimprove.core.config import ProposeConfig, load_recipe, recipe_hash
 from selfimprove.core.typed_yaml import ConfigError
@@ -318,10 +318,7 @@ SHRUNK = [
 
 @pytest.fixture(scope="module")
 def propose_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("propose") / "run"
-    out = run_cli("run", RECIPE, "--output_dir", run, *SHRUNK)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run
+    return finished_run(tmp_path_factory, "propose", RECIPE, *SHRUNK)
 
 
 @pytest.mark.e2e
