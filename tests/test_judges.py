@@ -357,5 +357,7 @@ def test_grpo_reward_functions_are_the_judge_stages_scores(tiny_reward_model, mo
             assert got[name] == pytest.approx([w[f"score_{name}"] for w in want], abs=1e-6)
         kept = rewards.batch
         assert [r["prompt"] for r in kept] == [r["prompt"] for r in rows] and all(r["finished"] for r in kept)
-        assert [rewards.combined(r) for r in kept] == pytest.approx([w["score"] for w in want], abs=1e-6)
+        assert [r["score"] for r in kept] == pytest.approx([w["score"] for w in want], abs=1e-6)
+        weighted = [sum(w * r[f"score_{n}"] for n, w in zip(cfg.judges, rewards.weights)) for r in kept]
+        assert weighted == pytest.approx([r["score"] for r in kept], abs=1e-6)  # TRL's weighted sum is the score
     assert len(loads) == 1  # the reward model stays loaded for the round

@@ -11,14 +11,12 @@ all (majority vote and pairwise LLM judging need the groups; a model judge share
 and gathers the scores, as in the judge stage), then takes back its own share. A reward model stays loaded for the
 round (``JudgeEnv.cache``); an LLM judge is best served (judge.llm.backend 'openai'), since its 'hf' and 'vllm'
 backends load the judge model at every generation step. The batch's judged rows stay in ``batch`` for the trainer
-to keep as the round's rollouts.
+to keep as the round's rollouts, each with the judge stage's combined ``score``, which is TRL's reward.
 """
 
 from __future__ import annotations
 
-from selfimprove import registry
-from selfimprove.stages.judge import UNPARSED_VALUE, JudgeEnv
-from selfimprove.tasks import oracle_correct
+from selfimprove.stages.judge import JudgeEnv, judge_rows
 
 # Columns TRL adds to a reward function's keyword arguments; the rest are the dataset's, one value per completion.
 TRL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments", "completion_ids")
@@ -51,39 +49,26 @@ class JudgeRewards:
         from accelerate.utils import gather_object
 
         state = PartialState()
-        data = {c: v for c, v in columns.items() if c not in TRL_KWARGS}
-        local = [
-            {**{c: v[i] for c, v in data.items()}, "completion": _text(done), **self._ending(ids)}
-            for i, (done, ids) in enumerate(zip(completions, columns["completion_ids"]))
-        ]
-        rows = gather_object(local) if state.num_processes > 1 else local
-        rows = [{**{k: v for k, v in r.items() if k != PROMPT_TEXT}, "prompt": r[PROMPT_TEXT]} for r in rows]
-        # Every process judges the whole batch, as in the (sharded) judge stage: a model judge splits its batches
-        # over the processes and gathers the scores; a rule judge gives each the same.
-        result = registry.load(registry.JUDGES[name])(self.env, rows)
-        scores = result[0] if isinstance(result, tuple) else result
-        if name == self.env.cfg.judges[0]:  # the first judge opens the batch's record
-            self.batch = [
-                {**r, "oracle_correct": oracle_correct(self.env.task, r["completion"], r["reference"])} for r in rows
+        if name == self.env.cfg.judges[0]:  # TRL calls the functions in order: the first one judges the batch
+            data = {c: v for c, v in columns.items() if c not in TRL_KWARGS}
+            local = [
+                {**{c: v[i] for c, v in data.items()}, "completion": _text(done), **self._ending(ids)}
+                for i, (done, ids) in enumerate(zip(completions, columns["completion_ids"]))
             ]
-        fill = UNPARSED_VALUE[self.env.cfg.llm.on_unparseable]
-        for row, s in zip(self.batch, scores):
-            row[f"score_{name}"] = fill if s is None else float(s)
-            row["judge_unparsed"] = ",".join(
-                [*filter(None, row.get("judge_unparsed", "").split(",")), *([name] * (s is None))]
-            )
+            rows = gather_object(local) if state.num_processes > 1 else local
+            rows = [{**{k: v for k, v in r.items() if k != PROMPT_TEXT}, "prompt": r[PROMPT_TEXT]} for r in rows]
+            # Every process judges the whole batch, as in the (sharded) judge stage: a model judge splits its batches
+            # over the processes and gathers the scores; a rule judge gives each the same. judge_rows adds each
+            # judge's score (unparsed ones filled), the combined score and oracle_correct, as the judge stage does.
+            self.batch = judge_rows(self.env, rows)[0]
         start = state.process_index * len(completions)
         drop = self.env.cfg.llm.on_unparseable == "drop"
         return [
-            None if s is None and drop else (fill if s is None else float(s))
-            for s in scores[start : start + len(completions)]
+            None if drop and name in row["judge_unparsed"].split(",") else row[f"score_{name}"]
+            for row in self.batch[start : start + len(completions)]
         ]
 
     def _ending(self, ids: list[int]) -> dict:
         """As a generate stage records a sample: whether it ended with EOS, and its tokens without the EOS."""
         finished = self.eos in ids
         return {"finished": finished, "num_tokens": len(ids) - finished}
-
-    def combined(self, row: dict) -> float:
-        """The reward TRL trains on for a judged row: the weighted sum of its judges' scores."""
-        return sum(w * row[f"score_{n}"] for n, w in zip(self.env.cfg.judges, self.weights))

@@ -275,12 +275,29 @@ class TokenCount:
         return int(both[0]), int(both[1])
 
 
+def _trainer(ctx: RunContext, k: int, method: str, rows, model, tok, out: Path, steps: int, accumulation: int):
+    """Round k's TRL trainer for its method, training into ``out``."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    r = ctx.recipe
+    if method == "dpo":
+        ref = ctx.checkpoint(-1) if r.train.dpo.reference == "base" else ctx.checkpoint(k - 1)
+        return _dpo_trainer(ctx, k, rows, model, tok, out, steps, accumulation, ref)
+    if method == "grpo":
+        return grpo.grpo_trainer(ctx, k, model, tok, out, steps, accumulation, _peft_config(r.train.lora))
+    tokenized = tokenize_rows(rows, tok, ctx.prompt_format, judge_format(r.judge.llm))
+    args = _sft_config(r, k, out, steps, accumulation, model.num_parameters())
+    dataset = Dataset.from_dict(trl_ready(tokenized, args))
+    return SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=_peft_config(r.train.lora)
+    )
+
+
 def run_train(ctx: RunContext, k: int) -> None:
     """Train round k's policy into round_k/train/model (a save_pretrained folder)."""
     import torch
     from accelerate import PartialState
-    from datasets import Dataset
-    from trl import SFTTrainer
 
     # cpu=True on a GPU-less machine makes this the same MULTI_CPU/gloo state the Trainer's Accelerator will use;
     # created without it, it first reports one process, and the batch arithmetic below would be wrong.
@@ -301,20 +318,9 @@ def run_train(ctx: RunContext, k: int) -> None:
     )
     tok, model = load_tokenizer(init), load_policy(init, r.model.dtype)
     losses, result, extra = [], None, {}
-    if steps and method == "dpo":
-        ref = ctx.checkpoint(-1) if r.train.dpo.reference == "base" else ctx.checkpoint(k - 1)
-        trainer = _dpo_trainer(ctx, k, rows, model, tok, partial, steps, accumulation, ref)
-    elif steps and method == "grpo":
-        trainer = grpo.grpo_trainer(ctx, k, model, tok, partial, steps, accumulation, _peft_config(r.train.lora))
-    elif steps:
-        tokenized = tokenize_rows(rows, tok, ctx.prompt_format, judge_format(r.judge.llm))
-        args = _sft_config(r, k, partial, steps, accumulation, model.num_parameters())
-        dataset = Dataset.from_dict(trl_ready(tokenized, args))
-        trainer = SFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=_peft_config(r.train.lora)
-        )
     real = positions = 0
     if steps:
+        trainer = _trainer(ctx, k, method, rows, model, tok, partial, steps, accumulation)
         quiet_progress(trainer)
         if method != "grpo":  # GRPO's batches are prompts; it counts the tokens it generates and trains on itself
             trainer.data_collator = counted = TokenCount(trainer.data_collator)

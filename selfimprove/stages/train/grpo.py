@@ -106,7 +106,6 @@ def grpo_trainer(ctx: RunContext, k: int, model, tok, out, steps: int, accumulat
                     {
                         **row,
                         "sample_idx": i % g,
-                        "score": rewards.combined(row),
                         "advantage": a,
                         "step": self.state.global_step,
                         **lineage,
