@@ -1,17 +1,20 @@
 """Cost of the monitor's metric suite at scale. Prints timings and ratios measured side by side in one run.
 
-1. The full lexical + n-gram Vendi suite on N short samples (default 100,000 reversed-addition answers, char
-   tokens): distinct-n / n-gram entropy / EAD for n = 1..4, self-repetition, compression ratio, homogenisation and
-   self-BLEU on their seeded subsamples, and the n-gram Vendi score of all N (spectral route). Target: <= 30 s on
-   a 2-core CPU, printed as a ratio to that budget.
-2. Accuracy of the spectral n-gram Vendi route against the exact eigendecomposition on a smaller set.
+1. The monitor's text-side suite (selfimprove.metrics.suite.text_diversity, every text measured: vendi_samples = N)
+   on N short samples (default 100,000 reversed-addition answers, char tokens): distinct-n / n-gram entropy / EAD
+   for n = 1..4, self-repetition, compression ratio, homogenisation (100 sampled texts), self-BLEU (200 sampled
+   hypotheses against all N) and the n-gram Vendi score of all N. Target: <= 30 s on a 2-core CPU, printed as a
+   ratio to that budget, with the route each metric took and the peak resident memory (target <= 2 GiB).
+2. Each estimate against the exact value on sets small enough to compute exactly (n-gram Vendi's spectral route on
+   digit strings, word texts and reasoning-length texts; target within 2%).
 3. Embedding diversity throughput (selfimprove's encode + mean cosine distance + embedding Vendi) against the raw
    encoder forward pass on the same texts (needs the [embed] extra; skipped without it).
-4. The same suite on N word-level texts (default 100,000 of 5-30 words from a Zipf-like 20,000-word vocabulary, so
-   there are far more n-gram features than texts and the spectral route works on the N x N text side): time and
-   the peak resident memory of a child process that does only this, against the 30 s budget.
+4. The same suite on N word-level texts (default 100,000 of 5-30 words from a Zipf-like 20,000-word vocabulary).
+5. The same suite on reasoning-length texts (default 10,000 of 200-400 words, the same vocabulary).
 
-    python scripts/bench_metrics.py [--samples 100000] [--embed-samples 2000] [--word-samples 100000]
+Parts 1, 4 and 5 each run in a child process, so the peak resident memory printed is that suite's own.
+
+    python scripts/bench_metrics.py [--samples 100000] [--word-samples 100000] [--long-samples 10000]
 """
 
 from __future__ import annotations
@@ -31,13 +34,18 @@ def short_samples(n: int, seed: int = 0) -> list[str]:
     return ["".join(chunk) for chunk in np.split(digits, cuts)]
 
 
-def word_samples(n: int, seed: int = 0, vocab: int = 20_000) -> list[str]:
-    """Texts of 5..30 words drawn from a Zipf-like (1/rank) distribution over ``vocab`` words."""
+def word_samples(n: int, seed: int = 0, vocab: int = 20_000, lengths: tuple[int, int] = (5, 30)) -> list[str]:
+    """Texts of ``lengths`` words (inclusive) drawn from a Zipf-like (1/rank) distribution over ``vocab`` words."""
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, vocab + 1)
-    words = rng.choice(vocab, (lengths := rng.integers(5, 31, n)).sum(), p=p / p.sum())
-    cuts = np.cumsum(lengths)[:-1]
+    words = rng.choice(vocab, (sizes := rng.integers(lengths[0], lengths[1] + 1, n)).sum(), p=p / p.sum())
+    cuts = np.cumsum(sizes)[:-1]
     return [" ".join(f"w{w}" for w in chunk) for chunk in np.split(words, cuts)]
+
+
+def long_samples(n: int, seed: int = 0) -> list[str]:
+    """Reasoning-length texts: 200..400 words each."""
+    return word_samples(n, seed, lengths=(200, 400))
 
 
 def timed(fn, *args, **kw):
@@ -46,63 +54,55 @@ def timed(fn, *args, **kw):
     return out, time.perf_counter() - t
 
 
-def lexical_and_vendi(texts: list[str], unit: str = "char", vocab_size: int = 12, label: str = "1.") -> float:
-    from selfimprove.metrics.diversity import (
-        compression_ratio,
-        homogenisation,
-        lexical_suite,
-        ngram_vendi,
-        self_bleu,
-        self_repetition,
-    )
-
-    rng = np.random.default_rng(1)
-    sub = [texts[i] for i in rng.choice(len(texts), min(1000, len(texts)), replace=False)]
-    steps = [
-        ("distinct/entropy/EAD n=1..4", lambda: lexical_suite(texts, (1, 2, 3, 4), unit, vocab_size)),
-        ("self-repetition (n=4)", lambda: self_repetition(texts, 4, unit)),
-        ("compression ratio", lambda: compression_ratio(texts)),
-        ("homogenisation (100 sampled)", lambda: homogenisation(texts, unit, sample=100)),
-        ("self-BLEU (200 of 1,000 sampled)", lambda: self_bleu(sub, unit=unit, sample=200)),
-        (f"n-gram Vendi (all {len(texts):,})", lambda: ngram_vendi(texts, unit=unit)),
-    ]
-    total = 0.0
-    print(f"{label} metric suite on {len(texts):,} {unit}-level samples")
-    for name, fn in steps:
-        value, dt = timed(fn)
-        total += dt
-        shown = f"{value:.4g}" if isinstance(value, float) else f"{len(value)} values"
-        print(f"   {name:<36} {dt:7.2f} s   ({shown})")
-    print(f"   {'total':<36} {total:7.2f} s   = {total / 30:.2f} x the 30 s budget")
-    return total
+SUITES = {  # part: (label, texts, unit, EAD vocabulary)
+    "1": ("short char-level samples", short_samples, "char", 12),
+    "4": ("word-level texts of 5-30 words", word_samples, "word", 20_000),
+    "5": ("reasoning-length texts of 200-400 words", long_samples, "word", 20_000),
+}
 
 
-def _word_suite(n: int) -> None:
-    lexical_and_vendi(word_samples(n), unit="word", vocab_size=20_000, label="4.")
-
-
-def word_level(n: int) -> None:
-    """Part 4 in a child process, so its peak resident memory is its own (ru_maxrss of the waited-for child)."""
-    import multiprocessing
+def _suite(part: str, n: int) -> None:
     import resource
 
-    child = multiprocessing.get_context("spawn").Process(target=_word_suite, args=(n,))
+    from selfimprove.metrics.suite import SuiteConfig, text_diversity
+
+    label, make, unit, vocab = SUITES[part]
+    texts = make(n)
+    cfg = SuiteConfig(unit, (1, 2, 3, 4), vocab, 4, vendi_samples=n, homogenisation_samples=100, self_bleu_samples=200)
+    (values, routes), dt = timed(text_diversity, texts, cfg)
+    print(f"{part}. the monitor's suite on {n:,} {label}: {dt:.2f} s = {dt / 30:.2f} x the 30 s budget")
+    for name, value in values.items():
+        print(f"   {name:<22} {value:12.5g}   {routes[name]['route']} ({routes[name]['texts']:,} texts)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    print(f"   peak resident memory of this process (the suite, its data and imports): {peak:.2f} GiB, target <= 2 GiB")
+
+
+def suite(part: str, n: int) -> None:
+    """One suite in a child process of its own, so the peak resident memory it prints is that suite's alone."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=_suite, args=(part, n))
     child.start()
     child.join()
-    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
-    print(f"   peak resident memory of the word-level suite (child process): {peak_gib:.2f} GiB")
 
 
 def vendi_accuracy(n: int) -> None:
-    from selfimprove.metrics.diversity import ngram_vendi
+    """n-gram Vendi's estimate against the exact score on sets small enough for the exact eigendecomposition."""
+    from selfimprove.metrics.vendi import ngram_vendi
 
-    texts = short_samples(n, seed=2)
-    exact, t_exact = timed(ngram_vendi, texts, max_dim=10**9)
-    approx, t_approx = timed(ngram_vendi, texts, max_dim=0)  # forces the spectral route
-    print(
-        f"2. n-gram Vendi on {n:,} samples: exact {exact:.2f} ({t_exact:.1f} s), spectral {approx:.2f} "
-        f"({t_approx:.1f} s): relative error {abs(approx - exact) / exact:.2%}"
-    )
+    sets = [
+        (f"{n:,} digit strings", short_samples(n, seed=2), "char"),
+        (f"{n // 2:,} word texts of 5-30 words", word_samples(n // 2, seed=2), "word"),
+        (f"{n // 4:,} texts of 200-400 words", long_samples(n // 4, seed=2), "word"),
+    ]
+    print("2. n-gram Vendi, the spectral estimate against the exact score (target within 2%)")
+    for label, texts, unit in sets:
+        exact, t_exact = timed(ngram_vendi, texts, unit=unit, max_dim=10**9)
+        approx, t_approx = timed(ngram_vendi, texts, unit=unit, max_dim=0)  # forces the spectral route
+        print(
+            f"   {label:<32} exact {exact:10.2f} ({t_exact:5.1f} s)  estimate {approx:10.2f} ({t_approx:5.1f} s)"
+            f"  relative error {abs(approx - exact) / exact:.2%}"
+        )
 
 
 def embedding_throughput(n: int) -> None:
@@ -137,21 +137,19 @@ def embedding_throughput(n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=100_000, help="Short samples for the suite.")
-    parser.add_argument(
-        "--accuracy-samples", type=int, default=4000, help="Samples for the exact-vs-spectral Vendi check."
-    )
-    parser.add_argument(
-        "--embed-samples", type=int, default=2000, help="Texts for the embedding throughput check (0 = skip)."
-    )
+    parser.add_argument("--samples", type=int, default=100_000, help="Short samples for part 1 (0 = skip).")
+    parser.add_argument("--accuracy-samples", type=int, default=4000, help="Digit strings for part 2 (0 = skip).")
+    parser.add_argument("--embed-samples", type=int, default=2000, help="Texts for part 3 (0 = skip).")
     parser.add_argument("--word-samples", type=int, default=100_000, help="Word-level texts for part 4 (0 = skip).")
+    parser.add_argument("--long-samples", type=int, default=10_000, help="Texts of 200-400 words, part 5 (0 = skip).")
     args = parser.parse_args()
-    lexical_and_vendi(short_samples(args.samples))
-    vendi_accuracy(args.accuracy_samples)
+    for part, n in (("1", args.samples), ("4", args.word_samples), ("5", args.long_samples)):
+        if n:
+            suite(part, n)
+    if args.accuracy_samples:
+        vendi_accuracy(args.accuracy_samples)
     if args.embed_samples:
         embedding_throughput(args.embed_samples)
-    if args.word_samples:
-        word_level(args.word_samples)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ allocation's nodes with ``train.launcher: slurm`` (selfimprove.core.slurm).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -17,6 +18,7 @@ import time
 
 from selfimprove import registry
 from selfimprove.backends.judge_server import judge_server
+from selfimprove.backends.vllm_engine import ENGINE_ENV, KeptEngine
 from selfimprove.core import seeding, slurm, timing
 from selfimprove.core.atomic import is_done
 from selfimprove.core.config import Recipe
@@ -202,14 +204,36 @@ def console_log(ctx: RunContext):
         handler.close()
 
 
-def run_round(ctx: RunContext, k: int, server, setup_s: float) -> list[str]:
-    """Round k's stages that are not done yet; the names of those it ran."""
+@contextlib.contextmanager
+def kept_engine(ctx: RunContext):
+    """The run's kept vLLM engine while the block runs, announced to this process and its children (the stages)
+    through ENGINE_ENV; None when the policy does not sample with vLLM or generate.vllm.keep_engine is off."""
+    g = ctx.recipe.generate
+    if g.backend != "vllm" or not g.vllm.keep_engine or in_launched_job():
+        yield None
+        return
+    engine = KeptEngine(g.vllm.python or sys.executable, ctx.run_dir / "logs" / "vllm_engine.log")
+    os.environ[ENGINE_ENV] = json.dumps(engine.address)
+    try:
+        yield engine
+    finally:
+        os.environ.pop(ENGINE_ENV, None)
+        engine.close()
+
+
+def run_round(ctx: RunContext, k: int, server, setup_s: float, engine: KeptEngine | None = None) -> list[str]:
+    """Round k's stages that are not done yet; the names of those it ran. A kept engine sleeps (frees its GPU
+    memory) before each stage that does not sample the policy through it."""
     start, ran = time.perf_counter(), []
     if k == 1 and ctx.recipe.judge.reward_model.train:  # the judge learns from round 0's policy, once
+        if engine is not None and not is_done(ctx.run_dir / "reward_model"):
+            engine.sleep()
         ran += ["reward_model"] if train_reward(ctx) else []
     for name in ctx.stages(k):
         if name == "judge" and not is_done(ctx.stage(k, name)):
             server.ready()
+        if engine is not None and name not in registry.POLICY_SAMPLING_STAGES and not is_done(ctx.stage(k, name)):
+            engine.sleep()
         ran += [name] if run_stage(ctx, k, name) else []
     if "monitor" in ran:  # this process finished the round: account for its time
         write_round_timing(ctx, k, time.perf_counter() - start, ran, setup_s if k == 0 else None)
@@ -252,14 +276,19 @@ def run_loop(recipe: Recipe, allow_recipe_change: bool = False, note: str = "") 
     if problems:
         raise ConfigError(problems, "cannot start")
 
-    with claimed_run(recipe, allow_recipe_change, note) as ctx, console_log(ctx), judge_server(ctx) as server:
+    with (
+        claimed_run(recipe, allow_recipe_change, note) as ctx,
+        console_log(ctx),
+        judge_server(ctx) as server,
+        kept_engine(ctx) as engine,
+    ):
         frame.info(banner(ctx))
         start = time.perf_counter()
         setup(ctx)
         setup_s, spent, stopped = time.perf_counter() - start, [], ""
         for k in range(recipe.rounds + 1):
             start = time.perf_counter()
-            if run_round(ctx, k, server, setup_s):  # rounds done before this session were reported then
+            if run_round(ctx, k, server, setup_s, engine):  # rounds done before this session were reported then
                 spent.append(time.perf_counter() - start)
                 eta = (sum(spent[1:]) / len(spent[1:]) if len(spent) > 1 else spent[0]) * (recipe.rounds - k)
                 metrics = read_stage_json(ctx.stage(k, "monitor") / "metrics.json", ctx.run_dir)

@@ -25,6 +25,7 @@ ROUND0_STAGES = ("train", "evaluate", "monitor")
 # An online round (train.method 'grpo') samples and judges inside training: its data is the trainer's rollouts.
 ONLINE_STAGES = ("propose", "train", "evaluate", "monitor")
 SHARDED_STAGES = ("generate", "judge", "evaluate")  # model-bound: split their prompts across accelerate ranks
+POLICY_SAMPLING_STAGES = ("propose", "generate", "evaluate")  # sample the policy through the kept vLLM engine
 TIMED_STAGES = tuple(s for s in STAGES if s != "monitor")  # time/<stage>_s (the monitor cannot time itself)
 
 # judge name -> function (env, rows) -> scores, or (scores, records)

