@@ -10,6 +10,7 @@ round's wall time (``round_timing``), which metrics.jsonl merges into the round'
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 
 _spent = [0.0]  # this process's model-bound seconds since the last take()
@@ -39,12 +40,24 @@ def take() -> float:
 
 @contextlib.contextmanager
 def recorded(meta: dict):
-    """The model-bound compute of the block, as ``meta['compute_s']``."""
+    """The model-bound compute of the block, as ``meta['compute_s']``, and on a GPU the peak memory torch allocated
+    on this process's device during it, as ``meta['peak_gpu_gb']`` (a vLLM engine's is in its own process)."""
     take()
+    cuda = _cuda()
+    if cuda:
+        cuda.reset_peak_memory_stats()
     try:
         yield
     finally:
         meta["compute_s"] = take()
+        if cuda:
+            meta["peak_gpu_gb"] = round(cuda.max_memory_allocated() / 2**30, 3)
+
+
+def _cuda():
+    """torch.cuda when this process has loaded torch and sees a GPU; None otherwise (no import just to look)."""
+    torch = sys.modules.get("torch")
+    return torch.cuda if torch is not None and torch.cuda.is_available() else None
 
 
 def round_timing(metas: dict[str, dict], wall_s: float, complete: bool, setup_s: float | None = None) -> dict:
