@@ -84,3 +84,38 @@ def test_an_engine_round_reports_each_stage(gpu_check):
     stages = out["stages"]
     assert {"round_00/train", "round_01/generate", "round_01/judge", "round_01/train"} <= set(stages)
     assert stages["round_01/generate"]["generate_tokens"] > 0 and stages["round_01/train"]["peak_gpu_gb"] is None
+
+
+@pytest.fixture(scope="module")
+def gpu_wheels():
+    spec = importlib.util.spec_from_file_location("gpu_wheels", REPO / "scripts" / "gpu_wheels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.unit
+def test_wheel_helper_walks_requirements_for_the_gpu_machine_and_packs_carries(gpu_wheels, tmp_path):
+    requires = [
+        "numpy>=1.17",
+        'pywin32; sys_platform == "win32"',  # not on Linux
+        'tomli; python_version < "3.11"',  # not on 3.12
+        'deepspeed>=0.14; extra == "deepspeed"',  # an extra nobody asked for
+        'Typing-Extensions; python_version >= "3.12"',
+    ]
+    assert gpu_wheels.requirement_names(requires) == ["numpy", "typing-extensions"]
+    assert gpu_wheels.requirement_names(requires, ("deepspeed",))[-2] == "deepspeed"
+    there = gpu_wheels.assumed_there()
+    assert {"torch", "accelerate", "peft", "safetensors"} <= there and "transformers" not in there  # ours is newer
+    assert {"trl", "datasets", "scipy", "rapidfuzz", "deepspeed"} <= set(
+        map(str.lower, gpu_wheels.project_requirements())
+    )
+    sizes = {"a": 50, "b": 40, "c": 30, "d": 10, "e": 5}
+    wheels = []
+    for name, mib in sizes.items():
+        (tmp_path / f"{name}.whl").write_bytes(b"\0" * mib * 1024)
+        wheels.append(tmp_path / f"{name}.whl")
+    packed = gpu_wheels.carries(wheels, 60 * 1024)
+    assert [[w.stem for w in c] for c in packed] == [["a", "d"], ["b", "e"], ["c"]]  # largest first, first fit
+    with pytest.raises(SystemExit, match="larger than one carry"):
+        gpu_wheels.carries(wheels, 45 * 1024)
