@@ -9,9 +9,10 @@ them into carries of at most --max-mib each (the device tool carries 64 MiB a ca
 
     python scripts/gpu_wheels.py [--have pip-list.json] [--dest gpu_wheels] [--max-mib 60]
 
-There, one line per carry (the folder travels with the tree: name it in ``carry``):
+There, one call per carry (the folder travels with the tree: name it in ``carry``), then the check:
 
-    pip install --no-index --no-deps gpu_wheels/carry_1/*.whl && python scripts/gpu_check.py
+    pip install --no-index --no-deps --target .gpu_site gpu_wheels/carry_1/*.whl
+    PYTHONPATH=$PWD/.gpu_site:$PWD python scripts/gpu_check.py
 
 --have: the machine's own ``pip list --format json`` (better than the default guess: the closure of torch,
 transformers, accelerate and peft's requirements as installed here). Nothing is installed here.
@@ -148,7 +149,8 @@ def main() -> None:
             shutil.move(wheel, folder / wheel.name)
         shown = folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder
         mib = sum(w.stat().st_size for w in folder.iterdir()) / 2**20
-        print(f"{shown}: {len(carry)} wheels, {mib:.1f} MiB; there: pip install --no-index --no-deps {shown}/*.whl")
+        print(f"{shown}: {len(carry)} wheels, {mib:.1f} MiB")
+        print(f"  there: pip install --no-index --no-deps --target .gpu_site {shown}/*.whl")
     print(f"{len(wheels)} wheels; already there, not downloaded: {', '.join(sorted(skipped))}")
 
 
