@@ -50,7 +50,7 @@ class VLLMConfig:
         True,
         "Start the engine once per run and load each round's checkpoint into it in place, sleeping while other "
         "stages run (GPU only: vLLM's sleep mode); off = a fresh engine for every call. The generate stage's meta "
-        "says which ran, and why a fresh one started.",
+        "says which ran, and why a fresh one started. The policy's alone: judge.llm.vllm starts its own engine.",
     )
 
 

@@ -40,10 +40,7 @@ class LLMJudgeConfig:
         "Judge checkpoint folder or hub id; 'policy' = the checkpoint that generated the round (self-judging).",
     )
     backend: Literal["hf", "vllm", "openai"] = option("hf", "Generation backend of the judge (the policy's backends).")
-    vllm: VLLMConfig = field(
-        default_factory=lambda: VLLMConfig(keep_engine=False),  # the kept engine is the policy's
-        metadata={"help": "Judge backend 'vllm' (keep_engine is the policy's alone: a judge starts its own)."},
-    )
+    vllm: VLLMConfig = field(default_factory=VLLMConfig, metadata={"help": "Judge backend 'vllm'."})
     openai: OpenAIConfig = field(
         default_factory=OpenAIConfig,
         metadata={"help": "Judge backend 'openai' (e.g. a judge model behind `vllm serve`)."},

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from dataclasses import replace
 from itertools import combinations
 
 import numpy as np
@@ -63,7 +64,7 @@ def _judge_outputs(env, prompts: list[str]) -> list[dict]:
         env.dtype,
         desc="llm judge",
         fmt=judge_format(cfg),
-        options=cfg,
+        options=replace(cfg, vllm=replace(cfg.vllm, keep_engine=False)),  # the run's kept engine is the policy's
     )
     return [o[0] for o in outs]  # completion, num_tokens (the compute ledger counts them), ...
 
