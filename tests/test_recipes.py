@@ -268,6 +268,8 @@ def test_star_recipe_with_vllm_cpu(tmp_path):
     recipe = REPO / "recipes" / "real" / "star_gsm8k_qwen2.5_0.5b.yaml"
     metrics = _smoke_run(recipe, run, "--rounds", "1")  # one round of vLLM generation: the slow tier's budget
     assert _meta(run, 1, "generate")["backend"] == "vllm"
+    # one engine for the run: started by round 0's evaluation, it still holds round 0's checkpoint for round 1
+    assert _meta(run, 1, "generate")["vllm"]["engine"] == {"mode": "kept", "reason": ""}
     _star(run, metrics)
 
 

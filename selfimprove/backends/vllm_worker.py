@@ -17,6 +17,7 @@ import gc
 import json
 import os
 import sys
+import threading
 import time
 from multiprocessing.connection import Listener
 
@@ -175,6 +176,8 @@ class KeptEngine:
 
 def serve(address_path: str) -> None:
     engine = KeptEngine()
+    parent = os.getppid()
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     with Listener(("127.0.0.1", 0), authkey=bytes.fromhex(os.environ["SELFIMPROVE_VLLM_AUTHKEY"])) as listener:
         tmp = address_path + ".tmp"
         json.dump({"port": listener.address[1], "pid": os.getpid()}, open(tmp, "w"))
@@ -198,6 +201,14 @@ def serve(address_path: str) -> None:
             if op == "close":
                 engine.close()
                 return
+
+
+def _exit_with(parent: int) -> None:
+    """Exit when the run that started this worker is gone (killed, not closed), so no engine outlives its run
+    holding GPU memory; vLLM's own engine processes exit with this one."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 if __name__ == "__main__":
