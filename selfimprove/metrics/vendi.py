@@ -94,10 +94,12 @@ def ngram_vendi(
     return vendi_from_eigenvalues(_kernel_eigenvalues(Z), q) if exact else spectral_vendi(Z, q, seed=seed)
 
 
-# LAPACK's dense eigensolver does more flops per second than the estimate's sparse products. Measured on a 2-core
-# machine, the two routes cost the same at min(N, #n-grams) ~ 1,000 (word texts) to ~ 1,200 (digit strings), and
-# this factor puts the model's switch there (docs/metrics.md).
-DENSE_SPEEDUP = 2.0
+# LAPACK's dense eigensolver does more flops per second than the estimate's sparse products and Lanczos steps.
+# Measured on this 2-core machine with the float32 torch products: the exact route stays cheaper up to min(N,
+# #n-grams) ~ 3,000 digit strings (2.1 s vs 3.4 s; at 4,000: 15 s vs 8.8 s), ~2,000-3,000 word texts (0.7 vs 1.5 s at
+# 2,000; 1.8 vs 1.1 s at 3,000) and beyond 2,500 reasoning-length texts (2.1 vs 2.5 s); this factor puts the model's
+# switch at ~2,000-3,000 for all three (docs/metrics.md).
+DENSE_SPEEDUP = 6.0
 
 
 def exact_is_cheaper(
@@ -125,43 +127,48 @@ def _kernel_operator(Z):
     first: they add only to its diagonal (K = Zs Zs^T + diag(h)), and on word-level text most 3- and 4-grams are
     such, so the products shrink by 3-5x. The products run in float32 through torch's sparse kernels, which use both
     cores: 3-4x faster than scipy's float64 ones, and 1e-7 relative error is far inside the estimate's own
-    (docs/metrics.md)."""
+    (docs/metrics.md). Vectors go in and come out as float64 numpy arrays, converted once per slice."""
     import scipy.sparse as sp
+    import torch
 
     n, d = Z.shape
     if d <= n:  # the d x d feature form, formed (sparse): never larger than the texts' own kernel
         A = (Z.T @ Z / n).tocsr()
-        return _product(A), d, float(A.diagonal().sum())
+        T = _torch_csr(A)
+        return (lambda V: _in_float32(V, lambda v: T @ v)), d, float(A.diagonal().sum())
     Zc = sp.csc_matrix(Z)
     shared = np.diff(Zc.indptr) >= 2
     Zs, hapax = Zc[:, shared].tocsr(), Zc[:, ~shared]
-    h = np.asarray(hapax.multiply(hapax).sum(axis=1)).ravel()
-    left, right = _product(Zs), _product(Zs.T.tocsr())
-
-    def apply(V):
-        out = np.empty_like(V)
-        for i in range(0, V.shape[1], 64):  # in slices: Zs^T V has a row per shared n-gram
-            v = V[:, i : i + 64]
-            out[:, i : i + 64] = (left(right(v)) + h[:, None] * v) / n
-        return out
-
-    return apply, n, float(Z.multiply(Z).sum()) / n
+    h = torch.from_numpy(np.asarray(hapax.multiply(hapax).sum(axis=1), dtype=np.float32))  # a column
+    left, right = _torch_csr(Zs), _torch_csr(Zs.T.tocsr())
+    return (lambda V: _in_float32(V, lambda v: (left @ (right @ v) + h * v) / n)), n, float(Z.multiply(Z).sum()) / n
 
 
-def _product(M):
-    """V -> M @ V for a scipy CSR matrix M, in float32 on torch's sparse kernels, float64 numpy in and out."""
+def _in_float32(V: np.ndarray, product, width: int = 64) -> np.ndarray:
+    """product(v) over float32 torch slices of ``width`` columns of V (each product's intermediate, e.g. Zs^T v with
+    a row per shared n-gram, stays small), returned as float64 numpy."""
+    import torch
+
+    out = np.empty(V.shape, dtype=np.float64)
+    for i in range(0, V.shape[1], width):
+        v = torch.from_numpy(np.ascontiguousarray(V[:, i : i + width], dtype=np.float32))
+        out[:, i : i + width] = product(v).numpy()
+    return out
+
+
+def _torch_csr(M):
+    """A scipy CSR matrix as a float32 torch sparse CSR tensor."""
     import torch
 
     with warnings.catch_warnings():  # "sparse CSR support is in beta": products are what we use, and tests check them
         warnings.simplefilter("ignore", UserWarning)
-        T = torch.sparse_csr_tensor(
+        return torch.sparse_csr_tensor(
             torch.from_numpy(M.indptr.astype(np.int64)),
             torch.from_numpy(M.indices.astype(np.int64)),
             torch.from_numpy(M.data.astype(np.float32)),
             size=M.shape,
             check_invariants=False,  # scipy's CSR is valid by construction
         )
-    return lambda V: (T @ torch.from_numpy(np.ascontiguousarray(V, dtype=np.float32))).numpy().astype(np.float64)
 
 
 def spectral_vendi(
