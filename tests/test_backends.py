@@ -273,3 +273,40 @@ def test_kept_engine_loads_each_checkpoint_in_place_and_samples_as_a_fresh_engin
     finally:
         kept.close()
     assert kept.proc.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.gpu
+def test_kept_engine_sleeps_during_training_and_wakes_with_the_next_checkpoint(tmp_path, monkeypatch):
+    """GPU only (vLLM's sleep mode is CUDA-only; on CPU the reply says so, as the test above checks): the engine frees
+    its weights and KV cache (level 2), and the next call wakes it and loads that call's checkpoint, sampling as a
+    fresh engine does. Not run yet: no GPU has been lent with a vLLM that fits the device tool's carry."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    python = require_vllm()
+    from selfimprove.backends.vllm_engine import ENGINE_ENV, KeptEngine
+
+    a, b = _tiny_vllm_policy(tmp_path / "a", 0), _tiny_vllm_policy(tmp_path / "b", 1)
+    options = GenerateConfig(vllm=VLLMConfig(python=python, dtype="float32", gpu_memory_utilization=0.3))
+    prompts, sampling = ["12+3=", "9+99=", "7+7="], Sampling(max_new_tokens=8)
+
+    def run(model):
+        stats = {}
+        out = sample("vllm", model, prompts, sampling, 5, 8, options=options, stats=stats)
+        return [[s["completion"] for s in ss] for ss in out], stats
+
+    fresh_b, _ = run(b)
+    kept = KeptEngine(python, tmp_path / "engine.log")
+    monkeypatch.setenv(ENGINE_ENV, json.dumps(kept.address))
+    try:
+        run(a)
+        free_before = torch.cuda.mem_get_info()[0]
+        assert kept.sleep() == {"slept": True, "why": ""}
+        assert torch.cuda.mem_get_info()[0] > free_before  # the engine gave its memory back
+        out, stats = run(b)
+        assert stats["engine"]["mode"] == "reloaded" and out == fresh_b
+    finally:
+        kept.close()
