@@ -31,6 +31,10 @@ def test_round_folders_and_metrics(tiny_run):
         for s in STAGES:
             assert (run / f"round_{k:02d}" / s / "DONE").exists(), (k, s)
             assert (run / f"round_{k:02d}" / s / "meta.json").exists()
+    routes = json.loads((run / "round_01" / "monitor" / "meta.json").read_text())["routes"]
+    generated = routes["diversity/generated/ngram_vendi"]
+    assert generated["route"] in ("exact", "subsample+exact") and generated["texts"] <= generated["of"]
+    assert routes["diversity/probe/distinct_2"]["route"] == "exact"  # every diversity number says how it was made
     metrics = _metrics(run)
     assert [m["round"] for m in metrics] == [0, 1, 2]
     for m in metrics:

@@ -446,3 +446,29 @@ def test_route_choice_follows_cost():
 
     small, large = texts_by_ngrams(300, 2000), texts_by_ngrams(20000, 200000)
     assert exact_is_cheaper(small) and not exact_is_cheaper(large)
+
+
+def test_monitor_suite_equals_the_metrics_one_by_one_and_names_each_route():
+    from selfimprove.metrics.suite import SuiteConfig, text_diversity
+
+    rng = np.random.default_rng(5)
+    texts = [" ".join(rng.choice(["a", "b", "c", "d", "e"], rng.integers(1, 9))) for _ in range(60)]
+    cfg = SuiteConfig("word", (1, 2), 5, 2, vendi_samples=40, homogenisation_samples=30, self_bleu_samples=10)
+    values, routes = text_diversity(texts, cfg)
+    sample = subsample(texts, 40)
+    expected = {
+        **lexical_suite(texts, (1, 2), "word", 5),
+        "self_repetition": self_repetition(texts, 2, "word"),
+        "ngram_vendi": ngram_vendi(sample, unit="word"),
+        "homogenisation": homogenisation(texts, "word", 30),
+        "self_bleu": self_bleu(sample, unit="word", sample=10),
+        "compression_ratio": compression_ratio(texts),
+    }
+    assert values == pytest.approx(expected, rel=1e-12) and set(values) == set(routes)
+    assert routes["distinct_1"] == routes["compression_ratio"] == {"route": "exact", "texts": 60, "of": 60}
+    assert routes["ngram_vendi"] == {"route": "subsample+exact", "texts": 40, "of": 60}  # 40 texts: exact is cheaper
+    assert routes["homogenisation"] == {"route": "subsample+exact", "texts": 30, "of": 60}
+    assert routes["self_bleu"] == {"route": "subsample+exact", "texts": 10, "of": 60}
+    many = [f"{i} {i * 7 % 13} {i * 3 % 11} {i % 5} {i * 11 % 17}" for i in range(4000)]
+    _, big = text_diversity(many, SuiteConfig("word", (1, 2, 3, 4), 0, 4, 4000, 0, 0))
+    assert big["ngram_vendi"] == {"route": "estimate", "texts": 4000, "of": 4000} and "homogenisation" not in big
