@@ -416,14 +416,29 @@ ROUND_RECIPES = {
 }
 
 
+def missing_requirements() -> list[str]:
+    """selfimprove's runtime dependencies (pyproject.toml) and DeepSpeed that this interpreter cannot find."""
+    from importlib import metadata
+
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    missing = []
+    for line in project["dependencies"] + project["optional-dependencies"]["deepspeed"]:
+        try:
+            metadata.version(Requirement(line).name)
+        except metadata.PackageNotFoundError:
+            missing.append(Requirement(line).name)
+    return missing
+
+
 def run_rounds(recipe: str, config: Path, timeout: float) -> dict:
     """Rounds 0-1 of a shipped recipe with --smoke's tiny stand-ins, ZeRO-2 on this GPU and HF generation: each
     stage's wall time and peak GPU memory, from its meta.json."""
-    missing = subprocess.run(
-        [sys.executable, "-c", "import selfimprove.loop"], capture_output=True, text=True, cwd=REPO
-    ).stderr.strip()
+    missing = missing_requirements()
     if missing:
-        return {"status": "skipped", "reason": missing.splitlines()[-1]}
+        return {"status": "skipped", "reason": f"selfimprove's dependencies missing here: {', '.join(missing)}"}
     run = Path(tempfile.mkdtemp(prefix="gpu-check-round-")) / "run"
     cmd = [
         sys.executable, "-m", "selfimprove", "run", str(REPO / recipe), "--smoke", "--rounds", "1",

@@ -60,6 +60,7 @@ def test_budget_skips_parts_that_would_start_too_late_and_the_summary_says_why(g
     assert budget.run(lambda limit: {"status": "ok", "limit": limit}, 40)["limit"] == 40  # capped by the part's own
     late = gpu_check.Budget(seconds=10, floor=30).run(lambda limit: pytest.fail("started"), 40)
     assert late["status"] == "skipped" and "time budget" in late["reason"]
+    assert gpu_check.missing_requirements() == []  # this venv has everything the engine rounds import
     config = yaml.safe_load(gpu_check.zero2_one_gpu(tmp_path).read_text())
     assert config["num_processes"] == 1 and config["deepspeed_config"]["zero_stage"] == 2
     report = {
