@@ -184,8 +184,9 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     return dataclasses.asdict(recipe)
 
 
-# Where a run and its servers are, and how long it goes on: none of them changes a sample, so a run may move, a
-# server may move and a run may be extended without counting as another recipe.
+# Where a run and its servers are, how long it goes on, and whether its vLLM engine is kept between rounds (a kept
+# engine samples as a fresh one does): none of them changes a sample, so a run may move, a server may move, a run may
+# be extended and its engine kept or not without counting as another recipe.
 LOCATION_FIELDS = (
     "output_dir",
     "rounds",
@@ -193,6 +194,8 @@ LOCATION_FIELDS = (
     "judge.llm.openai.base_url",
     "slurm",
     "train.launch_retries",
+    "generate.vllm.keep_engine",
+    "judge.llm.vllm.keep_engine",
 )
 
 
