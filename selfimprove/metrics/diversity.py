@@ -83,6 +83,13 @@ class Ngrams:
             self._occurrences[n] = self.doc[: len(code)][inside], pd.factorize(code[inside])[0].astype(np.int64)
         return self._occurrences[n]
 
+    def pairs(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(text index, n-gram id, count): each n-gram a text holds, once, with how often the text holds it."""
+        doc, gram = self.occurrences(n)
+        width = int(gram.max(initial=0)) + 1
+        pair, count = np.unique(doc * width + gram, return_counts=True)
+        return *np.divmod(pair, width), count
+
     def _codes(self, n: int) -> np.ndarray:
         import pandas as pd
 
@@ -166,9 +173,7 @@ def self_repetition(texts: list[str] | Ngrams, n: int = 4, unit: str = "char") -
     higher = more templated. Empty corpus: 0."""
     if not texts:
         return 0.0
-    ((_, doc, gram),) = ngram_occurrences(texts, (n,), unit)
-    width = int(gram.max(initial=0)) + 1
-    doc, gram = np.divmod(np.unique(doc * width + gram), width)  # each (text, n-gram) pair once
+    doc, gram, _ = corpus(texts, unit).pairs(n)  # each (text, n-gram) pair once
     in_texts = np.bincount(gram)  # how many texts hold each n-gram
     shared = np.bincount(doc, weights=in_texts[gram] - 1, minlength=len(texts))
     return float(np.mean(np.log1p(shared)))
@@ -253,7 +258,7 @@ def self_bleu(texts: list[str], max_n: int = 3, unit: str = "char", sample: int 
     log_p = np.zeros(len(texts))
     matched_unigrams = None
     for n in range(1, max_n + 1):
-        matched, total = _clipped_matches(*c.occurrences(n), len(texts))
+        matched, total = _clipped_matches(*c.pairs(n), len(texts))
         if n == 1:
             matched_unigrams = matched
         p = np.where(matched > 0, matched, 0.1) / np.maximum(total, 1)  # method1: epsilon 0.1 for no match
@@ -264,12 +269,10 @@ def self_bleu(texts: list[str], max_n: int = 3, unit: str = "char", sample: int 
     return float(np.mean(scores))
 
 
-def _clipped_matches(doc: np.ndarray, gram: np.ndarray, n_texts: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per text: its n-grams clipped by the largest count of each in any other text (BLEU's modified precision
-    numerator), and its n-gram count."""
-    width = int(gram.max(initial=0)) + 1
-    pair, count = np.unique(doc * width + gram, return_counts=True)
-    text, g = np.divmod(pair, width)
+def _clipped_matches(text: np.ndarray, g: np.ndarray, count: np.ndarray, n_texts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per text (from ``Ngrams.pairs``): its n-grams clipped by the largest count of each in any other text (BLEU's
+    modified precision numerator), and its n-gram count."""
+    width = int(g.max(initial=0)) + 1
     order = np.lexsort((-count, g))  # per n-gram, its counts from the largest down
     g_sorted, c_sorted = g[order], count[order]
     first = np.ones(len(g_sorted), dtype=bool)
