@@ -237,7 +237,7 @@ def compression_ratio(texts: list[str]) -> float:
     return len(data) / len(gzip.compress(data, mtime=0)) if data else 1.0
 
 
-def self_bleu(texts: list[str], max_n: int = 3, unit: str = "char", sample: int = 200, seed: int = 0) -> float:
+def self_bleu(texts: list[str] | Ngrams, max_n: int = 3, unit: str = "char", sample: int = 200, seed: int = 0) -> float:
     """Self-BLEU (Zhu et al. 2018): mean BLEU of each text against all the others, uniform weights up to ``max_n``,
     NLTK's sentence_bleu with smoothing method1. Higher = less diverse. At most ``sample`` seeded hypotheses are
     scored, each against every other text. Fewer than two texts: 0.0.

@@ -54,7 +54,7 @@ def text_diversity(texts: list[str], cfg: SuiteConfig) -> tuple[dict, dict]:
             out["homogenisation"] = homogenisation(texts, cfg.unit, cfg.homogenisation_samples)
             routes["homogenisation"] = _route("exact", min(len(texts), cfg.homogenisation_samples), len(texts))
         if cfg.self_bleu_samples:  # hypotheses from the Vendi subsample, each against all of it
-            out["self_bleu"] = self_bleu(sample, unit=cfg.unit, sample=cfg.self_bleu_samples)
+            out["self_bleu"] = self_bleu(part, unit=cfg.unit, sample=cfg.self_bleu_samples)
             routes["self_bleu"] = _route("exact", min(len(sample), cfg.self_bleu_samples), len(texts))
         out["compression_ratio"] = gzip.result()
     return out, routes
