@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from selfimprove import registry
 from selfimprove.backends.judge_server import judge_server
@@ -221,19 +222,24 @@ def kept_engine(ctx: RunContext):
         engine.close()
 
 
+def _engine_rests(engine: KeptEngine | None, stage: Path) -> None:
+    """The kept engine sleeps before a stage that does not sample the policy, if that stage is still to run."""
+    if engine is not None and not is_done(stage):
+        engine.sleep()
+
+
 def run_round(ctx: RunContext, k: int, server, setup_s: float, engine: KeptEngine | None = None) -> list[str]:
     """Round k's stages that are not done yet; the names of those it ran. A kept engine sleeps (frees its GPU
     memory) before each stage that does not sample the policy through it."""
     start, ran = time.perf_counter(), []
     if k == 1 and ctx.recipe.judge.reward_model.train:  # the judge learns from round 0's policy, once
-        if engine is not None and not is_done(ctx.run_dir / "reward_model"):
-            engine.sleep()
+        _engine_rests(engine, ctx.run_dir / "reward_model")
         ran += ["reward_model"] if train_reward(ctx) else []
     for name in ctx.stages(k):
         if name == "judge" and not is_done(ctx.stage(k, name)):
             server.ready()
-        if engine is not None and name not in registry.POLICY_SAMPLING_STAGES and not is_done(ctx.stage(k, name)):
-            engine.sleep()
+        if name not in registry.POLICY_SAMPLING_STAGES:
+            _engine_rests(engine, ctx.stage(k, name))
         ran += [name] if run_stage(ctx, k, name) else []
     if "monitor" in ran:  # this process finished the round: account for its time
         write_round_timing(ctx, k, time.perf_counter() - start, ran, setup_s if k == 0 else None)
