@@ -59,7 +59,8 @@ class InPlaceLoad:
             return
         head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
         if head is None or embed is None:
-            raise NotImplementedError(f"tied embeddings without lm_head / model.embed_tokens: {type(model).__name__}")
+            # the caller falls back to a fresh engine and names this reason in the stage's meta
+            raise LookupError(f"{type(model).__name__} ties its embeddings but has no lm_head / model.embed_tokens")
         head.weight = embed.weight
         head.quant_method.process_weights_after_loading(head)
 
