@@ -13,6 +13,8 @@ SCRIPT = REPO / "scripts" / "gpu_check.py"
 
 @pytest.fixture(scope="module")
 def gpu_check():
+    if str(SCRIPT.parent) not in sys.path:  # as when run as a script: it imports gpu_check_parts beside it
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -46,7 +48,8 @@ def test_generation_and_training_parts_at_tiny_size(gpu_check, tiny_real):
 def test_a_part_runs_in_its_own_accelerate_process(gpu_check, tiny_real):
     out = gpu_check._run_part(["sft", "--model", tiny_real("qwen2")], gpu_check._accelerate("single_process.yaml"))
     assert out["status"] == "ok", out
-    assert out["world_size"] == 1 and out["timed_steps"] == gpu_check.STEPS - gpu_check.WARMUP
+    parts = sys.modules["gpu_check_parts"]
+    assert out["world_size"] == 1 and out["timed_steps"] == parts.STEPS - parts.WARMUP
     missing = gpu_check._run_part(["vllm", "--model", tiny_real("qwen2")])
     if importlib.util.find_spec("vllm") is None:
         assert missing == {"status": "skipped", "reason": f"vllm not installed in {sys.executable}"}
